@@ -1,0 +1,166 @@
+//! Fuzz entry points. Each `fuzz/fuzz_targets/*.rs` calls exactly one of these; they assert
+//! the invariants the protocol core promises, so a violation is a crash the fuzzer reports.
+
+use crate::http::request::HeadLimits;
+use crate::ws::close::parse_close_payload;
+use crate::ws::frame::{encode_header, parse_header, FrameLimits, MAX_HEADER_LEN};
+use crate::ws::handshake::{respond, Policy};
+use crate::ws::mask::{unmask, unmask_naive};
+use crate::ws::message::{Decoder, Event, MessageKind, MessageLimits};
+
+/// Frame-header parsing: never panics, consumes no more than it was given, respects the
+/// limit, and a parsed header re-encodes to exactly the bytes it came from (the encoding is
+/// minimal, hence unique).
+pub fn frame_header(data: &[u8]) {
+    for limits in [FrameLimits::server(1 << 16), FrameLimits::client(u64::MAX >> 1)] {
+        if let Ok(Some((header, len))) = parse_header(data, &limits) {
+            assert!(len <= data.len() && len <= MAX_HEADER_LEN);
+            assert!(header.payload_len as u64 <= limits.max_payload);
+            assert!(!header.opcode.is_control() || (header.fin && header.payload_len <= 125));
+            let mut out = [0u8; MAX_HEADER_LEN];
+            let n = encode_header(&mut out, header.fin, header.opcode, header.payload_len, header.mask);
+            assert_eq!(&out[..n], &data[..len]);
+        }
+    }
+}
+
+/// Handshake parsing and validation: never panics, and always produces a response (an
+/// HTTP/1.1 status line) unless the head is incomplete.
+pub fn handshake(data: &[u8]) {
+    let origins = vec!["https://example.com".to_string()];
+    let protocols = vec!["chat".to_string(), "superchat".to_string()];
+    let policy = Policy { origins: &origins, subprotocols: &protocols };
+    let limits = HeadLimits { max_head_bytes: 4096, max_headers: 16 };
+    let mut out = Vec::new();
+    match respond(data, &limits, &policy, &mut out) {
+        Ok(None) => {
+            assert!(out.is_empty());
+            assert!(data.len() < limits.max_head_bytes);
+        }
+        Ok(Some(head_len)) => {
+            assert!(head_len <= data.len());
+            assert!(out.starts_with(b"HTTP/1.1 101 "));
+        }
+        Err(e) => {
+            assert!(out.starts_with(b"HTTP/1.1 4") || out.starts_with(b"HTTP/1.1 5"));
+            assert!(e.status() >= 400);
+        }
+    }
+}
+
+/// Unmasking: the fast path equals the byte loop at the offset and alignment the input picks.
+pub fn unmask_vs_naive(data: &[u8]) {
+    let [k0, k1, k2, k3, offset, align, rest @ ..] = data else { return };
+    let key = [*k0, *k1, *k2, *k3];
+    let start = usize::from(*align % 32).min(rest.len());
+    let mut fast = rest.to_vec();
+    let mut naive = rest.to_vec();
+    unmask(&mut fast[start..], key, usize::from(*offset));
+    unmask_naive(&mut naive[start..], key, usize::from(*offset));
+    assert_eq!(fast, naive);
+}
+
+/// Owned copy of an event, to compare decodings.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Message(MessageKind, Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(Option<u16>, String),
+}
+
+const FUZZ_MAX_MESSAGE: usize = 1000;
+
+/// Feeds `stream` to a server decoder `chunk` bytes at a time, like a connection would.
+fn decode_stream(stream: &[u8], chunk: usize) -> (Vec<Seen>, Option<crate::ws::ProtocolError>) {
+    let limits = MessageLimits { max_message: FUZZ_MAX_MESSAGE, max_frame: 600 };
+    let mut decoder = Decoder::server(limits);
+    let mut seen = Vec::new();
+    let mut rbuf = Vec::new();
+    for piece in stream.chunks(chunk.max(1)) {
+        rbuf.extend_from_slice(piece);
+        let mut pos = 0;
+        loop {
+            let (event, used) = match decoder.decode(&mut rbuf[pos..]) {
+                Ok(r) => r,
+                Err(e) => return (seen, Some(e)),
+            };
+            pos += used;
+            let Some(event) = event else {
+                if used == 0 {
+                    break;
+                }
+                continue;
+            };
+            seen.push(match event {
+                Event::Message(kind, payload) => {
+                    assert!(payload.len() <= FUZZ_MAX_MESSAGE);
+                    if kind == MessageKind::Text {
+                        assert!(std::str::from_utf8(payload).is_ok());
+                    }
+                    Seen::Message(kind, payload.to_vec())
+                }
+                Event::Ping(p) => {
+                    assert!(p.len() <= 125);
+                    Seen::Ping(p.to_vec())
+                }
+                Event::Pong(p) => {
+                    assert!(p.len() <= 125);
+                    Seen::Pong(p.to_vec())
+                }
+                Event::Close(c) => Seen::Close(c.code, c.reason.to_string()),
+            });
+        }
+        assert!(pos <= rbuf.len());
+        rbuf.drain(..pos);
+        // The decoder never holds back more than one frame header's worth of bytes.
+        assert!(rbuf.len() < MAX_HEADER_LEN);
+    }
+    (seen, None)
+}
+
+/// Message assembly over arbitrary frame sequences. The input describes frames (so most of
+/// them get past the header checks): per frame a flags byte (FIN, RSV, opcode), a length byte,
+/// then the payload. Invariants: text is valid UTF-8, no message exceeds the limit, control
+/// payloads fit 125 bytes, and the result does not depend on how the bytes were split.
+pub fn message_assembly(data: &[u8]) {
+    let [chunk, frames @ ..] = data else { return };
+    let mut rest = frames;
+    let mut stream = Vec::new();
+    while let [flags, len, tail @ ..] = rest {
+        let len = usize::from(*len).min(tail.len());
+        let (payload, tail) = tail.split_at(len);
+        let key = [flags.wrapping_mul(7), 0x5a, *flags, 0xc3];
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let opcode = match flags & 0x0F {
+            0x0 | 0x3 => crate::ws::frame::Opcode::Continuation,
+            0x1 | 0x4 | 0x5 => crate::ws::frame::Opcode::Text,
+            0x2 | 0x6 => crate::ws::frame::Opcode::Binary,
+            0x8 | 0xB => crate::ws::frame::Opcode::Close,
+            0x9 | 0xC => crate::ws::frame::Opcode::Ping,
+            _ => crate::ws::frame::Opcode::Pong,
+        };
+        let n = encode_header(&mut head, flags & 0x80 != 0, opcode, payload.len(), Some(key));
+        // Occasionally set RSV bits or a reserved opcode so those paths are reached too.
+        if flags & 0x70 == 0x70 {
+            head[0] |= 0x40;
+        }
+        stream.extend_from_slice(&head[..n]);
+        let start = stream.len();
+        stream.extend_from_slice(payload);
+        unmask(&mut stream[start..], key, 0);
+        rest = tail;
+    }
+    let whole = decode_stream(&stream, stream.len());
+    let split = decode_stream(&stream, usize::from(*chunk % 17) + 1);
+    assert_eq!(whole, split);
+    for seen in &whole.0 {
+        if let Seen::Close(Some(code), reason) = seen {
+            assert!(crate::ws::close::is_valid_code(*code));
+            assert!(reason.len() <= 123);
+        }
+    }
+    // Raw bytes, not built by us, must never panic either.
+    let _ = decode_stream(frames, usize::from(*chunk % 5) + 1);
+    let _ = parse_close_payload(frames);
+}

@@ -1,0 +1,7 @@
+//! HTTP/1.1 as far as a WebSocket server needs it: request heads (parsed with httparse into
+//! caller-provided storage, bounded in bytes and header count) and responses.
+
+pub mod request;
+pub mod response;
+
+pub use request::{parse_request, HeadLimits, Request, RequestError};

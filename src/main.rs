@@ -1,0 +1,3 @@
+fn main() {
+    println!("wsgate {}", env!("CARGO_PKG_VERSION"));
+}

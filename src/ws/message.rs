@@ -1,0 +1,430 @@
+//! Message assembly (RFC 6455 §5.4, §5.5, §8.1): frames in, messages and control frames out.
+//!
+//! [`Decoder::decode`] is fed the unread part of the connection's read buffer. It unmasks
+//! payload bytes in place as they arrive, validates text incrementally (so invalid UTF-8 fails
+//! at the first bad byte, even mid-frame), and reports how many bytes it consumed.
+//!
+//! - A complete unfragmented data frame already in the buffer is returned as a slice of that
+//!   buffer: no copy.
+//! - A frame whose payload is still arriving, or a fragment, is copied into the decoder's
+//!   assembly buffer as its bytes arrive, so the read buffer never has to hold a whole large
+//!   frame and memory grows only with bytes actually received, never with declared lengths.
+//! - Control frames may arrive between fragments; they are returned as they complete.
+
+use super::close::{parse_close_payload, CloseFrame};
+use super::frame::{parse_header, FrameLimits, Header, Opcode};
+use super::mask::unmask;
+use super::utf8::Utf8Validator;
+use super::ProtocolError;
+
+/// Limits on what the decoder accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageLimits {
+    /// The largest message (all fragments together), in payload bytes.
+    pub max_message: usize,
+    /// The largest single frame payload.
+    pub max_frame: usize,
+}
+
+impl Default for MessageLimits {
+    fn default() -> Self {
+        MessageLimits { max_message: 32 << 20, max_frame: 32 << 20 }
+    }
+}
+
+/// Whether a data message is text (UTF-8 validated) or binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    Text,
+    Binary,
+}
+
+impl MessageKind {
+    pub fn opcode(self) -> Opcode {
+        match self {
+            MessageKind::Text => Opcode::Text,
+            MessageKind::Binary => Opcode::Binary,
+        }
+    }
+}
+
+/// What the decoder produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A whole data message. For text the payload is valid UTF-8.
+    Message(MessageKind, &'a [u8]),
+    Ping(&'a [u8]),
+    Pong(&'a [u8]),
+    Close(CloseFrame<'a>),
+}
+
+/// Frame-level position in the byte stream.
+#[derive(Debug, Clone, Copy)]
+enum FrameState {
+    /// Waiting for a frame header.
+    Header,
+    /// Inside a frame's payload; `done` bytes of it were already consumed.
+    Payload { header: Header, done: usize },
+}
+
+/// One direction of one connection's message stream.
+#[derive(Debug)]
+pub struct Decoder {
+    frame_limits: FrameLimits,
+    max_message: usize,
+    state: FrameState,
+    /// The data message in progress (set between its first frame and its FIN frame).
+    message: Option<MessageKind>,
+    /// Payload of the message in progress. Empty (no allocation) unless a message spans
+    /// frames or reads.
+    assembly: Vec<u8>,
+    /// A control frame's payload while it arrives in pieces (at most 125 bytes, §5.5).
+    control: [u8; 125],
+    utf8: Utf8Validator,
+    /// A completed assembled message is still lent out; clear before the next one.
+    lent: bool,
+}
+
+/// Assembly buffers above this capacity are released once their message is delivered, so a
+/// connection that once received a large message does not keep that memory while idle.
+const KEEP_ASSEMBLY_CAPACITY: usize = 64 * 1024;
+
+impl Decoder {
+    /// A decoder for frames sent by a client (masked), as a server reads them.
+    pub fn server(limits: MessageLimits) -> Decoder {
+        Decoder::new(FrameLimits::server(limits.max_frame.min(limits.max_message) as u64), limits.max_message)
+    }
+
+    /// A decoder for frames sent by a server (unmasked), as a client reads them.
+    pub fn client(limits: MessageLimits) -> Decoder {
+        Decoder::new(FrameLimits::client(limits.max_frame.min(limits.max_message) as u64), limits.max_message)
+    }
+
+    fn new(frame_limits: FrameLimits, max_message: usize) -> Decoder {
+        Decoder {
+            frame_limits,
+            max_message,
+            state: FrameState::Header,
+            message: None,
+            assembly: Vec::new(),
+            control: [0; 125],
+            utf8: Utf8Validator::new(),
+            lent: false,
+        }
+    }
+
+    /// True when no frame or message is partly received: nothing would be lost by dropping
+    /// the read buffer.
+    pub fn is_between_messages(&self) -> bool {
+        matches!(self.state, FrameState::Header) && self.message.is_none()
+    }
+
+    /// Bytes held by the decoder's own buffer.
+    pub fn buffered_capacity(&self) -> usize {
+        self.assembly.capacity()
+    }
+
+    /// Decodes from `buf`, the unread bytes of the read buffer.
+    ///
+    /// Returns the event (if one completed) and the number of bytes of `buf` consumed.
+    /// `(None, 0)` means more bytes are needed. The event may borrow from `buf` (a frame
+    /// received whole) or from the decoder (an assembled message); it must be handled
+    /// before the next call.
+    pub fn decode<'a>(&'a mut self, buf: &'a mut [u8]) -> Result<(Option<Event<'a>>, usize), ProtocolError> {
+        if self.lent {
+            self.lent = false;
+            self.assembly.clear();
+            if self.assembly.capacity() > KEEP_ASSEMBLY_CAPACITY {
+                self.assembly = Vec::new();
+            }
+        }
+        let mut consumed = 0;
+        let (header, done) = match self.state {
+            FrameState::Payload { header, done } => (header, done),
+            FrameState::Header => {
+                let Some((header, header_len)) = parse_header(buf, &self.frame_limits)? else {
+                    return Ok((None, 0));
+                };
+                self.check_sequence(&header)?;
+                let frame_end = header_len + header.payload_len;
+                let whole = header.opcode.is_control() || (header.fin && header.opcode != Opcode::Continuation);
+                if whole && buf.len() >= frame_end {
+                    // Fast path: the whole frame is here; hand out its payload in place.
+                    let frame = &mut buf[header_len..frame_end];
+                    if let Some(key) = header.mask {
+                        unmask(frame, key, 0);
+                    }
+                    let event = complete_in_place(header.opcode, frame)?;
+                    return Ok((Some(event), frame_end));
+                }
+                if let Some(kind) = data_kind(header.opcode) {
+                    self.message = Some(kind);
+                }
+                consumed = header_len;
+                (header, 0)
+            }
+        };
+        let (_, rest) = buf.split_at_mut(consumed);
+        let available = rest.len().min(header.payload_len - done);
+        let piece = &mut rest[..available];
+        if let Some(key) = header.mask {
+            unmask(piece, key, done);
+        }
+        consumed += available;
+        let done = done + available;
+        let finished = done == header.payload_len;
+        self.state = if finished { FrameState::Header } else { FrameState::Payload { header, done } };
+
+        if header.opcode.is_control() {
+            self.control[done - available..done].copy_from_slice(piece);
+            if !finished {
+                return Ok((None, consumed));
+            }
+            let event = complete_in_place(header.opcode, &mut self.control[..done])?;
+            return Ok((Some(event), consumed));
+        }
+
+        // A data frame (first fragment or continuation).
+        let kind = self.message.unwrap_or(MessageKind::Binary);
+        if kind == MessageKind::Text {
+            self.utf8.feed(piece).map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        self.assembly.extend_from_slice(piece);
+        if !(finished && header.fin) {
+            return Ok((None, consumed));
+        }
+        if kind == MessageKind::Text {
+            self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        self.message = None;
+        self.lent = true;
+        Ok((Some(Event::Message(kind, &self.assembly)), consumed))
+    }
+
+    /// Checks a new frame against the message in progress and the size limit (§5.4).
+    fn check_sequence(&self, header: &Header) -> Result<(), ProtocolError> {
+        if header.opcode.is_control() {
+            return Ok(());
+        }
+        match (header.opcode, self.message) {
+            (Opcode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
+            (Opcode::Text | Opcode::Binary, Some(_)) => return Err(ProtocolError::ExpectedContinuation),
+            _ => {}
+        }
+        // Checked on the declared length, before any of the payload is accepted.
+        let total = self.assembly.len().checked_add(header.payload_len);
+        match total {
+            Some(total) if total <= self.max_message => Ok(()),
+            _ => Err(ProtocolError::MessageTooBig),
+        }
+    }
+}
+
+fn data_kind(opcode: Opcode) -> Option<MessageKind> {
+    match opcode {
+        Opcode::Text => Some(MessageKind::Text),
+        Opcode::Binary => Some(MessageKind::Binary),
+        _ => None,
+    }
+}
+
+/// Builds the event for a frame whose (unmasked) payload is complete and not fragmented.
+#[inline]
+fn complete_in_place(opcode: Opcode, payload: &mut [u8]) -> Result<Event<'_>, ProtocolError> {
+    let payload = &*payload;
+    Ok(match opcode {
+        Opcode::Text => {
+            super::utf8::validate(payload).map_err(|_| ProtocolError::InvalidUtf8)?;
+            Event::Message(MessageKind::Text, payload)
+        }
+        Opcode::Binary => Event::Message(MessageKind::Binary, payload),
+        Opcode::Ping => Event::Ping(payload),
+        Opcode::Pong => Event::Pong(payload),
+        Opcode::Close => Event::Close(parse_close_payload(payload)?),
+        // Continuations never complete in place; check_sequence routed them to assembly.
+        Opcode::Continuation => return Err(ProtocolError::UnexpectedContinuation),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::frame::{encode_header, MAX_HEADER_LEN};
+
+    const KEY: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
+
+    /// A masked client frame.
+    fn frame(fin: bool, opcode: Opcode, payload: &[u8]) -> Vec<u8> {
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut head, fin, opcode, payload.len(), Some(KEY));
+        let mut out = head[..n].to_vec();
+        let start = out.len();
+        out.extend_from_slice(payload);
+        crate::ws::mask::unmask(&mut out[start..], KEY, 0);
+        out
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Owned {
+        Text(String),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(Option<u16>, String),
+    }
+
+    fn own(e: Event<'_>) -> Owned {
+        match e {
+            Event::Message(MessageKind::Text, p) => Owned::Text(String::from_utf8(p.to_vec()).unwrap()),
+            Event::Message(MessageKind::Binary, p) => Owned::Binary(p.to_vec()),
+            Event::Ping(p) => Owned::Ping(p.to_vec()),
+            Event::Pong(p) => Owned::Pong(p.to_vec()),
+            Event::Close(c) => Owned::Close(c.code, c.reason.to_string()),
+        }
+    }
+
+    /// Feeds `bytes` in chunks of `chunk` bytes the way a connection would: appending to a
+    /// read buffer and decoding until no progress.
+    fn run(bytes: &[u8], chunk: usize, limits: MessageLimits) -> (Vec<Owned>, Option<ProtocolError>) {
+        let mut dec = Decoder::server(limits);
+        let mut events = Vec::new();
+        let mut rbuf: Vec<u8> = Vec::new();
+        for piece in bytes.chunks(chunk.max(1)) {
+            rbuf.extend_from_slice(piece);
+            let mut pos = 0;
+            loop {
+                match dec.decode(&mut rbuf[pos..]) {
+                    Ok((ev, n)) => {
+                        pos += n;
+                        let progressed = ev.is_some() || n > 0;
+                        if let Some(ev) = ev {
+                            events.push(own(ev));
+                        }
+                        if !progressed {
+                            break;
+                        }
+                    }
+                    Err(e) => return (events, Some(e)),
+                }
+            }
+            rbuf.drain(..pos);
+        }
+        (events, None)
+    }
+
+    fn all_chunkings(bytes: &[u8], limits: MessageLimits) -> (Vec<Owned>, Option<ProtocolError>) {
+        let first = run(bytes, bytes.len(), limits);
+        for chunk in [1, 2, 3, 7, 64] {
+            assert_eq!(run(bytes, chunk, limits), first, "chunk {chunk}");
+        }
+        first
+    }
+
+    #[test]
+    fn single_frames() {
+        let mut bytes = frame(true, Opcode::Text, b"Hello");
+        bytes.extend(frame(true, Opcode::Binary, &[0, 1, 2]));
+        bytes.extend(frame(true, Opcode::Ping, b"p"));
+        bytes.extend(frame(true, Opcode::Pong, b""));
+        bytes.extend(frame(true, Opcode::Close, &[0x03, 0xE8, b'o', b'k']));
+        let (events, err) = all_chunkings(&bytes, MessageLimits::default());
+        assert_eq!(err, None);
+        assert_eq!(
+            events,
+            vec![
+                Owned::Text("Hello".into()),
+                Owned::Binary(vec![0, 1, 2]),
+                Owned::Ping(b"p".to_vec()),
+                Owned::Pong(vec![]),
+                Owned::Close(Some(1000), "ok".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn fragments_with_interleaved_control_frames() {
+        let mut bytes = frame(false, Opcode::Text, "κό".as_bytes());
+        bytes.extend(frame(true, Opcode::Ping, b"mid"));
+        // A fragment boundary inside a multi-byte character.
+        let sigma = "σ".as_bytes();
+        bytes.extend(frame(false, Opcode::Continuation, &sigma[..1]));
+        bytes.extend(frame(false, Opcode::Continuation, &sigma[1..]));
+        bytes.extend(frame(true, Opcode::Continuation, "με".as_bytes()));
+        bytes.extend(frame(false, Opcode::Binary, &[]));
+        bytes.extend(frame(true, Opcode::Continuation, &[9; 300]));
+        let (events, err) = all_chunkings(&bytes, MessageLimits::default());
+        assert_eq!(err, None);
+        assert_eq!(
+            events,
+            vec![Owned::Ping(b"mid".to_vec()), Owned::Text("κόσμε".into()), Owned::Binary(vec![9; 300])]
+        );
+    }
+
+    #[test]
+    fn sequence_errors() {
+        use ProtocolError::*;
+        let cont = frame(true, Opcode::Continuation, b"x");
+        assert_eq!(all_chunkings(&cont, MessageLimits::default()).1, Some(UnexpectedContinuation));
+        let mut two_starts = frame(false, Opcode::Text, b"a");
+        two_starts.extend(frame(true, Opcode::Text, b"b"));
+        assert_eq!(all_chunkings(&two_starts, MessageLimits::default()).1, Some(ExpectedContinuation));
+        let mut close1 = frame(true, Opcode::Close, &[3]);
+        close1.truncate(close1.len());
+        assert_eq!(all_chunkings(&close1, MessageLimits::default()).1, Some(CloseCodeTruncated));
+        let bad_code = frame(true, Opcode::Close, &[0x03, 0xED]);
+        assert_eq!(all_chunkings(&bad_code, MessageLimits::default()).1, Some(InvalidCloseCode(1005)));
+        let bad_reason = frame(true, Opcode::Close, &[0x03, 0xE8, 0xC0]);
+        assert_eq!(all_chunkings(&bad_reason, MessageLimits::default()).1, Some(InvalidUtf8));
+    }
+
+    #[test]
+    fn invalid_utf8_fails_before_the_message_ends() {
+        let mut bytes = frame(false, Opcode::Text, &[0xce, 0xba]);
+        bytes.extend(frame(false, Opcode::Continuation, &[0xf4, 0x90, 0x80, 0x80]));
+        // This fragment never arrives in the test: the error must come without it.
+        let (events, err) = run(&bytes, 1, MessageLimits::default());
+        assert!(events.is_empty());
+        assert_eq!(err, Some(ProtocolError::InvalidUtf8));
+        // Mid-frame: the frame declares 100 bytes, only 6 arrive, the 3rd is invalid.
+        let full = frame(true, Opcode::Text, &[b'a', b'b', 0xff, b'c', b'd', b'e'].repeat(17)[..100]);
+        let (_, err) = run(&full[..6 + 6], 3, MessageLimits::default());
+        assert_eq!(err, Some(ProtocolError::InvalidUtf8));
+    }
+
+    #[test]
+    fn text_ending_mid_character_is_invalid() {
+        let mut bytes = frame(false, Opcode::Text, b"a");
+        bytes.extend(frame(true, Opcode::Continuation, &[0xe2, 0x82]));
+        assert_eq!(all_chunkings(&bytes, MessageLimits::default()).1, Some(ProtocolError::InvalidUtf8));
+    }
+
+    #[test]
+    fn size_limits() {
+        let limits = MessageLimits { max_message: 10, max_frame: 8 };
+        let (ev, err) = all_chunkings(&frame(true, Opcode::Binary, &[0; 8]), limits);
+        assert_eq!((ev.len(), err), (1, None));
+        assert_eq!(all_chunkings(&frame(true, Opcode::Binary, &[0; 9]), limits).1, Some(ProtocolError::MessageTooBig));
+        let mut frags = frame(false, Opcode::Binary, &[0; 6]);
+        frags.extend(frame(true, Opcode::Continuation, &[0; 4]));
+        assert_eq!(all_chunkings(&frags, limits).0.len(), 1);
+        let mut frags = frame(false, Opcode::Binary, &[0; 6]);
+        frags.extend(frame(true, Opcode::Continuation, &[0; 5]));
+        assert_eq!(all_chunkings(&frags, limits).1, Some(ProtocolError::MessageTooBig));
+    }
+
+    #[test]
+    fn large_assembly_buffer_is_released_after_delivery() {
+        let big = frame(true, Opcode::Binary, &vec![1; 200_000]);
+        let mut dec = Decoder::server(MessageLimits::default());
+        let mut buf = big[..100_000].to_vec();
+        let (ev, n) = dec.decode(&mut buf).unwrap();
+        assert!(ev.is_none() && n == 100_000);
+        let mut rest = big[100_000..].to_vec();
+        let (ev, _) = dec.decode(&mut rest).unwrap();
+        assert!(matches!(ev, Some(Event::Message(MessageKind::Binary, p)) if p.len() == 200_000));
+        assert!(dec.is_between_messages());
+        let (ev, n) = dec.decode(&mut []).unwrap();
+        assert!(ev.is_none() && n == 0);
+        assert_eq!(dec.buffered_capacity(), 0);
+    }
+}

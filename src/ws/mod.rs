@@ -1,0 +1,19 @@
+//! The RFC 6455 protocol core. No I/O: every function here takes byte slices and returns
+//! values, so all of it is unit-tested, fuzzed (`fuzz/`) and benchmarked (`benches/`).
+//!
+//! - [`frame`]: frame headers, parsed in place and encoded into a fixed array.
+//! - [`mask`]: in-place unmasking that can resume at any payload offset.
+//! - [`utf8`]: streaming UTF-8 validation that fails at the first bad byte.
+//! - [`message`]: fragments and control frames in, whole messages out.
+//! - [`close`]: close codes and close payloads.
+//! - [`handshake`]: the opening handshake (§4) on top of [`crate::http`].
+
+pub mod close;
+mod error;
+pub mod frame;
+pub mod handshake;
+pub mod mask;
+pub mod message;
+pub mod utf8;
+
+pub use error::ProtocolError;
