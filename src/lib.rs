@@ -2,11 +2,21 @@
 //!
 //! Data flows through the modules in this order:
 //!
-//! - [`ws`]: the RFC 6455 protocol core (frames, masking, UTF-8, messages, close, handshake),
-//!   pure functions on byte slices, fuzzed and benchmarked;
-//! - [`http`]: request heads and responses around the handshake.
+//! - [`server`]: the reactor (mio `Poll`, listeners, `Slab<Connection>`, timers, signals);
+//! - [`connection`]: one connection's state machine, buffers and readiness;
+//! - [`http`]: request heads and responses; [`ws`]: the RFC 6455 protocol core (frames,
+//!   masking, UTF-8, messages, close, handshake), pure functions on byte slices, fuzzed and
+//!   benchmarked;
+//! - [`route`]: request path → app, with the route's policy and limits;
+//! - [`buffer`]: pooled read buffers and the vectored output queue;
+//! - [`config`]: TOML → validated [`config::Config`], the embedded default.
 
+pub mod buffer;
+pub mod config;
+pub mod connection;
 pub mod http;
+pub mod route;
+pub mod server;
 pub mod ws;
 
 /// Entry points for `fuzz/`: each fuzz target is one line into here.

@@ -1,3 +1,113 @@
-fn main() {
-    println!("wsgate {}", env!("CARGO_PKG_VERSION"));
+//! The `wsgate` binary: CLI, config load, logging setup, `Server::run` — nothing else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use wsgate::config::{parse_listen, Config, Route};
+use wsgate::server::{raise_fd_limit, Server};
+
+/// A WebSocket gateway and message broker for the low-latency edge.
+///
+/// With no config file and no flags it serves 127.0.0.1:8080 with the echo app at /echo and
+/// a demo page at /. Flags override the file.
+#[derive(Parser, Debug)]
+#[command(name = "wsgate", version, about, long_about = None)]
+struct Cli {
+    /// Config file (TOML); see conf/wsgate.toml and wsgate.toml(5).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen address (repeatable), e.g. 127.0.0.1:8080 or [::1]:8080; replaces the file's.
+    #[arg(short = 'l', long = "listen", value_name = "ADDR", value_parser = parse_listen)]
+    listen: Vec<std::net::SocketAddr>,
+    /// Route (repeatable) PATH=TARGET, e.g. /echo=echo or /=demo; adds to or replaces the file's.
+    #[arg(long = "route", value_name = "PATH=TARGET")]
+    routes: Vec<String>,
+    /// Check the configuration, print a summary and exit (0 if valid).
+    #[arg(long = "check-config")]
+    check_config: bool,
+    /// More logging (-v debug, -vv trace).
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Less logging (-q warnings and errors only, -qq errors only).
+    #[arg(short = 'q', long = "quiet", action = clap::ArgAction::Count)]
+    quiet: u8,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let config = match build_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wsgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        println!("configuration OK");
+        println!("{}", summary(&config));
+        return ExitCode::SUCCESS;
+    }
+    let fd_limit = raise_fd_limit();
+    let server = match Server::bind(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+    log::info!("wsgate {} listening on {}", env!("CARGO_PKG_VERSION"), addrs.join(", "));
+    log::info!("{}; open-file limit {}", summary(&config), fd_limit.map_or("unknown".into(), |n| n.to_string()));
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("event loop failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn build_config(cli: &Cli) -> Result<Config, String> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::embedded_default(),
+    };
+    if !cli.listen.is_empty() {
+        config.listen = cli.listen.clone();
+    }
+    for spec in &cli.routes {
+        let route = Route::from_cli(spec, config.limits)?;
+        config.add_route(route)?;
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn summary(config: &Config) -> String {
+    let routes: Vec<String> = config.routes.iter().map(|r| format!("{} ({})", r.path, r.app.name())).collect();
+    format!(
+        "routes: {}; max_connections {}; max message {} bytes",
+        routes.join(", "),
+        config.max_connections,
+        config.limits.max_message_size
+    )
+}
+
+fn init_logging(cli: &Cli) {
+    let level = match (cli.verbose, cli.quiet) {
+        (0, 0) => log::LevelFilter::Info,
+        (1, _) => log::LevelFilter::Debug,
+        (v, _) if v >= 2 => log::LevelFilter::Trace,
+        (_, 1) => log::LevelFilter::Warn,
+        _ => log::LevelFilter::Error,
+    };
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(level).format_target(false).format_timestamp_millis();
+    // RUST_LOG, when set, refines the level per module.
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&spec);
+    }
+    builder.init();
 }

@@ -124,6 +124,17 @@ impl Decoder {
         self.assembly.capacity()
     }
 
+    /// Takes the message just returned by [`Decoder::decode`] if it was assembled in the
+    /// decoder's own buffer (it spanned frames or reads), so the caller can keep it without
+    /// copying. `None` if the last message was handed out in place from the read buffer.
+    pub fn take_assembled(&mut self) -> Option<Vec<u8>> {
+        if !self.lent {
+            return None;
+        }
+        self.lent = false;
+        Some(std::mem::take(&mut self.assembly))
+    }
+
     /// Decodes from `buf`, the unread bytes of the read buffer.
     ///
     /// Returns the event (if one completed) and the number of bytes of `buf` consumed.

@@ -1,0 +1,521 @@
+//! Configuration: TOML → a validated [`Config`]. Every limit has a documented default
+//! (`conf/wsgate.toml` lists them all); unknown keys and bad values are errors naming the key
+//! and the line. With no file, [`Config::embedded_default`] serves `127.0.0.1:8080` with `/echo`
+//! and the demo page at `/`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub max_connections: usize,
+    pub limits: Limits,
+    pub routes: Vec<Route>,
+}
+
+/// Limits and timeouts; every route starts from these and may override some.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_message_size: usize,
+    pub max_frame_size: usize,
+    pub max_head_size: usize,
+    pub max_headers: usize,
+    pub handshake_timeout: Duration,
+    /// Close a connection from which no message arrived for this long (zero: never).
+    pub idle_timeout: Duration,
+    /// Ping a peer that has been silent this long (zero: never).
+    pub ping_interval: Duration,
+    /// Close a peer that did not answer a ping within this time.
+    pub pong_timeout: Duration,
+    /// How long to wait for the peer's close frame, and then for its FIN.
+    pub close_timeout: Duration,
+    /// Close a peer that accepts none of the queued output for this long.
+    pub write_timeout: Duration,
+    /// Stop reading from a peer while this many bytes wait to be sent to it.
+    pub backpressure_high: usize,
+    /// Close a peer (1008) once this many bytes wait to be sent to it.
+    pub max_queued: usize,
+    /// On SIGTERM / SIGINT, how long connections get to finish their close handshake.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: 32 << 20,
+            max_frame_size: 32 << 20,
+            max_head_size: 8 << 10,
+            max_headers: 32,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(20),
+            close_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(30),
+            backpressure_high: 1 << 20,
+            max_queued: 64 << 20,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What serves a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum App {
+    /// WebSocket: every message comes back to its sender.
+    Echo,
+    /// Plain HTTP: the embedded demo page.
+    Demo,
+}
+
+impl App {
+    pub fn name(self) -> &'static str {
+        match self {
+            App::Echo => "echo",
+            App::Demo => "demo",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<App, String> {
+        match name {
+            "echo" => Ok(App::Echo),
+            "demo" => Ok(App::Demo),
+            other => Err(format!("unknown app {other:?} (expected \"echo\" or \"demo\")")),
+        }
+    }
+
+    pub fn is_websocket(self) -> bool {
+        matches!(self, App::Echo)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub path: String,
+    pub app: App,
+    /// Allowed `Origin` values; empty means any.
+    pub origins: Vec<String>,
+    /// Subprotocols offered, in order of preference.
+    pub subprotocols: Vec<String>,
+    pub limits: Limits,
+}
+
+/// A configuration error, with the file position when there is one.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---- the file format ----
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    server: ServerSection,
+    #[serde(default)]
+    limits: LimitsSection,
+    #[serde(default, rename = "route")]
+    routes: Vec<toml::Spanned<RouteSection>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    listen: Option<Vec<Addr>>,
+    max_connections: Option<usize>,
+}
+
+/// Every limit key; shared by `[limits]` and each `[[route]]` (which overrides).
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    max_message_size: Option<ByteSize>,
+    max_frame_size: Option<ByteSize>,
+    max_head_size: Option<ByteSize>,
+    max_headers: Option<usize>,
+    handshake_timeout: Option<Secs>,
+    idle_timeout: Option<Secs>,
+    ping_interval: Option<Secs>,
+    pong_timeout: Option<Secs>,
+    close_timeout: Option<Secs>,
+    write_timeout: Option<Secs>,
+    backpressure_high: Option<ByteSize>,
+    max_queued: Option<ByteSize>,
+    drain_timeout: Option<Secs>,
+}
+
+impl LimitsSection {
+    fn apply(&self, base: Limits) -> Limits {
+        Limits {
+            max_message_size: self.max_message_size.map_or(base.max_message_size, |b| b.0),
+            max_frame_size: self.max_frame_size.map_or(base.max_frame_size, |b| b.0),
+            max_head_size: self.max_head_size.map_or(base.max_head_size, |b| b.0),
+            max_headers: self.max_headers.unwrap_or(base.max_headers),
+            handshake_timeout: self.handshake_timeout.map_or(base.handshake_timeout, |s| s.0),
+            idle_timeout: self.idle_timeout.map_or(base.idle_timeout, |s| s.0),
+            ping_interval: self.ping_interval.map_or(base.ping_interval, |s| s.0),
+            pong_timeout: self.pong_timeout.map_or(base.pong_timeout, |s| s.0),
+            close_timeout: self.close_timeout.map_or(base.close_timeout, |s| s.0),
+            write_timeout: self.write_timeout.map_or(base.write_timeout, |s| s.0),
+            backpressure_high: self.backpressure_high.map_or(base.backpressure_high, |b| b.0),
+            max_queued: self.max_queued.map_or(base.max_queued, |b| b.0),
+            drain_timeout: self.drain_timeout.map_or(base.drain_timeout, |s| s.0),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteSection {
+    path: String,
+    app: String,
+    #[serde(default)]
+    origins: Vec<String>,
+    #[serde(default)]
+    subprotocols: Vec<String>,
+    #[serde(flatten)]
+    limits: RouteLimits,
+}
+
+/// The limits a route may override (the server-wide ones, such as the head size and the drain
+/// timeout, apply before a route is known and are not per route).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RouteLimits {
+    max_message_size: Option<ByteSize>,
+    max_frame_size: Option<ByteSize>,
+    idle_timeout: Option<Secs>,
+    ping_interval: Option<Secs>,
+    pong_timeout: Option<Secs>,
+    close_timeout: Option<Secs>,
+    write_timeout: Option<Secs>,
+    backpressure_high: Option<ByteSize>,
+    max_queued: Option<ByteSize>,
+}
+
+impl RouteLimits {
+    fn as_section(&self) -> LimitsSection {
+        LimitsSection {
+            max_message_size: self.max_message_size,
+            max_frame_size: self.max_frame_size,
+            idle_timeout: self.idle_timeout,
+            ping_interval: self.ping_interval,
+            pong_timeout: self.pong_timeout,
+            close_timeout: self.close_timeout,
+            write_timeout: self.write_timeout,
+            backpressure_high: self.backpressure_high,
+            max_queued: self.max_queued,
+            ..LimitsSection::default()
+        }
+    }
+}
+
+/// A size: an integer of bytes, or a string with a unit ("64KiB", "32MiB", "1GiB", "512B").
+#[derive(Debug, Clone, Copy)]
+struct ByteSize(usize);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => usize::try_from(n).map(ByteSize).map_err(|_| de::Error::custom("size too large")),
+            Raw::Str(s) => parse_size(&s).map(ByteSize).map_err(de::Error::custom),
+        }
+    }
+}
+
+/// A duration: an integer of seconds, or a string with a unit ("500ms", "10s", "5m", "1h").
+#[derive(Debug, Clone, Copy)]
+struct Secs(Duration);
+
+impl<'de> Deserialize<'de> for Secs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Secs(Duration::from_secs(n))),
+            Raw::Str(s) => parse_duration(&s).map(Secs).map_err(de::Error::custom),
+        }
+    }
+}
+
+/// A listen address; `*:8080` and `[::]:8080` style is accepted as std parses it.
+#[derive(Debug, Clone, Copy)]
+struct Addr(SocketAddr);
+
+impl<'de> Deserialize<'de> for Addr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_listen(&s).map(Addr).map_err(de::Error::custom)
+    }
+}
+
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| format!("invalid listen address {s:?} (expected e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")"))
+}
+
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 =
+        digits.parse().map_err(|_| format!("invalid size {s:?} (expected e.g. 65536, \"64KiB\", \"32MiB\")"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} in {s:?} (use B, KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult).and_then(|v| usize::try_from(v).ok()).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 =
+        digits.parse().map_err(|_| format!("invalid duration {s:?} (expected e.g. 30, \"500ms\", \"10s\", \"5m\")"))?;
+    Ok(match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        other => return Err(format!("unknown duration unit {other:?} in {s:?} (use ms, s, m or h)")),
+    })
+}
+
+/// 1-based line of a byte offset in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1
+}
+
+impl Config {
+    /// `127.0.0.1:8080`, `/echo` (echo) and `/` (demo page), default limits.
+    pub fn embedded_default() -> Config {
+        let limits = Limits::default();
+        Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            max_connections: 10_000,
+            limits,
+            routes: vec![Route::new("/", App::Demo, limits), Route::new("/echo", App::Echo, limits)],
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read config: {e}", path.display())))?;
+        Config::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|e| ConfigError(e.to_string().trim_end().to_string()))?;
+        let defaults = Config::embedded_default();
+        let limits = file.limits.apply(Limits::default());
+        let mut config = Config {
+            listen: file.server.listen.map_or(defaults.listen, |v| v.into_iter().map(|a| a.0).collect()),
+            max_connections: file.server.max_connections.unwrap_or(defaults.max_connections),
+            limits,
+            routes: Vec::new(),
+        };
+        if file.routes.is_empty() {
+            config.routes = defaults.routes.iter().map(|r| Route { limits, ..r.clone() }).collect();
+        }
+        for spanned in file.routes {
+            let line = line_of(text, spanned.span().start);
+            let r = spanned.into_inner();
+            let app = App::parse(&r.app).map_err(|e| ConfigError(format!("line {line}: route.app: {e}")))?;
+            let route = Route {
+                path: r.path,
+                app,
+                origins: r.origins,
+                subprotocols: r.subprotocols,
+                limits: r.limits.as_section().apply(limits),
+            };
+            config.add_route(route).map_err(|e| ConfigError(format!("line {line}: {e}")))?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Adds or replaces (same path) a route, checking it.
+    pub fn add_route(&mut self, route: Route) -> Result<(), String> {
+        if !route.path.starts_with('/') || route.path.contains(['?', '#', ' ']) {
+            return Err(format!("route.path: {:?} must be an absolute path without query", route.path));
+        }
+        for p in &route.subprotocols {
+            if p.is_empty() || !p.bytes().all(is_token_byte) {
+                return Err(format!("route.subprotocols: {p:?} is not an HTTP token"));
+            }
+        }
+        if let Some(existing) = self.routes.iter_mut().find(|r| r.path == route.path) {
+            *existing = route;
+        } else {
+            self.routes.push(route);
+        }
+        Ok(())
+    }
+
+    /// Checks cross-field rules after parsing and after CLI overrides.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if self.listen.is_empty() {
+            return err("server.listen: at least one address is needed".into());
+        }
+        if self.max_connections == 0 {
+            return err("server.max_connections: must be at least 1".into());
+        }
+        let l = &self.limits;
+        if l.max_head_size < 256 {
+            return err(format!("limits.max_head_size: {} is too small (at least 256)", l.max_head_size));
+        }
+        if l.max_headers == 0 || l.max_headers > crate::http::request::MAX_HEADERS {
+            return err(format!("limits.max_headers: must be 1..={}", crate::http::request::MAX_HEADERS));
+        }
+        if l.handshake_timeout.is_zero() {
+            return err("limits.handshake_timeout: must be more than zero (it guards against slowloris)".into());
+        }
+        for r in &self.routes {
+            let l = &r.limits;
+            let at = |key: &str| format!("route {:?}: {key}", r.path);
+            if l.max_message_size == 0 || l.max_frame_size == 0 {
+                return err(at("max_message_size / max_frame_size: must be more than zero"));
+            }
+            if l.close_timeout.is_zero() || l.write_timeout.is_zero() {
+                return err(at("close_timeout / write_timeout: must be more than zero"));
+            }
+            if !l.ping_interval.is_zero() && l.pong_timeout.is_zero() {
+                return err(at("pong_timeout: must be more than zero when pings are on"));
+            }
+            if l.backpressure_high == 0 || l.max_queued < l.backpressure_high {
+                return err(at("max_queued: must be at least backpressure_high (and both more than zero)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The longest any connection may take to finish once the server starts draining.
+    pub fn drain_timeout(&self) -> Duration {
+        self.limits.drain_timeout
+    }
+}
+
+impl Route {
+    pub fn new(path: &str, app: App, limits: Limits) -> Route {
+        Route { path: path.to_string(), app, origins: Vec::new(), subprotocols: Vec::new(), limits }
+    }
+
+    /// Parses a CLI route `PATH=TARGET`, e.g. `/echo=echo`.
+    pub fn from_cli(spec: &str, limits: Limits) -> Result<Route, String> {
+        let (path, target) =
+            spec.split_once('=').ok_or_else(|| format!("--route {spec:?}: expected PATH=TARGET, e.g. /echo=echo"))?;
+        let app = App::parse(target).map_err(|e| format!("--route {spec:?}: {e}"))?;
+        Ok(Route::new(path, app, limits))
+    }
+}
+
+/// RFC 9110 tchar.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotated_example_parses_to_the_defaults() {
+        let text = include_str!("../conf/wsgate.toml");
+        let config = Config::parse(text).unwrap();
+        let default = Config::embedded_default();
+        assert_eq!(config.listen, default.listen);
+        assert_eq!(config.limits, default.limits);
+        assert_eq!(config.max_connections, default.max_connections);
+        let paths: Vec<_> = config.routes.iter().map(|r| (r.path.as_str(), r.app)).collect();
+        assert_eq!(paths, [("/", App::Demo), ("/echo", App::Echo)]);
+    }
+
+    #[test]
+    fn values_and_overrides() {
+        let c = Config::parse(
+            r#"
+[server]
+listen = ["127.0.0.1:9001", "[::1]:9001"]
+[limits]
+max_message_size = "1MiB"
+idle_timeout = "90s"
+ping_interval = 0
+[[route]]
+path = "/e"
+app = "echo"
+max_message_size = 1000
+subprotocols = ["chat"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.limits.max_message_size, 1 << 20);
+        let r = &c.routes[0];
+        assert_eq!((r.limits.max_message_size, r.limits.idle_timeout), (1000, Duration::from_secs(90)));
+        assert!(r.limits.ping_interval.is_zero());
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line() {
+        let cases = [
+            ("[limits]\nmax_mesage_size = 5\n", "max_mesage_size", "line 2"),
+            ("[limits]\nidle_timeout = \"5 parsecs\"\n", "parsecs", "line 2"),
+            ("[server]\nlisten = [\"localhost\"]\n", "listen address", "line 2"),
+            ("\n\n[[route]]\npath = \"/x\"\napp = \"nope\"\n", "route.app", "line 3"),
+            ("[[route]]\npath = \"x\"\napp = \"echo\"\n", "route.path", "line 1"),
+            ("[limits]\nhandshake_timeout = 0\n", "handshake_timeout", ""),
+            ("[[route]]\npath = \"/x\"\napp = \"echo\"\nbogus = 1\n", "bogus", "line"),
+        ];
+        for (text, key, line) in cases {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(line), "{text:?} gave {e}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("7"), Ok(7));
+        assert!(parse_size("1ZiB").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn cli_routes() {
+        let r = Route::from_cli("/e=echo", Limits::default()).unwrap();
+        assert_eq!((r.path.as_str(), r.app), ("/e", App::Echo));
+        assert!(Route::from_cli("/e", Limits::default()).is_err());
+        assert!(Route::from_cli("/e=chat2", Limits::default()).is_err());
+    }
+}

@@ -1,0 +1,720 @@
+//! One client connection: its state machine, buffers and readiness.
+//!
+//! States: `Unknown` (accepted) → `Opening` (TLS; not on plain listeners yet) → `Handshaking`
+//! (reading the request head) → `Connected` (frames flow) → `Flushing` (last bytes out, then
+//! FIN) → `Lingering` (waiting for the peer's FIN) → `Closed`. Every state has a deadline
+//! ([`Connection::deadline`]); the loop calls [`Connection::on_timer`] when it passes.
+//!
+//! The connection never touches the poller, the slab or other connections: the loop sets the
+//! readiness it observed, calls [`Connection::drive`], and does what the result says. Time is
+//! passed in (`Ctx::now`), so everything here runs the same in tests.
+//!
+//! Readiness is edge-triggered and tracked here: `readable` / `writable` stay set until an
+//! operation returns `WouldBlock`. Backpressure is "do not read while too much output is
+//! queued", which needs no re-registration.
+
+use std::borrow::Cow;
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr};
+use std::time::Instant;
+
+use mio::net::TcpStream;
+use mio::Token;
+
+use crate::buffer::{OutQueue, Pools};
+use crate::config::{App, Limits};
+use crate::http::request::{parse_request, HeadLimits, Request, MAX_HEADERS};
+use crate::http::response::Response;
+use crate::route::Routes;
+use crate::ws::close::{self, encode_close_payload, CloseFrame};
+use crate::ws::frame::Opcode;
+use crate::ws::handshake;
+use crate::ws::message::{Decoder, Event};
+
+/// Bytes one connection may read per wake-up before the loop serves others.
+const READ_BUDGET: usize = 512 * 1024;
+
+/// What the loop shares with a connection for one call.
+pub struct Ctx<'a> {
+    pub now: Instant,
+    pub routes: &'a Routes,
+    /// Server-wide limits (those that apply before a route is known).
+    pub limits: &'a Limits,
+    pub pools: &'a mut Pools,
+}
+
+/// The WebSocket session of a `Connected` connection.
+#[derive(Debug)]
+struct Session {
+    app: App,
+    decoder: Decoder,
+    /// Last data message from the peer (idle timeout).
+    last_message: Instant,
+    /// Last frame of any kind from the peer (ping schedule).
+    last_read: Instant,
+    ping_sent: Option<Instant>,
+    /// Set once our close frame is queued; then only the peer's close frame matters.
+    close_sent: Option<Instant>,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Accepted; the first readiness event moves it on.
+    Unknown,
+    Handshaking {
+        deadline: Instant,
+    },
+    Connected(Box<Session>),
+    /// The last bytes (an error response, a close frame) are being written; then FIN.
+    Flushing {
+        deadline: Instant,
+    },
+    /// FIN sent; reading and discarding until the peer's FIN, so our last bytes are not
+    /// destroyed by a reset.
+    Lingering {
+        deadline: Instant,
+    },
+    Closed,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::Unknown => "unknown",
+            State::Handshaking { .. } => "handshaking",
+            State::Connected(_) => "connected",
+            State::Flushing { .. } => "flushing",
+            State::Lingering { .. } => "lingering",
+            State::Closed => "closed",
+        }
+    }
+}
+
+/// Counters for the access log line.
+#[derive(Debug, Default)]
+struct AccessLog {
+    path: Option<Box<str>>,
+    status: Option<u16>,
+    msgs_in: u64,
+    bytes_in: u64,
+    msgs_out: u64,
+    bytes_out: u64,
+    /// Close code (sent or received) and reason.
+    close: Option<(u16, Cow<'static, str>)>,
+    /// Why the connection ended, when it did not end with a close handshake.
+    end: Option<Cow<'static, str>>,
+}
+
+pub struct Connection {
+    pub token: Token,
+    socket: TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    state: State,
+    rbuf: Option<Box<[u8]>>,
+    /// Unconsumed bytes are `rbuf[rstart..rend]`.
+    rstart: usize,
+    rend: usize,
+    out: OutQueue,
+    readable: bool,
+    writable: bool,
+    /// Since when queued output has made no progress.
+    stalled_since: Option<Instant>,
+    /// Limits in force: the server's until a route is chosen, then the route's.
+    limits: Limits,
+    /// When the loop's timer entry for this connection fires (see `server.rs`).
+    pub timer_at: Option<Instant>,
+    log: AccessLog,
+}
+
+impl Connection {
+    pub fn new(token: Token, socket: TcpStream, peer: SocketAddr, now: Instant, limits: Limits) -> Connection {
+        Connection {
+            token,
+            socket,
+            peer,
+            accepted: now,
+            state: State::Unknown,
+            rbuf: None,
+            rstart: 0,
+            rend: 0,
+            out: OutQueue::default(),
+            readable: false,
+            writable: false,
+            stalled_since: None,
+            limits,
+            timer_at: None,
+            log: AccessLog::default(),
+        }
+    }
+
+    pub fn socket_mut(&mut self) -> &mut TcpStream {
+        &mut self.socket
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// Records readiness the poller reported.
+    pub fn set_ready(&mut self, readable: bool, writable: bool) {
+        self.readable |= readable;
+        self.writable |= writable;
+    }
+
+    /// Does all the I/O the readiness allows. Returns `true` when the read budget ran out
+    /// with data still readable: the loop must call again soon, after serving others.
+    pub fn drive(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        if let State::Unknown = self.state {
+            self.set_state(State::Handshaking { deadline: self.accepted + ctx.limits.handshake_timeout });
+        }
+        let mut budget = READ_BUDGET;
+        loop {
+            if self.writable && !self.out.is_empty() {
+                self.flush(ctx);
+            }
+            if self.is_closed() {
+                return false;
+            }
+            // Input left over by backpressure goes first, before more is read.
+            if self.has_unprocessed_input() && self.wants_input() {
+                self.process_input(ctx);
+                if self.writable && !self.out.is_empty() {
+                    continue;
+                }
+            }
+            if !(self.readable && self.wants_input()) {
+                break;
+            }
+            if budget == 0 {
+                return true;
+            }
+            budget = budget.saturating_sub(self.read_once(ctx));
+        }
+        self.after_io(ctx);
+        false
+    }
+
+    /// The earliest time at which [`Connection::on_timer`] has something to do.
+    pub fn deadline(&self) -> Option<Instant> {
+        let state = match &self.state {
+            State::Unknown => Some(self.accepted + self.limits.handshake_timeout),
+            State::Handshaking { deadline } | State::Flushing { deadline } | State::Lingering { deadline } => {
+                Some(*deadline)
+            }
+            State::Connected(s) => Some(session_deadline(s, &self.limits)).flatten(),
+            State::Closed => None,
+        };
+        let stall = self.stalled_since.map(|t| t + self.limits.write_timeout);
+        match (state, stall) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Acts on every deadline that has passed.
+    pub fn on_timer(&mut self, ctx: &mut Ctx<'_>) {
+        let now = ctx.now;
+        if self.stalled_since.is_some_and(|t| now >= t + self.limits.write_timeout) {
+            return self.abort("write timeout: peer is not reading");
+        }
+        let limits = self.limits;
+        match &mut self.state {
+            State::Unknown | State::Handshaking { .. } => {
+                if self.deadline().is_some_and(|d| now >= d) {
+                    self.log.status = Some(408);
+                    self.log.end = Some("handshake timeout".into());
+                    self.out.push_bytes_response(ctx.pools, 408, "request head not received in time");
+                    self.finish(now);
+                }
+            }
+            State::Connected(s) => {
+                if let Some(sent) = s.close_sent {
+                    if now >= sent + limits.close_timeout {
+                        self.abort("close handshake timed out");
+                    }
+                } else if !limits.idle_timeout.is_zero() && now >= s.last_message + limits.idle_timeout {
+                    self.begin_close(ctx, close::GOING_AWAY, "idle timeout");
+                } else if let Some(pinged) = s.ping_sent {
+                    if now >= pinged + limits.pong_timeout {
+                        self.begin_close(ctx, close::GOING_AWAY, "ping timeout");
+                    }
+                } else if !limits.ping_interval.is_zero() && now >= s.last_read + limits.ping_interval {
+                    s.ping_sent = Some(now);
+                    self.out.push_frame(ctx.pools, Opcode::Ping, b"");
+                }
+            }
+            State::Flushing { deadline } | State::Lingering { deadline } => {
+                if now >= *deadline {
+                    self.abort("peer did not finish closing in time");
+                }
+            }
+            State::Closed => {}
+        }
+        self.after_io(ctx);
+    }
+
+    /// The server is shutting down: close handshakes start, requests in progress end.
+    pub fn start_drain(&mut self, ctx: &mut Ctx<'_>) {
+        match &self.state {
+            State::Unknown | State::Handshaking { .. } => self.abort("server shutting down"),
+            State::Connected(s) if s.close_sent.is_none() => {
+                self.begin_close(ctx, close::GOING_AWAY, "server shutting down");
+            }
+            _ => {}
+        }
+        self.after_io(ctx);
+    }
+
+    /// Gives back every buffer; the connection is about to be dropped.
+    pub fn release(&mut self, pools: &mut Pools) {
+        if let Some(buf) = self.rbuf.take() {
+            pools.put_read(buf);
+        }
+        self.out.release(pools);
+    }
+
+    /// Whether this connection holds any buffer (for tests of "idle holds nothing").
+    pub fn holds_buffers(&self) -> bool {
+        self.rbuf.is_some() || !self.out.is_empty()
+    }
+
+    /// One access log line: peer, path, status, duration, messages and bytes each way, close.
+    pub fn access_line(&self, now: Instant) -> String {
+        let l = &self.log;
+        let close = match (&l.close, &l.end) {
+            (Some((code, reason)), _) if reason.is_empty() => format!("close={code}"),
+            (Some((code, reason)), _) => format!("close={code} ({reason})"),
+            (None, Some(end)) => format!("end=({end})"),
+            (None, None) => "end=(peer closed)".to_string(),
+        };
+        format!(
+            "{} {} status={} {:.3}s in={}msg/{}B out={}msg/{}B {}",
+            self.peer,
+            l.path.as_deref().unwrap_or("-"),
+            l.status.map_or("-".to_string(), |s| s.to_string()),
+            now.saturating_duration_since(self.accepted).as_secs_f64(),
+            l.msgs_in,
+            l.bytes_in,
+            l.msgs_out,
+            l.bytes_out,
+            close
+        )
+    }
+
+    // ---- I/O ----
+
+    fn wants_input(&self) -> bool {
+        match &self.state {
+            State::Handshaking { .. } => self.out.is_empty() || self.out.len() < self.limits.backpressure_high,
+            State::Connected(_) => self.out.len() < self.limits.backpressure_high,
+            State::Lingering { .. } => true,
+            State::Unknown | State::Flushing { .. } | State::Closed => false,
+        }
+    }
+
+    fn has_unprocessed_input(&self) -> bool {
+        // A frame header is at most 14 bytes; fewer bytes than a full one may be waiting for
+        // the rest, which only a read can bring.
+        self.rend - self.rstart >= crate::ws::frame::MAX_HEADER_LEN
+            && matches!(self.state, State::Connected(_) | State::Handshaking { .. })
+    }
+
+    /// One read; processes what arrived. Returns the bytes read.
+    fn read_once(&mut self, ctx: &mut Ctx<'_>) -> usize {
+        let mut buf = self.rbuf.take().unwrap_or_else(|| ctx.pools.take_read());
+        if self.rend == buf.len() {
+            // Make room: move the unconsumed tail to the front.
+            buf.copy_within(self.rstart..self.rend, 0);
+            self.rend -= self.rstart;
+            self.rstart = 0;
+        }
+        let result = (&self.socket).read(&mut buf[self.rend..]);
+        self.rbuf = Some(buf);
+        match result {
+            Ok(0) => {
+                self.readable = false;
+                self.on_eof();
+                0
+            }
+            Ok(n) => {
+                if matches!(self.state, State::Lingering { .. }) {
+                    // Discard: only the peer's FIN matters now.
+                    self.rstart = 0;
+                    self.rend = 0;
+                    return n;
+                }
+                self.rend += n;
+                self.process_input(ctx);
+                n
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.readable = false;
+                0
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => {
+                self.readable = false;
+                self.abort_io(e);
+                0
+            }
+        }
+    }
+
+    fn flush(&mut self, ctx: &mut Ctx<'_>) {
+        while !self.out.is_empty() {
+            match self.out.write_to(&mut self.socket, ctx.pools) {
+                Ok(0) => return self.abort("peer stopped accepting data"),
+                Ok(_) => self.stalled_since = Some(ctx.now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.writable = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.abort_io(e),
+            }
+        }
+    }
+
+    /// Bookkeeping after any activity: buffers back to the pool when idle, the end of
+    /// `Flushing`, the stall clock.
+    fn after_io(&mut self, ctx: &mut Ctx<'_>) {
+        if self.rstart == self.rend {
+            self.rstart = 0;
+            self.rend = 0;
+            let idle = match &self.state {
+                State::Connected(s) => s.decoder.is_between_messages(),
+                _ => true,
+            };
+            if idle {
+                if let Some(buf) = self.rbuf.take() {
+                    ctx.pools.put_read(buf);
+                }
+            }
+        }
+        if self.out.is_empty() {
+            self.stalled_since = None;
+            if let State::Flushing { .. } = self.state {
+                // Our last byte is out: send FIN, then wait for the peer's.
+                match self.socket.shutdown(Shutdown::Write) {
+                    Ok(()) => self.set_state(State::Lingering { deadline: ctx.now + self.limits.close_timeout }),
+                    Err(_) => self.set_state(State::Closed),
+                }
+            }
+        } else if self.stalled_since.is_none() {
+            self.stalled_since = Some(ctx.now);
+        }
+        if matches!(self.state, State::Connected(_)) && self.out.len() > self.limits.max_queued {
+            self.log.end = Some("output queue over max_queued".into());
+            self.fail_ws(ctx, close::POLICY_VIOLATION, "too much queued output");
+        }
+    }
+
+    fn on_eof(&mut self) {
+        let why: &'static str = match &self.state {
+            State::Lingering { .. } => {
+                self.set_state(State::Closed);
+                return;
+            }
+            State::Handshaking { .. } if self.rend == self.rstart => "peer closed before a request",
+            State::Handshaking { .. } => "peer closed mid-request",
+            State::Connected(s) if s.close_sent.is_some() => "peer closed without answering close",
+            State::Connected(_) => "peer closed without a close frame (1006)",
+            _ => "peer closed",
+        };
+        self.abort(why);
+    }
+
+    // ---- state changes ----
+
+    fn set_state(&mut self, state: State) {
+        log::debug!("{} {} -> {}", self.peer, self.state.name(), state.name());
+        self.state = state;
+    }
+
+    /// Ends at once (no more I/O); the loop removes the connection after the batch.
+    fn abort(&mut self, why: &'static str) {
+        if self.log.end.is_none() && self.log.close.is_none() {
+            self.log.end = Some(why.into());
+        }
+        self.set_state(State::Closed);
+    }
+
+    fn abort_io(&mut self, e: io::Error) {
+        if self.log.end.is_none() {
+            self.log.end = Some(format!("I/O error: {e}").into());
+        }
+        self.set_state(State::Closed);
+    }
+
+    /// Writes what is queued, then FIN, then waits for the peer's FIN (bounded).
+    fn finish(&mut self, now: Instant) {
+        self.set_state(State::Flushing { deadline: now + self.limits.close_timeout });
+    }
+
+    /// Starts the closing handshake (§7.1.2): our close frame, then wait for the peer's.
+    fn begin_close(&mut self, ctx: &mut Ctx<'_>, code: u16, reason: &'static str) {
+        if let State::Connected(s) = &mut self.state {
+            if s.close_sent.is_none() {
+                s.close_sent = Some(ctx.now);
+                push_close(&mut self.out, ctx.pools, code, reason);
+                self.log.close = Some((code, reason.into()));
+            }
+        }
+    }
+
+    /// Fails the WebSocket connection (§7.1.7): close frame with the code, then TCP close
+    /// without waiting for the peer's close frame.
+    fn fail_ws(&mut self, ctx: &mut Ctx<'_>, code: u16, reason: &'static str) {
+        let already_sent = matches!(&self.state, State::Connected(s) if s.close_sent.is_some());
+        if !already_sent {
+            push_close(&mut self.out, ctx.pools, code, reason);
+        }
+        self.log.close = Some((code, reason.into()));
+        self.rstart = self.rend;
+        self.finish(ctx.now);
+    }
+
+    // ---- input ----
+
+    fn process_input(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(mut buf) = self.rbuf.take() else { return };
+        loop {
+            match self.state {
+                State::Handshaking { .. } => {
+                    if !self.process_request(&buf, ctx) {
+                        break;
+                    }
+                }
+                State::Connected(_) => {
+                    self.process_frames(&mut buf, ctx);
+                    break;
+                }
+                _ => {
+                    self.rstart = self.rend;
+                    break;
+                }
+            }
+        }
+        self.rbuf = Some(buf);
+    }
+
+    /// Handles one request head if a whole one is buffered. Returns `true` when the state
+    /// changed in a way that the remaining input must be looked at again.
+    fn process_request(&mut self, buf: &[u8], ctx: &mut Ctx<'_>) -> bool {
+        let head_limits = HeadLimits { max_head_bytes: ctx.limits.max_head_size, max_headers: ctx.limits.max_headers };
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let parsed = parse_request(&buf[self.rstart..self.rend], &mut storage, &head_limits);
+        match parsed {
+            Ok(None) => false,
+            Err(e) => {
+                self.log.status = Some(e.status());
+                self.log.end = Some(e.reason().into());
+                self.out.push_bytes_response(ctx.pools, e.status(), e.reason());
+                self.finish(ctx.now);
+                false
+            }
+            Ok(Some((req, head_len))) => {
+                self.rstart += head_len;
+                self.handle_request(&req, ctx)
+            }
+        }
+    }
+
+    fn handle_request(&mut self, req: &Request<'_, '_>, ctx: &mut Ctx<'_>) -> bool {
+        let path = req.path();
+        self.log.path = Some(path.chars().take(256).collect::<String>().into_boxed_str());
+        let has_body = req.header("transfer-encoding").is_some()
+            || req.header("content-length").is_some_and(|v| v != b"0".as_slice());
+        let Some(route_id) = ctx.routes.find(path) else {
+            return self.respond(ctx, req, 404, "no route for this path", !has_body);
+        };
+        let route = ctx.routes.get(route_id);
+        if !route.is_websocket() {
+            return match req.method {
+                "GET" | "HEAD" => {
+                    let response = Response {
+                        status: 200,
+                        headers: &[("Cache-Control", "no-cache")],
+                        content_type: "text/html; charset=utf-8",
+                        body: DEMO_PAGE.as_bytes(),
+                        keep_alive: req.keep_alive() && !has_body,
+                        head_only: req.method == "HEAD",
+                    };
+                    self.send_response(ctx, &response)
+                }
+                _ => {
+                    let response = Response { headers: &[("Allow", "GET, HEAD")], ..Response::error(405, "use GET") };
+                    self.send_response(ctx, &response)
+                }
+            };
+        }
+        match handshake::validate(req, &route.policy()) {
+            Ok(accepted) => {
+                let mut head = Vec::with_capacity(160);
+                handshake::write_accept(&mut head, &accepted);
+                self.out.push_bytes(ctx.pools, &head);
+                self.log.status = Some(101);
+                self.limits = route.limits;
+                let session = Session {
+                    app: route.app,
+                    decoder: Decoder::server(route.message_limits()),
+                    last_message: ctx.now,
+                    last_read: ctx.now,
+                    ping_sent: None,
+                    close_sent: None,
+                };
+                self.set_state(State::Connected(Box::new(session)));
+                true
+            }
+            Err(e) => {
+                let mut body = Vec::with_capacity(200);
+                e.write_response(&mut body);
+                self.out.push_bytes(ctx.pools, &body);
+                self.log.status = Some(e.status());
+                self.log.end = Some(e.reason().into());
+                self.finish(ctx.now);
+                false
+            }
+        }
+    }
+
+    /// A plain error-or-not response; returns whether the next request may follow.
+    fn respond(&mut self, ctx: &mut Ctx<'_>, req: &Request<'_, '_>, status: u16, reason: &str, may_keep: bool) -> bool {
+        let response = Response { keep_alive: may_keep && req.keep_alive(), ..Response::error(status, reason) };
+        self.send_response(ctx, &response)
+    }
+
+    fn send_response(&mut self, ctx: &mut Ctx<'_>, response: &Response<'_>) -> bool {
+        let mut bytes = Vec::with_capacity(256 + response.body.len());
+        response.write(&mut bytes);
+        self.out.push_bytes(ctx.pools, &bytes);
+        self.log.status = Some(response.status);
+        if response.keep_alive {
+            self.set_state(State::Handshaking { deadline: ctx.now + ctx.limits.handshake_timeout });
+            true
+        } else {
+            self.finish(ctx.now);
+            false
+        }
+    }
+
+    fn process_frames(&mut self, buf: &mut [u8], ctx: &mut Ctx<'_>) {
+        let State::Connected(session) = &mut self.state else { return };
+        let high = self.limits.backpressure_high;
+        let mut pos = self.rstart;
+        let mut next: Option<(u16, &'static str, bool)> = None;
+        while self.out.len() < high {
+            let (event, used) = match session.decoder.decode(&mut buf[pos..self.rend]) {
+                Ok(r) => r,
+                Err(e) => {
+                    next = Some((e.close_code(), e.reason(), true));
+                    break;
+                }
+            };
+            pos += used;
+            let Some(event) = event else {
+                if used == 0 {
+                    break;
+                }
+                continue;
+            };
+            session.last_read = ctx.now;
+            if session.close_sent.is_some() {
+                // §5.5.1: after sending close, only the peer's close frame matters.
+                if let Event::Close(frame) = event {
+                    self.log.close.get_or_insert((frame.code.unwrap_or(close::NO_STATUS), "".into()));
+                    next = Some((0, "", false));
+                    break;
+                }
+                continue;
+            }
+            match event {
+                Event::Message(kind, payload) => {
+                    session.last_message = ctx.now;
+                    self.log.msgs_in += 1;
+                    self.log.bytes_in += payload.len() as u64;
+                    match session.app {
+                        App::Echo => {
+                            let len = payload.len();
+                            if len < 4096 {
+                                self.out.push_frame(ctx.pools, kind.opcode(), payload);
+                            } else if let Some(owned) = session.decoder.take_assembled() {
+                                self.out.push_frame_owned(ctx.pools, kind.opcode(), owned);
+                            } else {
+                                // A whole frame read at once: its payload ends at `pos`.
+                                self.out.push_frame(ctx.pools, kind.opcode(), &buf[pos - len..pos]);
+                            }
+                            self.log.msgs_out += 1;
+                            self.log.bytes_out += len as u64;
+                        }
+                        App::Demo => {}
+                    }
+                }
+                Event::Ping(payload) => self.out.push_frame(ctx.pools, Opcode::Pong, payload),
+                Event::Pong(_) => session.ping_sent = None,
+                Event::Close(frame) => {
+                    reply_close(&mut self.out, ctx.pools, &frame);
+                    let code = frame.code.unwrap_or(close::NO_STATUS);
+                    self.log.close = Some((code, frame.reason.chars().take(123).collect::<String>().into()));
+                    next = Some((0, "", false));
+                    break;
+                }
+            }
+        }
+        self.rstart = pos;
+        match next {
+            Some((code, reason, true)) => self.fail_ws(ctx, code, reason),
+            Some(_) => {
+                // Close handshake complete: the rest of the input is after the close frame.
+                self.rstart = self.rend;
+                self.finish(ctx.now);
+            }
+            None => {}
+        }
+    }
+}
+
+/// The next time a `Connected` session has something to do.
+fn session_deadline(s: &Session, limits: &Limits) -> Option<Instant> {
+    if let Some(sent) = s.close_sent {
+        return Some(sent + limits.close_timeout);
+    }
+    let mut next: Option<Instant> = None;
+    let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+    if !limits.idle_timeout.is_zero() {
+        consider(s.last_message + limits.idle_timeout);
+    }
+    match s.ping_sent {
+        Some(pinged) => consider(pinged + limits.pong_timeout),
+        None if !limits.ping_interval.is_zero() => consider(s.last_read + limits.ping_interval),
+        None => {}
+    }
+    next
+}
+
+fn push_close(out: &mut OutQueue, pools: &mut Pools, code: u16, reason: &str) {
+    let mut payload = [0u8; 125];
+    let n = encode_close_payload(&mut payload, code, reason);
+    out.push_frame(pools, Opcode::Close, &payload[..n]);
+}
+
+/// §5.5.1: answer a close frame, echoing its status code (an empty close gets an empty one).
+fn reply_close(out: &mut OutQueue, pools: &mut Pools, frame: &CloseFrame<'_>) {
+    match frame.code {
+        Some(code) => push_close(out, pools, code, ""),
+        None => out.push_frame(pools, Opcode::Close, b""),
+    }
+}
+
+impl OutQueue {
+    /// Queues a plain-text error response that closes the connection.
+    fn push_bytes_response(&mut self, pools: &mut Pools, status: u16, reason: &str) {
+        let mut bytes = Vec::with_capacity(160 + reason.len());
+        Response::error(status, reason).write(&mut bytes);
+        self.push_bytes(pools, &bytes);
+    }
+}
+
+/// The page served by `app = "demo"` routes.
+pub const DEMO_PAGE: &str = include_str!("http/demo.html");

@@ -1,0 +1,393 @@
+//! The reactor: one `mio::Poll`, the listeners, a `Slab<Connection>`, the timers and the
+//! signals. Single-threaded; it owns everything.
+//!
+//! One turn of the loop: poll (timeout = earliest deadline) → dispatch events to connections
+//! → serve connections whose read budget ran out last turn → fire due timers → remove closed
+//! connections (close-after-batch) → accept new ones (accept-after-batch). A slab key is never
+//! freed and reused inside one batch, and every token also carries a generation, so a stale
+//! event can never reach a new connection in a reused slot.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+use socket2::{Domain, Socket, Type};
+
+use crate::buffer::Pools;
+use crate::config::{Config, Limits};
+use crate::connection::{Connection, Ctx};
+use crate::http::response::Response;
+use crate::route::Routes;
+
+const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
+/// Listener `i` has token `LISTENER_BASE - i`.
+const LISTENER_BASE: usize = usize::MAX - 2;
+const MAX_LISTENERS: usize = 1024;
+/// Connection tokens: slab key in the low 32 bits, generation above (top bit kept clear).
+const KEY_BITS: u32 = 32;
+const GEN_MASK: usize = 0x7FFF_FFFF;
+/// Connections accepted per listener per turn, so a flood of connects cannot starve clients.
+const ACCEPT_BATCH: usize = 256;
+/// After EMFILE / ENFILE: how long to stop accepting before trying again.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+const LISTEN_BACKLOG: i32 = 4096;
+
+struct Listener {
+    socket: TcpListener,
+    addr: SocketAddr,
+    /// Readiness seen and not yet drained (edge-triggered).
+    pending: bool,
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    poll: Poll,
+    listeners: Vec<Listener>,
+    conns: Slab<Connection>,
+    generation: usize,
+    /// Min-heap of (when, slab key, token); stale entries are skipped (see `fire_timers`).
+    timers: BinaryHeap<Reverse<(Instant, usize, usize)>>,
+    /// Connections whose read budget ran out: served again next turn.
+    busy: Vec<usize>,
+    closed: Vec<usize>,
+    routes: Routes,
+    limits: Limits,
+    max_connections: usize,
+    pools: Pools,
+    signals: Signals,
+    accept_paused_until: Option<Instant>,
+    /// Set on SIGTERM / SIGINT: the time by which the server exits regardless.
+    drain_deadline: Option<Instant>,
+    refused_at_capacity: u64,
+}
+
+impl Server {
+    /// Binds every listener and installs the signal handlers.
+    pub fn bind(config: &Config) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        if config.listen.len() > MAX_LISTENERS {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many listen addresses"));
+        }
+        let mut listeners = Vec::new();
+        for (i, addr) in config.listen.iter().enumerate() {
+            let mut socket =
+                bind_listener(*addr).map_err(|e| io::Error::new(e.kind(), format!("listen {addr}: {e}")))?;
+            let addr = socket.local_addr()?;
+            poll.registry().register(&mut socket, Token(LISTENER_BASE - i), Interest::READABLE)?;
+            listeners.push(Listener { socket, addr, pending: true });
+        }
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+        poll.registry().register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
+        Ok(Server {
+            poll,
+            listeners,
+            conns: Slab::with_capacity(1024),
+            generation: 0,
+            timers: BinaryHeap::new(),
+            busy: Vec::new(),
+            closed: Vec::new(),
+            routes: Routes::new(config.routes.clone()),
+            limits: config.limits,
+            max_connections: config.max_connections,
+            pools: Pools::new(1024),
+            signals,
+            accept_paused_until: None,
+            drain_deadline: None,
+            refused_at_capacity: 0,
+        })
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|l| l.addr).collect()
+    }
+
+    /// Runs until a SIGTERM / SIGINT drain completes.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            if let Some(deadline) = self.drain_deadline {
+                if self.conns.is_empty() {
+                    log::info!("drained: all connections closed");
+                    return Ok(());
+                }
+                if now >= deadline {
+                    log::warn!("drain timeout: closing {} remaining connection(s)", self.conns.len());
+                    return Ok(());
+                }
+            }
+            let timeout = self.poll_timeout(now);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    SIGNAL_TOKEN => self.on_signals(now),
+                    Token(t) if t > LISTENER_BASE - MAX_LISTENERS => {
+                        if let Some(l) = self.listeners.get_mut(LISTENER_BASE - t) {
+                            l.pending = true;
+                        }
+                    }
+                    token => {
+                        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                        let writable = event.is_writable() || event.is_write_closed() || event.is_error();
+                        self.on_ready(token, readable, writable, now);
+                    }
+                }
+            }
+            self.serve_busy(now);
+            self.fire_timers(now);
+            self.remove_closed(now);
+            self.accept(now);
+        }
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.busy.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut next = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        if let Some(t) = self.accept_paused_until {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
+        if let Some(t) = self.drain_deadline {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
+        // Round up so a timer is never polled for a hair early and then spun on.
+        next.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1))
+    }
+
+    fn ctx(&mut self, now: Instant) -> (Ctx<'_>, &mut Slab<Connection>) {
+        (Ctx { now, routes: &self.routes, limits: &self.limits, pools: &mut self.pools }, &mut self.conns)
+    }
+
+    fn on_ready(&mut self, token: Token, readable: bool, writable: bool, now: Instant) {
+        let key = token.0 & ((1 << KEY_BITS) - 1);
+        let (mut ctx, conns) = self.ctx(now);
+        let Some(conn) = conns.get_mut(key) else { return };
+        if conn.token != token || conn.is_closed() {
+            return; // stale: the slot's connection is gone or going
+        }
+        conn.set_ready(readable, writable);
+        let more = conn.drive(&mut ctx);
+        self.after_drive(key, more);
+    }
+
+    /// What the loop does after a connection ran: queue for closing, for another turn, or
+    /// (re)arm its timer.
+    fn after_drive(&mut self, key: usize, more: bool) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.is_closed() {
+            self.closed.push(key);
+            return;
+        }
+        if more && !self.busy.contains(&key) {
+            self.busy.push(key);
+        }
+        // One timer entry per connection, at or before its deadline; a deadline that moved
+        // later is found when the entry fires and re-armed then.
+        if let Some(deadline) = conn.deadline() {
+            if conn.timer_at.is_none_or(|t| deadline < t) {
+                conn.timer_at = Some(deadline);
+                self.timers.push(Reverse((deadline, key, conn.token.0)));
+            }
+        }
+    }
+
+    fn serve_busy(&mut self, now: Instant) {
+        for key in std::mem::take(&mut self.busy) {
+            let (mut ctx, conns) = self.ctx(now);
+            let Some(conn) = conns.get_mut(key) else { continue };
+            if conn.is_closed() {
+                continue;
+            }
+            let more = conn.drive(&mut ctx);
+            self.after_drive(key, more);
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((when, key, token))) = self.timers.peek().copied() {
+            if when > now {
+                break;
+            }
+            self.timers.pop();
+            let (mut ctx, conns) = self.ctx(now);
+            let Some(conn) = conns.get_mut(key) else { continue };
+            if conn.token.0 != token || conn.timer_at != Some(when) || conn.is_closed() {
+                continue; // stale entry
+            }
+            conn.timer_at = None;
+            conn.on_timer(&mut ctx);
+            self.after_drive(key, false);
+        }
+    }
+
+    fn remove_closed(&mut self, now: Instant) {
+        for key in std::mem::take(&mut self.closed) {
+            if !self.conns.get(key).is_some_and(Connection::is_closed) {
+                continue;
+            }
+            let mut conn = self.conns.remove(key);
+            let _ = self.poll.registry().deregister(conn.socket_mut());
+            conn.release(&mut self.pools);
+            log::info!(target: "wsgate::access", "{}", conn.access_line(now));
+        }
+    }
+
+    fn accept(&mut self, now: Instant) {
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        if let Some(until) = self.accept_paused_until {
+            if now < until {
+                return;
+            }
+            self.accept_paused_until = None;
+            log::info!("accepting again");
+            for l in &mut self.listeners {
+                l.pending = true;
+            }
+        }
+        for i in 0..self.listeners.len() {
+            if !self.listeners[i].pending {
+                continue;
+            }
+            for _ in 0..ACCEPT_BATCH {
+                match self.listeners[i].socket.accept() {
+                    Ok((stream, peer)) => self.admit(stream, peer, now),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.listeners[i].pending = false;
+                        break;
+                    }
+                    Err(e) if is_fd_exhaustion(&e) => {
+                        // The pending connection stays in the backlog; polling would report it
+                        // again at once, so stop accepting for a moment instead of spinning.
+                        log::warn!("accept on {}: {e}; pausing accepts for {ACCEPT_PAUSE:?}", self.listeners[i].addr);
+                        self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+                        return;
+                    }
+                    Err(e) => {
+                        // ECONNABORTED and friends concern one connection, not the listener.
+                        log::debug!("accept on {}: {e}", self.listeners[i].addr);
+                    }
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: mio::net::TcpStream, peer: SocketAddr, now: Instant) {
+        if self.conns.len() >= self.max_connections {
+            self.refused_at_capacity += 1;
+            if self.refused_at_capacity.is_power_of_two() {
+                log::warn!(
+                    "at max_connections ({}): refusing {peer} with 503 ({} refused so far)",
+                    self.max_connections,
+                    self.refused_at_capacity
+                );
+            }
+            let mut bytes = Vec::with_capacity(160);
+            Response::error(503, "server at capacity, try again later").write(&mut bytes);
+            // Best effort: a fresh socket's send buffer takes this at once or not at all.
+            let _ = stream.write(&bytes);
+            return;
+        }
+        if let Err(e) = stream.set_nodelay(true) {
+            log::debug!("{peer}: TCP_NODELAY: {e}");
+        }
+        self.generation = (self.generation + 1) & GEN_MASK;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let token = Token((self.generation << KEY_BITS) | key);
+        if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE) {
+            log::warn!("{peer}: cannot register: {e}");
+            return;
+        }
+        entry.insert(Connection::new(token, stream, peer, now, self.limits));
+        log::debug!("{peer} accepted as {key}");
+        self.after_drive(key, false);
+    }
+
+    fn on_signals(&mut self, now: Instant) {
+        let received: Vec<i32> = self.signals.pending().collect();
+        for signal in received {
+            match signal {
+                SIGHUP => log::info!("SIGHUP: nothing to reload yet (certificates arrive with TLS)"),
+                _ if self.drain_deadline.is_some() => {
+                    log::warn!("second stop signal: exiting now");
+                    std::process::exit(0);
+                }
+                _ => self.start_drain(now),
+            }
+        }
+    }
+
+    fn start_drain(&mut self, now: Instant) {
+        let drain = self.limits.drain_timeout;
+        log::info!("stop signal: closing {} connection(s) with 1001, up to {drain:?}", self.conns.len());
+        self.drain_deadline = Some(now + drain);
+        for l in &mut self.listeners {
+            let _ = self.poll.registry().deregister(&mut l.socket);
+        }
+        self.listeners.clear();
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let (mut ctx, conns) = self.ctx(now);
+            if let Some(conn) = conns.get_mut(key) {
+                conn.start_drain(&mut ctx);
+                // The close frame goes out now if the socket takes it.
+                let more = conn.drive(&mut ctx);
+                self.after_drive(key, more);
+            }
+        }
+        self.remove_closed(now);
+    }
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// A non-blocking listener with SO_REUSEADDR and a large backlog; IPv6 sockets are v6-only
+/// so `0.0.0.0:P` and `[::]:P` can both be listed.
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Raises the soft open-file limit to the hard limit, so `max_connections` is reachable.
+pub fn raise_fd_limit() -> Option<u64> {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return Some(lim.rlim_max);
+            }
+        }
+        Some(lim.rlim_cur)
+    }
+}
