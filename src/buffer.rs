@@ -128,6 +128,13 @@ impl OutQueue {
 
     /// One `writev` of as much as is queued (up to 64 chunks). Returns the bytes written.
     pub fn write_to<W: Write>(&mut self, w: &mut W, pools: &mut Pools) -> io::Result<usize> {
+        if self.chunks.len() == 1 {
+            // The common case (one wake-up's replies fit one chunk): a plain write, which
+            // spares the kernel importing an iovec array.
+            let written = w.write(&self.chunks[0][self.front_written..])?;
+            self.consume(written, pools);
+            return Ok(written);
+        }
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         let mut count = 0;
         for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {

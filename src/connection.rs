@@ -329,6 +329,7 @@ impl Connection {
             self.rend -= self.rstart;
             self.rstart = 0;
         }
+        let room = buf.len() - self.rend;
         let result = (&self.socket).read(&mut buf[self.rend..]);
         self.rbuf = Some(buf);
         match result {
@@ -338,6 +339,12 @@ impl Connection {
                 0
             }
             Ok(n) => {
+                if n < room {
+                    // A short read drained the socket. Edge-triggered epoll reports every later
+                    // arrival as a new event, so the read that would only say WouldBlock is
+                    // skipped: one syscall fewer per wake-up.
+                    self.readable = false;
+                }
                 if matches!(self.state, State::Lingering { .. }) {
                     // Discard: only the peer's FIN matters now.
                     self.rstart = 0;
