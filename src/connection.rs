@@ -534,7 +534,9 @@ impl Connection {
         let has_body = req.header("transfer-encoding").is_some()
             || req.header("content-length").is_some_and(|v| v != b"0".as_slice());
         let Some(route_id) = ctx.routes.find(path) else {
-            return self.respond(ctx, req, 404, "no route for this path", !has_body);
+            // A refused upgrade closes: the client has nothing more to say on this connection.
+            let may_keep = !has_body && !handshake::is_upgrade(req);
+            return self.respond(ctx, req, 404, "no route for this path", may_keep);
         };
         let route = ctx.routes.get(route_id);
         if !route.is_websocket() {
@@ -626,7 +628,9 @@ impl Connection {
                 }
                 continue;
             };
+            // Any frame proves the peer alive, not only a pong.
             session.last_read = ctx.now;
+            session.ping_sent = None;
             if session.close_sent.is_some() {
                 // §5.5.1: after sending close, only the peer's close frame matters.
                 if let Event::Close(frame) = event {
@@ -659,7 +663,7 @@ impl Connection {
                     }
                 }
                 Event::Ping(payload) => self.out.push_frame(ctx.pools, Opcode::Pong, payload),
-                Event::Pong(_) => session.ping_sent = None,
+                Event::Pong(_) => {}
                 Event::Close(frame) => {
                     reply_close(&mut self.out, ctx.pools, &frame);
                     let code = frame.code.unwrap_or(close::NO_STATUS);

@@ -231,7 +231,9 @@ impl Server {
             }
             conn.timer_at = None;
             conn.on_timer(&mut ctx);
-            self.after_drive(key, false);
+            // Whatever the timer queued (a ping, a close frame, a 408) goes out now.
+            let more = conn.drive(&mut ctx);
+            self.after_drive(key, more);
         }
     }
 

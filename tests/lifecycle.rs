@@ -1,0 +1,221 @@
+//! Handshake refusals, plain HTTP, timeouts, limits, backpressure and shutdown.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+use tungstenite::Message;
+
+#[test]
+fn bad_handshakes_get_clear_http_errors() {
+    let server = Server::with_config(
+        "[[route]]\npath = \"/echo\"\napp = \"echo\"\norigins = [\"https://good.example\"]\n\
+[[route]]\npath = \"/\"\napp = \"demo\"\n",
+        &[],
+    );
+    let ok = upgrade_request("/echo", "");
+    let cases: Vec<(String, &str)> = vec![
+        (ok.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""), "400 Bad Request"),
+        (ok.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"), "400 Bad Request"),
+        (ok.replace("Connection: Upgrade", "Connection: close"), "400 Bad Request"),
+        (ok.replace("Host: test\r\n", ""), "400 Bad Request"),
+        (ok.replace("Version: 13", "Version: 12"), "426 Upgrade Required"),
+        (ok.replace("Upgrade: websocket\r\n", ""), "426 Upgrade Required"),
+        (ok.replace("\r\n\r\n", "\r\nOrigin: https://evil.example\r\n\r\n"), "403 Forbidden"),
+        (ok.replace("GET /echo", "GET /nowhere"), "404 Not Found"),
+        (ok.replace("GET /echo", "POST /echo"), "405 Method Not Allowed"),
+        ("PUT / HTTP/1.1\r\nHost: x\r\n\r\n".into(), "405 Method Not Allowed"),
+        ("GET /echo HTTP/1.1\r\nHost: x\r\n\r\n".into(), "426 Upgrade Required"),
+        ("\u{16}\u{3}\u{1}garbage that is not HTTP\r\n\r\n".into(), "400 Bad Request"),
+        (format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000)), "431 "),
+    ];
+    for (request, want) in cases {
+        let response = http_exchange(server.addr, request.as_bytes());
+        assert!(response.starts_with(&format!("HTTP/1.1 {want}")), "{request:?} -> {response}");
+    }
+    let r = http_exchange(server.addr, ok.replace("Version: 13", "Version: 12").as_bytes());
+    assert!(r.contains("\r\nSec-WebSocket-Version: 13\r\n"), "{r}");
+    // A good origin passes.
+    let r = http_exchange_upgrade(server.addr, &ok.replace("\r\n\r\n", "\r\nOrigin: https://good.example\r\n\r\n"));
+    assert!(r.starts_with("HTTP/1.1 101 "), "{r}");
+}
+
+fn http_exchange_upgrade(addr: std::net::SocketAddr, request: &str) -> String {
+    let mut s = tcp(addr);
+    s.write_all(request.as_bytes()).unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn demo_page_get_head_and_keep_alive() {
+    let server = Server::start(&[]);
+    let mut s = tcp(server.addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nHEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let first = out.find("HTTP/1.1 200 OK").unwrap();
+    let second = out[first + 1..].find("HTTP/1.1 200 OK").expect("second response on the same connection");
+    assert!(out.contains("new WebSocket("), "the page carries the JS client");
+    // HEAD carries no body: the connection ends right after its head.
+    assert!(out.ends_with("Connection: close\r\n\r\n"), "{}", &out[first + 1 + second..]);
+}
+
+#[test]
+fn handshake_timeout_answers_408_and_closes() {
+    let server = Server::with_config("[limits]\nhandshake_timeout = \"300ms\"\n", &[]);
+    // A slowloris: part of a head, then nothing.
+    let response = http_exchange(server.addr, b"GET /echo HTTP/1.1\r\nHost: x\r\n");
+    assert!(response.starts_with("HTTP/1.1 408 "), "{response}");
+    server.wait_log("handshake timeout");
+}
+
+#[test]
+fn idle_timeout_closes_with_1001() {
+    let server = Server::with_config("[limits]\nidle_timeout = \"300ms\"\nping_interval = 0\n", &[]);
+    let mut raw = Raw::connect(server.addr, "/echo");
+    let frame = raw.recv().unwrap();
+    assert_eq!(frame.close_code(), Some(1001));
+    assert_eq!(&frame.payload[2..], b"idle timeout");
+    raw.send(0x88, &[0x03, 0xE9]);
+    raw.expect_eof();
+}
+
+#[test]
+fn unanswered_ping_closes_the_connection() {
+    let server = Server::with_config(
+        "[limits]\nping_interval = \"200ms\"\npong_timeout = \"200ms\"\nclose_timeout = \"200ms\"\n",
+        &[],
+    );
+    let mut raw = Raw::connect(server.addr, "/echo");
+    let ping = raw.recv().unwrap();
+    assert_eq!(ping.opcode, 9);
+    // No pong: the server gives up.
+    assert_eq!(raw.expect_close(), Some(1001));
+    raw.expect_eof();
+    server.wait_log("ping timeout");
+
+    // A client that answers (tungstenite does, on read) stays connected past several pings.
+    let server = Server::with_config("[limits]\nping_interval = \"200ms\"\npong_timeout = \"10s\"\n", &[]);
+    let mut ws = client(&server.url("/echo"));
+    let mut pings = 0;
+    for i in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        ws.send(Message::text(format!("still here {i}"))).unwrap();
+        loop {
+            match ws.read().unwrap() {
+                Message::Text(t) => {
+                    assert_eq!(t.as_str(), format!("still here {i}"));
+                    break;
+                }
+                Message::Ping(_) => pings += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert!(pings >= 1, "the server pings a silent client");
+}
+
+#[test]
+fn graceful_shutdown_sends_1001_and_exits_zero() {
+    let mut server = Server::start(&[]);
+    let mut raw = Raw::connect(server.addr, "/echo");
+    let mut ws = client(&server.url("/echo"));
+    ws.send(Message::text("before")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("before"));
+    server.signal(libc::SIGTERM);
+    assert_eq!(raw.expect_close(), Some(1001));
+    raw.send(0x88, &[0x03, 0xE9]);
+    raw.expect_eof();
+    match ws.read() {
+        Ok(Message::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("{other:?}"),
+    }
+    // tungstenite answers the close; once both clients hang up the server has nobody left.
+    let _ = ws.flush();
+    drop(ws);
+    drop(raw);
+    assert_eq!(server.wait_exit(), Some(0));
+    // New connections are refused once draining starts.
+    assert!(std::net::TcpStream::connect(server.addr).is_err());
+}
+
+#[test]
+fn max_connections_refuses_politely() {
+    let server = Server::with_config("[server]\nmax_connections = 2\n", &[]);
+    let _a = client(&server.url("/echo"));
+    let _b = client(&server.url("/echo"));
+    let response = http_exchange(server.addr, upgrade_request("/echo", "").as_bytes());
+    assert!(response.starts_with("HTTP/1.1 503 "), "{response}");
+}
+
+/// A client that sends without ever reading must not make the server buffer without bound,
+/// and must not disturb others.
+#[test]
+fn backpressure_bounds_memory_for_a_client_that_never_reads() {
+    let server = Server::with_config("[limits]\nbackpressure_high = \"256KiB\"\n", &[]);
+    let mut hog = Raw::connect(server.addr, "/echo");
+    hog.stream.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+    let rss_before = server.rss_kib();
+    let frame = masked_frame(0x82, &vec![7u8; 64 * 1024]);
+    let mut sent = 0usize;
+    // Up to 256 MiB; the socket stops taking bytes long before that once the server stops
+    // reading from it.
+    while sent < 256 << 20 {
+        match hog.stream.write(&frame) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    assert!(sent < 256 << 20, "the server kept reading from a client that never reads");
+    let grown_kib = server.rss_kib().saturating_sub(rss_before);
+    assert!(grown_kib < 32 * 1024, "server RSS grew {grown_kib} KiB for one stalled client");
+    // Meanwhile everyone else is served.
+    let mut ws = client(&server.url("/echo"));
+    ws.send(Message::text("unaffected")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("unaffected"));
+}
+
+#[test]
+fn garbage_and_truncated_input_never_hurt_other_clients() {
+    let mut server = Server::start(&[]);
+    let mut ws = client(&server.url("/echo"));
+    let mut seed = 0x1234_5678u32;
+    for round in 0..50 {
+        let mut bytes = Vec::new();
+        for _ in 0..(round * 37 % 500) {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            bytes.push(seed as u8);
+        }
+        // Half the rounds start with a valid upgrade so the garbage hits the frame parser.
+        let mut s = tcp(server.addr);
+        if round % 2 == 0 {
+            s.write_all(upgrade_request("/echo", "").as_bytes()).unwrap();
+        }
+        let _ = s.write_all(&bytes);
+        drop(s); // truncated: hang up mid-whatever
+    }
+    ws.send(Message::text("still fine")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("still fine"));
+    assert!(server.is_running());
+}
+
+#[test]
+fn access_log_line_per_connection() {
+    let server = Server::start(&[]);
+    let mut ws = client(&server.url("/echo"));
+    ws.send(Message::text("one")).unwrap();
+    ws.read().unwrap();
+    ws.send(Message::binary(vec![1u8; 10])).unwrap();
+    ws.read().unwrap();
+    ws.close(None).unwrap();
+    let _ = ws.read();
+    drop(ws);
+    let line = server.wait_log("/echo status=101");
+    assert!(line.contains("in=2msg/13B out=2msg/13B"), "{line}");
+}
