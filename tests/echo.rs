@@ -62,8 +62,8 @@ fn sixteen_mib_message() {
 fn ping_gets_pong_with_same_payload() {
     let server = Server::start(&[]);
     let mut ws = client(&server.url("/echo"));
-    ws.send(Message::Ping(b"are you there".to_vec().into())).unwrap();
-    assert_eq!(ws.read().unwrap(), Message::Pong(b"are you there".to_vec().into()));
+    ws.send(Message::Ping(b"are you there".to_vec())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Pong(b"are you there".to_vec()));
 }
 
 #[test]
