@@ -389,8 +389,9 @@ impl Config {
             return err("server.max_connections: must be at least 1".into());
         }
         let l = &self.limits;
-        if l.max_head_size < 256 {
-            return err(format!("limits.max_head_size: {} is too small (at least 256)", l.max_head_size));
+        // A head must fit one read buffer (64 KiB) with room to spare.
+        if !(256..=60 << 10).contains(&l.max_head_size) {
+            return err(format!("limits.max_head_size: {} is out of range (256 bytes to 60 KiB)", l.max_head_size));
         }
         if l.max_headers == 0 || l.max_headers > crate::http::request::MAX_HEADERS {
             return err(format!("limits.max_headers: must be 1..={}", crate::http::request::MAX_HEADERS));
@@ -492,6 +493,7 @@ subprotocols = ["chat"]
             ("\n\n[[route]]\npath = \"/x\"\napp = \"nope\"\n", "route.app", "line 3"),
             ("[[route]]\npath = \"x\"\napp = \"echo\"\n", "route.path", "line 1"),
             ("[limits]\nhandshake_timeout = 0\n", "handshake_timeout", ""),
+            ("[limits]\nmax_head_size = \"1MiB\"\n", "max_head_size", ""),
             ("[[route]]\npath = \"/x\"\napp = \"echo\"\nbogus = 1\n", "bogus", "line"),
         ];
         for (text, key, line) in cases {
