@@ -66,6 +66,8 @@ pub struct Server {
     /// Set on SIGTERM / SIGINT: the time by which the server exits regardless.
     drain_deadline: Option<Instant>,
     refused_at_capacity: u64,
+    /// Set while accept() fails for lack of descriptors; logged once per episode.
+    fd_exhausted: bool,
 }
 
 impl Server {
@@ -101,6 +103,7 @@ impl Server {
             accept_paused_until: None,
             drain_deadline: None,
             refused_at_capacity: 0,
+            fd_exhausted: false,
         })
     }
 
@@ -258,7 +261,6 @@ impl Server {
                 return;
             }
             self.accept_paused_until = None;
-            log::info!("accepting again");
             for l in &mut self.listeners {
                 l.pending = true;
             }
@@ -269,7 +271,13 @@ impl Server {
             }
             for _ in 0..ACCEPT_BATCH {
                 match self.listeners[i].socket.accept() {
-                    Ok((stream, peer)) => self.admit(stream, peer, now),
+                    Ok((stream, peer)) => {
+                        if self.fd_exhausted {
+                            self.fd_exhausted = false;
+                            log::info!("accepting again: file descriptors available");
+                        }
+                        self.admit(stream, peer, now)
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         self.listeners[i].pending = false;
                         break;
@@ -277,7 +285,13 @@ impl Server {
                     Err(e) if is_fd_exhaustion(&e) => {
                         // The pending connection stays in the backlog; polling would report it
                         // again at once, so stop accepting for a moment instead of spinning.
-                        log::warn!("accept on {}: {e}; pausing accepts for {ACCEPT_PAUSE:?}", self.listeners[i].addr);
+                        if !self.fd_exhausted {
+                            self.fd_exhausted = true;
+                            log::warn!(
+                                "accept on {}: {e}; retrying every {ACCEPT_PAUSE:?} until descriptors free up",
+                                self.listeners[i].addr
+                            );
+                        }
                         self.accept_paused_until = Some(now + ACCEPT_PAUSE);
                         return;
                     }

@@ -219,3 +219,27 @@ fn access_log_line_per_connection() {
     let line = server.wait_log("/echo status=101");
     assert!(line.contains("in=2msg/13B out=2msg/13B"), "{line}");
 }
+
+/// Out of file descriptors, the server must neither spin nor die, and must recover.
+#[test]
+fn fd_exhaustion_pauses_accepting_without_spinning() {
+    // `ulimit -n` before exec caps both limits, so the server cannot raise them back.
+    let server = Server::start_with_fd_limit(32, &[]);
+    let mut clients = Vec::new();
+    // More connections than descriptors: the kernel completes them into the backlog.
+    for _ in 0..40 {
+        clients.push(tcp(server.addr));
+    }
+    server.wait_log("retrying every");
+    let cpu_before = server.cpu_ticks();
+    std::thread::sleep(Duration::from_millis(1000));
+    let used = server.cpu_ticks() - cpu_before;
+    // Spinning would burn ~100 ticks (one second of CPU); waiting burns next to none.
+    assert!(used < 50, "server used {used} ticks of CPU in 1 s while out of descriptors");
+    drop(clients);
+    // Descriptors come back; a new client is served.
+    let mut ws = client(&server.url("/echo"));
+    ws.send(Message::text("recovered")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("recovered"));
+    server.wait_log("accepting again");
+}

@@ -44,8 +44,27 @@ impl Server {
         Server::spawn(args, Some(tempfile_path::TempPath(path)))
     }
 
+    /// Starts the server under `ulimit -n LIMIT` (soft and hard).
+    pub fn start_with_fd_limit(limit: u32, args: &[&str]) -> Server {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\"")).arg(env!("CARGO_BIN_EXE_wsgate"));
+        Server::spawn_cmd(cmd, args, None)
+    }
+
     fn spawn(args: &[&str], config: Option<tempfile_path::TempPath>) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
+        Server::spawn_cmd(Command::new(env!("CARGO_BIN_EXE_wsgate")), args, config)
+    }
+
+    /// utime + stime of the server process, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the ")" that ends the command name; utime and stime are fields 14, 15.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    fn spawn_cmd(mut cmd: Command, args: &[&str], config: Option<tempfile_path::TempPath>) -> Server {
         if let Some(c) = &config {
             cmd.arg("-c").arg(&c.0);
         }
