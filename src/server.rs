@@ -98,7 +98,7 @@ impl Server {
             routes: Routes::new(config.routes.clone()),
             limits: config.limits,
             max_connections: config.max_connections,
-            pools: Pools::new(1024),
+            pools: Pools::new(256),
             signals,
             accept_paused_until: None,
             drain_deadline: None,
