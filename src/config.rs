@@ -5,19 +5,42 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+use crate::tls::{CertFiles, TlsSettings};
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listener>,
     pub max_connections: usize,
     pub limits: Limits,
     pub routes: Vec<Route>,
+}
+
+/// One listening address, plain or TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsSettings>,
+}
+
+impl Listener {
+    pub fn plain(addr: SocketAddr) -> Listener {
+        Listener { addr, tls: None }
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https/wss"
+        } else {
+            "http/ws"
+        }
+    }
 }
 
 /// Limits and timeouts; every route starts from these and may override some.
@@ -28,6 +51,8 @@ pub struct Limits {
     pub max_head_size: usize,
     pub max_headers: usize,
     pub handshake_timeout: Duration,
+    /// From accept to a finished TLS handshake (TLS listeners).
+    pub tls_handshake_timeout: Duration,
     /// Close a connection from which no message arrived for this long (zero: never).
     pub idle_timeout: Duration,
     /// Ping a peer that has been silent this long (zero: never).
@@ -54,6 +79,7 @@ impl Default for Limits {
             max_head_size: 8 << 10,
             max_headers: 32,
             handshake_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(600),
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(20),
@@ -130,6 +156,32 @@ struct File {
     limits: LimitsSection,
     #[serde(default, rename = "route")]
     routes: Vec<toml::Spanned<RouteSection>>,
+    #[serde(default, rename = "listener")]
+    listeners: Vec<ListenerSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerSection {
+    addr: Addr,
+    tls: Option<TlsSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    sni: Vec<SniSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SniSection {
+    names: Vec<String>,
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Deserialize, Default)]
@@ -148,6 +200,7 @@ struct LimitsSection {
     max_head_size: Option<ByteSize>,
     max_headers: Option<usize>,
     handshake_timeout: Option<Secs>,
+    tls_handshake_timeout: Option<Secs>,
     idle_timeout: Option<Secs>,
     ping_interval: Option<Secs>,
     pong_timeout: Option<Secs>,
@@ -166,6 +219,7 @@ impl LimitsSection {
             max_head_size: self.max_head_size.map_or(base.max_head_size, |b| b.0),
             max_headers: self.max_headers.unwrap_or(base.max_headers),
             handshake_timeout: self.handshake_timeout.map_or(base.handshake_timeout, |s| s.0),
+            tls_handshake_timeout: self.tls_handshake_timeout.map_or(base.tls_handshake_timeout, |s| s.0),
             idle_timeout: self.idle_timeout.map_or(base.idle_timeout, |s| s.0),
             ping_interval: self.ping_interval.map_or(base.ping_interval, |s| s.0),
             pong_timeout: self.pong_timeout.map_or(base.pong_timeout, |s| s.0),
@@ -318,7 +372,7 @@ impl Config {
     pub fn embedded_default() -> Config {
         let limits = Limits::default();
         Config {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            listen: vec![Listener::plain(SocketAddr::from(([127, 0, 0, 1], 8080)))],
             max_connections: 10_000,
             limits,
             routes: vec![Route::new("/", App::Demo, limits), Route::new("/echo", App::Echo, limits)],
@@ -328,15 +382,39 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: cannot read config: {e}", path.display())))?;
-        Config::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse_in(&text, base).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
     }
 
+    /// Parses a config whose relative paths are relative to the current directory.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_in(text, Path::new(""))
+    }
+
+    /// Parses a config whose relative paths (certificates, keys) are relative to `base`.
+    pub fn parse_in(text: &str, base: &Path) -> Result<Config, ConfigError> {
         let file: File = toml::from_str(text).map_err(|e| ConfigError(e.to_string().trim_end().to_string()))?;
         let defaults = Config::embedded_default();
         let limits = file.limits.apply(Limits::default());
+        let explicit_listeners = !file.listeners.is_empty();
+        let mut listen: Vec<Listener> = match file.server.listen {
+            Some(v) => v.into_iter().map(|a| Listener::plain(a.0)).collect(),
+            None if explicit_listeners => Vec::new(),
+            None => defaults.listen,
+        };
+        for l in file.listeners {
+            let tls = l.tls.map(|t| TlsSettings {
+                default: CertFiles { cert: base.join(t.cert), key: base.join(t.key) },
+                sni: t
+                    .sni
+                    .into_iter()
+                    .map(|s| (s.names, CertFiles { cert: base.join(s.cert), key: base.join(s.key) }))
+                    .collect(),
+            });
+            listen.push(Listener { addr: l.addr.0, tls });
+        }
         let mut config = Config {
-            listen: file.server.listen.map_or(defaults.listen, |v| v.into_iter().map(|a| a.0).collect()),
+            listen,
             max_connections: file.server.max_connections.unwrap_or(defaults.max_connections),
             limits,
             routes: Vec::new(),
@@ -385,6 +463,16 @@ impl Config {
         if self.listen.is_empty() {
             return err("server.listen: at least one address is needed".into());
         }
+        for (i, a) in self.listen.iter().enumerate() {
+            if self.listen[..i].iter().any(|b| b.addr == a.addr) {
+                return err(format!("listen: {} is listed twice", a.addr));
+            }
+            if let Some(tls) = &a.tls {
+                if tls.sni.iter().any(|(names, _)| names.is_empty()) {
+                    return err(format!("listener {}: tls.sni entries need at least one name", a.addr));
+                }
+            }
+        }
         if self.max_connections == 0 {
             return err("server.max_connections: must be at least 1".into());
         }
@@ -395,6 +483,9 @@ impl Config {
         }
         if l.max_headers == 0 || l.max_headers > crate::http::request::MAX_HEADERS {
             return err(format!("limits.max_headers: must be 1..={}", crate::http::request::MAX_HEADERS));
+        }
+        if l.tls_handshake_timeout.is_zero() {
+            return err("limits.tls_handshake_timeout: must be more than zero".into());
         }
         if l.handshake_timeout.is_zero() {
             return err("limits.handshake_timeout: must be more than zero (it guards against slowloris)".into());
@@ -453,6 +544,7 @@ mod tests {
         let config = Config::parse(text).unwrap();
         let default = Config::embedded_default();
         assert_eq!(config.listen, default.listen);
+        assert!(text.contains("[[listener]]"), "the example documents TLS listeners");
         assert_eq!(config.limits, default.limits);
         assert_eq!(config.max_connections, default.max_connections);
         let paths: Vec<_> = config.routes.iter().map(|r| (r.path.as_str(), r.app)).collect();
@@ -478,6 +570,7 @@ subprotocols = ["chat"]
         )
         .unwrap();
         assert_eq!(c.listen.len(), 2);
+        assert!(c.listen.iter().all(|l| l.tls.is_none()));
         assert_eq!(c.limits.max_message_size, 1 << 20);
         let r = &c.routes[0];
         assert_eq!((r.limits.max_message_size, r.limits.idle_timeout), (1000, Duration::from_secs(90)));
@@ -500,6 +593,24 @@ subprotocols = ["chat"]
             let e = Config::parse(text).unwrap_err().to_string();
             assert!(e.contains(key) && e.contains(line), "{text:?} gave {e}");
         }
+    }
+
+    #[test]
+    fn tls_listeners_resolve_paths_against_the_config_directory() {
+        let text = r#"
+[[listener]]
+addr = "127.0.0.1:8443"
+tls = { cert = "certs/a.pem", key = "/abs/a.key", sni = [{ names = ["x.test"], cert = "x.pem", key = "x.key" }] }
+"#;
+        let c = Config::parse_in(text, Path::new("/etc/wsgate")).unwrap();
+        assert_eq!(c.listen.len(), 1, "[[listener]] alone replaces the default listener");
+        let tls = c.listen[0].tls.as_ref().unwrap();
+        assert_eq!(tls.default.cert, Path::new("/etc/wsgate/certs/a.pem"));
+        assert_eq!(tls.default.key, Path::new("/abs/a.key"));
+        assert_eq!(tls.sni[0].0, ["x.test"]);
+        assert_eq!(tls.sni[0].1.cert, Path::new("/etc/wsgate/x.pem"));
+        let e = Config::parse("[[listener]]\naddr = \"127.0.0.1:1\"\ntls = { cert = \"a\" }\n").unwrap_err();
+        assert!(e.to_string().contains("key") && e.to_string().contains("line 3"), "{e}");
     }
 
     #[test]

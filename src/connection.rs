@@ -14,12 +14,14 @@
 //! queued", which needs no re-registration.
 
 use std::borrow::Cow;
-use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr};
+use std::io;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use mio::net::TcpStream;
 use mio::Token;
+
+use crate::transport::{NotTls, Transport};
 
 use crate::buffer::{OutQueue, Pools};
 use crate::config::{App, Limits};
@@ -61,6 +63,10 @@ struct Session {
 enum State {
     /// Accepted; the first readiness event moves it on.
     Unknown,
+    /// The TLS handshake (TLS listeners only).
+    Opening {
+        deadline: Instant,
+    },
     Handshaking {
         deadline: Instant,
     },
@@ -81,6 +87,7 @@ impl State {
     fn name(&self) -> &'static str {
         match self {
             State::Unknown => "unknown",
+            State::Opening { .. } => "opening",
             State::Handshaking { .. } => "handshaking",
             State::Connected(_) => "connected",
             State::Flushing { .. } => "flushing",
@@ -107,7 +114,7 @@ struct AccessLog {
 
 pub struct Connection {
     pub token: Token,
-    socket: TcpStream,
+    transport: Transport,
     peer: SocketAddr,
     accepted: Instant,
     state: State,
@@ -128,10 +135,10 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(token: Token, socket: TcpStream, peer: SocketAddr, now: Instant, limits: Limits) -> Connection {
+    pub fn new(token: Token, transport: Transport, peer: SocketAddr, now: Instant, limits: Limits) -> Connection {
         Connection {
             token,
-            socket,
+            transport,
             peer,
             accepted: now,
             state: State::Unknown,
@@ -149,7 +156,7 @@ impl Connection {
     }
 
     pub fn socket_mut(&mut self) -> &mut TcpStream {
-        &mut self.socket
+        self.transport.socket_mut()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -166,11 +173,16 @@ impl Connection {
     /// with data still readable: the loop must call again soon, after serving others.
     pub fn drive(&mut self, ctx: &mut Ctx<'_>) -> bool {
         if let State::Unknown = self.state {
-            self.set_state(State::Handshaking { deadline: self.accepted + ctx.limits.handshake_timeout });
+            let next = if self.transport.is_tls() {
+                State::Opening { deadline: self.accepted + ctx.limits.tls_handshake_timeout }
+            } else {
+                State::Handshaking { deadline: self.accepted + ctx.limits.handshake_timeout }
+            };
+            self.set_state(next);
         }
         let mut budget = READ_BUDGET;
         loop {
-            if self.writable && !self.out.is_empty() {
+            if self.writable && self.has_output() {
                 self.flush(ctx);
             }
             if self.is_closed() {
@@ -179,7 +191,7 @@ impl Connection {
             // Input left over by backpressure goes first, before more is read.
             if self.has_unprocessed_input() && self.wants_input() {
                 self.process_input(ctx);
-                if self.writable && !self.out.is_empty() {
+                if self.writable && self.has_output() {
                     continue;
                 }
             }
@@ -199,9 +211,10 @@ impl Connection {
     pub fn deadline(&self) -> Option<Instant> {
         let state = match &self.state {
             State::Unknown => Some(self.accepted + self.limits.handshake_timeout),
-            State::Handshaking { deadline } | State::Flushing { deadline } | State::Lingering { deadline } => {
-                Some(*deadline)
-            }
+            State::Opening { deadline }
+            | State::Handshaking { deadline }
+            | State::Flushing { deadline }
+            | State::Lingering { deadline } => Some(*deadline),
             State::Connected(s) => Some(session_deadline(s, &self.limits)).flatten(),
             State::Closed => None,
         };
@@ -220,6 +233,11 @@ impl Connection {
         }
         let limits = self.limits;
         match &mut self.state {
+            State::Opening { deadline } => {
+                if now >= *deadline {
+                    self.abort("TLS handshake timeout");
+                }
+            }
             State::Unknown | State::Handshaking { .. } => {
                 if self.deadline().is_some_and(|d| now >= d) {
                     self.log.status = Some(408);
@@ -257,7 +275,7 @@ impl Connection {
     /// The server is shutting down: close handshakes start, requests in progress end.
     pub fn start_drain(&mut self, ctx: &mut Ctx<'_>) {
         match &self.state {
-            State::Unknown | State::Handshaking { .. } => self.abort("server shutting down"),
+            State::Unknown | State::Opening { .. } | State::Handshaking { .. } => self.abort("server shutting down"),
             State::Connected(s) if s.close_sent.is_none() => {
                 self.begin_close(ctx, close::GOING_AWAY, "server shutting down");
             }
@@ -277,6 +295,11 @@ impl Connection {
     /// Whether this connection holds any buffer (for tests of "idle holds nothing").
     pub fn holds_buffers(&self) -> bool {
         self.rbuf.is_some() || !self.out.is_empty()
+    }
+
+    /// Bytes wait to go out: queued plaintext or, on TLS, encrypted records.
+    fn has_output(&self) -> bool {
+        !self.out.is_empty() || self.transport.wants_write()
     }
 
     /// One access log line: peer, path, status, duration, messages and bytes each way, close.
@@ -306,6 +329,7 @@ impl Connection {
 
     fn wants_input(&self) -> bool {
         match &self.state {
+            State::Opening { .. } => true,
             State::Handshaking { .. } => self.out.is_empty() || self.out.len() < self.limits.backpressure_high,
             State::Connected(_) => self.out.len() < self.limits.backpressure_high,
             State::Lingering { .. } => true,
@@ -330,7 +354,7 @@ impl Connection {
             self.rstart = 0;
         }
         let room = buf.len() - self.rend;
-        let result = (&self.socket).read(&mut buf[self.rend..]);
+        let result = self.transport.read(&mut buf[self.rend..]);
         self.rbuf = Some(buf);
         match result {
             Ok(0) => {
@@ -339,7 +363,7 @@ impl Connection {
                 0
             }
             Ok(n) => {
-                if n < room {
+                if n < room && !self.transport.is_tls() {
                     // A short read drained the socket. Edge-triggered epoll reports every later
                     // arrival as a new event, so the read that would only say WouldBlock is
                     // skipped: one syscall fewer per wake-up.
@@ -352,14 +376,33 @@ impl Connection {
                     return n;
                 }
                 self.rend += n;
+                if matches!(self.state, State::Opening { .. }) && !self.transport.is_handshaking() {
+                    // The request can arrive in the same segment as the client's Finished.
+                    self.opened(ctx);
+                }
                 self.process_input(ctx);
                 n
+            }
+            // Opening: rustls consumed handshake records and produced no plaintext yet.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && matches!(self.state, State::Opening { .. }) => {
+                self.readable = false;
+                if !self.transport.is_handshaking() {
+                    self.opened(ctx);
+                    // Plaintext may already be buffered inside rustls.
+                    self.readable = true;
+                }
+                0
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.readable = false;
                 0
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) if e.get_ref().is_some_and(|inner| inner.is::<NotTls>()) => {
+                self.readable = false;
+                self.not_tls(ctx, &e);
+                0
+            }
             Err(e) => {
                 self.readable = false;
                 self.abort_io(e);
@@ -368,9 +411,44 @@ impl Connection {
         }
     }
 
+    /// The TLS handshake is done: HTTP begins.
+    fn opened(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(name) = self.transport.server_name() {
+            log::debug!("{} TLS server name {name}", self.peer);
+        }
+        self.set_state(State::Handshaking { deadline: ctx.now + ctx.limits.handshake_timeout });
+    }
+
+    /// A client that does not speak TLS on a TLS port. One that spoke plain HTTP gets a plain
+    /// HTTP 400 saying so; anything else is dropped.
+    fn not_tls(&mut self, ctx: &mut Ctx<'_>, e: &io::Error) {
+        self.log.end = Some(e.to_string().into());
+        let plain_http =
+            e.get_ref().and_then(|i| i.downcast_ref::<NotTls>()).is_some_and(|n| matches!(n, NotTls::PlainHttp));
+        if !plain_http {
+            return self.set_state(State::Closed);
+        }
+        self.transport.fall_back_to_plain();
+        self.log.status = Some(400);
+        self.out.push_bytes_response(ctx.pools, 400, "this port speaks TLS: use https:// or wss://");
+        self.finish(ctx.now);
+    }
+
     fn flush(&mut self, ctx: &mut Ctx<'_>) {
-        while !self.out.is_empty() {
-            match self.out.write_to(&mut self.socket, ctx.pools) {
+        while self.has_output() {
+            if self.out.is_empty() {
+                // Only TLS records (handshake, alert, close_notify) are left.
+                match self.transport.flush_records() {
+                    Ok(()) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.writable = false;
+                        return;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return self.abort_io(e),
+                }
+            }
+            match self.transport.write_from(&mut self.out, ctx.pools) {
                 Ok(0) => return self.abort("peer stopped accepting data"),
                 Ok(_) => self.stalled_since = Some(ctx.now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -399,15 +477,21 @@ impl Connection {
                 }
             }
         }
-        if self.out.is_empty() {
-            self.stalled_since = None;
-            if let State::Flushing { .. } = self.state {
-                // Our last byte is out: send FIN, then wait for the peer's.
-                match self.socket.shutdown(Shutdown::Write) {
+        if let (State::Flushing { .. }, true) = (&self.state, self.out.is_empty()) {
+            // Our last message is out: TLS close_notify, then FIN, then wait for the peer's.
+            self.transport.send_close_notify();
+            if self.writable {
+                let _ = self.transport.flush_records();
+            }
+            if !self.transport.wants_write() {
+                match self.transport.shutdown_write() {
                     Ok(()) => self.set_state(State::Lingering { deadline: ctx.now + self.limits.close_timeout }),
                     Err(_) => self.set_state(State::Closed),
                 }
             }
+        }
+        if !self.has_output() {
+            self.stalled_since = None;
         } else if self.stalled_since.is_none() {
             self.stalled_since = Some(ctx.now);
         }

@@ -4,6 +4,8 @@
 //!
 //! - [`server`]: the reactor (mio `Poll`, listeners, `Slab<Connection>`, timers, signals);
 //! - [`connection`]: one connection's state machine, buffers and readiness;
+//! - [`transport`]: plain TCP or TLS (rustls, driven by hand) behind one interface;
+//!   [`tls`]: certificates, SNI and the rustls configuration;
 //! - [`http`]: request heads and responses; [`ws`]: the RFC 6455 protocol core (frames,
 //!   masking, UTF-8, messages, close, handshake), pure functions on byte slices, fuzzed and
 //!   benchmarked;
@@ -17,6 +19,8 @@ pub mod connection;
 pub mod http;
 pub mod route;
 pub mod server;
+pub mod tls;
+pub mod transport;
 pub mod ws;
 
 /// Entry points for `fuzz/`: each fuzz target is one line into here.

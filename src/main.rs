@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use wsgate::config::{parse_listen, Config, Route};
+use wsgate::config::{parse_listen, Config, Listener, Route};
 use wsgate::server::{raise_fd_limit, Server};
+use wsgate::tls::{CertFiles, TlsSettings};
 
 /// A WebSocket gateway and message broker for the low-latency edge.
 ///
@@ -23,7 +24,14 @@ struct Cli {
     /// Route (repeatable) PATH=TARGET, e.g. /echo=echo or /=demo; adds to or replaces the file's.
     #[arg(long = "route", value_name = "PATH=TARGET")]
     routes: Vec<String>,
-    /// Check the configuration, print a summary and exit (0 if valid).
+    /// Certificate chain (PEM) for TLS: makes every -l listener (or, without -l, every
+    /// listener) serve https:// and wss://. Needs --tls-key.
+    #[arg(long = "tls-cert", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) for --tls-cert.
+    #[arg(long = "tls-key", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Check the configuration (certificates included), print a summary and exit (0 if valid).
     #[arg(long = "check-config")]
     check_config: bool,
     /// More logging (-v debug, -vv trace).
@@ -45,6 +53,14 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
+        for l in &config.listen {
+            if let Some(tls) = &l.tls {
+                if let Err(e) = wsgate::tls::build_server_config(tls) {
+                    eprintln!("wsgate: listener {}: {e}", l.addr);
+                    return ExitCode::from(2);
+                }
+            }
+        }
         println!("configuration OK");
         println!("{}", summary(&config));
         return ExitCode::SUCCESS;
@@ -57,7 +73,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+    let addrs: Vec<String> =
+        server.local_addrs().iter().map(|(a, tls)| format!("{a}{}", if *tls { " (tls)" } else { "" })).collect();
     log::info!("wsgate {} listening on {}", env!("CARGO_PKG_VERSION"), addrs.join(", "));
     log::info!("{}; open-file limit {}", summary(&config), fd_limit.map_or("unknown".into(), |n| n.to_string()));
     match server.run() {
@@ -75,7 +92,13 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
         None => Config::embedded_default(),
     };
     if !cli.listen.is_empty() {
-        config.listen = cli.listen.clone();
+        config.listen = cli.listen.iter().map(|a| Listener::plain(*a)).collect();
+    }
+    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+        let settings = TlsSettings { default: CertFiles { cert: cert.clone(), key: key.clone() }, sni: Vec::new() };
+        for l in &mut config.listen {
+            l.tls = Some(settings.clone());
+        }
     }
     for spec in &cli.routes {
         let route = Route::from_cli(spec, config.limits)?;
@@ -87,8 +110,10 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
 
 fn summary(config: &Config) -> String {
     let routes: Vec<String> = config.routes.iter().map(|r| format!("{} ({})", r.path, r.app.name())).collect();
+    let listeners: Vec<String> = config.listen.iter().map(|l| format!("{} ({})", l.addr, l.scheme())).collect();
     format!(
-        "routes: {}; max_connections {}; max message {} bytes",
+        "listeners: {}; routes: {}; max_connections {}; max message {} bytes",
+        listeners.join(", "),
         routes.join(", "),
         config.max_connections,
         config.limits.max_message_size

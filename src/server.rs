@@ -11,6 +11,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
@@ -25,6 +26,8 @@ use crate::config::{Config, Limits};
 use crate::connection::{Connection, Ctx};
 use crate::http::response::Response;
 use crate::route::Routes;
+use crate::tls::{build_server_config, TlsSettings};
+use crate::transport::Transport;
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
 /// Listener `i` has token `LISTENER_BASE - i`.
@@ -42,6 +45,8 @@ const LISTEN_BACKLOG: i32 = 4096;
 struct Listener {
     socket: TcpListener,
     addr: SocketAddr,
+    /// The TLS settings (re-read on SIGHUP) and the configuration new handshakes use.
+    tls: Option<(TlsSettings, Arc<rustls::ServerConfig>)>,
     /// Readiness seen and not yet drained (edge-triggered).
     pending: bool,
 }
@@ -78,12 +83,22 @@ impl Server {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many listen addresses"));
         }
         let mut listeners = Vec::new();
-        for (i, addr) in config.listen.iter().enumerate() {
+        for (i, listener) in config.listen.iter().enumerate() {
+            // Certificates first: a bad file is a configuration error, not a half-started server.
+            let tls = match &listener.tls {
+                Some(settings) => {
+                    let built =
+                        build_server_config(settings).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.0))?;
+                    Some((settings.clone(), built))
+                }
+                None => None,
+            };
+            let addr = listener.addr;
             let mut socket =
-                bind_listener(*addr).map_err(|e| io::Error::new(e.kind(), format!("listen {addr}: {e}")))?;
+                bind_listener(addr).map_err(|e| io::Error::new(e.kind(), format!("listen {addr}: {e}")))?;
             let addr = socket.local_addr()?;
             poll.registry().register(&mut socket, Token(LISTENER_BASE - i), Interest::READABLE)?;
-            listeners.push(Listener { socket, addr, pending: true });
+            listeners.push(Listener { socket, addr, tls, pending: true });
         }
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         poll.registry().register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
@@ -107,9 +122,9 @@ impl Server {
         })
     }
 
-    /// The addresses actually bound (port 0 resolved).
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().map(|l| l.addr).collect()
+    /// The addresses actually bound (port 0 resolved), with whether each is TLS.
+    pub fn local_addrs(&self) -> Vec<(SocketAddr, bool)> {
+        self.listeners.iter().map(|l| (l.addr, l.tls.is_some())).collect()
     }
 
     /// Runs until a SIGTERM / SIGINT drain completes.
@@ -276,7 +291,8 @@ impl Server {
                             self.fd_exhausted = false;
                             log::info!("accepting again: file descriptors available");
                         }
-                        self.admit(stream, peer, now)
+                        let tls = self.listeners[i].tls.as_ref().map(|(_, config)| config.clone());
+                        self.admit(stream, peer, tls, now)
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         self.listeners[i].pending = false;
@@ -304,7 +320,13 @@ impl Server {
         }
     }
 
-    fn admit(&mut self, mut stream: mio::net::TcpStream, peer: SocketAddr, now: Instant) {
+    fn admit(
+        &mut self,
+        mut stream: mio::net::TcpStream,
+        peer: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        now: Instant,
+    ) {
         if self.conns.len() >= self.max_connections {
             self.refused_at_capacity += 1;
             if self.refused_at_capacity.is_power_of_two() {
@@ -331,7 +353,17 @@ impl Server {
             log::warn!("{peer}: cannot register: {e}");
             return;
         }
-        entry.insert(Connection::new(token, stream, peer, now, self.limits));
+        let transport = match tls {
+            None => Transport::Plain(stream),
+            Some(config) => match Transport::tls(stream, config) {
+                Ok(t) => t,
+                Err(e) => {
+                    log::warn!("{peer}: TLS session: {e}");
+                    return;
+                }
+            },
+        };
+        entry.insert(Connection::new(token, transport, peer, now, self.limits));
         log::debug!("{peer} accepted as {key}");
         self.after_drive(key, false);
     }
@@ -340,7 +372,7 @@ impl Server {
         let received: Vec<i32> = self.signals.pending().collect();
         for signal in received {
             match signal {
-                SIGHUP => log::info!("SIGHUP: nothing to reload yet (certificates arrive with TLS)"),
+                SIGHUP => self.reload_certificates(),
                 _ if self.drain_deadline.is_some() => {
                     log::warn!("second stop signal: exiting now");
                     std::process::exit(0);
@@ -348,6 +380,24 @@ impl Server {
                 _ => self.start_drain(now),
             }
         }
+    }
+
+    /// SIGHUP: re-reads every TLS listener's certificates and keys. New handshakes use the new
+    /// ones; established connections keep theirs. A listener whose files fail keeps its old
+    /// configuration.
+    fn reload_certificates(&mut self) {
+        let mut reloaded = 0;
+        for l in &mut self.listeners {
+            let Some((settings, config)) = &mut l.tls else { continue };
+            match build_server_config(settings) {
+                Ok(fresh) => {
+                    *config = fresh;
+                    reloaded += 1;
+                }
+                Err(e) => log::error!("SIGHUP: {}: {e}; keeping the certificates in use", l.addr),
+            }
+        }
+        log::info!("SIGHUP: reloaded certificates for {reloaded} TLS listener(s)");
     }
 
     fn start_drain(&mut self, now: Instant) {

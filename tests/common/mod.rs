@@ -51,6 +51,17 @@ impl Server {
         Server::spawn_cmd(cmd, args, None)
     }
 
+    /// Starts `wsgate -c <file>` with no `-l`: the file's own listeners (port 0) are used.
+    pub fn with_config_only(config_text: &str) -> Server {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("wsgate-test-only-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, config_text).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
+        cmd.arg("-c").arg(&path);
+        Server::spawn_cmd_with(cmd, &[], Some(tempfile_path::TempPath(path)), false)
+    }
+
     fn spawn(args: &[&str], config: Option<tempfile_path::TempPath>) -> Server {
         Server::spawn_cmd(Command::new(env!("CARGO_BIN_EXE_wsgate")), args, config)
     }
@@ -64,11 +75,23 @@ impl Server {
         fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
     }
 
-    fn spawn_cmd(mut cmd: Command, args: &[&str], config: Option<tempfile_path::TempPath>) -> Server {
-        if let Some(c) = &config {
-            cmd.arg("-c").arg(&c.0);
+    fn spawn_cmd(cmd: Command, args: &[&str], config: Option<tempfile_path::TempPath>) -> Server {
+        Server::spawn_cmd_with(cmd, args, config, true)
+    }
+
+    fn spawn_cmd_with(
+        mut cmd: Command,
+        args: &[&str],
+        config: Option<tempfile_path::TempPath>,
+        listen_arg: bool,
+    ) -> Server {
+        if listen_arg {
+            if let Some(c) = &config {
+                cmd.arg("-c").arg(&c.0);
+            }
+            cmd.args(["-l", "127.0.0.1:0"]);
         }
-        cmd.args(["-l", "127.0.0.1:0"]).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start wsgate");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -77,7 +100,8 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(rest.split(',').next().unwrap_or("").trim().to_string());
+                    let first = rest.split(',').next().unwrap_or("");
+                    let _ = tx.send(first.split_whitespace().next().unwrap_or("").to_string());
                 }
                 sink.lock().unwrap().push(line);
             }
