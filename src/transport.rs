@@ -31,6 +31,23 @@ pub struct TlsStream {
     close_notify_sent: bool,
     /// TLS abandoned: the client spoke plain HTTP and gets a plain answer on the raw socket.
     plain: bool,
+    /// The last socket read returned less than asked: the socket is drained, and (edge-
+    /// triggered epoll reporting every later arrival) the next read attempt can be skipped.
+    drained: bool,
+}
+
+/// Passes reads through to the socket, noting whether the last one came back short.
+struct ShortReadProbe<'a> {
+    sock: &'a mut TcpStream,
+    short: bool,
+}
+
+impl Read for ShortReadProbe<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.sock.read(buf)?;
+        self.short = n < buf.len();
+        Ok(n)
+    }
 }
 
 /// Why a TLS read failed in a way the connection handles specially.
@@ -63,6 +80,7 @@ impl Transport {
             checked_first_byte: false,
             close_notify_sent: false,
             plain: false,
+            drained: false,
         })))
     }
 
@@ -188,8 +206,16 @@ impl TlsStream {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                 Err(e) => return Err(e),
             }
-            // No plaintext buffered: pull TLS records off the socket.
-            match self.conn.read_tls(&mut self.sock) {
+            // No plaintext buffered: pull TLS records off the socket, unless the last pull
+            // already drained it (one syscall fewer per message; a later arrival is a new event).
+            if self.drained {
+                self.drained = false;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut probe = ShortReadProbe { sock: &mut self.sock, short: false };
+            let pulled = self.conn.read_tls(&mut probe);
+            self.drained = probe.short;
+            match pulled {
                 Ok(0) => return Ok(0),
                 Ok(_) => {
                     if let Err(e) = self.conn.process_new_packets() {
