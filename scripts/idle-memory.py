@@ -1,8 +1,9 @@
 """Server memory per idle WebSocket: RSS growth over N upgraded, silent connections, / N.
 
-usage: python3 scripts/idle-memory.py PID HOST PORT [N]   (HOST must be loopback)
+usage: python3 scripts/idle-memory.py [--tls] PID HOST PORT [N]   (HOST must be loopback)
 """
 import socket
+import ssl
 import sys
 import time
 
@@ -19,13 +20,23 @@ def rss_kib(pid):
 
 
 def main():
-    pid, host, port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    n = int(sys.argv[4]) if len(sys.argv) > 4 else 10000
+    args = sys.argv[1:]
+    tls = "--tls" in args
+    args = [a for a in args if a != "--tls"]
+    pid, host, port = int(args[0]), args[1], int(args[2])
+    n = int(args[3]) if len(args) > 3 else 10000
+    ctx = None
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
     assert host.startswith("127.") or host in ("::1", "localhost")
     before = rss_kib(pid)
     conns = []
     for _ in range(n):
         s = socket.create_connection((host, port))
+        if ctx:
+            s = ctx.wrap_socket(s, server_hostname="localhost")
         s.sendall(REQ)
         conns.append(s)
     for s in conns:
@@ -35,7 +46,7 @@ def main():
         assert head.startswith(b"HTTP/1.1 101"), head
     time.sleep(0.5)
     after = rss_kib(pid)
-    print(f"{n} idle connections: RSS {before} KiB -> {after} KiB, "
+    print(f"{n} idle {'TLS ' if tls else ''}connections: RSS {before} KiB -> {after} KiB, "
           f"{(after - before) * 1024 / n:.0f} bytes per connection")
 
 
