@@ -101,8 +101,13 @@ impl OutQueue {
 
     /// Queues one unmasked, unfragmented frame, copying the payload once.
     pub fn push_frame(&mut self, pools: &mut Pools, opcode: Opcode, payload: &[u8]) {
+        self.push_frame_fin(pools, opcode, true, payload)
+    }
+
+    /// Queues one unmasked frame (a fragment when `fin` is false), copying the payload once.
+    pub fn push_frame_fin(&mut self, pools: &mut Pools, opcode: Opcode, fin: bool, payload: &[u8]) {
         let mut head = [0u8; MAX_HEADER_LEN];
-        let n = encode_header(&mut head, true, opcode, payload.len(), None);
+        let n = encode_header(&mut head, fin, opcode, payload.len(), None);
         if payload.len() >= OWN_CHUNK_MIN {
             self.tail(pools, n).extend_from_slice(&head[..n]);
             self.chunks.push_back(payload.to_vec());

@@ -11,13 +11,17 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+use crate::backend::{BackendSpec, Framing, SocketSource};
 use crate::tls::{CertFiles, TlsSettings};
+use crate::ws::message::MessageKind;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<Listener>,
     pub max_connections: usize,
+    /// Drop root privileges to this user once the listeners are bound.
+    pub user: Option<String>,
     pub limits: Limits,
     pub routes: Vec<Route>,
 }
@@ -99,6 +103,8 @@ pub enum App {
     Echo,
     /// Plain HTTP: the embedded demo page.
     Demo,
+    /// WebSocket: every message goes to a backend on a UNIX socket (see `Route::backend`).
+    Backend,
 }
 
 impl App {
@@ -106,6 +112,7 @@ impl App {
         match self {
             App::Echo => "echo",
             App::Demo => "demo",
+            App::Backend => "backend",
         }
     }
 
@@ -118,7 +125,7 @@ impl App {
     }
 
     pub fn is_websocket(self) -> bool {
-        matches!(self, App::Echo)
+        matches!(self, App::Echo | App::Backend)
     }
 }
 
@@ -131,6 +138,8 @@ pub struct Route {
     /// Subprotocols offered, in order of preference.
     pub subprotocols: Vec<String>,
     pub limits: Limits,
+    /// Set when `app` is [`App::Backend`].
+    pub backend: Option<BackendSpec>,
 }
 
 /// A configuration error, with the file position when there is one.
@@ -189,6 +198,7 @@ struct SniSection {
 struct ServerSection {
     listen: Option<Vec<Addr>>,
     max_connections: Option<usize>,
+    user: Option<String>,
 }
 
 /// Every limit key; shared by `[limits]` and each `[[route]]` (which overrides).
@@ -236,7 +246,13 @@ impl LimitsSection {
 #[serde(deny_unknown_fields)]
 struct RouteSection {
     path: String,
-    app: String,
+    app: Option<String>,
+    backend: Option<String>,
+    socket_dir: Option<PathBuf>,
+    allow: Option<Vec<String>>,
+    deny: Option<Vec<String>>,
+    framing: Option<String>,
+    message_type: Option<String>,
     #[serde(default)]
     origins: Vec<String>,
     #[serde(default)]
@@ -374,6 +390,7 @@ impl Config {
         Config {
             listen: vec![Listener::plain(SocketAddr::from(([127, 0, 0, 1], 8080)))],
             max_connections: 10_000,
+            user: None,
             limits,
             routes: vec![Route::new("/", App::Demo, limits), Route::new("/echo", App::Echo, limits)],
         }
@@ -416,6 +433,7 @@ impl Config {
         let mut config = Config {
             listen,
             max_connections: file.server.max_connections.unwrap_or(defaults.max_connections),
+            user: file.server.user,
             limits,
             routes: Vec::new(),
         };
@@ -425,13 +443,15 @@ impl Config {
         for spanned in file.routes {
             let line = line_of(text, spanned.span().start);
             let r = spanned.into_inner();
-            let app = App::parse(&r.app).map_err(|e| ConfigError(format!("line {line}: route.app: {e}")))?;
+            let at = |e: String| ConfigError(format!("line {line}: {e}"));
+            let (app, backend) = route_target(&r, base).map_err(at)?;
             let route = Route {
                 path: r.path,
                 app,
                 origins: r.origins,
                 subprotocols: r.subprotocols,
                 limits: r.limits.as_section().apply(limits),
+                backend,
             };
             config.add_route(route).map_err(|e| ConfigError(format!("line {line}: {e}")))?;
         }
@@ -460,6 +480,23 @@ impl Config {
     /// Checks cross-field rules after parsing and after CLI overrides.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
+        for r in &self.routes {
+            let Some(spec) = &r.backend else { continue };
+            if spec.framing == Framing::Direct {
+                if let Some(l) = self.listen.iter().find(|l| l.tls.is_some()) {
+                    return err(format!(
+                        "route {:?}: framing = \"direct\" hands the client's raw TCP socket to the backend, \
+which cannot work on TLS listener {} (use raw, lines or framed there)",
+                        r.path, l.addr
+                    ));
+                }
+            }
+            if let SocketSource::Dir { dir, .. } = &spec.source {
+                if !dir.is_dir() {
+                    return err(format!("route {:?}: socket_dir {} is not a directory", r.path, dir.display()));
+                }
+            }
+        }
         if self.listen.is_empty() {
             return err("server.listen: at least one address is needed".into());
         }
@@ -517,16 +554,64 @@ impl Config {
 
 impl Route {
     pub fn new(path: &str, app: App, limits: Limits) -> Route {
-        Route { path: path.to_string(), app, origins: Vec::new(), subprotocols: Vec::new(), limits }
+        Route { path: path.to_string(), app, origins: Vec::new(), subprotocols: Vec::new(), limits, backend: None }
     }
 
-    /// Parses a CLI route `PATH=TARGET`, e.g. `/echo=echo`.
+    /// Parses a CLI route `PATH=TARGET`: an app (`/echo=echo`) or a backend
+    /// (`/app=unix:/run/app.sock`, framing after `#`: `unix:/run/app.sock#framed`).
     pub fn from_cli(spec: &str, limits: Limits) -> Result<Route, String> {
-        let (path, target) =
-            spec.split_once('=').ok_or_else(|| format!("--route {spec:?}: expected PATH=TARGET, e.g. /echo=echo"))?;
+        let (path, target) = spec.split_once('=').ok_or_else(|| {
+            format!("--route {spec:?}: expected PATH=TARGET, e.g. /echo=echo or /app=unix:/run/app.sock")
+        })?;
+        if target.starts_with("unix:") {
+            let backend = BackendSpec::from_uri(target).map_err(|e| format!("--route {spec:?}: {e}"))?;
+            return Ok(Route { backend: Some(backend), ..Route::new(path, App::Backend, limits) });
+        }
         let app = App::parse(target).map_err(|e| format!("--route {spec:?}: {e}"))?;
         Ok(Route::new(path, app, limits))
     }
+}
+
+/// A route's target: exactly one of `app`, `backend`, `socket_dir`, with the backend keys
+/// only where they mean something.
+fn route_target(r: &RouteSection, base: &Path) -> Result<(App, Option<BackendSpec>), String> {
+    let targets = [r.app.is_some(), r.backend.is_some(), r.socket_dir.is_some()];
+    if targets.iter().filter(|t| **t).count() != 1 {
+        return Err(format!("route {:?}: set exactly one of app, backend, socket_dir", r.path));
+    }
+    if let Some(app) = &r.app {
+        let backend_keys = r.framing.is_some() || r.message_type.is_some() || r.allow.is_some() || r.deny.is_some();
+        if backend_keys {
+            return Err(format!("route {:?}: framing, message_type, allow and deny belong to backend routes", r.path));
+        }
+        return App::parse(app).map(|a| (a, None)).map_err(|e| format!("route.app: {e}"));
+    }
+    let framing =
+        r.framing.as_deref().map_or(Ok(Framing::Raw), Framing::parse).map_err(|e| format!("route.framing: {e}"))?;
+    let message_kind = match r.message_type.as_deref() {
+        None | Some("text") => MessageKind::Text,
+        Some("binary") => MessageKind::Binary,
+        Some(other) => return Err(format!("route.message_type: {other:?} (expected \"text\" or \"binary\")")),
+    };
+    let source = if let Some(uri) = &r.backend {
+        if r.allow.is_some() || r.deny.is_some() {
+            return Err(format!("route {:?}: allow and deny belong to socket_dir routes", r.path));
+        }
+        let mut spec = BackendSpec::from_uri(uri).map_err(|e| format!("route.backend: {e}"))?;
+        if let SocketSource::Path(p) = &mut spec.source {
+            *p = base.join(&*p);
+        }
+        spec.source
+    } else {
+        let dir = base.join(r.socket_dir.as_ref().expect("checked above"));
+        let patterns =
+            |key: &str, list: &Option<Vec<String>>, default: &[&str]| -> Result<Vec<glob::Pattern>, String> {
+                let list: Vec<String> = list.clone().unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
+                list.iter().map(|p| glob::Pattern::new(p).map_err(|e| format!("route.{key}: {p:?}: {e}"))).collect()
+            };
+        SocketSource::Dir { dir, allow: patterns("allow", &r.allow, &["*"])?, deny: patterns("deny", &r.deny, &[])? }
+    };
+    Ok((App::Backend, Some(BackendSpec { source, framing, message_kind })))
 }
 
 /// RFC 9110 tchar.
@@ -614,6 +699,35 @@ tls = { cert = "certs/a.pem", key = "/abs/a.key", sni = [{ names = ["x.test"], c
     }
 
     #[test]
+    fn backend_routes() {
+        let c = Config::parse_in(
+            "[[route]]\npath = \"/a\"\nbackend = \"unix:run/a.sock\"\nframing = \"framed\"\nmessage_type = \"binary\"\n",
+            Path::new("/etc/wsgate"),
+        )
+        .unwrap();
+        let spec = c.routes[0].backend.as_ref().unwrap();
+        assert_eq!((spec.framing, spec.message_kind), (Framing::Framed, MessageKind::Binary));
+        assert!(matches!(&spec.source, SocketSource::Path(p) if p == Path::new("/etc/wsgate/run/a.sock")));
+        let cases = [
+            ("[[route]]\npath = \"/a\"\n", "exactly one"),
+            ("[[route]]\npath = \"/a\"\napp = \"echo\"\nbackend = \"unix:/x\"\n", "exactly one"),
+            ("[[route]]\npath = \"/a\"\napp = \"echo\"\nframing = \"raw\"\n", "belong to backend"),
+            ("[[route]]\npath = \"/a\"\nbackend = \"unix:/x\"\nframing = \"zip\"\n", "route.framing"),
+            ("[[route]]\npath = \"/a\"\nbackend = \"unix:/x\"\nallow = [\"*\"]\n", "socket_dir"),
+            ("[[route]]\npath = \"/a\"\nsocket_dir = \"/nonexistent-dir\"\n", "not a directory"),
+            (
+                "[[listener]]\naddr = \"127.0.0.1:1\"\ntls = { cert = \"c\", key = \"k\" }\n\
+[[route]]\npath = \"/a\"\nbackend = \"unix:/x\"\nframing = \"direct\"\n",
+                "cannot work on TLS",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?} gave {e}");
+        }
+    }
+
+    #[test]
     fn sizes_and_durations() {
         assert_eq!(parse_size("64KiB"), Ok(65536));
         assert_eq!(parse_size("7"), Ok(7));
@@ -628,6 +742,9 @@ tls = { cert = "certs/a.pem", key = "/abs/a.key", sni = [{ names = ["x.test"], c
     fn cli_routes() {
         let r = Route::from_cli("/e=echo", Limits::default()).unwrap();
         assert_eq!((r.path.as_str(), r.app), ("/e", App::Echo));
+        let r = Route::from_cli("/b=unix:/run/b.sock#lines", Limits::default()).unwrap();
+        assert_eq!(r.app, App::Backend);
+        assert_eq!(r.backend.unwrap().framing, Framing::Lines);
         assert!(Route::from_cli("/e", Limits::default()).is_err());
         assert!(Route::from_cli("/e=chat2", Limits::default()).is_err());
     }

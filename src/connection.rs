@@ -23,6 +23,8 @@ use mio::Token;
 
 use crate::transport::{NotTls, Transport};
 
+use crate::backend::link::{BackendEnd, BackendLink, Pumped};
+use crate::backend::{self, framed, Framing};
 use crate::buffer::{OutQueue, Pools};
 use crate::config::{App, Limits};
 use crate::http::request::{parse_request, HeadLimits, Request, MAX_HEADERS};
@@ -71,6 +73,10 @@ enum State {
         deadline: Instant,
     },
     Connected(Box<Session>),
+    /// Direct mode: the 101 is being written; then the socket goes to the backend.
+    HandingOff {
+        deadline: Instant,
+    },
     /// The last bytes (an error response, a close frame) are being written; then FIN.
     Flushing {
         deadline: Instant,
@@ -90,6 +96,7 @@ impl State {
             State::Opening { .. } => "opening",
             State::Handshaking { .. } => "handshaking",
             State::Connected(_) => "connected",
+            State::HandingOff { .. } => "handing-off",
             State::Flushing { .. } => "flushing",
             State::Lingering { .. } => "lingering",
             State::Closed => "closed",
@@ -132,6 +139,12 @@ pub struct Connection {
     /// When the loop's timer entry for this connection fires (see `server.rs`).
     pub timer_at: Option<Instant>,
     log: AccessLog,
+    /// The backend connection of a backend route.
+    backend: Option<Box<BackendLink>>,
+    /// The backend has ended (EOF, CLOSE record, failure): it is no longer read or written.
+    backend_done: bool,
+    /// Direct mode: the HELLO (and bytes read past the request) to send with the socket.
+    handoff: Option<Vec<u8>>,
 }
 
 impl Connection {
@@ -152,6 +165,33 @@ impl Connection {
             limits,
             timer_at: None,
             log: AccessLog::default(),
+            backend: None,
+            backend_done: false,
+            handoff: None,
+        }
+    }
+
+    /// The backend socket, if it has not been registered with the poller yet (the loop
+    /// registers it; the connection only connects it).
+    pub fn backend_to_register(&mut self) -> Option<&mut mio::net::UnixStream> {
+        let link = self.backend.as_mut()?;
+        if link.registered {
+            return None;
+        }
+        link.registered = true;
+        Some(&mut link.sock)
+    }
+
+    /// The registered backend socket, for deregistration.
+    pub fn backend_socket_mut(&mut self) -> Option<&mut mio::net::UnixStream> {
+        self.backend.as_mut().filter(|l| l.registered).map(|l| &mut l.sock)
+    }
+
+    /// Records readiness the poller reported for the backend socket.
+    pub fn set_backend_ready(&mut self, readable: bool, writable: bool) {
+        if let Some(link) = &mut self.backend {
+            link.readable |= readable;
+            link.writable |= writable;
         }
     }
 
@@ -185,8 +225,16 @@ impl Connection {
             if self.writable && self.has_output() {
                 self.flush(ctx);
             }
+            self.flush_backend(ctx);
             if self.is_closed() {
                 return false;
+            }
+            if self.backend_wants_pump() {
+                if budget == 0 {
+                    return true;
+                }
+                budget = budget.saturating_sub(self.pump_backend(ctx));
+                continue;
             }
             // Input left over by backpressure goes first, before more is read.
             if self.has_unprocessed_input() && self.wants_input() {
@@ -213,6 +261,7 @@ impl Connection {
             State::Unknown => Some(self.accepted + self.limits.handshake_timeout),
             State::Opening { deadline }
             | State::Handshaking { deadline }
+            | State::HandingOff { deadline }
             | State::Flushing { deadline }
             | State::Lingering { deadline } => Some(*deadline),
             State::Connected(s) => Some(session_deadline(s, &self.limits)).flatten(),
@@ -267,6 +316,11 @@ impl Connection {
                     self.abort("peer did not finish closing in time");
                 }
             }
+            State::HandingOff { deadline } => {
+                if now >= *deadline {
+                    self.abort("101 not accepted in time for the hand-off");
+                }
+            }
             State::Closed => {}
         }
         self.after_io(ctx);
@@ -290,6 +344,9 @@ impl Connection {
             pools.put_read(buf);
         }
         self.out.release(pools);
+        if let Some(link) = &mut self.backend {
+            link.release(pools);
+        }
     }
 
     /// Whether this connection holds any buffer (for tests of "idle holds nothing").
@@ -331,9 +388,12 @@ impl Connection {
         match &self.state {
             State::Opening { .. } => true,
             State::Handshaking { .. } => self.out.is_empty() || self.out.len() < self.limits.backpressure_high,
-            State::Connected(_) => self.out.len() < self.limits.backpressure_high,
+            State::Connected(_) => {
+                let backend_full = self.backend.as_ref().is_some_and(|b| b.out.len() >= self.limits.backpressure_high);
+                self.out.len() < self.limits.backpressure_high && !backend_full
+            }
             State::Lingering { .. } => true,
-            State::Unknown | State::Flushing { .. } | State::Closed => false,
+            State::Unknown | State::HandingOff { .. } | State::Flushing { .. } | State::Closed => false,
         }
     }
 
@@ -464,6 +524,9 @@ impl Connection {
     /// Bookkeeping after any activity: buffers back to the pool when idle, the end of
     /// `Flushing`, the stall clock.
     fn after_io(&mut self, ctx: &mut Ctx<'_>) {
+        if let (State::HandingOff { .. }, true) = (&self.state, self.out.is_empty()) {
+            self.hand_off();
+        }
         if self.rstart == self.rend {
             self.rstart = 0;
             self.rend = 0;
@@ -544,12 +607,92 @@ impl Connection {
     }
 
     /// Starts the closing handshake (§7.1.2): our close frame, then wait for the peer's.
-    fn begin_close(&mut self, ctx: &mut Ctx<'_>, code: u16, reason: &'static str) {
+    fn begin_close(&mut self, ctx: &mut Ctx<'_>, code: u16, reason: impl Into<Cow<'static, str>>) {
         if let State::Connected(s) = &mut self.state {
             if s.close_sent.is_none() {
+                let reason = reason.into();
                 s.close_sent = Some(ctx.now);
-                push_close(&mut self.out, ctx.pools, code, reason);
-                self.log.close = Some((code, reason.into()));
+                push_close(&mut self.out, ctx.pools, code, &reason);
+                self.log.close = Some((code, reason));
+            }
+        }
+    }
+
+    // ---- the backend ----
+
+    fn backend_wants_pump(&self) -> bool {
+        let open = matches!(&self.state, State::Connected(s) if s.close_sent.is_none());
+        open && !self.backend_done
+            && self.backend.as_ref().is_some_and(|b| b.readable)
+            && self.out.len() < self.limits.backpressure_high
+    }
+
+    /// Reads once from the backend into the client's queue. Returns the bytes read.
+    fn pump_backend(&mut self, ctx: &mut Ctx<'_>) -> usize {
+        let Some(link) = &mut self.backend else { return 0 };
+        let queued_before = self.out.len();
+        let pumped = link.pump(ctx.pools, &mut self.out);
+        self.log.bytes_out += (self.out.len() - queued_before) as u64;
+        match pumped {
+            Pumped::Bytes(n) => {
+                self.log.msgs_out += u64::from(n > 0);
+                n
+            }
+            Pumped::WouldBlock => 0,
+            Pumped::Ended(end) => {
+                self.backend_done = true;
+                match end {
+                    BackendEnd::Closed => self.begin_close(ctx, close::NORMAL, "backend closed"),
+                    BackendEnd::CloseRecord(code, reason) => {
+                        // A code a peer may not send becomes 1011 rather than a protocol error.
+                        let code = if close::is_valid_code(code) { code } else { close::INTERNAL_ERROR };
+                        self.begin_close(ctx, code, reason);
+                    }
+                    BackendEnd::Failed(why) => {
+                        log::warn!("{} {}: {why}", self.peer, self.log.path.as_deref().unwrap_or("-"));
+                        self.begin_close(ctx, close::INTERNAL_ERROR, "backend failed");
+                        self.log.end = Some(why.into());
+                    }
+                }
+                0
+            }
+        }
+    }
+
+    fn flush_backend(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(link) = &mut self.backend else { return };
+        if self.backend_done || link.out.is_empty() {
+            return;
+        }
+        if let Err(e) = link.flush(ctx.pools) {
+            self.backend_done = true;
+            let why = format!("backend write failed: {e}");
+            log::warn!("{} {}: {why}", self.peer, self.log.path.as_deref().unwrap_or("-"));
+            self.begin_close(ctx, close::INTERNAL_ERROR, "backend failed");
+            self.log.end = Some(why.into());
+        }
+    }
+
+    /// Direct mode, once the 101 is out: the socket (with the HELLO and any bytes read past
+    /// the request) goes to the backend, and this connection ends without touching it.
+    fn hand_off(&mut self) {
+        let (Some(link), Some(mut data)) = (self.backend.as_ref(), self.handoff.take()) else {
+            return self.abort("nothing to hand off");
+        };
+        if let Some(buf) = &self.rbuf {
+            data.extend_from_slice(&buf[self.rstart..self.rend]);
+        }
+        self.rstart = self.rend;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(self.transport.socket_mut());
+        match backend::direct::send_fd(&link.sock, fd, &data) {
+            Ok(()) => {
+                self.log.end = Some("handed off to the backend".into());
+                self.set_state(State::Closed);
+            }
+            Err(e) => {
+                log::warn!("{}: hand-off to the backend failed: {e}", self.peer);
+                self.log.end = Some(format!("hand-off failed: {e}").into());
+                self.set_state(State::Closed);
             }
         }
     }
@@ -643,9 +786,66 @@ impl Connection {
             };
         }
         match handshake::validate(req, &route.policy()) {
-            Ok(accepted) => {
+            Ok(mut accepted) => {
+                let mut backend_target = None;
+                if let Some(spec) = &route.backend {
+                    let offered: Vec<&str> = req
+                        .list_elements("sec-websocket-protocol")
+                        .filter_map(|p| std::str::from_utf8(p).ok())
+                        .collect();
+                    let (socket, named_by) = match backend::resolve(spec, &route.path, path, &offered) {
+                        Ok(r) => r,
+                        Err(e) => return self.respond(ctx, req, e.status(), e.reason(), false),
+                    };
+                    let sock = match backend::connect(&socket) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            log::warn!("{} {path}: backend {}: {e}", self.peer, socket.display());
+                            self.log.end = Some(format!("backend {}: {e}", socket.display()).into());
+                            return self.respond(ctx, req, 503, "backend unavailable, try again later", false);
+                        }
+                    };
+                    if let Some(p) = named_by {
+                        // The subprotocol named the socket: it is the one accepted.
+                        accepted.subprotocol = route.subprotocols.iter().find(|s| **s == p).map(String::as_str);
+                        backend_target = Some((sock, spec.clone(), Some(p)));
+                    } else {
+                        backend_target = Some((sock, spec.clone(), None));
+                    }
+                }
                 let mut head = Vec::with_capacity(160);
-                handshake::write_accept(&mut head, &accepted);
+                let named_protocol = backend_target.as_ref().and_then(|(_, _, p)| p.clone());
+                if accepted.subprotocol.is_none() && named_protocol.is_some() {
+                    let name = named_protocol.as_deref().unwrap_or_default();
+                    handshake::write_accept(&mut head, &handshake::Accepted { subprotocol: Some(name), ..accepted });
+                } else {
+                    handshake::write_accept(&mut head, &accepted);
+                }
+                if let Some((sock, spec, _)) = backend_target {
+                    let hello = framed::Hello {
+                        peer: self.peer,
+                        path,
+                        query: req.query(),
+                        subprotocol: accepted.subprotocol.or(named_protocol.as_deref()),
+                        headers: req.headers,
+                    };
+                    let mut link =
+                        BackendLink::new(sock, spec.framing, spec.message_kind, route.limits.max_message_size);
+                    match spec.framing {
+                        Framing::Framed => link.out.push_bytes(ctx.pools, &framed::hello_record(&hello)),
+                        Framing::Direct => self.handoff = Some(framed::hello_record(&hello)),
+                        Framing::Raw | Framing::Lines => {}
+                    }
+                    // Connected at once (UNIX connect does not wait), so writable now.
+                    link.writable = true;
+                    self.backend = Some(Box::new(link));
+                    if spec.framing == Framing::Direct {
+                        self.out.push_bytes(ctx.pools, &head);
+                        self.log.status = Some(101);
+                        self.set_state(State::HandingOff { deadline: ctx.now + route.limits.write_timeout });
+                        return false;
+                    }
+                }
                 self.out.push_bytes(ctx.pools, &head);
                 self.log.status = Some(101);
                 self.limits = route.limits;
@@ -743,6 +943,11 @@ impl Connection {
                             self.log.msgs_out += 1;
                             self.log.bytes_out += len as u64;
                         }
+                        App::Backend => {
+                            if let (Some(link), false) = (&mut self.backend, self.backend_done) {
+                                link.send_message(ctx.pools, kind, payload);
+                            }
+                        }
                         App::Demo => {}
                     }
                 }
@@ -750,6 +955,9 @@ impl Connection {
                 Event::Pong(_) => {}
                 Event::Close(frame) => {
                     reply_close(&mut self.out, ctx.pools, &frame);
+                    if let (Some(link), false) = (&mut self.backend, self.backend_done) {
+                        link.send_close(ctx.pools, frame.code, frame.reason);
+                    }
                     let code = frame.code.unwrap_or(close::NO_STATUS);
                     self.log.close = Some((code, frame.reason.chars().take(123).collect::<String>().into()));
                     next = Some((0, "", false));

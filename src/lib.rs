@@ -9,14 +9,17 @@
 //! - [`http`]: request heads and responses; [`ws`]: the RFC 6455 protocol core (frames,
 //!   masking, UTF-8, messages, close, handshake), pure functions on byte slices, fuzzed and
 //!   benchmarked;
-//! - [`route`]: request path → app, with the route's policy and limits;
+//! - [`route`]: request path → app or backend, with the route's policy and limits;
+//! - [`backend`]: UNIX-socket backends: framings (raw, lines, framed, direct), links, hand-off;
 //! - [`buffer`]: pooled read buffers and the vectored output queue;
 //! - [`config`]: TOML → validated [`config::Config`], the embedded default.
 
+pub mod backend;
 pub mod buffer;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod privileges;
 pub mod route;
 pub mod server;
 pub mod tls;

@@ -31,6 +31,9 @@ struct Cli {
     /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) for --tls-cert.
     #[arg(long = "tls-key", value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// After binding the listeners, drop root privileges to USER (its group, no others).
+    #[arg(short = 'u', long = "user", value_name = "USER")]
+    user: Option<String>,
     /// Check the configuration (certificates included), print a summary and exit (0 if valid).
     #[arg(long = "check-config")]
     check_config: bool,
@@ -73,6 +76,16 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(user) = &config.user {
+        if let Err(e) = wsgate::privileges::drop_to(user) {
+            log::error!("{e}");
+            return ExitCode::from(1);
+        }
+        log::info!("running as user {user}");
+    } else if wsgate::privileges::is_root() && config.routes.iter().any(|r| r.backend.is_some()) {
+        log::error!("refusing to run as root with backend routes: set user = \"...\" in [server] or -u USER");
+        return ExitCode::from(1);
+    }
     let addrs: Vec<String> =
         server.local_addrs().iter().map(|(a, tls)| format!("{a}{}", if *tls { " (tls)" } else { "" })).collect();
     log::info!("wsgate {} listening on {}", env!("CARGO_PKG_VERSION"), addrs.join(", "));
@@ -99,6 +112,9 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
         for l in &mut config.listen {
             l.tls = Some(settings.clone());
         }
+    }
+    if cli.user.is_some() {
+        config.user = cli.user.clone();
     }
     for spec in &cli.routes {
         let route = Route::from_cli(spec, config.limits)?;

@@ -18,8 +18,22 @@ impl Routes {
         Routes { routes }
     }
 
+    /// The route for a request path: an exact match, else the longest `socket_dir` route
+    /// whose path is a prefix ending at a segment boundary (`/apps` serves `/apps/chat`).
     pub fn find(&self, path: &str) -> Option<RouteId> {
-        self.routes.iter().position(|r| r.path == path)
+        if let Some(i) = self.routes.iter().position(|r| r.path == path) {
+            return Some(i);
+        }
+        self.routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_socket_dir())
+            .filter(|(_, r)| {
+                let base = r.path.trim_end_matches('/');
+                path.strip_prefix(base).is_some_and(|rest| rest.starts_with('/'))
+            })
+            .max_by_key(|(_, r)| r.path.len())
+            .map(|(i, _)| i)
     }
 
     pub fn get(&self, id: RouteId) -> &Route {
@@ -38,6 +52,10 @@ impl Route {
 
     pub fn message_limits(&self) -> MessageLimits {
         MessageLimits { max_message: self.limits.max_message_size, max_frame: self.limits.max_frame_size }
+    }
+
+    pub fn is_socket_dir(&self) -> bool {
+        matches!(&self.backend, Some(b) if matches!(b.source, crate::backend::SocketSource::Dir { .. }))
     }
 
     pub fn is_websocket(&self) -> bool {

@@ -33,9 +33,11 @@ const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
 /// Listener `i` has token `LISTENER_BASE - i`.
 const LISTENER_BASE: usize = usize::MAX - 2;
 const MAX_LISTENERS: usize = 1024;
-/// Connection tokens: slab key in the low 32 bits, generation above (top bit kept clear).
+/// Connection tokens: slab key in the low 32 bits, generation in bits 32–61, bit 62 set for
+/// the connection's backend socket, bit 63 clear (listener and signal tokens have it set).
 const KEY_BITS: u32 = 32;
-const GEN_MASK: usize = 0x7FFF_FFFF;
+const GEN_MASK: usize = 0x3FFF_FFFF;
+const BACKEND_BIT: usize = 1 << 62;
 /// Connections accepted per listener per turn, so a flood of connects cannot starve clients.
 const ACCEPT_BATCH: usize = 256;
 /// After EMFILE / ENFILE: how long to stop accepting before trying again.
@@ -193,12 +195,17 @@ impl Server {
 
     fn on_ready(&mut self, token: Token, readable: bool, writable: bool, now: Instant) {
         let key = token.0 & ((1 << KEY_BITS) - 1);
+        let backend_side = token.0 & BACKEND_BIT != 0;
         let (mut ctx, conns) = self.ctx(now);
         let Some(conn) = conns.get_mut(key) else { return };
-        if conn.token != token || conn.is_closed() {
+        if conn.token.0 != token.0 & !BACKEND_BIT || conn.is_closed() {
             return; // stale: the slot's connection is gone or going
         }
-        conn.set_ready(readable, writable);
+        if backend_side {
+            conn.set_backend_ready(readable, writable);
+        } else {
+            conn.set_ready(readable, writable);
+        }
         let more = conn.drive(&mut ctx);
         self.after_drive(key, more);
     }
@@ -207,6 +214,16 @@ impl Server {
     /// (re)arm its timer.
     fn after_drive(&mut self, key: usize, more: bool) {
         let Some(conn) = self.conns.get_mut(key) else { return };
+        let token = conn.token;
+        if let Some(sock) = conn.backend_to_register() {
+            if let Err(e) = self.poll.registry().register(
+                sock,
+                Token(token.0 | BACKEND_BIT),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::warn!("cannot register a backend socket: {e}");
+            }
+        }
         if conn.is_closed() {
             self.closed.push(key);
             return;
@@ -262,6 +279,9 @@ impl Server {
             }
             let mut conn = self.conns.remove(key);
             let _ = self.poll.registry().deregister(conn.socket_mut());
+            if let Some(sock) = conn.backend_socket_mut() {
+                let _ = self.poll.registry().deregister(sock);
+            }
             conn.release(&mut self.pools);
             log::info!(target: "wsgate::access", "{}", conn.access_line(now));
         }
