@@ -1,0 +1,368 @@
+//! Backend routes end to end: the real gateway, a Python backend (stdlib only), tungstenite.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::Message;
+
+struct Backend {
+    child: Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory for sockets that the gateway (perhaps running as `nobody`) can reach.
+struct SockDir(PathBuf);
+
+impl SockDir {
+    fn new(tag: &str) -> SockDir {
+        let d = std::env::temp_dir().join(format!("wsgate-backend-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        SockDir(d)
+    }
+
+    fn backend(&self, name: &str, mode: &str) -> Backend {
+        let socket = self.0.join(name);
+        let log = self.0.join(format!("{name}.log"));
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/backends/echo_backend.py");
+        let mut child = Command::new("python3")
+            .args([script, socket.to_str().unwrap(), mode, log.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+        assert_eq!(ready.trim(), "ready");
+        Backend { child, socket, log }
+    }
+}
+
+impl Drop for SockDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Gateway arguments: as root, wsgate insists on dropping privileges.
+fn gateway(routes: &[String]) -> Server {
+    let mut args: Vec<&str> = Vec::new();
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        args.extend(["-u", "nobody"]);
+    }
+    for r in routes {
+        args.extend(["--route", r.as_str()]);
+    }
+    Server::start(&args)
+}
+
+fn gateway_with_config(config: &str) -> Server {
+    let root = unsafe { libc::geteuid() } == 0;
+    let args: &[&str] = if root { &["-u", "nobody"] } else { &[] };
+    Server::with_config(config, args)
+}
+
+fn route(path: &str, socket: &Path, framing: &str) -> String {
+    format!("{path}=unix:{}#{framing}", socket.display())
+}
+
+fn wait_for_file_line(path: &Path, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+        }
+        assert!(start.elapsed() < WAIT, "{} never got {needle:?}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads messages until one that is not a ping/pong.
+fn read_data(ws: &mut tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>) -> Message {
+    loop {
+        match ws.read().unwrap() {
+            Message::Ping(_) | Message::Pong(_) => {}
+            m => return m,
+        }
+    }
+}
+
+#[test]
+fn framed_keeps_boundaries_types_and_large_messages() {
+    let dir = SockDir::new("framed");
+    let backend = dir.backend("app", "framed");
+    let server = gateway(&[route("/app", &backend.socket, "framed")]);
+    let mut ws = client(&server.url("/app"));
+    for i in 0..200 {
+        ws.send(Message::text(format!("message {i}"))).unwrap();
+    }
+    for i in 0..200 {
+        assert_eq!(read_data(&mut ws), Message::text(format!("message {i}")));
+    }
+    ws.send(Message::binary(vec![0u8, 255, 1])).unwrap();
+    assert_eq!(read_data(&mut ws), Message::binary(vec![0u8, 255, 1]));
+    let big: Vec<u8> = (0..1 << 20).map(|i| (i % 241) as u8).collect();
+    ws.send(Message::binary(big.clone())).unwrap();
+    assert_eq!(read_data(&mut ws), Message::binary(big));
+    // Fragments from the backend arrive as one message.
+    ws.send(Message::text("split")).unwrap();
+    assert_eq!(read_data(&mut ws), Message::text("abcdefghi"));
+}
+
+#[test]
+fn framed_hello_carries_the_request() {
+    let dir = SockDir::new("hello");
+    let backend = dir.backend("app", "framed");
+    let server = gateway(&[route("/app", &backend.socket, "framed")]);
+    let request = tungstenite::http::Request::builder()
+        .uri(format!("{}?room=7", server.url("/app")))
+        .header("Host", "gateway.test")
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", tungstenite::handshake::client::generate_key())
+        .header("X-Trace", "abc123")
+        .body(())
+        .unwrap();
+    let (mut ws, _) = tungstenite::connect(request).unwrap();
+    ws.send(Message::text("hello?")).unwrap();
+    let Message::Text(hello) = read_data(&mut ws) else { panic!("expected text") };
+    let hello = hello.as_str();
+    assert!(hello.starts_with("wsgate-hello 1\n"), "{hello}");
+    assert!(hello.contains("\npeer: 127.0.0.1:"), "{hello}");
+    assert!(hello.contains("\npath: /app\n") && hello.contains("\nquery: room=7\n"), "{hello}");
+    // Header names as the client sent them (the http crate lowercases them).
+    let lower = hello.to_ascii_lowercase();
+    assert!(
+        lower.contains("\nheader: x-trace: abc123\n") && lower.contains("\nheader: host: gateway.test\n"),
+        "{hello}"
+    );
+}
+
+#[test]
+fn framed_close_codes_travel_both_ways() {
+    let dir = SockDir::new("close");
+    let backend = dir.backend("app", "framed");
+    let server = gateway(&[route("/app", &backend.socket, "framed")]);
+    // Client → backend.
+    let mut ws = client(&server.url("/app"));
+    ws.close(Some(CloseFrame { code: CloseCode::from(4000), reason: "client bye".into() })).unwrap();
+    while ws.read().is_ok() {}
+    wait_for_file_line(&backend.log, "CLOSE 4000 client bye");
+    // Backend → client.
+    let mut ws = client(&server.url("/app"));
+    ws.send(Message::text("close-me")).unwrap();
+    match ws.read().unwrap() {
+        Message::Close(Some(f)) => assert_eq!((u16::from(f.code), &*f.reason), (4001, "asked")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn backend_crash_closes_the_client_with_1011() {
+    let dir = SockDir::new("crash");
+    let backend = dir.backend("app", "framed");
+    let server = gateway(&[route("/app", &backend.socket, "framed")]);
+    let mut ws = client(&server.url("/app"));
+    ws.send(Message::text("die")).unwrap();
+    match ws.read().unwrap() {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1011),
+        other => panic!("{other:?}"),
+    }
+    server.wait_log("backend closed without a CLOSE record");
+}
+
+#[test]
+fn raw_and_lines_round_trips() {
+    let dir = SockDir::new("stream");
+    let raw = dir.backend("raw", "raw");
+    let lines = dir.backend("lines", "raw"); // an echo of bytes is a correct lines backend too
+    let server = gateway(&[route("/raw", &raw.socket, "raw"), route("/lines", &lines.socket, "lines")]);
+
+    let mut ws = client(&server.url("/lines"));
+    for i in 0..100 {
+        ws.send(Message::text(format!("line {i}"))).unwrap();
+    }
+    for i in 0..100 {
+        assert_eq!(read_data(&mut ws), Message::text(format!("line {i}")));
+    }
+
+    // raw: boundaries are not kept, bytes are. Collect until everything came back.
+    let mut ws = client(&server.url("/raw"));
+    let mut sent = Vec::new();
+    for i in 0..100 {
+        let m = format!("<{i}>");
+        sent.extend_from_slice(m.as_bytes());
+        ws.send(Message::text(m)).unwrap();
+    }
+    let big = "é".repeat(300_000); // 600 KB of two-byte characters: reads split them
+    sent.extend_from_slice(big.as_bytes());
+    ws.send(Message::text(big)).unwrap();
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        match read_data(&mut ws) {
+            Message::Text(t) => got.extend_from_slice(t.as_bytes()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, sent);
+}
+
+#[test]
+fn raw_backend_eof_closes_1000_and_client_close_is_eof() {
+    let dir = SockDir::new("eof");
+    let backend = dir.backend("app", "raw");
+    let server = gateway(&[route("/app", &backend.socket, "raw")]);
+    let mut ws = client(&server.url("/app"));
+    ws.send(Message::text("x")).unwrap();
+    assert_eq!(read_data(&mut ws), Message::text("x"));
+    drop(backend); // the backend process dies: EOF on its sockets
+    match ws.read().unwrap() {
+        Message::Close(Some(f)) => assert!(matches!(u16::from(f.code), 1000 | 1011), "{f:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn absent_backend_is_503() {
+    let dir = SockDir::new("absent");
+    let server = gateway(&[route("/app", &dir.0.join("nothing-here"), "framed")]);
+    let response = http_exchange(server.addr, upgrade_request("/app", "").as_bytes());
+    assert!(response.starts_with("HTTP/1.1 503 ") && response.contains("backend unavailable"), "{response}");
+    server.wait_log("nothing-here");
+}
+
+#[test]
+fn a_backend_that_never_reads_cannot_grow_the_gateway() {
+    let dir = SockDir::new("stall");
+    let backend = dir.backend("app", "stall");
+    let server = gateway_with_config(&format!(
+        "[limits]\nbackpressure_high = \"256KiB\"\n[[route]]\npath = \"/app\"\nbackend = \"unix:{}\"\nframing = \"framed\"\n\
+[[route]]\npath = \"/echo\"\napp = \"echo\"\n",
+        backend.socket.display()
+    ));
+    let mut raw = Raw::connect(server.addr, "/app");
+    raw.stream.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+    let rss_before = server.rss_kib();
+    let frame = masked_frame(0x82, &vec![1u8; 64 * 1024]);
+    let mut sent = 0usize;
+    while sent < 256 << 20 {
+        match raw.stream.write(&frame) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    assert!(sent < 256 << 20, "the gateway kept reading for a backend that never reads");
+    let grown = server.rss_kib().saturating_sub(rss_before);
+    assert!(grown < 32 * 1024, "gateway RSS grew {grown} KiB");
+    let mut other = client(&server.url("/echo"));
+    other.send(Message::text("unaffected")).unwrap();
+    assert_eq!(other.read().unwrap(), Message::text("unaffected"));
+}
+
+#[test]
+fn directory_routing_allow_deny_subprotocol_and_traversal() {
+    let dir = SockDir::new("dir");
+    let chat = dir.backend("chat", "framed");
+    let _secret = dir.backend("secret", "framed");
+    let server = gateway_with_config(&format!(
+        "[[route]]\npath = \"/apps\"\nsocket_dir = \"{}\"\nframing = \"framed\"\ndeny = [\"sec*\"]\nsubprotocols = [\"chat\"]\n",
+        dir.0.display()
+    ));
+    let mut ws = client(&server.url("/apps/chat"));
+    ws.send(Message::text("via path")).unwrap();
+    assert_eq!(read_data(&mut ws), Message::text("via path"));
+    drop(ws);
+
+    // No name in the path: the subprotocol names the socket, and is the one accepted.
+    let r = http_exchange_head(server.addr, &upgrade_request("/apps", "Sec-WebSocket-Protocol: nope, chat\r\n"));
+    assert!(r.starts_with("HTTP/1.1 101 ") && r.contains("Sec-WebSocket-Protocol: chat\r\n"), "{r}");
+
+    let cases = [
+        ("/apps/secret", "403 "),
+        ("/apps/missing", "404 "),
+        ("/apps/..", "404 "),
+        ("/apps/%2e%2e", "404 "),
+        ("/apps/%2e%2e%2fetc", "404 "),
+        ("/apps/chat%2f..", "404 "),
+        ("/apps/chat/extra", "404 "),
+        ("/apps/.chat", "404 "),
+        ("/apps/chat.log", "404 "), // a file, not a socket
+        ("/apps", "404 "),
+    ];
+    for (path, want) in cases {
+        let r = http_exchange(server.addr, upgrade_request(path, "").as_bytes());
+        assert!(r.starts_with(&format!("HTTP/1.1 {want}")), "{path} -> {r}");
+    }
+    // A symlink to a socket is refused too.
+    std::os::unix::fs::symlink(&chat.socket, dir.0.join("alias")).unwrap();
+    let r = http_exchange(server.addr, upgrade_request("/apps/alias", "").as_bytes());
+    assert!(r.starts_with("HTTP/1.1 404 "), "{r}");
+}
+
+fn http_exchange_head(addr: std::net::SocketAddr, request: &str) -> String {
+    let mut s = tcp(addr);
+    s.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+        head.push(b[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[test]
+fn direct_mode_hands_the_socket_to_the_backend() {
+    let dir = SockDir::new("direct");
+    let backend = dir.backend("app", "direct");
+    let server = gateway(&[route("/app", &backend.socket, "direct")]);
+    let mut raw = Raw::connect(server.addr, "/app");
+    let frame = raw.recv().expect("a frame from the backend");
+    assert_eq!((frame.opcode, frame.payload.as_slice()), (1, &b"from the backend, directly"[..]));
+    let line = wait_for_file_line(&backend.log, "DIRECT 1 wsgate-hello 1");
+    assert!(line.contains("|path: /app|"), "{line}");
+    server.wait_log("handed off to the backend");
+}
+
+#[test]
+fn direct_mode_is_refused_on_tls() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["-l", "127.0.0.1:0", "--tls-cert", "c.pem", "--tls-key", "k.pem", "--route", "/d=unix:/tmp/x#direct"])
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot work on TLS"));
+}
+
+#[test]
+fn root_without_user_is_refused_for_backend_routes() {
+    if unsafe { libc::geteuid() } != 0 {
+        return; // only meaningful as root
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["-l", "127.0.0.1:0", "--route", "/b=unix:/tmp/none.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to run as root"));
+}
