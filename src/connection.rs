@@ -182,6 +182,13 @@ impl Connection {
         Some(&mut link.sock)
     }
 
+    /// The backend socket and the interest it needs now, when that changed.
+    pub fn backend_interest_change(&mut self) -> Option<(&mut mio::net::UnixStream, mio::Interest)> {
+        let link = self.backend.as_mut().filter(|l| l.registered)?;
+        let interest = link.interest_change()?;
+        Some((&mut link.sock, interest))
+    }
+
     /// The registered backend socket, for deregistration.
     pub fn backend_socket_mut(&mut self) -> Option<&mut mio::net::UnixStream> {
         self.backend.as_mut().filter(|l| l.registered).map(|l| &mut l.sock)

@@ -216,12 +216,13 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else { return };
         let token = conn.token;
         if let Some(sock) = conn.backend_to_register() {
-            if let Err(e) = self.poll.registry().register(
-                sock,
-                Token(token.0 | BACKEND_BIT),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
+            if let Err(e) = self.poll.registry().register(sock, Token(token.0 | BACKEND_BIT), Interest::READABLE) {
                 log::warn!("cannot register a backend socket: {e}");
+            }
+        }
+        if let Some((sock, interest)) = conn.backend_interest_change() {
+            if let Err(e) = self.poll.registry().reregister(sock, Token(token.0 | BACKEND_BIT), interest) {
+                log::warn!("cannot watch a backend socket: {e}");
             }
         }
         if conn.is_closed() {

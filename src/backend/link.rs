@@ -48,6 +48,10 @@ pub struct BackendLink {
     pub readable: bool,
     pub writable: bool,
     pub registered: bool,
+    /// Whether the poller currently watches this socket for writability. A UNIX socket's
+    /// peer wakes every writability watcher each time it reads, so we watch only while a
+    /// write is blocked.
+    pub watching_writable: bool,
     rbuf: Option<Box<[u8]>>,
     /// raw text: an incomplete UTF-8 sequence carried to the next read.
     utf8_tail: ([u8; 4], usize),
@@ -74,6 +78,7 @@ impl BackendLink {
             readable: false,
             writable: false,
             registered: false,
+            watching_writable: false,
             rbuf: None,
             utf8_tail: ([0; 4], 0),
             partial: Vec::new(),
@@ -122,7 +127,10 @@ impl BackendLink {
             match self.out.write_to(&mut self.sock, pools) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.writable = false;
+                    return Ok(());
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -336,6 +344,25 @@ impl BackendLink {
             self.message = Some(kind);
         }
         Ok(None)
+    }
+
+    /// The interest the poller should have now, if it differs from what it has.
+    pub fn interest_change(&mut self) -> Option<mio::Interest> {
+        let want_writable = !self.out.is_empty();
+        if want_writable == self.watching_writable {
+            return None;
+        }
+        self.watching_writable = want_writable;
+        if want_writable {
+            // Registered without writability: whether the socket has room is unknown until
+            // the poller says so.
+            self.writable = false;
+            Some(mio::Interest::READABLE | mio::Interest::WRITABLE)
+        } else {
+            // Unwatched, the socket is assumed writable; a blocked write re-arms the watch.
+            self.writable = true;
+            Some(mio::Interest::READABLE)
+        }
     }
 
     /// Gives back pooled buffers (the link is about to be dropped).

@@ -69,17 +69,28 @@ pub struct BackendSpec {
 }
 
 impl BackendSpec {
-    /// `unix:/path/app.sock` or `unix:/path/app.sock#framed` (the CLI form).
+    /// `unix:/path/app.sock`, optionally followed by `#` and comma-separated options: a
+    /// framing (`raw`, `lines`, `framed`, `direct`) and/or a message type (`text`, `binary`),
+    /// e.g. `unix:/run/app.sock#framed` or `unix:/run/app.sock#raw,binary` (the CLI form).
     pub fn from_uri(uri: &str) -> Result<BackendSpec, String> {
         let rest = uri.strip_prefix("unix:").ok_or_else(|| format!("backend {uri:?}: expected unix:/path/to.sock"))?;
-        let (path, framing) = match rest.split_once('#') {
-            Some((p, f)) => (p, Framing::parse(f)?),
-            None => (rest, Framing::Raw),
-        };
+        let (path, options) = rest.split_once('#').unwrap_or((rest, ""));
         if path.is_empty() {
             return Err(format!("backend {uri:?}: the socket path is empty"));
         }
-        Ok(BackendSpec { source: SocketSource::Path(PathBuf::from(path)), framing, message_kind: MessageKind::Text })
+        let mut spec = BackendSpec {
+            source: SocketSource::Path(PathBuf::from(path)),
+            framing: Framing::Raw,
+            message_kind: MessageKind::Text,
+        };
+        for option in options.split(',').filter(|o| !o.is_empty()) {
+            match option {
+                "text" => spec.message_kind = MessageKind::Text,
+                "binary" => spec.message_kind = MessageKind::Binary,
+                framing => spec.framing = Framing::parse(framing).map_err(|e| format!("backend {uri:?}: {e}"))?,
+            }
+        }
+        Ok(spec)
     }
 
     pub fn describe(&self) -> String {
@@ -231,6 +242,8 @@ mod tests {
         assert_eq!(s.framing, Framing::Framed);
         assert!(matches!(s.source, SocketSource::Path(ref p) if p == Path::new("/run/app.sock")));
         assert_eq!(BackendSpec::from_uri("unix:/x").unwrap().framing, Framing::Raw);
+        let s = BackendSpec::from_uri("unix:/x#lines,binary").unwrap();
+        assert_eq!((s.framing, s.message_kind), (Framing::Lines, MessageKind::Binary));
         assert!(BackendSpec::from_uri("tcp:1.2.3.4:5").is_err());
         assert!(BackendSpec::from_uri("unix:/x#zip").is_err());
         assert!(BackendSpec::from_uri("unix:").is_err());

@@ -1,0 +1,84 @@
+//! A single-threaded epoll (mio) echo server on a UNIX socket: the fast backend for measuring
+//! the gateway itself (`backend-echo` is the readable, thread-per-client one).
+//!
+//! usage: unix-echo SOCKET_PATH
+
+use std::io::{self, Read, Write};
+
+use mio::net::UnixListener;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+fn main() -> io::Result<()> {
+    let path = std::env::args().nth(1).unwrap_or_else(|| {
+        eprintln!("usage: unix-echo SOCKET_PATH");
+        std::process::exit(2)
+    });
+    let _ = std::fs::remove_file(&path);
+    let mut listener = UnixListener::bind(&path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+    let mut poll = Poll::new()?;
+    const LISTENER: Token = Token(usize::MAX);
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    let mut conns: Slab<(mio::net::UnixStream, Vec<u8>)> = Slab::new();
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; 256 * 1024];
+    eprintln!("unix-echo: listening on {path}");
+    loop {
+        poll.poll(&mut events, None)?;
+        for ev in events.iter() {
+            if ev.token() == LISTENER {
+                while let Ok((mut s, _)) = listener.accept() {
+                    let entry = conns.vacant_entry();
+                    poll.registry().register(&mut s, Token(entry.key()), Interest::READABLE | Interest::WRITABLE)?;
+                    entry.insert((s, Vec::new()));
+                }
+                continue;
+            }
+            let key = ev.token().0;
+            let Some((sock, pending)) = conns.get_mut(key) else { continue };
+            let mut closed = false;
+            // Finish what could not be written before, then echo what arrives.
+            while !pending.is_empty() {
+                match sock.write(pending) {
+                    Ok(n) => {
+                        pending.drain(..n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            while pending.is_empty() && !closed {
+                match sock.read(&mut buf) {
+                    Ok(0) => closed = true,
+                    Ok(n) => {
+                        let mut done = 0;
+                        while done < n {
+                            match sock.write(&buf[done..n]) {
+                                Ok(w) => done += w,
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                    pending.extend_from_slice(&buf[done..n]);
+                                    break;
+                                }
+                                Err(_) => {
+                                    closed = true;
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => closed = true,
+                }
+            }
+            if closed {
+                let (mut s, _) = conns.remove(key);
+                let _ = poll.registry().deregister(&mut s);
+            }
+        }
+    }
+}
