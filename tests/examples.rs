@@ -1,0 +1,154 @@
+//! The example backends behind the real gateway: chat (with -w commands) and JSON-RPC.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tungstenite::Message;
+
+/// The example's binary: `cargo test` builds examples next to the test binaries
+/// (target/<profile>/examples); a filtered run (`--test examples`) may not, so build it then.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("examples").join(name);
+    if !path.exists() {
+        let status = Command::new(env!("CARGO")).args(["build", "--example", name]).status().unwrap();
+        assert!(status.success(), "cargo build --example {name}");
+    }
+    path
+}
+
+struct Running(Child, PathBuf);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+fn start_backend(name: &str, args: &[&str]) -> (Running, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("wsgate-examples-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = Command::new(example(name))
+        .args(["-R", dir.to_str().unwrap(), "-n", "sock"])
+        .args(args)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", example(name).display()));
+    let socket = dir.join("sock");
+    let start = Instant::now();
+    while !socket.exists() {
+        assert!(start.elapsed() < WAIT, "{name} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Running(child, dir), socket)
+}
+
+fn gateway(route: &str) -> Server {
+    let mut args = vec!["--route", route];
+    if unsafe { libc::geteuid() } == 0 {
+        args.extend(["-u", "nobody"]);
+    }
+    Server::start(&args)
+}
+
+fn text(ws: &mut tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>) -> String {
+    loop {
+        match ws.read().unwrap() {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn chat_broadcasts_and_answers_commands() {
+    let (_backend, socket) = start_backend("backend-chat", &["-w", "-f", "framed"]);
+    let server = gateway(&format!("/chat=unix:{}#framed", socket.display()));
+    let mut alice = client(&server.url("/chat"));
+    let mut bob = client(&server.url("/chat"));
+    alice.send(Message::text("WSHello alice")).unwrap();
+    assert_eq!(text(&mut alice), "WSWelcome alice");
+    bob.send(Message::text("WSHello bob")).unwrap();
+    assert_eq!(text(&mut bob), "WSWelcome bob");
+    bob.send(Message::text("hi all")).unwrap();
+    assert_eq!(text(&mut alice), "hi all");
+    alice.send(Message::text("WSPrivate bob just for you")).unwrap();
+    assert_eq!(text(&mut bob), "just for you");
+    alice.send(Message::text("WSWhois bob")).unwrap();
+    let whois = text(&mut alice);
+    assert!(whois.starts_with("WSIs bob 127.0.0.1:"), "{whois}");
+    alice.send(Message::text("WSWhois carol")).unwrap();
+    assert_eq!(text(&mut alice), "WSUnknown carol");
+}
+
+#[test]
+fn jsonrpc_over_lines() {
+    let (_backend, socket) = start_backend("backend-jsonrpc", &["-f", "lines"]);
+    let server = gateway(&format!("/rpc=unix:{}#lines", socket.display()));
+    let mut ws = client(&server.url("/rpc"));
+    let cases = [
+        (
+            r#"{"jsonrpc":"2.0","method":"add","params":[1,2,3.5],"id":1}"#,
+            Some(r#"{"jsonrpc":"2.0","result":6.5,"id":1}"#),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","method":"echo","params":{"a":[true,null,"\u00e9"]},"id":"x"}"#,
+            Some(r#"{"jsonrpc":"2.0","result":{"a":[true,null,"é"]},"id":"x"}"#),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","method":"hello","params":{"name":"ws"},"id":2}"#,
+            Some(r#"{"jsonrpc":"2.0","result":"Hello, ws!","id":2}"#),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","method":"nope","id":3}"#,
+            Some(r#"{"jsonrpc":"2.0","error":{"code":-32601,"message":"Method not found"},"id":3}"#),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","method":"add","params":"x","id":4}"#,
+            Some(
+                r#"{"jsonrpc":"2.0","error":{"code":-32602,"message":"Invalid params: expected an array of numbers"},"id":4}"#,
+            ),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","method":"add","params":[1e308,1e308],"id":5}"#,
+            Some(
+                r#"{"jsonrpc":"2.0","error":{"code":-32603,"message":"Internal error: the sum is not a finite number"},"id":5}"#,
+            ),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","method":"foobar,"params":"bar","baz]"#,
+            Some(r#"{"jsonrpc":"2.0","error":{"code":-32700,"message":"Parse error"},"id":null}"#),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","method":1,"params":"bar"}"#,
+            Some(r#"{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":null}"#),
+        ),
+        (r#"[]"#, Some(r#"{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":null}"#)),
+        (r#"[1]"#, Some(r#"[{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":null}]"#)),
+        (r#"{"jsonrpc":"2.0","method":"echo","params":[1]}"#, None),
+        (
+            r#"[{"jsonrpc":"2.0","method":"echo","params":[1]},{"jsonrpc":"2.0","method":"echo","params":[7],"id":9}]"#,
+            Some(r#"[{"jsonrpc":"2.0","result":[7],"id":9}]"#),
+        ),
+    ];
+    for (request, want) in cases {
+        ws.send(Message::text(request)).unwrap();
+        if let Some(want) = want {
+            assert_eq!(text(&mut ws), want, "{request}");
+        }
+    }
+    // Hostile nesting is a parse error, not a crash.
+    ws.send(Message::text("[".repeat(100_000))).unwrap();
+    assert!(text(&mut ws).contains("-32700"));
+    // The notification above got no reply: the next reply is for the next request.
+    ws.send(Message::text(r#"{"jsonrpc":"2.0","method":"add","params":[40,2],"id":1}"#)).unwrap();
+    assert_eq!(text(&mut ws), r#"{"jsonrpc":"2.0","result":42,"id":1}"#);
+}
