@@ -179,6 +179,16 @@ impl OutQueue {
         }
     }
 
+    /// Every queued byte, in order (for tests and the fuzzer).
+    #[doc(hidden)]
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.queued);
+        for (i, c) in self.chunks.iter().enumerate() {
+            out.extend_from_slice(if i == 0 { &c[self.front_written..] } else { c });
+        }
+        out
+    }
+
     /// Returns every chunk to the pool (the connection is going away).
     pub fn release(&mut self, pools: &mut Pools) {
         for c in self.chunks.drain(..) {

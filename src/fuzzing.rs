@@ -164,3 +164,75 @@ pub fn message_assembly(data: &[u8]) {
     let _ = decode_stream(frames, usize::from(*chunk % 5) + 1);
     let _ = parse_close_payload(frames);
 }
+
+/// The backend → client conversion of every framing, fed arbitrary bytes in arbitrary pieces.
+/// Invariants: what reaches the client parses as a sequence of valid server frames; text
+/// messages (joined across fragments) are valid UTF-8; nothing exceeds the message limit;
+/// the result does not depend on how the bytes were split across reads.
+pub fn backend_framing(data: &[u8]) {
+    use crate::backend::link::BackendLink;
+    use crate::backend::Framing;
+    use crate::buffer::{OutQueue, Pools};
+
+    let [selector, chunk, stream @ ..] = data else { return };
+    let (framing, kind) = match selector % 5 {
+        0 => (Framing::Raw, MessageKind::Text),
+        1 => (Framing::Raw, MessageKind::Binary),
+        2 => (Framing::Lines, MessageKind::Text),
+        3 => (Framing::Lines, MessageKind::Binary),
+        _ => (Framing::Framed, MessageKind::Text),
+    };
+    const MAX: usize = 300;
+    let run = |piece: usize| -> (Vec<u8>, Option<String>, bool) {
+        let (a, _b) = mio::net::UnixStream::pair().expect("socketpair");
+        let mut link = BackendLink::new(a, framing, kind, MAX);
+        let mut pools = Pools::new(4);
+        let mut client = OutQueue::default();
+        let mut failed = None;
+        let mut ended = false;
+        for p in stream.chunks(piece.max(1)) {
+            match link.feed(&mut pools, &mut client, p) {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    ended = true;
+                    break;
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        (client.to_vec(), failed, ended)
+    };
+    // Raw messages are as large as one read (here: all the input at once).
+    let limit = if framing == Framing::Raw { stream.len() } else { MAX };
+    let whole = run(stream.len());
+    check_server_frames(&whole.0, limit);
+    // Raw framing turns every read into a message, so only the others are split-invariant.
+    if framing != Framing::Raw {
+        let split = run(usize::from(*chunk % 7) + 1);
+        assert_eq!(whole, split);
+    } else {
+        let split = run(usize::from(*chunk % 7) + 1);
+        check_server_frames(&split.0, limit);
+    }
+}
+
+/// Parses `bytes` as server frames and checks each message.
+fn check_server_frames(bytes: &[u8], max: usize) {
+    let mut decoder = Decoder::client(MessageLimits { max_message: max.max(1), max_frame: max.max(1) });
+    let mut buf = bytes.to_vec();
+    let mut pos = 0;
+    while pos < buf.len() {
+        let (event, used) = decoder.decode(&mut buf[pos..]).expect("the gateway produced an invalid frame");
+        assert!(used > 0 || event.is_some(), "a truncated frame");
+        if let Some(Event::Message(kind, payload)) = event {
+            assert!(payload.len() <= max);
+            if kind == MessageKind::Text {
+                assert!(std::str::from_utf8(payload).is_ok());
+            }
+        }
+        pos += used;
+    }
+}

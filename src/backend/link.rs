@@ -175,6 +175,21 @@ impl BackendLink {
         pumped
     }
 
+    /// Runs the bytes `data` through this framing's backend → client conversion, as if read
+    /// from the socket (for the fuzzer; [`BackendLink::pump`] is the real path).
+    #[doc(hidden)]
+    pub fn feed(
+        &mut self,
+        pools: &mut Pools,
+        client: &mut OutQueue,
+        data: &[u8],
+    ) -> Result<Option<BackendEnd>, String> {
+        const FRONT: usize = 4;
+        let mut buf = vec![0u8; FRONT + data.len()];
+        buf[FRONT..].copy_from_slice(data);
+        self.deliver(&mut buf, FRONT, data.len(), pools, client)
+    }
+
     fn end_of_stream(&self) -> BackendEnd {
         match self.framing {
             Framing::Framed if self.close_received => BackendEnd::Closed,
