@@ -59,12 +59,24 @@ impl Pools {
 }
 
 /// Bytes waiting to be written to one peer, in order.
+///
+/// Besides byte chunks the stream may hold *pipe segments*: payload that waits in the
+/// connection's pipe (spliced from a backend) at a given place in the stream. [`write_to`]
+/// stops at such a place; the connection then splices the pipe bytes, and the stream goes on.
+///
+/// [`write_to`]: OutQueue::write_to
 #[derive(Debug, Default)]
 pub struct OutQueue {
     chunks: VecDeque<Vec<u8>>,
     /// Bytes of the front chunk already written.
     front_written: usize,
+    /// Bytes waiting, pipe segments included.
     queued: usize,
+    /// Offsets in the whole stream: bytes written so far, bytes queued so far.
+    written: u64,
+    pushed: u64,
+    /// Pipe segments: (stream offset where it starts, bytes left).
+    pipe_segments: VecDeque<(u64, usize)>,
 }
 
 impl OutQueue {
@@ -97,6 +109,7 @@ impl OutQueue {
             rest = later;
         }
         self.queued += bytes.len();
+        self.pushed += bytes.len() as u64;
     }
 
     /// Queues one unmasked, unfragmented frame, copying the payload once.
@@ -117,6 +130,7 @@ impl OutQueue {
             tail.extend_from_slice(payload);
         }
         self.queued += n + payload.len();
+        self.pushed += (n + payload.len()) as u64;
     }
 
     /// Queues one frame whose payload the caller already owns: no copy.
@@ -128,23 +142,63 @@ impl OutQueue {
         let n = encode_header(&mut head, true, opcode, payload.len(), None);
         self.tail(pools, n).extend_from_slice(&head[..n]);
         self.queued += n + payload.len();
+        self.pushed += (n + payload.len()) as u64;
         self.chunks.push_back(payload);
+    }
+
+    /// Queues a binary frame whose `len` payload bytes are already in the connection's pipe.
+    pub fn push_piped_frame(&mut self, pools: &mut Pools, len: usize) {
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut head, true, Opcode::Binary, len, None);
+        self.tail(pools, n).extend_from_slice(&head[..n]);
+        self.queued += n;
+        self.pushed += n as u64;
+        self.pipe_segments.push_back((self.pushed, len));
+        self.queued += len;
+        self.pushed += len as u64;
+    }
+
+    /// Bytes to splice from the pipe now, if the stream has reached a pipe segment.
+    pub fn pipe_due(&self) -> Option<usize> {
+        self.pipe_segments.front().filter(|(start, _)| *start == self.written).map(|(_, len)| *len)
+    }
+
+    /// Records `n` bytes spliced from the pipe (the front pipe segment).
+    pub fn consume_piped(&mut self, n: usize) {
+        if let Some(front) = self.pipe_segments.front_mut() {
+            front.0 += n as u64;
+            front.1 -= n;
+            if front.1 == 0 {
+                self.pipe_segments.pop_front();
+            }
+        }
+        self.written += n as u64;
+        self.queued -= n;
     }
 
     /// One `writev` of as much as is queued (up to 64 chunks). Returns the bytes written.
     pub fn write_to<W: Write>(&mut self, w: &mut W, pools: &mut Pools) -> io::Result<usize> {
+        // Bytes up to the next pipe segment, if there is one.
+        let limit = self.pipe_segments.front().map_or(usize::MAX, |(start, _)| (start - self.written) as usize);
         if self.chunks.len() == 1 {
             // The common case (one wake-up's replies fit one chunk): a plain write, which
             // spares the kernel importing an iovec array.
-            let written = w.write(&self.chunks[0][self.front_written..])?;
+            let bytes = &self.chunks[0][self.front_written..];
+            let written = w.write(&bytes[..bytes.len().min(limit)])?;
             self.consume(written, pools);
             return Ok(written);
         }
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         let mut count = 0;
+        let mut room = limit;
         for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
             let start = if i == 0 { self.front_written } else { 0 };
-            slices[i] = IoSlice::new(&chunk[start..]);
+            let take = (chunk.len() - start).min(room);
+            if take == 0 {
+                break;
+            }
+            slices[i] = IoSlice::new(&chunk[start..start + take]);
+            room -= take;
             count += 1;
         }
         let written = w.write_vectored(&slices[..count])?;
@@ -154,6 +208,7 @@ impl OutQueue {
 
     fn consume(&mut self, mut n: usize, pools: &mut Pools) {
         self.queued -= n;
+        self.written += n as u64;
         while n > 0 {
             let Some(front) = self.chunks.front() else { break };
             let left = front.len() - self.front_written;
@@ -197,6 +252,7 @@ impl OutQueue {
         self.queued = 0;
         self.front_written = 0;
         self.chunks = VecDeque::new();
+        self.pipe_segments.clear();
     }
 }
 
@@ -231,6 +287,30 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A writer standing in for the socket, and a byte source standing in for the pipe.
+    #[test]
+    fn pipe_segments_keep_their_place_in_the_stream() {
+        let mut pools = Pools::new(8);
+        let mut q = OutQueue::default();
+        q.push_bytes(&mut pools, b"before");
+        q.push_piped_frame(&mut pools, 5);
+        q.push_bytes(&mut pools, b"after");
+        let pipe = b"PIPED";
+        let mut piped_sent = 0;
+        let mut w = Trickle { got: Vec::new(), limit: 3 };
+        while !q.is_empty() {
+            if let Some(due) = q.pipe_due() {
+                let n = due.min(2);
+                w.got.extend_from_slice(&pipe[piped_sent..piped_sent + n]);
+                piped_sent += n;
+                q.consume_piped(n);
+            } else {
+                q.write_to(&mut w, &mut pools).unwrap();
+            }
+        }
+        assert_eq!(w.got, b"before\x82\x05PIPEDafter");
     }
 
     #[test]

@@ -253,6 +253,7 @@ struct RouteSection {
     deny: Option<Vec<String>>,
     framing: Option<String>,
     message_type: Option<String>,
+    splice: Option<bool>,
     #[serde(default)]
     origins: Vec<String>,
     #[serde(default)]
@@ -580,7 +581,11 @@ fn route_target(r: &RouteSection, base: &Path) -> Result<(App, Option<BackendSpe
         return Err(format!("route {:?}: set exactly one of app, backend, socket_dir", r.path));
     }
     if let Some(app) = &r.app {
-        let backend_keys = r.framing.is_some() || r.message_type.is_some() || r.allow.is_some() || r.deny.is_some();
+        let backend_keys = r.framing.is_some()
+            || r.message_type.is_some()
+            || r.allow.is_some()
+            || r.deny.is_some()
+            || r.splice.is_some();
         if backend_keys {
             return Err(format!("route {:?}: framing, message_type, allow and deny belong to backend routes", r.path));
         }
@@ -611,7 +616,8 @@ fn route_target(r: &RouteSection, base: &Path) -> Result<(App, Option<BackendSpe
             };
         SocketSource::Dir { dir, allow: patterns("allow", &r.allow, &["*"])?, deny: patterns("deny", &r.deny, &[])? }
     };
-    Ok((App::Backend, Some(BackendSpec { source, framing, message_kind })))
+    let splice = r.splice.unwrap_or(true);
+    Ok((App::Backend, Some(BackendSpec { source, framing, message_kind, splice })))
 }
 
 /// RFC 9110 tchar.

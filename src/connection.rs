@@ -24,6 +24,7 @@ use mio::Token;
 use crate::transport::{NotTls, Transport};
 
 use crate::backend::link::{BackendEnd, BackendLink, Pumped};
+use crate::backend::splice::{readable_bytes, Pipe, SPLICE_MIN};
 use crate::backend::{self, framed, Framing};
 use crate::buffer::{OutQueue, Pools};
 use crate::config::{App, Limits};
@@ -145,6 +146,9 @@ pub struct Connection {
     backend_done: bool,
     /// Direct mode: the HELLO (and bytes read past the request) to send with the socket.
     handoff: Option<Vec<u8>>,
+    /// Raw binary backend on plain TCP: bulk payload may go backend → pipe → client.
+    splice_allowed: bool,
+    pipe: Option<Pipe>,
 }
 
 impl Connection {
@@ -168,6 +172,8 @@ impl Connection {
             backend: None,
             backend_done: false,
             handoff: None,
+            splice_allowed: false,
+            pipe: None,
         }
     }
 
@@ -503,6 +509,23 @@ impl Connection {
 
     fn flush(&mut self, ctx: &mut Ctx<'_>) {
         while self.has_output() {
+            if let Some(due) = self.out.pipe_due() {
+                let Some(pipe) = self.pipe.as_mut() else { return self.abort("spliced data without a pipe") };
+                match pipe.drain_to(self.transport.socket_mut(), due) {
+                    Ok(0) => return self.abort("peer stopped accepting data"),
+                    Ok(n) => {
+                        self.out.consume_piped(n);
+                        self.stalled_since = Some(ctx.now);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.writable = false;
+                        return;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return self.abort_io(e),
+                }
+                continue;
+            }
             if self.out.is_empty() {
                 // Only TLS records (handshake, alert, close_notify) are left.
                 match self.transport.flush_records() {
@@ -634,11 +657,62 @@ impl Connection {
             && self.out.len() < self.limits.backpressure_high
     }
 
+    /// Bulk data from a raw binary backend: into the pipe, a frame header into the queue.
+    /// `None` when this read should go through user space instead.
+    fn splice_from_backend(&mut self) -> Option<Pumped> {
+        let link = self.backend.as_mut()?;
+        if !(self.splice_allowed && link.bulk) {
+            return None;
+        }
+        let available = match readable_bytes(&link.sock) {
+            Ok(n) if n >= SPLICE_MIN => n,
+            _ => {
+                link.bulk = false;
+                return None;
+            }
+        };
+        if self.pipe.is_none() {
+            match Pipe::new() {
+                Ok(p) => {
+                    log::debug!("{} splicing backend data through a pipe of {} bytes", self.peer, p.capacity);
+                    self.pipe = Some(p);
+                }
+                Err(e) => {
+                    log::warn!("{}: no pipe for splice ({e}); copying instead", self.peer);
+                    self.splice_allowed = false;
+                    return None;
+                }
+            }
+        }
+        let pipe = self.pipe.as_mut()?;
+        if pipe.held == pipe.capacity {
+            return None;
+        }
+        match pipe.fill_from(&link.sock, available) {
+            Ok(0) => None,
+            Ok(n) => Some(Pumped::Bytes(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                link.readable = false;
+                Some(Pumped::WouldBlock)
+            }
+            Err(e) => Some(Pumped::Ended(BackendEnd::Failed(format!("backend splice failed: {e}")))),
+        }
+    }
+
     /// Reads once from the backend into the client's queue. Returns the bytes read.
     fn pump_backend(&mut self, ctx: &mut Ctx<'_>) -> usize {
-        let Some(link) = &mut self.backend else { return 0 };
         let queued_before = self.out.len();
-        let pumped = link.pump(ctx.pools, &mut self.out);
+        let pumped = match self.splice_from_backend() {
+            Some(Pumped::Bytes(n)) => {
+                self.out.push_piped_frame(ctx.pools, n);
+                Pumped::Bytes(n)
+            }
+            Some(other) => other,
+            None => {
+                let Some(link) = &mut self.backend else { return 0 };
+                link.pump(ctx.pools, &mut self.out)
+            }
+        };
         self.log.bytes_out += (self.out.len() - queued_before) as u64;
         match pumped {
             Pumped::Bytes(n) => {
@@ -845,6 +919,10 @@ impl Connection {
                     }
                     // Connected at once (UNIX connect does not wait), so writable now.
                     link.writable = true;
+                    self.splice_allowed = spec.splice
+                        && spec.framing == Framing::Raw
+                        && spec.message_kind == crate::ws::message::MessageKind::Binary
+                        && !self.transport.is_tls();
                     self.backend = Some(Box::new(link));
                     if spec.framing == Framing::Direct {
                         self.out.push_bytes(ctx.pools, &head);

@@ -62,7 +62,7 @@ impl Drop for SockDir {
 
 /// Gateway arguments: as root, wsgate insists on dropping privileges.
 fn gateway(routes: &[String]) -> Server {
-    let mut args: Vec<&str> = Vec::new();
+    let mut args: Vec<&str> = vec!["-v"];
     let root = unsafe { libc::geteuid() } == 0;
     if root {
         args.extend(["-u", "nobody"]);
@@ -365,4 +365,34 @@ fn root_without_user_is_refused_for_backend_routes() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to run as root"));
+}
+
+/// Bulk data from a raw binary backend takes the splice path (backend → pipe → client); a
+/// ping answered meanwhile must come out between frames, never inside one.
+#[test]
+fn raw_binary_bulk_through_splice_stays_in_order() {
+    let dir = SockDir::new("splice");
+    let backend = dir.backend("app", "raw");
+    let server = gateway(&[format!("/app=unix:{}#raw,binary", backend.socket.display())]);
+    let mut ws = client(&server.url("/app"));
+    let sent: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    for chunk in sent.chunks(500_000) {
+        ws.send(Message::binary(chunk.to_vec())).unwrap();
+        ws.send(Message::Ping(b"mid-stream".to_vec())).unwrap();
+    }
+    let mut got = Vec::new();
+    let mut pongs = 0;
+    while got.len() < sent.len() {
+        match ws.read().unwrap() {
+            Message::Binary(b) => got.extend_from_slice(&b),
+            Message::Pong(p) => {
+                assert_eq!(p, b"mid-stream".to_vec());
+                pongs += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, sent);
+    assert!(pongs > 0);
+    server.wait_log("splicing backend data through a pipe");
 }

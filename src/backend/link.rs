@@ -65,6 +65,8 @@ pub struct BackendLink {
     utf8: Utf8Validator,
     /// framed: the backend sent CLOSE.
     close_received: bool,
+    /// The last read filled most of the buffer: bulk data, worth trying splice next.
+    pub bulk: bool,
 }
 
 impl BackendLink {
@@ -87,6 +89,7 @@ impl BackendLink {
             message_len: 0,
             utf8: Utf8Validator::new(),
             close_received: false,
+            bulk: false,
         }
     }
 
@@ -150,6 +153,7 @@ impl BackendLink {
                 Pumped::Ended(self.end_of_stream())
             }
             Ok(n) => {
+                self.bulk = n >= super::splice::SPLICE_MIN;
                 if n < buf.len() - FRONT {
                     // Short read: drained (edge-triggered; a later arrival is a new event).
                     self.readable = false;

@@ -9,6 +9,7 @@
 pub mod direct;
 pub mod framed;
 pub mod link;
+pub mod splice;
 
 use std::io;
 use std::os::unix::fs::FileTypeExt;
@@ -66,6 +67,8 @@ pub struct BackendSpec {
     pub framing: Framing,
     /// raw / lines: what the backend's bytes become (text is checked to be UTF-8).
     pub message_kind: MessageKind,
+    /// raw binary on plain TCP: move bulk payload with splice(2) instead of through memory.
+    pub splice: bool,
 }
 
 impl BackendSpec {
@@ -82,11 +85,13 @@ impl BackendSpec {
             source: SocketSource::Path(PathBuf::from(path)),
             framing: Framing::Raw,
             message_kind: MessageKind::Text,
+            splice: true,
         };
         for option in options.split(',').filter(|o| !o.is_empty()) {
             match option {
                 "text" => spec.message_kind = MessageKind::Text,
                 "binary" => spec.message_kind = MessageKind::Binary,
+                "nosplice" => spec.splice = false,
                 framing => spec.framing = Framing::parse(framing).map_err(|e| format!("backend {uri:?}: {e}"))?,
             }
         }
@@ -221,6 +226,7 @@ mod tests {
             },
             framing: Framing::Raw,
             message_kind: MessageKind::Text,
+            splice: true,
         };
         let r = |path: &str, offered: &[&str]| resolve(&spec, "/apps", path, offered);
         assert_eq!(r("/apps/chat", &[]), Ok((dir.join("chat"), None)));

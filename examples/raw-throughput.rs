@@ -1,0 +1,144 @@
+//! Backend → client bulk throughput through a raw binary route: measures whether splice pays.
+//!
+//! usage: raw-throughput SOCKET GATEWAY_ADDR PATH SECONDS [GATEWAY_PID]
+//!   1. runs a backend on SOCKET that writes a byte pattern as fast as the gateway takes it;
+//!   2. connects to ws://GATEWAY_ADDR/PATH (a route `unix:SOCKET#raw,binary`, optionally
+//!      `,nosplice`), reads binary frames for SECONDS, checks every byte of the pattern;
+//!   3. prints MB/s and, with GATEWAY_PID, the gateway's CPU time per MB.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixListener;
+use std::time::{Duration, Instant};
+
+fn pattern(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [socket, addr, path, secs, rest @ ..] = args.as_slice() else {
+        eprintln!("usage: raw-throughput SOCKET GATEWAY_ADDR PATH SECONDS [GATEWAY_PID]");
+        std::process::exit(2);
+    };
+    let secs: u64 = secs.parse().expect("SECONDS");
+    let pid: Option<u32> = rest.first().map(|p| p.parse().expect("GATEWAY_PID"));
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket).expect("bind the backend socket");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        // A whole number of pattern periods, so the same chunk is written again and again.
+        let chunk: Vec<u8> = (0..251 * 1024).map(pattern).collect();
+        while conn.write_all(&chunk).is_ok() {}
+    });
+
+    let mut s = TcpStream::connect(addr.as_str()).expect("connect to the gateway");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("response");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+
+    let reference: Vec<u8> = (0..251 * 64).map(pattern).collect();
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut have, mut pos) = (0usize, 0usize);
+    let mut seen = 0u64; // payload bytes checked
+    let mut frames = 0u64;
+    let start = Instant::now();
+    let warmup = Duration::from_secs(1);
+    let mut window: Option<(Instant, u64, u64)> = None;
+    let mut payload_left = 0usize;
+    loop {
+        if window.is_none() && start.elapsed() >= warmup {
+            window = Some((Instant::now(), seen, pid.map_or(0, cpu_ticks)));
+        }
+        if let Some((t0, seen0, cpu0)) = window {
+            let elapsed = t0.elapsed();
+            if elapsed >= Duration::from_secs(secs) {
+                let mb = (seen - seen0) as f64 / 1e6;
+                print!("bytes={} frames={frames} MB_per_s={:.0}", seen - seen0, mb / elapsed.as_secs_f64());
+                if let Some(pid) = pid {
+                    let cpu_s = (cpu_ticks(pid) - cpu0) as f64 / 100.0;
+                    print!(
+                        " gateway_cpu_pct={:.0} gateway_ms_per_GB={:.0}",
+                        cpu_s / elapsed.as_secs_f64() * 100.0,
+                        cpu_s * 1e3 / (mb / 1e3)
+                    );
+                }
+                println!();
+                return;
+            }
+        }
+        if pos == have {
+            pos = 0;
+            have = s.read(&mut buf).expect("read");
+            assert!(have > 0, "the gateway closed the connection");
+        }
+        if payload_left == 0 {
+            // A frame header; make sure all of it is buffered.
+            if have - pos < 10 {
+                buf.copy_within(pos..have, 0);
+                have -= pos;
+                pos = 0;
+                while have < 2 || have < header_len(&buf) {
+                    let n = s.read(&mut buf[have..]).expect("read");
+                    assert!(n > 0, "closed");
+                    have += n;
+                }
+            }
+            assert_eq!(buf[pos], 0x82, "expected a binary frame");
+            let len7 = (buf[pos + 1] & 0x7F) as usize;
+            let (len, hl) = match len7 {
+                126 => (u16::from_be_bytes([buf[pos + 2], buf[pos + 3]]) as usize, 4),
+                127 => (u64::from_be_bytes(buf[pos + 2..pos + 10].try_into().unwrap()) as usize, 10),
+                n => (n, 2),
+            };
+            pos += hl;
+            payload_left = len;
+            frames += 1;
+            continue;
+        }
+        let take = payload_left.min(have - pos);
+        // Compare against the pattern at the right phase (memcmp, not a byte loop).
+        let mut checked = 0;
+        while checked < take {
+            let phase = ((seen + checked as u64) % 251) as usize;
+            let n = (take - checked).min(reference.len() - phase);
+            assert!(
+                buf[pos + checked..pos + checked + n] == reference[phase..phase + n],
+                "payload wrong near byte {}",
+                seen
+            );
+            checked += n;
+        }
+        seen += take as u64;
+        pos += take;
+        payload_left -= take;
+    }
+}
+
+fn header_len(buf: &[u8]) -> usize {
+    match buf[1] & 0x7F {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    }
+}
