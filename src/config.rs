@@ -301,16 +301,8 @@ struct ByteSize(usize);
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => usize::try_from(n).map(ByteSize).map_err(|_| de::Error::custom("size too large")),
-            Raw::Str(s) => parse_size(&s).map(ByteSize).map_err(de::Error::custom),
-        }
+        int_or_unit_string(d, |n| usize::try_from(n).map_err(|_| "size too large".to_string()), parse_size)
+            .map(ByteSize)
     }
 }
 
@@ -320,17 +312,27 @@ struct Secs(Duration);
 
 impl<'de> Deserialize<'de> for Secs {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Secs(Duration::from_secs(n))),
-            Raw::Str(s) => parse_duration(&s).map(Secs).map_err(de::Error::custom),
-        }
+        int_or_unit_string(d, |n| Ok(Duration::from_secs(n)), parse_duration).map(Secs)
     }
+}
+
+/// A value written either as a bare integer or as a string with a unit.
+fn int_or_unit_string<'de, D: Deserializer<'de>, T>(
+    d: D,
+    from_int: impl FnOnce(u64) -> Result<T, String>,
+    from_str: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Str(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(n) => from_int(n),
+        Raw::Str(s) => from_str(&s),
+    }
+    .map_err(de::Error::custom)
 }
 
 /// A listen address; `*:8080` and `[::]:8080` style is accepted as std parses it.
