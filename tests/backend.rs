@@ -396,3 +396,25 @@ fn raw_binary_bulk_through_splice_stays_in_order() {
     assert!(pongs > 0);
     server.wait_log("splicing backend data through a pipe");
 }
+
+/// The other way round: a backend that writes without end to a client that never reads must
+/// not make the gateway buffer without bound either.
+#[test]
+fn a_client_that_never_reads_cannot_grow_the_gateway() {
+    let dir = SockDir::new("flood");
+    let backend = dir.backend("app", "flood");
+    let server = gateway_with_config(&format!(
+        "[limits]\nbackpressure_high = \"256KiB\"\n[[route]]\npath = \"/app\"\nbackend = \"unix:{}#raw,binary\"\n\
+[[route]]\npath = \"/echo\"\napp = \"echo\"\n",
+        backend.socket.display()
+    ));
+    let rss_before = server.rss_kib();
+    let _idle = Raw::connect(server.addr, "/app");
+    // Give the backend ample time to push what it can; the gateway must stop reading it.
+    std::thread::sleep(Duration::from_millis(1500));
+    let grown = server.rss_kib().saturating_sub(rss_before);
+    assert!(grown < 32 * 1024, "gateway RSS grew {grown} KiB for one client that never reads");
+    let mut other = client(&server.url("/echo"));
+    other.send(Message::text("unaffected")).unwrap();
+    assert_eq!(other.read().unwrap(), Message::text("unaffected"));
+}

@@ -1,7 +1,7 @@
 """A wsgate backend in Python (stdlib only), for the integration tests.
 
 usage: echo_backend.py SOCKET FRAMING [LOG]
-  FRAMING: raw | lines | framed | direct | stall
+  FRAMING: raw | lines | framed | direct | stall | flood
   LOG: a file where events are appended (HELLO lines, CLOSE codes), for the tests to check.
 
 Echoes every message. In framed mode it also understands the text commands
@@ -10,7 +10,7 @@ Echoes every message. In framed mode it also understands the text commands
   "die"       -> exits at once (a crash, as far as wsgate can tell)
   "split"     -> replies with a text message in three fragments: "abc" "def" "ghi"
 In direct mode it receives the client's socket and writes one WebSocket text frame to it.
-In stall mode it accepts and never reads.
+In stall mode it accepts and never reads; in flood mode it writes without end.
 """
 import os
 import socket
@@ -85,6 +85,15 @@ def serve_stream(conn):
         conn.sendall(data)
 
 
+def serve_flood(conn):
+    chunk = b"x" * 65536
+    try:
+        while True:
+            conn.sendall(chunk)
+    except OSError:
+        return
+
+
 def serve_direct(conn, logfile):
     msg, fds, _, _ = socket.recv_fds(conn, 65536, 1)
     # The HELLO record, then whatever the client sent past its request.
@@ -118,6 +127,8 @@ def main():
             target, args = serve_direct, (conn, logfile)
         elif mode == "stall":
             target, args = time.sleep, (3600,)
+        elif mode == "flood":
+            target, args = serve_flood, (conn,)
         else:
             target, args = serve_stream, (conn,)
         threading.Thread(target=target, args=args, daemon=True).start()
