@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -261,16 +261,9 @@ fn a_backend_that_never_reads_cannot_grow_the_gateway() {
         backend.socket.display()
     ));
     let mut raw = Raw::connect(server.addr, "/app");
-    raw.stream.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
     let rss_before = server.rss_kib();
     let frame = masked_frame(0x82, &vec![1u8; 64 * 1024]);
-    let mut sent = 0usize;
-    while sent < 256 << 20 {
-        match raw.stream.write(&frame) {
-            Ok(n) => sent += n,
-            Err(_) => break,
-        }
-    }
+    let sent = write_until_blocked(&mut raw.stream, &frame, 256 << 20);
     assert!(sent < 256 << 20, "the gateway kept reading for a backend that never reads");
     let grown = server.rss_kib().saturating_sub(rss_before);
     assert!(grown < 32 * 1024, "gateway RSS grew {grown} KiB");
@@ -317,17 +310,6 @@ fn directory_routing_allow_deny_subprotocol_and_traversal() {
     std::os::unix::fs::symlink(&chat.socket, dir.0.join("alias")).unwrap();
     let r = http_exchange(server.addr, upgrade_request("/apps/alias", "").as_bytes());
     assert!(r.starts_with("HTTP/1.1 404 "), "{r}");
-}
-
-fn http_exchange_head(addr: std::net::SocketAddr, request: &str) -> String {
-    let mut s = tcp(addr);
-    s.write_all(request.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
-        head.push(b[0]);
-    }
-    String::from_utf8_lossy(&head).into_owned()
 }
 
 #[test]

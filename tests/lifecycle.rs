@@ -38,16 +38,8 @@ fn bad_handshakes_get_clear_http_errors() {
     let r = http_exchange(server.addr, ok.replace("Version: 13", "Version: 12").as_bytes());
     assert!(r.contains("\r\nSec-WebSocket-Version: 13\r\n"), "{r}");
     // A good origin passes.
-    let r = http_exchange_upgrade(server.addr, &ok.replace("\r\n\r\n", "\r\nOrigin: https://good.example\r\n\r\n"));
+    let r = http_exchange_head(server.addr, &ok.replace("\r\n\r\n", "\r\nOrigin: https://good.example\r\n\r\n"));
     assert!(r.starts_with("HTTP/1.1 101 "), "{r}");
-}
-
-fn http_exchange_upgrade(addr: std::net::SocketAddr, request: &str) -> String {
-    let mut s = tcp(addr);
-    s.write_all(request.as_bytes()).unwrap();
-    let mut buf = [0u8; 1024];
-    let n = s.read(&mut buf).unwrap();
-    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 #[test]
@@ -158,18 +150,11 @@ fn max_connections_refuses_politely() {
 fn backpressure_bounds_memory_for_a_client_that_never_reads() {
     let server = Server::with_config("[limits]\nbackpressure_high = \"256KiB\"\n", &[]);
     let mut hog = Raw::connect(server.addr, "/echo");
-    hog.stream.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
     let rss_before = server.rss_kib();
     let frame = masked_frame(0x82, &vec![7u8; 64 * 1024]);
-    let mut sent = 0usize;
     // Up to 256 MiB; the socket stops taking bytes long before that once the server stops
     // reading from it.
-    while sent < 256 << 20 {
-        match hog.stream.write(&frame) {
-            Ok(n) => sent += n,
-            Err(_) => break,
-        }
-    }
+    let sent = write_until_blocked(&mut hog.stream, &frame, 256 << 20);
     assert!(sent < 256 << 20, "the server kept reading from a client that never reads");
     let grown_kib = server.rss_kib().saturating_sub(rss_before);
     assert!(grown_kib < 32 * 1024, "server RSS grew {grown_kib} KiB for one stalled client");

@@ -194,6 +194,33 @@ pub fn http_exchange(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Sends raw bytes and reads the response head only (the connection may stay open, e.g.
+/// after a 101).
+pub fn http_exchange_head(addr: SocketAddr, request: &str) -> String {
+    let mut s = tcp(addr);
+    s.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+        head.push(b[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Writes `frame` again and again until the peer stops taking bytes (a write blocks past the
+/// stream's write timeout) or `cap` bytes went out. Returns the bytes written.
+pub fn write_until_blocked(stream: &mut TcpStream, frame: &[u8], cap: usize) -> usize {
+    stream.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut sent = 0usize;
+    while sent < cap {
+        match stream.write(frame) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    sent
+}
+
 /// A client speaking raw bytes, to send what a conforming client never would.
 pub struct Raw {
     pub stream: TcpStream,
