@@ -1,6 +1,11 @@
 //! A single-threaded epoll (mio) echo server on a UNIX socket: the fast backend for measuring
 //! the gateway itself (`backend-echo` is the readable, thread-per-client one).
 //!
+//! Sockets are watched for writability only while a write is blocked. A UNIX socket wakes every
+//! EPOLLOUT watcher each time its peer consumes data, so a backend that keeps EPOLLOUT armed
+//! makes the gateway pay a wake-up of the backend on every read (about 8 % of the gateway's
+//! time at 20-byte messages).
+//!
 //! usage: unix-echo SOCKET_PATH
 
 use std::io::{self, Read, Write};
@@ -31,7 +36,7 @@ fn main() -> io::Result<()> {
             if ev.token() == LISTENER {
                 while let Ok((mut s, _)) = listener.accept() {
                     let entry = conns.vacant_entry();
-                    poll.registry().register(&mut s, Token(entry.key()), Interest::READABLE | Interest::WRITABLE)?;
+                    poll.registry().register(&mut s, Token(entry.key()), Interest::READABLE)?;
                     entry.insert((s, Vec::new()));
                 }
                 continue;
@@ -39,6 +44,8 @@ fn main() -> io::Result<()> {
             let key = ev.token().0;
             let Some((sock, pending)) = conns.get_mut(key) else { continue };
             let mut closed = false;
+            // `was_blocked` is compared after the I/O to see whether EPOLLOUT must be armed or dropped.
+            let was_blocked = !pending.is_empty();
             // Finish what could not be written before, then echo what arrives.
             while !pending.is_empty() {
                 match sock.write(pending) {
@@ -78,6 +85,10 @@ fn main() -> io::Result<()> {
             if closed {
                 let (mut s, _) = conns.remove(key);
                 let _ = poll.registry().deregister(&mut s);
+            } else if pending.is_empty() == was_blocked {
+                let interest =
+                    if pending.is_empty() { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
+                poll.registry().reregister(sock, Token(key), interest)?;
             }
         }
     }

@@ -254,7 +254,7 @@ impl BackendLink {
 
     /// lines: each LF-terminated line (a trailing CR dropped) is one message.
     fn deliver_lines(&mut self, mut data: &[u8], pools: &mut Pools, client: &mut OutQueue) -> Result<(), String> {
-        while let Some(pos) = data.iter().position(|&b| b == b'\n') {
+        while let Some(pos) = memchr::memchr(b'\n', data) {
             let (head, rest) = data.split_at(pos);
             data = &rest[1..];
             let line: &[u8] = if self.partial.is_empty() {
