@@ -107,14 +107,13 @@ run() {
   shift 2
   taskset -c 1 "$wsload" -d "$secs" -w 1 --pid "$pid" "$@" 127.0.0.1 "$port" 2>&1 | tr '\n' ' ' |
     grep -o 'msgs_per_s=[0-9]*\|server_cpu_pct=[0-9.]*\|failed=[1-9][0-9]*\|mismatches=[1-9][0-9]*' | tr '\n' ' '
-  echo
 }
 both() { # both NAME PID PORT WSLOAD-ARGS...
   local name=$1 pid=$2 port=$3
   shift 3
   [ -n "$pid" ] || return 0
-  printf '  %-22s 100x20B:  %s' "$name" "$(run "$pid" "$port" -c 100 -s 20 "$@")"
-  printf '  %-22s 500x1KiB: %s' "$name" "$(run "$pid" "$port" -c 500 -s 1024 "$@")"
+  printf '  %-22s 100x20B:  %s\n' "$name" "$(run "$pid" "$port" -c 100 -s 20 "$@")"
+  printf '  %-22s 500x1KiB: %s\n' "$name" "$(run "$pid" "$port" -c 500 -s 1024 "$@")"
 }
 for i in $(seq "$repeats"); do
   echo "round $i"

@@ -191,6 +191,49 @@ fn backend_crash_closes_the_client_with_1011() {
     server.wait_log("backend closed without a CLOSE record");
 }
 
+/// A backend killed (SIGKILL) while many clients talk: every one of its clients is closed with
+/// 1011, another route's client does not notice, a new client gets 503 while the socket is
+/// dead, and the route works again once a backend listens on the socket again.
+#[test]
+fn killing_a_backend_under_load_closes_its_clients_only() {
+    let dir = SockDir::new("kill");
+    let mut doomed = dir.backend("a", "framed");
+    let other = dir.backend("b", "framed");
+    let server = gateway(&[route("/a", &doomed.socket, "framed"), route("/b", &other.socket, "framed")]);
+    let mut clients: Vec<_> = (0..20).map(|_| client(&server.url("/a"))).collect();
+    let mut bystander = client(&server.url("/b"));
+    for (i, ws) in clients.iter_mut().enumerate() {
+        ws.send(Message::text(format!("before {i}"))).unwrap();
+        assert_eq!(read_data(ws), Message::text(format!("before {i}")));
+        // Leave a message in flight on half of them when the backend dies.
+        if i % 2 == 0 {
+            ws.send(Message::binary(vec![i as u8; 100_000])).unwrap();
+        }
+    }
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    for ws in &mut clients {
+        loop {
+            match ws.read() {
+                Ok(Message::Close(Some(f))) => {
+                    assert_eq!(u16::from(f.code), 1011);
+                    break;
+                }
+                Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_)) => {}
+                other => panic!("expected close 1011, got {other:?}"),
+            }
+        }
+    }
+    bystander.send(Message::text("still here")).unwrap();
+    assert_eq!(read_data(&mut bystander), Message::text("still here"));
+    let response = http_exchange(server.addr, upgrade_request("/a", "").as_bytes());
+    assert!(response.starts_with("HTTP/1.1 503 "), "{response}");
+    let _revived = dir.backend("a", "framed");
+    let mut ws = client(&server.url("/a"));
+    ws.send(Message::text("again")).unwrap();
+    assert_eq!(read_data(&mut ws), Message::text("again"));
+}
+
 #[test]
 fn raw_and_lines_round_trips() {
     let dir = SockDir::new("stream");
