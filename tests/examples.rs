@@ -254,8 +254,8 @@ fn unix_ws_echo_speaks_websocket() {
         ws.send(message.clone()).unwrap();
         assert_eq!(ws.read().unwrap(), message);
     }
-    ws.send(Message::Ping(b"p".to_vec().into())).unwrap();
-    assert_eq!(ws.read().unwrap(), Message::Pong(b"p".to_vec().into()));
+    ws.send(Message::Ping(b"p".to_vec())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Pong(b"p".to_vec()));
     ws.close(None).unwrap();
     loop {
         match ws.read() {
