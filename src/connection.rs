@@ -60,6 +60,10 @@ struct Session {
     ping_sent: Option<Instant>,
     /// Set once our close frame is queued; then only the peer's close frame matters.
     close_sent: Option<Instant>,
+    /// The client broke the protocol on a framed backend route: the close frame it is owed
+    /// (code, reason) waits until the backend has answered the CLOSE record, so the replies to
+    /// the client's earlier, valid messages reach it first. Since when, for the deadline.
+    failing: Option<(u16, &'static str, Instant)>,
 }
 
 #[derive(Debug)]
@@ -309,7 +313,13 @@ impl Connection {
                 }
             }
             State::Connected(s) => {
-                if let Some(sent) = s.close_sent {
+                if let Some((code, reason, since)) = s.failing {
+                    if now >= since + limits.close_timeout {
+                        log::debug!("{} backend did not answer CLOSE in time", self.peer);
+                        self.backend_done = true;
+                        self.fail_ws(ctx, code, reason);
+                    }
+                } else if let Some(sent) = s.close_sent {
                     if now >= sent + limits.close_timeout {
                         self.abort("close handshake timed out");
                     }
@@ -401,6 +411,7 @@ impl Connection {
         match &self.state {
             State::Opening { .. } => true,
             State::Handshaking { .. } => self.out.is_empty() || self.out.len() < self.limits.backpressure_high,
+            State::Connected(s) if s.failing.is_some() => false,
             State::Connected(_) => {
                 let backend_full = self.backend.as_ref().is_some_and(|b| b.out.len() >= self.limits.backpressure_high);
                 self.out.len() < self.limits.backpressure_high && !backend_full
@@ -637,7 +648,14 @@ impl Connection {
     }
 
     /// Starts the closing handshake (§7.1.2): our close frame, then wait for the peer's.
+    /// While the client is being failed, any reason to close sends the close frame it is owed.
     fn begin_close(&mut self, ctx: &mut Ctx<'_>, code: u16, reason: impl Into<Cow<'static, str>>) {
+        if let State::Connected(s) = &self.state {
+            if let Some((code, reason, _)) = s.failing {
+                self.backend_done = true;
+                return self.fail_ws(ctx, code, reason);
+            }
+        }
         if let State::Connected(s) = &mut self.state {
             if s.close_sent.is_none() {
                 let reason = reason.into();
@@ -788,6 +806,27 @@ impl Connection {
         self.log.close = Some((code, reason.into()));
         self.rstart = self.rend;
         self.finish(ctx.now);
+    }
+
+    /// A protocol error from the client (§7.1.7). On a framed backend route the backend hears
+    /// of it first (a CLOSE record with the code) and the client is not read again; its close
+    /// frame follows once the backend has answered with CLOSE or EOF, or `close_timeout` has
+    /// passed, so replies to the messages before the error are not lost. Elsewhere the client
+    /// is failed at once.
+    fn fail_client(&mut self, ctx: &mut Ctx<'_>, code: u16, reason: &'static str) {
+        let framed = !self.backend_done && self.backend.as_ref().is_some_and(|l| l.is_framed());
+        if let (State::Connected(s), true) = (&mut self.state, framed) {
+            if s.close_sent.is_none() && s.failing.is_none() {
+                s.failing = Some((code, reason, ctx.now));
+                self.rstart = self.rend;
+                if let Some(link) = &mut self.backend {
+                    link.send_close(ctx.pools, Some(code), reason);
+                }
+                log::debug!("{} protocol error ({code} {reason}); waiting for the backend's CLOSE", self.peer);
+                return;
+            }
+        }
+        self.fail_ws(ctx, code, reason)
     }
 
     // ---- input ----
@@ -941,6 +980,7 @@ impl Connection {
                     last_read: ctx.now,
                     ping_sent: None,
                     close_sent: None,
+                    failing: None,
                 };
                 self.set_state(State::Connected(Box::new(session)));
                 true
@@ -1052,7 +1092,7 @@ impl Connection {
         }
         self.rstart = pos;
         match next {
-            Some((code, reason, true)) => self.fail_ws(ctx, code, reason),
+            Some((code, reason, true)) => self.fail_client(ctx, code, reason),
             Some(_) => {
                 // Close handshake complete: the rest of the input is after the close frame.
                 self.rstart = self.rend;
@@ -1065,6 +1105,9 @@ impl Connection {
 
 /// The next time a `Connected` session has something to do.
 fn session_deadline(s: &Session, limits: &Limits) -> Option<Instant> {
+    if let Some((_, _, since)) = s.failing {
+        return Some(since + limits.close_timeout);
+    }
     if let Some(sent) = s.close_sent {
         return Some(sent + limits.close_timeout);
     }

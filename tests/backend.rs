@@ -177,6 +177,44 @@ fn framed_close_codes_travel_both_ways() {
     }
 }
 
+/// A client that breaks the protocol on a framed route: the backend gets CLOSE with the code,
+/// the replies to the client's earlier messages still reach it, then the close frame (the
+/// order Autobahn's strict cases 3.2, 4.1.3 and 5.15 ask for, through a backend).
+#[test]
+fn a_client_protocol_error_lets_earlier_replies_out_first() {
+    let dir = SockDir::new("fail");
+    let backend = dir.backend("app", "framed");
+    let server = gateway(&[route("/app", &backend.socket, "framed")]);
+    let mut raw = Raw::connect(server.addr, "/app");
+    // Valid text, then a frame with RSV2 set, then a ping, in one write.
+    let mut bytes = masked_frame(0x81, b"first");
+    bytes.extend(masked_frame(0xA1, b"bad"));
+    bytes.extend(masked_frame(0x89, b"ping"));
+    raw.send_raw(&bytes);
+    let echo = raw.recv().expect("the echo of the valid message");
+    assert_eq!((echo.opcode, &echo.payload[..]), (1, &b"first"[..]));
+    let close = raw.recv().expect("a close frame");
+    assert_eq!(close.close_code(), Some(1002), "{close:?}");
+    raw.expect_eof();
+    wait_for_file_line(&backend.log, "CLOSE 1002");
+}
+
+/// The same with a backend that never answers: the client still gets its close frame, after
+/// close_timeout.
+#[test]
+fn a_client_protocol_error_does_not_wait_forever_for_the_backend() {
+    let dir = SockDir::new("fail-stall");
+    let backend = dir.backend("app", "stall");
+    let server = gateway_with_config(&format!(
+        "[limits]\nclose_timeout = \"300ms\"\n[[route]]\npath = \"/app\"\nbackend = \"unix:{}\"\nframing = \"framed\"\n",
+        backend.socket.display()
+    ));
+    let mut raw = Raw::connect(server.addr, "/app");
+    raw.send(0xA1, b"bad");
+    assert_eq!(raw.expect_close(), Some(1002));
+    raw.expect_eof();
+}
+
 #[test]
 fn backend_crash_closes_the_client_with_1011() {
     let dir = SockDir::new("crash");

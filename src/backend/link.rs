@@ -70,6 +70,11 @@ pub struct BackendLink {
 }
 
 impl BackendLink {
+    /// Whether the backend speaks records (and so can be told why the client is being closed).
+    pub fn is_framed(&self) -> bool {
+        self.framing == Framing::Framed
+    }
+
     pub fn new(sock: UnixStream, framing: Framing, kind: MessageKind, max_message: usize) -> BackendLink {
         BackendLink {
             sock,
