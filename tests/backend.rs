@@ -382,8 +382,13 @@ fn directory_routing_allow_deny_subprotocol_and_traversal() {
         ("/apps/.chat", "404 "),
         ("/apps/chat.log", "404 "), // a file, not a socket
         ("/apps", "404 "),
+        ("/apps/chat%00", "404 "),
+        ("/apps//chat", "404 "),
+        ("/apps/~chat", "404 "),
+        ("/apps/chat%20", "404 "),
     ];
-    for (path, want) in cases {
+    let long = format!("/apps/{}", "a".repeat(4000)); // past NAME_MAX and sun_path
+    for (path, want) in cases.iter().copied().chain([(long.as_str(), "404 ")]) {
         let r = http_exchange(server.addr, upgrade_request(path, "").as_bytes());
         assert!(r.starts_with(&format!("HTTP/1.1 {want}")), "{path} -> {r}");
     }

@@ -158,7 +158,9 @@ pub fn resolve(
         SocketSource::Path(p) => return Ok((p.clone(), None)),
         SocketSource::Dir { dir, allow, deny } => (dir, allow, deny),
     };
-    let name = request_path.strip_prefix(route_path).unwrap_or("").trim_start_matches('/');
+    // Exactly one separator: `/apps//chat` is not `/apps/chat` (names are taken literally).
+    let rest = request_path.strip_prefix(route_path).unwrap_or("");
+    let name = rest.strip_prefix('/').unwrap_or(rest);
     if !name.is_empty() {
         return socket_in(dir, name, allow, deny).map(|p| (p, None));
     }
