@@ -1,13 +1,13 @@
 """Server memory per idle WebSocket: RSS growth over N upgraded, silent connections, / N.
 
-usage: python3 scripts/idle-memory.py [--tls] PID HOST PORT [N]   (HOST must be loopback)
+usage: python3 scripts/idle-memory.py [--tls] [--path /echo] PID HOST PORT [N]   (HOST must be loopback)
 """
 import socket
 import ssl
 import sys
 import time
 
-REQ = (b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+REQ = (b"GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 
 
@@ -23,6 +23,13 @@ def main():
     args = sys.argv[1:]
     tls = "--tls" in args
     args = [a for a in args if a != "--tls"]
+    path = "/echo"
+    if "--path" in args:
+        i = args.index("--path")
+        path = args[i + 1]
+        del args[i:i + 2]
+    global REQ
+    REQ = REQ.replace(b"%s", path.encode())
     pid, host, port = int(args[0]), args[1], int(args[2])
     n = int(args[3]) if len(args) > 3 else 10000
     ctx = None

@@ -46,6 +46,7 @@ pub struct Ctx<'a> {
     /// Server-wide limits (those that apply before a route is known).
     pub limits: &'a Limits,
     pub pools: &'a mut Pools,
+    pub backend_failures: &'a mut backend::FailureLog,
 }
 
 /// The WebSocket session of a `Connected` connection.
@@ -920,7 +921,9 @@ impl Connection {
                     let sock = match backend::connect(&socket) {
                         Ok(s) => s,
                         Err(e) => {
-                            log::warn!("{} {path}: backend {}: {e}", self.peer, socket.display());
+                            let peer = self.peer;
+                            ctx.backend_failures
+                                .warn(ctx.now, || format!("{peer} {path}: backend {}: {e}", socket.display()));
                             self.log.end = Some(format!("backend {}: {e}", socket.display()).into());
                             return self.respond(ctx, req, 503, "backend unavailable, try again later", false);
                         }

@@ -68,6 +68,7 @@ pub struct Server {
     limits: Limits,
     max_connections: usize,
     pools: Pools,
+    backend_failures: crate::backend::FailureLog,
     signals: Signals,
     accept_paused_until: Option<Instant>,
     /// Set on SIGTERM / SIGINT: the time by which the server exits regardless.
@@ -116,6 +117,7 @@ impl Server {
             limits: config.limits,
             max_connections: config.max_connections,
             pools: Pools::new(256),
+            backend_failures: Default::default(),
             signals,
             accept_paused_until: None,
             drain_deadline: None,
@@ -190,7 +192,14 @@ impl Server {
     }
 
     fn ctx(&mut self, now: Instant) -> (Ctx<'_>, &mut Slab<Connection>) {
-        (Ctx { now, routes: &self.routes, limits: &self.limits, pools: &mut self.pools }, &mut self.conns)
+        let ctx = Ctx {
+            now,
+            routes: &self.routes,
+            limits: &self.limits,
+            pools: &mut self.pools,
+            backend_failures: &mut self.backend_failures,
+        };
+        (ctx, &mut self.conns)
     }
 
     fn on_ready(&mut self, token: Token, readable: bool, writable: bool, now: Instant) {

@@ -14,6 +14,7 @@ pub mod splice;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::ws::message::MessageKind;
 
@@ -191,6 +192,35 @@ fn socket_in(dir: &Path, name: &str, allow: &[glob::Pattern], deny: &[glob::Patt
     }
 }
 
+/// Backend connect failures reach the log at most once a second, with a count of those left
+/// out: a dead backend under a flood of clients, or a process out of descriptors, must not
+/// flood the log. Each failure is still in its client's access line.
+#[derive(Debug, Default)]
+pub struct FailureLog {
+    quiet_until: Option<Instant>,
+    left_out: u64,
+}
+
+impl FailureLog {
+    pub fn warn(&mut self, now: Instant, message: impl FnOnce() -> String) {
+        match self.admit(now) {
+            Some(0) => log::warn!("{}", message()),
+            Some(n) => log::warn!("{} ({n} more backend connect failures in the second before this one)", message()),
+            None => {}
+        }
+    }
+
+    /// Whether a failure at `now` is logged, and if so how many were left out before it.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        if self.quiet_until.is_some_and(|t| now < t) {
+            self.left_out += 1;
+            return None;
+        }
+        self.quiet_until = Some(now + Duration::from_secs(1));
+        Some(std::mem::take(&mut self.left_out))
+    }
+}
+
 /// Connects to a backend socket without blocking: a UNIX connect either completes at once
 /// or fails (refused, missing, backlog full).
 pub fn connect(path: &Path) -> io::Result<mio::net::UnixStream> {
@@ -200,6 +230,19 @@ pub fn connect(path: &Path) -> io::Result<mio::net::UnixStream> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failure_log_speaks_once_a_second_and_counts_the_rest() {
+        let mut log = FailureLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.admit(t0), Some(0));
+        for ms in [1, 10, 999] {
+            assert_eq!(log.admit(t0 + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(log.admit(t0 + Duration::from_millis(1000)), Some(3));
+        assert_eq!(log.admit(t0 + Duration::from_millis(1500)), None);
+        assert_eq!(log.admit(t0 + Duration::from_secs(5)), Some(1));
+    }
 
     #[test]
     fn plain_names() {
