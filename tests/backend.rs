@@ -156,6 +156,20 @@ fn framed_hello_carries_the_request() {
         lower.contains("\nheader: x-trace: abc123\n") && lower.contains("\nheader: host: gateway.test\n"),
         "{hello}"
     );
+
+    // The HELLO stays UTF-8 whatever the client sends, so a backend that decodes it cannot be
+    // broken by a header: opaque bytes (obs-text) that are not UTF-8 become U+FFFD, UTF-8
+    // passes as it is.
+    let mut request = upgrade_request("/app", "X-Latin1: caf@\r\nX-Utf8: café\r\n").into_bytes();
+    let at = request.iter().position(|&b| b == b'@').unwrap();
+    request[at] = 0xE9;
+    let mut raw = Raw::connect_with(server.addr, &request);
+    raw.send(0x81, b"hello?");
+    let reply = raw.recv().expect("the HELLO echoed");
+    assert_eq!(reply.opcode, 1);
+    let hello = String::from_utf8(reply.payload).unwrap();
+    assert!(hello.contains("\nheader: X-Latin1: caf\u{fffd}\n"), "{hello}");
+    assert!(hello.contains("\nheader: X-Utf8: café\n"), "{hello}");
 }
 
 #[test]

@@ -114,7 +114,9 @@ pub struct Hello<'a> {
 }
 
 /// The HELLO payload: `name: value` lines, LF-terminated, starting with `wsgate-hello 1`.
-/// Header values are passed as received (visible ASCII and spaces; httparse refused CR/LF).
+/// Header values are passed as received (httparse refused CR and LF), except that bytes that
+/// are not UTF-8 (HTTP allows opaque obs-text) become U+FFFD: the payload is promised to be
+/// UTF-8, and a client must not be able to break a backend that decodes it.
 pub fn hello_payload(hello: &Hello<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"wsgate-hello 1\n");
@@ -130,7 +132,7 @@ pub fn hello_payload(hello: &Hello<'_>) -> Vec<u8> {
         out.extend_from_slice(b"header: ");
         out.extend_from_slice(h.name.as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
+        out.extend_from_slice(String::from_utf8_lossy(h.value).as_bytes());
         out.push(b'\n');
     }
     out

@@ -244,8 +244,13 @@ impl Frame {
 impl Raw {
     /// Connects and completes the upgrade on `path`.
     pub fn connect(addr: SocketAddr, path: &str) -> Raw {
+        Raw::connect_with(addr, upgrade_request(path, "").as_bytes())
+    }
+
+    /// Sends `request` (bytes, so they need not be UTF-8) and expects a 101.
+    pub fn connect_with(addr: SocketAddr, request: &[u8]) -> Raw {
         let mut stream = tcp(addr);
-        stream.write_all(upgrade_request(path, "").as_bytes()).unwrap();
+        stream.write_all(request).unwrap();
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
