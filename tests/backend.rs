@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -344,6 +344,31 @@ fn absent_backend_is_503() {
     let response = http_exchange(server.addr, upgrade_request("/app", "").as_bytes());
     assert!(response.starts_with("HTTP/1.1 503 ") && response.contains("backend unavailable"), "{response}");
     server.wait_log("nothing-here");
+}
+
+/// A backend that never accepts: once its backlog is full, clients get 503 at once instead of
+/// waiting on a connect that cannot finish.
+#[test]
+fn a_backend_that_never_accepts_gives_503_not_a_hang() {
+    let dir = SockDir::new("noaccept");
+    let backend = dir.backend("app", "noaccept");
+    let server = gateway(&[route("/app", &backend.socket, "raw")]);
+    let mut kept = Vec::new();
+    let mut refused = 0;
+    for _ in 0..8 {
+        let mut stream = tcp(server.addr);
+        stream.write_all(upgrade_request("/app", "").as_bytes()).unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        match &head {
+            b"HTTP/1.1 101" => kept.push(stream),
+            b"HTTP/1.1 503" => refused += 1,
+            other => panic!("{:?}", String::from_utf8_lossy(other)),
+        }
+    }
+    assert!(refused > 0, "the backlog never filled ({} upgraded)", kept.len());
+    // The log names the socket.
+    server.wait_log(&backend.socket.display().to_string());
 }
 
 #[test]

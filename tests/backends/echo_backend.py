@@ -1,7 +1,7 @@
 """A wsgate backend in Python (stdlib only), for the integration tests.
 
 usage: echo_backend.py SOCKET FRAMING [LOG]
-  FRAMING: raw | lines | framed | direct | stall | flood
+  FRAMING: raw | lines | framed | direct | stall | flood | noaccept
   LOG: a file where events are appended (HELLO lines, CLOSE codes), for the tests to check.
 
 Echoes every message. In framed mode it also understands the text commands
@@ -10,7 +10,8 @@ Echoes every message. In framed mode it also understands the text commands
   "die"       -> exits at once (a crash, as far as wsgate can tell)
   "split"     -> replies with a text message in three fragments: "abc" "def" "ghi"
 In direct mode it receives the client's socket and writes one WebSocket text frame to it.
-In stall mode it accepts and never reads; in flood mode it writes without end.
+In stall mode it accepts and never reads; in flood mode it writes without end; in noaccept
+mode it listens with the smallest backlog and never accepts.
 """
 import os
 import socket
@@ -117,8 +118,10 @@ def main():
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(path)
     os.chmod(path, 0o666)
-    srv.listen(128)
+    srv.listen(0 if mode == "noaccept" else 128)
     print("ready", flush=True)
+    if mode == "noaccept":
+        time.sleep(3600)
     while True:
         conn, _ = srv.accept()
         if mode == "framed":
