@@ -1,31 +1,21 @@
 //! A single-threaded epoll (mio) echo server on a UNIX socket: the fast backend for measuring
 //! the gateway itself (`backend-echo` is the readable, thread-per-client one).
 //!
-//! Sockets are watched for writability only while a write is blocked. A UNIX socket wakes every
-//! EPOLLOUT watcher each time its peer consumes data, so a backend that keeps EPOLLOUT armed
-//! makes the gateway pay a wake-up of the backend on every read (about 8 % of the gateway's
-//! time at 20-byte messages).
+//! Sockets are watched for writability only while a write is blocked (`peer_common`).
 //!
 //! usage: unix-echo SOCKET_PATH
 
 use std::io::{self, Read, Write};
 
-use mio::net::UnixListener;
-use mio::{Events, Interest, Poll, Token};
+#[path = "peer_common/mod.rs"]
+mod peer;
+
+use mio::{Events, Interest, Token};
 use slab::Slab;
 
 fn main() -> io::Result<()> {
-    let path = std::env::args().nth(1).unwrap_or_else(|| {
-        eprintln!("usage: unix-echo SOCKET_PATH");
-        std::process::exit(2)
-    });
-    let _ = std::fs::remove_file(&path);
-    let mut listener = UnixListener::bind(&path)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
-    let mut poll = Poll::new()?;
-    const LISTENER: Token = Token(usize::MAX);
-    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    let path = peer::arg("unix-echo SOCKET_PATH");
+    let (mut poll, listener) = peer::listen_unix(&path)?;
     let mut conns: Slab<(mio::net::UnixStream, Vec<u8>)> = Slab::new();
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 256 * 1024];
@@ -33,7 +23,7 @@ fn main() -> io::Result<()> {
     loop {
         poll.poll(&mut events, None)?;
         for ev in events.iter() {
-            if ev.token() == LISTENER {
+            if ev.token() == peer::LISTENER {
                 while let Ok((mut s, _)) = listener.accept() {
                     let entry = conns.vacant_entry();
                     poll.registry().register(&mut s, Token(entry.key()), Interest::READABLE)?;
@@ -85,10 +75,8 @@ fn main() -> io::Result<()> {
             if closed {
                 let (mut s, _) = conns.remove(key);
                 let _ = poll.registry().deregister(&mut s);
-            } else if pending.is_empty() == was_blocked {
-                let interest =
-                    if pending.is_empty() { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
-                poll.registry().reregister(sock, Token(key), interest)?;
+            } else {
+                peer::watch_writable(poll.registry(), sock, Token(key), was_blocked, !pending.is_empty())?;
             }
         }
     }

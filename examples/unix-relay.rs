@@ -10,6 +10,9 @@
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
+#[path = "peer_common/mod.rs"]
+mod peer;
+
 use mio::net::{TcpListener, TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -105,13 +108,9 @@ fn main() -> io::Result<()> {
             // An event on one side reads that side; the other is only flushed.
             let alive = pump(&mut pair.backend, &mut pair.client, &mut pair.to_client, &mut buf, from_backend)
                 && pump(&mut pair.client, &mut pair.backend, &mut pair.to_backend, &mut buf, !from_backend);
-            if alive && pair.to_backend.is_empty() == was_blocked {
-                let interest = if pair.to_backend.is_empty() {
-                    Interest::READABLE
-                } else {
-                    Interest::READABLE | Interest::WRITABLE
-                };
-                poll.registry().reregister(&mut pair.backend, Token(2 * key + 1), interest)?;
+            if alive {
+                let blocked = !pair.to_backend.is_empty();
+                peer::watch_writable(poll.registry(), &mut pair.backend, Token(2 * key + 1), was_blocked, blocked)?;
             }
             if !alive {
                 let mut pair = pairs.remove(key);

@@ -8,8 +8,11 @@
 
 use std::io::{self, Read, Write};
 
-use mio::net::{UnixListener, UnixStream};
-use mio::{Events, Interest, Poll, Token};
+#[path = "peer_common/mod.rs"]
+mod common;
+
+use mio::net::UnixStream;
+use mio::{Events, Interest, Token};
 use slab::Slab;
 use wsgate::http::request::HeadLimits;
 use wsgate::ws::frame::{self, FrameLimits, Opcode, MAX_HEADER_LEN};
@@ -79,17 +82,8 @@ fn flush(peer: &mut Peer) -> io::Result<()> {
 }
 
 fn main() -> io::Result<()> {
-    let path = std::env::args().nth(1).unwrap_or_else(|| {
-        eprintln!("usage: unix-ws-echo SOCKET_PATH");
-        std::process::exit(2)
-    });
-    let _ = std::fs::remove_file(&path);
-    let mut listener = UnixListener::bind(&path)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
-    let mut poll = Poll::new()?;
-    const LISTENER: Token = Token(usize::MAX);
-    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    let path = common::arg("unix-ws-echo SOCKET_PATH");
+    let (mut poll, listener) = common::listen_unix(&path)?;
     let mut peers: Slab<Peer> = Slab::new();
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 256 * 1024];
@@ -97,7 +91,7 @@ fn main() -> io::Result<()> {
     loop {
         poll.poll(&mut events, None)?;
         for ev in events.iter() {
-            if ev.token() == LISTENER {
+            if ev.token() == common::LISTENER {
                 while let Ok((mut sock, _)) = listener.accept() {
                     let entry = peers.vacant_entry();
                     poll.registry().register(&mut sock, Token(entry.key()), Interest::READABLE)?;
@@ -129,12 +123,9 @@ fn main() -> io::Result<()> {
             if !alive {
                 let mut peer = peers.remove(key);
                 let _ = poll.registry().deregister(&mut peer.sock);
-            } else if peer.output.is_empty() == was_blocked {
-                // Watch writability only while blocked: a UNIX socket wakes EPOLLOUT watchers
-                // each time the peer reads, which would cost the proxy a wake-up per message.
-                let interest =
-                    if peer.output.is_empty() { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
-                poll.registry().reregister(&mut peer.sock, Token(key), interest)?;
+            } else {
+                let blocked = !peer.output.is_empty();
+                common::watch_writable(poll.registry(), &mut peer.sock, Token(key), was_blocked, blocked)?;
             }
         }
     }

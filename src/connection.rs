@@ -317,8 +317,7 @@ impl Connection {
                 if let Some((code, reason, since)) = s.failing {
                     if now >= since + limits.close_timeout {
                         log::debug!("{} backend did not answer CLOSE in time", self.peer);
-                        self.backend_done = true;
-                        self.fail_ws(ctx, code, reason);
+                        self.send_owed_close(ctx, code, reason);
                     }
                 } else if let Some(sent) = s.close_sent {
                     if now >= sent + limits.close_timeout {
@@ -653,8 +652,7 @@ impl Connection {
     fn begin_close(&mut self, ctx: &mut Ctx<'_>, code: u16, reason: impl Into<Cow<'static, str>>) {
         if let State::Connected(s) = &self.state {
             if let Some((code, reason, _)) = s.failing {
-                self.backend_done = true;
-                return self.fail_ws(ctx, code, reason);
+                return self.send_owed_close(ctx, code, reason);
             }
         }
         if let State::Connected(s) = &mut self.state {
@@ -827,6 +825,13 @@ impl Connection {
                 return;
             }
         }
+        self.fail_ws(ctx, code, reason)
+    }
+
+    /// Ends the wait that `fail_client` started: the backend is done with, the client gets
+    /// the close frame its protocol error earned.
+    fn send_owed_close(&mut self, ctx: &mut Ctx<'_>, code: u16, reason: &'static str) {
+        self.backend_done = true;
         self.fail_ws(ctx, code, reason)
     }
 
