@@ -3,20 +3,23 @@
 //! A connection takes a read buffer when its socket has data and gives it back once every
 //! byte is consumed; output chunks come from a pool and return to it once written. The pools
 //! keep a bounded number of free buffers, so a burst does not pin memory forever.
+//!
+//! The queue is byte-level: it knows chunks, not frames. Frames are encoded onto it by
+//! [`crate::encode`]; the one thing it knows of framing is where a chunk continues the frame
+//! of the chunk before (so an urgent control frame is never put inside another frame).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
-
-use crate::ws::frame::{encode_header, Opcode, MAX_HEADER_LEN};
+use std::rc::Rc;
 
 /// Size of a read buffer. A request head must fit in one (config enforces it).
 pub const READ_BUF_SIZE: usize = 64 * 1024;
 /// Capacity of a pooled output chunk; small frames are coalesced into these.
 pub const CHUNK_SIZE: usize = 16 * 1024;
-/// Payloads at least this large are queued as their own chunk instead of being coalesced.
-const OWN_CHUNK_MIN: usize = 4 * 1024;
-/// Most iovecs handed to one `writev`.
-const MAX_IOVECS: usize = 64;
+/// Most iovecs handed to one `writev` (a subscriber may hold many shared frames).
+const MAX_IOVECS: usize = 256;
+/// What one queued chunk costs besides its bytes (the queue entry), for memory accounting.
+pub const CHUNK_OVERHEAD: usize = std::mem::size_of::<Chunk>();
 
 /// Free buffers kept for reuse; beyond this they are freed.
 #[derive(Debug)]
@@ -58,6 +61,37 @@ impl Pools {
     }
 }
 
+#[derive(Debug)]
+enum Bytes {
+    /// Pooled (coalescing) or owned bytes.
+    Owned(Vec<u8>),
+    /// A frame encoded once and queued by reference on every receiver.
+    Shared(Rc<[u8]>),
+}
+
+#[derive(Debug)]
+struct Chunk {
+    bytes: Bytes,
+    /// This chunk starts inside the frame (or HTTP message) the previous chunk began.
+    continues: bool,
+}
+
+impl Chunk {
+    fn as_slice(&self) -> &[u8] {
+        match &self.bytes {
+            Bytes::Owned(v) => v,
+            Bytes::Shared(s) => s,
+        }
+    }
+
+    fn coalescing(&mut self) -> Option<&mut Vec<u8>> {
+        match &mut self.bytes {
+            Bytes::Owned(v) if v.capacity() == CHUNK_SIZE => Some(v),
+            _ => None,
+        }
+    }
+}
+
 /// Bytes waiting to be written to one peer, in order.
 ///
 /// Besides byte chunks the stream may hold *pipe segments*: payload that waits in the
@@ -67,7 +101,7 @@ impl Pools {
 /// [`write_to`]: OutQueue::write_to
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    chunks: VecDeque<Vec<u8>>,
+    chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     front_written: usize,
     /// Bytes waiting, pipe segments included.
@@ -89,73 +123,108 @@ impl OutQueue {
         self.queued == 0
     }
 
-    /// The last chunk if `extra` more bytes fit in it, else a new pooled chunk.
-    fn tail(&mut self, pools: &mut Pools, extra: usize) -> &mut Vec<u8> {
-        let fits = self.chunks.back().is_some_and(|c| c.capacity() == CHUNK_SIZE && c.len() + extra <= CHUNK_SIZE);
-        if !fits {
-            self.chunks.push_back(pools.take_chunk());
-        }
-        self.chunks.back_mut().expect("a chunk was just ensured")
+    /// What the queue holds in memory: its bytes plus a queue entry per chunk. This is what
+    /// backpressure limits count, so a peer that never reads cannot pin memory with many
+    /// tiny shared frames either.
+    pub fn footprint(&self) -> usize {
+        self.queued + self.chunks.len() * CHUNK_OVERHEAD
     }
 
-    /// Queues raw bytes (an HTTP response).
+    /// The last chunk if `extra` more bytes fit in it, else a new pooled chunk.
+    fn tail(&mut self, pools: &mut Pools, extra: usize, continues: bool) -> &mut Vec<u8> {
+        let fits = self.chunks.back_mut().and_then(Chunk::coalescing).is_some_and(|c| c.len() + extra <= CHUNK_SIZE);
+        if !fits {
+            self.chunks.push_back(Chunk { bytes: Bytes::Owned(pools.take_chunk()), continues });
+        }
+        self.chunks.back_mut().and_then(Chunk::coalescing).expect("a pooled chunk was just ensured")
+    }
+
+    fn count(&mut self, n: usize) {
+        self.queued += n;
+        self.pushed += n as u64;
+    }
+
+    /// Queues raw bytes (an HTTP response, a backend record stream).
     pub fn push_bytes(&mut self, pools: &mut Pools, bytes: &[u8]) {
         let mut rest = bytes;
+        let mut first = true;
         while !rest.is_empty() {
-            let tail = self.tail(pools, 1);
+            let tail = self.tail(pools, 1, !first);
             let room = CHUNK_SIZE.saturating_sub(tail.len()).max(1);
             let (now, later) = rest.split_at(room.min(rest.len()));
             tail.extend_from_slice(now);
             rest = later;
+            first = false;
         }
-        self.queued += bytes.len();
-        self.pushed += bytes.len() as u64;
+        self.count(bytes.len());
     }
 
-    /// Queues one unmasked, unfragmented frame, copying the payload once.
-    pub fn push_frame(&mut self, pools: &mut Pools, opcode: Opcode, payload: &[u8]) {
-        self.push_frame_fin(pools, opcode, true, payload)
-    }
-
-    /// Queues one unmasked frame (a fragment when `fin` is false), copying the payload once.
-    pub fn push_frame_fin(&mut self, pools: &mut Pools, opcode: Opcode, fin: bool, payload: &[u8]) {
-        let mut head = [0u8; MAX_HEADER_LEN];
-        let n = encode_header(&mut head, fin, opcode, payload.len(), None);
-        if payload.len() >= OWN_CHUNK_MIN {
-            self.tail(pools, n).extend_from_slice(&head[..n]);
-            self.chunks.push_back(payload.to_vec());
-        } else {
-            let tail = self.tail(pools, n + payload.len());
-            tail.extend_from_slice(&head[..n]);
-            tail.extend_from_slice(payload);
+    /// Queues the concatenation of `parts` (a header and its payload) as one unit: coalesced
+    /// into the tail chunk when it fits, else the last part gets a chunk of its own.
+    pub fn push_parts(&mut self, pools: &mut Pools, parts: &[&[u8]]) {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total <= CHUNK_SIZE {
+            let tail = self.tail(pools, total, false);
+            for p in parts {
+                tail.extend_from_slice(p);
+            }
+            self.count(total);
+            return;
         }
-        self.queued += n + payload.len();
-        self.pushed += (n + payload.len()) as u64;
-    }
-
-    /// Queues one frame whose payload the caller already owns: no copy.
-    pub fn push_frame_owned(&mut self, pools: &mut Pools, opcode: Opcode, payload: Vec<u8>) {
-        if payload.len() < OWN_CHUNK_MIN {
-            return self.push_frame(pools, opcode, &payload);
+        let Some((last, head)) = parts.split_last() else { return };
+        let head_len: usize = head.iter().map(|p| p.len()).sum();
+        let tail = self.tail(pools, head_len, false);
+        for p in head {
+            tail.extend_from_slice(p);
         }
-        let mut head = [0u8; MAX_HEADER_LEN];
-        let n = encode_header(&mut head, true, opcode, payload.len(), None);
-        self.tail(pools, n).extend_from_slice(&head[..n]);
-        self.queued += n + payload.len();
-        self.pushed += (n + payload.len()) as u64;
-        self.chunks.push_back(payload);
+        self.count(head_len);
+        self.push_owned_continuation(last.to_vec());
     }
 
-    /// Queues a binary frame whose `len` payload bytes are already in the connection's pipe.
-    pub fn push_piped_frame(&mut self, pools: &mut Pools, len: usize) {
-        let mut head = [0u8; MAX_HEADER_LEN];
-        let n = encode_header(&mut head, true, Opcode::Binary, len, None);
-        self.tail(pools, n).extend_from_slice(&head[..n]);
-        self.queued += n;
-        self.pushed += n as u64;
+    /// Queues `bytes` (already owned: no copy) right after what is queued; they continue the
+    /// unit whose first part was pushed just before (a frame header, typically).
+    pub fn push_owned_continuation(&mut self, bytes: Vec<u8>) {
+        let n = bytes.len();
+        if n == 0 {
+            return;
+        }
+        self.chunks.push_back(Chunk { bytes: Bytes::Owned(bytes), continues: true });
+        self.count(n);
+    }
+
+    /// Queues shared bytes by reference (a frame encoded once for many receivers).
+    pub fn push_shared(&mut self, bytes: Rc<[u8]>) {
+        let n = bytes.len();
+        if n == 0 {
+            return;
+        }
+        self.chunks.push_back(Chunk { bytes: Bytes::Shared(bytes), continues: false });
+        self.count(n);
+    }
+
+    /// Queues a small unit (a control frame) ahead of queued data: after the chunk being
+    /// written and whatever continues it, so it never lands inside another frame, and never
+    /// waits behind a full queue. Pipe segments keep their order (it is then queued last).
+    pub fn push_urgent(&mut self, pools: &mut Pools, bytes: &[u8]) {
+        if self.chunks.is_empty() || !self.pipe_segments.is_empty() {
+            return self.push_parts(pools, &[bytes]);
+        }
+        let mut at = usize::from(self.front_written > 0);
+        while self.chunks.get(at).is_some_and(|c| c.continues) {
+            at += 1;
+        }
+        if at == self.chunks.len() {
+            return self.push_parts(pools, &[bytes]);
+        }
+        self.chunks.insert(at, Chunk { bytes: Bytes::Owned(bytes.to_vec()), continues: false });
+        self.count(bytes.len());
+    }
+
+    /// Queues `len` payload bytes that are already in the connection's pipe; they continue
+    /// the frame whose header was pushed just before.
+    pub fn push_piped(&mut self, len: usize) {
         self.pipe_segments.push_back((self.pushed, len));
-        self.queued += len;
-        self.pushed += len as u64;
+        self.count(len);
     }
 
     /// Bytes to splice from the pipe now, if the stream has reached a pipe segment.
@@ -176,14 +245,14 @@ impl OutQueue {
         self.queued -= n;
     }
 
-    /// One `writev` of as much as is queued (up to 64 chunks). Returns the bytes written.
+    /// One `writev` of as much as is queued (up to 256 chunks). Returns the bytes written.
     pub fn write_to<W: Write>(&mut self, w: &mut W, pools: &mut Pools) -> io::Result<usize> {
         // Bytes up to the next pipe segment, if there is one.
         let limit = self.pipe_segments.front().map_or(usize::MAX, |(start, _)| (start - self.written) as usize);
         if self.chunks.len() == 1 {
             // The common case (one wake-up's replies fit one chunk): a plain write, which
             // spares the kernel importing an iovec array.
-            let bytes = &self.chunks[0][self.front_written..];
+            let bytes = &self.chunks[0].as_slice()[self.front_written..];
             let written = w.write(&bytes[..bytes.len().min(limit)])?;
             self.consume(written, pools);
             return Ok(written);
@@ -193,11 +262,12 @@ impl OutQueue {
         let mut room = limit;
         for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
             let start = if i == 0 { self.front_written } else { 0 };
-            let take = (chunk.len() - start).min(room);
+            let bytes = chunk.as_slice();
+            let take = (bytes.len() - start).min(room);
             if take == 0 {
                 break;
             }
-            slices[i] = IoSlice::new(&chunk[start..start + take]);
+            slices[i] = IoSlice::new(&bytes[start..start + take]);
             room -= take;
             count += 1;
         }
@@ -211,7 +281,7 @@ impl OutQueue {
         self.written += n as u64;
         while n > 0 {
             let Some(front) = self.chunks.front() else { break };
-            let left = front.len() - self.front_written;
+            let left = front.as_slice().len() - self.front_written;
             if n < left {
                 self.front_written += n;
                 return;
@@ -219,13 +289,13 @@ impl OutQueue {
             n -= left;
             self.front_written = 0;
             if let Some(done) = self.chunks.pop_front() {
-                pools.put_chunk(done);
+                recycle(done, pools);
             }
         }
         // Drop emptied bookkeeping so an idle queue holds nothing.
         if self.queued == 0 {
             while let Some(c) = self.chunks.pop_front() {
-                pools.put_chunk(c);
+                recycle(c, pools);
             }
             self.front_written = 0;
             if self.chunks.capacity() > 16 {
@@ -239,7 +309,7 @@ impl OutQueue {
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.queued);
         for (i, c) in self.chunks.iter().enumerate() {
-            out.extend_from_slice(if i == 0 { &c[self.front_written..] } else { c });
+            out.extend_from_slice(if i == 0 { &c.as_slice()[self.front_written..] } else { c.as_slice() });
         }
         out
     }
@@ -247,7 +317,7 @@ impl OutQueue {
     /// Returns every chunk to the pool (the connection is going away).
     pub fn release(&mut self, pools: &mut Pools) {
         for c in self.chunks.drain(..) {
-            pools.put_chunk(c);
+            recycle(c, pools);
         }
         self.queued = 0;
         self.front_written = 0;
@@ -256,9 +326,16 @@ impl OutQueue {
     }
 }
 
+fn recycle(chunk: Chunk, pools: &mut Pools) {
+    if let Bytes::Owned(v) = chunk.bytes {
+        pools.put_chunk(v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ws::frame::Opcode;
 
     /// A writer that accepts at most `limit` bytes per call.
     struct Trickle {

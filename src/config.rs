@@ -6,11 +6,13 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+use crate::apps::pubsub::Policy as PubSubPolicy;
 use crate::backend::{BackendSpec, Framing, SocketSource};
 use crate::tls::{CertFiles, TlsSettings};
 use crate::ws::message::MessageKind;
@@ -73,6 +75,29 @@ pub struct Limits {
     pub max_queued: usize,
     /// On SIGTERM / SIGINT, how long connections get to finish their close handshake.
     pub drain_timeout: Duration,
+    /// Most bytes (and queue entries) waiting for one client before messages published to it
+    /// meet `on_backpressure`.
+    pub max_backpressure: usize,
+    pub on_backpressure: OnBackpressure,
+}
+
+/// What happens to a message published to a client that is too slow to take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBackpressure {
+    /// Close the client (1008, "slow consumer"); nothing more is queued for it.
+    Close,
+    /// Skip the message for this client; counted in its access line and per topic.
+    Drop,
+}
+
+impl OnBackpressure {
+    fn parse(s: &str) -> Result<OnBackpressure, String> {
+        match s {
+            "close" => Ok(OnBackpressure::Close),
+            "drop" => Ok(OnBackpressure::Drop),
+            other => Err(format!("on_backpressure: {other:?} (expected \"close\" or \"drop\")")),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -92,54 +117,66 @@ impl Default for Limits {
             backpressure_high: 1 << 20,
             max_queued: 64 << 20,
             drain_timeout: Duration::from_secs(10),
+            max_backpressure: 1 << 20,
+            on_backpressure: OnBackpressure::Close,
         }
     }
 }
 
 /// What serves a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum App {
+pub enum AppKind {
     /// WebSocket: every message comes back to its sender.
     Echo,
     /// Plain HTTP: the embedded demo page.
     Demo,
+    /// WebSocket: the path names a room; every message goes to every member.
+    Chat,
+    /// WebSocket: topics in a JSON protocol (subscribe, unsubscribe, publish).
+    PubSub,
     /// WebSocket: every message goes to a backend on a UNIX socket (see `Route::backend`).
     Backend,
 }
 
-impl App {
+impl AppKind {
     pub fn name(self) -> &'static str {
         match self {
-            App::Echo => "echo",
-            App::Demo => "demo",
-            App::Backend => "backend",
+            AppKind::Echo => "echo",
+            AppKind::Demo => "demo",
+            AppKind::Chat => "chat",
+            AppKind::PubSub => "pubsub",
+            AppKind::Backend => "backend",
         }
     }
 
-    pub fn parse(name: &str) -> Result<App, String> {
+    pub fn parse(name: &str) -> Result<AppKind, String> {
         match name {
-            "echo" => Ok(App::Echo),
-            "demo" => Ok(App::Demo),
-            other => Err(format!("unknown app {other:?} (expected \"echo\" or \"demo\")")),
+            "echo" => Ok(AppKind::Echo),
+            "demo" => Ok(AppKind::Demo),
+            "chat" => Ok(AppKind::Chat),
+            "pubsub" => Ok(AppKind::PubSub),
+            other => Err(format!("unknown app {other:?} (expected \"echo\", \"chat\", \"pubsub\" or \"demo\")")),
         }
     }
 
     pub fn is_websocket(self) -> bool {
-        matches!(self, App::Echo | App::Backend)
+        !matches!(self, AppKind::Demo)
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Route {
     pub path: String,
-    pub app: App,
+    pub app: AppKind,
     /// Allowed `Origin` values; empty means any.
     pub origins: Vec<String>,
     /// Subprotocols offered, in order of preference.
     pub subprotocols: Vec<String>,
     pub limits: Limits,
-    /// Set when `app` is [`App::Backend`].
+    /// Set when `app` is [`AppKind::Backend`].
     pub backend: Option<BackendSpec>,
+    /// Pub/sub policy (chat, pubsub, and backends' SUBSCRIBE records).
+    pub pubsub: Arc<PubSubPolicy>,
 }
 
 /// A configuration error, with the file position when there is one.
@@ -219,6 +256,19 @@ struct LimitsSection {
     backpressure_high: Option<ByteSize>,
     max_queued: Option<ByteSize>,
     drain_timeout: Option<Secs>,
+    max_backpressure: Option<ByteSize>,
+    on_backpressure: Option<Backpressure>,
+}
+
+/// `on_backpressure` as written in the file.
+#[derive(Debug, Clone, Copy)]
+struct Backpressure(OnBackpressure);
+
+impl<'de> Deserialize<'de> for Backpressure {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        OnBackpressure::parse(&s).map(Backpressure).map_err(de::Error::custom)
+    }
 }
 
 impl LimitsSection {
@@ -238,6 +288,8 @@ impl LimitsSection {
             backpressure_high: self.backpressure_high.map_or(base.backpressure_high, |b| b.0),
             max_queued: self.max_queued.map_or(base.max_queued, |b| b.0),
             drain_timeout: self.drain_timeout.map_or(base.drain_timeout, |s| s.0),
+            max_backpressure: self.max_backpressure.map_or(base.max_backpressure, |b| b.0),
+            on_backpressure: self.on_backpressure.map_or(base.on_backpressure, |b| b.0),
         }
     }
 }
@@ -254,6 +306,11 @@ struct RouteSection {
     framing: Option<String>,
     message_type: Option<String>,
     splice: Option<bool>,
+    exclude_sender: Option<bool>,
+    topics: Option<Vec<String>>,
+    client_publish: Option<bool>,
+    max_subscriptions: Option<usize>,
+    max_topic_length: Option<usize>,
     #[serde(default)]
     origins: Vec<String>,
     #[serde(default)]
@@ -276,6 +333,8 @@ struct RouteLimits {
     write_timeout: Option<Secs>,
     backpressure_high: Option<ByteSize>,
     max_queued: Option<ByteSize>,
+    max_backpressure: Option<ByteSize>,
+    on_backpressure: Option<Backpressure>,
 }
 
 impl RouteLimits {
@@ -290,6 +349,8 @@ impl RouteLimits {
             write_timeout: self.write_timeout,
             backpressure_high: self.backpressure_high,
             max_queued: self.max_queued,
+            max_backpressure: self.max_backpressure,
+            on_backpressure: self.on_backpressure,
             ..LimitsSection::default()
         }
     }
@@ -395,7 +456,12 @@ impl Config {
             max_connections: 10_000,
             user: None,
             limits,
-            routes: vec![Route::new("/", App::Demo, limits), Route::new("/echo", App::Echo, limits)],
+            routes: vec![
+                Route::new("/", AppKind::Demo, limits),
+                Route::new("/echo", AppKind::Echo, limits),
+                Route::new("/chat", AppKind::Chat, limits),
+                Route::new("/chat/*", AppKind::Chat, limits),
+            ],
         }
     }
 
@@ -448,6 +514,7 @@ impl Config {
             let r = spanned.into_inner();
             let at = |e: String| ConfigError(format!("line {line}: {e}"));
             let (app, backend) = route_target(&r, base).map_err(at)?;
+            let pubsub = pubsub_policy(&r, app).map_err(at)?;
             let route = Route {
                 path: r.path,
                 app,
@@ -455,6 +522,7 @@ impl Config {
                 subprotocols: r.subprotocols,
                 limits: r.limits.as_section().apply(limits),
                 backend,
+                pubsub: Arc::new(pubsub),
             };
             config.add_route(route).map_err(|e| ConfigError(format!("line {line}: {e}")))?;
         }
@@ -466,6 +534,13 @@ impl Config {
     pub fn add_route(&mut self, route: Route) -> Result<(), String> {
         if !route.path.starts_with('/') || route.path.contains(['?', '#', ' ']) {
             return Err(format!("route.path: {:?} must be an absolute path without query", route.path));
+        }
+        let stem = route.path.strip_suffix("/*").unwrap_or(&route.path);
+        if stem.contains('*') || (stem.len() < route.path.len() && route.is_socket_dir()) {
+            return Err(format!(
+                "route.path: {:?}: `*` may only end a path, as \"/prefix/*\" (and not on socket_dir routes, which name sockets by the rest of the path already)",
+                route.path
+            ));
         }
         for p in &route.subprotocols {
             if p.is_empty() || !p.bytes().all(is_token_byte) {
@@ -542,6 +617,9 @@ which cannot work on TLS listener {} (use raw, lines or framed there)",
             if !l.ping_interval.is_zero() && l.pong_timeout.is_zero() {
                 return err(at("pong_timeout: must be more than zero when pings are on"));
             }
+            if l.max_backpressure == 0 {
+                return err(at("max_backpressure: must be more than zero"));
+            }
             if l.backpressure_high == 0 || l.max_queued < l.backpressure_high {
                 return err(at("max_queued: must be at least backpressure_high (and both more than zero)"));
             }
@@ -556,8 +634,16 @@ which cannot work on TLS listener {} (use raw, lines or framed there)",
 }
 
 impl Route {
-    pub fn new(path: &str, app: App, limits: Limits) -> Route {
-        Route { path: path.to_string(), app, origins: Vec::new(), subprotocols: Vec::new(), limits, backend: None }
+    pub fn new(path: &str, app: AppKind, limits: Limits) -> Route {
+        Route {
+            path: path.to_string(),
+            app,
+            origins: Vec::new(),
+            subprotocols: Vec::new(),
+            limits,
+            backend: None,
+            pubsub: Arc::default(),
+        }
     }
 
     /// Parses a CLI route `PATH=TARGET`: an app (`/echo=echo`) or a backend
@@ -568,16 +654,16 @@ impl Route {
         })?;
         if target.starts_with("unix:") {
             let backend = BackendSpec::from_uri(target).map_err(|e| format!("--route {spec:?}: {e}"))?;
-            return Ok(Route { backend: Some(backend), ..Route::new(path, App::Backend, limits) });
+            return Ok(Route { backend: Some(backend), ..Route::new(path, AppKind::Backend, limits) });
         }
-        let app = App::parse(target).map_err(|e| format!("--route {spec:?}: {e}"))?;
+        let app = AppKind::parse(target).map_err(|e| format!("--route {spec:?}: {e}"))?;
         Ok(Route::new(path, app, limits))
     }
 }
 
 /// A route's target: exactly one of `app`, `backend`, `socket_dir`, with the backend keys
 /// only where they mean something.
-fn route_target(r: &RouteSection, base: &Path) -> Result<(App, Option<BackendSpec>), String> {
+fn route_target(r: &RouteSection, base: &Path) -> Result<(AppKind, Option<BackendSpec>), String> {
     let targets = [r.app.is_some(), r.backend.is_some(), r.socket_dir.is_some()];
     if targets.iter().filter(|t| **t).count() != 1 {
         return Err(format!("route {:?}: set exactly one of app, backend, socket_dir", r.path));
@@ -591,7 +677,7 @@ fn route_target(r: &RouteSection, base: &Path) -> Result<(App, Option<BackendSpe
         if backend_keys {
             return Err(format!("route {:?}: framing, message_type, allow and deny belong to backend routes", r.path));
         }
-        return App::parse(app).map(|a| (a, None)).map_err(|e| format!("route.app: {e}"));
+        return AppKind::parse(app).map(|a| (a, None)).map_err(|e| format!("route.app: {e}"));
     }
     let framing =
         r.framing.as_deref().map_or(Ok(Framing::Raw), Framing::parse).map_err(|e| format!("route.framing: {e}"))?;
@@ -619,7 +705,37 @@ fn route_target(r: &RouteSection, base: &Path) -> Result<(App, Option<BackendSpe
         SocketSource::Dir { dir, allow: patterns("allow", &r.allow, &["*"])?, deny: patterns("deny", &r.deny, &[])? }
     };
     let splice = r.splice.unwrap_or(true);
-    Ok((App::Backend, Some(BackendSpec { source, framing, message_kind, splice })))
+    Ok((AppKind::Backend, Some(BackendSpec { source, framing, message_kind, splice })))
+}
+
+/// A route's pub/sub keys, each only where it means something.
+fn pubsub_policy(r: &RouteSection, app: AppKind) -> Result<PubSubPolicy, String> {
+    let mut policy = PubSubPolicy::default();
+    let chat_or_pubsub = matches!(app, AppKind::Chat | AppKind::PubSub);
+    if r.exclude_sender.is_some() && !chat_or_pubsub {
+        return Err(format!("route {:?}: exclude_sender belongs to chat and pubsub routes", r.path));
+    }
+    let pubsub_only = r.topics.is_some() || r.client_publish.is_some() || r.max_topic_length.is_some();
+    if pubsub_only && app != AppKind::PubSub {
+        return Err(format!("route {:?}: topics, client_publish and max_topic_length belong to pubsub routes", r.path));
+    }
+    if r.max_subscriptions.is_some() && !matches!(app, AppKind::PubSub | AppKind::Backend) {
+        return Err(format!("route {:?}: max_subscriptions belongs to pubsub and backend routes", r.path));
+    }
+    if let Some(globs) = &r.topics {
+        policy.topics = globs
+            .iter()
+            .map(|g| glob::Pattern::new(g).map_err(|e| format!("route.topics: {g:?}: {e}")))
+            .collect::<Result<_, _>>()?;
+    }
+    policy.exclude_sender = r.exclude_sender.unwrap_or(policy.exclude_sender);
+    policy.client_publish = r.client_publish.unwrap_or(policy.client_publish);
+    policy.max_subscriptions = r.max_subscriptions.unwrap_or(policy.max_subscriptions);
+    policy.max_topic_length = r.max_topic_length.unwrap_or(policy.max_topic_length);
+    if policy.max_topic_length == 0 || policy.max_topic_length > 1024 {
+        return Err("route.max_topic_length: must be 1..=1024".into());
+    }
+    Ok(policy)
 }
 
 /// RFC 9110 tchar.
@@ -641,7 +757,7 @@ mod tests {
         assert_eq!(config.limits, default.limits);
         assert_eq!(config.max_connections, default.max_connections);
         let paths: Vec<_> = config.routes.iter().map(|r| (r.path.as_str(), r.app)).collect();
-        assert_eq!(paths, [("/", App::Demo), ("/echo", App::Echo)]);
+        assert_eq!(paths, [("/", AppKind::Demo), ("/echo", AppKind::Echo)]);
     }
 
     #[test]
@@ -749,9 +865,9 @@ tls = { cert = "certs/a.pem", key = "/abs/a.key", sni = [{ names = ["x.test"], c
     #[test]
     fn cli_routes() {
         let r = Route::from_cli("/e=echo", Limits::default()).unwrap();
-        assert_eq!((r.path.as_str(), r.app), ("/e", App::Echo));
+        assert_eq!((r.path.as_str(), r.app), ("/e", AppKind::Echo));
         let r = Route::from_cli("/b=unix:/run/b.sock#lines", Limits::default()).unwrap();
-        assert_eq!(r.app, App::Backend);
+        assert_eq!(r.app, AppKind::Backend);
         assert_eq!(r.backend.unwrap().framing, Framing::Lines);
         assert!(Route::from_cli("/e", Limits::default()).is_err());
         assert!(Route::from_cli("/e=chat2", Limits::default()).is_err());

@@ -168,55 +168,81 @@ pub fn message_assembly(data: &[u8]) {
 /// The backend → client conversion of every framing, fed arbitrary bytes in arbitrary pieces.
 /// Invariants: what reaches the client parses as a sequence of valid server frames; text
 /// messages (joined across fragments) are valid UTF-8; nothing exceeds the message limit;
-/// the result does not depend on how the bytes were split across reads.
+/// the result (frames, pub/sub commands, how it ended) does not depend on how the bytes were
+/// split across reads.
 pub fn backend_framing(data: &[u8]) {
-    use crate::backend::link::BackendLink;
+    use crate::backend::codec::Reassembler;
     use crate::backend::Framing;
     use crate::buffer::{OutQueue, Pools};
 
     let [selector, chunk, stream @ ..] = data else { return };
-    let (framing, kind) = match selector % 5 {
+    let (framing, kind) = match selector % 6 {
         0 => (Framing::Raw, MessageKind::Text),
         1 => (Framing::Raw, MessageKind::Binary),
         2 => (Framing::Lines, MessageKind::Text),
         3 => (Framing::Lines, MessageKind::Binary),
-        _ => (Framing::Framed, MessageKind::Text),
+        4 => (Framing::Framed, MessageKind::Text),
+        _ => (Framing::Framed, MessageKind::Binary),
     };
     const MAX: usize = 300;
-    let run = |piece: usize| -> (Vec<u8>, Option<String>, bool) {
-        let (a, _b) = mio::net::UnixStream::pair().expect("socketpair");
-        let mut link = BackendLink::new(a, framing, kind, MAX);
+    let run = |piece: usize| {
+        let mut codec = Reassembler::new(framing, kind, MAX);
         let mut pools = Pools::new(4);
         let mut client = OutQueue::default();
-        let mut failed = None;
-        let mut ended = false;
+        let mut commands = Vec::new();
+        let mut outcome = String::new();
         for p in stream.chunks(piece.max(1)) {
-            match link.feed(&mut pools, &mut client, p) {
+            match codec.feed(p, &mut pools, &mut client, &mut commands) {
                 Ok(None) => {}
-                Ok(Some(_)) => {
-                    ended = true;
+                Ok(Some(end)) => {
+                    outcome = format!("{end:?}");
                     break;
                 }
                 Err(e) => {
-                    failed = Some(e);
+                    outcome = e.to_string();
                     break;
                 }
             }
         }
-        (client.to_vec(), failed, ended)
+        if outcome.is_empty() {
+            outcome = format!("{:?}", codec.end_of_stream());
+        }
+        (client.to_vec(), commands, outcome)
     };
     // Raw messages are as large as one read (here: all the input at once).
     let limit = if framing == Framing::Raw { stream.len() } else { MAX };
     let whole = run(stream.len());
     check_server_frames(&whole.0, limit);
-    // Raw framing turns every read into a message, so only the others are split-invariant.
-    if framing != Framing::Raw {
-        let split = run(usize::from(*chunk % 7) + 1);
-        assert_eq!(whole, split);
-    } else {
-        let split = run(usize::from(*chunk % 7) + 1);
+    let split = run(usize::from(*chunk % 7) + 1);
+    if framing == Framing::Raw {
+        // Raw framing turns every read into a message: only the bytes carried are the same.
         check_server_frames(&split.0, limit);
+        assert_eq!(whole.2, split.2);
+        if whole.2 == "Ok(())" {
+            assert_eq!(payload_bytes(&whole.0), payload_bytes(&split.0));
+        }
+    } else {
+        assert_eq!(whole, split);
     }
+}
+
+/// The payload bytes of a sequence of valid server frames, concatenated.
+fn payload_bytes(bytes: &[u8]) -> Vec<u8> {
+    let mut decoder = Decoder::client(MessageLimits { max_message: usize::MAX >> 1, max_frame: usize::MAX >> 1 });
+    let mut buf = bytes.to_vec();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < buf.len() {
+        let (event, used) = decoder.decode(&mut buf[pos..]).expect("valid frames");
+        if let Some(Event::Message(_, payload)) = event {
+            out.extend_from_slice(payload);
+        }
+        if used == 0 {
+            break;
+        }
+        pos += used;
+    }
+    out
 }
 
 /// Parses `bytes` as server frames and checks each message.

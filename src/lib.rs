@@ -2,8 +2,10 @@
 //!
 //! Data flows through the modules in this order:
 //!
-//! - [`server`]: the reactor (mio `Poll`, listeners, `Slab<Connection>`, timers, signals);
-//! - [`connection`]: one connection's state machine, buffers and readiness;
+//! - [`server`]: the reactor (mio `Poll`, listeners, `Slab<Connection>`, timers, signals),
+//!   applying what connections ask for; [`pubsub`]: its topics;
+//! - [`connection`]: one connection's phases, buffers and readiness; one close path;
+//! - [`apps`]: what serves an open WebSocket (echo, chat, pubsub, backend) behind one trait;
 //! - [`transport`]: plain TCP or TLS (rustls, driven by hand) behind one interface;
 //!   [`tls`]: certificates, SNI and the rustls configuration;
 //! - [`http`]: request heads and responses; [`ws`]: the RFC 6455 protocol core (frames,
@@ -11,15 +13,19 @@
 //!   benchmarked;
 //! - [`route`]: request path → app or backend, with the route's policy and limits;
 //! - [`backend`]: UNIX-socket backends: framings (raw, lines, framed, direct), links, hand-off;
-//! - [`buffer`]: pooled read buffers and the vectored output queue;
+//! - [`buffer`]: pooled read buffers and the vectored output queue; [`encode`]: frames onto
+//!   it, encoded once and shared for fan-out;
 //! - [`config`]: TOML → validated [`config::Config`], the embedded default.
 
+pub mod apps;
 pub mod backend;
 pub mod buffer;
 pub mod config;
 pub mod connection;
+pub mod encode;
 pub mod http;
 pub mod privileges;
+pub mod pubsub;
 pub mod route;
 pub mod server;
 pub mod tls;

@@ -1,6 +1,6 @@
 //! Request path → what serves it, with the route's handshake policy and limits.
 
-use crate::config::{App, Limits, Route};
+use crate::config::{AppKind, Limits, Route};
 use crate::ws::handshake::Policy;
 use crate::ws::message::MessageLimits;
 
@@ -18,10 +18,22 @@ impl Routes {
         Routes { routes }
     }
 
-    /// The route for a request path: an exact match, else the longest `socket_dir` route
-    /// whose path is a prefix ending at a segment boundary (`/apps` serves `/apps/chat`).
+    /// The route for a request path: an exact match, else the longest `/prefix/*` route the
+    /// path extends by at least one byte (`/chat/*` serves `/chat/a`, not `/chat/`), else the
+    /// longest `socket_dir` route whose path is a prefix ending at a segment boundary
+    /// (`/apps` serves `/apps/chat`).
     pub fn find(&self, path: &str) -> Option<RouteId> {
         if let Some(i) = self.routes.iter().position(|r| r.path == path) {
+            return Some(i);
+        }
+        let wildcard = self
+            .routes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.path.strip_suffix('*').map(|prefix| (i, prefix)))
+            .filter(|(_, prefix)| path.len() > prefix.len() && path.starts_with(prefix))
+            .max_by_key(|(_, prefix)| prefix.len());
+        if let Some((i, _)) = wildcard {
             return Some(i);
         }
         self.routes
@@ -66,7 +78,28 @@ impl Route {
         &self.limits
     }
 
-    pub fn app(&self) -> App {
+    pub fn app(&self) -> AppKind {
         self.app
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_routes_take_one_more_segment_at_least() {
+        let l = Limits::default();
+        let routes = Routes::new(vec![
+            Route::new("/chat", AppKind::Chat, l),
+            Route::new("/chat/*", AppKind::Chat, l),
+            Route::new("/chat/vip/*", AppKind::Echo, l),
+        ]);
+        assert_eq!(routes.find("/chat"), Some(0));
+        assert_eq!(routes.find("/chat/a"), Some(1));
+        assert_eq!(routes.find("/chat/a/b"), Some(1));
+        assert_eq!(routes.find("/chat/"), None);
+        assert_eq!(routes.find("/chat/vip/x"), Some(2));
+        assert_eq!(routes.find("/chatroom"), None);
     }
 }

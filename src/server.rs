@@ -9,22 +9,25 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use socket2::{Domain, Socket, Type};
 
+use crate::apps::Action;
 use crate::buffer::Pools;
 use crate::config::{Config, Limits};
-use crate::connection::{Connection, Ctx};
-use crate::http::response::Response;
+use crate::connection::{refuse_unadmitted, Connection, Ctx, Delivered, Progress, Ready};
+use crate::encode::SharedFrame;
+use crate::pubsub::Topics;
 use crate::route::Routes;
 use crate::tls::{build_server_config, TlsSettings};
 use crate::transport::Transport;
@@ -34,10 +37,12 @@ const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
 const LISTENER_BASE: usize = usize::MAX - 2;
 const MAX_LISTENERS: usize = 1024;
 /// Connection tokens: slab key in the low 32 bits, generation in bits 32–61, bit 62 set for
-/// the connection's backend socket, bit 63 clear (listener and signal tokens have it set).
+/// the socket the connection's app owns (a backend link), bit 63 clear (listener and signal
+/// tokens have it set). A connection's id is its token without bit 62, as a `u64`.
 const KEY_BITS: u32 = 32;
+const KEY_MASK: usize = (1 << KEY_BITS) - 1;
 const GEN_MASK: usize = 0x3FFF_FFFF;
-const BACKEND_BIT: usize = 1 << 62;
+const APP_SOCKET_BIT: usize = 1 << 62;
 /// Connections accepted per listener per turn, so a flood of connects cannot starve clients.
 const ACCEPT_BATCH: usize = 256;
 /// After EMFILE / ENFILE: how long to stop accepting before trying again.
@@ -53,17 +58,32 @@ struct Listener {
     pending: bool,
 }
 
+/// A connection and the loop's bookkeeping for it.
+struct Entry {
+    conn: Connection,
+    token: Token,
+    /// When the loop's timer entry for this connection fires.
+    timer_at: Option<Instant>,
+    /// Others queued output for it this turn; it is flushed once, after the events.
+    dirty: bool,
+}
+
 /// A bound, not yet running server.
 pub struct Server {
     poll: Poll,
     listeners: Vec<Listener>,
-    conns: Slab<Connection>,
+    conns: Slab<Entry>,
     generation: usize,
     /// Min-heap of (when, slab key, token); stale entries are skipped (see `fire_timers`).
     timers: BinaryHeap<Reverse<(Instant, usize, usize)>>,
     /// Connections whose read budget ran out: served again next turn.
     busy: Vec<usize>,
+    /// Connections that others queued output for this turn.
+    dirty: Vec<usize>,
     closed: Vec<usize>,
+    /// What the connection being driven asked for (kept for its capacity).
+    actions: Vec<Action>,
+    topics: Topics,
     routes: Routes,
     limits: Limits,
     max_connections: usize,
@@ -73,6 +93,8 @@ pub struct Server {
     accept_paused_until: Option<Instant>,
     /// Set on SIGTERM / SIGINT: the time by which the server exits regardless.
     drain_deadline: Option<Instant>,
+    /// A second stop signal: exit at the end of this turn.
+    exit_now: bool,
     refused_at_capacity: u64,
     /// Set while accept() fails for lack of descriptors; logged once per episode.
     fd_exhausted: bool,
@@ -90,8 +112,8 @@ impl Server {
             // Certificates first: a bad file is a configuration error, not a half-started server.
             let tls = match &listener.tls {
                 Some(settings) => {
-                    let built =
-                        build_server_config(settings).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.0))?;
+                    let built = build_server_config(settings)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
                     Some((settings.clone(), built))
                 }
                 None => None,
@@ -112,7 +134,10 @@ impl Server {
             generation: 0,
             timers: BinaryHeap::new(),
             busy: Vec::new(),
+            dirty: Vec::new(),
             closed: Vec::new(),
+            actions: Vec::new(),
+            topics: Topics::new(),
             routes: Routes::new(config.routes.clone()),
             limits: config.limits,
             max_connections: config.max_connections,
@@ -121,6 +146,7 @@ impl Server {
             signals,
             accept_paused_until: None,
             drain_deadline: None,
+            exit_now: false,
             refused_at_capacity: 0,
             fd_exhausted: false,
         })
@@ -136,6 +162,10 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         loop {
             let now = Instant::now();
+            if self.exit_now {
+                log::warn!("second stop signal: exiting now");
+                return Ok(());
+            }
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() {
                     log::info!("drained: all connections closed");
@@ -171,6 +201,7 @@ impl Server {
             }
             self.serve_busy(now);
             self.fire_timers(now);
+            self.flush_dirty(now);
             self.remove_closed(now);
             self.accept(now);
         }
@@ -191,75 +222,143 @@ impl Server {
         next.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1))
     }
 
-    fn ctx(&mut self, now: Instant) -> (Ctx<'_>, &mut Slab<Connection>) {
-        let ctx = Ctx {
+    /// Runs connection `key` with a context (`f` gets the connection and the context), then
+    /// does what the run left for the loop: its actions, its timer, closing.
+    fn run_conn(&mut self, key: usize, now: Instant, f: impl FnOnce(&mut Connection, &mut Ctx<'_>) -> Progress) {
+        let mut actions = std::mem::take(&mut self.actions);
+        let Some(entry) = self.conns.get_mut(key) else { return };
+        if entry.conn.is_closed() {
+            self.actions = actions;
+            return;
+        }
+        let mut ctx = Ctx {
             now,
             routes: &self.routes,
             limits: &self.limits,
             pools: &mut self.pools,
             backend_failures: &mut self.backend_failures,
+            topics: &mut self.topics,
+            actions: &mut actions,
         };
-        (ctx, &mut self.conns)
+        let progress = f(&mut entry.conn, &mut ctx);
+        for action in actions.drain(..) {
+            self.apply(key, action, now);
+        }
+        self.actions = actions;
+        self.after_drive(key, progress);
     }
 
     fn on_ready(&mut self, token: Token, readable: bool, writable: bool, now: Instant) {
-        let key = token.0 & ((1 << KEY_BITS) - 1);
-        let backend_side = token.0 & BACKEND_BIT != 0;
-        let (mut ctx, conns) = self.ctx(now);
-        let Some(conn) = conns.get_mut(key) else { return };
-        if conn.token.0 != token.0 & !BACKEND_BIT || conn.is_closed() {
-            return; // stale: the slot's connection is gone or going
+        let key = token.0 & KEY_MASK;
+        let app_socket = token.0 & APP_SOCKET_BIT != 0;
+        let Some(entry) = self.conns.get(key) else { return };
+        if entry.token.0 != token.0 & !APP_SOCKET_BIT {
+            return; // stale: the slot's connection is gone
         }
-        if backend_side {
-            conn.set_backend_ready(readable, writable);
+        let ready = if app_socket {
+            Ready { app_readable: readable, app_writable: writable, ..Ready::default() }
         } else {
-            conn.set_ready(readable, writable);
+            Ready { readable, writable, ..Ready::default() }
+        };
+        self.run_conn(key, now, |conn, ctx| conn.drive(ctx, ready));
+    }
+
+    /// Does what a connection's app asked for.
+    fn apply(&mut self, key: usize, action: Action, now: Instant) {
+        let Some(token) = self.conns.get(key).map(|e| e.token) else { return };
+        let app_token = Token(token.0 | APP_SOCKET_BIT);
+        match action {
+            Action::Register { fd, interest } => {
+                if let Err(e) = self.poll.registry().register(&mut SourceFd(&fd), app_token, interest) {
+                    log::warn!("cannot register a backend socket: {e}");
+                }
+            }
+            Action::Reregister { fd, interest } => {
+                if let Err(e) = self.poll.registry().reregister(&mut SourceFd(&fd), app_token, interest) {
+                    log::warn!("cannot watch a backend socket: {e}");
+                }
+            }
+            Action::Publish { topic, frame, exclude } => self.publish(&topic, &frame, exclude, now),
+            Action::SendTo { id, frame } => {
+                let key = (id as usize) & KEY_MASK;
+                if self.conns.get(key).is_some_and(|e| e.conn.id() == id) {
+                    self.deliver(key, &frame, now);
+                }
+            }
         }
-        let more = conn.drive(&mut ctx);
-        self.after_drive(key, more);
+    }
+
+    /// Queues `frame` on every subscriber of `topic` but `exclude`: encoded once, queued by
+    /// reference, written once per subscriber at the end of the turn.
+    fn publish(&mut self, topic: &str, frame: &SharedFrame, exclude: Option<usize>, now: Instant) {
+        let Some(id) = self.topics.find(topic) else { return };
+        let mut dropped = 0;
+        for key in self.topics.members(id) {
+            if Some(key) == exclude {
+                continue;
+            }
+            let Some(entry) = self.conns.get_mut(key) else { continue };
+            match entry.conn.deliver(now, &mut self.pools, frame) {
+                Delivered::Queued | Delivered::Closing => {
+                    if !entry.dirty {
+                        entry.dirty = true;
+                        self.dirty.push(key);
+                    }
+                }
+                Delivered::Dropped => dropped += 1,
+                Delivered::NotOpen => {}
+            }
+        }
+        if dropped > 0 {
+            self.topics.note_dropped(id, dropped);
+        }
+    }
+
+    fn deliver(&mut self, key: usize, frame: &SharedFrame, now: Instant) {
+        let Some(entry) = self.conns.get_mut(key) else { return };
+        if matches!(entry.conn.deliver(now, &mut self.pools, frame), Delivered::Queued | Delivered::Closing)
+            && !entry.dirty
+        {
+            entry.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Writes what others queued this turn: one write per receiver for everything queued.
+    fn flush_dirty(&mut self, now: Instant) {
+        while !self.dirty.is_empty() {
+            for key in std::mem::take(&mut self.dirty) {
+                let Some(entry) = self.conns.get_mut(key) else { continue };
+                entry.dirty = false;
+                self.run_conn(key, now, |conn, ctx| conn.drive(ctx, Ready::default()));
+            }
+        }
     }
 
     /// What the loop does after a connection ran: queue for closing, for another turn, or
     /// (re)arm its timer.
-    fn after_drive(&mut self, key: usize, more: bool) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
-        let token = conn.token;
-        if let Some(sock) = conn.backend_to_register() {
-            if let Err(e) = self.poll.registry().register(sock, Token(token.0 | BACKEND_BIT), Interest::READABLE) {
-                log::warn!("cannot register a backend socket: {e}");
-            }
-        }
-        if let Some((sock, interest)) = conn.backend_interest_change() {
-            if let Err(e) = self.poll.registry().reregister(sock, Token(token.0 | BACKEND_BIT), interest) {
-                log::warn!("cannot watch a backend socket: {e}");
-            }
-        }
-        if conn.is_closed() {
+    fn after_drive(&mut self, key: usize, progress: Progress) {
+        let Some(entry) = self.conns.get_mut(key) else { return };
+        if progress == Progress::Closed || entry.conn.is_closed() {
             self.closed.push(key);
             return;
         }
-        if more && !self.busy.contains(&key) {
+        if progress == Progress::Busy && !self.busy.contains(&key) {
             self.busy.push(key);
         }
         // One timer entry per connection, at or before its deadline; a deadline that moved
         // later is found when the entry fires and re-armed then.
-        if let Some(deadline) = conn.deadline() {
-            if conn.timer_at.is_none_or(|t| deadline < t) {
-                conn.timer_at = Some(deadline);
-                self.timers.push(Reverse((deadline, key, conn.token.0)));
+        if let Some(deadline) = entry.conn.deadline() {
+            if entry.timer_at.is_none_or(|t| deadline < t) {
+                entry.timer_at = Some(deadline);
+                self.timers.push(Reverse((deadline, key, entry.token.0)));
             }
         }
     }
 
     fn serve_busy(&mut self, now: Instant) {
         for key in std::mem::take(&mut self.busy) {
-            let (mut ctx, conns) = self.ctx(now);
-            let Some(conn) = conns.get_mut(key) else { continue };
-            if conn.is_closed() {
-                continue;
-            }
-            let more = conn.drive(&mut ctx);
-            self.after_drive(key, more);
+            self.run_conn(key, now, |conn, ctx| conn.drive(ctx, Ready::default()));
         }
     }
 
@@ -269,31 +368,32 @@ impl Server {
                 break;
             }
             self.timers.pop();
-            let (mut ctx, conns) = self.ctx(now);
-            let Some(conn) = conns.get_mut(key) else { continue };
-            if conn.token.0 != token || conn.timer_at != Some(when) || conn.is_closed() {
+            let Some(entry) = self.conns.get_mut(key) else { continue };
+            if entry.token.0 != token || entry.timer_at != Some(when) || entry.conn.is_closed() {
                 continue; // stale entry
             }
-            conn.timer_at = None;
-            conn.on_timer(&mut ctx);
+            entry.timer_at = None;
             // Whatever the timer queued (a ping, a close frame, a 408) goes out now.
-            let more = conn.drive(&mut ctx);
-            self.after_drive(key, more);
+            self.run_conn(key, now, |conn, ctx| {
+                conn.on_timer(ctx);
+                conn.drive(ctx, Ready::default())
+            });
         }
     }
 
     fn remove_closed(&mut self, now: Instant) {
         for key in std::mem::take(&mut self.closed) {
-            if !self.conns.get(key).is_some_and(Connection::is_closed) {
+            if !self.conns.get(key).is_some_and(|e| e.conn.is_closed()) {
                 continue;
             }
-            let mut conn = self.conns.remove(key);
-            let _ = self.poll.registry().deregister(conn.socket_mut());
-            if let Some(sock) = conn.backend_socket_mut() {
-                let _ = self.poll.registry().deregister(sock);
-            }
-            conn.release(&mut self.pools);
-            log::info!(target: "wsgate::access", "{}", conn.access_line(now));
+            let mut entry = self.conns.remove(key);
+            // The client socket may now be shared with a backend (direct hand-off): epoll
+            // keys on the open file, so it must be deregistered, not just closed. The app's
+            // own socket is closed when the app is dropped, which removes it.
+            let _ = self.poll.registry().deregister(entry.conn.socket_mut());
+            self.topics.remove_connection(key);
+            entry.conn.release(&mut self.pools);
+            log::info!(target: "wsgate::access", "{}", entry.conn.access_line(now));
         }
     }
 
@@ -366,10 +466,7 @@ impl Server {
                     self.refused_at_capacity
                 );
             }
-            let mut bytes = Vec::with_capacity(160);
-            Response::error(503, "server at capacity, try again later").write(&mut bytes);
-            // Best effort: a fresh socket's send buffer takes this at once or not at all.
-            let _ = stream.write(&bytes);
+            refuse_unadmitted(&mut stream, 503, "server at capacity, try again later");
             return;
         }
         if let Err(e) = stream.set_nodelay(true) {
@@ -393,9 +490,10 @@ impl Server {
                 }
             },
         };
-        entry.insert(Connection::new(token, transport, peer, now, self.limits));
+        let conn = Connection::new(token.0 as u64, key, transport, peer, now, self.limits);
+        entry.insert(Entry { conn, token, timer_at: None, dirty: false });
         log::debug!("{peer} accepted as {key}");
-        self.after_drive(key, false);
+        self.after_drive(key, Progress::Idle);
     }
 
     fn on_signals(&mut self, now: Instant) {
@@ -403,10 +501,7 @@ impl Server {
         for signal in received {
             match signal {
                 SIGHUP => self.reload_certificates(),
-                _ if self.drain_deadline.is_some() => {
-                    log::warn!("second stop signal: exiting now");
-                    std::process::exit(0);
-                }
+                _ if self.drain_deadline.is_some() => self.exit_now = true,
                 _ => self.start_drain(now),
             }
         }
@@ -440,13 +535,11 @@ impl Server {
         self.listeners.clear();
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
-            let (mut ctx, conns) = self.ctx(now);
-            if let Some(conn) = conns.get_mut(key) {
-                conn.start_drain(&mut ctx);
-                // The close frame goes out now if the socket takes it.
-                let more = conn.drive(&mut ctx);
-                self.after_drive(key, more);
-            }
+            // The close frame goes out now if the socket takes it.
+            self.run_conn(key, now, |conn, ctx| {
+                conn.start_drain(ctx);
+                conn.drive(ctx, Ready::default())
+            });
         }
         self.remove_closed(now);
     }

@@ -147,7 +147,7 @@ fn framed_hello_carries_the_request() {
     ws.send(Message::text("hello?")).unwrap();
     let Message::Text(hello) = read_data(&mut ws) else { panic!("expected text") };
     let hello = hello.as_str();
-    assert!(hello.starts_with("wsgate-hello 1\n"), "{hello}");
+    assert!(hello.starts_with("wsgate-hello 2\nid: "), "{hello}");
     assert!(hello.contains("\npeer: 127.0.0.1:"), "{hello}");
     assert!(hello.contains("\npath: /app\n") && hello.contains("\nquery: room=7\n"), "{hello}");
     // Header names as the client sent them (the http crate lowercases them).
@@ -445,7 +445,7 @@ fn direct_mode_hands_the_socket_to_the_backend() {
     let mut raw = Raw::connect(server.addr, "/app");
     let frame = raw.recv().expect("a frame from the backend");
     assert_eq!((frame.opcode, frame.payload.as_slice()), (1, &b"from the backend, directly"[..]));
-    let line = wait_for_file_line(&backend.log, "DIRECT 1 wsgate-hello 1");
+    let line = wait_for_file_line(&backend.log, "DIRECT 1 wsgate-hello 2");
     assert!(line.contains("|path: /app|"), "{line}");
     server.wait_log("handed off to the backend");
 }

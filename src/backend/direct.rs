@@ -5,10 +5,14 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
-/// Sends `fd` and `data` over the UNIX stream `sock`. The descriptor rides with the first byte;
-/// a short send is completed with further writes (the backend reads a byte stream).
-pub fn send_fd(sock: &impl AsRawFd, fd: RawFd, data: &[u8]) -> io::Result<()> {
-    assert!(!data.is_empty(), "SCM_RIGHTS needs at least one byte of data");
+/// Sends `fd` with the first bytes of `data` over the UNIX stream `sock`, in one `sendmsg`.
+/// Returns how many bytes of `data` went (at least one on success); the caller queues the
+/// rest as ordinary stream bytes (the backend reads a byte stream), so nothing here waits.
+pub fn send_fd(sock: &impl AsRawFd, fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    if data.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "SCM_RIGHTS needs at least one byte of data"));
+    }
+    // SAFETY: CMSG_SPACE is a pure size computation.
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
     let mut control = vec![0u8; space];
     let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
@@ -35,26 +39,7 @@ pub fn send_fd(sock: &impl AsRawFd, fd: RawFd, data: &[u8]) -> io::Result<()> {
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut rest = &data[sent as usize..];
-    // The rest of a HELLO bigger than the socket buffer: rare, small, finish it.
-    let mut spins = 0;
-    while !rest.is_empty() {
-        // SAFETY: writing from a live slice to a descriptor we own.
-        let n = unsafe {
-            libc::send(sock.as_raw_fd(), rest.as_ptr() as *const libc::c_void, rest.len(), libc::MSG_NOSIGNAL)
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock && spins < 1000 {
-                spins += 1;
-                std::thread::yield_now();
-                continue;
-            }
-            return Err(e);
-        }
-        rest = &rest[n as usize..];
-    }
-    Ok(())
+    Ok(sent as usize)
 }
 
 #[cfg(test)]
@@ -95,7 +80,7 @@ mod tests {
     fn descriptor_and_data_arrive_together() {
         let (gateway, backend) = UnixStream::pair().unwrap();
         let (mut client_side, passed) = UnixStream::pair().unwrap();
-        send_fd(&gateway, passed.as_raw_fd(), b"hello").unwrap();
+        assert_eq!(send_fd(&gateway, passed.as_raw_fd(), b"hello").unwrap(), 5);
         drop(passed);
         let (fd, data) = recv_fd(&backend);
         assert_eq!(data, b"hello");

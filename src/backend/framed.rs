@@ -9,9 +9,10 @@
 //! +--------+--------+--------+--------+--------+--------+==========+
 //! ```
 //!
-//! Types: 1 HELLO (gateway → backend, first record only), 2 TEXT, 3 BINARY, 4 CLOSE.
-//! Flags: bit 0 FIN (the last record of a message; always set on HELLO and CLOSE). Other bits
-//! are reserved and must be 0.
+//! Types: 1 HELLO (gateway → backend, first record only), 2 TEXT, 3 BINARY, 4 CLOSE, and
+//! from the backend only, pub/sub on behalf of its client: 5 SUBSCRIBE, 6 UNSUBSCRIBE,
+//! 7 PUBLISH, 8 SEND. Flags: bit 0 FIN (the last record of a message; always set on every
+//! record but TEXT and BINARY). Other bits are reserved and must be 0.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -24,7 +25,19 @@ pub enum RecordType {
     Text = 2,
     Binary = 3,
     Close = 4,
+    /// Subscribe the backend's client to a topic (payload: the topic, UTF-8).
+    Subscribe = 5,
+    Unsubscribe = 6,
+    /// Publish to a topic: flags (u8), topic length (u8), topic, message.
+    Publish = 7,
+    /// Send to one connection: its id (u64, big-endian), flags (u8), message.
+    Send = 8,
 }
+
+/// PUBLISH / SEND flags: the message is binary (else text, UTF-8 checked).
+pub const PUBLISH_BINARY: u8 = 0x01;
+/// PUBLISH flags: do not deliver to the backend's own client.
+pub const PUBLISH_EXCLUDE: u8 = 0x02;
 
 pub const FLAG_FIN: u8 = 0x01;
 
@@ -45,6 +58,8 @@ pub enum RecordError {
     UnexpectedHello,
     /// CLOSE must have FIN set and hold nothing or a code (2 bytes) and a UTF-8 reason.
     BadClose,
+    /// Pub/sub records are never fragmented.
+    NotFin,
 }
 
 impl fmt::Display for RecordError {
@@ -55,6 +70,7 @@ impl fmt::Display for RecordError {
             RecordError::TooLong(n) => write!(f, "record of {n} bytes is over the message size limit"),
             RecordError::UnexpectedHello => f.write_str("HELLO record from the backend"),
             RecordError::BadClose => f.write_str("malformed CLOSE record"),
+            RecordError::NotFin => f.write_str("pub/sub record without FIN"),
         }
     }
 }
@@ -69,6 +85,10 @@ pub fn parse_header(buf: &[u8], max_len: usize) -> Result<Option<RecordHeader>, 
         2 => RecordType::Text,
         3 => RecordType::Binary,
         4 => RecordType::Close,
+        5 => RecordType::Subscribe,
+        6 => RecordType::Unsubscribe,
+        7 => RecordType::Publish,
+        8 => RecordType::Send,
         other => return Err(RecordError::UnknownType(other)),
     };
     if flags & !FLAG_FIN != 0 {
@@ -78,8 +98,11 @@ pub fn parse_header(buf: &[u8], max_len: usize) -> Result<Option<RecordHeader>, 
     let limit = if kind == RecordType::Close { 125 } else { max_len };
     let len = usize::try_from(len).ok().filter(|&n| n <= limit).ok_or(RecordError::TooLong(u64::from(len)))?;
     let fin = flags & FLAG_FIN != 0;
-    if kind == RecordType::Close && !fin {
-        return Err(RecordError::BadClose);
+    match kind {
+        RecordType::Text | RecordType::Binary => {}
+        RecordType::Close if !fin => return Err(RecordError::BadClose),
+        _ if !fin => return Err(RecordError::NotFin),
+        _ => {}
     }
     Ok(Some(RecordHeader { kind, fin, len }))
 }
@@ -98,7 +121,7 @@ pub fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, RecordError> {
         [_] => Err(RecordError::BadClose),
         [hi, lo, reason @ ..] => {
             let code = u16::from_be_bytes([*hi, *lo]);
-            let reason = std::str::from_utf8(reason).map_err(|_| RecordError::BadClose)?;
+            let reason = crate::ws::utf8::validate(reason).map_err(|_| RecordError::BadClose)?;
             Ok(Some((code, reason)))
         }
     }
@@ -106,6 +129,8 @@ pub fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, RecordError> {
 
 /// What the HELLO record tells the backend about its client.
 pub struct Hello<'a> {
+    /// The connection's id (what SEND records and the access log name it by).
+    pub id: u64,
     pub peer: SocketAddr,
     pub path: &'a str,
     pub query: Option<&'a str>,
@@ -113,13 +138,15 @@ pub struct Hello<'a> {
     pub headers: &'a [httparse::Header<'a>],
 }
 
-/// The HELLO payload: `name: value` lines, LF-terminated, starting with `wsgate-hello 1`.
+/// The HELLO payload: `name: value` lines, LF-terminated, starting with `wsgate-hello 2`
+/// (version 2 added the `id` line and the pub/sub records).
 /// Header values are passed as received (httparse refused CR and LF), except that bytes that
 /// are not UTF-8 (HTTP allows opaque obs-text) become U+FFFD: the payload is promised to be
 /// UTF-8, and a client must not be able to break a backend that decodes it.
 pub fn hello_payload(hello: &Hello<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"wsgate-hello 1\n");
+    out.extend_from_slice(b"wsgate-hello 2\n");
+    push_line(&mut out, "id", hello.id.to_string().as_bytes());
     push_line(&mut out, "peer", hello.peer.to_string().as_bytes());
     push_line(&mut out, "path", hello.path.as_bytes());
     if let Some(q) = hello.query {
@@ -172,6 +199,7 @@ mod tests {
         assert_eq!(parse_header(&[3, 0, 0xFF, 0xFF, 0xFF, 0xFF], 100), Err(RecordError::TooLong(u32::MAX as u64)));
         assert_eq!(parse_header(&[1, 1, 0, 0, 0, 0], 100), Err(RecordError::UnexpectedHello));
         assert_eq!(parse_header(&[9, 1, 0, 0, 0, 0], 100), Err(RecordError::UnknownType(9)));
+        assert_eq!(parse_header(&[7, 0, 0, 0, 0, 0], 100), Err(RecordError::NotFin));
         assert_eq!(parse_header(&[2, 3, 0, 0, 0, 0], 100), Err(RecordError::ReservedFlags(3)));
         assert_eq!(parse_header(&[4, 0, 0, 0, 0, 0], 100), Err(RecordError::BadClose));
         assert_eq!(parse_header(&[4, 1, 0, 0, 0, 126], 1000), Err(RecordError::TooLong(126)));
@@ -190,6 +218,7 @@ mod tests {
     fn hello_lists_everything() {
         let headers = [httparse::Header { name: "Host", value: b"example.com" }];
         let hello = Hello {
+            id: 42,
             peer: "127.0.0.1:4000".parse().unwrap(),
             path: "/app",
             query: Some("a=1"),
@@ -201,7 +230,7 @@ mod tests {
         let text = std::str::from_utf8(&record[6..]).unwrap();
         assert_eq!(
             text,
-            "wsgate-hello 1\npeer: 127.0.0.1:4000\npath: /app\nquery: a=1\nsubprotocol: chat\nheader: Host: example.com\n"
+            "wsgate-hello 2\nid: 42\npeer: 127.0.0.1:4000\npath: /app\nquery: a=1\nsubprotocol: chat\nheader: Host: example.com\n"
         );
         assert_eq!(u32::from_be_bytes(record[2..6].try_into().unwrap()) as usize, text.len());
     }

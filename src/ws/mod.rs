@@ -7,6 +7,8 @@
 //! - [`message`]: fragments and control frames in, whole messages out.
 //! - [`close`]: close codes and close payloads.
 //! - [`handshake`]: the opening handshake (§4) on top of [`crate::http`].
+//! - [`session`]: the sans-I/O session above them: pings, idle and close deadlines, the close
+//!   handshake; time passed in, for the server and a client alike.
 
 pub mod close;
 mod error;
@@ -14,6 +16,7 @@ pub mod frame;
 pub mod handshake;
 pub mod mask;
 pub mod message;
+pub mod session;
 pub mod utf8;
 
 pub use error::ProtocolError;

@@ -53,6 +53,11 @@ impl Utf8Validator {
         }
     }
 
+    /// The unfinished sequence carried from the pieces fed so far (at most 3 bytes).
+    pub fn pending(&self) -> &[u8] {
+        &self.partial[..usize::from(self.partial_len)]
+    }
+
     /// Ends the text: valid only if no sequence is left unfinished.
     #[inline]
     pub fn finish(&mut self) -> Result<(), InvalidUtf8> {

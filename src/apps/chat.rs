@@ -1,0 +1,32 @@
+//! `app = "chat"`: the URL path names the room (`/chat`, `/chat/a` and `/chat/b` are three
+//! rooms); every text or binary message goes to every member of the room, the sender too
+//! unless the route sets `exclude_sender`. A message is encoded once for the whole room.
+
+use std::rc::Rc;
+
+use super::{App, AppCtx, Payload};
+use crate::encode::shared_frame;
+use crate::ws::message::MessageKind;
+
+pub struct Chat {
+    room: Rc<str>,
+    exclude_sender: bool,
+}
+
+impl Chat {
+    pub fn new(room: &str, exclude_sender: bool) -> Chat {
+        Chat { room: room.into(), exclude_sender }
+    }
+}
+
+impl App for Chat {
+    fn on_open(&mut self, cx: &mut AppCtx<'_>) {
+        // One room per connection: the limit is never reached.
+        let _ = cx.subscribe(&self.room, usize::MAX);
+    }
+
+    fn on_message(&mut self, cx: &mut AppCtx<'_>, kind: MessageKind, payload: Payload<'_>) {
+        let frame = shared_frame(kind.opcode(), payload.as_slice());
+        cx.publish(self.room.clone(), frame, self.exclude_sender);
+    }
+}

@@ -1,0 +1,209 @@
+//! What serves a WebSocket once it is open: an [`App`] per connection, behind one interface.
+//!
+//! The connection owns the socket, the RFC 6455 session and the output queue; the app sees
+//! messages and the client's close, and answers through an [`AppCtx`]: it can send to its
+//! client, subscribe it to topics, and record [`Action`]s for the loop (publish, send to
+//! another connection, watch a socket of its own). An app never touches another connection,
+//! the poller or the slab. New apps are new files here.
+//!
+//! - [`echo`]: every message back to its sender;
+//! - [`chat`]: rooms named by the URL path, every message to every member;
+//! - [`pubsub`]: a JSON protocol for topics (subscribe, unsubscribe, publish);
+//! - [`backend`]: every message to a backend on a UNIX socket and back;
+//! - [`demo`]: the plain-HTTP demo page (no WebSocket).
+
+pub mod backend;
+pub mod chat;
+pub mod demo;
+pub mod echo;
+pub mod pubsub;
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::backend::splice::Pipe;
+use crate::buffer::{OutQueue, Pools};
+use crate::encode::SharedFrame;
+use crate::pubsub::{SubscribeError, Topics};
+use crate::ws::message::MessageKind;
+
+/// What the loop must do for a connection, recorded during its turn and applied after it.
+#[derive(Debug)]
+pub enum Action {
+    /// Watch a socket the connection's app owns (a backend link) under its foreign token.
+    Register { fd: RawFd, interest: mio::Interest },
+    /// Change what that socket is watched for.
+    Reregister { fd: RawFd, interest: mio::Interest },
+    /// Deliver `frame` to every subscriber of `topic`, except connection key `exclude`.
+    Publish { topic: Rc<str>, frame: SharedFrame, exclude: Option<usize> },
+    /// Deliver `frame` to the connection with this id, if it is open.
+    SendTo { id: u64, frame: SharedFrame },
+}
+
+/// A received message's payload: borrowed from the read buffer, or already owned (a message
+/// assembled across frames or reads, handed over without a copy).
+pub enum Payload<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
+impl Payload<'_> {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Borrowed(b) => b,
+            Payload::Owned(v) => v,
+        }
+    }
+}
+
+/// Why the app asks its connection to close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppClose {
+    /// Begin the close handshake with this code and reason.
+    Close(u16, Cow<'static, str>),
+    /// The app's backend failed: close 1011, and say why in the log.
+    Failed(String),
+}
+
+/// Whether the client's close frame waits for the app (see [`App::on_close`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    No,
+    /// The app has told its backend; the client's close frame waits until the app closes
+    /// (or `close_timeout` passes).
+    UntilAppCloses,
+}
+
+/// What an app's I/O on its own socket did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppIo {
+    /// Nothing to do until new readiness.
+    Idle,
+    /// Read this many bytes; call again (the connection keeps a budget).
+    Read(usize),
+}
+
+/// Counters the access line reports.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Traffic {
+    pub msgs_in: u64,
+    pub bytes_in: u64,
+    pub msgs_out: u64,
+    pub bytes_out: u64,
+    /// Messages from others not delivered because this client was too slow (drop policy).
+    pub dropped: u64,
+}
+
+/// What an app may use during one call.
+pub struct AppCtx<'a> {
+    pub now: Instant,
+    /// This connection's id and slab key.
+    pub id: u64,
+    pub key: usize,
+    pub peer: SocketAddr,
+    pub out: &'a mut OutQueue,
+    pub pools: &'a mut Pools,
+    pub traffic: &'a mut Traffic,
+    /// The client is not read while this many bytes wait for it.
+    pub backpressure_high: usize,
+    pub(crate) topics: &'a mut Topics,
+    pub(crate) actions: &'a mut Vec<Action>,
+    pub(crate) close: &'a mut Option<AppClose>,
+}
+
+impl AppCtx<'_> {
+    /// Sends one message to this client.
+    pub fn send(&mut self, kind: MessageKind, payload: &[u8]) {
+        self.out.push_frame(self.pools, kind.opcode(), payload);
+        self.count_out(payload.len());
+    }
+
+    /// Sends one message whose payload the app owns (no copy for large ones).
+    pub fn send_owned(&mut self, kind: MessageKind, payload: Vec<u8>) {
+        let len = payload.len();
+        self.out.push_frame_owned(self.pools, kind.opcode(), payload);
+        self.count_out(len);
+    }
+
+    pub fn count_out(&mut self, bytes: usize) {
+        self.traffic.msgs_out += 1;
+        self.traffic.bytes_out += bytes as u64;
+    }
+
+    /// Subscribes this client to `topic` (at once: topics are the reactor's).
+    pub fn subscribe(&mut self, topic: &str, max: usize) -> Result<bool, SubscribeError> {
+        self.topics.subscribe(self.key, topic, max)
+    }
+
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        self.topics.unsubscribe(self.key, topic)
+    }
+
+    /// Publishes `frame` to `topic`'s subscribers (this client too unless `exclude_self`).
+    pub fn publish(&mut self, topic: Rc<str>, frame: SharedFrame, exclude_self: bool) {
+        let exclude = exclude_self.then_some(self.key);
+        self.actions.push(Action::Publish { topic, frame, exclude });
+    }
+
+    /// Sends `frame` to the connection with id `id`.
+    pub fn send_to(&mut self, id: u64, frame: SharedFrame) {
+        self.actions.push(Action::SendTo { id, frame });
+    }
+
+    /// Asks the loop to watch (or re-watch) the app's own socket.
+    pub fn watch(&mut self, fd: RawFd, interest: mio::Interest, first: bool) {
+        self.actions.push(if first { Action::Register { fd, interest } } else { Action::Reregister { fd, interest } });
+    }
+
+    /// Asks the connection to close (applied when the app's call returns).
+    pub fn close(&mut self, why: AppClose) {
+        if self.close.is_none() {
+            *self.close = Some(why);
+        }
+    }
+}
+
+/// One connection's app. Every method but `on_message` has a default that does nothing.
+pub trait App {
+    /// The WebSocket is open (the 101 is queued).
+    fn on_open(&mut self, _cx: &mut AppCtx<'_>) {}
+
+    /// A whole message from the client.
+    fn on_message(&mut self, cx: &mut AppCtx<'_>, kind: MessageKind, payload: Payload<'_>);
+
+    /// The client sent a close frame (`protocol_error` false) or broke the protocol (true),
+    /// with this code. The connection answers the client; an app that must first tell its
+    /// backend returns [`Hold::UntilAppCloses`].
+    fn on_close(&mut self, _cx: &mut AppCtx<'_>, _code: Option<u16>, _reason: &str, _protocol_error: bool) -> Hold {
+        Hold::No
+    }
+
+    /// Readiness the poller reported for the app's own socket.
+    fn on_ready(&mut self, _readable: bool, _writable: bool) {}
+
+    /// I/O on the app's own socket: write what waits, and read once if `may_read`.
+    fn on_io(&mut self, _cx: &mut AppCtx<'_>, _may_read: bool) -> AppIo {
+        AppIo::Idle
+    }
+
+    /// False while the app cannot take more client messages (its own queue is full).
+    fn accepts_input(&self, _high: usize) -> bool {
+        true
+    }
+
+    /// True while the app's own queue holds bytes (the connection waits for them on close).
+    fn has_pending_output(&self) -> bool {
+        false
+    }
+
+    /// The pipe holding spliced payload the client's queue refers to.
+    fn pipe(&mut self) -> Option<&mut Pipe> {
+        None
+    }
+
+    /// Gives back pooled buffers: the connection is going away.
+    fn release(&mut self, _pools: &mut Pools) {}
+}

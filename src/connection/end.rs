@@ -1,0 +1,83 @@
+//! Why a connection ends, and the access log line that says so.
+
+use std::borrow::Cow;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::apps::Traffic;
+
+/// Every way a connection ends goes through [`super::Connection::close`] with one of these.
+#[derive(Debug)]
+pub enum End {
+    /// HTTP: refused with this status and reason (the response body), then closed.
+    Refuse { status: u16, reason: Cow<'static, str> },
+    /// HTTP: the request head did not arrive within `handshake_timeout` (408).
+    HeadTimeout,
+    /// HTTP: the response just queued was the last one (no keep-alive).
+    Answered,
+    /// WebSocket: our close frame (idle, ping timeout, shutdown, the app); then the peer's.
+    Close { code: u16, reason: Cow<'static, str> },
+    /// WebSocket: the app's backend failed: close 1011, the log says why.
+    BackendFailed(String),
+    /// WebSocket: the client is too slow for what is published to it (policy "close").
+    SlowConsumer,
+    /// WebSocket: the close handshake is complete (either side began it).
+    Closed { code: Option<u16>, reason: String },
+    /// WebSocket: failed (§7.1.7): our close frame, then TCP close without waiting.
+    Fail { code: u16, reason: &'static str },
+    /// No more I/O at once (EOF, timeouts past talking, a client that is not speaking TLS).
+    Abort(Cow<'static, str>),
+    /// An I/O error on the client's socket.
+    Io(io::Error),
+    /// Direct mode: the socket now belongs to the backend.
+    HandedOff,
+    /// Direct mode: passing the socket failed.
+    HandOffFailed(io::Error),
+}
+
+/// The close code a slow consumer gets (§7.4.1: a policy violation).
+pub const SLOW_CONSUMER_CODE: u16 = crate::ws::close::POLICY_VIOLATION;
+
+/// What the access line says about one connection.
+#[derive(Debug, Default)]
+pub struct AccessLog {
+    pub path: Option<Box<str>>,
+    pub status: Option<u16>,
+    pub traffic: Traffic,
+    /// Close code (sent or received) and reason.
+    pub close: Option<(u16, Cow<'static, str>)>,
+    /// Why the connection ended, when it did not end with a close handshake.
+    pub end: Option<Cow<'static, str>>,
+}
+
+impl AccessLog {
+    /// Records why the connection ended, unless something already did.
+    pub fn note_end(&mut self, why: impl Into<Cow<'static, str>>) {
+        if self.end.is_none() && self.close.is_none() {
+            self.end = Some(why.into());
+        }
+    }
+
+    /// One line: peer, id, path, status, duration, messages and bytes each way, close.
+    pub fn line(&self, peer: SocketAddr, id: u64, accepted: Instant, now: Instant) -> String {
+        let close = match (&self.close, &self.end) {
+            (Some((code, reason)), _) if reason.is_empty() => format!("close={code}"),
+            (Some((code, reason)), _) => format!("close={code} ({reason})"),
+            (None, Some(end)) => format!("end=({end})"),
+            (None, None) => "end=(peer closed)".to_string(),
+        };
+        let t = &self.traffic;
+        let dropped = if t.dropped > 0 { format!(" dropped={}", t.dropped) } else { String::new() };
+        format!(
+            "{peer} id={id} {} status={} {:.3}s in={}msg/{}B out={}msg/{}B{dropped} {close}",
+            self.path.as_deref().unwrap_or("-"),
+            self.status.map_or("-".to_string(), |s| s.to_string()),
+            now.saturating_duration_since(accepted).as_secs_f64(),
+            t.msgs_in,
+            t.bytes_in,
+            t.msgs_out,
+            t.bytes_out,
+        )
+    }
+}

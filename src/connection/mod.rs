@@ -1,0 +1,976 @@
+//! One client connection: its transport, buffers, phase and readiness.
+//!
+//! Phases: `Unknown` (accepted) → `Opening` (TLS) → `Http` (reading request heads) →
+//! `Connected` (a [`Session`] and an [`App`]) → `Flushing` (last bytes out, then FIN) →
+//! `Lingering` (waiting for the peer's FIN) → `Closed`; direct hand-off goes `HandingOff` →
+//! `HandedOff`. Every phase has a deadline ([`Connection::deadline`]).
+//!
+//! The connection never touches the poller, the slab or other connections. The loop calls
+//! [`Connection::drive`] with the readiness it saw and gets a [`Progress`]; what else the loop
+//! must do (publish, watch a backend socket...) the connection's app records as
+//! [`Action`](crate::apps::Action)s in the context. Every ending goes through
+//! [`Connection::close`] with an [`End`]. Time is passed in, so everything here runs the same
+//! in tests.
+//!
+//! Readiness is edge-triggered and tracked here: `readable` / `writable` stay set until an
+//! operation returns `WouldBlock`. Backpressure is "do not read while too much output is
+//! queued", which needs no re-registration.
+
+mod end;
+mod http;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+pub use end::{AccessLog, End, SLOW_CONSUMER_CODE};
+
+use crate::apps::backend::{Backend, HandOff};
+use crate::apps::{Action, App, AppClose, AppCtx, AppIo, Hold, Payload, Traffic};
+use crate::backend::FailureLog;
+use crate::buffer::{OutQueue, Pools};
+use crate::config::{Limits, OnBackpressure};
+use crate::encode::SharedFrame;
+use crate::http::response::Response;
+use crate::pubsub::Topics;
+use crate::route::Routes;
+use crate::transport::{NotTls, Transport};
+use crate::ws::close;
+use crate::ws::frame::Opcode;
+use crate::ws::session::{Due, Received, Session};
+
+/// Bytes one connection may read per wake-up before the loop serves others.
+const READ_BUDGET: usize = 512 * 1024;
+/// Messages at least this large that were assembled in the decoder are handed to the app
+/// as owned buffers (no copy); smaller ones are borrowed.
+const OWN_PAYLOAD_MIN: usize = 4096;
+
+/// What the loop shares with a connection for one call.
+pub struct Ctx<'a> {
+    pub now: Instant,
+    pub routes: &'a Routes,
+    /// Server-wide limits (those that apply before a route is known).
+    pub limits: &'a Limits,
+    pub pools: &'a mut Pools,
+    pub backend_failures: &'a mut FailureLog,
+    pub topics: &'a mut Topics,
+    /// Where the connection's app records what the loop must do.
+    pub actions: &'a mut Vec<Action>,
+}
+
+/// Readiness the poller reported, for the client's socket and for the app's own socket.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ready {
+    pub readable: bool,
+    pub writable: bool,
+    pub app_readable: bool,
+    pub app_writable: bool,
+}
+
+/// What [`Connection::drive`] leaves the loop to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Waiting for readiness or a deadline.
+    Idle,
+    /// The read budget ran out with data still readable: drive again soon, after others.
+    Busy,
+    /// Done: remove after the batch.
+    Closed,
+}
+
+/// How a message published to this connection fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    Queued,
+    /// Over the backpressure limit, policy "drop": counted, not queued.
+    Dropped,
+    /// Over the backpressure limit, policy "close": the connection is closing.
+    Closing,
+    /// Not an open WebSocket (closing, or not yet upgraded).
+    NotOpen,
+}
+
+/// The open WebSocket: the protocol session and the app behind it.
+struct Ws {
+    session: Session,
+    app: Box<dyn App>,
+    /// A protocol error on a route whose app must hear first (framed backend): the close frame
+    /// the client is owed, and since when it waits (bounded by `close_timeout`).
+    failing: Option<(u16, &'static str, Instant)>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Accepted; the first drive moves it on.
+    Unknown,
+    /// The TLS handshake (TLS listeners only).
+    Opening {
+        deadline: Instant,
+    },
+    /// Reading request heads (one, or several with keep-alive).
+    Http {
+        deadline: Instant,
+    },
+    /// Frames flow (`Connection::ws` is set).
+    Connected,
+    /// Direct mode: the 101 is being written; then the socket goes to the backend.
+    HandingOff {
+        deadline: Instant,
+    },
+    /// Direct mode: the socket went; the rest of the HELLO is being written to the backend.
+    HandedOff {
+        deadline: Instant,
+    },
+    /// The last bytes (an error response, a close frame) are being written; then FIN.
+    Flushing {
+        deadline: Instant,
+    },
+    /// FIN sent; reading and discarding until the peer's FIN, so our last bytes are not
+    /// destroyed by a reset.
+    Lingering {
+        deadline: Instant,
+    },
+    Closed,
+}
+
+impl Phase {
+    fn name(&self) -> &'static str {
+        match self {
+            Phase::Unknown => "unknown",
+            Phase::Opening { .. } => "opening",
+            Phase::Http { .. } => "handshaking",
+            Phase::Connected => "connected",
+            Phase::HandingOff { .. } => "handing-off",
+            Phase::HandedOff { .. } => "handed-off",
+            Phase::Flushing { .. } => "flushing",
+            Phase::Lingering { .. } => "lingering",
+            Phase::Closed => "closed",
+        }
+    }
+}
+
+/// Direct mode, between the 101 and the hand-off: the backend and what goes with the socket.
+struct HandOffState {
+    backend: Box<Backend>,
+    hello: Vec<u8>,
+}
+
+pub struct Connection {
+    id: u64,
+    key: usize,
+    transport: Transport,
+    peer: SocketAddr,
+    accepted: Instant,
+    phase: Phase,
+    /// Set from the upgrade on: kept through `Flushing` so the app can finish its own writes.
+    ws: Option<Box<Ws>>,
+    handoff: Option<Box<HandOffState>>,
+    rbuf: Option<Box<[u8]>>,
+    /// Unconsumed bytes are `rbuf[rstart..rend]`.
+    rstart: usize,
+    rend: usize,
+    out: OutQueue,
+    readable: bool,
+    writable: bool,
+    /// Since when queued output has made no progress.
+    stalled_since: Option<Instant>,
+    /// Limits in force: the server's until a route is chosen, then the route's.
+    limits: Limits,
+    log: AccessLog,
+}
+
+impl Connection {
+    pub fn new(
+        id: u64,
+        key: usize,
+        transport: Transport,
+        peer: SocketAddr,
+        now: Instant,
+        limits: Limits,
+    ) -> Connection {
+        Connection {
+            id,
+            key,
+            transport,
+            peer,
+            accepted: now,
+            phase: Phase::Unknown,
+            ws: None,
+            handoff: None,
+            rbuf: None,
+            rstart: 0,
+            rend: 0,
+            out: OutQueue::default(),
+            readable: false,
+            writable: false,
+            stalled_since: None,
+            limits,
+            log: AccessLog::default(),
+        }
+    }
+
+    /// The connection's stable id (access line, HELLO, send-by-id).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn socket_mut(&mut self) -> &mut TcpStream {
+        self.transport.socket_mut()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    /// Does all the I/O the readiness allows.
+    pub fn drive(&mut self, cx: &mut Ctx<'_>, ready: Ready) -> Progress {
+        self.readable |= ready.readable;
+        self.writable |= ready.writable;
+        if ready.app_readable || ready.app_writable {
+            if let Some(ws) = &mut self.ws {
+                ws.app.on_ready(ready.app_readable, ready.app_writable);
+            }
+            if let Some(h) = &mut self.handoff {
+                h.backend.on_ready(ready.app_readable, ready.app_writable);
+            }
+        }
+        if let Phase::Unknown = self.phase {
+            let next = if self.transport.is_tls() {
+                Phase::Opening { deadline: self.accepted + cx.limits.tls_handshake_timeout }
+            } else {
+                Phase::Http { deadline: self.accepted + cx.limits.handshake_timeout }
+            };
+            self.set_phase(next);
+        }
+        let mut budget = READ_BUDGET;
+        loop {
+            if self.writable && self.has_output() {
+                self.flush(cx);
+            }
+            if self.is_closed() {
+                return Progress::Closed;
+            }
+            if let Some(n) = self.app_io(cx) {
+                if budget == 0 {
+                    return Progress::Busy;
+                }
+                budget = budget.saturating_sub(n);
+                continue;
+            }
+            // Input left over by backpressure goes first, before more is read.
+            if self.has_unprocessed_input() && self.wants_input() {
+                self.process_input(cx);
+                if self.writable && self.has_output() {
+                    continue;
+                }
+            }
+            if !(self.readable && self.wants_input()) {
+                break;
+            }
+            if budget == 0 {
+                return Progress::Busy;
+            }
+            budget = budget.saturating_sub(self.read_once(cx));
+        }
+        self.after_io(cx);
+        if self.is_closed() {
+            Progress::Closed
+        } else {
+            Progress::Idle
+        }
+    }
+
+    /// The earliest time at which [`Connection::on_timer`] has something to do.
+    pub fn deadline(&self) -> Option<Instant> {
+        let phase = match &self.phase {
+            Phase::Unknown => Some(self.accepted + self.limits.handshake_timeout),
+            Phase::Opening { deadline }
+            | Phase::Http { deadline }
+            | Phase::HandingOff { deadline }
+            | Phase::HandedOff { deadline }
+            | Phase::Flushing { deadline }
+            | Phase::Lingering { deadline } => Some(*deadline),
+            Phase::Connected => match self.ws.as_deref() {
+                Some(Ws { failing: Some((_, _, since)), .. }) => Some(*since + self.limits.close_timeout),
+                Some(ws) => ws.session.deadline(),
+                None => None,
+            },
+            Phase::Closed => None,
+        };
+        let stall = self.stalled_since.map(|t| t + self.limits.write_timeout);
+        match (phase, stall) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Acts on every deadline that has passed.
+    pub fn on_timer(&mut self, cx: &mut Ctx<'_>) {
+        let now = cx.now;
+        if self.stalled_since.is_some_and(|t| now >= t + self.limits.write_timeout) {
+            return self.close(cx.now, cx.pools, End::Abort("write timeout: peer is not reading".into()));
+        }
+        let passed = self.deadline().is_some_and(|d| now >= d);
+        let end = match &self.phase {
+            Phase::Opening { .. } if passed => Some(End::Abort("TLS handshake timeout".into())),
+            Phase::Unknown | Phase::Http { .. } if passed => Some(End::HeadTimeout),
+            Phase::Flushing { .. } | Phase::Lingering { .. } if passed => {
+                Some(End::Abort("peer did not finish closing in time".into()))
+            }
+            Phase::HandingOff { .. } if passed => Some(End::Abort("101 not accepted in time for the hand-off".into())),
+            Phase::HandedOff { .. } if passed => Some(End::Abort("backend did not take the hand-off in time".into())),
+            Phase::Connected => self.ws_timer(now, cx.pools),
+            _ => None,
+        };
+        if let Some(end) = end {
+            self.close(cx.now, cx.pools, end);
+        }
+        self.after_io(cx);
+    }
+
+    fn ws_timer(&mut self, now: Instant, pools: &mut Pools) -> Option<End> {
+        let ws = self.ws.as_mut()?;
+        if let Some((code, reason, since)) = ws.failing {
+            if now < since + self.limits.close_timeout {
+                return None;
+            }
+            log::debug!("{} backend did not answer CLOSE in time", self.peer);
+            return Some(End::Fail { code, reason });
+        }
+        match ws.session.on_timer(now)? {
+            Due::Ping => {
+                // Pings ride the urgent lane: a peer slow to read still gets them promptly.
+                self.out.push_control(pools, Opcode::Ping, b"");
+                None
+            }
+            Due::Close(code, reason) => Some(End::Close { code, reason: reason.into() }),
+            Due::Abort(why) => Some(End::Abort(why.into())),
+        }
+    }
+
+    /// The server is shutting down: close handshakes start, requests in progress end.
+    pub fn start_drain(&mut self, cx: &mut Ctx<'_>) {
+        let end = match &self.phase {
+            Phase::Unknown | Phase::Opening { .. } | Phase::Http { .. } => {
+                Some(End::Abort("server shutting down".into()))
+            }
+            Phase::Connected => Some(End::Close { code: close::GOING_AWAY, reason: "server shutting down".into() }),
+            _ => None,
+        };
+        if let Some(end) = end {
+            self.close(cx.now, cx.pools, end);
+        }
+        self.after_io(cx);
+    }
+
+    /// Queues a message published by someone else, under the route's backpressure policy.
+    /// Nothing more is queued once the connection is closing.
+    pub fn deliver(&mut self, now: Instant, pools: &mut Pools, frame: &SharedFrame) -> Delivered {
+        let open = matches!(self.phase, Phase::Connected)
+            && self.ws.as_ref().is_some_and(|ws| !ws.session.is_closing() && ws.failing.is_none());
+        if !open {
+            return Delivered::NotOpen;
+        }
+        if self.out.footprint() + frame.len() > self.limits.max_backpressure {
+            return match self.limits.on_backpressure {
+                OnBackpressure::Drop => {
+                    self.log.traffic.dropped += 1;
+                    Delivered::Dropped
+                }
+                OnBackpressure::Close => {
+                    self.close(now, pools, End::SlowConsumer);
+                    Delivered::Closing
+                }
+            };
+        }
+        self.out.push_shared_frame(pools, frame);
+        self.log.traffic.msgs_out += 1;
+        self.log.traffic.bytes_out += frame.len() as u64;
+        Delivered::Queued
+    }
+
+    /// Gives back every buffer; the connection is about to be dropped.
+    pub fn release(&mut self, pools: &mut Pools) {
+        if let Some(buf) = self.rbuf.take() {
+            pools.put_read(buf);
+        }
+        self.out.release(pools);
+        if let Some(ws) = &mut self.ws {
+            ws.app.release(pools);
+        }
+        if let Some(h) = &mut self.handoff {
+            h.backend.release(pools);
+        }
+    }
+
+    /// Whether this connection holds any buffer (for tests of "idle holds nothing").
+    pub fn holds_buffers(&self) -> bool {
+        self.rbuf.is_some() || !self.out.is_empty()
+    }
+
+    /// The access log line.
+    pub fn access_line(&self, now: Instant) -> String {
+        self.log.line(self.peer, self.id, self.accepted, now)
+    }
+
+    /// Bytes wait to go out: queued plaintext or, on TLS, encrypted records.
+    fn has_output(&self) -> bool {
+        !self.out.is_empty() || self.transport.wants_write()
+    }
+
+    // ---- the one close path ----
+
+    /// Ends the connection the way `end` says: a response, a close frame and its handshake,
+    /// or at once. Everything that ends a connection comes here.
+    pub fn close(&mut self, now: Instant, pools: &mut Pools, end: End) {
+        if self.is_closed() {
+            return;
+        }
+        match end {
+            End::Refuse { status, reason } => {
+                self.log.status = Some(status);
+                self.out.push_error_response(pools, status, &reason);
+                self.log.note_end(reason);
+                self.finish(now);
+            }
+            End::HeadTimeout => {
+                self.log.status = Some(408);
+                self.log.note_end("handshake timeout");
+                self.out.push_error_response(pools, 408, "request head not received in time");
+                self.finish(now);
+            }
+            End::Answered => self.finish(now),
+            End::Close { code, reason } => self.begin_close(now, pools, code, reason),
+            End::BackendFailed(why) => {
+                self.begin_close(now, pools, close::INTERNAL_ERROR, "backend failed".into());
+                self.log.end = Some(why.into());
+            }
+            End::SlowConsumer => {
+                self.begin_close(now, pools, SLOW_CONSUMER_CODE, "slow consumer: too much queued".into())
+            }
+            End::Closed { code, reason } => {
+                let code = code.unwrap_or(close::NO_STATUS);
+                self.log.close.get_or_insert((code, reason.into()));
+                self.rstart = self.rend;
+                self.finish(now);
+            }
+            End::Fail { code, reason } => {
+                let already_sent = self.ws.as_ref().is_some_and(|ws| ws.session.is_closing());
+                if !already_sent {
+                    self.out.push_close(pools, Some(code), reason);
+                }
+                if let Some(ws) = &mut self.ws {
+                    ws.session.close(now);
+                    ws.failing = None;
+                }
+                self.log.close = Some((code, reason.into()));
+                self.rstart = self.rend;
+                self.finish(now);
+            }
+            End::Abort(why) => {
+                self.log.note_end(why);
+                self.set_phase(Phase::Closed);
+            }
+            End::Io(e) => {
+                if self.log.end.is_none() {
+                    self.log.end = Some(format!("I/O error: {e}").into());
+                }
+                self.set_phase(Phase::Closed);
+            }
+            End::HandedOff => {
+                self.log.end = Some("handed off to the backend".into());
+                self.set_phase(Phase::Closed);
+            }
+            End::HandOffFailed(e) => {
+                log::warn!("{}: hand-off to the backend failed: {e}", self.peer);
+                self.log.end = Some(format!("hand-off failed: {e}").into());
+                self.set_phase(Phase::Closed);
+            }
+        }
+    }
+
+    /// Starts the closing handshake (§7.1.2): our close frame, then wait for the peer's.
+    /// While the client is being failed, any reason to close sends the close frame it is owed.
+    fn begin_close(&mut self, now: Instant, pools: &mut Pools, code: u16, reason: std::borrow::Cow<'static, str>) {
+        let Some(ws) = self.ws.as_mut().filter(|_| matches!(self.phase, Phase::Connected)) else {
+            return self.finish(now);
+        };
+        if let Some((code, reason, _)) = ws.failing {
+            return self.close(now, pools, End::Fail { code, reason });
+        }
+        if ws.session.close(now) {
+            self.out.push_close(pools, Some(code), &reason);
+            self.log.close = Some((code, reason));
+        }
+    }
+
+    /// Writes what is queued, then FIN, then waits for the peer's FIN (bounded).
+    fn finish(&mut self, now: Instant) {
+        self.set_phase(Phase::Flushing { deadline: now + self.limits.close_timeout });
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        log::debug!("{} {} -> {}", self.peer, self.phase.name(), phase.name());
+        self.phase = phase;
+    }
+
+    // ---- the app ----
+
+    /// Runs `f` on the app with a context; applies what the app asked for after.
+    fn with_app<R>(&mut self, cx: &mut Ctx<'_>, f: impl FnOnce(&mut dyn App, &mut AppCtx<'_>) -> R) -> Option<R> {
+        let ws = self.ws.as_mut()?;
+        let mut close = None;
+        let mut acx = AppCtx {
+            now: cx.now,
+            id: self.id,
+            key: self.key,
+            peer: self.peer,
+            out: &mut self.out,
+            pools: cx.pools,
+            traffic: &mut self.log.traffic,
+            backpressure_high: self.limits.backpressure_high,
+            topics: cx.topics,
+            actions: cx.actions,
+            close: &mut close,
+        };
+        let r = f(ws.app.as_mut(), &mut acx);
+        if let Some(why) = close {
+            self.app_closed(cx, why);
+        }
+        Some(r)
+    }
+
+    fn app_closed(&mut self, cx: &mut Ctx<'_>, why: AppClose) {
+        let end = match why {
+            AppClose::Close(code, reason) => End::Close { code, reason },
+            AppClose::Failed(why) => End::BackendFailed(why),
+        };
+        self.close(cx.now, cx.pools, end);
+    }
+
+    /// The app's own I/O (its backend socket). `Some(bytes read)` when it read and may
+    /// read again.
+    fn app_io(&mut self, cx: &mut Ctx<'_>) -> Option<usize> {
+        if let Phase::HandedOff { .. } = self.phase {
+            let h = self.handoff.as_mut()?;
+            let mut close = None;
+            let mut traffic = Traffic::default();
+            let mut acx = AppCtx {
+                now: cx.now,
+                id: self.id,
+                key: self.key,
+                peer: self.peer,
+                out: &mut self.out,
+                pools: cx.pools,
+                traffic: &mut traffic,
+                backpressure_high: 0,
+                topics: cx.topics,
+                actions: cx.actions,
+                close: &mut close,
+            };
+            h.backend.on_io(&mut acx, false);
+            if close.is_some() {
+                self.close(cx.now, cx.pools, End::HandOffFailed(io::ErrorKind::BrokenPipe.into()));
+            } else if !h.backend.has_pending_output() {
+                self.close(cx.now, cx.pools, End::HandedOff);
+            }
+            return None;
+        }
+        let may_read = matches!(self.phase, Phase::Connected)
+            && self.out.len() < self.limits.backpressure_high
+            && self.ws.as_ref().is_some_and(|ws| !ws.session.is_closing());
+        match self.with_app(cx, |app, acx| app.on_io(acx, may_read))? {
+            AppIo::Read(n) if !self.is_closed() => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The client broke the protocol (§7.1.7). An app that must hear first (a framed
+    /// backend) holds the close frame the client is owed until it answers; otherwise the
+    /// client is failed at once.
+    fn protocol_error(&mut self, cx: &mut Ctx<'_>, code: u16, reason: &'static str) {
+        let hold = self.with_app(cx, |app, acx| app.on_close(acx, Some(code), reason, true));
+        if self.is_closed() {
+            return;
+        }
+        if let (Some(Hold::UntilAppCloses), Some(ws)) = (hold, self.ws.as_mut()) {
+            if !ws.session.is_closing() && ws.failing.is_none() && matches!(self.phase, Phase::Connected) {
+                ws.failing = Some((code, reason, cx.now));
+                self.rstart = self.rend;
+                log::debug!("{} protocol error ({code} {reason}); waiting for the backend's CLOSE", self.peer);
+                return;
+            }
+        }
+        self.close(cx.now, cx.pools, End::Fail { code, reason })
+    }
+
+    // ---- I/O ----
+
+    fn wants_input(&self) -> bool {
+        match &self.phase {
+            Phase::Opening { .. } => true,
+            Phase::Http { .. } => self.out.len() < self.limits.backpressure_high,
+            Phase::Connected => {
+                let high = self.limits.backpressure_high;
+                self.out.len() < high
+                    && self.ws.as_ref().is_some_and(|ws| ws.failing.is_none() && ws.app.accepts_input(high))
+            }
+            Phase::Lingering { .. } => true,
+            _ => false,
+        }
+    }
+
+    fn has_unprocessed_input(&self) -> bool {
+        // A frame header is at most 14 bytes; fewer bytes than a full one may be waiting for
+        // the rest, which only a read can bring.
+        self.rend - self.rstart >= crate::ws::frame::MAX_HEADER_LEN
+            && matches!(self.phase, Phase::Connected | Phase::Http { .. })
+    }
+
+    /// One read; processes what arrived. Returns the bytes read.
+    fn read_once(&mut self, cx: &mut Ctx<'_>) -> usize {
+        let mut buf = self.rbuf.take().unwrap_or_else(|| cx.pools.take_read());
+        if self.rend == buf.len() {
+            // Make room: move the unconsumed tail to the front.
+            buf.copy_within(self.rstart..self.rend, 0);
+            self.rend -= self.rstart;
+            self.rstart = 0;
+        }
+        let room = buf.len() - self.rend;
+        let result = self.transport.read(&mut buf[self.rend..]);
+        self.rbuf = Some(buf);
+        match result {
+            Ok(0) => {
+                self.readable = false;
+                self.on_eof(cx);
+                0
+            }
+            Ok(n) => {
+                if n < room && !self.transport.is_tls() {
+                    // A short read drained the socket. Edge-triggered epoll reports every later
+                    // arrival as a new event, so the read that would only say WouldBlock is
+                    // skipped: one syscall fewer per wake-up.
+                    self.readable = false;
+                }
+                if matches!(self.phase, Phase::Lingering { .. }) {
+                    // Discard: only the peer's FIN matters now.
+                    self.rstart = 0;
+                    self.rend = 0;
+                    return n;
+                }
+                self.rend += n;
+                if matches!(self.phase, Phase::Opening { .. }) && !self.transport.is_handshaking() {
+                    // The request can arrive in the same segment as the client's Finished.
+                    self.opened(cx);
+                }
+                self.process_input(cx);
+                n
+            }
+            // Opening: rustls consumed handshake records and produced no plaintext yet.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && matches!(self.phase, Phase::Opening { .. }) => {
+                self.readable = false;
+                if !self.transport.is_handshaking() {
+                    self.opened(cx);
+                    // Plaintext may already be buffered inside rustls.
+                    self.readable = true;
+                }
+                0
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.readable = false;
+                0
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) if e.get_ref().is_some_and(|inner| inner.is::<NotTls>()) => {
+                self.readable = false;
+                self.not_tls(cx, &e);
+                0
+            }
+            Err(e) => {
+                self.readable = false;
+                self.close(cx.now, cx.pools, End::Io(e));
+                0
+            }
+        }
+    }
+
+    /// The TLS handshake is done: HTTP begins.
+    fn opened(&mut self, cx: &mut Ctx<'_>) {
+        if let Some(name) = self.transport.server_name() {
+            log::debug!("{} TLS server name {name}", self.peer);
+        }
+        self.set_phase(Phase::Http { deadline: cx.now + cx.limits.handshake_timeout });
+    }
+
+    /// A client that does not speak TLS on a TLS port. One that spoke plain HTTP gets a plain
+    /// HTTP 400 saying so; anything else is dropped.
+    fn not_tls(&mut self, cx: &mut Ctx<'_>, e: &io::Error) {
+        let plain_http =
+            e.get_ref().and_then(|i| i.downcast_ref::<NotTls>()).is_some_and(|n| matches!(n, NotTls::PlainHttp));
+        self.log.note_end(e.to_string());
+        if !plain_http {
+            return self.close(cx.now, cx.pools, End::Abort("not TLS".into()));
+        }
+        self.transport.fall_back_to_plain();
+        self.close(
+            cx.now,
+            cx.pools,
+            End::Refuse { status: 400, reason: "this port speaks TLS: use https:// or wss://".into() },
+        );
+    }
+
+    fn flush(&mut self, cx: &mut Ctx<'_>) {
+        while self.has_output() {
+            if let Some(due) = self.out.pipe_due() {
+                let pipe = self.ws.as_mut().and_then(|ws| ws.app.pipe());
+                let Some(pipe) = pipe else {
+                    return self.close(cx.now, cx.pools, End::Abort("spliced data without a pipe".into()));
+                };
+                match pipe.drain_to(self.transport.socket_mut(), due) {
+                    Ok(0) => return self.close(cx.now, cx.pools, End::Abort("peer stopped accepting data".into())),
+                    Ok(n) => {
+                        self.out.consume_piped(n);
+                        self.stalled_since = Some(cx.now);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.writable = false;
+                        return;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return self.close(cx.now, cx.pools, End::Io(e)),
+                }
+                continue;
+            }
+            let result = if self.out.is_empty() {
+                // Only TLS records (handshake, alert, close_notify) are left.
+                self.transport.flush_records().map(|()| 1)
+            } else {
+                self.transport.write_from(&mut self.out, cx.pools)
+            };
+            match result {
+                Ok(0) => return self.close(cx.now, cx.pools, End::Abort("peer stopped accepting data".into())),
+                Ok(_) => self.stalled_since = Some(cx.now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.writable = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.close(cx.now, cx.pools, End::Io(e)),
+            }
+        }
+    }
+
+    /// Bookkeeping after any activity: buffers back to the pool when idle, the hand-off, the
+    /// end of `Flushing`, the stall clock.
+    fn after_io(&mut self, cx: &mut Ctx<'_>) {
+        if let (Phase::HandingOff { .. }, true) = (&self.phase, self.out.is_empty()) {
+            self.hand_off(cx);
+        }
+        if self.rstart == self.rend {
+            self.rstart = 0;
+            self.rend = 0;
+            let idle = self.ws.as_ref().is_none_or(|ws| ws.session.is_between_messages());
+            if idle {
+                if let Some(buf) = self.rbuf.take() {
+                    cx.pools.put_read(buf);
+                }
+            }
+        }
+        if let (Phase::Flushing { .. }, true) = (&self.phase, self.out.is_empty()) {
+            // Our last message is out: TLS close_notify, then FIN, then wait for the peer's.
+            self.transport.send_close_notify();
+            if self.writable {
+                let _ = self.transport.flush_records();
+            }
+            if !self.transport.wants_write() {
+                match self.transport.shutdown_write() {
+                    Ok(()) => self.set_phase(Phase::Lingering { deadline: cx.now + self.limits.close_timeout }),
+                    Err(e) => self.close(cx.now, cx.pools, End::Io(e)),
+                }
+            }
+        }
+        if !self.has_output() {
+            self.stalled_since = None;
+        } else if self.stalled_since.is_none() {
+            self.stalled_since = Some(cx.now);
+        }
+        if matches!(self.phase, Phase::Connected) && self.out.len() > self.limits.max_queued {
+            self.log.end = Some("output queue over max_queued".into());
+            self.close(cx.now, cx.pools, End::Fail { code: close::POLICY_VIOLATION, reason: "too much queued output" });
+        }
+    }
+
+    fn on_eof(&mut self, cx: &mut Ctx<'_>) {
+        let why: &'static str = match &self.phase {
+            Phase::Lingering { .. } => {
+                self.set_phase(Phase::Closed);
+                return;
+            }
+            Phase::Http { .. } if self.rend == self.rstart => "peer closed before a request",
+            Phase::Http { .. } => "peer closed mid-request",
+            Phase::Connected if self.ws.as_ref().is_some_and(|ws| ws.session.is_closing()) => {
+                "peer closed without answering close"
+            }
+            Phase::Connected => "peer closed without a close frame (1006)",
+            _ => "peer closed",
+        };
+        self.close(cx.now, cx.pools, End::Abort(why.into()));
+    }
+
+    /// Direct mode, once the 101 is out: the socket (with the HELLO and any bytes read past
+    /// the request) goes to the backend, and this connection ends without touching it.
+    fn hand_off(&mut self, cx: &mut Ctx<'_>) {
+        let Some(mut h) = self.handoff.take() else {
+            return self.close(cx.now, cx.pools, End::Abort("nothing to hand off".into()));
+        };
+        if let Some(buf) = &self.rbuf {
+            h.hello.extend_from_slice(&buf[self.rstart..self.rend]);
+        }
+        self.rstart = self.rend;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(self.transport.socket_mut());
+        let hello = std::mem::take(&mut h.hello);
+        match h.backend.hand_off(cx.pools, fd, &hello) {
+            Ok(HandOff::Done) => {
+                self.handoff = Some(h);
+                self.close(cx.now, cx.pools, End::HandedOff)
+            }
+            Ok(HandOff::Pending) => {
+                // The rest of the HELLO goes when the backend reads; the client's socket is
+                // the backend's now and is not read or written again.
+                let deadline = cx.now + self.limits.write_timeout;
+                let fd = h.backend.link_fd();
+                cx.actions.push(Action::Register { fd, interest: mio::Interest::WRITABLE });
+                self.handoff = Some(h);
+                self.set_phase(Phase::HandedOff { deadline });
+            }
+            Err(e) => {
+                self.handoff = Some(h);
+                self.close(cx.now, cx.pools, End::HandOffFailed(e))
+            }
+        }
+    }
+
+    // ---- input ----
+
+    fn process_input(&mut self, cx: &mut Ctx<'_>) {
+        let Some(mut buf) = self.rbuf.take() else { return };
+        loop {
+            match self.phase {
+                Phase::Http { .. } => {
+                    if !self.process_request(&buf, cx) {
+                        break;
+                    }
+                }
+                Phase::Connected => {
+                    self.process_frames(&mut buf, cx);
+                    break;
+                }
+                _ => {
+                    self.rstart = self.rend;
+                    break;
+                }
+            }
+        }
+        self.rbuf = Some(buf);
+    }
+
+    fn process_frames(&mut self, buf: &mut [u8], cx: &mut Ctx<'_>) {
+        let high = self.limits.backpressure_high;
+        let mut pos = self.rstart;
+        let end = loop {
+            let Some(ws) = self.ws.as_deref_mut() else { break None };
+            if self.out.len() >= high || ws.failing.is_some() || !ws.app.accepts_input(high) {
+                break None;
+            }
+            let (event, used) = match ws.session.receive(&mut buf[pos..self.rend], cx.now) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.rstart = pos;
+                    return self.protocol_error(cx, e.close_code(), e.reason());
+                }
+            };
+            pos += used;
+            let Some(event) = event else {
+                if used == 0 {
+                    break None;
+                }
+                continue;
+            };
+            let mut app_close = None;
+            let mut acx = AppCtx {
+                now: cx.now,
+                id: self.id,
+                key: self.key,
+                peer: self.peer,
+                out: &mut self.out,
+                pools: cx.pools,
+                traffic: &mut self.log.traffic,
+                backpressure_high: high,
+                topics: cx.topics,
+                actions: cx.actions,
+                close: &mut app_close,
+            };
+            let mut large = None;
+            match event {
+                Received::Message(kind, payload) => {
+                    acx.traffic.msgs_in += 1;
+                    acx.traffic.bytes_in += payload.len() as u64;
+                    if payload.len() < OWN_PAYLOAD_MIN {
+                        ws.app.on_message(&mut acx, kind, Payload::Borrowed(payload));
+                    } else {
+                        large = Some((kind, payload.len()));
+                    }
+                }
+                Received::Ping(payload) => acx.out.push_control(acx.pools, Opcode::Pong, payload),
+                Received::Pong(_) => {}
+                Received::CloseBegun(frame) => {
+                    // §5.5.1: answer, echoing the code (an empty close gets an empty one).
+                    acx.out.push_close(acx.pools, frame.code, "");
+                    let reason: String = frame.reason.chars().take(123).collect();
+                    ws.app.on_close(&mut acx, frame.code, &reason, false);
+                    break Some(End::Closed { code: frame.code, reason });
+                }
+                Received::CloseAnswered(code) => break Some(End::Closed { code, reason: String::new() }),
+            }
+            if let Some((kind, len)) = large {
+                // A large message goes to the app without a copy: the decoder's own buffer if
+                // it was assembled there, else in place (a whole frame read at once ends at `pos`).
+                let payload = match ws.session.take_assembled() {
+                    Some(owned) => Payload::Owned(owned),
+                    None => Payload::Borrowed(&buf[pos - len..pos]),
+                };
+                ws.app.on_message(&mut acx, kind, payload);
+            }
+            if let Some(why) = app_close {
+                self.rstart = pos;
+                self.app_closed(cx, why);
+                pos = self.rstart;
+            }
+        };
+        self.rstart = pos;
+        if let Some(end) = end {
+            self.close(cx.now, cx.pools, end);
+        }
+    }
+}
+
+impl OutQueue {
+    /// Queues a plain-text error response that closes the connection.
+    fn push_error_response(&mut self, pools: &mut Pools, status: u16, reason: &str) {
+        let mut bytes = Vec::with_capacity(160 + reason.len());
+        Response::error(status, reason).write(&mut bytes);
+        self.push_bytes(pools, &bytes);
+    }
+}
+
+/// Answers a connection refused before it enters the slab (the server is at
+/// `max_connections`): the same response [`End::Refuse`] queues, written once, best effort
+/// (a fresh socket's send buffer takes it at once or not at all).
+pub fn refuse_unadmitted(stream: &mut TcpStream, status: u16, reason: &str) {
+    use std::io::Write;
+    let mut bytes = Vec::with_capacity(160);
+    Response::error(status, reason).write(&mut bytes);
+    let _ = stream.write(&bytes);
+}

@@ -1,0 +1,172 @@
+//! WebSocket frames onto output queues: the server's frames are unmasked (§5.1), encoded
+//! once. A frame for one receiver is copied into its queue; a frame for many (pub/sub, chat)
+//! is encoded once into shared bytes ([`SharedFrame`]) and queued by reference, except that
+//! a small one is copied: copying a few dozen bytes into the chunk being filled costs less
+//! than a reference (an iovec and a queue entry of 32 bytes) and keeps one write per turn.
+//! Control frames jump ahead of queued data ([`OutQueue::push_urgent`]).
+
+use std::rc::Rc;
+
+use crate::buffer::{OutQueue, Pools, CHUNK_OVERHEAD};
+use crate::ws::close::encode_close_payload;
+use crate::ws::frame::{encode_header, Opcode, MAX_HEADER_LEN};
+
+/// Payloads at least this large are queued as their own chunk instead of being coalesced.
+const OWN_CHUNK_MIN: usize = 4 * 1024;
+/// Shared frames up to this size are copied into the receiver's queue, not referenced.
+const SHARED_COPY_MAX: usize = 4 * CHUNK_OVERHEAD;
+
+/// A frame encoded once (header and payload), shared by every receiver in this reactor.
+pub type SharedFrame = Rc<[u8]>;
+
+/// Encodes one unfragmented server frame into shared bytes.
+pub fn shared_frame(opcode: Opcode, payload: &[u8]) -> SharedFrame {
+    let mut head = [0u8; MAX_HEADER_LEN];
+    let n = encode_header(&mut head, true, opcode, payload.len(), None);
+    let mut bytes = Vec::with_capacity(n + payload.len());
+    bytes.extend_from_slice(&head[..n]);
+    bytes.extend_from_slice(payload);
+    bytes.into()
+}
+
+impl OutQueue {
+    /// Queues one unfragmented frame, copying the payload once.
+    pub fn push_frame(&mut self, pools: &mut Pools, opcode: Opcode, payload: &[u8]) {
+        self.push_frame_fin(pools, opcode, true, payload)
+    }
+
+    /// Queues one frame (a fragment when `fin` is false), copying the payload once.
+    pub fn push_frame_fin(&mut self, pools: &mut Pools, opcode: Opcode, fin: bool, payload: &[u8]) {
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut head, fin, opcode, payload.len(), None);
+        if payload.len() >= OWN_CHUNK_MIN {
+            self.push_parts(pools, &[&head[..n]]);
+            self.push_owned_continuation(payload.to_vec());
+        } else {
+            self.push_parts(pools, &[&head[..n], payload]);
+        }
+    }
+
+    /// Queues one frame whose payload is the concatenation of `parts` (a carried UTF-8 tail
+    /// and the new bytes), copying once.
+    pub fn push_frame_parts(&mut self, pools: &mut Pools, opcode: Opcode, parts: [&[u8]; 2]) {
+        let len = parts[0].len() + parts[1].len();
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut head, true, opcode, len, None);
+        self.push_parts(pools, &[&head[..n], parts[0], parts[1]]);
+    }
+
+    /// Queues one frame whose payload the caller already owns: no copy.
+    pub fn push_frame_owned(&mut self, pools: &mut Pools, opcode: Opcode, payload: Vec<u8>) {
+        if payload.len() < OWN_CHUNK_MIN {
+            return self.push_frame(pools, opcode, &payload);
+        }
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut head, true, opcode, payload.len(), None);
+        self.push_parts(pools, &[&head[..n]]);
+        self.push_owned_continuation(payload);
+    }
+
+    /// Queues a frame encoded once for many receivers.
+    pub fn push_shared_frame(&mut self, pools: &mut Pools, frame: &SharedFrame) {
+        if frame.len() <= SHARED_COPY_MAX {
+            self.push_parts(pools, &[frame]);
+        } else {
+            self.push_shared(frame.clone());
+        }
+    }
+
+    /// Queues a binary frame whose `len` payload bytes are already in the connection's pipe.
+    pub fn push_piped_frame(&mut self, pools: &mut Pools, len: usize) {
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut head, true, Opcode::Binary, len, None);
+        self.push_parts(pools, &[&head[..n]]);
+        self.push_piped(len);
+    }
+
+    /// Queues a control frame (ping, pong, close) ahead of queued data.
+    pub fn push_control(&mut self, pools: &mut Pools, opcode: Opcode, payload: &[u8]) {
+        debug_assert!(payload.len() <= 125, "§5.5: control frames carry at most 125 bytes");
+        let mut frame = [0u8; MAX_HEADER_LEN + 125];
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut head, true, opcode, payload.len(), None);
+        frame[..n].copy_from_slice(&head[..n]);
+        let len = payload.len().min(125);
+        frame[n..n + len].copy_from_slice(&payload[..len]);
+        self.push_urgent(pools, &frame[..n + len]);
+    }
+
+    /// Queues a close frame with a code and a reason (cut to fit 125 bytes at a character
+    /// boundary), or an empty one for `None`.
+    pub fn push_close(&mut self, pools: &mut Pools, code: Option<u16>, reason: &str) {
+        let mut payload = [0u8; 125];
+        let n = match code {
+            Some(code) => encode_close_payload(&mut payload, code, reason),
+            None => 0,
+        };
+        self.push_control(pools, Opcode::Close, &payload[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_frames_jump_queued_data_but_not_into_a_frame() {
+        let mut pools = Pools::new(4);
+        let mut q = OutQueue::default();
+        let big = vec![b'x'; 10_000];
+        q.push_frame(&mut pools, Opcode::Binary, &big); // header chunk + payload continuation
+        let shared = shared_frame(Opcode::Text, &[b'y'; 300]);
+        q.push_shared_frame(&mut pools, &shared);
+        q.push_shared_frame(&mut pools, &shared);
+        // Nothing written yet: the pong goes first.
+        q.push_control(&mut pools, Opcode::Pong, b"a");
+        assert_eq!(&q.to_vec()[..3], &[0x8A, 1, b'a']);
+        // Part of the pong and the big frame written: the next pong goes right after the big
+        // frame (its header and payload stay together), before the two shared frames.
+        let mut sink = Vec::new();
+        let mut partial = std::io::Cursor::new(&mut sink);
+        assert_eq!(q.write_to(&mut LimitedWriter(&mut partial, 3), &mut pools).unwrap(), 3);
+        assert_eq!(q.write_to(&mut LimitedWriter(&mut partial, 2), &mut pools).unwrap(), 2);
+        q.push_control(&mut pools, Opcode::Pong, b"p");
+        let bytes = q.to_vec();
+        let big_rest = 4 + big.len() - 2;
+        assert_eq!(&bytes[big_rest..big_rest + 3], &[0x8A, 1, b'p']);
+        assert_eq!(bytes.len(), big_rest + 3 + 2 * shared.len());
+    }
+
+    /// Takes at most `.1` bytes in one call.
+    struct LimitedWriter<'a, W>(&'a mut W, usize);
+
+    impl<W: std::io::Write> std::io::Write for LimitedWriter<'_, W> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.write(&buf[..buf.len().min(self.1)])
+        }
+        fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+            self.write(first)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn small_shared_frames_are_copied_large_ones_referenced() {
+        let mut pools = Pools::new(4);
+        let mut q = OutQueue::default();
+        let small = shared_frame(Opcode::Text, b"hello");
+        let large = shared_frame(Opcode::Text, &[b'z'; 1000]);
+        for _ in 0..10 {
+            q.push_shared_frame(&mut pools, &small);
+        }
+        q.push_shared_frame(&mut pools, &large);
+        assert_eq!(Rc::strong_count(&small), 1);
+        assert_eq!(Rc::strong_count(&large), 2);
+        assert_eq!(q.len(), 10 * 7 + large.len());
+        // One coalesced chunk and one reference.
+        assert_eq!(q.footprint(), q.len() + 2 * CHUNK_OVERHEAD);
+    }
+}

@@ -1,0 +1,280 @@
+//! Topics owned by the reactor: topic → subscribers and connection → topics.
+//!
+//! A subscription is 20 bytes: its record (topic, position in the topic's member list, next
+//! subscription of the same connection: three `u32`) and its entry in the topic's member list
+//! (connection key, subscription index). Subscribing is O(1) after a walk of the connection's
+//! own subscriptions (to refuse duplicates; bounded by the route's `max_subscriptions`);
+//! unsubscribing is the same walk and an O(1) swap-remove; a disconnect walks only the
+//! connection's own subscriptions. Delivery walks the topic's member list, contiguous keys.
+//! Nothing is keyed by connection in a hash: connection keys are slab keys, dense and reused.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+const NONE: u32 = u32::MAX;
+
+/// Index of a live topic (valid until its last subscriber leaves).
+pub type TopicId = u32;
+
+#[derive(Debug)]
+struct Topic {
+    name: Rc<str>,
+    /// (connection key, subscription index).
+    members: Vec<(u32, u32)>,
+    /// Messages not delivered to a slow subscriber (drop policy).
+    dropped: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sub {
+    topic: u32,
+    /// Index in the topic's member list.
+    pos: u32,
+    /// The connection's next subscription, or the next free record.
+    next: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Topics {
+    by_name: HashMap<Rc<str>, TopicId>,
+    topics: Vec<Option<Topic>>,
+    free_topics: Vec<TopicId>,
+    subs: Vec<Sub>,
+    free_sub: Option<u32>,
+    /// Per connection key: its first subscription.
+    heads: Vec<u32>,
+    live_subs: usize,
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeError {
+    /// The connection already has the most subscriptions its route allows.
+    TooMany,
+}
+
+impl Topics {
+    pub fn new() -> Topics {
+        Topics { free_sub: None, ..Default::default() }
+    }
+
+    /// Subscribes connection `conn` to `name`. `Ok(false)`: it already was.
+    pub fn subscribe(&mut self, conn: usize, name: &str, max: usize) -> Result<bool, SubscribeError> {
+        let key = conn as u32;
+        if self.heads.len() <= conn {
+            self.heads.resize(conn + 1, NONE);
+        }
+        let topic = self.by_name.get(name).copied();
+        let mut count = 0;
+        let mut s = self.heads[conn];
+        while s != NONE {
+            let sub = self.subs[s as usize];
+            if Some(sub.topic) == topic {
+                return Ok(false);
+            }
+            count += 1;
+            s = sub.next;
+        }
+        if count >= max {
+            return Err(SubscribeError::TooMany);
+        }
+        let topic = topic.unwrap_or_else(|| self.create_topic(name));
+        let t = self.topics[topic as usize].as_mut().expect("live topic");
+        let pos = t.members.len() as u32;
+        let record = Sub { topic, pos, next: self.heads[conn] };
+        let index = match self.free_sub {
+            Some(i) => {
+                let next_free = self.subs[i as usize].next;
+                self.free_sub = (next_free != NONE).then_some(next_free);
+                self.subs[i as usize] = record;
+                i
+            }
+            None => {
+                self.subs.push(record);
+                (self.subs.len() - 1) as u32
+            }
+        };
+        t.members.push((key, index));
+        self.heads[conn] = index;
+        self.live_subs += 1;
+        Ok(true)
+    }
+
+    /// Unsubscribes `conn` from `name`. Returns whether it was subscribed.
+    pub fn unsubscribe(&mut self, conn: usize, name: &str) -> bool {
+        let Some(&topic) = self.by_name.get(name) else { return false };
+        let Some(&head) = self.heads.get(conn) else { return false };
+        let (mut prev, mut s) = (NONE, head);
+        while s != NONE {
+            let sub = self.subs[s as usize];
+            if sub.topic == topic {
+                if prev == NONE {
+                    self.heads[conn] = sub.next;
+                } else {
+                    self.subs[prev as usize].next = sub.next;
+                }
+                self.drop_sub(s);
+                return true;
+            }
+            prev = s;
+            s = sub.next;
+        }
+        false
+    }
+
+    /// Removes every subscription of `conn` (it is going away).
+    pub fn remove_connection(&mut self, conn: usize) {
+        let Some(head) = self.heads.get_mut(conn) else { return };
+        let mut s = std::mem::replace(head, NONE);
+        while s != NONE {
+            let next = self.subs[s as usize].next;
+            self.drop_sub(s);
+            s = next;
+        }
+    }
+
+    /// The topic's id, if anyone is subscribed to it.
+    pub fn find(&self, name: &str) -> Option<TopicId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The connection keys subscribed to `topic`.
+    pub fn members(&self, topic: TopicId) -> impl ExactSizeIterator<Item = usize> + '_ {
+        let members = self.topics.get(topic as usize).and_then(Option::as_ref).map_or(&[][..], |t| &t.members[..]);
+        members.iter().map(|&(conn, _)| conn as usize)
+    }
+
+    /// Counts messages a slow subscriber of `topic` did not get.
+    pub fn note_dropped(&mut self, topic: TopicId, n: u64) {
+        if let Some(Some(t)) = self.topics.get_mut(topic as usize) {
+            t.dropped += n;
+        }
+    }
+
+    /// Messages dropped on `name` for slow subscribers, since the topic was created.
+    pub fn dropped(&self, name: &str) -> u64 {
+        self.find(name).and_then(|t| self.topics[t as usize].as_ref()).map_or(0, |t| t.dropped)
+    }
+
+    /// How many topics `conn` is subscribed to.
+    pub fn count(&self, conn: usize) -> usize {
+        let mut n = 0;
+        let mut s = self.heads.get(conn).copied().unwrap_or(NONE);
+        while s != NONE {
+            n += 1;
+            s = self.subs[s as usize].next;
+        }
+        n
+    }
+
+    /// Live subscriptions and topics.
+    pub fn len(&self) -> (usize, usize) {
+        (self.live_subs, self.by_name.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live_subs == 0
+    }
+
+    fn create_topic(&mut self, name: &str) -> TopicId {
+        let name: Rc<str> = name.into();
+        let topic = Topic { name: name.clone(), members: Vec::new(), dropped: 0 };
+        let id = match self.free_topics.pop() {
+            Some(id) => {
+                self.topics[id as usize] = Some(topic);
+                id
+            }
+            None => {
+                self.topics.push(Some(topic));
+                (self.topics.len() - 1) as TopicId
+            }
+        };
+        self.by_name.insert(name, id);
+        id
+    }
+
+    /// Frees subscription record `s` (already unlinked from its connection's list).
+    fn drop_sub(&mut self, s: u32) {
+        let Sub { topic, pos, .. } = self.subs[s as usize];
+        let t = self.topics[topic as usize].as_mut().expect("a subscription's topic is live");
+        t.members.swap_remove(pos as usize);
+        if let Some(&(_, moved)) = t.members.get(pos as usize) {
+            self.subs[moved as usize].pos = pos;
+        }
+        if t.members.is_empty() {
+            let name = t.name.clone();
+            self.by_name.remove(&name);
+            self.topics[topic as usize] = None;
+            self.free_topics.push(topic);
+        } else if t.members.capacity() > 64 && t.members.len() < t.members.capacity() / 4 {
+            t.members.shrink_to(t.members.len() * 2);
+        }
+        self.subs[s as usize] = Sub { topic: NONE, pos: NONE, next: self.free_sub.unwrap_or(NONE) };
+        self.free_sub = Some(s);
+        self.live_subs -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(t: &Topics, name: &str) -> Vec<usize> {
+        let mut v: Vec<usize> = t.find(name).map(|id| t.members(id).collect()).unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn subscribe_unsubscribe_disconnect() {
+        let mut t = Topics::new();
+        assert_eq!(t.subscribe(1, "a", 10), Ok(true));
+        assert_eq!(t.subscribe(1, "a", 10), Ok(false));
+        assert_eq!(t.subscribe(2, "a", 10), Ok(true));
+        assert_eq!(t.subscribe(3, "a", 10), Ok(true));
+        assert_eq!(t.subscribe(1, "b", 10), Ok(true));
+        assert_eq!(members(&t, "a"), [1, 2, 3]);
+        assert_eq!(t.count(1), 2);
+        assert!(t.unsubscribe(1, "a"));
+        assert!(!t.unsubscribe(1, "a"));
+        assert_eq!(members(&t, "a"), [2, 3]);
+        t.remove_connection(1);
+        assert_eq!(t.find("b"), None, "a topic without subscribers is gone");
+        assert_eq!(t.len(), (2, 1));
+        assert_eq!(t.subscribe(2, "c", 2), Ok(true));
+        assert_eq!(t.subscribe(2, "d", 2), Err(SubscribeError::TooMany));
+        t.remove_connection(2);
+        t.remove_connection(3);
+        assert!(t.is_empty());
+        assert_eq!(t.len(), (0, 0));
+    }
+
+    /// Against a naive model, in a pseudo-random order of operations.
+    #[test]
+    fn matches_a_naive_model() {
+        let mut t = Topics::new();
+        let mut model: std::collections::BTreeSet<(usize, u8)> = Default::default();
+        let mut x: u32 = 12345;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let conn = (x % 50) as usize;
+            let topic = ((x >> 8) % 7) as u8;
+            let name = format!("t{topic}");
+            match (x >> 16) % 5 {
+                0 | 1 => assert_eq!(t.subscribe(conn, &name, 100), Ok(model.insert((conn, topic)))),
+                2 | 3 => assert_eq!(t.unsubscribe(conn, &name), model.remove(&(conn, topic))),
+                _ => {
+                    t.remove_connection(conn);
+                    model.retain(|(c, _)| *c != conn);
+                }
+            }
+        }
+        for topic in 0..7u8 {
+            let want: Vec<usize> = model.iter().filter(|(_, t)| *t == topic).map(|(c, _)| *c).collect();
+            assert_eq!(members(&t, &format!("t{topic}")), want);
+        }
+        assert_eq!(t.len().0, model.len());
+    }
+}

@@ -1,0 +1,281 @@
+//! A sans-I/O RFC 6455 session: bytes in, events out, deadlines reported, time passed in.
+//!
+//! It owns the message decoder and the rules that sit above frames: the ping schedule (a
+//! silent peer is pinged, one that does not answer is closed), the idle timeout, and the
+//! close handshake (§5.5.1, §7.1.2: once our close frame is sent only the peer's close frame
+//! matters, and it must come within `close_timeout`). It writes nothing: the caller queues
+//! the frames that events and timers ask for, so the server, the client and the load tools
+//! share one state machine, and tests drive it with a synthetic clock.
+
+use std::time::{Duration, Instant};
+
+use super::close::{self, CloseFrame};
+use super::frame::Role;
+use super::message::{Decoder, Event, MessageKind, MessageLimits};
+use super::ProtocolError;
+
+/// The session's timers; a zero `idle_timeout` or `ping_interval` switches that timer off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub idle_timeout: Duration,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub close_timeout: Duration,
+}
+
+/// What the peer's bytes produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received<'a> {
+    /// A whole data message; text is valid UTF-8.
+    Message(MessageKind, &'a [u8]),
+    /// Answer with a pong carrying the same payload (§5.5.2).
+    Ping(&'a [u8]),
+    Pong(&'a [u8]),
+    /// The peer began the close handshake: answer with [`reply_code`] and end (§5.5.1).
+    /// The session counts the answer as sent.
+    CloseBegun(CloseFrame<'a>),
+    /// The peer answered our close frame: the handshake is complete.
+    CloseAnswered(Option<u16>),
+}
+
+/// What a passed deadline asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Send a ping: the peer has been silent for `ping_interval`.
+    Ping,
+    /// Begin the close handshake with this code and reason.
+    Close(u16, &'static str),
+    /// Give up on the peer: our close frame was not answered in time.
+    Abort(&'static str),
+}
+
+#[derive(Debug)]
+pub struct Session {
+    decoder: Decoder,
+    timing: Timing,
+    /// Last data message from the peer (idle timeout).
+    last_message: Instant,
+    /// Last frame of any kind from the peer (ping schedule).
+    last_read: Instant,
+    ping_sent: Option<Instant>,
+    /// Set once our close frame is queued.
+    close_sent: Option<Instant>,
+}
+
+/// §5.5.1: the close frame that answers `frame`, echoing its status code (an empty close
+/// gets an empty one).
+pub fn reply_code(frame: &CloseFrame<'_>) -> Option<u16> {
+    frame.code
+}
+
+impl Session {
+    pub fn new(role: Role, limits: MessageLimits, timing: Timing, now: Instant) -> Session {
+        let decoder = match role {
+            Role::Server => Decoder::server(limits),
+            Role::Client => Decoder::client(limits),
+        };
+        Session { decoder, timing, last_message: now, last_read: now, ping_sent: None, close_sent: None }
+    }
+
+    /// Decodes from `buf` (the unread bytes). Returns the event, if one completed, and the
+    /// bytes consumed; `(None, 0)` means more bytes are needed. After our close frame, every
+    /// frame but the peer's close is consumed and dropped (§5.5.1).
+    pub fn receive<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+        now: Instant,
+    ) -> Result<(Option<Received<'a>>, usize), ProtocolError> {
+        let closing = self.close_sent.is_some();
+        let (event, used) = self.decoder.decode(buf)?;
+        let Some(event) = event else { return Ok((None, used)) };
+        // Any frame proves the peer alive, not only a pong.
+        self.last_read = now;
+        self.ping_sent = None;
+        let received = match event {
+            Event::Close(frame) if closing => Received::CloseAnswered(frame.code),
+            Event::Close(frame) => {
+                self.close_sent = Some(now);
+                Received::CloseBegun(frame)
+            }
+            _ if closing => return Ok((None, used)),
+            Event::Message(kind, payload) => {
+                self.last_message = now;
+                Received::Message(kind, payload)
+            }
+            Event::Ping(p) => Received::Ping(p),
+            Event::Pong(p) => Received::Pong(p),
+        };
+        Ok((Some(received), used))
+    }
+
+    /// Marks our close frame as sent. Returns `false` if it already was (send nothing).
+    pub fn close(&mut self, now: Instant) -> bool {
+        if self.close_sent.is_some() {
+            return false;
+        }
+        self.close_sent = Some(now);
+        true
+    }
+
+    /// Our close frame is out; only the peer's close frame matters now.
+    pub fn is_closing(&self) -> bool {
+        self.close_sent.is_some()
+    }
+
+    /// The next time [`Session::on_timer`] has something to do.
+    pub fn deadline(&self) -> Option<Instant> {
+        if let Some(sent) = self.close_sent {
+            return Some(sent + self.timing.close_timeout);
+        }
+        let t = &self.timing;
+        let idle = (!t.idle_timeout.is_zero()).then(|| self.last_message + t.idle_timeout);
+        let ping = match self.ping_sent {
+            Some(pinged) => Some(pinged + t.pong_timeout),
+            None if !t.ping_interval.is_zero() => Some(self.last_read + t.ping_interval),
+            None => None,
+        };
+        match (idle, ping) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// What the deadlines passed by `now` ask for, if anything. A `Ping` is recorded as sent.
+    pub fn on_timer(&mut self, now: Instant) -> Option<Due> {
+        let t = self.timing;
+        if let Some(sent) = self.close_sent {
+            return (now >= sent + t.close_timeout).then_some(Due::Abort("close handshake timed out"));
+        }
+        if !t.idle_timeout.is_zero() && now >= self.last_message + t.idle_timeout {
+            return Some(Due::Close(close::GOING_AWAY, "idle timeout"));
+        }
+        match self.ping_sent {
+            Some(pinged) if now >= pinged + t.pong_timeout => Some(Due::Close(close::GOING_AWAY, "ping timeout")),
+            Some(_) => None,
+            None if !t.ping_interval.is_zero() && now >= self.last_read + t.ping_interval => {
+                self.ping_sent = Some(now);
+                Some(Due::Ping)
+            }
+            None => None,
+        }
+    }
+
+    /// True when no frame or message is partly received.
+    pub fn is_between_messages(&self) -> bool {
+        self.decoder.is_between_messages()
+    }
+
+    /// The message just received, if it was assembled in the decoder's own buffer: the
+    /// caller may keep it without copying.
+    pub fn take_assembled(&mut self) -> Option<Vec<u8>> {
+        self.decoder.take_assembled()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::frame::{encode_header, Opcode, MAX_HEADER_LEN};
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn timing() -> Timing {
+        Timing { idle_timeout: 100 * S, ping_interval: 10 * S, pong_timeout: 5 * S, close_timeout: 3 * S }
+    }
+
+    /// A masked client frame.
+    fn frame(opcode: Opcode, payload: &[u8]) -> Vec<u8> {
+        let key = [1, 2, 3, 4];
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut head, true, opcode, payload.len(), Some(key));
+        let mut v = head[..n].to_vec();
+        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        v
+    }
+
+    fn server(t0: Instant) -> Session {
+        Session::new(Role::Server, MessageLimits::default(), timing(), t0)
+    }
+
+    #[test]
+    fn silent_peer_is_pinged_then_closed() {
+        let t0 = Instant::now();
+        let mut s = server(t0);
+        assert_eq!(s.deadline(), Some(t0 + 10 * S));
+        assert_eq!(s.on_timer(t0 + 9 * S), None);
+        assert_eq!(s.on_timer(t0 + 10 * S), Some(Due::Ping));
+        assert_eq!(s.deadline(), Some(t0 + 15 * S));
+        assert_eq!(s.on_timer(t0 + 12 * S), None);
+        assert_eq!(s.on_timer(t0 + 15 * S), Some(Due::Close(close::GOING_AWAY, "ping timeout")));
+    }
+
+    #[test]
+    fn any_frame_answers_a_ping_and_resets_the_schedule() {
+        let t0 = Instant::now();
+        let mut s = server(t0);
+        assert_eq!(s.on_timer(t0 + 10 * S), Some(Due::Ping));
+        let mut bytes = frame(Opcode::Pong, b"");
+        let (ev, used) = s.receive(&mut bytes, t0 + 11 * S).unwrap();
+        assert_eq!((ev, used), (Some(Received::Pong(b"")), 2 + 4));
+        assert_eq!(s.deadline(), Some(t0 + 21 * S));
+        assert_eq!(s.on_timer(t0 + 16 * S), None);
+    }
+
+    #[test]
+    fn idle_timeout_counts_messages_not_pongs() {
+        let t0 = Instant::now();
+        let mut s = Session::new(
+            Role::Server,
+            MessageLimits::default(),
+            Timing { ping_interval: Duration::ZERO, ..timing() },
+            t0,
+        );
+        let mut pong = frame(Opcode::Pong, b"");
+        s.receive(&mut pong, t0 + 50 * S).unwrap();
+        assert_eq!(s.deadline(), Some(t0 + 100 * S));
+        let mut msg = frame(Opcode::Text, b"hi");
+        assert_eq!(s.receive(&mut msg, t0 + 60 * S).unwrap().0, Some(Received::Message(MessageKind::Text, b"hi")));
+        assert_eq!(s.on_timer(t0 + 100 * S), None);
+        assert_eq!(s.on_timer(t0 + 160 * S), Some(Due::Close(close::GOING_AWAY, "idle timeout")));
+    }
+
+    #[test]
+    fn close_handshake_ignores_data_and_times_out() {
+        let t0 = Instant::now();
+        let mut s = server(t0);
+        assert!(s.close(t0));
+        assert!(!s.close(t0 + S), "one close frame only");
+        assert_eq!(s.deadline(), Some(t0 + 3 * S));
+        let mut msg = frame(Opcode::Text, b"late");
+        let len = msg.len();
+        let (ev, used) = s.receive(&mut msg, t0 + S).unwrap();
+        assert_eq!((ev, used), (None, len));
+        assert_eq!(s.on_timer(t0 + 2 * S), None);
+        assert_eq!(s.on_timer(t0 + 3 * S), Some(Due::Abort("close handshake timed out")));
+        let mut answer = frame(Opcode::Close, &1000u16.to_be_bytes());
+        assert_eq!(s.receive(&mut answer, t0 + 2 * S).unwrap().0, Some(Received::CloseAnswered(Some(1000))));
+    }
+
+    #[test]
+    fn peer_initiated_close_is_reported_with_its_code() {
+        let t0 = Instant::now();
+        let mut s = server(t0);
+        let mut payload = 4000u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"bye");
+        let mut bytes = frame(Opcode::Close, &payload);
+        let (ev, _) = s.receive(&mut bytes, t0).unwrap();
+        let Some(Received::CloseBegun(f)) = ev else { panic!("{ev:?}") };
+        assert_eq!((reply_code(&f), f.reason), (Some(4000), "bye"));
+    }
+
+    #[test]
+    fn client_role_refuses_masked_frames() {
+        let t0 = Instant::now();
+        let mut s = Session::new(Role::Client, MessageLimits::default(), timing(), t0);
+        let mut masked = frame(Opcode::Text, b"x");
+        assert!(s.receive(&mut masked, t0).is_err());
+        let mut s = Session::new(Role::Client, MessageLimits::default(), timing(), t0);
+        let mut plain = vec![0x81, 1, b'x'];
+        assert_eq!(s.receive(&mut plain, t0).unwrap().0, Some(Received::Message(MessageKind::Text, b"x")));
+    }
+}
