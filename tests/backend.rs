@@ -525,3 +525,46 @@ fn a_client_that_never_reads_cannot_grow_the_gateway() {
     other.send(Message::text("unaffected")).unwrap();
     assert_eq!(other.read().unwrap(), Message::text("unaffected"));
 }
+
+/// A framed backend drives pub/sub for its client: SUBSCRIBE, PUBLISH (with and without its
+/// own client), UNSUBSCRIBE, and SEND to a connection named by the id from another HELLO.
+#[test]
+fn framed_backend_subscribes_publishes_and_sends_by_id() {
+    let dir = SockDir::new("pubsub");
+    let backend = dir.backend("app", "framed");
+    let server = gateway(&[route("/app", &backend.socket, "framed")]);
+    let mut a = client(&server.url("/app"));
+    let mut b = client(&server.url("/app"));
+    for ws in [&mut a, &mut b] {
+        ws.send(Message::text("sub:news")).unwrap();
+    }
+    // A round trip through each backend connection: its SUBSCRIBE was applied before.
+    a.send(Message::text("id?")).unwrap();
+    let Message::Text(a_id) = read_data(&mut a) else { panic!("expected text") };
+    b.send(Message::text("id?")).unwrap();
+    let Message::Text(b_id) = read_data(&mut b) else { panic!("expected text") };
+    assert_ne!(a_id, b_id);
+
+    a.send(Message::text("pub:news:to everyone")).unwrap();
+    assert_eq!(read_data(&mut a), Message::text("to everyone"));
+    assert_eq!(read_data(&mut b), Message::text("to everyone"));
+    a.send(Message::text("pubx:news:not to a")).unwrap();
+    assert_eq!(read_data(&mut b), Message::text("not to a"));
+
+    b.send(Message::text(format!("send:{}:just for a", a_id.as_str()))).unwrap();
+    assert_eq!(read_data(&mut a), Message::text("just for a"));
+
+    b.send(Message::text("unsub:news")).unwrap();
+    b.send(Message::text("id?")).unwrap();
+    assert_eq!(read_data(&mut b), Message::text(b_id.as_str()));
+    a.send(Message::text("pub:news:only a now")).unwrap();
+    assert_eq!(read_data(&mut a), Message::text("only a now"));
+    b.send(Message::text("id?")).unwrap();
+    assert_eq!(read_data(&mut b), Message::text(b_id.as_str()), "b unsubscribed and got nothing more");
+    // An id that names no open connection is ignored.
+    a.send(Message::text("send:12345678901:nobody")).unwrap();
+    a.send(Message::text("id?")).unwrap();
+    assert_eq!(read_data(&mut a), Message::text(a_id.as_str()));
+    a.close(None).unwrap();
+    server.wait_log(&format!("id={} /app status=101", a_id.as_str()));
+}

@@ -147,8 +147,10 @@ impl App for PubSub {
                     cx.close(AppClose::Close(close::POLICY_VIOLATION, "too many bad requests".into()));
                     return;
                 }
-                let body = format!("{{\"op\":\"error\",\"code\":{code},\"message\":\"{message}\"}}");
-                cx.send(MessageKind::Text, body.as_bytes());
+                let mut body = format!("{{\"op\":\"error\",\"code\":{code},\"message\":").into_bytes();
+                write_json_string(&mut body, message);
+                body.push(b'}');
+                cx.send(MessageKind::Text, &body);
             }
         }
     }

@@ -9,6 +9,11 @@ Echoes every message. In framed mode it also understands the text commands
   "close-me"  -> sends CLOSE 4001 "asked" and closes
   "die"       -> exits at once (a crash, as far as wsgate can tell)
   "split"     -> replies with a text message in three fragments: "abc" "def" "ghi"
+and drives pub/sub for its client (protocol version 2 records):
+  "id?"          -> replies with the client's id from the HELLO
+  "sub:T"        -> SUBSCRIBE T            "unsub:T" -> UNSUBSCRIBE T
+  "pub:T:MSG"    -> PUBLISH MSG to T       "pubx:T:MSG" -> the same, not to its own client
+  "send:ID:MSG"  -> SEND MSG to connection ID
 In direct mode it receives the client's socket and writes one WebSocket text frame to it.
 In stall mode it accepts and never reads; in flood mode it writes without end; in noaccept
 mode it listens with the smallest backlog and never accepts.
@@ -72,6 +77,20 @@ def serve_framed(conn, logfile):
             return
         elif kind == 2 and payload == b"die":
             os._exit(1)
+        elif kind == 2 and payload == b"id?":
+            ident = [l for l in hello.decode().split("\n") if l.startswith("id: ")][0][4:]
+            conn.sendall(record(2, ident.encode()))
+        elif kind == 2 and payload.startswith(b"sub:"):
+            conn.sendall(record(5, payload[4:]))
+        elif kind == 2 and payload.startswith(b"unsub:"):
+            conn.sendall(record(6, payload[6:]))
+        elif kind == 2 and (payload.startswith(b"pub:") or payload.startswith(b"pubx:")):
+            cmd, topic, msg = payload.split(b":", 2)
+            flags = 2 if cmd == b"pubx" else 0
+            conn.sendall(record(7, bytes([flags, len(topic)]) + topic + msg))
+        elif kind == 2 and payload.startswith(b"send:"):
+            _, ident, msg = payload.split(b":", 2)
+            conn.sendall(record(8, struct.pack(">Q", int(ident)) + bytes([0]) + msg))
         elif kind == 2 and payload == b"split":
             conn.sendall(record(2, b"abc", False) + record(2, b"def", False) + record(2, b"ghi", True))
         else:

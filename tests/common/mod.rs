@@ -262,6 +262,11 @@ impl Raw {
         Raw { stream, pending: Vec::new() }
     }
 
+    /// Wraps a stream whose upgrade is already done.
+    pub fn from_stream(stream: TcpStream) -> Raw {
+        Raw { stream, pending: Vec::new() }
+    }
+
     /// Sends one masked frame with the given first byte (FIN/RSV/opcode).
     pub fn send(&mut self, first: u8, payload: &[u8]) {
         let frame = masked_frame(first, payload);
