@@ -72,8 +72,20 @@ enum Bytes {
 #[derive(Debug)]
 struct Chunk {
     bytes: Bytes,
-    /// This chunk starts inside the frame (or HTTP message) the previous chunk began.
-    continues: bool,
+    role: Role,
+}
+
+/// What a chunk is to the frames around it, for [`OutQueue::push_urgent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Starts with a frame (and holds whole frames, perhaps the header of a large one).
+    Frames,
+    /// Starts inside the frame the previous chunk began (a large payload).
+    Continues,
+    /// Queued ahead of data by [`OutQueue::push_urgent`].
+    Urgent,
+    /// Raw bytes (an HTTP response, a backend stream): nothing jumps ahead of them.
+    Fixed,
 }
 
 impl Chunk {
@@ -131,10 +143,10 @@ impl OutQueue {
     }
 
     /// The last chunk if `extra` more bytes fit in it, else a new pooled chunk.
-    fn tail(&mut self, pools: &mut Pools, extra: usize, continues: bool) -> &mut Vec<u8> {
+    fn tail(&mut self, pools: &mut Pools, extra: usize, role: Role) -> &mut Vec<u8> {
         let fits = self.chunks.back_mut().and_then(Chunk::coalescing).is_some_and(|c| c.len() + extra <= CHUNK_SIZE);
         if !fits {
-            self.chunks.push_back(Chunk { bytes: Bytes::Owned(pools.take_chunk()), continues });
+            self.chunks.push_back(Chunk { bytes: Bytes::Owned(pools.take_chunk()), role });
         }
         self.chunks.back_mut().and_then(Chunk::coalescing).expect("a pooled chunk was just ensured")
     }
@@ -147,14 +159,16 @@ impl OutQueue {
     /// Queues raw bytes (an HTTP response, a backend record stream).
     pub fn push_bytes(&mut self, pools: &mut Pools, bytes: &[u8]) {
         let mut rest = bytes;
-        let mut first = true;
         while !rest.is_empty() {
-            let tail = self.tail(pools, 1, !first);
+            let tail = self.tail(pools, 1, Role::Fixed);
             let room = CHUNK_SIZE.saturating_sub(tail.len()).max(1);
             let (now, later) = rest.split_at(room.min(rest.len()));
             tail.extend_from_slice(now);
             rest = later;
-            first = false;
+        }
+        // Bytes coalesced into a chunk of frames pin it too.
+        if let Some(last) = self.chunks.back_mut() {
+            last.role = Role::Fixed;
         }
         self.count(bytes.len());
     }
@@ -164,7 +178,7 @@ impl OutQueue {
     pub fn push_parts(&mut self, pools: &mut Pools, parts: &[&[u8]]) {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         if total <= CHUNK_SIZE {
-            let tail = self.tail(pools, total, false);
+            let tail = self.tail(pools, total, Role::Frames);
             for p in parts {
                 tail.extend_from_slice(p);
             }
@@ -173,7 +187,7 @@ impl OutQueue {
         }
         let Some((last, head)) = parts.split_last() else { return };
         let head_len: usize = head.iter().map(|p| p.len()).sum();
-        let tail = self.tail(pools, head_len, false);
+        let tail = self.tail(pools, head_len, Role::Frames);
         for p in head {
             tail.extend_from_slice(p);
         }
@@ -188,7 +202,7 @@ impl OutQueue {
         if n == 0 {
             return;
         }
-        self.chunks.push_back(Chunk { bytes: Bytes::Owned(bytes), continues: true });
+        self.chunks.push_back(Chunk { bytes: Bytes::Owned(bytes), role: Role::Continues });
         self.count(n);
     }
 
@@ -198,26 +212,52 @@ impl OutQueue {
         if n == 0 {
             return;
         }
-        self.chunks.push_back(Chunk { bytes: Bytes::Shared(bytes), continues: false });
+        self.chunks.push_back(Chunk { bytes: Bytes::Shared(bytes), role: Role::Frames });
         self.count(n);
     }
 
-    /// Queues a small unit (a control frame) ahead of queued data: after the chunk being
-    /// written and whatever continues it, so it never lands inside another frame, and never
-    /// waits behind a full queue. Pipe segments keep their order (it is then queued last).
-    pub fn push_urgent(&mut self, pools: &mut Pools, bytes: &[u8]) {
+    /// Where a unit may enter ahead of queued data: after the chunk being written and what
+    /// continues it (never inside another frame), after earlier urgent units (they keep
+    /// their order) and after raw bytes (the 101 response). `None` when it can only go last (nothing queued, or pipe segments,
+    /// whose stream offsets must not move).
+    fn urgent_slot(&self) -> Option<usize> {
         if self.chunks.is_empty() || !self.pipe_segments.is_empty() {
-            return self.push_parts(pools, &[bytes]);
+            return None;
         }
         let mut at = usize::from(self.front_written > 0);
-        while self.chunks.get(at).is_some_and(|c| c.continues) {
+        while self.chunks.get(at).is_some_and(|c| c.role != Role::Frames) {
             at += 1;
         }
-        if at == self.chunks.len() {
-            return self.push_parts(pools, &[bytes]);
-        }
-        self.chunks.insert(at, Chunk { bytes: Bytes::Owned(bytes.to_vec()), continues: false });
+        (at < self.chunks.len()).then_some(at)
+    }
+
+    /// Queues a small unit (a ping or pong) ahead of queued data, so it never waits behind a
+    /// full queue (see [`OutQueue::urgent_slot`] for where).
+    pub fn push_urgent(&mut self, pools: &mut Pools, bytes: &[u8]) {
+        // Its own chunk even at the end, so a later urgent unit queues behind it.
+        let at = self.urgent_slot().unwrap_or(self.chunks.len());
+        self.chunks.insert(at, Chunk { bytes: Bytes::Owned(bytes.to_vec()), role: Role::Urgent });
         self.count(bytes.len());
+    }
+
+    /// Drops every queued unit not yet begun (urgent ones stay): for a peer that will get a
+    /// close frame next and nothing after it. Returns the bytes dropped.
+    pub fn discard_unstarted(&mut self, pools: &mut Pools) -> usize {
+        let Some(mut at) = self.urgent_slot() else { return 0 };
+        let mut dropped = 0;
+        while at < self.chunks.len() {
+            if matches!(self.chunks[at].role, Role::Urgent | Role::Fixed) {
+                at += 1;
+                continue;
+            }
+            if let Some(c) = self.chunks.remove(at) {
+                dropped += c.as_slice().len();
+                recycle(c, pools);
+            }
+        }
+        self.queued -= dropped;
+        self.pushed -= dropped as u64;
+        dropped
     }
 
     /// Queues `len` payload bytes that are already in the connection's pipe; they continue

@@ -84,7 +84,7 @@ impl OutQueue {
         self.push_piped(len);
     }
 
-    /// Queues a control frame (ping, pong, close) ahead of queued data.
+    /// Queues a ping or pong ahead of queued data (in order among themselves).
     pub fn push_control(&mut self, pools: &mut Pools, opcode: Opcode, payload: &[u8]) {
         debug_assert!(payload.len() <= 125, "§5.5: control frames carry at most 125 bytes");
         let mut frame = [0u8; MAX_HEADER_LEN + 125];
@@ -97,14 +97,18 @@ impl OutQueue {
     }
 
     /// Queues a close frame with a code and a reason (cut to fit 125 bytes at a character
-    /// boundary), or an empty one for `None`.
+    /// boundary), or an empty one for `None`. It goes after queued data: a close frame is the
+    /// last frame (§5.5.1), so whatever is queued before it goes first (or is discarded with
+    /// [`OutQueue::discard_unstarted`]).
     pub fn push_close(&mut self, pools: &mut Pools, code: Option<u16>, reason: &str) {
         let mut payload = [0u8; 125];
         let n = match code {
             Some(code) => encode_close_payload(&mut payload, code, reason),
             None => 0,
         };
-        self.push_control(pools, Opcode::Close, &payload[..n]);
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let h = encode_header(&mut head, true, Opcode::Close, n, None);
+        self.push_parts(pools, &[&head[..h], &payload[..n]]);
     }
 }
 
@@ -135,6 +139,22 @@ mod tests {
         let big_rest = 4 + big.len() - 2;
         assert_eq!(&bytes[big_rest..big_rest + 3], &[0x8A, 1, b'p']);
         assert_eq!(bytes.len(), big_rest + 3 + 2 * shared.len());
+        // A third pong keeps its place after the second.
+        q.push_control(&mut pools, Opcode::Pong, b"q");
+        let bytes = q.to_vec();
+        assert_eq!(&bytes[big_rest..big_rest + 6], &[0x8A, 1, b'p', 0x8A, 1, b'q']);
+        // A slow consumer's close: the unstarted shared frames go, the pongs stay.
+        assert_eq!(q.discard_unstarted(&mut pools), 2 * shared.len());
+        q.push_close(&mut pools, Some(1008), "slow");
+        let bytes = q.to_vec();
+        assert_eq!(bytes.len(), big_rest + 6 + 2 + 2 + 4);
+        // Into an empty queue, urgent units keep their order too.
+        let mut q = OutQueue::default();
+        for p in [b"0", b"1", b"2"] {
+            q.push_control(&mut pools, Opcode::Pong, p);
+        }
+        assert_eq!(q.to_vec(), [0x8A, 1, b'0', 0x8A, 1, b'1', 0x8A, 1, b'2']);
+        assert_eq!(&bytes[big_rest + 6..big_rest + 8], &[0x88, 6]);
     }
 
     /// Takes at most `.1` bytes in one call.

@@ -267,6 +267,11 @@ impl Connection {
                 }
             }
             if !(self.readable && self.wants_input()) {
+                // What the app queued last (a backend's reply and close in one read) goes
+                // out before the connection waits.
+                if self.writable && self.has_output() {
+                    continue;
+                }
                 break;
             }
             if budget == 0 {
@@ -448,6 +453,8 @@ impl Connection {
                 self.log.end = Some(why.into());
             }
             End::SlowConsumer => {
+                // What it has not begun to receive it will not get: its close frame goes next.
+                self.out.discard_unstarted(pools);
                 self.begin_close(now, pools, SLOW_CONSUMER_CODE, "slow consumer: too much queued".into())
             }
             End::Closed { code, reason } => {
