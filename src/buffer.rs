@@ -233,7 +233,7 @@ impl OutQueue {
 
     /// Queues a small unit (a ping or pong) ahead of queued data, so it never waits behind a
     /// full queue (see [`OutQueue::urgent_slot`] for where).
-    pub fn push_urgent(&mut self, pools: &mut Pools, bytes: &[u8]) {
+    pub fn push_urgent(&mut self, bytes: &[u8]) {
         // Its own chunk even at the end, so a later urgent unit queues behind it.
         let at = self.urgent_slot().unwrap_or(self.chunks.len());
         self.chunks.insert(at, Chunk { bytes: Bytes::Owned(bytes.to_vec()), role: Role::Urgent });

@@ -85,7 +85,7 @@ impl OutQueue {
     }
 
     /// Queues a ping or pong ahead of queued data (in order among themselves).
-    pub fn push_control(&mut self, pools: &mut Pools, opcode: Opcode, payload: &[u8]) {
+    pub fn push_control(&mut self, opcode: Opcode, payload: &[u8]) {
         debug_assert!(payload.len() <= 125, "§5.5: control frames carry at most 125 bytes");
         let mut frame = [0u8; MAX_HEADER_LEN + 125];
         let mut head = [0u8; MAX_HEADER_LEN];
@@ -93,7 +93,7 @@ impl OutQueue {
         frame[..n].copy_from_slice(&head[..n]);
         let len = payload.len().min(125);
         frame[n..n + len].copy_from_slice(&payload[..len]);
-        self.push_urgent(pools, &frame[..n + len]);
+        self.push_urgent(&frame[..n + len]);
     }
 
     /// Queues a close frame with a code and a reason (cut to fit 125 bytes at a character
@@ -126,7 +126,7 @@ mod tests {
         q.push_shared_frame(&mut pools, &shared);
         q.push_shared_frame(&mut pools, &shared);
         // Nothing written yet: the pong goes first.
-        q.push_control(&mut pools, Opcode::Pong, b"a");
+        q.push_control(Opcode::Pong, b"a");
         assert_eq!(&q.to_vec()[..3], &[0x8A, 1, b'a']);
         // Part of the pong and the big frame written: the next pong goes right after the big
         // frame (its header and payload stay together), before the two shared frames.
@@ -134,13 +134,13 @@ mod tests {
         let mut partial = std::io::Cursor::new(&mut sink);
         assert_eq!(q.write_to(&mut LimitedWriter(&mut partial, 3), &mut pools).unwrap(), 3);
         assert_eq!(q.write_to(&mut LimitedWriter(&mut partial, 2), &mut pools).unwrap(), 2);
-        q.push_control(&mut pools, Opcode::Pong, b"p");
+        q.push_control(Opcode::Pong, b"p");
         let bytes = q.to_vec();
         let big_rest = 4 + big.len() - 2;
         assert_eq!(&bytes[big_rest..big_rest + 3], &[0x8A, 1, b'p']);
         assert_eq!(bytes.len(), big_rest + 3 + 2 * shared.len());
         // A third pong keeps its place after the second.
-        q.push_control(&mut pools, Opcode::Pong, b"q");
+        q.push_control(Opcode::Pong, b"q");
         let bytes = q.to_vec();
         assert_eq!(&bytes[big_rest..big_rest + 6], &[0x8A, 1, b'p', 0x8A, 1, b'q']);
         // A slow consumer's close: the unstarted shared frames go, the pongs stay.
@@ -151,7 +151,7 @@ mod tests {
         // Into an empty queue, urgent units keep their order too.
         let mut q = OutQueue::default();
         for p in [b"0", b"1", b"2"] {
-            q.push_control(&mut pools, Opcode::Pong, p);
+            q.push_control(Opcode::Pong, p);
         }
         assert_eq!(q.to_vec(), [0x8A, 1, b'0', 0x8A, 1, b'1', 0x8A, 1, b'2']);
         assert_eq!(&bytes[big_rest + 6..big_rest + 8], &[0x88, 6]);

@@ -271,7 +271,8 @@ mod tests {
     #[test]
     fn committed_corpus_replays_clean() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
-        let targets: [(&str, fn(&[u8])); 5] = [
+        type Target = (&'static str, fn(&[u8]));
+        let targets: [Target; 5] = [
             ("frame_header", super::frame_header),
             ("handshake", super::handshake),
             ("message_assembly", super::message_assembly),

@@ -326,7 +326,7 @@ impl Connection {
             }
             Phase::HandingOff { .. } if passed => Some(End::Abort("101 not accepted in time for the hand-off".into())),
             Phase::HandedOff { .. } if passed => Some(End::Abort("backend did not take the hand-off in time".into())),
-            Phase::Connected => self.ws_timer(now, cx.pools),
+            Phase::Connected => self.ws_timer(now),
             _ => None,
         };
         if let Some(end) = end {
@@ -335,7 +335,7 @@ impl Connection {
         self.after_io(cx);
     }
 
-    fn ws_timer(&mut self, now: Instant, pools: &mut Pools) -> Option<End> {
+    fn ws_timer(&mut self, now: Instant) -> Option<End> {
         let ws = self.ws.as_mut()?;
         if let Some((code, reason, since)) = ws.failing {
             if now < since + self.limits.close_timeout {
@@ -347,7 +347,7 @@ impl Connection {
         match ws.session.on_timer(now)? {
             Due::Ping => {
                 // Pings ride the urgent lane: a peer slow to read still gets them promptly.
-                self.out.push_control(pools, Opcode::Ping, b"");
+                self.out.push_control(Opcode::Ping, b"");
                 None
             }
             Due::Close(code, reason) => Some(End::Close { code, reason: reason.into() }),
@@ -930,7 +930,7 @@ impl Connection {
                         large = Some((kind, payload.len()));
                     }
                 }
-                Received::Ping(payload) => acx.out.push_control(acx.pools, Opcode::Pong, payload),
+                Received::Ping(payload) => acx.out.push_control(Opcode::Pong, payload),
                 Received::Pong(_) => {}
                 Received::CloseBegun(frame) => {
                     // §5.5.1: answer, echoing the code (an empty close gets an empty one).
