@@ -256,9 +256,9 @@ impl Server {
             return; // stale: the slot's connection is gone
         }
         let ready = if app_socket {
-            Ready { app_readable: readable, app_writable: writable, ..Ready::default() }
+            Ready { app_readable: readable, app_writable: writable, corked: true, ..Ready::default() }
         } else {
-            Ready { readable, writable, ..Ready::default() }
+            Ready { readable, writable, corked: true, ..Ready::default() }
         };
         self.run_conn(key, now, |conn, ctx| conn.drive(ctx, ready));
     }
@@ -316,21 +316,28 @@ impl Server {
 
     fn deliver(&mut self, key: usize, frame: &SharedFrame, now: Instant) {
         let Some(entry) = self.conns.get_mut(key) else { return };
-        if matches!(entry.conn.deliver(now, &mut self.pools, frame), Delivered::Queued | Delivered::Closing)
-            && !entry.dirty
-        {
-            entry.dirty = true;
-            self.dirty.push(key);
+        if matches!(entry.conn.deliver(now, &mut self.pools, frame), Delivered::Queued | Delivered::Closing) {
+            self.mark_dirty(key);
         }
     }
 
-    /// Writes what others queued this turn: one write per receiver for everything queued.
+    /// The end of the turn: every connection with output queued during it (its own replies,
+    /// what others published to it) writes once. Writing reads nothing, so this ends.
     fn flush_dirty(&mut self, now: Instant) {
         while !self.dirty.is_empty() {
             for key in std::mem::take(&mut self.dirty) {
                 let Some(entry) = self.conns.get_mut(key) else { continue };
                 entry.dirty = false;
                 self.run_conn(key, now, |conn, ctx| conn.drive(ctx, Ready::default()));
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(entry) = self.conns.get_mut(key) {
+            if !entry.dirty {
+                entry.dirty = true;
+                self.dirty.push(key);
             }
         }
     }
@@ -343,8 +350,13 @@ impl Server {
             self.closed.push(key);
             return;
         }
-        if progress == Progress::Busy && !self.busy.contains(&key) {
+        if matches!(progress, Progress::Busy | Progress::Again) && !self.busy.contains(&key) {
             self.busy.push(key);
+        }
+        // Written at the end of this turn (a Busy one too: it read a lot, so queued a lot).
+        if matches!(progress, Progress::Write | Progress::Busy) && !entry.dirty {
+            entry.dirty = true;
+            self.dirty.push(key);
         }
         // One timer entry per connection, at or before its deadline; a deadline that moved
         // later is found when the entry fires and re-armed then.
@@ -358,7 +370,7 @@ impl Server {
 
     fn serve_busy(&mut self, now: Instant) {
         for key in std::mem::take(&mut self.busy) {
-            self.run_conn(key, now, |conn, ctx| conn.drive(ctx, Ready::default()));
+            self.run_conn(key, now, |conn, ctx| conn.drive(ctx, Ready { corked: true, ..Ready::default() }));
         }
     }
 
@@ -376,7 +388,7 @@ impl Server {
             // Whatever the timer queued (a ping, a close frame, a 408) goes out now.
             self.run_conn(key, now, |conn, ctx| {
                 conn.on_timer(ctx);
-                conn.drive(ctx, Ready::default())
+                conn.drive(ctx, Ready { corked: true, ..Ready::default() })
             });
         }
     }
@@ -538,9 +550,10 @@ impl Server {
             // The close frame goes out now if the socket takes it.
             self.run_conn(key, now, |conn, ctx| {
                 conn.start_drain(ctx);
-                conn.drive(ctx, Ready::default())
+                conn.drive(ctx, Ready { corked: true, ..Ready::default() })
             });
         }
+        self.flush_dirty(now);
         self.remove_closed(now);
     }
 }

@@ -60,13 +60,18 @@ pub struct Ctx<'a> {
     pub actions: &'a mut Vec<Action>,
 }
 
-/// Readiness the poller reported, for the client's socket and for the app's own socket.
+/// Readiness the poller reported, for the client's socket and for the app's own socket, and
+/// which half of a turn this is.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Ready {
     pub readable: bool,
     pub writable: bool,
     pub app_readable: bool,
     pub app_writable: bool,
+    /// Corked (during the event batch): read and process, queue output, write nothing.
+    /// Uncorked (the end of the turn): write what was queued, read nothing. So a connection
+    /// that many others publish to in one turn gets one write for all of it.
+    pub corked: bool,
 }
 
 /// What [`Connection::drive`] leaves the loop to do.
@@ -74,8 +79,13 @@ pub struct Ready {
 pub enum Progress {
     /// Waiting for readiness or a deadline.
     Idle,
-    /// The read budget ran out with data still readable: drive again soon, after others.
+    /// Output is queued: write it at the end of the turn.
+    Write,
+    /// The read budget ran out with data still readable: write at the end of the turn, and
+    /// drive again soon, after others.
     Busy,
+    /// Written; input that backpressure held back can flow again: drive again next turn.
+    Again,
     /// Done: remove after the batch.
     Closed,
 }
@@ -244,11 +254,11 @@ impl Connection {
             };
             self.set_phase(next);
         }
+        if !ready.corked {
+            return self.write_turn(cx);
+        }
         let mut budget = READ_BUDGET;
         loop {
-            if self.writable && self.has_output() {
-                self.flush(cx);
-            }
             if self.is_closed() {
                 return Progress::Closed;
             }
@@ -262,16 +272,8 @@ impl Connection {
             // Input left over by backpressure goes first, before more is read.
             if self.has_unprocessed_input() && self.wants_input() {
                 self.process_input(cx);
-                if self.writable && self.has_output() {
-                    continue;
-                }
             }
             if !(self.readable && self.wants_input()) {
-                // What the app queued last (a backend's reply and close in one read) goes
-                // out before the connection waits.
-                if self.writable && self.has_output() {
-                    continue;
-                }
                 break;
             }
             if budget == 0 {
@@ -282,6 +284,29 @@ impl Connection {
         self.after_io(cx);
         if self.is_closed() {
             Progress::Closed
+        } else if self.writable && self.has_output() {
+            Progress::Write
+        } else {
+            Progress::Idle
+        }
+    }
+
+    /// The end-of-turn write: everything queued this turn goes in one write (or writev).
+    /// Reports `Again` when the write made room for input that backpressure held back.
+    fn write_turn(&mut self, cx: &mut Ctx<'_>) -> Progress {
+        let high = self.limits.backpressure_high;
+        let was_full = self.out.len() >= high;
+        if self.writable && self.has_output() {
+            self.flush(cx);
+        }
+        self.after_io(cx);
+        if self.is_closed() {
+            return Progress::Closed;
+        }
+        let input_waits = (self.readable || self.has_unprocessed_input()) && self.wants_input();
+        let room_made = was_full && self.out.len() < high;
+        if input_waits || room_made {
+            Progress::Again
         } else {
             Progress::Idle
         }
