@@ -43,6 +43,9 @@ use crate::ws::session::{Due, Received, Session};
 
 /// Bytes one connection may read per wake-up before the loop serves others.
 const READ_BUDGET: usize = 512 * 1024;
+/// Output a corked connection may hold before it writes anyway: enough for a turn of small
+/// messages in one write, small enough that bulk data is written while still in cache.
+const CORK_LIMIT: usize = 64 * 1024;
 /// Messages at least this large that were assembled in the decoder are handed to the app
 /// as owned buffers (no copy); smaller ones are borrowed.
 const OWN_PAYLOAD_MIN: usize = 4096;
@@ -68,9 +71,10 @@ pub struct Ready {
     pub writable: bool,
     pub app_readable: bool,
     pub app_writable: bool,
-    /// Corked (during the event batch): read and process, queue output, write nothing.
-    /// Uncorked (the end of the turn): write what was queued, read nothing. So a connection
-    /// that many others publish to in one turn gets one write for all of it.
+    /// Corked (during the event batch): read and process, queue output, write only past
+    /// `CORK_LIMIT` bytes. Uncorked (the end of the turn): write what was queued, read
+    /// nothing. So a connection that many others publish to in one turn gets one write for
+    /// all of it.
     pub corked: bool,
 }
 
@@ -259,6 +263,9 @@ impl Connection {
         }
         let mut budget = READ_BUDGET;
         loop {
+            if self.writable && self.out.len() >= CORK_LIMIT {
+                self.flush(cx);
+            }
             if self.is_closed() {
                 return Progress::Closed;
             }
