@@ -22,8 +22,8 @@ if [ "${INSTALL:-0}" = 1 ]; then
   pip install -q websockify==0.12.0
 fi
 cargo build --release --quiet
-cargo build --release --quiet --examples
-ex=./target/release/examples
+cargo build --release --quiet -p wsgate-bench
+ex=./target/release   # the measuring peers (bench/)
 dir=$(mktemp -d /tmp/wsgate-bench-backends.XXXXXX)
 chmod 755 "$dir"
 pids=()

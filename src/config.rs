@@ -179,13 +179,29 @@ pub struct Route {
     pub pubsub: Arc<PubSubPolicy>,
 }
 
-/// A configuration error, with the file position when there is one.
+/// A configuration error: which file, which line or key, and what is wrong.
 #[derive(Debug)]
-pub struct ConfigError(pub String);
+pub enum ConfigError {
+    /// The file could not be read.
+    Read { path: PathBuf, error: std::io::Error },
+    /// TOML syntax, an unknown key or a bad value (the message names the key and line).
+    Syntax(String),
+    /// A route's keys break a rule (the route starts at `line`).
+    Route { line: usize, message: String },
+    /// A rule across keys or sections (checked after parsing and command-line overrides).
+    Invalid(String),
+    /// Any of the above, in the file `path`.
+    InFile { path: PathBuf, error: Box<ConfigError> },
+}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            ConfigError::Read { path, error } => write!(f, "{}: cannot read config: {error}", path.display()),
+            ConfigError::Syntax(m) | ConfigError::Invalid(m) => f.write_str(m),
+            ConfigError::Route { line, message } => write!(f, "line {line}: {message}"),
+            ConfigError::InFile { path, error } => write!(f, "{}: {error}", path.display()),
+        }
     }
 }
 
@@ -466,10 +482,10 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("{}: cannot read config: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_path_buf(), error })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse_in(&text, base).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+        Config::parse_in(&text, base).map_err(|e| ConfigError::InFile { path: path.to_path_buf(), error: Box::new(e) })
     }
 
     /// Parses a config whose relative paths are relative to the current directory.
@@ -479,7 +495,7 @@ impl Config {
 
     /// Parses a config whose relative paths (certificates, keys) are relative to `base`.
     pub fn parse_in(text: &str, base: &Path) -> Result<Config, ConfigError> {
-        let file: File = toml::from_str(text).map_err(|e| ConfigError(e.to_string().trim_end().to_string()))?;
+        let file: File = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string().trim_end().to_string()))?;
         let defaults = Config::embedded_default();
         let limits = file.limits.apply(Limits::default());
         let explicit_listeners = !file.listeners.is_empty();
@@ -512,7 +528,7 @@ impl Config {
         for spanned in file.routes {
             let line = line_of(text, spanned.span().start);
             let r = spanned.into_inner();
-            let at = |e: String| ConfigError(format!("line {line}: {e}"));
+            let at = |message: String| ConfigError::Route { line, message };
             let (app, backend) = route_target(&r, base).map_err(at)?;
             let pubsub = pubsub_policy(&r, app).map_err(at)?;
             let route = Route {
@@ -524,7 +540,7 @@ impl Config {
                 backend,
                 pubsub: Arc::new(pubsub),
             };
-            config.add_route(route).map_err(|e| ConfigError(format!("line {line}: {e}")))?;
+            config.add_route(route).map_err(|message| ConfigError::Route { line, message })?;
         }
         config.validate()?;
         Ok(config)
@@ -557,7 +573,7 @@ impl Config {
 
     /// Checks cross-field rules after parsing and after CLI overrides.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |m: String| Err(ConfigError(m));
+        let err = |m: String| Err(ConfigError::Invalid(m));
         for r in &self.routes {
             let Some(spec) = &r.backend else { continue };
             if spec.framing == Framing::Direct {

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use wsgate::config::{parse_listen, Config, Listener, Route};
-use wsgate::server::{raise_fd_limit, Server};
+use wsgate::server::Server;
+use wsgate::sys::rlimit::raise_fd_limit;
 use wsgate::tls::{CertFiles, TlsSettings};
 
 /// A WebSocket gateway and message broker for the low-latency edge.
@@ -77,12 +78,12 @@ fn main() -> ExitCode {
         }
     };
     if let Some(user) = &config.user {
-        if let Err(e) = wsgate::privileges::drop_to(user) {
+        if let Err(e) = wsgate::sys::privileges::drop_to(user) {
             log::error!("{e}");
             return ExitCode::from(1);
         }
         log::info!("running as user {user}");
-    } else if wsgate::privileges::is_root() && config.routes.iter().any(|r| r.backend.is_some()) {
+    } else if wsgate::sys::privileges::is_root() && config.routes.iter().any(|r| r.backend.is_some()) {
         log::error!("refusing to run as root with backend routes: set user = \"...\" in [server] or -u USER");
         return ExitCode::from(1);
     }

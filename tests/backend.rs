@@ -63,7 +63,7 @@ impl Drop for SockDir {
 /// Gateway arguments: as root, wsgate insists on dropping privileges.
 fn gateway(routes: &[String]) -> Server {
     let mut args: Vec<&str> = vec!["-v"];
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = wsgate::sys::privileges::is_root();
     if root {
         args.extend(["-u", "nobody"]);
     }
@@ -74,7 +74,7 @@ fn gateway(routes: &[String]) -> Server {
 }
 
 fn gateway_with_config(config: &str) -> Server {
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = wsgate::sys::privileges::is_root();
     let args: &[&str] = if root { &["-u", "nobody"] } else { &[] };
     Server::with_config(config, args)
 }
@@ -463,7 +463,7 @@ fn direct_mode_is_refused_on_tls() {
 
 #[test]
 fn root_without_user_is_refused_for_backend_routes() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !wsgate::sys::privileges::is_root() {
         return; // only meaningful as root
     }
     let out = Command::new(env!("CARGO_BIN_EXE_wsgate"))

@@ -17,7 +17,7 @@ fn chromium() -> String {
             return name.to_string();
         }
     }
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = wsgate::sys::privileges::is_root();
     assert!(root, "this test needs Chromium: apt-get install chromium");
     let status = Command::new("apt-get")
         .args(["install", "-y", "-q", "chromium"])

@@ -1,12 +1,8 @@
-//! The example backends behind the real gateway (chat with -w commands, JSON-RPC), and the
-//! peers docs/performance.md measures with (unix-echo, unix-ws-echo, unix-relay, uring-relay):
-//! a figure from a peer that does not echo correctly would mean nothing.
+//! The example backends behind the real gateway (chat with -w commands, JSON-RPC). The
+//! measuring peers are tested in bench/tests/peers.rs.
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -76,7 +72,7 @@ fn start_backend(name: &str, args: &[&str]) -> (Running, PathBuf) {
 
 fn gateway(route: &str) -> Server {
     let mut args = vec!["--route", route];
-    if unsafe { libc::geteuid() } == 0 {
+    if wsgate::sys::privileges::is_root() {
         args.extend(["-u", "nobody"]);
     }
     Server::start(&args)
@@ -175,93 +171,4 @@ fn jsonrpc_over_lines() {
     // The notification above got no reply: the next reply is for the next request.
     ws.send(Message::text(r#"{"jsonrpc":"2.0","method":"add","params":[40,2],"id":1}"#)).unwrap();
     assert_eq!(text(&mut ws), r#"{"jsonrpc":"2.0","result":42,"id":1}"#);
-}
-
-/// A loopback port nothing listens on (bound and released; the peer binds it next).
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-/// Sends `payload` in one write and reads back exactly as many bytes.
-fn round_trip(stream: &mut (impl Read + Write), payload: &[u8]) -> Vec<u8> {
-    stream.write_all(payload).unwrap();
-    let mut back = vec![0; payload.len()];
-    stream.read_exact(&mut back).unwrap();
-    back
-}
-
-/// unix-echo behind `relay` (unix-relay or uring-relay): bytes come back intact, at every size
-/// from one byte to more than a socket buffer (which makes the relay's writes block).
-fn check_relay(relay: &str) {
-    let dir = scratch_dir(relay);
-    let echo_path = dir.join("echo");
-    let _echo = spawn_example("unix-echo", &[echo_path.to_str().unwrap()], dir.clone(), || echo_path.exists());
-    let addr = free_port();
-    let addr_arg = addr.to_string();
-    let _relay = spawn_example(relay, &[&addr_arg, echo_path.to_str().unwrap()], PathBuf::new(), || {
-        TcpStream::connect(addr).is_ok()
-    });
-    let mut clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
-    for c in &clients {
-        c.set_read_timeout(Some(WAIT)).unwrap();
-    }
-    for (i, size) in [1usize, 20, 1024, 65_536, 3 << 20].into_iter().enumerate() {
-        let payload: Vec<u8> = (0..size).map(|b| (b * 7 + i) as u8).collect();
-        let c = &mut clients[i % 3];
-        // Big payloads: write from a thread, or both directions fill up and deadlock the test.
-        let mut writer = c.try_clone().unwrap();
-        let sent = payload.clone();
-        let t = std::thread::spawn(move || writer.write_all(&sent).unwrap());
-        let mut back = vec![0; size];
-        c.read_exact(&mut back).unwrap();
-        t.join().unwrap();
-        assert!(back == payload, "{relay}: {size} bytes came back different");
-    }
-    assert_eq!(round_trip(&mut clients[0], b"still there"), b"still there");
-}
-
-#[test]
-fn unix_relay_relays_both_ways() {
-    check_relay("unix-relay");
-}
-
-#[test]
-fn uring_relay_relays_both_ways() {
-    // io_uring can be disabled (kernel.io_uring_disabled, seccomp in containers); then there is
-    // no figure to measure and nothing to check.
-    let ring = unsafe {
-        let mut params: [u8; 120] = [0; 120];
-        libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr())
-    };
-    if ring < 0 {
-        eprintln!("io_uring unavailable here ({}); skipped", std::io::Error::last_os_error());
-        return;
-    }
-    unsafe { libc::close(ring as i32) };
-    check_relay("uring-relay");
-}
-
-#[test]
-fn unix_ws_echo_speaks_websocket() {
-    let dir = scratch_dir("unix-ws-echo");
-    let path = dir.join("ws");
-    let _echo = spawn_example("unix-ws-echo", &[path.to_str().unwrap()], dir.clone(), || path.exists());
-    let stream = UnixStream::connect(&path).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    let (mut ws, _) = tungstenite::client("ws://localhost/app", stream).unwrap();
-    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    for message in [Message::text("hello"), Message::binary(vec![0u8, 255, 10]), Message::binary(big)] {
-        ws.send(message.clone()).unwrap();
-        assert_eq!(ws.read().unwrap(), message);
-    }
-    ws.send(Message::Ping(b"p".to_vec())).unwrap();
-    assert_eq!(ws.read().unwrap(), Message::Pong(b"p".to_vec()));
-    ws.close(None).unwrap();
-    loop {
-        match ws.read() {
-            Ok(Message::Close(_)) => {}
-            Err(tungstenite::Error::ConnectionClosed) => break,
-            other => panic!("after close: {other:?}"),
-        }
-    }
 }

@@ -75,7 +75,7 @@ pub fn listen(o: &Options) -> UnixListener {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666));
     if let Some(user) = &o.user {
-        wsgate::privileges::drop_to(user).unwrap_or_else(|e| fail(&e));
+        wsgate::sys::privileges::drop_to(user).unwrap_or_else(|e| fail(&e.to_string()));
     }
     eprintln!("listening on {}", path.display());
     listener

@@ -14,8 +14,8 @@ use std::rc::Rc;
 use super::{App, AppClose, AppCtx, AppIo, Hold, Payload};
 use crate::backend::codec::Command;
 use crate::backend::link::{BackendEnd, BackendError, BackendLink, Pumped};
-use crate::backend::splice::{readable_bytes, Pipe, SPLICE_MIN};
 use crate::buffer::Pools;
+use crate::sys::splice::{readable_bytes, Pipe, SPLICE_MIN};
 use crate::ws::close;
 use crate::ws::message::MessageKind;
 
@@ -67,7 +67,7 @@ impl Backend {
     /// Direct mode: passes the client's socket `client` with `data` (HELLO and bytes read past
     /// the request); what one `sendmsg` does not take is queued and flushed like any write.
     pub fn hand_off(&mut self, pools: &mut Pools, client: RawFd, data: &[u8]) -> io::Result<HandOff> {
-        let sent = crate::backend::direct::send_fd(&self.link.sock, client, data)?;
+        let sent = crate::sys::fdpass::send_fd(&self.link.sock, client, data)?;
         if sent == data.len() {
             return Ok(HandOff::Done);
         }

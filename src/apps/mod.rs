@@ -24,10 +24,10 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
-use crate::backend::splice::Pipe;
 use crate::buffer::{OutQueue, Pools};
 use crate::encode::SharedFrame;
 use crate::pubsub::{SubscribeError, Topics};
+use crate::sys::splice::Pipe;
 use crate::ws::message::MessageKind;
 
 /// What the loop must do for a connection, recorded during its turn and applied after it.

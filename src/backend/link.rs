@@ -155,7 +155,7 @@ impl BackendLink {
                 })
             }
             Ok(n) => {
-                self.bulk = n >= super::splice::SPLICE_MIN;
+                self.bulk = n >= crate::sys::splice::SPLICE_MIN;
                 if n < buf.len() {
                     // Short read: drained (edge-triggered; a later arrival is a new event).
                     self.readable = false;

@@ -3,15 +3,12 @@
 //! - [`framed`]: the message-preserving record protocol (records; spec in `docs/backend-protocol.md`);
 //! - [`codec`]: backend bytes → client frames for every framing, pure functions on slices;
 //! - [`link`]: a client's live connection to its backend, both directions, bounded;
-//! - [`direct`]: passing the client's socket itself to the backend (`SCM_RIGHTS`);
 //! - here: framings, where a request's socket is (a fixed path, or a name in a directory), and
 //!   connecting.
 
 pub mod codec;
-pub mod direct;
 pub mod framed;
 pub mod link;
-pub mod splice;
 
 use std::io;
 use std::os::unix::fs::FileTypeExt;

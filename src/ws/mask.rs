@@ -6,6 +6,9 @@
 //! is compiled for: SSE2 on the default x86_64 target, and AVX2 / AVX-512 through runtime
 //! dispatch (`is_x86_feature_detected!`), so no `target-cpu=native` is needed.
 
+// The SIMD unmask is the one `unsafe` outside `sys`: target-feature functions and intrinsics.
+#![allow(unsafe_code)]
+
 /// Unmasks (or masks: the operation is its own inverse) `buf` in place, continuing `key` at
 /// payload position `offset`.
 #[inline]

@@ -7,7 +7,7 @@
 
 use std::io::{self, Read, Write};
 
-#[path = "peer_common/mod.rs"]
+#[path = "../peer_common.rs"]
 mod peer;
 
 use mio::{Events, Interest, Token};

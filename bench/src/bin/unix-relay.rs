@@ -10,7 +10,7 @@
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
-#[path = "peer_common/mod.rs"]
+#[path = "../peer_common.rs"]
 mod peer;
 
 use mio::net::{TcpListener, TcpStream, UnixStream};

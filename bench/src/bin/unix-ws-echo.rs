@@ -8,7 +8,7 @@
 
 use std::io::{self, Read, Write};
 
-#[path = "peer_common/mod.rs"]
+#[path = "../peer_common.rs"]
 mod common;
 
 use mio::net::UnixStream;

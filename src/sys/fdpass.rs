@@ -52,9 +52,12 @@ mod tests {
     /// Receives one descriptor and the data that came with it.
     fn recv_fd(sock: &UnixStream) -> (RawFd, Vec<u8>) {
         let mut data = vec![0u8; 4096];
+        // SAFETY: CMSG_SPACE is a pure size computation.
         let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
         let mut control = vec![0u8; space];
         let mut iov = libc::iovec { iov_base: data.as_mut_ptr() as *mut libc::c_void, iov_len: data.len() };
+        // SAFETY: as for sendmsg: every pointer refers to a live local buffer of the stated
+        // length; the control message is read only after recvmsg filled it.
         unsafe {
             let mut msg: libc::msghdr = std::mem::zeroed();
             msg.msg_iov = &mut iov;
@@ -84,6 +87,7 @@ mod tests {
         drop(passed);
         let (fd, data) = recv_fd(&backend);
         assert_eq!(data, b"hello");
+        // SAFETY: the descriptor was just received and nothing else owns it.
         let mut received = unsafe { UnixStream::from_raw_fd(fd) };
         received.write_all(b"via the passed fd").unwrap();
         let mut buf = [0u8; 17];

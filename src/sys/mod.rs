@@ -1,0 +1,12 @@
+//! System calls std does not wrap, each behind a safe function: the only module (with the
+//! SIMD unmask in `ws::mask`) allowed `unsafe`, and every block in it says why it is sound.
+//!
+//! - [`splice`]: pipes and `splice(2)` for the raw backend → client path;
+//! - [`fdpass`]: passing a socket to a backend with `SCM_RIGHTS` (direct mode);
+//! - [`privileges`]: dropping root to a named user;
+//! - [`rlimit`]: raising the open-file limit.
+
+pub mod fdpass;
+pub mod privileges;
+pub mod rlimit;
+pub mod splice;
