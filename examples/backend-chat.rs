@@ -1,14 +1,16 @@
-//! A chat backend for wsgate: every message goes to all the other clients.
+//! A chat backend for wsgate: every message goes to all the other clients of the room. The
+//! gateway does the fan-out: on connect the backend SUBSCRIBEs its client to the room (named
+//! by the request path), and each message is one PUBLISH record that wsgate encodes once and
+//! delivers to every member but the sender. The backend keeps no list of clients, only a
+//! directory of names for the commands.
 //!
-//! usage: backend-chat [-R DIR] [-n NAME] [-u USER] [-f raw|lines|framed] [-w]
-//!        (defaults: -R /tmp/wsgate -n chat -f lines)
+//! usage: backend-chat [-R DIR] [-n NAME] [-u USER] [-w]     (defaults: -R /tmp/wsgate -n chat)
 //! With -w, text messages can be commands:
 //!   WSHello <name>          -> WSWelcome <name>       (this client is now <name>)
-//!   WSPrivate <name> <text> -> <text> to <name> only  (WSUnknown <name> if nobody is)
+//!   WSPrivate <name> <text> -> <text> to <name> only  (a SEND record; WSUnknown <name> if nobody is)
 //!   WSWhois <name>          -> WSIs <name> <address>  (WSUnknown <name> if nobody is)
-//! The address is the client's (from the HELLO record) with -f framed, else a connection id.
 //!
-//! then:  wsgate --route /chat=unix:/tmp/wsgate/chat#lines
+//! then:  wsgate --route /chat=unix:/tmp/wsgate/chat#framed
 
 #[path = "backend_common/mod.rs"]
 mod common;
@@ -19,79 +21,81 @@ use std::sync::{Arc, Mutex};
 
 use common::{Framing, Msg, MsgReader};
 
-struct Member {
-    writer: UnixStream,
-    name: Option<String>,
-    address: String,
-}
-
-type Room = Arc<Mutex<HashMap<u64, Member>>>;
+/// Who is called what: name → (connection id, client address).
+type Directory = Arc<Mutex<HashMap<String, (u64, String)>>>;
 
 fn main() {
-    let o = common::options("chat", &['w']);
+    let mut o = common::options("chat", &['w']);
+    if o.framing != Framing::Lines && o.framing != Framing::Framed {
+        eprintln!("backend-chat speaks the framed protocol only (its records drive the fan-out)");
+        std::process::exit(2);
+    }
+    o.framing = Framing::Framed;
     let commands = o.flags.contains(&'w');
     let listener = common::listen(&o);
-    let room: Room = Arc::new(Mutex::new(HashMap::new()));
-    for (id, stream) in listener.incoming().enumerate() {
+    let names: Directory = Arc::default();
+    for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        let (room, framing) = (room.clone(), o.framing);
-        std::thread::spawn(move || serve(id as u64, stream, framing, commands, room));
+        let names = names.clone();
+        std::thread::spawn(move || serve(stream, commands, names));
     }
 }
 
-fn serve(id: u64, stream: UnixStream, framing: Framing, commands: bool, room: Room) {
-    let Ok(writer) = stream.try_clone() else { return };
-    let Ok(mut reader) = MsgReader::new(stream, framing) else { return };
-    let address = reader.hello_value("peer").map_or_else(|| format!("connection-{id}"), str::to_string);
-    room.lock().unwrap().insert(id, Member { writer, name: None, address });
+fn serve(stream: UnixStream, commands: bool, names: Directory) {
+    let Ok(mut writer) = stream.try_clone() else { return };
+    let Ok(mut reader) = MsgReader::new(stream, Framing::Framed) else { return };
+    let id: u64 = reader.hello_value("id").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let address = reader.hello_value("peer").unwrap_or("-").to_string();
+    let room = format!("chat:{}", reader.hello_value("path").unwrap_or("/"));
+    if common::subscribe(&mut writer, &room).is_err() {
+        return;
+    }
+    let mut my_name = None;
     while let Ok(Some(msg)) = reader.next() {
-        match &msg {
+        let sent = match &msg {
             Msg::Close(_) => break,
-            Msg::Text(text) if commands && command(id, text, framing, &room) => {}
-            _ => broadcast(id, &msg, framing, &room),
+            Msg::Text(text) if commands => match command(id, &address, text, &names, &mut my_name) {
+                Some(Reply::ToMe(reply)) => common::write_msg(&mut writer, Framing::Framed, &Msg::Text(reply)),
+                Some(Reply::To(to, body)) => common::send_to(&mut writer, to, &body),
+                None => common::publish(&mut writer, &room, &msg, true),
+            },
+            _ => common::publish(&mut writer, &room, &msg, true),
+        };
+        if sent.is_err() {
+            break;
         }
     }
-    room.lock().unwrap().remove(&id);
+    if let Some(name) = my_name {
+        names.lock().unwrap().remove(&name);
+    }
 }
 
-fn broadcast(from: u64, msg: &Msg, framing: Framing, room: &Room) {
-    let mut room = room.lock().unwrap();
-    // A member whose socket fails is dropped; the others carry on.
-    room.retain(|id, m| *id == from || common::write_msg(&mut m.writer, framing, msg).is_ok());
+enum Reply {
+    ToMe(String),
+    To(u64, String),
 }
 
-/// Handles a -w command; `false` if the text is not one (it is then an ordinary message).
-fn command(from: u64, text: &str, framing: Framing, room: &Room) -> bool {
-    let mut room = room.lock().unwrap();
+/// Handles a -w command; `None` if the text is not one (it is then an ordinary message).
+fn command(id: u64, address: &str, text: &str, names: &Directory, my_name: &mut Option<String>) -> Option<Reply> {
+    let mut names = names.lock().unwrap();
     let mut words = text.splitn(3, ' ');
     let (verb, name, rest) = (words.next().unwrap_or(""), words.next().unwrap_or(""), words.next());
-    let find = |room: &HashMap<u64, Member>, name: &str| {
-        room.iter().find(|(_, m)| m.name.as_deref() == Some(name)).map(|(id, _)| *id)
-    };
-    let reply = match verb {
+    Some(match verb {
         "WSHello" if !name.is_empty() => {
-            if let Some(me) = room.get_mut(&from) {
-                me.name = Some(name.to_string());
+            if let Some(old) = my_name.replace(name.to_string()) {
+                names.remove(&old);
             }
-            format!("WSWelcome {name}")
+            names.insert(name.to_string(), (id, address.to_string()));
+            Reply::ToMe(format!("WSWelcome {name}"))
         }
-        "WSPrivate" => match (find(&room, name), rest) {
-            (Some(to), Some(body)) => {
-                if let Some(m) = room.get_mut(&to) {
-                    let _ = common::write_msg(&mut m.writer, framing, &Msg::Text(body.to_string()));
-                }
-                return true;
-            }
-            _ => format!("WSUnknown {name}"),
+        "WSPrivate" => match (names.get(name), rest) {
+            (Some((to, _)), Some(body)) => Reply::To(*to, body.to_string()),
+            _ => Reply::ToMe(format!("WSUnknown {name}")),
         },
-        "WSWhois" => match find(&room, name).and_then(|id| room.get(&id)) {
-            Some(m) => format!("WSIs {name} {}", m.address),
-            None => format!("WSUnknown {name}"),
+        "WSWhois" => match names.get(name) {
+            Some((_, address)) => Reply::ToMe(format!("WSIs {name} {address}")),
+            None => Reply::ToMe(format!("WSUnknown {name}")),
         },
-        _ => return false,
-    };
-    if let Some(me) = room.get_mut(&from) {
-        let _ = common::write_msg(&mut me.writer, framing, &Msg::Text(reply));
-    }
-    true
+        _ => return None,
+    })
 }

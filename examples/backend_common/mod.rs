@@ -214,3 +214,44 @@ pub fn write_msg(w: &mut impl Write, framing: Framing, msg: &Msg) -> io::Result<
         }
     }
 }
+
+/// Writes one framed record.
+fn write_record(w: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result<()> {
+    let mut record = Vec::with_capacity(6 + payload.len());
+    record.extend_from_slice(&[kind, 1]);
+    record.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    record.extend_from_slice(payload);
+    w.write_all(&record)
+}
+
+/// framed: subscribes this backend's client to `topic` (SUBSCRIBE record).
+pub fn subscribe(w: &mut impl Write, topic: &str) -> io::Result<()> {
+    write_record(w, 5, topic.as_bytes())
+}
+
+/// framed: publishes `msg` to every subscriber of `topic` (PUBLISH record), this backend's
+/// own client too unless `exclude_own_client`. The gateway encodes it once for all of them.
+pub fn publish(w: &mut impl Write, topic: &str, msg: &Msg, exclude_own_client: bool) -> io::Result<()> {
+    let (binary, body) = match msg {
+        Msg::Text(t) => (false, t.as_bytes()),
+        Msg::Binary(b) => (true, b.as_slice()),
+        Msg::Close(_) => return Ok(()),
+    };
+    let topic = topic.as_bytes();
+    let len =
+        u8::try_from(topic.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "topic over 255 bytes"))?;
+    let flags = u8::from(binary) | if exclude_own_client { 0x02 } else { 0 };
+    let mut payload = Vec::with_capacity(2 + topic.len() + body.len());
+    payload.extend_from_slice(&[flags, len]);
+    payload.extend_from_slice(topic);
+    payload.extend_from_slice(body);
+    write_record(w, 7, &payload)
+}
+
+/// framed: sends a text message to the connection with id `id` (SEND record).
+pub fn send_to(w: &mut impl Write, id: u64, text: &str) -> io::Result<()> {
+    let mut payload = id.to_be_bytes().to_vec();
+    payload.push(0);
+    payload.extend_from_slice(text.as_bytes());
+    write_record(w, 8, &payload)
+}
