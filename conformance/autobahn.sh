@@ -4,11 +4,11 @@
 # ws:// through a framed UNIX backend (examples/backend-echo.rs: every frame crosses the backend
 # link and comes back), and fails unless every case is OK (INFORMATIONAL only where the suite
 # itself marks a case so).
-# usage: scripts/autobahn.sh [ws|wss|backend|all]      (default all)
+# usage: conformance/autobahn.sh [ws|wss|backend|all]      (default all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 which=${1:-all}
-scripts/install-autobahn.sh
+conformance/install-autobahn.sh
 cargo build --release --quiet
 cargo build --release --quiet --example gen-cert --example backend-echo
 mkdir -p target/autobahn
@@ -26,7 +26,7 @@ run() { # name scheme port wsgate-args...
     sleep 0.1
   done
   sed -e "s#ws://127.0.0.1:9001/echo#$scheme://127.0.0.1:$port/echo#" -e "s#./target/autobahn/report#./$out#" \
-    autobahn/fuzzingclient.json >"target/autobahn/spec-$name.json"
+    conformance/fuzzingclient.json >"target/autobahn/spec-$name.json"
   "$HOME/.local/bin/wstest" -m fuzzingclient -s "target/autobahn/spec-$name.json" >"target/autobahn/wstest-$name.log" 2>&1 || true
   if ! kill -0 $server 2>/dev/null; then
     echo "autobahn ($name): the server died during the run" >&2
@@ -35,7 +35,7 @@ run() { # name scheme port wsgate-args...
   kill $server 2>/dev/null || true
   wait $server 2>/dev/null || true
   echo "--- $name"
-  python3 scripts/autobahn-check.py "$out/index.json" || status=1
+  python3 conformance/autobahn-check.py "$out/index.json" || status=1
 }
 
 if [ "$which" = ws ] || [ "$which" = all ]; then
