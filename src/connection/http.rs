@@ -18,7 +18,7 @@ use crate::http::response::Response;
 use crate::ws::frame::Role;
 use crate::ws::handshake;
 use crate::ws::message::MessageKind;
-use crate::ws::session::{Session, Timing};
+use crate::ws::session::Session;
 
 impl Connection {
     /// Handles one request head if a whole one is buffered. Returns `true` when the phase
@@ -97,14 +97,7 @@ impl Connection {
     fn open(&mut self, cx: &mut Ctx<'_>, route: &Route, app: Box<dyn App>) {
         self.log.status = Some(101);
         self.limits = route.limits;
-        let l = &route.limits;
-        let timing = Timing {
-            idle_timeout: l.idle_timeout,
-            ping_interval: l.ping_interval,
-            pong_timeout: l.pong_timeout,
-            close_timeout: l.close_timeout,
-        };
-        let session = Session::new(Role::Server, route.message_limits(), timing, cx.now);
+        let session = Session::new(Role::Server, route.message_limits(), cx.now);
         self.ws = Some(Box::new(Ws { session, app, failing: None }));
         self.set_phase(Phase::Connected);
         self.with_app(cx, |app, acx| app.on_open(acx));

@@ -39,7 +39,7 @@ use crate::route::Routes;
 use crate::transport::{NotTls, Transport};
 use crate::ws::close;
 use crate::ws::frame::Opcode;
-use crate::ws::session::{Due, Received, Session};
+use crate::ws::session::{Due, Received, Session, Timing};
 
 /// Bytes one connection may read per wake-up before the loop serves others.
 const READ_BUDGET: usize = 512 * 1024;
@@ -331,7 +331,7 @@ impl Connection {
             | Phase::Lingering { deadline } => Some(*deadline),
             Phase::Connected => match self.ws.as_deref() {
                 Some(Ws { failing: Some((_, _, since)), .. }) => Some(*since + self.limits.close_timeout),
-                Some(ws) => ws.session.deadline(),
+                Some(ws) => ws.session.deadline(&self.timing()),
                 None => None,
             },
             Phase::Closed => None,
@@ -376,7 +376,9 @@ impl Connection {
             log::debug!("{} backend did not answer CLOSE in time", self.peer);
             return Some(End::Fail { code, reason });
         }
-        match ws.session.on_timer(now)? {
+        let timing = self.timing();
+        let ws = self.ws.as_mut()?;
+        match ws.session.on_timer(now, &timing)? {
             Due::Ping => {
                 // Pings ride the urgent lane: a peer slow to read still gets them promptly.
                 self.out.push_control(Opcode::Ping, b"");
@@ -450,6 +452,17 @@ impl Connection {
     /// The access log line.
     pub fn access_line(&self, now: Instant) -> String {
         self.log.line(self.peer, self.id, self.accepted, now)
+    }
+
+    /// The WebSocket session's timers, from the route's limits.
+    fn timing(&self) -> Timing {
+        let l = &self.limits;
+        Timing {
+            idle_timeout: l.idle_timeout,
+            ping_interval: l.ping_interval,
+            pong_timeout: l.pong_timeout,
+            close_timeout: l.close_timeout,
+        }
     }
 
     /// Bytes wait to go out: queued plaintext or, on TLS, encrypted records.

@@ -52,7 +52,6 @@ pub enum Due {
 #[derive(Debug)]
 pub struct Session {
     decoder: Decoder,
-    timing: Timing,
     /// Last data message from the peer (idle timeout).
     last_message: Instant,
     /// Last frame of any kind from the peer (ping schedule).
@@ -69,12 +68,14 @@ pub fn reply_code(frame: &CloseFrame<'_>) -> Option<u16> {
 }
 
 impl Session {
-    pub fn new(role: Role, limits: MessageLimits, timing: Timing, now: Instant) -> Session {
+    /// A session that opened at `now`. Its timers are passed to [`Session::deadline`] and
+    /// [`Session::on_timer`] (the owner keeps them once for all its sessions' limits).
+    pub fn new(role: Role, limits: MessageLimits, now: Instant) -> Session {
         let decoder = match role {
             Role::Server => Decoder::server(limits),
             Role::Client => Decoder::client(limits),
         };
-        Session { decoder, timing, last_message: now, last_read: now, ping_sent: None, close_sent: None }
+        Session { decoder, last_message: now, last_read: now, ping_sent: None, close_sent: None }
     }
 
     /// Decodes from `buf` (the unread bytes). Returns the event, if one completed, and the
@@ -123,11 +124,10 @@ impl Session {
     }
 
     /// The next time [`Session::on_timer`] has something to do.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub fn deadline(&self, t: &Timing) -> Option<Instant> {
         if let Some(sent) = self.close_sent {
-            return Some(sent + self.timing.close_timeout);
+            return Some(sent + t.close_timeout);
         }
-        let t = &self.timing;
         let idle = (!t.idle_timeout.is_zero()).then(|| self.last_message + t.idle_timeout);
         let ping = match self.ping_sent {
             Some(pinged) => Some(pinged + t.pong_timeout),
@@ -141,8 +141,7 @@ impl Session {
     }
 
     /// What the deadlines passed by `now` ask for, if anything. A `Ping` is recorded as sent.
-    pub fn on_timer(&mut self, now: Instant) -> Option<Due> {
-        let t = self.timing;
+    pub fn on_timer(&mut self, now: Instant, t: &Timing) -> Option<Due> {
         if let Some(sent) = self.close_sent {
             return (now >= sent + t.close_timeout).then_some(Due::Abort("close handshake timed out"));
         }
@@ -194,49 +193,45 @@ mod tests {
     }
 
     fn server(t0: Instant) -> Session {
-        Session::new(Role::Server, MessageLimits::default(), timing(), t0)
+        Session::new(Role::Server, MessageLimits::default(), t0)
     }
 
     #[test]
     fn silent_peer_is_pinged_then_closed() {
         let t0 = Instant::now();
         let mut s = server(t0);
-        assert_eq!(s.deadline(), Some(t0 + 10 * S));
-        assert_eq!(s.on_timer(t0 + 9 * S), None);
-        assert_eq!(s.on_timer(t0 + 10 * S), Some(Due::Ping));
-        assert_eq!(s.deadline(), Some(t0 + 15 * S));
-        assert_eq!(s.on_timer(t0 + 12 * S), None);
-        assert_eq!(s.on_timer(t0 + 15 * S), Some(Due::Close(close::GOING_AWAY, "ping timeout")));
+        assert_eq!(s.deadline(&timing()), Some(t0 + 10 * S));
+        assert_eq!(s.on_timer(t0 + 9 * S, &timing()), None);
+        assert_eq!(s.on_timer(t0 + 10 * S, &timing()), Some(Due::Ping));
+        assert_eq!(s.deadline(&timing()), Some(t0 + 15 * S));
+        assert_eq!(s.on_timer(t0 + 12 * S, &timing()), None);
+        assert_eq!(s.on_timer(t0 + 15 * S, &timing()), Some(Due::Close(close::GOING_AWAY, "ping timeout")));
     }
 
     #[test]
     fn any_frame_answers_a_ping_and_resets_the_schedule() {
         let t0 = Instant::now();
         let mut s = server(t0);
-        assert_eq!(s.on_timer(t0 + 10 * S), Some(Due::Ping));
+        assert_eq!(s.on_timer(t0 + 10 * S, &timing()), Some(Due::Ping));
         let mut bytes = frame(Opcode::Pong, b"");
         let (ev, used) = s.receive(&mut bytes, t0 + 11 * S).unwrap();
         assert_eq!((ev, used), (Some(Received::Pong(b"")), 2 + 4));
-        assert_eq!(s.deadline(), Some(t0 + 21 * S));
-        assert_eq!(s.on_timer(t0 + 16 * S), None);
+        assert_eq!(s.deadline(&timing()), Some(t0 + 21 * S));
+        assert_eq!(s.on_timer(t0 + 16 * S, &timing()), None);
     }
 
     #[test]
     fn idle_timeout_counts_messages_not_pongs() {
         let t0 = Instant::now();
-        let mut s = Session::new(
-            Role::Server,
-            MessageLimits::default(),
-            Timing { ping_interval: Duration::ZERO, ..timing() },
-            t0,
-        );
+        let mut s = Session::new(Role::Server, MessageLimits::default(), t0);
+        let no_pings = Timing { ping_interval: Duration::ZERO, ..timing() };
         let mut pong = frame(Opcode::Pong, b"");
         s.receive(&mut pong, t0 + 50 * S).unwrap();
-        assert_eq!(s.deadline(), Some(t0 + 100 * S));
+        assert_eq!(s.deadline(&no_pings), Some(t0 + 100 * S));
         let mut msg = frame(Opcode::Text, b"hi");
         assert_eq!(s.receive(&mut msg, t0 + 60 * S).unwrap().0, Some(Received::Message(MessageKind::Text, b"hi")));
-        assert_eq!(s.on_timer(t0 + 100 * S), None);
-        assert_eq!(s.on_timer(t0 + 160 * S), Some(Due::Close(close::GOING_AWAY, "idle timeout")));
+        assert_eq!(s.on_timer(t0 + 100 * S, &no_pings), None);
+        assert_eq!(s.on_timer(t0 + 160 * S, &no_pings), Some(Due::Close(close::GOING_AWAY, "idle timeout")));
     }
 
     #[test]
@@ -245,13 +240,13 @@ mod tests {
         let mut s = server(t0);
         assert!(s.close(t0));
         assert!(!s.close(t0 + S), "one close frame only");
-        assert_eq!(s.deadline(), Some(t0 + 3 * S));
+        assert_eq!(s.deadline(&timing()), Some(t0 + 3 * S));
         let mut msg = frame(Opcode::Text, b"late");
         let len = msg.len();
         let (ev, used) = s.receive(&mut msg, t0 + S).unwrap();
         assert_eq!((ev, used), (None, len));
-        assert_eq!(s.on_timer(t0 + 2 * S), None);
-        assert_eq!(s.on_timer(t0 + 3 * S), Some(Due::Abort("close handshake timed out")));
+        assert_eq!(s.on_timer(t0 + 2 * S, &timing()), None);
+        assert_eq!(s.on_timer(t0 + 3 * S, &timing()), Some(Due::Abort("close handshake timed out")));
         let mut answer = frame(Opcode::Close, &1000u16.to_be_bytes());
         assert_eq!(s.receive(&mut answer, t0 + 2 * S).unwrap().0, Some(Received::CloseAnswered(Some(1000))));
     }
@@ -271,10 +266,10 @@ mod tests {
     #[test]
     fn client_role_refuses_masked_frames() {
         let t0 = Instant::now();
-        let mut s = Session::new(Role::Client, MessageLimits::default(), timing(), t0);
+        let mut s = Session::new(Role::Client, MessageLimits::default(), t0);
         let mut masked = frame(Opcode::Text, b"x");
         assert!(s.receive(&mut masked, t0).is_err());
-        let mut s = Session::new(Role::Client, MessageLimits::default(), timing(), t0);
+        let mut s = Session::new(Role::Client, MessageLimits::default(), t0);
         let mut plain = vec![0x81, 1, b'x'];
         assert_eq!(s.receive(&mut plain, t0).unwrap().0, Some(Received::Message(MessageKind::Text, b"x")));
     }
