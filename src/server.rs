@@ -239,6 +239,7 @@ impl Server {
             backend_failures: &mut self.backend_failures,
             topics: &mut self.topics,
             actions: &mut actions,
+            fanout: 0,
         };
         let progress = f(&mut entry.conn, &mut ctx);
         for action in actions.drain(..) {

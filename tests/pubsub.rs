@@ -255,3 +255,28 @@ fn fan_out_to_ten_thousand_subscribers_delivers_each_message_once() {
         assert_eq!(text(&mut publisher), format!("m{i}"));
     }
 }
+
+/// A publisher that floods a big room is served in slices (a fan-out budget per turn): every
+/// member still gets every message once, in order, and others are served meanwhile.
+#[test]
+fn flooding_a_big_room_delivers_everything_in_order() {
+    const MEMBERS: usize = 1000;
+    const MESSAGES: usize = 2000;
+    assert!(raise_nofile(MEMBERS as u64 + 200));
+    let server = Server::start(&[]);
+    let mut members: Vec<Raw> = (0..MEMBERS).map(|_| Raw::connect(server.addr, "/chat/flood")).collect();
+    let mut publisher = Raw::connect(server.addr, "/chat/flood");
+    // All messages in one write: far more deliveries than one turn may make.
+    let burst: Vec<u8> = (0..MESSAGES).flat_map(|i| masked_frame(0x81, format!("{i:05}").as_bytes())).collect();
+    publisher.send_raw(&burst);
+    // Meanwhile the loop still serves others.
+    let mut echo = client(&server.url("/echo"));
+    echo.send(Message::text("served")).unwrap();
+    assert_eq!(text(&mut echo), "served");
+    for (n, m) in members.iter_mut().chain(std::iter::once(&mut publisher)).enumerate() {
+        for i in 0..MESSAGES {
+            let f = m.recv().expect("a delivery");
+            assert_eq!(f.payload, format!("{i:05}").into_bytes(), "member {n}");
+        }
+    }
+}

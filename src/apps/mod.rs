@@ -112,6 +112,8 @@ pub struct AppCtx<'a> {
     pub(crate) topics: &'a mut Topics,
     pub(crate) actions: &'a mut Vec<Action>,
     pub(crate) close: &'a mut Option<AppClose>,
+    /// Deliveries this connection's publishes will cause this turn (its fan-out budget).
+    pub(crate) fanout: &'a mut usize,
 }
 
 impl AppCtx<'_> {
@@ -145,11 +147,13 @@ impl AppCtx<'_> {
     /// Publishes `frame` to `topic`'s subscribers (this client too unless `exclude_self`).
     pub fn publish(&mut self, topic: Rc<str>, frame: SharedFrame, exclude_self: bool) {
         let exclude = exclude_self.then_some(self.key);
+        *self.fanout += self.topics.find(&topic).map_or(0, |t| self.topics.members(t).len());
         self.actions.push(Action::Publish { topic, frame, exclude });
     }
 
     /// Sends `frame` to the connection with id `id`.
     pub fn send_to(&mut self, id: u64, frame: SharedFrame) {
+        *self.fanout += 1;
         self.actions.push(Action::SendTo { id, frame });
     }
 
