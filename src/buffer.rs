@@ -143,6 +143,7 @@ impl OutQueue {
     }
 
     /// The last chunk if `extra` more bytes fit in it, else a new pooled chunk.
+    #[inline]
     fn tail(&mut self, pools: &mut Pools, extra: usize, role: Role) -> &mut Vec<u8> {
         let fits = self.chunks.back_mut().and_then(Chunk::coalescing).is_some_and(|c| c.len() + extra <= CHUNK_SIZE);
         if !fits {
@@ -175,6 +176,7 @@ impl OutQueue {
 
     /// Queues the concatenation of `parts` (a header and its payload) as one unit: coalesced
     /// into the tail chunk when it fits, else the last part gets a chunk of its own.
+    #[inline]
     pub fn push_parts(&mut self, pools: &mut Pools, parts: &[&[u8]]) {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         if total <= CHUNK_SIZE {

@@ -31,11 +31,13 @@ pub fn shared_frame(opcode: Opcode, payload: &[u8]) -> SharedFrame {
 
 impl OutQueue {
     /// Queues one unfragmented frame, copying the payload once.
+    #[inline]
     pub fn push_frame(&mut self, pools: &mut Pools, opcode: Opcode, payload: &[u8]) {
         self.push_frame_fin(pools, opcode, true, payload)
     }
 
     /// Queues one frame (a fragment when `fin` is false), copying the payload once.
+    #[inline]
     pub fn push_frame_fin(&mut self, pools: &mut Pools, opcode: Opcode, fin: bool, payload: &[u8]) {
         let mut head = [0u8; MAX_HEADER_LEN];
         let n = encode_header(&mut head, fin, opcode, payload.len(), None);

@@ -162,6 +162,9 @@ impl App for Backend {
     fn on_message(&mut self, cx: &mut AppCtx<'_>, kind: MessageKind, payload: Payload<'_>) {
         if !self.done {
             self.link.send_message(cx.pools, kind, payload.as_slice());
+            if self.link.out.len() >= cx.backpressure_high {
+                cx.hold_input();
+            }
         }
     }
 

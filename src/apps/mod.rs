@@ -114,6 +114,8 @@ pub struct AppCtx<'a> {
     pub(crate) close: &'a mut Option<AppClose>,
     /// Deliveries this connection's publishes will cause this turn (its fan-out budget).
     pub(crate) fanout: &'a mut usize,
+    /// The app can take no more messages for now (see [`AppCtx::hold_input`]).
+    pub(crate) hold: bool,
 }
 
 impl AppCtx<'_> {
@@ -160,6 +162,12 @@ impl AppCtx<'_> {
     /// Asks the loop to watch (or re-watch) the app's own socket.
     pub fn watch(&mut self, fd: RawFd, interest: mio::Interest, first: bool) {
         self.actions.push(if first { Action::Register { fd, interest } } else { Action::Reregister { fd, interest } });
+    }
+
+    /// Stops the connection reading more client messages for now: the app's own queue is
+    /// full. Reading resumes once [`App::accepts_input`] says so.
+    pub fn hold_input(&mut self) {
+        self.hold = true;
     }
 
     /// Asks the connection to close (applied when the app's call returns).

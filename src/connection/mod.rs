@@ -602,6 +602,7 @@ impl Connection {
             actions: cx.actions,
             close: &mut close,
             fanout: &mut cx.fanout,
+            hold: false,
         };
         let r = f(ws.app.as_mut(), &mut acx);
         if let Some(why) = close {
@@ -638,6 +639,7 @@ impl Connection {
                 actions: cx.actions,
                 close: &mut close,
                 fanout: &mut cx.fanout,
+                hold: false,
             };
             h.backend.on_io(&mut acx, false);
             if close.is_some() {
@@ -945,47 +947,53 @@ impl Connection {
     }
 
     fn process_frames(&mut self, buf: &mut [u8], cx: &mut Ctx<'_>) {
+        /// Why the loop over frames stopped.
+        enum Stop {
+            /// Backpressure, the app, or the fan-out budget: bytes may wait (`input_held`).
+            Held,
+            /// An incomplete frame (or nothing): a read brings the rest.
+            NeedMore,
+            ProtocolError(u16, &'static str),
+            Ended(End),
+            App(AppClose),
+        }
         let high = self.limits.backpressure_high;
         let mut pos = self.rstart;
-        let end = loop {
-            let Some(ws) = self.ws.as_deref_mut() else { break None };
+        let Some(ws) = self.ws.as_deref_mut() else { return };
+        if ws.failing.is_some() || !ws.app.accepts_input(high) {
             self.input_held = true;
-            if self.out.len() >= high
-                || ws.failing.is_some()
-                || !ws.app.accepts_input(high)
-                || cx.fanout >= FANOUT_BUDGET
-            {
-                break None;
+            return;
+        }
+        let mut app_close = None;
+        let mut acx = AppCtx {
+            now: cx.now,
+            id: self.id,
+            key: self.key,
+            peer: self.peer,
+            out: &mut self.out,
+            pools: cx.pools,
+            traffic: &mut self.log.traffic,
+            backpressure_high: high,
+            topics: cx.topics,
+            actions: cx.actions,
+            close: &mut app_close,
+            fanout: &mut cx.fanout,
+            hold: false,
+        };
+        let stop = loop {
+            if acx.out.len() >= high || acx.hold || *acx.fanout >= FANOUT_BUDGET {
+                break Stop::Held;
             }
-            self.input_held = false;
             let (event, used) = match ws.session.receive(&mut buf[pos..self.rend], cx.now) {
                 Ok(r) => r,
-                Err(e) => {
-                    self.rstart = pos;
-                    return self.protocol_error(cx, e.close_code(), e.reason());
-                }
+                Err(e) => break Stop::ProtocolError(e.close_code(), e.reason()),
             };
             pos += used;
             let Some(event) = event else {
                 if used == 0 {
-                    break None; // an incomplete frame: a read brings the rest
+                    break Stop::NeedMore;
                 }
                 continue;
-            };
-            let mut app_close = None;
-            let mut acx = AppCtx {
-                now: cx.now,
-                id: self.id,
-                key: self.key,
-                peer: self.peer,
-                out: &mut self.out,
-                pools: cx.pools,
-                traffic: &mut self.log.traffic,
-                backpressure_high: high,
-                topics: cx.topics,
-                actions: cx.actions,
-                close: &mut app_close,
-                fanout: &mut cx.fanout,
             };
             let mut large = None;
             match event {
@@ -1005,9 +1013,9 @@ impl Connection {
                     acx.out.push_close(acx.pools, frame.code, "");
                     let reason: String = frame.reason.chars().take(123).collect();
                     ws.app.on_close(&mut acx, frame.code, &reason, false);
-                    break Some(End::Closed { code: frame.code, reason });
+                    break Stop::Ended(End::Closed { code: frame.code, reason });
                 }
-                Received::CloseAnswered(code) => break Some(End::Closed { code, reason: String::new() }),
+                Received::CloseAnswered(code) => break Stop::Ended(End::Closed { code, reason: String::new() }),
             }
             if let Some((kind, len)) = large {
                 // A large message goes to the app without a copy: the decoder's own buffer if
@@ -1018,15 +1026,18 @@ impl Connection {
                 };
                 ws.app.on_message(&mut acx, kind, payload);
             }
-            if let Some(why) = app_close {
-                self.rstart = pos;
-                self.app_closed(cx, why);
-                pos = self.rstart;
+            if let Some(why) = acx.close.take() {
+                break Stop::App(why);
             }
         };
         self.rstart = pos;
-        if let Some(end) = end {
-            self.close(cx.now, cx.pools, end);
+        // After the app closes, what follows (the peer's answer, perhaps) is read on.
+        self.input_held = matches!(stop, Stop::Held | Stop::App(_));
+        match stop {
+            Stop::Held | Stop::NeedMore => {}
+            Stop::ProtocolError(code, reason) => self.protocol_error(cx, code, reason),
+            Stop::Ended(end) => self.close(cx.now, cx.pools, end),
+            Stop::App(why) => self.app_closed(cx, why),
         }
     }
 }
