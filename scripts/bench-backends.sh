@@ -9,7 +9,7 @@
 #   websocketd (one `cat` per client, lines, -t)
 # Third-party proxies are measured when installed (INSTALL=1 installs them: apt nginx-light and
 # websocketd, pip websockify); otherwise they are skipped with a note.
-# usage: scripts/bench-backends.sh [SECONDS] [REPEATS]
+# usage: [BASE_WSGATE=other/wsgate] [INSTALL=1] scripts/bench-backends.sh [SECONDS] [REPEATS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
@@ -48,6 +48,15 @@ user=()
 start 0 ./target/release/wsgate "${user[@]}" -q -l 127.0.0.1:18600 \
   --route "/raw=unix:$dir/echo#raw,binary" --route "/lines=unix:$dir/echo#lines"
 wsgate=$last
+# BASE_WSGATE=path/to/another/wsgate: the same routes on that build too, measured in the same
+# rounds (machines differ 2x from one session to the next; only ratios in one run mean much).
+base=
+if [ -n "${BASE_WSGATE:-}" ]; then
+  start 0 "$BASE_WSGATE" "${user[@]}" -q -l 127.0.0.1:18606 \
+    --route "/raw=unix:$dir/echo#raw,binary" --route "/lines=unix:$dir/echo#lines"
+  base=$last
+  wait_port 18606
+fi
 start 0 "$ex/unix-relay" 127.0.0.1:18601 "$dir/echo"
 relay=$last
 start 0 "$ex/uring-relay" 127.0.0.1:18602 "$dir/echo"
@@ -119,6 +128,8 @@ for i in $(seq "$repeats"); do
   echo "round $i"
   both "wsgate raw" "$wsgate" 18600 -p /raw
   both "wsgate lines (text)" "$wsgate" 18600 -p /lines -t
+  both "base raw" "$base" 18606 -p /raw
+  both "base lines (text)" "$base" 18606 -p /lines -t
   both "unix-relay (floor)" "$relay" 18601 --raw
   both "uring-relay" "$uring" 18602 --raw
   both "nginx" "$nginx" 18603 -p /app
