@@ -589,21 +589,9 @@ impl Connection {
     fn with_app<R>(&mut self, cx: &mut Ctx<'_>, f: impl FnOnce(&mut dyn App, &mut AppCtx<'_>) -> R) -> Option<R> {
         let ws = self.ws.as_mut()?;
         let mut close = None;
-        let mut acx = AppCtx {
-            now: cx.now,
-            id: self.id,
-            key: self.key,
-            peer: self.peer,
-            out: &mut self.out,
-            pools: cx.pools,
-            traffic: &mut self.log.traffic,
-            backpressure_high: self.limits.backpressure_high,
-            topics: cx.topics,
-            actions: cx.actions,
-            close: &mut close,
-            fanout: &mut cx.fanout,
-            hold: false,
-        };
+        let who = (self.id, self.key, self.peer);
+        let high = self.limits.backpressure_high;
+        let mut acx = app_ctx(cx, who, &mut self.out, &mut self.log.traffic, high, &mut close);
         let r = f(ws.app.as_mut(), &mut acx);
         if let Some(why) = close {
             self.app_closed(cx, why);
@@ -626,21 +614,8 @@ impl Connection {
             let h = self.handoff.as_mut()?;
             let mut close = None;
             let mut traffic = Traffic::default();
-            let mut acx = AppCtx {
-                now: cx.now,
-                id: self.id,
-                key: self.key,
-                peer: self.peer,
-                out: &mut self.out,
-                pools: cx.pools,
-                traffic: &mut traffic,
-                backpressure_high: 0,
-                topics: cx.topics,
-                actions: cx.actions,
-                close: &mut close,
-                fanout: &mut cx.fanout,
-                hold: false,
-            };
+            let who = (self.id, self.key, self.peer);
+            let mut acx = app_ctx(cx, who, &mut self.out, &mut traffic, 0, &mut close);
             h.backend.on_io(&mut acx, false);
             if close.is_some() {
                 self.close(cx.now, cx.pools, End::HandOffFailed(io::ErrorKind::BrokenPipe.into()));
@@ -965,26 +940,13 @@ impl Connection {
             return;
         }
         let mut app_close = None;
-        let mut acx = AppCtx {
-            now: cx.now,
-            id: self.id,
-            key: self.key,
-            peer: self.peer,
-            out: &mut self.out,
-            pools: cx.pools,
-            traffic: &mut self.log.traffic,
-            backpressure_high: high,
-            topics: cx.topics,
-            actions: cx.actions,
-            close: &mut app_close,
-            fanout: &mut cx.fanout,
-            hold: false,
-        };
+        let who = (self.id, self.key, self.peer);
+        let mut acx = app_ctx(cx, who, &mut self.out, &mut self.log.traffic, high, &mut app_close);
         let stop = loop {
             if acx.out.len() >= high || acx.hold || *acx.fanout >= FANOUT_BUDGET {
                 break Stop::Held;
             }
-            let (event, used) = match ws.session.receive(&mut buf[pos..self.rend], cx.now) {
+            let (event, used) = match ws.session.receive(&mut buf[pos..self.rend], acx.now) {
                 Ok(r) => r,
                 Err(e) => break Stop::ProtocolError(e.close_code(), e.reason()),
             };
@@ -1048,6 +1010,33 @@ impl OutQueue {
         let mut bytes = Vec::with_capacity(160 + reason.len());
         Response::error(status, reason).write(&mut bytes);
         self.push_bytes(pools, &bytes);
+    }
+}
+
+/// The context an app gets for one call: the connection's id, key and peer, its output queue
+/// and counters, and the loop's shares (pools, topics, actions, the fan-out count).
+fn app_ctx<'b>(
+    cx: &'b mut Ctx<'_>,
+    (id, key, peer): (u64, usize, SocketAddr),
+    out: &'b mut OutQueue,
+    traffic: &'b mut Traffic,
+    backpressure_high: usize,
+    close: &'b mut Option<AppClose>,
+) -> AppCtx<'b> {
+    AppCtx {
+        now: cx.now,
+        id,
+        key,
+        peer,
+        out,
+        pools: cx.pools,
+        traffic,
+        backpressure_high,
+        topics: cx.topics,
+        actions: cx.actions,
+        close,
+        fanout: &mut cx.fanout,
+        hold: false,
     }
 }
 
