@@ -279,7 +279,9 @@ impl Server {
                     log::warn!("cannot watch a backend socket: {e}");
                 }
             }
-            Action::Publish { topic, frame, exclude } => self.publish(&topic, &frame, exclude, now),
+            Action::Publish { topic, frame, exclude, exclude_ids } => {
+                self.publish(&topic, &frame, exclude, &exclude_ids, now)
+            }
             Action::SendTo { id, frame } => {
                 let key = (id as usize) & KEY_MASK;
                 if self.conns.get(key).is_some_and(|e| e.conn.id() == id) {
@@ -291,11 +293,19 @@ impl Server {
 
     /// Queues `frame` on every subscriber of `topic` but `exclude`: encoded once, queued by
     /// reference, written once per subscriber at the end of the turn.
-    fn publish(&mut self, topic: &str, frame: &SharedFrame, exclude: Option<usize>, now: Instant) {
+    fn publish(&mut self, topic: &str, frame: &SharedFrame, exclude: Option<usize>, exclude_ids: &[u64], now: Instant) {
         let Some(id) = self.topics.find(topic) else { return };
+        // Ids to slab keys (an id names its key; a stale one names nobody), sorted. Empty,
+        // as it nearly always is, it allocates nothing.
+        let mut excluded: Vec<usize> = exclude_ids
+            .iter()
+            .map(|&id| (id as usize) & KEY_MASK)
+            .filter(|&key| self.conns.get(key).is_some_and(|e| exclude_ids.contains(&e.conn.id())))
+            .collect();
+        excluded.sort_unstable();
         let mut dropped = 0;
         for key in self.topics.members(id) {
-            if Some(key) == exclude {
+            if Some(key) == exclude || (!excluded.is_empty() && excluded.binary_search(&key).is_ok()) {
                 continue;
             }
             let Some(entry) = self.conns.get_mut(key) else { continue };

@@ -554,6 +554,19 @@ fn framed_backend_subscribes_publishes_and_sends_by_id() {
     b.send(Message::text(format!("send:{}:just for a", a_id.as_str()))).unwrap();
     assert_eq!(read_data(&mut a), Message::text("just for a"));
 
+    // An exclude list (NaviServer's `ws::multicast -exclude`): a third member, and a
+    // publication that skips a and c by id, reaches b alone.
+    let mut c = client(&server.url("/app"));
+    c.send(Message::text("sub:news")).unwrap();
+    c.send(Message::text("id?")).unwrap();
+    let Message::Text(c_id) = read_data(&mut c) else { panic!("expected text") };
+    b.send(Message::text(format!("publ:news:{},{}:not to a or c", a_id.as_str(), c_id.as_str()))).unwrap();
+    assert_eq!(read_data(&mut b), Message::text("not to a or c"));
+    c.send(Message::text("pub:news:to all three")).unwrap();
+    for ws in [&mut a, &mut b, &mut c] {
+        assert_eq!(read_data(ws), Message::text("to all three"), "a and c skipped the excluded one");
+    }
+
     b.send(Message::text("unsub:news")).unwrap();
     b.send(Message::text("id?")).unwrap();
     assert_eq!(read_data(&mut b), Message::text(b_id.as_str()));

@@ -144,8 +144,8 @@ impl Backend {
                 Command::Unsubscribe(topic) => {
                     cx.unsubscribe(&topic);
                 }
-                Command::Publish { topic, frame, exclude_client } => {
-                    cx.publish(Rc::from(topic), frame, exclude_client);
+                Command::Publish { topic, frame, exclude_client, exclude_ids } => {
+                    cx.publish_excluding(Rc::from(topic), frame, exclude_client, exclude_ids);
                 }
                 Command::Send { id, frame } => cx.send_to(id, frame),
             }

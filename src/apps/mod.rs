@@ -37,8 +37,9 @@ pub enum Action {
     Register { fd: RawFd, interest: mio::Interest },
     /// Change what that socket is watched for.
     Reregister { fd: RawFd, interest: mio::Interest },
-    /// Deliver `frame` to every subscriber of `topic`, except connection key `exclude`.
-    Publish { topic: Rc<str>, frame: SharedFrame, exclude: Option<usize> },
+    /// Deliver `frame` to every subscriber of `topic`, except connection key `exclude` and
+    /// the connections whose ids are in `exclude_ids` (NaviServer's `ws::multicast -exclude`).
+    Publish { topic: Rc<str>, frame: SharedFrame, exclude: Option<usize>, exclude_ids: Box<[u64]> },
     /// Deliver `frame` to the connection with this id, if it is open.
     SendTo { id: u64, frame: SharedFrame },
 }
@@ -148,9 +149,21 @@ impl AppCtx<'_> {
 
     /// Publishes `frame` to `topic`'s subscribers (this client too unless `exclude_self`).
     pub fn publish(&mut self, topic: Rc<str>, frame: SharedFrame, exclude_self: bool) {
+        self.publish_excluding(topic, frame, exclude_self, Box::default());
+    }
+
+    /// Publishes `frame` to `topic`'s subscribers but the connections with ids `exclude_ids`
+    /// (and this client if `exclude_self`).
+    pub fn publish_excluding(
+        &mut self,
+        topic: Rc<str>,
+        frame: SharedFrame,
+        exclude_self: bool,
+        exclude_ids: Box<[u64]>,
+    ) {
         let exclude = exclude_self.then_some(self.key);
         *self.fanout += self.topics.find(&topic).map_or(0, |t| self.topics.members(t).len());
-        self.actions.push(Action::Publish { topic, frame, exclude });
+        self.actions.push(Action::Publish { topic, frame, exclude, exclude_ids });
     }
 
     /// Sends `frame` to the connection with id `id`.

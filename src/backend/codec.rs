@@ -65,6 +65,8 @@ pub enum Command {
         topic: Box<str>,
         frame: SharedFrame,
         exclude_client: bool,
+        /// Connection ids not to deliver to (the record's exclude list).
+        exclude_ids: Box<[u64]>,
     },
     /// A message for one connection, by its id.
     Send {
@@ -276,12 +278,27 @@ impl Reassembler {
                 let (flags, rest) = payload.split_first().ok_or(CodecError::BadCommand("empty PUBLISH"))?;
                 let (&topic_len, rest) = rest.split_first().ok_or(CodecError::BadCommand("PUBLISH without topic"))?;
                 let topic_len = usize::from(topic_len);
-                let (topic, message) = rest
+                if flags & !(framed::PUBLISH_BINARY | framed::PUBLISH_EXCLUDE | framed::PUBLISH_EXCLUDE_LIST) != 0 {
+                    return Err(CodecError::BadCommand("reserved PUBLISH flag bits set"));
+                }
+                let (topic, rest) = rest
                     .split_at_checked(topic_len)
                     .ok_or(CodecError::BadCommand("PUBLISH topic longer than the record"))?;
                 let topic = parse_topic(topic)?;
+                let (exclude_ids, message) = if flags & framed::PUBLISH_EXCLUDE_LIST != 0 {
+                    let (&count, rest) =
+                        rest.split_first().ok_or(CodecError::BadCommand("PUBLISH exclude list without a count"))?;
+                    let (ids, message) = rest
+                        .split_at_checked(usize::from(count) * 8)
+                        .ok_or(CodecError::BadCommand("PUBLISH exclude list longer than the record"))?;
+                    let ids = ids.chunks_exact(8).map(|id| id.try_into().map_or(0, u64::from_be_bytes)).collect();
+                    (ids, message)
+                } else {
+                    (Box::default(), rest)
+                };
                 let frame = command_frame(*flags, message)?;
-                commands.push(Command::Publish { topic, frame, exclude_client: flags & framed::PUBLISH_EXCLUDE != 0 });
+                let exclude_client = flags & framed::PUBLISH_EXCLUDE != 0;
+                commands.push(Command::Publish { topic, frame, exclude_client, exclude_ids });
                 return Ok(None);
             }
             RecordType::Send => {
@@ -413,6 +430,11 @@ mod tests {
         };
         record(RecordType::Subscribe, b"news");
         record(RecordType::Publish, &[framed::PUBLISH_EXCLUDE, 4, b'n', b'e', b'w', b's', b'h', b'i']);
+        let mut list = vec![framed::PUBLISH_EXCLUDE_LIST, 4, b'n', b'e', b'w', b's', 2];
+        list.extend_from_slice(&7u64.to_be_bytes());
+        list.extend_from_slice(&9u64.to_be_bytes());
+        list.push(b'x');
+        record(RecordType::Publish, &list);
         let mut send = 7u64.to_be_bytes().to_vec();
         send.extend_from_slice(&[framed::PUBLISH_BINARY, 1, 2]);
         record(RecordType::Send, &send);
@@ -429,7 +451,14 @@ mod tests {
                 Command::Publish {
                     topic: "news".into(),
                     frame: shared_frame(Opcode::Text, b"hi"),
-                    exclude_client: true
+                    exclude_client: true,
+                    exclude_ids: Box::default()
+                },
+                Command::Publish {
+                    topic: "news".into(),
+                    frame: shared_frame(Opcode::Text, b"x"),
+                    exclude_client: false,
+                    exclude_ids: vec![7, 9].into()
                 },
                 Command::Send { id: 7, frame: shared_frame(Opcode::Binary, &[1, 2]) },
                 Command::Unsubscribe("news".into()),
@@ -441,6 +470,18 @@ mod tests {
         assert_eq!(
             bad.feed(&rec, &mut pools, &mut q, &mut cmds),
             Err(CodecError::BadCommand("PUBLISH topic longer than the record"))
+        );
+        let mut bad = Reassembler::new(Framing::Framed, MessageKind::Text, 100);
+        let rec = [framed::encode_header(RecordType::Publish, true, 4).as_slice(), &[4, 1, b't', 3]].concat();
+        assert_eq!(
+            bad.feed(&rec, &mut pools, &mut q, &mut cmds),
+            Err(CodecError::BadCommand("PUBLISH exclude list longer than the record"))
+        );
+        let mut bad = Reassembler::new(Framing::Framed, MessageKind::Text, 100);
+        let rec = [framed::encode_header(RecordType::Publish, true, 3).as_slice(), &[0x10, 1, b't']].concat();
+        assert_eq!(
+            bad.feed(&rec, &mut pools, &mut q, &mut cmds),
+            Err(CodecError::BadCommand("reserved PUBLISH flag bits set"))
         );
     }
 }

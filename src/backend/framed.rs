@@ -38,6 +38,9 @@ pub enum RecordType {
 pub const PUBLISH_BINARY: u8 = 0x01;
 /// PUBLISH flags: do not deliver to the backend's own client.
 pub const PUBLISH_EXCLUDE: u8 = 0x02;
+/// PUBLISH flags: after the topic, a count (u8) and that many connection ids (u64,
+/// big-endian) not to deliver to.
+pub const PUBLISH_EXCLUDE_LIST: u8 = 0x04;
 
 pub const FLAG_FIN: u8 = 0x01;
 

@@ -14,6 +14,7 @@ and drives pub/sub for its client (protocol version 2 records):
   "sub:T"        -> SUBSCRIBE T            "unsub:T" -> UNSUBSCRIBE T
   "pub:T:MSG"    -> PUBLISH MSG to T       "pubx:T:MSG" -> the same, not to its own client
   "send:ID:MSG"  -> SEND MSG to connection ID
+  "publ:T:ID,ID:MSG" -> PUBLISH MSG to T, not to the connections with those ids
 In direct mode it receives the client's socket and writes one WebSocket text frame to it.
 In stall mode it accepts and never reads; in flood mode it writes without end; in noaccept
 mode it listens with the smallest backlog and never accepts.
@@ -88,6 +89,11 @@ def serve_framed(conn, logfile):
             cmd, topic, msg = payload.split(b":", 2)
             flags = 2 if cmd == b"pubx" else 0
             conn.sendall(record(7, bytes([flags, len(topic)]) + topic + msg))
+        elif kind == 2 and payload.startswith(b"publ:"):
+            _, topic, ids, msg = payload.split(b":", 3)
+            ids = [int(i) for i in ids.split(b",") if i]
+            listed = bytes([len(ids)]) + b"".join(struct.pack(">Q", i) for i in ids)
+            conn.sendall(record(7, bytes([4, len(topic)]) + topic + listed + msg))
         elif kind == 2 and payload.startswith(b"send:"):
             _, ident, msg = payload.split(b":", 2)
             conn.sendall(record(8, struct.pack(">Q", int(ident)) + bytes([0]) + msg))
