@@ -202,6 +202,9 @@ impl Topics {
             self.subs[moved as usize].pos = pos;
         }
         if t.members.is_empty() {
+            if t.dropped > 0 {
+                log::info!("topic {:?}: {} message(s) dropped for slow subscribers in its life", &*t.name, t.dropped);
+            }
             let name = t.name.clone();
             self.by_name.remove(&name);
             self.topics[topic as usize] = None;
@@ -241,6 +244,8 @@ mod tests {
         t.remove_connection(1);
         assert_eq!(t.find("b"), None, "a topic without subscribers is gone");
         assert_eq!(t.len(), (2, 1));
+        t.note_dropped(t.find("a").unwrap(), 3);
+        assert_eq!(t.dropped("a"), 3);
         assert_eq!(t.subscribe(2, "c", 2), Ok(true));
         assert_eq!(t.subscribe(2, "d", 2), Err(SubscribeError::TooMany));
         t.remove_connection(2);

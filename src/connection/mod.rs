@@ -39,7 +39,7 @@ use crate::route::Routes;
 use crate::transport::{NotTls, Transport};
 use crate::ws::close;
 use crate::ws::frame::Opcode;
-use crate::ws::session::{Due, Received, Session, Timing};
+use crate::ws::session::{reply_code, Due, Received, Session, Timing};
 
 /// Bytes one connection may read per wake-up before the loop serves others.
 const READ_BUDGET: usize = 512 * 1024;
@@ -457,11 +457,6 @@ impl Connection {
         if let Some(h) = &mut self.handoff {
             h.backend.release(pools);
         }
-    }
-
-    /// Whether this connection holds any buffer (for tests of "idle holds nothing").
-    pub fn holds_buffers(&self) -> bool {
-        self.rbuf.is_some() || !self.out.is_empty()
     }
 
     /// The access log line.
@@ -972,7 +967,7 @@ impl Connection {
                 Received::Pong(_) => {}
                 Received::CloseBegun(frame) => {
                     // §5.5.1: answer, echoing the code (an empty close gets an empty one).
-                    acx.out.push_close(acx.pools, frame.code, "");
+                    acx.out.push_close(acx.pools, reply_code(&frame), "");
                     let reason: String = frame.reason.chars().take(123).collect();
                     ws.app.on_close(&mut acx, frame.code, &reason, false);
                     break Stop::Ended(End::Closed { code: frame.code, reason });
