@@ -25,7 +25,7 @@ use socket2::{Domain, Socket, Type};
 use crate::apps::Action;
 use crate::buffer::Pools;
 use crate::config::{Config, Limits};
-use crate::connection::{refuse_unadmitted, Connection, Ctx, Delivered, Progress, Ready};
+use crate::connection::{refuse_unadmitted, Connection, Ctx, Delivered, Progress, Ready, Turn};
 use crate::encode::SharedFrame;
 use crate::pubsub::Topics;
 use crate::route::Routes;
@@ -66,6 +66,8 @@ struct Entry {
     timer_at: Option<Instant>,
     /// Others queued output for it this turn; it is flushed once, after the events.
     dirty: bool,
+    /// Its last drive said it is done: removed after the batch, never driven again.
+    closed: bool,
 }
 
 /// A bound, not yet running server.
@@ -224,10 +226,10 @@ impl Server {
 
     /// Runs connection `key` with a context (`f` gets the connection and the context), then
     /// does what the run left for the loop: its actions, its timer, closing.
-    fn run_conn(&mut self, key: usize, now: Instant, f: impl FnOnce(&mut Connection, &mut Ctx<'_>) -> Progress) {
+    fn run_conn(&mut self, key: usize, now: Instant, f: impl FnOnce(&mut Connection, &mut Ctx<'_>) -> Turn) {
         let mut actions = std::mem::take(&mut self.actions);
         let Some(entry) = self.conns.get_mut(key) else { return };
-        if entry.conn.is_closed() {
+        if entry.closed {
             self.actions = actions;
             return;
         }
@@ -241,12 +243,12 @@ impl Server {
             actions: &mut actions,
             fanout: 0,
         };
-        let progress = f(&mut entry.conn, &mut ctx);
+        let turn = f(&mut entry.conn, &mut ctx);
         for action in actions.drain(..) {
             self.apply(key, action, now);
         }
         self.actions = actions;
-        self.after_drive(key, progress);
+        self.after_drive(key, turn);
     }
 
     fn on_ready(&mut self, token: Token, readable: bool, writable: bool, now: Instant) {
@@ -353,12 +355,15 @@ impl Server {
         }
     }
 
-    /// What the loop does after a connection ran: queue for closing, for another turn, or
-    /// (re)arm its timer.
-    fn after_drive(&mut self, key: usize, progress: Progress) {
+    /// What the loop does after a connection ran: queue for closing, for another turn, for
+    /// the end-of-turn write, and (re)arm its timer.
+    fn after_drive(&mut self, key: usize, Turn { progress, deadline }: Turn) {
         let Some(entry) = self.conns.get_mut(key) else { return };
-        if progress == Progress::Closed || entry.conn.is_closed() {
-            self.closed.push(key);
+        if progress == Progress::Closed {
+            if !entry.closed {
+                entry.closed = true;
+                self.closed.push(key);
+            }
             return;
         }
         if matches!(progress, Progress::Busy | Progress::Again) && !self.busy.contains(&key) {
@@ -371,7 +376,7 @@ impl Server {
         }
         // One timer entry per connection, at or before its deadline; a deadline that moved
         // later is found when the entry fires and re-armed then.
-        if let Some(deadline) = entry.conn.deadline() {
+        if let Some(deadline) = deadline {
             if entry.timer_at.is_none_or(|t| deadline < t) {
                 entry.timer_at = Some(deadline);
                 self.timers.push(Reverse((deadline, key, entry.token.0)));
@@ -392,21 +397,21 @@ impl Server {
             }
             self.timers.pop();
             let Some(entry) = self.conns.get_mut(key) else { continue };
-            if entry.token.0 != token || entry.timer_at != Some(when) || entry.conn.is_closed() {
+            if entry.token.0 != token || entry.timer_at != Some(when) || entry.closed {
                 continue; // stale entry
             }
             entry.timer_at = None;
-            // Whatever the timer queued (a ping, a close frame, a 408) goes out now.
+            // Whatever the timer queued (a ping, a close frame, a 408) goes out at the end of
+            // the turn.
             self.run_conn(key, now, |conn, ctx| {
-                conn.on_timer(ctx);
-                conn.drive(ctx, Ready { corked: true, ..Ready::default() })
+                conn.drive(ctx, Ready { corked: true, timer: true, ..Ready::default() })
             });
         }
     }
 
     fn remove_closed(&mut self, now: Instant) {
         for key in std::mem::take(&mut self.closed) {
-            if !self.conns.get(key).is_some_and(|e| e.conn.is_closed()) {
+            if !self.conns.get(key).is_some_and(|e| e.closed) {
                 continue;
             }
             let mut entry = self.conns.remove(key);
@@ -514,9 +519,10 @@ impl Server {
             },
         };
         let conn = Connection::new(token.0 as u64, key, transport, peer, now, self.limits);
-        entry.insert(Entry { conn, token, timer_at: None, dirty: false });
+        entry.insert(Entry { conn, token, timer_at: None, dirty: false, closed: false });
         log::debug!("{peer} accepted as {key}");
-        self.after_drive(key, Progress::Idle);
+        // The first drive starts its handshake clock (and reads nothing yet).
+        self.run_conn(key, now, |conn, ctx| conn.drive(ctx, Ready { corked: true, ..Ready::default() }));
     }
 
     fn on_signals(&mut self, now: Instant) {
@@ -560,8 +566,7 @@ impl Server {
         for key in keys {
             // The close frame goes out now if the socket takes it.
             self.run_conn(key, now, |conn, ctx| {
-                conn.start_drain(ctx);
-                conn.drive(ctx, Ready { corked: true, ..Ready::default() })
+                conn.drive(ctx, Ready { corked: true, drain: true, ..Ready::default() })
             });
         }
         self.flush_dirty(now);

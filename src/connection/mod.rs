@@ -84,6 +84,18 @@ pub struct Ready {
     /// nothing. So a connection that many others publish to in one turn gets one write for
     /// all of it.
     pub corked: bool,
+    /// A deadline the connection asked for has passed.
+    pub timer: bool,
+    /// The server is shutting down.
+    pub drain: bool,
+}
+
+/// What a drive leaves the loop to do: go on, and arm this deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Turn {
+    pub progress: Progress,
+    /// When the connection next needs a [`Ready::timer`] drive (`None`: never).
+    pub deadline: Option<Instant>,
 }
 
 /// What [`Connection::drive`] leaves the loop to do.
@@ -246,12 +258,25 @@ impl Connection {
         self.transport.socket_mut()
     }
 
-    pub fn is_closed(&self) -> bool {
+    fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)
     }
 
-    /// Does all the I/O the readiness allows.
-    pub fn drive(&mut self, cx: &mut Ctx<'_>, ready: Ready) -> Progress {
+    /// Does all the I/O the readiness allows (after acting on passed deadlines, if `timer`),
+    /// and says what the loop must do next: the progress and the deadline to arm.
+    pub fn drive(&mut self, cx: &mut Ctx<'_>, ready: Ready) -> Turn {
+        if ready.timer {
+            self.on_timer(cx);
+        }
+        if ready.drain {
+            self.start_drain(cx);
+        }
+        let progress = self.run(cx, ready);
+        let deadline = if progress == Progress::Closed { None } else { self.deadline() };
+        Turn { progress, deadline }
+    }
+
+    fn run(&mut self, cx: &mut Ctx<'_>, ready: Ready) -> Progress {
         self.readable |= ready.readable;
         self.writable |= ready.writable;
         if ready.app_readable || ready.app_writable {
@@ -334,8 +359,8 @@ impl Connection {
         }
     }
 
-    /// The earliest time at which [`Connection::on_timer`] has something to do.
-    pub fn deadline(&self) -> Option<Instant> {
+    /// The earliest time at which a timer has something to do.
+    fn deadline(&self) -> Option<Instant> {
         let phase = match &self.phase {
             Phase::Unknown => Some(self.accepted + self.limits.handshake_timeout),
             Phase::Opening { deadline }
@@ -359,7 +384,7 @@ impl Connection {
     }
 
     /// Acts on every deadline that has passed.
-    pub fn on_timer(&mut self, cx: &mut Ctx<'_>) {
+    fn on_timer(&mut self, cx: &mut Ctx<'_>) {
         let now = cx.now;
         if self.stalled_since.is_some_and(|t| now >= t + self.limits.write_timeout) {
             return self.close(cx.now, cx.pools, End::Abort("write timeout: peer is not reading".into()));
@@ -405,7 +430,7 @@ impl Connection {
     }
 
     /// The server is shutting down: close handshakes start, requests in progress end.
-    pub fn start_drain(&mut self, cx: &mut Ctx<'_>) {
+    fn start_drain(&mut self, cx: &mut Ctx<'_>) {
         let end = match &self.phase {
             Phase::Unknown | Phase::Opening { .. } | Phase::Http { .. } => {
                 Some(End::Abort("server shutting down".into()))
