@@ -3,10 +3,11 @@
 //! Phases: `Unknown` (accepted) → `Opening` (TLS) → `Http` (reading request heads) →
 //! `Connected` (a [`Session`] and an [`App`]) → `Flushing` (last bytes out, then FIN) →
 //! `Lingering` (waiting for the peer's FIN) → `Closed`; direct hand-off goes `HandingOff` →
-//! `HandedOff`. Every phase has a deadline ([`Connection::deadline`]).
+//! `HandedOff`. Every phase has a deadline.
 //!
 //! The connection never touches the poller, the slab or other connections. The loop calls
-//! [`Connection::drive`] with the readiness it saw and gets a [`Progress`]; what else the loop
+//! [`Connection::drive`] with the readiness it saw (a passed deadline and the drain are
+//! readiness too) and gets a [`Turn`]: how to go on, and the next deadline. What else the loop
 //! must do (publish, watch a backend socket...) the connection's app records as
 //! [`Action`](crate::apps::Action)s in the context. Every ending goes through
 //! [`Connection::close`] with an [`End`]. Time is passed in, so everything here runs the same
@@ -14,7 +15,8 @@
 //!
 //! Readiness is edge-triggered and tracked here: `readable` / `writable` stay set until an
 //! operation returns `WouldBlock`. Backpressure is "do not read while too much output is
-//! queued", which needs no re-registration.
+//! queued", which needs no re-registration. Writes are corked for the event batch: one write
+//! per connection per turn, at its end ([`Ready::corked`]).
 
 mod end;
 mod http;
