@@ -234,7 +234,7 @@ impl OutQueue {
     }
 
     /// Queues a small unit (a ping or pong) ahead of queued data, so it never waits behind a
-    /// full queue (see [`OutQueue::urgent_slot`] for where).
+    /// full queue (after the unit being written, never inside a frame; see `urgent_slot`).
     pub fn push_urgent(&mut self, bytes: &[u8]) {
         // Its own chunk even at the end, so a later urgent unit queues behind it.
         let at = self.urgent_slot().unwrap_or(self.chunks.len());

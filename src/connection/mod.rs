@@ -9,7 +9,7 @@
 //! [`Connection::drive`] with the readiness it saw (a passed deadline and the drain are
 //! readiness too) and gets a [`Turn`]: how to go on, and the next deadline. What else the loop
 //! must do (publish, watch a backend socket...) the connection's app records as
-//! [`Action`](crate::apps::Action)s in the context. Every ending goes through
+//! [`Action`](crate::apps)s in the context. Every ending goes through
 //! [`Connection::close`] with an [`End`]. Time is passed in, so everything here runs the same
 //! in tests.
 //!

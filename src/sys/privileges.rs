@@ -38,7 +38,7 @@ impl std::fmt::Display for PrivilegeError {
 
 impl std::error::Error for PrivilegeError {}
 
-/// Switches to `user`: setgroups([gid]), setgid(gid), setuid(uid), in that order.
+/// Switches to `user`: `setgroups([gid])`, `setgid(gid)`, `setuid(uid)`, in that order.
 pub fn drop_to(user: &str) -> Result<(), PrivilegeError> {
     let name = std::ffi::CString::new(user).map_err(|_| PrivilegeError::BadName(user.into()))?;
     // SAFETY: passwd is plain old data (integers and pointers); all-zero is a valid value.
