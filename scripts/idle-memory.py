@@ -1,6 +1,8 @@
 """Server memory per idle WebSocket: RSS growth over N upgraded, silent connections, / N.
 
-usage: python3 scripts/idle-memory.py [--tls] [--path /echo] PID HOST PORT [N]   (HOST must be loopback)
+usage: python3 scripts/idle-memory.py [--tls] [--partial] [--path /echo] PID HOST PORT [N]
+       (HOST must be loopback; --partial: each client sends the first 30 bytes of its request
+       head and stops, as a slowloris attacker does, instead of completing the upgrade)
 """
 import socket
 import ssl
@@ -22,7 +24,8 @@ def rss_kib(pid):
 def main():
     args = sys.argv[1:]
     tls = "--tls" in args
-    args = [a for a in args if a != "--tls"]
+    partial = "--partial" in args
+    args = [a for a in args if a not in ("--tls", "--partial")]
     path = "/echo"
     if "--path" in args:
         i = args.index("--path")
@@ -44,16 +47,17 @@ def main():
         s = socket.create_connection((host, port))
         if ctx:
             s = ctx.wrap_socket(s, server_hostname="localhost")
-        s.sendall(REQ)
+        s.sendall(REQ[:30] if partial else REQ)
         conns.append(s)
-    for s in conns:
+    for s in conns if not partial else []:
         head = b""
         while not head.endswith(b"\r\n\r\n"):
             head += s.recv(1)
         assert head.startswith(b"HTTP/1.1 101"), head
     time.sleep(0.5)
     after = rss_kib(pid)
-    print(f"{n} idle {'TLS ' if tls else ''}connections: RSS {before} KiB -> {after} KiB, "
+    what = "connections with 30 bytes of a request head" if partial else "idle connections"
+    print(f"{n} {'TLS ' if tls else ''}{what}: RSS {before} KiB -> {after} KiB, "
           f"{(after - before) * 1024 / n:.0f} bytes per connection")
 
 

@@ -228,3 +228,67 @@ fn fd_exhaustion_pauses_accepting_without_spinning() {
     assert_eq!(ws.read().unwrap(), Message::text("recovered"));
     server.wait_log("accepting again");
 }
+
+/// A WebSocket upgrade over HTTP/1.0 is a 400 that says why (RFC 9110 keeps 505 for a major
+/// version the server does not speak); a plain HTTP/1.0 request still gets the page.
+#[test]
+fn upgrade_over_http_1_0_is_400_and_plain_1_0_works() {
+    let server = Server::start(&[]);
+    let upgrade = upgrade_request("/echo", "").replace("HTTP/1.1", "HTTP/1.0");
+    let r = http_exchange(server.addr, upgrade.as_bytes());
+    assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
+    assert!(r.contains("requires HTTP/1.1"), "{r}");
+    let r = http_exchange(server.addr, b"GET / HTTP/1.0\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 200 ") && r.contains("<title>wsgate</title>"), "{r}");
+}
+
+/// Clients trickling request heads cost their bytes, not a 64 KiB read buffer each: a few
+/// hundred of them hold the server's memory to a generous bound (a regression guard).
+#[test]
+fn slow_request_heads_do_not_pin_read_buffers() {
+    const CLIENTS: usize = 400;
+    let server = Server::start(&[]);
+    let before = server.rss_kib();
+    let mut clients: Vec<std::net::TcpStream> = (0..CLIENTS).map(|_| tcp(server.addr)).collect();
+    for c in &mut clients {
+        c.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n").unwrap();
+    }
+    // Every head was read (the server answers a trivial request after them, in order).
+    let r = http_exchange(server.addr, b"GET / HTTP/1.0\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let grown = server.rss_kib().saturating_sub(before);
+    // 64 KiB each would be 25 MiB; a few KiB each is what is allowed.
+    assert!(grown < 4 * 1024, "{CLIENTS} slow heads grew RSS by {grown} KiB");
+    drop(clients);
+}
+
+/// The same for upgraded clients that start a large frame and stall in its payload, or in its
+/// header: what they sent is kept, not a read buffer each.
+#[test]
+fn stalled_frames_do_not_pin_read_buffers() {
+    const CLIENTS: usize = 300;
+    let server = Server::start(&[]);
+    let mut clients: Vec<Raw> = (0..CLIENTS).map(|_| Raw::connect(server.addr, "/echo")).collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = server.rss_kib();
+    for (i, c) in clients.iter_mut().enumerate() {
+        if i % 2 == 0 {
+            // A 1 MiB binary frame's header and mask, then 10 bytes of its payload.
+            let mut start = vec![0x82, 0xFF];
+            start.extend_from_slice(&(1u64 << 20).to_be_bytes());
+            start.extend_from_slice(&[1, 2, 3, 4]);
+            start.extend_from_slice(&[0u8; 10]);
+            c.send_raw(&start);
+        } else {
+            c.send_raw(&[0x82, 0xFF, 0, 0]); // half a header
+        }
+    }
+    let mut ws = client(&server.url("/echo"));
+    ws.send(Message::text("still served")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("still served"));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let grown = server.rss_kib().saturating_sub(before);
+    // 64 KiB each would be 19 MiB.
+    assert!(grown < 4 * 1024, "{CLIENTS} stalled frames grew RSS by {grown} KiB");
+}

@@ -32,7 +32,7 @@ pub use end::{AccessLog, End, SLOW_CONSUMER_CODE};
 use crate::apps::backend::{Backend, HandOff};
 use crate::apps::{Action, App, AppClose, AppCtx, AppIo, Hold, Payload, Traffic};
 use crate::backend::FailureLog;
-use crate::buffer::{OutQueue, Pools};
+use crate::buffer::{OutQueue, Pools, READ_BUF_SIZE};
 use crate::config::{Limits, OnBackpressure};
 use crate::encode::SharedFrame;
 use crate::http::response::Response;
@@ -49,6 +49,10 @@ const READ_BUDGET: usize = 512 * 1024;
 /// delivered: 20-byte messages to a room of 10,000 would otherwise be 230 M deliveries for
 /// one 512 KiB read).
 const FANOUT_BUDGET: usize = 256 * 1024;
+/// A wake-up that read this much keeps its read buffer for the next (a streaming client,
+/// mid-message or with a split frame header pending); one that read less (a trickle, or a
+/// timer) gives it back, keeping only pending bytes in an allocation of their size.
+const KEEP_READ_BUFFER_AFTER: usize = 512;
 /// Output a corked connection may hold before it writes anyway: enough for a turn of small
 /// messages in one write, small enough that bulk data is written while still in cache.
 const CORK_LIMIT: usize = 64 * 1024;
@@ -330,7 +334,7 @@ impl Connection {
             }
             budget = budget.saturating_sub(self.read_once(cx));
         }
-        self.after_io(cx);
+        self.after_io(cx, READ_BUDGET - budget);
         if self.is_closed() {
             Progress::Closed
         } else if self.writable && self.has_output() {
@@ -348,7 +352,7 @@ impl Connection {
         if self.writable && self.has_output() {
             self.flush(cx);
         }
-        self.after_io(cx);
+        self.after_io(cx, 0);
         if self.is_closed() {
             return Progress::Closed;
         }
@@ -406,7 +410,7 @@ impl Connection {
         if let Some(end) = end {
             self.close(cx.now, cx.pools, end);
         }
-        self.after_io(cx);
+        self.after_io(cx, 0);
     }
 
     fn ws_timer(&mut self, now: Instant) -> Option<End> {
@@ -443,7 +447,7 @@ impl Connection {
         if let Some(end) = end {
             self.close(cx.now, cx.pools, end);
         }
-        self.after_io(cx);
+        self.after_io(cx, 0);
     }
 
     /// Queues a message published by someone else, under the route's backpressure policy.
@@ -698,7 +702,18 @@ impl Connection {
 
     /// One read; processes what arrived. Returns the bytes read.
     fn read_once(&mut self, cx: &mut Ctx<'_>) -> usize {
-        let mut buf = self.rbuf.take().unwrap_or_else(|| cx.pools.take_read());
+        let mut buf = match self.rbuf.take() {
+            Some(pooled) if pooled.len() == READ_BUF_SIZE => pooled,
+            Some(kept) => {
+                // Bytes kept between reads in an allocation of their own size (see `after_io`).
+                let mut pooled = cx.pools.take_read();
+                let n = self.rend - self.rstart;
+                pooled[..n].copy_from_slice(&kept[self.rstart..self.rend]);
+                (self.rstart, self.rend) = (0, n);
+                pooled
+            }
+            None => cx.pools.take_read(),
+        };
         if self.rend == buf.len() {
             // Make room: move the unconsumed tail to the front.
             buf.copy_within(self.rstart..self.rend, 0);
@@ -831,18 +846,34 @@ impl Connection {
 
     /// Bookkeeping after any activity: buffers back to the pool when idle, the hand-off, the
     /// end of `Flushing`, the stall clock.
-    fn after_io(&mut self, cx: &mut Ctx<'_>) {
+    /// `read`: bytes read in this wake-up (a busy reader keeps its read buffer for the next).
+    fn after_io(&mut self, cx: &mut Ctx<'_>, read: usize) {
         if let (Phase::HandingOff { .. }, true) = (&self.phase, self.out.is_empty()) {
             self.hand_off(cx);
         }
         if self.rstart == self.rend {
             self.rstart = 0;
             self.rend = 0;
-            let idle = self.ws.as_ref().is_none_or(|ws| ws.session.is_between_messages());
+            // Mid-message the buffer is kept for the rest, unless this peer sends little: all its
+            // bytes were consumed (the decoder holds the partial message), nothing is lost.
+            let idle =
+                read < KEEP_READ_BUFFER_AFTER || self.ws.as_ref().is_none_or(|ws| ws.session.is_between_messages());
             if idle {
                 if let Some(buf) = self.rbuf.take() {
                     cx.pools.put_read(buf);
                 }
+            }
+        } else if !self.input_held && read < KEEP_READ_BUFFER_AFTER {
+            if let Some(pooled) = self.rbuf.take_if(|b| b.len() == READ_BUF_SIZE) {
+                // Bytes wait for more (a request head arriving slowly, a split frame header)
+                // from a peer that sent little: keep only them, in an allocation of their
+                // size, and give the 64 KiB buffer back, so a connection trickling bytes costs
+                // its bytes, not a read buffer. A busy reader keeps its buffer until a wake-up
+                // that reads little (its next timer at the latest).
+                let kept: Box<[u8]> = pooled[self.rstart..self.rend].into();
+                cx.pools.put_read(pooled);
+                (self.rstart, self.rend) = (0, kept.len());
+                self.rbuf = Some(kept);
             }
         }
         if let (Phase::Flushing { .. }, true) = (&self.phase, self.out.is_empty()) {

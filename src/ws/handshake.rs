@@ -62,7 +62,6 @@ impl HandshakeError {
         match self {
             HandshakeError::Request(e) => e.status(),
             HandshakeError::MethodNotGet => 405,
-            HandshakeError::HttpVersionTooOld => 505,
             HandshakeError::NotAnUpgrade | HandshakeError::UnsupportedVersion => 426,
             HandshakeError::OriginNotAllowed => 403,
             _ => 400,
@@ -73,7 +72,7 @@ impl HandshakeError {
         match self {
             HandshakeError::Request(e) => e.reason(),
             HandshakeError::MethodNotGet => "WebSocket upgrade requires GET",
-            HandshakeError::HttpVersionTooOld => "WebSocket upgrade requires HTTP/1.1",
+            HandshakeError::HttpVersionTooOld => "WebSocket upgrade requires HTTP/1.1 (RFC 6455 section 4.1)",
             HandshakeError::MissingHost => "missing Host header",
             HandshakeError::NotAnUpgrade => "this resource is a WebSocket endpoint; send Upgrade: websocket",
             HandshakeError::MissingConnectionUpgrade => "Connection header must include Upgrade",
@@ -287,7 +286,8 @@ Sec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Version: 13\r\n\r\n";
         use HandshakeError::*;
         let cases: &[(&str, &str, HandshakeError, u16)] = &[
             ("GET /chat", "POST /chat", MethodNotGet, 405),
-            ("HTTP/1.1\r\nHost", "HTTP/1.0\r\nHost", HttpVersionTooOld, 505),
+            // 400, not 505: RFC 9110 keeps 505 for a major version the server does not support.
+            ("HTTP/1.1\r\nHost", "HTTP/1.0\r\nHost", HttpVersionTooOld, 400),
             ("Host: server.example.com\r\n", "", MissingHost, 400),
             ("Host: server.example.com", "Host: ", MissingHost, 400),
             ("Upgrade: websocket\r\n", "", NotAnUpgrade, 426),
