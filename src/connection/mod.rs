@@ -582,6 +582,14 @@ impl Connection {
                 self.set_phase(Phase::Closed);
             }
         }
+        if self.is_closed() {
+            // Back to the pool now, not after the batch: when thousands of clients leave in one
+            // batch, the next one's read reuses this buffer instead of allocating another.
+            if let Some(buf) = self.rbuf.take() {
+                pools.put_read(buf);
+            }
+            (self.rstart, self.rend) = (0, 0);
+        }
     }
 
     /// Starts the closing handshake (§7.1.2): our close frame, then wait for the peer's.
