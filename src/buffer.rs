@@ -38,8 +38,10 @@ impl Pools {
         self.reads.pop().unwrap_or_else(|| vec![0u8; READ_BUF_SIZE].into_boxed_slice())
     }
 
+    /// Takes back a read buffer; anything else (a connection's small buffer of kept bytes)
+    /// is simply freed, so the pool only ever hands out full-size buffers.
     pub fn put_read(&mut self, buf: Box<[u8]>) {
-        if self.reads.len() < self.max_free {
+        if buf.len() == READ_BUF_SIZE && self.reads.len() < self.max_free {
             self.reads.push(buf);
         }
     }
@@ -430,6 +432,16 @@ mod tests {
             }
         }
         assert_eq!(w.got, b"before\x82\x05PIPEDafter");
+    }
+
+    #[test]
+    fn only_full_size_read_buffers_are_pooled() {
+        let mut pools = Pools::new(4);
+        pools.put_read(vec![0u8; 37].into_boxed_slice());
+        assert_eq!(pools.free_counts().0, 0);
+        assert_eq!(pools.take_read().len(), READ_BUF_SIZE);
+        pools.put_read(vec![0u8; READ_BUF_SIZE].into_boxed_slice());
+        assert_eq!(pools.free_counts().0, 1);
     }
 
     #[test]
