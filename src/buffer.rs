@@ -69,6 +69,9 @@ enum Bytes {
     Owned(Vec<u8>),
     /// A frame encoded once and queued by reference on every receiver.
     Shared(Rc<[u8]>),
+    /// This many bytes that wait in the connection's pipe (spliced from a backend), at this
+    /// place in the stream.
+    Piped(usize),
 }
 
 #[derive(Debug)]
@@ -95,6 +98,7 @@ impl Chunk {
         match &self.bytes {
             Bytes::Owned(v) => v,
             Bytes::Shared(s) => s,
+            Bytes::Piped(_) => &[],
         }
     }
 
@@ -108,9 +112,9 @@ impl Chunk {
 
 /// Bytes waiting to be written to one peer, in order.
 ///
-/// Besides byte chunks the stream may hold *pipe segments*: payload that waits in the
-/// connection's pipe (spliced from a backend) at a given place in the stream. [`write_to`]
-/// stops at such a place; the connection then splices the pipe bytes, and the stream goes on.
+/// Besides byte chunks the stream may hold *piped* chunks: payload that waits in the
+/// connection's pipe (spliced from a backend) at its place in the stream. [`write_to`]
+/// stops there; the connection then splices the pipe bytes, and the stream goes on.
 ///
 /// [`write_to`]: OutQueue::write_to
 #[derive(Debug, Default)]
@@ -118,13 +122,8 @@ pub struct OutQueue {
     chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     front_written: usize,
-    /// Bytes waiting, pipe segments included.
+    /// Bytes waiting, piped ones included.
     queued: usize,
-    /// Offsets in the whole stream: bytes written so far, bytes queued so far.
-    written: u64,
-    pushed: u64,
-    /// Pipe segments: (stream offset where it starts, bytes left).
-    pipe_segments: VecDeque<(u64, usize)>,
 }
 
 impl OutQueue {
@@ -156,7 +155,6 @@ impl OutQueue {
 
     fn count(&mut self, n: usize) {
         self.queued += n;
-        self.pushed += n as u64;
     }
 
     /// Queues raw bytes (an HTTP response, a backend record stream).
@@ -222,12 +220,8 @@ impl OutQueue {
 
     /// Where a unit may enter ahead of queued data: after the chunk being written and what
     /// continues it (never inside another frame), after earlier urgent units (they keep
-    /// their order) and after raw bytes (the 101 response). `None` when it can only go last (nothing queued, or pipe segments,
-    /// whose stream offsets must not move).
+    /// their order) and after raw bytes (the 101 response). `None` when it can only go last.
     fn urgent_slot(&self) -> Option<usize> {
-        if self.chunks.is_empty() || !self.pipe_segments.is_empty() {
-            return None;
-        }
         let mut at = usize::from(self.front_written > 0);
         while self.chunks.get(at).is_some_and(|c| c.role != Role::Frames) {
             at += 1;
@@ -247,6 +241,10 @@ impl OutQueue {
     /// Drops every queued unit not yet begun (urgent ones stay): for a peer that will get a
     /// close frame next and nothing after it. Returns the bytes dropped.
     pub fn discard_unstarted(&mut self, pools: &mut Pools) -> usize {
+        // Piped bytes cannot be taken back out of the pipe: with some queued, nothing goes.
+        if self.chunks.iter().any(|c| matches!(c.bytes, Bytes::Piped(_))) {
+            return 0;
+        }
         let Some(mut at) = self.urgent_slot() else { return 0 };
         let mut dropped = 0;
         while at < self.chunks.len() {
@@ -260,60 +258,68 @@ impl OutQueue {
             }
         }
         self.queued -= dropped;
-        self.pushed -= dropped as u64;
         dropped
     }
 
     /// Queues `len` payload bytes that are already in the connection's pipe; they continue
     /// the frame whose header was pushed just before.
     pub fn push_piped(&mut self, len: usize) {
-        self.pipe_segments.push_back((self.pushed, len));
+        if len == 0 {
+            return;
+        }
+        self.chunks.push_back(Chunk { bytes: Bytes::Piped(len), role: Role::Continues });
         self.count(len);
     }
 
-    /// Bytes to splice from the pipe now, if the stream has reached a pipe segment.
+    /// Bytes to splice from the pipe now, if the stream has reached piped bytes.
     pub fn pipe_due(&self) -> Option<usize> {
-        self.pipe_segments.front().filter(|(start, _)| *start == self.written).map(|(_, len)| *len)
+        match self.chunks.front()?.bytes {
+            Bytes::Piped(left) => Some(left),
+            _ => None,
+        }
     }
 
-    /// Records `n` bytes spliced from the pipe (the front pipe segment).
+    /// Records `n` bytes spliced from the pipe (the front piped chunk).
     pub fn consume_piped(&mut self, n: usize) {
-        if let Some(front) = self.pipe_segments.front_mut() {
-            front.0 += n as u64;
-            front.1 -= n;
-            if front.1 == 0 {
-                self.pipe_segments.pop_front();
-            }
+        let Some(Chunk { bytes: Bytes::Piped(left), .. }) = self.chunks.front_mut() else { return };
+        let n = n.min(*left);
+        *left -= n;
+        if *left == 0 {
+            self.chunks.pop_front();
         }
-        self.written += n as u64;
         self.queued -= n;
+        if self.queued == 0 {
+            self.chunks = VecDeque::new();
+        }
     }
 
     /// One `writev` of as much as is queued (up to 256 chunks). Returns the bytes written.
     pub fn write_to<W: Write>(&mut self, w: &mut W, pools: &mut Pools) -> io::Result<usize> {
-        // Bytes up to the next pipe segment, if there is one.
-        let limit = self.pipe_segments.front().map_or(usize::MAX, |(start, _)| (start - self.written) as usize);
         if self.chunks.len() == 1 {
             // The common case (one wake-up's replies fit one chunk): a plain write, which
-            // spares the kernel importing an iovec array.
+            // spares the kernel importing an iovec array. (A piped chunk's slice is empty:
+            // nothing is written before it is spliced.)
             let bytes = &self.chunks[0].as_slice()[self.front_written..];
-            let written = w.write(&bytes[..bytes.len().min(limit)])?;
+            if bytes.is_empty() {
+                return Ok(0);
+            }
+            let written = w.write(bytes)?;
             self.consume(written, pools);
             return Ok(written);
         }
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         let mut count = 0;
-        let mut room = limit;
+        // Up to the first piped chunk, whose bytes are in the pipe.
         for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
-            let start = if i == 0 { self.front_written } else { 0 };
-            let bytes = chunk.as_slice();
-            let take = (bytes.len() - start).min(room);
-            if take == 0 {
+            if matches!(chunk.bytes, Bytes::Piped(_)) {
                 break;
             }
-            slices[i] = IoSlice::new(&bytes[start..start + take]);
-            room -= take;
+            let start = if i == 0 { self.front_written } else { 0 };
+            slices[i] = IoSlice::new(&chunk.as_slice()[start..]);
             count += 1;
+        }
+        if count == 0 {
+            return Ok(0);
         }
         let written = w.write_vectored(&slices[..count])?;
         self.consume(written, pools);
@@ -322,7 +328,6 @@ impl OutQueue {
 
     fn consume(&mut self, mut n: usize, pools: &mut Pools) {
         self.queued -= n;
-        self.written += n as u64;
         while n > 0 {
             let Some(front) = self.chunks.front() else { break };
             let left = front.as_slice().len() - self.front_written;
@@ -366,7 +371,6 @@ impl OutQueue {
         self.queued = 0;
         self.front_written = 0;
         self.chunks = VecDeque::new();
-        self.pipe_segments.clear();
     }
 }
 

@@ -166,13 +166,15 @@ impl AppKind {
 
 #[derive(Debug, Clone)]
 pub struct Route {
-    pub path: String,
+    /// Shared with the access log of every connection it serves.
+    pub path: Arc<str>,
     pub app: AppKind,
     /// Allowed `Origin` values; empty means any.
     pub origins: Vec<String>,
     /// Subprotocols offered, in order of preference.
     pub subprotocols: Vec<String>,
-    pub limits: Limits,
+    /// Shared with every connection the route serves (one pointer each, not a copy).
+    pub limits: Arc<Limits>,
     /// Set when `app` is [`AppKind::Backend`].
     pub backend: Option<BackendSpec>,
     /// Pub/sub policy (chat, pubsub, and backends' SUBSCRIBE records).
@@ -523,7 +525,7 @@ impl Config {
             routes: Vec::new(),
         };
         if file.routes.is_empty() {
-            config.routes = defaults.routes.iter().map(|r| Route { limits, ..r.clone() }).collect();
+            config.routes = defaults.routes.iter().map(|r| Route { limits: Arc::new(limits), ..r.clone() }).collect();
         }
         for spanned in file.routes {
             let line = line_of(text, spanned.span().start);
@@ -532,11 +534,11 @@ impl Config {
             let (app, backend) = route_target(&r, base).map_err(at)?;
             let pubsub = pubsub_policy(&r, app).map_err(at)?;
             let route = Route {
-                path: r.path,
+                path: r.path.into(),
                 app,
                 origins: r.origins,
                 subprotocols: r.subprotocols,
-                limits: r.limits.as_section().apply(limits),
+                limits: Arc::new(r.limits.as_section().apply(limits)),
                 backend,
                 pubsub: Arc::new(pubsub),
             };
@@ -551,7 +553,7 @@ impl Config {
         if !route.path.starts_with('/') || route.path.contains(['?', '#', ' ']) {
             return Err(format!("route.path: {:?} must be an absolute path without query", route.path));
         }
-        let stem = route.path.strip_suffix("/*").unwrap_or(&route.path);
+        let stem = route.path.strip_suffix("/*").unwrap_or(&*route.path);
         if stem.contains('*') || (stem.len() < route.path.len() && route.is_socket_dir()) {
             return Err(format!(
                 "route.path: {:?}: `*` may only end a path, as \"/prefix/*\" (and not on socket_dir routes, which name sockets by the rest of the path already)",
@@ -652,11 +654,11 @@ which cannot work on TLS listener {} (use raw, lines or framed there)",
 impl Route {
     pub fn new(path: &str, app: AppKind, limits: Limits) -> Route {
         Route {
-            path: path.to_string(),
+            path: path.into(),
             app,
             origins: Vec::new(),
             subprotocols: Vec::new(),
-            limits,
+            limits: Arc::new(limits),
             backend: None,
             pubsub: Arc::default(),
         }
@@ -772,8 +774,8 @@ mod tests {
         assert!(text.contains("[[listener]]"), "the example documents TLS listeners");
         assert_eq!(config.limits, default.limits);
         assert_eq!(config.max_connections, default.max_connections);
-        let paths: Vec<_> = config.routes.iter().map(|r| (r.path.as_str(), r.app)).collect();
-        let default_paths: Vec<_> = default.routes.iter().map(|r| (r.path.as_str(), r.app)).collect();
+        let paths: Vec<_> = config.routes.iter().map(|r| (&*r.path, r.app)).collect();
+        let default_paths: Vec<_> = default.routes.iter().map(|r| (&*r.path, r.app)).collect();
         assert_eq!(paths, default_paths);
     }
 
@@ -882,7 +884,7 @@ tls = { cert = "certs/a.pem", key = "/abs/a.key", sni = [{ names = ["x.test"], c
     #[test]
     fn cli_routes() {
         let r = Route::from_cli("/e=echo", Limits::default()).unwrap();
-        assert_eq!((r.path.as_str(), r.app), ("/e", AppKind::Echo));
+        assert_eq!((&*r.path, r.app), ("/e", AppKind::Echo));
         let r = Route::from_cli("/b=unix:/run/b.sock#lines", Limits::default()).unwrap();
         assert_eq!(r.app, AppKind::Backend);
         assert_eq!(r.backend.unwrap().framing, Framing::Lines);

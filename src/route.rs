@@ -23,7 +23,7 @@ impl Routes {
     /// longest `socket_dir` route whose path is a prefix ending at a segment boundary
     /// (`/apps` serves `/apps/chat`).
     pub fn find(&self, path: &str) -> Option<RouteId> {
-        if let Some(i) = self.routes.iter().position(|r| r.path == path) {
+        if let Some(i) = self.routes.iter().position(|r| &*r.path == path) {
             return Some(i);
         }
         let wildcard = self

@@ -43,11 +43,18 @@ const KEY_BITS: u32 = 32;
 const KEY_MASK: usize = (1 << KEY_BITS) - 1;
 const GEN_MASK: usize = 0x3FFF_FFFF;
 const APP_SOCKET_BIT: usize = 1 << 62;
+
+/// The slab key of the connection with this id.
+pub fn key_of(id: u64) -> usize {
+    (id as usize) & KEY_MASK
+}
 /// Connections accepted per listener per turn, so a flood of connects cannot starve clients.
 const ACCEPT_BATCH: usize = 256;
 /// After EMFILE / ENFILE: how long to stop accepting before trying again.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const LISTEN_BACKLOG: i32 = 4096;
+/// Most slab entries reserved up front (address space only, a few hundred MiB at most).
+const MAX_RESERVED: usize = 1 << 20;
 
 struct Listener {
     socket: TcpListener,
@@ -61,7 +68,6 @@ struct Listener {
 /// A connection and the loop's bookkeeping for it.
 struct Entry {
     conn: Connection,
-    token: Token,
     /// When the loop's timer entry for this connection fires.
     timer_at: Option<Instant>,
     /// Others queued output for it this turn; it is flushed once, after the events.
@@ -70,14 +76,21 @@ struct Entry {
     closed: bool,
 }
 
+impl Entry {
+    /// The connection's poll token (its id: slab key and generation).
+    fn token(&self) -> Token {
+        Token(self.conn.id() as usize)
+    }
+}
+
 /// A bound, not yet running server.
 pub struct Server {
     poll: Poll,
     listeners: Vec<Listener>,
     conns: Slab<Entry>,
     generation: usize,
-    /// Min-heap of (when, slab key, token); stale entries are skipped (see `fire_timers`).
-    timers: BinaryHeap<Reverse<(Instant, usize, usize)>>,
+    /// Min-heap of (when, connection token); stale entries are skipped (see `fire_timers`).
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
     /// Connections whose read budget ran out: served again next turn.
     busy: Vec<usize>,
     /// Connections that others queued output for this turn.
@@ -87,7 +100,7 @@ pub struct Server {
     actions: Vec<Action>,
     topics: Topics,
     routes: Routes,
-    limits: Limits,
+    limits: Arc<Limits>,
     max_connections: usize,
     pools: Pools,
     backend_failures: crate::backend::FailureLog,
@@ -129,19 +142,23 @@ impl Server {
         }
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         poll.registry().register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
+        // Room for every admitted connection plus those refused with a 503.
+        let reserve = config.max_connections.saturating_add(ACCEPT_BATCH).min(MAX_RESERVED);
         Ok(Server {
             poll,
             listeners,
-            conns: Slab::with_capacity(1024),
+            // Reserved, not touched: pages become resident as connections arrive, and growing
+            // never copies the slab (a copy leaves the old one's pages resident in the heap).
+            conns: Slab::with_capacity(reserve),
             generation: 0,
-            timers: BinaryHeap::new(),
+            timers: BinaryHeap::with_capacity(reserve),
             busy: Vec::new(),
             dirty: Vec::new(),
             closed: Vec::new(),
             actions: Vec::new(),
             topics: Topics::new(),
             routes: Routes::new(config.routes.clone()),
-            limits: config.limits,
+            limits: Arc::new(config.limits),
             max_connections: config.max_connections,
             pools: Pools::new(256),
             backend_failures: Default::default(),
@@ -213,7 +230,7 @@ impl Server {
         if !self.busy.is_empty() {
             return Some(Duration::ZERO);
         }
-        let mut next = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        let mut next = self.timers.peek().map(|Reverse((t, _))| *t);
         if let Some(t) = self.accept_paused_until {
             next = Some(next.map_or(t, |n| n.min(t)));
         }
@@ -255,7 +272,7 @@ impl Server {
         let key = token.0 & KEY_MASK;
         let app_socket = token.0 & APP_SOCKET_BIT != 0;
         let Some(entry) = self.conns.get(key) else { return };
-        if entry.token.0 != token.0 & !APP_SOCKET_BIT {
+        if entry.token().0 != token.0 & !APP_SOCKET_BIT {
             return; // stale: the slot's connection is gone
         }
         let ready = if app_socket {
@@ -268,7 +285,7 @@ impl Server {
 
     /// Does what a connection's app asked for.
     fn apply(&mut self, key: usize, action: Action, now: Instant) {
-        let Some(token) = self.conns.get(key).map(|e| e.token) else { return };
+        let Some(token) = self.conns.get(key).map(Entry::token) else { return };
         let app_token = Token(token.0 | APP_SOCKET_BIT);
         match action {
             Action::Register { fd, interest } => {
@@ -285,7 +302,7 @@ impl Server {
                 self.publish(&topic, &frame, exclude, &exclude_ids, now)
             }
             Action::SendTo { id, frame } => {
-                let key = (id as usize) & KEY_MASK;
+                let key = key_of(id);
                 if self.conns.get(key).is_some_and(|e| e.conn.id() == id) {
                     self.deliver(key, &frame, now);
                 }
@@ -301,7 +318,7 @@ impl Server {
         // as it nearly always is, it allocates nothing.
         let mut excluded: Vec<usize> = exclude_ids
             .iter()
-            .map(|&id| (id as usize) & KEY_MASK)
+            .map(|&id| key_of(id))
             .filter(|&key| self.conns.get(key).is_some_and(|e| exclude_ids.contains(&e.conn.id())))
             .collect();
         excluded.sort_unstable();
@@ -379,7 +396,7 @@ impl Server {
         if let Some(deadline) = deadline {
             if entry.timer_at.is_none_or(|t| deadline < t) {
                 entry.timer_at = Some(deadline);
-                self.timers.push(Reverse((deadline, key, entry.token.0)));
+                self.timers.push(Reverse((deadline, entry.token().0)));
             }
         }
     }
@@ -391,13 +408,14 @@ impl Server {
     }
 
     fn fire_timers(&mut self, now: Instant) {
-        while let Some(Reverse((when, key, token))) = self.timers.peek().copied() {
+        while let Some(Reverse((when, token))) = self.timers.peek().copied() {
             if when > now {
                 break;
             }
             self.timers.pop();
+            let key = token & KEY_MASK;
             let Some(entry) = self.conns.get_mut(key) else { continue };
-            if entry.token.0 != token || entry.timer_at != Some(when) || entry.closed {
+            if entry.token().0 != token || entry.timer_at != Some(when) || entry.closed {
                 continue; // stale entry
             }
             entry.timer_at = None;
@@ -518,8 +536,8 @@ impl Server {
                 }
             },
         };
-        let conn = Connection::new(token.0 as u64, key, transport, peer, now, self.limits);
-        entry.insert(Entry { conn, token, timer_at: None, dirty: false, closed: false });
+        let conn = Connection::new(token.0 as u64, transport, peer, now, Arc::clone(&self.limits));
+        entry.insert(Entry { conn, timer_at: None, dirty: false, closed: false });
         log::debug!("{peer} accepted as {key}");
         // The first drive starts its handshake clock (and reads nothing yet).
         self.run_conn(key, now, |conn, ctx| conn.drive(ctx, Ready { corked: true, ..Ready::default() }));

@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::apps::Traffic;
@@ -42,26 +43,60 @@ pub const SLOW_CONSUMER_CODE: u16 = crate::ws::close::POLICY_VIOLATION;
 /// What the access line says about one connection.
 #[derive(Debug, Default)]
 pub struct AccessLog {
-    pub path: Option<Box<str>>,
+    /// The route's own path when it is the request's (no allocation), else a copy.
+    pub path: Option<Arc<str>>,
     pub status: Option<u16>,
     pub traffic: Traffic,
+    /// How it ended: boxed because it is set only at the end, and every open connection
+    /// carries this struct.
+    ending: Option<Box<Ending>>,
+}
+
+#[derive(Debug, Default)]
+struct Ending {
     /// Close code (sent or received) and reason.
-    pub close: Option<(u16, Cow<'static, str>)>,
+    close: Option<(u16, Cow<'static, str>)>,
     /// Why the connection ended, when it did not end with a close handshake.
-    pub end: Option<Cow<'static, str>>,
+    end: Option<Cow<'static, str>>,
 }
 
 impl AccessLog {
+    fn ending(&mut self) -> &mut Ending {
+        self.ending.get_or_insert_with(Box::default)
+    }
+
     /// Records why the connection ended, unless something already did.
     pub fn note_end(&mut self, why: impl Into<Cow<'static, str>>) {
-        if self.end.is_none() && self.close.is_none() {
-            self.end = Some(why.into());
+        let ending = self.ending();
+        if ending.end.is_none() && ending.close.is_none() {
+            ending.end = Some(why.into());
         }
+    }
+
+    /// Records why the connection ended, replacing an earlier reason.
+    pub fn set_end(&mut self, why: impl Into<Cow<'static, str>>) {
+        self.ending().end = Some(why.into());
+    }
+
+    /// Whether a reason for the end was recorded.
+    pub fn has_end(&self) -> bool {
+        self.ending.as_ref().is_some_and(|e| e.end.is_some())
+    }
+
+    /// Records the close code and reason (sent or received), replacing an earlier one.
+    pub fn set_close(&mut self, code: u16, reason: impl Into<Cow<'static, str>>) {
+        self.ending().close = Some((code, reason.into()));
+    }
+
+    /// Records the close code and reason unless one was recorded.
+    pub fn note_close(&mut self, code: u16, reason: impl Into<Cow<'static, str>>) {
+        self.ending().close.get_or_insert_with(|| (code, reason.into()));
     }
 
     /// One line: peer, id, path, status, duration, messages and bytes each way, close.
     pub fn line(&self, peer: SocketAddr, id: u64, accepted: Instant, now: Instant) -> String {
-        let close = match (&self.close, &self.end) {
+        let (close, end) = self.ending.as_deref().map_or((&None, &None), |e| (&e.close, &e.end));
+        let close = match (close, end) {
             (Some((code, reason)), _) if reason.is_empty() => format!("close={code}"),
             (Some((code, reason)), _) => format!("close={code} ({reason})"),
             (None, Some(end)) => format!("end=({end})"),

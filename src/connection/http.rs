@@ -41,10 +41,14 @@ impl Connection {
 
     fn handle_request(&mut self, req: &Request<'_, '_>, cx: &mut Ctx<'_>) -> bool {
         let path = req.path();
-        self.log.path = Some(path.chars().take(256).collect::<String>().into_boxed_str());
         let has_body = req.header("transfer-encoding").is_some()
             || req.header("content-length").is_some_and(|v| v != b"0".as_slice());
-        let Some(route_id) = cx.routes.find(path) else {
+        let route_id = cx.routes.find(path);
+        self.log.path = Some(match route_id.map(|id| &cx.routes.get(id).path) {
+            Some(route_path) if **route_path == *path => Arc::clone(route_path),
+            _ => path.chars().take(256).collect::<String>().into(),
+        });
+        let Some(route_id) = route_id else {
             // A refused upgrade closes: the client has nothing more to say on this connection.
             let may_keep = !has_body && !handshake::is_upgrade(req);
             return self.respond(cx, req, 404, "no route for this path", may_keep);
@@ -96,9 +100,9 @@ impl Connection {
     /// The 101 is queued: the WebSocket is open, the app starts.
     fn open(&mut self, cx: &mut Ctx<'_>, route: &Route, app: Box<dyn App>) {
         self.log.status = Some(101);
-        self.limits = route.limits;
+        self.limits = Arc::clone(&route.limits);
         let session = Session::new(Role::Server, route.message_limits(), cx.now);
-        self.ws = Some(Box::new(Ws { session, app, failing: None }));
+        self.ws = Some(Ws { session, app, failing: None });
         self.set_phase(Phase::Connected);
         self.with_app(cx, |app, acx| app.on_open(acx));
     }
@@ -127,9 +131,9 @@ impl Connection {
                 Some((BackendLink::new(sock, spec.framing, spec.message_kind, route.limits.max_message_size), named_by))
             }
             Err(e) => {
-                let peer = self.peer;
+                let peer = self.peer();
                 cx.backend_failures.warn(cx.now, || format!("{peer} {path}: backend {}: {e}", socket.display()));
-                self.log.end = Some(format!("backend {}: {e}", socket.display()).into());
+                self.log.set_end(format!("backend {}: {e}", socket.display()));
                 self.respond(cx, req, 503, "backend unavailable, try again later", false);
                 None
             }
@@ -149,7 +153,7 @@ impl Connection {
         handshake::write_accept(&mut head, accepted);
         let hello = framed::Hello {
             id: self.id,
-            peer: self.peer,
+            peer: self.peer(),
             path: req.path(),
             query: req.query(),
             subprotocol: accepted.subprotocol,

@@ -79,7 +79,9 @@ pub struct Decoder {
     /// frames or reads.
     assembly: Vec<u8>,
     /// A control frame's payload while it arrives in pieces (at most 125 bytes, §5.5).
-    control: [u8; 125],
+    /// Allocated only then (a ping split across reads is rare), and dropped at the next
+    /// frame, so a decoder between frames holds no buffer.
+    control: Option<Box<[u8; 125]>>,
     utf8: Utf8Validator,
     /// A completed assembled message is still lent out; clear before the next one.
     lent: bool,
@@ -107,7 +109,7 @@ impl Decoder {
             state: FrameState::Header,
             message: None,
             assembly: Vec::new(),
-            control: [0; 125],
+            control: None,
             utf8: Utf8Validator::new(),
             lent: false,
         }
@@ -153,6 +155,7 @@ impl Decoder {
         let (header, done) = match self.state {
             FrameState::Payload { header, done } => (header, done),
             FrameState::Header => {
+                self.control = None;
                 let Some((header, header_len)) = parse_header(buf, &self.frame_limits)? else {
                     return Ok((None, 0));
                 };
@@ -187,11 +190,13 @@ impl Decoder {
         self.state = if finished { FrameState::Header } else { FrameState::Payload { header, done } };
 
         if header.opcode.is_control() {
-            self.control[done - available..done].copy_from_slice(piece);
+            let control = self.control.get_or_insert_with(|| Box::new([0; 125]));
+            control[done - available..done].copy_from_slice(piece);
             if !finished {
                 return Ok((None, consumed));
             }
-            let event = complete_in_place(header.opcode, &mut self.control[..done])?;
+            let control = &mut control[..done];
+            let event = complete_in_place(header.opcode, control)?;
             return Ok((Some(event), consumed));
         }
 

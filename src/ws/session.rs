@@ -56,9 +56,19 @@ pub struct Session {
     last_message: Instant,
     /// Last frame of any kind from the peer (ping schedule).
     last_read: Instant,
-    ping_sent: Option<Instant>,
-    /// Set once our close frame is queued.
-    close_sent: Option<Instant>,
+    /// What we wait for from the peer, and since when.
+    awaiting: Awaiting,
+}
+
+/// One field for both waits (a pong does not matter once closing): every open connection
+/// carries a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Awaiting {
+    Nothing,
+    /// A pong to the ping sent then (any frame will do).
+    Pong(Instant),
+    /// The peer's close frame, ours having been queued then.
+    Close(Instant),
 }
 
 /// §5.5.1: the close frame that answers `frame`, echoing its status code (an empty close
@@ -75,7 +85,7 @@ impl Session {
             Role::Server => Decoder::server(limits),
             Role::Client => Decoder::client(limits),
         };
-        Session { decoder, last_message: now, last_read: now, ping_sent: None, close_sent: None }
+        Session { decoder, last_message: now, last_read: now, awaiting: Awaiting::Nothing }
     }
 
     /// Decodes from `buf` (the unread bytes). Returns the event, if one completed, and the
@@ -86,16 +96,18 @@ impl Session {
         buf: &'a mut [u8],
         now: Instant,
     ) -> Result<(Option<Received<'a>>, usize), ProtocolError> {
-        let closing = self.close_sent.is_some();
+        let closing = self.is_closing();
         let (event, used) = self.decoder.decode(buf)?;
         let Some(event) = event else { return Ok((None, used)) };
         // Any frame proves the peer alive, not only a pong.
         self.last_read = now;
-        self.ping_sent = None;
+        if !closing {
+            self.awaiting = Awaiting::Nothing;
+        }
         let received = match event {
             Event::Close(frame) if closing => Received::CloseAnswered(frame.code),
             Event::Close(frame) => {
-                self.close_sent = Some(now);
+                self.awaiting = Awaiting::Close(now);
                 Received::CloseBegun(frame)
             }
             _ if closing => return Ok((None, used)),
@@ -111,28 +123,28 @@ impl Session {
 
     /// Marks our close frame as sent. Returns `false` if it already was (send nothing).
     pub fn close(&mut self, now: Instant) -> bool {
-        if self.close_sent.is_some() {
+        if self.is_closing() {
             return false;
         }
-        self.close_sent = Some(now);
+        self.awaiting = Awaiting::Close(now);
         true
     }
 
     /// Our close frame is out; only the peer's close frame matters now.
     pub fn is_closing(&self) -> bool {
-        self.close_sent.is_some()
+        matches!(self.awaiting, Awaiting::Close(_))
     }
 
     /// The next time [`Session::on_timer`] has something to do.
     pub fn deadline(&self, t: &Timing) -> Option<Instant> {
-        if let Some(sent) = self.close_sent {
+        if let Awaiting::Close(sent) = self.awaiting {
             return Some(sent + t.close_timeout);
         }
         let idle = (!t.idle_timeout.is_zero()).then(|| self.last_message + t.idle_timeout);
-        let ping = match self.ping_sent {
-            Some(pinged) => Some(pinged + t.pong_timeout),
-            None if !t.ping_interval.is_zero() => Some(self.last_read + t.ping_interval),
-            None => None,
+        let ping = match self.awaiting {
+            Awaiting::Pong(pinged) => Some(pinged + t.pong_timeout),
+            _ if !t.ping_interval.is_zero() => Some(self.last_read + t.ping_interval),
+            _ => None,
         };
         match (idle, ping) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -142,20 +154,22 @@ impl Session {
 
     /// What the deadlines passed by `now` ask for, if anything. A `Ping` is recorded as sent.
     pub fn on_timer(&mut self, now: Instant, t: &Timing) -> Option<Due> {
-        if let Some(sent) = self.close_sent {
+        if let Awaiting::Close(sent) = self.awaiting {
             return (now >= sent + t.close_timeout).then_some(Due::Abort("close handshake timed out"));
         }
         if !t.idle_timeout.is_zero() && now >= self.last_message + t.idle_timeout {
             return Some(Due::Close(close::GOING_AWAY, "idle timeout"));
         }
-        match self.ping_sent {
-            Some(pinged) if now >= pinged + t.pong_timeout => Some(Due::Close(close::GOING_AWAY, "ping timeout")),
-            Some(_) => None,
-            None if !t.ping_interval.is_zero() && now >= self.last_read + t.ping_interval => {
-                self.ping_sent = Some(now);
+        match self.awaiting {
+            Awaiting::Pong(pinged) if now >= pinged + t.pong_timeout => {
+                Some(Due::Close(close::GOING_AWAY, "ping timeout"))
+            }
+            Awaiting::Pong(_) => None,
+            _ if !t.ping_interval.is_zero() && now >= self.last_read + t.ping_interval => {
+                self.awaiting = Awaiting::Pong(now);
                 Some(Due::Ping)
             }
-            None => None,
+            _ => None,
         }
     }
 

@@ -1,0 +1,240 @@
+"""Server memory per connection in every stage an attacker or a crowd can hold it in.
+
+usage: python3 scripts/memory.py [--bin PATH] [--unix-echo PATH] [--n N] [--warm W] [STAGE...]
+
+Stages (default: all): head, idle, tls, tls-handshake, backend, subscription.
+Each stage starts a fresh server (release build, pinned to core 0 when taskset exists), opens W
+connections of that kind to warm the allocator and the buffer pools, then N more; the figure is
+the RSS growth over those N divided by N (bytes per connection; per subscription for the
+subscription stage). Fixed costs (pools, the first pages of the slab) are in the warm-up, so the
+figure is what one more connection costs.
+
+Build first: cargo build --release && cargo build --release -p wsgate-bench (for unix-echo).
+"""
+import os
+import shutil
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+from measure_common import REQ, rss_kib
+
+# The server holds two descriptors per backend client; the machine's limit is often 20,000.
+BACKEND_MAX = 9000
+
+
+def pinned(cmd, core):
+    return (["taskset", "-c", str(core)] + cmd) if shutil.which("taskset") else cmd
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, binary, tmp, backend_sock=None):
+        self.port, self.tls_port = free_port(), free_port()
+        cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        if not os.path.exists(cert):
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                            "-nodes", "-subj", "/CN=localhost", "-days", "1", "-keyout", key, "-out", cert],
+                           check=True, capture_output=True)
+        conf = os.path.join(tmp, "memory.toml")
+        backend = ""
+        if backend_sock:
+            backend = f'[[route]]\npath = "/backend"\nbackend = "unix:{backend_sock}"\n'
+        with open(conf, "w") as f:
+            f.write(f"""[server]
+max_connections = 30000
+
+[[listener]]
+addr = "127.0.0.1:{self.port}"
+
+[[listener]]
+addr = "127.0.0.1:{self.tls_port}"
+tls = {{ cert = "{cert}", key = "{key}" }}
+
+[limits]
+handshake_timeout = "10m"
+tls_handshake_timeout = "10m"
+
+[[route]]
+path = "/echo"
+app = "echo"
+
+[[route]]
+path = "/pubsub"
+app = "pubsub"
+max_subscriptions = 1000
+{backend}""")
+        # As root, wsgate insists on dropping privileges when it has backend routes.
+        user = ["-u", "nobody"] if os.geteuid() == 0 else []
+        self.proc = subprocess.Popen(pinned([binary, "-q", "-c", conf] + user, 0),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port)).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("server did not start")
+
+    def rss(self):
+        return rss_kib(self.proc.pid)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def client_tls():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def read_head(s):
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        b = s.recv(1)
+        if not b:
+            raise RuntimeError(f"closed during the handshake: {head!r}")
+        head += b
+    assert head.startswith(b"HTTP/1.1 101"), head
+
+
+def upgraded(server, path="/echo", tls=False):
+    s = socket.create_connection(("127.0.0.1", server.tls_port if tls else server.port))
+    if tls:
+        s = client_tls().wrap_socket(s, server_hostname="localhost")
+    s.sendall(REQ.replace(b"%s", path.encode()))
+    read_head(s)
+    return s
+
+
+def slow_head(server):
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.sendall(REQ.replace(b"%s", b"/echo")[:30])
+    return s
+
+
+def tls_half_open(server):
+    """Sends a ClientHello and stops: the server has answered and waits for our Finished."""
+    s = socket.create_connection(("127.0.0.1", server.tls_port))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = client_tls().wrap_bio(incoming, outgoing, server_hostname="localhost")
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    s.sendall(outgoing.read())
+    return s
+
+
+def masked_text(text):
+    payload = text.encode()
+    assert len(payload) < 126
+    mask = os.urandom(4)
+    return struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def read_frames(s, count):
+    """Reads `count` unmasked server frames (small ones)."""
+    buf = b""
+    got = 0
+    while got < count:
+        while len(buf) < 2 or len(buf) < 2 + (buf[1] & 0x7F):
+            buf += s.recv(65536)
+        n = 2 + (buf[1] & 0x7F)
+        buf = buf[n:]
+        got += 1
+
+
+def measure(server, open_one, n, warm):
+    keep = [open_one(server) for _ in range(warm)]
+    time.sleep(0.3)
+    before = server.rss()
+    keep += [open_one(server) for _ in range(n)]
+    time.sleep(0.5)
+    after = server.rss()
+    return before, after, keep
+
+
+def stage(name, binary, unix_echo, tmp, n, warm):
+    backend_proc = None
+    backend_sock = None
+    if name == "backend":
+        backend_sock = os.path.join(tmp, "echo.sock")
+        if os.path.exists(backend_sock):
+            os.unlink(backend_sock)
+        backend_proc = subprocess.Popen(pinned([unix_echo, backend_sock], 1), stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            if os.path.exists(backend_sock):
+                break
+            time.sleep(0.05)
+        n = min(n, BACKEND_MAX)
+    server = Server(binary, tmp, backend_sock)
+    try:
+        if name == "subscription":
+            # The same connections, before and after each subscribes to 10 of 1,000 topics.
+            per = 10
+            conns = [upgraded(server, "/pubsub") for _ in range(n)]
+            time.sleep(0.3)
+            before = server.rss()
+            for i, s in enumerate(conns):
+                s.sendall(b"".join(masked_text(f'{{"op":"subscribe","topic":"t{(i * per + k) % 1000}"}}')
+                                   for k in range(per)))
+            for s in conns:
+                read_frames(s, per)
+            time.sleep(0.5)
+            after = server.rss()
+            units, what = n * per, f"{n} connections x {per} subscriptions (1,000 topics)"
+        else:
+            open_one, what = {
+                "head": (slow_head, "clients holding 30 bytes of a request head"),
+                "idle": (upgraded, "idle upgraded plain connections"),
+                "tls": (lambda srv: upgraded(srv, tls=True), "idle TLS connections after the handshake"),
+                "tls-handshake": (tls_half_open, "TLS connections mid-handshake (ClientHello sent)"),
+                "backend": (lambda srv: upgraded(srv, "/backend"), "idle clients, each with a UNIX backend link"),
+            }[name]
+            before, after, conns = measure(server, open_one, n, warm)
+            units, what = n, f"{n} {what}"
+        per_unit = (after - before) * 1024 / units
+        print(f"{name:14} {per_unit:8.0f} B   {what}: RSS {before} -> {after} KiB", flush=True)
+        for s in conns:
+            s.close()
+        return per_unit
+    finally:
+        server.stop()
+        if backend_proc:
+            backend_proc.terminate()
+            backend_proc.wait()
+
+
+def main():
+    args = sys.argv[1:]
+    opts = {"--bin": "target/release/wsgate", "--unix-echo": "target/release/unix-echo", "--n": "10000",
+            "--warm": "500"}
+    stages = []
+    while args:
+        a = args.pop(0)
+        if a in opts:
+            opts[a] = args.pop(0)
+        else:
+            stages.append(a)
+    stages = stages or ["head", "idle", "tls", "tls-handshake", "backend", "subscription"]
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)  # the backend socket must be reachable after the privilege drop
+        for name in stages:
+            stage(name, opts["--bin"], opts["--unix-echo"], tmp, int(opts["--n"]), int(opts["--warm"]))
+
+
+if __name__ == "__main__":
+    main()
