@@ -62,7 +62,7 @@ impl Write for Sink {
 
 fn deliver(c: &mut Criterion) {
     let mut g = c.benchmark_group("deliver");
-    let mut pools = Pools::new(64);
+    let mut pools = Pools::new(wsgate::buffer::DEFAULT_POOL_BYTES);
     let mut q = OutQueue::default();
     for size in [20usize, 1024] {
         let frame = shared_frame(Opcode::Text, &vec![b'x'; size]);

@@ -93,11 +93,17 @@ max_subscriptions = 1000
         self.proc.wait()
 
 
+_TLS = None
+
+
 def client_tls():
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    """One client context for every connection (making one loads the system's CA store)."""
+    global _TLS
+    if _TLS is None:
+        _TLS = ssl.create_default_context()
+        _TLS.check_hostname = False
+        _TLS.verify_mode = ssl.CERT_NONE
+    return _TLS
 
 
 def read_head(s):

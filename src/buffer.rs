@@ -21,45 +21,97 @@ const MAX_IOVECS: usize = 256;
 /// What one queued chunk costs besides its bytes (the queue entry), for memory accounting.
 pub const CHUNK_OVERHEAD: usize = std::mem::size_of::<Chunk>();
 
-/// Free buffers kept for reuse; beyond this they are freed.
+/// The default bound on free buffers kept for reuse, in bytes (`buffer_pool`).
+pub const DEFAULT_POOL_BYTES: usize = 4 * 1024 * 1024;
+/// Bytes freed (by the pool shrinking, or beyond its bound) after which the loop's
+/// housekeeping asks the allocator to give memory back to the system.
+const TRIM_AFTER: usize = 1024 * 1024;
+
+/// Free buffers kept for reuse, up to a byte bound; beyond it they are freed.
+///
+/// The pool also shrinks by itself: [`Pools::shrink`] (each housekeeping tick) frees the
+/// buffers that stayed unused since the previous tick, so after a burst the pool goes back to
+/// what the traffic actually uses, and then to nothing.
 #[derive(Debug)]
 pub struct Pools {
     reads: Vec<Box<[u8]>>,
     chunks: Vec<Vec<u8>>,
-    max_free: usize,
+    /// Most bytes of free buffers kept.
+    max_bytes: usize,
+    /// Fewest free buffers of each kind since the last tick: that many were never needed.
+    reads_low: usize,
+    chunks_low: usize,
+    /// Bytes freed since the allocator was last asked to trim.
+    freed: usize,
 }
 
 impl Pools {
-    pub fn new(max_free: usize) -> Pools {
-        Pools { reads: Vec::new(), chunks: Vec::new(), max_free }
+    pub fn new(max_bytes: usize) -> Pools {
+        Pools { reads: Vec::new(), chunks: Vec::new(), max_bytes, reads_low: 0, chunks_low: 0, freed: 0 }
+    }
+
+    fn pooled_bytes(&self) -> usize {
+        self.reads.len() * READ_BUF_SIZE + self.chunks.len() * CHUNK_SIZE
     }
 
     pub fn take_read(&mut self) -> Box<[u8]> {
-        self.reads.pop().unwrap_or_else(|| vec![0u8; READ_BUF_SIZE].into_boxed_slice())
+        let buf = self.reads.pop().unwrap_or_else(|| vec![0u8; READ_BUF_SIZE].into_boxed_slice());
+        self.reads_low = self.reads_low.min(self.reads.len());
+        buf
     }
 
     /// Takes back a read buffer; anything else (a connection's small buffer of kept bytes)
     /// is simply freed, so the pool only ever hands out full-size buffers.
     pub fn put_read(&mut self, buf: Box<[u8]>) {
-        if buf.len() == READ_BUF_SIZE && self.reads.len() < self.max_free {
+        if buf.len() == READ_BUF_SIZE && self.pooled_bytes() + READ_BUF_SIZE <= self.max_bytes {
             self.reads.push(buf);
+        } else {
+            self.freed += buf.len();
         }
     }
 
     fn take_chunk(&mut self) -> Vec<u8> {
-        self.chunks.pop().unwrap_or_else(|| Vec::with_capacity(CHUNK_SIZE))
+        let chunk = self.chunks.pop().unwrap_or_else(|| Vec::with_capacity(CHUNK_SIZE));
+        self.chunks_low = self.chunks_low.min(self.chunks.len());
+        chunk
     }
 
     fn put_chunk(&mut self, mut chunk: Vec<u8>) {
-        if chunk.capacity() == CHUNK_SIZE && self.chunks.len() < self.max_free {
+        if chunk.capacity() == CHUNK_SIZE && self.pooled_bytes() + CHUNK_SIZE <= self.max_bytes {
             chunk.clear();
             self.chunks.push(chunk);
+        } else {
+            self.freed += chunk.capacity();
         }
     }
 
     /// Free buffers currently pooled (reads, chunks).
     pub fn free_counts(&self) -> (usize, usize) {
         (self.reads.len(), self.chunks.len())
+    }
+
+    /// Whether a housekeeping tick has anything to do.
+    pub fn has_spare(&self) -> bool {
+        !self.reads.is_empty() || !self.chunks.is_empty()
+    }
+
+    /// Frees the buffers no one took since the last call. Returns true when enough was freed
+    /// since the last trim that the allocator should be asked to give memory back, or the
+    /// pool just emptied after freeing some (the caller trims, then calls [`Pools::trimmed`]).
+    pub fn shrink(&mut self) -> bool {
+        let (reads, chunks) = (self.reads_low.min(self.reads.len()), self.chunks_low.min(self.chunks.len()));
+        self.reads.truncate(self.reads.len() - reads);
+        self.chunks.truncate(self.chunks.len() - chunks);
+        self.reads.shrink_to_fit();
+        self.chunks.shrink_to_fit();
+        self.freed += reads * READ_BUF_SIZE + chunks * CHUNK_SIZE;
+        (self.reads_low, self.chunks_low) = (self.reads.len(), self.chunks.len());
+        self.freed >= TRIM_AFTER || (self.freed > 0 && !self.has_spare())
+    }
+
+    /// The allocator was asked to give freed memory back.
+    pub fn trimmed(&mut self) {
+        self.freed = 0;
     }
 }
 
@@ -417,7 +469,7 @@ mod tests {
     /// A writer standing in for the socket, and a byte source standing in for the pipe.
     #[test]
     fn pipe_segments_keep_their_place_in_the_stream() {
-        let mut pools = Pools::new(8);
+        let mut pools = Pools::new(DEFAULT_POOL_BYTES);
         let mut q = OutQueue::default();
         q.push_bytes(&mut pools, b"before");
         q.push_piped_frame(&mut pools, 5);
@@ -439,8 +491,28 @@ mod tests {
     }
 
     #[test]
+    fn pool_keeps_what_its_bound_allows_and_shrinks_to_what_is_used() {
+        let mut pools = Pools::new(2 * READ_BUF_SIZE + CHUNK_SIZE);
+        let reads: Vec<_> = (0..4).map(|_| pools.take_read()).collect();
+        for r in reads {
+            pools.put_read(r);
+        }
+        assert_eq!(pools.free_counts(), (2, 0), "the byte bound holds");
+        pools.put_chunk(pools.take_chunk());
+        assert_eq!(pools.free_counts(), (2, 1));
+        assert!(!pools.shrink(), "2 of 4 read buffers freed: under the trim threshold");
+        // One read buffer in use during the next interval: one stays, the other goes.
+        let r = pools.take_read();
+        pools.put_read(r);
+        pools.shrink();
+        assert_eq!(pools.free_counts(), (1, 0));
+        pools.shrink();
+        assert_eq!(pools.free_counts(), (0, 0), "unused: everything goes");
+    }
+
+    #[test]
     fn only_full_size_read_buffers_are_pooled() {
-        let mut pools = Pools::new(4);
+        let mut pools = Pools::new(4 * READ_BUF_SIZE);
         pools.put_read(vec![0u8; 37].into_boxed_slice());
         assert_eq!(pools.free_counts().0, 0);
         assert_eq!(pools.take_read().len(), READ_BUF_SIZE);
@@ -450,7 +522,7 @@ mod tests {
 
     #[test]
     fn queue_preserves_order_across_partial_writes() {
-        let mut pools = Pools::new(8);
+        let mut pools = Pools::new(DEFAULT_POOL_BYTES);
         let mut q = OutQueue::default();
         let mut want = Vec::new();
         let big = vec![7u8; 70_000];

@@ -24,6 +24,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Drop root privileges to this user once the listeners are bound.
     pub user: Option<String>,
+    /// Most bytes of free I/O buffers kept for reuse (`buffer_pool`).
+    pub buffer_pool: usize,
+    /// Give freed memory back to the system (`trim_memory`, glibc `malloc_trim`).
+    pub trim_memory: bool,
     pub limits: Limits,
     pub routes: Vec<Route>,
 }
@@ -254,6 +258,8 @@ struct ServerSection {
     listen: Option<Vec<Addr>>,
     max_connections: Option<usize>,
     user: Option<String>,
+    buffer_pool: Option<ByteSize>,
+    trim_memory: Option<bool>,
 }
 
 /// Every limit key; shared by `[limits]` and each `[[route]]` (which overrides).
@@ -473,6 +479,8 @@ impl Config {
             listen: vec![Listener::plain(SocketAddr::from(([127, 0, 0, 1], 8080)))],
             max_connections: 10_000,
             user: None,
+            buffer_pool: crate::buffer::DEFAULT_POOL_BYTES,
+            trim_memory: true,
             limits,
             routes: vec![
                 Route::new("/", AppKind::Demo, limits),
@@ -521,6 +529,8 @@ impl Config {
             listen,
             max_connections: file.server.max_connections.unwrap_or(defaults.max_connections),
             user: file.server.user,
+            buffer_pool: file.server.buffer_pool.map_or(defaults.buffer_pool, |b| b.0),
+            trim_memory: file.server.trim_memory.unwrap_or(defaults.trim_memory),
             limits,
             routes: Vec::new(),
         };

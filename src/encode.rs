@@ -120,7 +120,7 @@ mod tests {
 
     #[test]
     fn control_frames_jump_queued_data_but_not_into_a_frame() {
-        let mut pools = Pools::new(4);
+        let mut pools = Pools::new(crate::buffer::DEFAULT_POOL_BYTES);
         let mut q = OutQueue::default();
         let big = vec![b'x'; 10_000];
         q.push_frame(&mut pools, Opcode::Binary, &big); // header chunk + payload continuation
@@ -177,7 +177,7 @@ mod tests {
 
     #[test]
     fn small_shared_frames_are_copied_large_ones_referenced() {
-        let mut pools = Pools::new(4);
+        let mut pools = Pools::new(crate::buffer::DEFAULT_POOL_BYTES);
         let mut q = OutQueue::default();
         let small = shared_frame(Opcode::Text, b"hello");
         let large = shared_frame(Opcode::Text, &[b'z'; 1000]);

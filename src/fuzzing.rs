@@ -188,7 +188,7 @@ pub fn backend_framing(data: &[u8]) {
     const MAX: usize = 300;
     let run = |piece: usize| {
         let mut codec = Reassembler::new(framing, kind, MAX);
-        let mut pools = Pools::new(4);
+        let mut pools = Pools::new(crate::buffer::DEFAULT_POOL_BYTES);
         let mut client = OutQueue::default();
         let mut commands = Vec::new();
         let mut outcome = String::new();

@@ -53,6 +53,8 @@ const ACCEPT_BATCH: usize = 256;
 /// After EMFILE / ENFILE: how long to stop accepting before trying again.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const LISTEN_BACKLOG: i32 = 4096;
+/// How often unused pooled buffers are freed (and freed memory given back to the system).
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 /// Most slab entries reserved up front (address space only, a few hundred MiB at most).
 const MAX_RESERVED: usize = 1 << 20;
 
@@ -103,6 +105,9 @@ pub struct Server {
     limits: Arc<Limits>,
     max_connections: usize,
     pools: Pools,
+    trim_memory: bool,
+    /// When the buffer pools next shrink to what was used since (and memory is given back).
+    housekeeping_at: Instant,
     backend_failures: crate::backend::FailureLog,
     signals: Signals,
     accept_paused_until: Option<Instant>,
@@ -160,7 +165,9 @@ impl Server {
             routes: Routes::new(config.routes.clone()),
             limits: Arc::new(config.limits),
             max_connections: config.max_connections,
-            pools: Pools::new(256),
+            pools: Pools::new(config.buffer_pool),
+            trim_memory: config.trim_memory,
+            housekeeping_at: Instant::now() + HOUSEKEEPING_INTERVAL,
             backend_failures: Default::default(),
             signals,
             accept_paused_until: None,
@@ -223,6 +230,23 @@ impl Server {
             self.flush_dirty(now);
             self.remove_closed(now);
             self.accept(now);
+            if now >= self.housekeeping_at {
+                self.housekeeping(now);
+            }
+        }
+    }
+
+    /// Frees pooled buffers that went unused for a whole interval, and asks the allocator to
+    /// give memory back once enough was freed (after a crowd leaves, RSS goes back down
+    /// instead of staying at its peak).
+    fn housekeeping(&mut self, now: Instant) {
+        self.housekeeping_at = now + HOUSEKEEPING_INTERVAL;
+        if self.pools.shrink() {
+            if self.trim_memory {
+                let released = crate::sys::memory::trim_heap();
+                log::debug!("buffer pools shrunk; heap trimmed (memory released: {released})");
+            }
+            self.pools.trimmed();
         }
     }
 
@@ -236,6 +260,11 @@ impl Server {
         }
         if let Some(t) = self.drain_deadline {
             next = Some(next.map_or(t, |n| n.min(t)));
+        }
+        if self.pools.has_spare() {
+            // Housekeeping has something to give back; an idle server with nothing spare
+            // does not wake for it.
+            next = Some(next.map_or(self.housekeeping_at, |n| n.min(self.housekeeping_at)));
         }
         // Round up so a timer is never polled for a hair early and then spun on.
         next.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1))

@@ -361,7 +361,7 @@ mod tests {
 
     fn run(framing: Framing, kind: MessageKind, max: usize, stream: &[u8], piece: usize) -> (Vec<u8>, String) {
         let mut r = Reassembler::new(framing, kind, max);
-        let mut pools = Pools::new(2);
+        let mut pools = Pools::new(crate::buffer::DEFAULT_POOL_BYTES);
         let mut q = OutQueue::default();
         let mut cmds = Vec::new();
         for p in stream.chunks(piece) {
@@ -440,7 +440,7 @@ mod tests {
         record(RecordType::Send, &send);
         record(RecordType::Unsubscribe, b"news");
         let mut r = Reassembler::new(Framing::Framed, MessageKind::Text, 100);
-        let (mut pools, mut q, mut cmds) = (Pools::new(2), OutQueue::default(), Vec::new());
+        let (mut pools, mut q, mut cmds) = (Pools::new(crate::buffer::DEFAULT_POOL_BYTES), OutQueue::default(), Vec::new());
         for b in stream.chunks(3) {
             assert_eq!(r.feed(b, &mut pools, &mut q, &mut cmds), Ok(None));
         }

@@ -4,9 +4,11 @@
 //! - [`splice`]: pipes and `splice(2)` for the raw backend → client path;
 //! - [`fdpass`]: passing a socket to a backend with `SCM_RIGHTS` (direct mode);
 //! - [`privileges`]: dropping root to a named user;
-//! - [`rlimit`]: raising the open-file limit.
+//! - [`rlimit`]: raising the open-file limit;
+//! - [`memory`]: giving freed heap memory back to the system.
 
 pub mod fdpass;
+pub mod memory;
 pub mod privileges;
 pub mod rlimit;
 pub mod splice;
