@@ -498,7 +498,8 @@ mod tests {
             pools.put_read(r);
         }
         assert_eq!(pools.free_counts(), (2, 0), "the byte bound holds");
-        pools.put_chunk(pools.take_chunk());
+        let chunk = pools.take_chunk();
+        pools.put_chunk(chunk);
         assert_eq!(pools.free_counts(), (2, 1));
         assert!(!pools.shrink(), "2 of 4 read buffers freed: under the trim threshold");
         // One read buffer in use during the next interval: one stays, the other goes.

@@ -116,6 +116,7 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        log::debug!("TLS server name {:?}", hello.server_name());
         Some(self.lookup(hello.server_name()))
     }
 }

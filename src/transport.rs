@@ -1,22 +1,33 @@
 //! Plain TCP and TLS behind one interface: plaintext in, plaintext out.
 //!
-//! TLS is rustls driven by hand from the event loop: `read_tls → process_new_packets →
-//! reader().read()` on the way in, `writer().write_vectored() → write_tls` on the way out (one
-//! `writev` carries many records). Nothing here blocks; `WouldBlock` means "wait for the next
-//! readiness event".
+//! TLS is rustls' unbuffered API driven by hand from the event loop, so the buffers are ours
+//! and an idle TLS connection holds none: TLS bytes read wait in `incoming` only while they
+//! do not yet make a whole record, and encrypted bytes wait in `outgoing` only while the
+//! socket does not take them; both are freed once empty. (rustls' buffered
+//! `ServerConnection` keeps a 4 KiB read buffer on every connection for its whole life.)
+//! Nothing here blocks; `WouldBlock` means "wait for the next readiness event".
 
-use std::io::{self, Read};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus, WriteTraffic};
+use rustls::ServerConfig;
 
 use crate::buffer::{OutQueue, Pools};
 
-/// How much plaintext rustls may hold encrypted-but-unsent (its own buffer), on top of the
-/// connection's output queue.
+/// Most plaintext encrypted ahead of what the socket has taken, on top of the connection's
+/// output queue.
 const TLS_BUFFER_LIMIT: usize = 64 * 1024;
+/// Bytes read from the socket at once: one largest TLS record (16 KiB of payload, 2 KiB of
+/// TLS 1.2 expansion allowance, the 5-byte header).
+const TLS_READ_SIZE: usize = 16 * 1024 + 2048 + 5;
+/// Bytes one record adds to its plaintext on the wire (header, content type, tag), with room.
+const RECORD_OVERHEAD: usize = 64;
+/// Most plaintext in one record.
+const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
 
 pub enum Transport {
     Plain(TcpStream),
@@ -25,29 +36,27 @@ pub enum Transport {
 
 pub struct TlsStream {
     sock: TcpStream,
-    conn: ServerConnection,
+    conn: UnbufferedServerConnection,
+    /// TLS bytes read and not yet processed (a partial record). Empty, with no allocation,
+    /// between records.
+    incoming: Vec<u8>,
+    /// Encrypted bytes (records, alerts) not yet written, from `outgoing_sent` on. Empty,
+    /// with no allocation, once the socket took everything.
+    outgoing: Vec<u8>,
+    outgoing_sent: usize,
+    /// Plaintext decrypted and not yet taken: a record larger than the reader's room, or
+    /// one decrypted while writing. Usually empty.
+    plaintext: Vec<u8>,
     /// The first bytes have been checked to look like TLS.
     checked_first_byte: bool,
     close_notify_sent: bool,
+    /// The peer sent close_notify: the end of the stream, once `plaintext` is taken.
+    peer_closed: bool,
     /// TLS abandoned: the client spoke plain HTTP and gets a plain answer on the raw socket.
     plain: bool,
     /// The last socket read returned less than asked: the socket is drained, and (edge-
     /// triggered epoll reporting every later arrival) the next read attempt can be skipped.
     drained: bool,
-}
-
-/// Passes reads through to the socket, noting whether the last one came back short.
-struct ShortReadProbe<'a> {
-    sock: &'a mut TcpStream,
-    short: bool,
-}
-
-impl Read for ShortReadProbe<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.sock.read(buf)?;
-        self.short = n < buf.len();
-        Ok(n)
-    }
 }
 
 /// Why a TLS read failed in a way the connection handles specially.
@@ -72,13 +81,17 @@ impl std::error::Error for NotTls {}
 
 impl Transport {
     pub fn tls(sock: TcpStream, config: Arc<ServerConfig>) -> io::Result<Transport> {
-        let mut conn = ServerConnection::new(config).map_err(io::Error::other)?;
-        conn.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+        let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
         Ok(Transport::Tls(Box::new(TlsStream {
             sock,
             conn,
+            incoming: Vec::new(),
+            outgoing: Vec::new(),
+            outgoing_sent: 0,
+            plaintext: Vec::new(),
             checked_first_byte: false,
             close_notify_sent: false,
+            peer_closed: false,
             plain: false,
             drained: false,
         })))
@@ -107,15 +120,7 @@ impl Transport {
     pub fn wants_write(&self) -> bool {
         match self {
             Transport::Plain(_) => false,
-            Transport::Tls(t) => !t.plain && t.conn.wants_write(),
-        }
-    }
-
-    /// The SNI server name the client asked for, if any.
-    pub fn server_name(&self) -> Option<&str> {
-        match self {
-            Transport::Plain(_) => None,
-            Transport::Tls(t) => t.conn.server_name(),
+            Transport::Tls(t) => !t.plain && t.outgoing_sent < t.outgoing.len(),
         }
     }
 
@@ -136,12 +141,7 @@ impl Transport {
         match self {
             Transport::Plain(s) => out.write_to(s, pools),
             Transport::Tls(t) if t.plain => out.write_to(&mut t.sock, pools),
-            Transport::Tls(t) => {
-                t.flush_records()?;
-                let n = out.write_to(&mut t.conn.writer(), pools)?;
-                t.flush_records()?;
-                Ok(n)
-            }
+            Transport::Tls(t) => t.write_from(out, pools),
         }
     }
 
@@ -158,7 +158,7 @@ impl Transport {
         if let Transport::Tls(t) = self {
             if !t.close_notify_sent && !t.plain {
                 t.close_notify_sent = true;
-                t.conn.send_close_notify();
+                t.queue_close_notify();
             }
         }
     }
@@ -176,6 +176,16 @@ impl Transport {
             t.plain = true;
         }
     }
+}
+
+/// What one round of record processing reached.
+enum Reached {
+    /// rustls needs more bytes from the peer.
+    NeedInput,
+    /// The handshake is done and nothing is pending: application data may be written.
+    Open,
+    /// The session is over (close_notify both ways).
+    Closed,
 }
 
 impl TlsStream {
@@ -199,45 +209,304 @@ impl TlsStream {
             }
         }
         loop {
-            match self.conn.reader().read(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // The peer closed the TCP stream without close_notify: treat as end of stream.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-                Err(e) => return Err(e),
+            if !self.plaintext.is_empty() {
+                return Ok(self.take_plaintext(buf));
             }
-            // No plaintext buffered: pull TLS records off the socket, unless the last pull
-            // already drained it (one syscall fewer per message; a later arrival is a new event).
+            let n = self.process(Some(&mut *buf)).map(|(n, _)| n)?;
+            if n > 0 || !self.plaintext.is_empty() {
+                return Ok(n + self.take_plaintext(&mut buf[n..]));
+            }
+            if self.peer_closed {
+                return Ok(0);
+            }
+            // Nothing decrypted: pull TLS records off the socket, unless the last pull already
+            // drained it (one syscall fewer per message; a later arrival is a new event).
             if self.drained {
                 self.drained = false;
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            let mut probe = ShortReadProbe { sock: &mut self.sock, short: false };
-            let pulled = self.conn.read_tls(&mut probe);
-            self.drained = probe.short;
-            match pulled {
-                Ok(0) => return Ok(0),
-                Ok(_) => {
-                    if let Err(e) = self.conn.process_new_packets() {
-                        // Tell the peer why (the alert rustls queued), best effort.
-                        let _ = self.conn.write_tls(&mut self.sock);
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}")));
-                    }
-                }
-                Err(e) => return Err(e),
+            if self.pull()? == 0 {
+                // The peer closed the TCP stream (with or without close_notify): the end.
+                return Ok(0);
             }
         }
     }
 
+    /// Moves decrypted plaintext waiting in `plaintext` to `buf`.
+    fn take_plaintext(&mut self, buf: &mut [u8]) -> usize {
+        let n = self.plaintext.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.plaintext[..n]);
+        self.plaintext.drain(..n);
+        if self.plaintext.is_empty() {
+            self.plaintext = Vec::new();
+        }
+        n
+    }
+
+    /// One socket read into `incoming`. Returns the bytes read (0: end of stream).
+    fn pull(&mut self) -> io::Result<usize> {
+        let old = self.incoming.len();
+        self.incoming.resize(old + TLS_READ_SIZE, 0);
+        let result = self.sock.read(&mut self.incoming[old..]);
+        let n = *result.as_ref().unwrap_or(&0);
+        self.incoming.truncate(old + n);
+        // Only a read that returned data can say the socket is drained.
+        self.drained = matches!(result, Ok(n) if n < TLS_READ_SIZE);
+        if self.incoming.is_empty() {
+            self.incoming = Vec::new();
+        }
+        result
+    }
+
+    /// Runs rustls over the records in `incoming` until it needs more input or is open for
+    /// writing: handshake messages (and alerts) are encoded into `outgoing`, and application
+    /// data is decrypted into `buf` (what does not fit, or all of it when `buf` is `None`,
+    /// into `plaintext`). Returns the bytes put into `buf` and where processing stopped.
+    fn process(&mut self, mut buf: Option<&mut [u8]>) -> io::Result<(usize, Reached)> {
+        let mut filled = 0;
+        loop {
+            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(&mut self.incoming);
+            let state = match state {
+                Ok(state) => state,
+                Err(e) => {
+                    self.discard_incoming(discard);
+                    self.send_pending_alert();
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}")));
+                }
+            };
+            let reached = match state {
+                ConnectionState::ReadTraffic(mut records) => {
+                    while let Some(record) = records.next_record() {
+                        let record =
+                            record.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}")))?;
+                        discard += record.discard;
+                        let payload = record.payload;
+                        let room = buf.as_deref().map_or(0, |b| b.len() - filled);
+                        let now = payload.len().min(room);
+                        if let Some(b) = buf.as_deref_mut() {
+                            b[filled..filled + now].copy_from_slice(&payload[..now]);
+                        }
+                        filled += now;
+                        self.plaintext.extend_from_slice(&payload[now..]);
+                    }
+                    None
+                }
+                ConnectionState::EncodeTlsData(mut data) => {
+                    let mut need = 512;
+                    loop {
+                        let at = self.outgoing.len();
+                        self.outgoing.resize(at + need, 0);
+                        match data.encode(&mut self.outgoing[at..]) {
+                            Ok(n) => {
+                                self.outgoing.truncate(at + n);
+                                break;
+                            }
+                            Err(EncodeError::InsufficientSize(s)) => {
+                                self.outgoing.truncate(at);
+                                need = s.required_size;
+                            }
+                            Err(e) => {
+                                self.outgoing.truncate(at);
+                                return Err(io::Error::other(format!("TLS: {e}")));
+                            }
+                        }
+                    }
+                    None
+                }
+                // What was encoded goes out with the next flush, before anything encrypted later.
+                ConnectionState::TransmitTlsData(data) => {
+                    data.done();
+                    None
+                }
+                ConnectionState::PeerClosed => {
+                    self.peer_closed = true;
+                    None
+                }
+                ConnectionState::Closed => {
+                    self.peer_closed = true;
+                    Some(Reached::Closed)
+                }
+                ConnectionState::WriteTraffic(_) => Some(Reached::Open),
+                // Early data is not enabled; anything else rustls may add needs input.
+                _ => Some(Reached::NeedInput),
+            };
+            self.discard_incoming(discard);
+            if let Some(reached) = reached {
+                return Ok((filled, reached));
+            }
+        }
+    }
+
+    /// Drops `n` processed bytes from the front of `incoming` (rustls' `discard`: always
+    /// before it is called again, and always on the same buffer, whose offsets it tracks).
+    fn discard_incoming(&mut self, n: usize) {
+        self.incoming.drain(..n.min(self.incoming.len()));
+        if self.incoming.is_empty() {
+            self.incoming = Vec::new();
+        }
+    }
+
+    /// After a TLS error: tell the peer why (the alert rustls queued), best effort.
+    fn send_pending_alert(&mut self) {
+        for _ in 0..4 {
+            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
+            let more = match state {
+                Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                    let mut alert = [0u8; 64];
+                    if let Ok(n) = data.encode(&mut alert) {
+                        self.outgoing.extend_from_slice(&alert[..n]);
+                    }
+                    true
+                }
+                Ok(ConnectionState::TransmitTlsData(data)) => {
+                    data.done();
+                    true
+                }
+                _ => false,
+            };
+            self.discard_incoming(discard);
+            if !more {
+                break;
+            }
+        }
+        let _ = self.flush_records();
+    }
+
+    /// Encrypts queued plaintext (up to `TLS_BUFFER_LIMIT` ahead of the socket) and writes
+    /// it. Returns the plaintext bytes taken from `out`.
+    fn write_from(&mut self, out: &mut OutQueue, pools: &mut Pools) -> io::Result<usize> {
+        self.flush_records()?;
+        if self.outgoing_sent < self.outgoing.len() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let mut taken = 0;
+        // Records already read may need handling first (rustls answers them before it lets
+        // us write); their plaintext waits in `plaintext` for the next read.
+        if let (_, Reached::Open) = self.process(None)? {
+            while taken < TLS_BUFFER_LIMIT && !out.is_empty() {
+                let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
+                let Ok(ConnectionState::WriteTraffic(mut traffic)) = state else {
+                    self.discard_incoming(discard);
+                    break;
+                };
+                let mut sealer =
+                    Sealer { traffic: &mut traffic, outgoing: &mut self.outgoing, room: TLS_BUFFER_LIMIT - taken };
+                let sealed = out.write_to(&mut sealer, pools);
+                self.discard_incoming(discard);
+                let n = sealed?;
+                if n == 0 {
+                    break;
+                }
+                taken += n;
+            }
+        }
+        match self.flush_records() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && taken > 0 => Ok(taken),
+            Err(e) => Err(e),
+            Ok(()) => Ok(taken),
+        }
+    }
+
+    /// Queues a close_notify alert, if the handshake got far enough to send one.
+    fn queue_close_notify(&mut self) {
+        if !matches!(self.process(None), Ok((_, Reached::Open))) {
+            return;
+        }
+        let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
+        if let Ok(ConnectionState::WriteTraffic(mut traffic)) = state {
+            let mut alert = [0u8; 64];
+            if let Ok(n) = traffic.queue_close_notify(&mut alert) {
+                self.outgoing.extend_from_slice(&alert[..n]);
+            }
+        }
+        self.discard_incoming(discard);
+    }
+
     fn flush_records(&mut self) -> io::Result<()> {
-        while !self.plain && self.conn.wants_write() {
-            match self.conn.write_tls(&mut self.sock) {
+        while !self.plain && self.outgoing_sent < self.outgoing.len() {
+            match self.sock.write(&self.outgoing[self.outgoing_sent..]) {
                 Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "peer stopped accepting data")),
-                Ok(_) => {}
+                Ok(n) => self.outgoing_sent += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
+        // All written: an idle connection keeps no buffer.
+        self.outgoing = Vec::new();
+        self.outgoing_sent = 0;
+        Ok(())
+    }
+}
+
+/// Encrypts what the output queue writes into records appended to `outgoing`: small queued
+/// frames are gathered into one record, not a record each.
+struct Sealer<'a, 'c> {
+    traffic: &'a mut WriteTraffic<'c, ServerConnectionData>,
+    outgoing: &'a mut Vec<u8>,
+    /// Plaintext bytes this sealer may still take.
+    room: usize,
+}
+
+impl Sealer<'_, '_> {
+    fn seal(&mut self, plaintext: &[u8]) -> io::Result<()> {
+        let mut need = plaintext.len() + plaintext.len().div_ceil(MAX_RECORD_PLAINTEXT).max(1) * RECORD_OVERHEAD;
+        loop {
+            let at = self.outgoing.len();
+            self.outgoing.resize(at + need, 0);
+            match self.traffic.encrypt(plaintext, &mut self.outgoing[at..]) {
+                Ok(n) => {
+                    self.outgoing.truncate(at + n);
+                    return Ok(());
+                }
+                Err(EncryptError::InsufficientSize(s)) if s.required_size > need => {
+                    self.outgoing.truncate(at);
+                    need = s.required_size;
+                }
+                Err(e) => {
+                    self.outgoing.truncate(at);
+                    return Err(io::Error::other(format!("TLS: {e}")));
+                }
+            }
+        }
+    }
+}
+
+impl Write for Sealer<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.room);
+        self.seal(&buf[..n])?;
+        self.room -= n;
+        Ok(n)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        // Gather up to a record's worth of small slices, so 100 small frames are one record.
+        let mut gathered = Vec::new();
+        let mut taken = 0;
+        for b in bufs {
+            if self.room == 0 {
+                break;
+            }
+            if gathered.len() + b.len() > MAX_RECORD_PLAINTEXT && !gathered.is_empty() {
+                self.seal(&gathered)?;
+                gathered.clear();
+            }
+            let n = b.len().min(self.room);
+            if n >= MAX_RECORD_PLAINTEXT {
+                self.seal(&b[..n])?;
+            } else {
+                gathered.extend_from_slice(&b[..n]);
+            }
+            self.room -= n;
+            taken += n;
+        }
+        if !gathered.is_empty() {
+            self.seal(&gathered)?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }

@@ -440,7 +440,8 @@ mod tests {
         record(RecordType::Send, &send);
         record(RecordType::Unsubscribe, b"news");
         let mut r = Reassembler::new(Framing::Framed, MessageKind::Text, 100);
-        let (mut pools, mut q, mut cmds) = (Pools::new(crate::buffer::DEFAULT_POOL_BYTES), OutQueue::default(), Vec::new());
+        let (mut pools, mut q, mut cmds) =
+            (Pools::new(crate::buffer::DEFAULT_POOL_BYTES), OutQueue::default(), Vec::new());
         for b in stream.chunks(3) {
             assert_eq!(r.feed(b, &mut pools, &mut q, &mut cmds), Ok(None));
         }

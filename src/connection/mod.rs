@@ -231,13 +231,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(
-        id: u64,
-        transport: Transport,
-        peer: SocketAddr,
-        now: Instant,
-        limits: Arc<Limits>,
-    ) -> Connection {
+    pub fn new(id: u64, transport: Transport, peer: SocketAddr, now: Instant, limits: Arc<Limits>) -> Connection {
         Connection {
             id,
             transport,
@@ -803,9 +797,6 @@ impl Connection {
 
     /// The TLS handshake is done: HTTP begins.
     fn opened(&mut self, cx: &mut Ctx<'_>) {
-        if let Some(name) = self.transport.server_name() {
-            log::debug!("{} TLS server name {name}", self.peer());
-        }
         self.set_phase(Phase::Http { deadline: cx.now + cx.limits.handshake_timeout });
     }
 
