@@ -1,9 +1,10 @@
 //! Plain TCP and TLS behind one interface: plaintext in, plaintext out.
 //!
 //! TLS is rustls' unbuffered API driven by hand from the event loop, so the buffers are ours
-//! and an idle TLS connection holds none: TLS bytes read wait in `incoming` only while they
-//! do not yet make a whole record, and encrypted bytes wait in `outgoing` only while the
-//! socket does not take them; both are freed once empty. (rustls' buffered
+//! and an idle TLS connection holds none: TLS bytes are read into a pooled read buffer, which
+//! goes back to the pool once its records are processed (a partial record from a peer that
+//! paused keeps only its bytes), and encrypted bytes wait in `outgoing` only while the socket
+//! does not take them. (rustls' buffered
 //! `ServerConnection` keeps a 4 KiB read buffer on every connection for its whole life.)
 //! Nothing here blocks; `WouldBlock` means "wait for the next readiness event".
 
@@ -16,14 +17,11 @@ use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus, WriteTraffic};
 use rustls::ServerConfig;
 
-use crate::buffer::{OutQueue, Pools};
+use crate::buffer::{OutQueue, Pools, READ_BUF_SIZE};
 
 /// Most plaintext encrypted ahead of what the socket has taken, on top of the connection's
 /// output queue.
 const TLS_BUFFER_LIMIT: usize = 64 * 1024;
-/// Bytes read from the socket at once: one largest TLS record (16 KiB of payload, 2 KiB of
-/// TLS 1.2 expansion allowance, the 5-byte header).
-const TLS_READ_SIZE: usize = 16 * 1024 + 2048 + 5;
 /// Bytes one record adds to its plaintext on the wire (header, content type, tag), with room.
 const RECORD_OVERHEAD: usize = 64;
 /// Most plaintext in one record.
@@ -37,9 +35,8 @@ pub enum Transport {
 pub struct TlsStream {
     sock: TcpStream,
     conn: UnbufferedServerConnection,
-    /// TLS bytes read and not yet processed (a partial record). Empty, with no allocation,
-    /// between records.
-    incoming: Vec<u8>,
+    /// TLS bytes read and not yet processed.
+    incoming: TlsInput,
     /// Encrypted bytes (records, alerts) not yet written, from `outgoing_sent` on. Empty,
     /// with no allocation, once the socket took everything.
     outgoing: Vec<u8>,
@@ -85,7 +82,7 @@ impl Transport {
         Ok(Transport::Tls(Box::new(TlsStream {
             sock,
             conn,
-            incoming: Vec::new(),
+            incoming: TlsInput::default(),
             outgoing: Vec::new(),
             outgoing_sent: 0,
             plaintext: Vec::new(),
@@ -127,10 +124,14 @@ impl Transport {
     /// Reads plaintext. `Ok(0)` is the end of the stream (FIN, or TLS close_notify).
     /// A TLS error is `InvalidData`; a client that does not speak TLS at all is
     /// `InvalidData` wrapping [`NotTls`].
-    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    pub fn read(&mut self, buf: &mut [u8], pools: &mut Pools) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => s.read(buf),
-            Transport::Tls(t) => t.read(buf),
+            Transport::Tls(t) => {
+                let result = t.read(buf, pools);
+                t.incoming.settle(pools, t.drained);
+                result
+            }
         }
     }
 
@@ -178,6 +179,74 @@ impl Transport {
     }
 }
 
+/// TLS bytes read and not yet processed, in a pooled read buffer while a burst lasts (no
+/// allocation, no zeroing per read), and otherwise, when a partial record waits, in an
+/// allocation of its size; nothing at all between records.
+#[derive(Default)]
+struct TlsInput {
+    buf: Option<Box<[u8]>>,
+    len: usize,
+}
+
+impl TlsInput {
+    fn filled(&mut self) -> &mut [u8] {
+        match &mut self.buf {
+            Some(b) => &mut b[..self.len],
+            None => &mut [],
+        }
+    }
+
+    /// Drops `n` processed bytes from the front (rustls' `discard`: always before it is
+    /// called again, on the same bytes, whose offsets it tracks).
+    fn discard(&mut self, n: usize) {
+        let n = n.min(self.len);
+        if let Some(b) = &mut self.buf {
+            b.copy_within(n..self.len, 0);
+        }
+        self.len -= n;
+    }
+
+    /// One socket read after what is held. Returns the bytes read (0: end of stream).
+    fn pull(&mut self, sock: &mut TcpStream, pools: &mut Pools) -> io::Result<usize> {
+        let mut buf = match self.buf.take() {
+            Some(pooled) if pooled.len() == READ_BUF_SIZE => pooled,
+            kept => {
+                let mut pooled = pools.take_read();
+                if let Some(kept) = kept {
+                    pooled[..self.len].copy_from_slice(&kept[..self.len]);
+                }
+                pooled
+            }
+        };
+        let room = &mut buf[self.len..];
+        if room.is_empty() {
+            // Only a handshake message joined across records can fill a read buffer.
+            self.buf = Some(buf);
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "TLS: handshake message too large"));
+        }
+        let result = sock.read(room);
+        self.len += *result.as_ref().unwrap_or(&0);
+        self.buf = Some(buf);
+        result
+    }
+
+    /// Between wake-ups: an empty buffer goes back to the pool; a partial record from a
+    /// peer that paused (`drained`) keeps only its bytes.
+    fn settle(&mut self, pools: &mut Pools, drained: bool) {
+        let pooled = self.buf.as_ref().is_some_and(|b| b.len() == READ_BUF_SIZE);
+        if self.len == 0 {
+            if let Some(b) = self.buf.take() {
+                pools.put_read(b);
+            }
+        } else if pooled && drained {
+            if let Some(b) = self.buf.take() {
+                self.buf = Some(b[..self.len].into());
+                pools.put_read(b);
+            }
+        }
+    }
+}
+
 /// What one round of record processing reached.
 enum Reached {
     /// rustls needs more bytes from the peer.
@@ -189,7 +258,7 @@ enum Reached {
 }
 
 impl TlsStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    fn read(&mut self, buf: &mut [u8], pools: &mut Pools) -> io::Result<usize> {
         if self.plain {
             return self.sock.read(buf);
         }
@@ -225,7 +294,7 @@ impl TlsStream {
                 self.drained = false;
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            if self.pull()? == 0 {
+            if self.pull(pools)? == 0 {
                 // The peer closed the TCP stream (with or without close_notify): the end.
                 return Ok(0);
             }
@@ -244,17 +313,11 @@ impl TlsStream {
     }
 
     /// One socket read into `incoming`. Returns the bytes read (0: end of stream).
-    fn pull(&mut self) -> io::Result<usize> {
-        let old = self.incoming.len();
-        self.incoming.resize(old + TLS_READ_SIZE, 0);
-        let result = self.sock.read(&mut self.incoming[old..]);
-        let n = *result.as_ref().unwrap_or(&0);
-        self.incoming.truncate(old + n);
+    fn pull(&mut self, pools: &mut Pools) -> io::Result<usize> {
+        let room = READ_BUF_SIZE - self.incoming.len;
+        let result = self.incoming.pull(&mut self.sock, pools);
         // Only a read that returned data can say the socket is drained.
-        self.drained = matches!(result, Ok(n) if n < TLS_READ_SIZE);
-        if self.incoming.is_empty() {
-            self.incoming = Vec::new();
-        }
+        self.drained = matches!(result, Ok(n) if n < room);
         result
     }
 
@@ -265,7 +328,7 @@ impl TlsStream {
     fn process(&mut self, mut buf: Option<&mut [u8]>) -> io::Result<(usize, Reached)> {
         let mut filled = 0;
         loop {
-            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(&mut self.incoming);
+            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(self.incoming.filled());
             let state = match state {
                 Ok(state) => state,
                 Err(e) => {
@@ -340,16 +403,13 @@ impl TlsStream {
     /// Drops `n` processed bytes from the front of `incoming` (rustls' `discard`: always
     /// before it is called again, and always on the same buffer, whose offsets it tracks).
     fn discard_incoming(&mut self, n: usize) {
-        self.incoming.drain(..n.min(self.incoming.len()));
-        if self.incoming.is_empty() {
-            self.incoming = Vec::new();
-        }
+        self.incoming.discard(n);
     }
 
     /// After a TLS error: tell the peer why (the alert rustls queued), best effort.
     fn send_pending_alert(&mut self) {
         for _ in 0..4 {
-            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
+            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(self.incoming.filled());
             let more = match state {
                 Ok(ConnectionState::EncodeTlsData(mut data)) => {
                     let mut alert = [0u8; 64];
@@ -384,7 +444,7 @@ impl TlsStream {
         // us write); their plaintext waits in `plaintext` for the next read.
         if let (_, Reached::Open) = self.process(None)? {
             while taken < TLS_BUFFER_LIMIT && !out.is_empty() {
-                let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
+                let UnbufferedStatus { discard, state } = self.conn.process_tls_records(self.incoming.filled());
                 let Ok(ConnectionState::WriteTraffic(mut traffic)) = state else {
                     self.discard_incoming(discard);
                     break;
@@ -400,6 +460,7 @@ impl TlsStream {
                 taken += n;
             }
         }
+        self.incoming.settle(pools, self.drained);
         match self.flush_records() {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && taken > 0 => Ok(taken),
             Err(e) => Err(e),
@@ -412,7 +473,7 @@ impl TlsStream {
         if !matches!(self.process(None), Ok((_, Reached::Open))) {
             return;
         }
-        let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
+        let UnbufferedStatus { discard, state } = self.conn.process_tls_records(self.incoming.filled());
         if let Ok(ConnectionState::WriteTraffic(mut traffic)) = state {
             let mut alert = [0u8; 64];
             if let Ok(n) = traffic.queue_close_notify(&mut alert) {

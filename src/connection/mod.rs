@@ -738,7 +738,7 @@ impl Connection {
             self.rstart = 0;
         }
         let room = buf.len() - self.rend;
-        let result = self.transport.read(&mut buf[self.rend..]);
+        let result = self.transport.read(&mut buf[self.rend..], cx.pools);
         self.rbuf = Some(buf);
         match result {
             Ok(0) => {
