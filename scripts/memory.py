@@ -1,13 +1,15 @@
 """Server memory per connection in every stage an attacker or a crowd can hold it in.
 
-usage: python3 scripts/memory.py [--bin PATH] [--unix-echo PATH] [--n N] [--warm W] [STAGE...]
+usage: python3 scripts/memory.py [--bin PATH] [--unix-echo PATH] [--n N] [--warm W] [--trim true|false|none]
+                                [STAGE...]
 
-Stages (default: all): head, idle, tls, tls-handshake, backend, subscription.
+Stages (default: all): head, idle, tls, tls-handshake, backend, subscription, leave.
 Each stage starts a fresh server (release build, pinned to core 0 when taskset exists), opens W
 connections of that kind to warm the allocator and the buffer pools, then N more; the figure is
 the RSS growth over those N divided by N (bytes per connection; per subscription for the
 subscription stage). Fixed costs (pools, the first pages of the slab) are in the warm-up, so the
-figure is what one more connection costs.
+figure is what one more connection costs. The leave stage is RSS before, with N clients that
+each echoed a 16 KiB message, and 2.5 s after they all left (trim_memory as --trim says).
 
 Build first: cargo build --release && cargo build --release -p wsgate-bench (for unix-echo).
 """
@@ -38,7 +40,7 @@ def free_port():
 
 
 class Server:
-    def __init__(self, binary, tmp, backend_sock=None):
+    def __init__(self, binary, tmp, backend_sock=None, trim="true"):
         self.port, self.tls_port = free_port(), free_port()
         cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
         if not os.path.exists(cert):
@@ -49,10 +51,12 @@ class Server:
         backend = ""
         if backend_sock:
             backend = f'[[route]]\npath = "/backend"\nbackend = "unix:{backend_sock}"\n'
+        # --trim none: leave the key out (for builds that predate it).
+        trim_line = "" if trim == "none" else f"trim_memory = {trim}\n"
         with open(conf, "w") as f:
             f.write(f"""[server]
 max_connections = 30000
-
+{trim_line}
 [[listener]]
 addr = "127.0.0.1:{self.port}"
 
@@ -163,6 +167,33 @@ def read_frames(s, count):
         got += 1
 
 
+def echo_16k(server):
+    s = upgraded(server)
+    payload = bytes(16384)
+    # A zero masking key (legal, if not random) keeps the payload as is: no Python byte loop.
+    s.sendall(struct.pack("!BBH", 0x82, 0x80 | 126, len(payload)) + bytes(4) + payload)
+    got = 0
+    while got < len(payload) + 4:
+        data = s.recv(65536)
+        if not data:
+            raise RuntimeError("the server closed instead of echoing")
+        got += len(data)
+    return s
+
+
+def leave(server, n):
+    start = server.rss()
+    conns = [echo_16k(server) for _ in range(n)]
+    time.sleep(0.3)
+    connected = server.rss()
+    for s in conns:
+        s.close()
+    time.sleep(2.5)
+    after = server.rss()
+    print(f"leave          {n} clients that echoed 16 KiB each: RSS {start} KiB at start, {connected} KiB "
+          f"connected, {after} KiB 2.5 s after they left", flush=True)
+
+
 def measure(server, open_one, n, warm):
     keep = [open_one(server) for _ in range(warm)]
     time.sleep(0.3)
@@ -173,7 +204,7 @@ def measure(server, open_one, n, warm):
     return before, after, keep
 
 
-def stage(name, binary, unix_echo, tmp, n, warm):
+def stage(name, binary, unix_echo, tmp, n, warm, trim):
     backend_proc = None
     backend_sock = None
     if name == "backend":
@@ -186,8 +217,11 @@ def stage(name, binary, unix_echo, tmp, n, warm):
                 break
             time.sleep(0.05)
         n = min(n, BACKEND_MAX)
-    server = Server(binary, tmp, backend_sock)
+    server = Server(binary, tmp, backend_sock, trim)
     try:
+        if name == "leave":
+            leave(server, n)
+            return None
         if name == "subscription":
             # The same connections, before and after each subscribes to 10 of 1,000 topics.
             per = 10
@@ -227,7 +261,7 @@ def stage(name, binary, unix_echo, tmp, n, warm):
 def main():
     args = sys.argv[1:]
     opts = {"--bin": "target/release/wsgate", "--unix-echo": "target/release/unix-echo", "--n": "10000",
-            "--warm": "500"}
+            "--warm": "500", "--trim": "true"}
     stages = []
     while args:
         a = args.pop(0)
@@ -235,11 +269,12 @@ def main():
             opts[a] = args.pop(0)
         else:
             stages.append(a)
-    stages = stages or ["head", "idle", "tls", "tls-handshake", "backend", "subscription"]
+    stages = stages or ["head", "idle", "tls", "tls-handshake", "backend", "subscription", "leave"]
     with tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o755)  # the backend socket must be reachable after the privilege drop
         for name in stages:
-            stage(name, opts["--bin"], opts["--unix-echo"], tmp, int(opts["--n"]), int(opts["--warm"]))
+            stage(name, opts["--bin"], opts["--unix-echo"], tmp, int(opts["--n"]), int(opts["--warm"]),
+                  opts["--trim"])
 
 
 if __name__ == "__main__":

@@ -249,3 +249,25 @@ fn request_in_the_same_flight_as_the_client_finished() {
     }
     assert!(head.starts_with(b"HTTP/1.1 101 "), "{}", String::from_utf8_lossy(&head));
 }
+
+/// An idle TLS connection holds no buffers (rustls' buffered API kept 4 KiB per connection):
+/// a few hundred of them, once the buffer pool has shrunk back, cost a bounded amount each.
+/// A regression guard, not a benchmark: `scripts/memory.py tls` measures it (about 4 KiB).
+#[test]
+fn idle_tls_connections_hold_no_buffers() {
+    const CLIENTS: usize = 300;
+    let dir = Dir::new("idle");
+    let cert = make_cert(&["localhost"]);
+    let server = start_tls(&dir, &cert, &[]);
+    let mut warm = wss_connect(server.addr, "localhost", &[&cert.der]).unwrap();
+    warm.send(Message::text("warm")).unwrap();
+    assert_eq!(warm.read().unwrap(), Message::text("warm"));
+    let before = server.rss_kib();
+    let clients: Vec<Wss> = (0..CLIENTS).map(|_| wss_connect(server.addr, "localhost", &[&cert.der]).unwrap()).collect();
+    // Two housekeeping ticks: the read buffers the handshakes used leave the pool.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let grown = server.rss_kib().saturating_sub(before);
+    eprintln!("{CLIENTS} idle TLS connections: RSS grew {grown} KiB");
+    assert!(grown < (CLIENTS as u64) * 7, "{CLIENTS} idle TLS connections grew RSS by {grown} KiB");
+    drop(clients);
+}
