@@ -263,7 +263,8 @@ fn idle_tls_connections_hold_no_buffers() {
     warm.send(Message::text("warm")).unwrap();
     assert_eq!(warm.read().unwrap(), Message::text("warm"));
     let before = server.rss_kib();
-    let clients: Vec<Wss> = (0..CLIENTS).map(|_| wss_connect(server.addr, "localhost", &[&cert.der]).unwrap()).collect();
+    let clients: Vec<Wss> =
+        (0..CLIENTS).map(|_| wss_connect(server.addr, "localhost", &[&cert.der]).unwrap()).collect();
     // Two housekeeping ticks: the read buffers the handshakes used leave the pool.
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let grown = server.rss_kib().saturating_sub(before);
