@@ -816,6 +816,16 @@ subprotocols = ["chat"]
     }
 
     #[test]
+    fn buffer_pool_and_trim_memory() {
+        let d = Config::parse("").unwrap();
+        assert_eq!((d.buffer_pool, d.trim_memory), (crate::buffer::DEFAULT_POOL_BYTES, true));
+        let c = Config::parse("[server]\nbuffer_pool = \"512KiB\"\ntrim_memory = false\n").unwrap();
+        assert_eq!((c.buffer_pool, c.trim_memory), (512 * 1024, false));
+        let e = Config::parse("[server]\nbuffer_pool = \"lots\"\n").unwrap_err().to_string();
+        assert!(e.contains("lots") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_key_and_line() {
         let cases = [
             ("[limits]\nmax_mesage_size = 5\n", "max_mesage_size", "line 2"),
