@@ -94,8 +94,6 @@ pub struct Traffic {
     pub bytes_in: u64,
     pub msgs_out: u64,
     pub bytes_out: u64,
-    /// Messages from others not delivered because this client was too slow (drop policy).
-    pub dropped: u64,
 }
 
 /// What an app may use during one call.

@@ -47,13 +47,15 @@ pub struct AccessLog {
     pub path: Option<Arc<str>>,
     pub status: Option<u16>,
     pub traffic: Traffic,
-    /// How it ended: boxed because it is set only at the end, and every open connection
-    /// carries this struct.
-    ending: Option<Box<Ending>>,
+    /// What few connections have (how it ended is known only at the end): boxed, because
+    /// every open connection carries this struct.
+    rare: Option<Box<Rare>>,
 }
 
 #[derive(Debug, Default)]
-struct Ending {
+struct Rare {
+    /// Messages from others not delivered because this client was too slow (drop policy).
+    dropped: u64,
     /// Close code (sent or received) and reason.
     close: Option<(u16, Cow<'static, str>)>,
     /// Why the connection ended, when it did not end with a close handshake.
@@ -61,13 +63,18 @@ struct Ending {
 }
 
 impl AccessLog {
-    fn ending(&mut self) -> &mut Ending {
-        self.ending.get_or_insert_with(Box::default)
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Counts a message from others that this client was too slow to be given.
+    pub fn note_dropped(&mut self) {
+        self.rare().dropped += 1;
     }
 
     /// Records why the connection ended, unless something already did.
     pub fn note_end(&mut self, why: impl Into<Cow<'static, str>>) {
-        let ending = self.ending();
+        let ending = self.rare();
         if ending.end.is_none() && ending.close.is_none() {
             ending.end = Some(why.into());
         }
@@ -75,27 +82,27 @@ impl AccessLog {
 
     /// Records why the connection ended, replacing an earlier reason.
     pub fn set_end(&mut self, why: impl Into<Cow<'static, str>>) {
-        self.ending().end = Some(why.into());
+        self.rare().end = Some(why.into());
     }
 
     /// Whether a reason for the end was recorded.
     pub fn has_end(&self) -> bool {
-        self.ending.as_ref().is_some_and(|e| e.end.is_some())
+        self.rare.as_ref().is_some_and(|e| e.end.is_some())
     }
 
     /// Records the close code and reason (sent or received), replacing an earlier one.
     pub fn set_close(&mut self, code: u16, reason: impl Into<Cow<'static, str>>) {
-        self.ending().close = Some((code, reason.into()));
+        self.rare().close = Some((code, reason.into()));
     }
 
     /// Records the close code and reason unless one was recorded.
     pub fn note_close(&mut self, code: u16, reason: impl Into<Cow<'static, str>>) {
-        self.ending().close.get_or_insert_with(|| (code, reason.into()));
+        self.rare().close.get_or_insert_with(|| (code, reason.into()));
     }
 
     /// One line: peer, id, path, status, duration, messages and bytes each way, close.
     pub fn line(&self, peer: SocketAddr, id: u64, accepted: Instant, now: Instant) -> String {
-        let (close, end) = self.ending.as_deref().map_or((&None, &None), |e| (&e.close, &e.end));
+        let (close, end) = self.rare.as_deref().map_or((&None, &None), |e| (&e.close, &e.end));
         let close = match (close, end) {
             (Some((code, reason)), _) if reason.is_empty() => format!("close={code}"),
             (Some((code, reason)), _) => format!("close={code} ({reason})"),
@@ -103,7 +110,10 @@ impl AccessLog {
             (None, None) => "end=(peer closed)".to_string(),
         };
         let t = &self.traffic;
-        let dropped = if t.dropped > 0 { format!(" dropped={}", t.dropped) } else { String::new() };
+        let dropped = match self.rare.as_deref() {
+            Some(r) if r.dropped > 0 => format!(" dropped={}", r.dropped),
+            _ => String::new(),
+        };
         format!(
             "{peer} id={id} {} status={} {:.3}s in={}msg/{}B out={}msg/{}B{dropped} {close}",
             self.path.as_deref().unwrap_or("-"),
