@@ -28,6 +28,8 @@ pub struct Config {
     pub buffer_pool: usize,
     /// Give freed memory back to the system (`trim_memory`, glibc `malloc_trim`).
     pub trim_memory: bool,
+    /// Append access lines to this file instead of the log (`access_log`).
+    pub access_log: Option<PathBuf>,
     pub limits: Limits,
     pub routes: Vec<Route>,
 }
@@ -260,6 +262,7 @@ struct ServerSection {
     user: Option<String>,
     buffer_pool: Option<ByteSize>,
     trim_memory: Option<bool>,
+    access_log: Option<PathBuf>,
 }
 
 /// Every limit key; shared by `[limits]` and each `[[route]]` (which overrides).
@@ -481,6 +484,7 @@ impl Config {
             user: None,
             buffer_pool: crate::buffer::DEFAULT_POOL_BYTES,
             trim_memory: true,
+            access_log: None,
             limits,
             routes: vec![
                 Route::new("/", AppKind::Demo, limits),
@@ -531,6 +535,7 @@ impl Config {
             user: file.server.user,
             buffer_pool: file.server.buffer_pool.map_or(defaults.buffer_pool, |b| b.0),
             trim_memory: file.server.trim_memory.unwrap_or(defaults.trim_memory),
+            access_log: file.server.access_log.map(|p| base.join(p)),
             limits,
             routes: Vec::new(),
         };
@@ -816,13 +821,15 @@ subprotocols = ["chat"]
     }
 
     #[test]
-    fn buffer_pool_and_trim_memory() {
+    fn server_section_memory_and_access_log_keys() {
         let d = Config::parse("").unwrap();
         assert_eq!((d.buffer_pool, d.trim_memory), (crate::buffer::DEFAULT_POOL_BYTES, true));
         let c = Config::parse("[server]\nbuffer_pool = \"512KiB\"\ntrim_memory = false\n").unwrap();
         assert_eq!((c.buffer_pool, c.trim_memory), (512 * 1024, false));
         let e = Config::parse("[server]\nbuffer_pool = \"lots\"\n").unwrap_err().to_string();
         assert!(e.contains("lots") && e.contains("line 2"), "{e}");
+        let c = Config::parse_in("[server]\naccess_log = \"access.log\"\n", Path::new("/etc/wsgate")).unwrap();
+        assert_eq!(c.access_log.as_deref(), Some(Path::new("/etc/wsgate/access.log")));
     }
 
     #[test]

@@ -21,6 +21,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod access_log;
 pub mod apps;
 pub mod backend;
 pub mod buffer;

@@ -22,6 +22,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use socket2::{Domain, Socket, Type};
 
+use crate::access_log::AccessLogFile;
 use crate::apps::Action;
 use crate::buffer::Pools;
 use crate::config::{Config, Limits};
@@ -106,6 +107,8 @@ pub struct Server {
     max_connections: usize,
     pools: Pools,
     trim_memory: bool,
+    /// Where access lines go when not to the log (`access_log`).
+    access_file: Option<AccessLogFile>,
     /// When the buffer pools next shrink to what was used since (and memory is given back).
     housekeeping_at: Instant,
     backend_failures: crate::backend::FailureLog,
@@ -147,6 +150,13 @@ impl Server {
         }
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         poll.registry().register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
+        let access_file = match &config.access_log {
+            Some(path) => Some(
+                AccessLogFile::open(path)
+                    .map_err(|e| io::Error::new(e.kind(), format!("access_log {}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
         // Room for every admitted connection plus those refused with a 503.
         let reserve = config.max_connections.saturating_add(ACCEPT_BATCH).min(MAX_RESERVED);
         Ok(Server {
@@ -167,6 +177,7 @@ impl Server {
             max_connections: config.max_connections,
             pools: Pools::new(config.buffer_pool),
             trim_memory: config.trim_memory,
+            access_file,
             housekeeping_at: Instant::now() + HOUSEKEEPING_INTERVAL,
             backend_failures: Default::default(),
             signals,
@@ -468,7 +479,14 @@ impl Server {
             let _ = self.poll.registry().deregister(entry.conn.socket_mut());
             self.topics.remove_connection(key);
             entry.conn.release(&mut self.pools);
-            log::info!(target: "wsgate::access", "{}", entry.conn.access_line(now));
+            let line = entry.conn.access_line(now);
+            match &mut self.access_file {
+                Some(file) => file.line(&line),
+                None => log::info!(target: "wsgate::access", "{line}"),
+            }
+        }
+        if let Some(file) = &mut self.access_file {
+            file.flush();
         }
     }
 
@@ -576,7 +594,10 @@ impl Server {
         let received: Vec<i32> = self.signals.pending().collect();
         for signal in received {
             match signal {
-                SIGHUP => self.reload_certificates(),
+                SIGHUP => {
+                    self.reload_certificates();
+                    self.reopen_access_log();
+                }
                 _ if self.drain_deadline.is_some() => self.exit_now = true,
                 _ => self.start_drain(now),
             }
@@ -599,6 +620,19 @@ impl Server {
             }
         }
         log::info!("SIGHUP: reloaded certificates for {reloaded} TLS listener(s)");
+    }
+
+    /// SIGHUP: opens the access log's path again (after `logrotate` renamed the file). If that
+    /// fails (the file's directory not writable after dropping privileges, say), lines keep
+    /// going to the old file.
+    fn reopen_access_log(&mut self) {
+        let Some(file) = &mut self.access_file else { return };
+        match file.reopen() {
+            Ok(()) => log::info!("SIGHUP: reopened the access log {}", file.path().display()),
+            Err(e) => {
+                log::error!("SIGHUP: access log {}: {e}; writing to the file already open", file.path().display())
+            }
+        }
     }
 
     fn start_drain(&mut self, now: Instant) {

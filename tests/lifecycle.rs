@@ -292,3 +292,47 @@ fn stalled_frames_do_not_pin_read_buffers() {
     // 64 KiB each would be 19 MiB.
     assert!(grown < 4 * 1024, "{CLIENTS} stalled frames grew RSS by {grown} KiB");
 }
+
+/// `access_log`: access lines go to the file; SIGHUP reopens the path after a rotation, and
+/// later lines go to the new file.
+#[test]
+fn access_log_file_is_written_and_reopened_on_sighup() {
+    let dir = std::env::temp_dir().join(format!("wsgate-access-log-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("access.log");
+    let rotated = dir.join("access.log.1");
+    let server = Server::with_config(&format!("[server]\naccess_log = {:?}\n", log.to_str().unwrap()), &[]);
+    let echo_and_close = |text: &str| {
+        let mut ws = client(&server.url("/echo"));
+        ws.send(Message::text(text)).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::text(text));
+        ws.close(None).unwrap();
+        while ws.read().is_ok() {}
+    };
+    let lines_of = |path: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
+    };
+    let wait_for_lines = |path: &std::path::Path, n: usize| {
+        for _ in 0..100 {
+            if lines_of(path).len() >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{} has {:?}, expected {n} line(s)", path.display(), lines_of(path));
+    };
+    echo_and_close("first");
+    wait_for_lines(&log, 1);
+    std::fs::rename(&log, &rotated).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_log("reopened the access log");
+    echo_and_close("second");
+    wait_for_lines(&log, 1);
+    let (old, new) = (lines_of(&rotated), lines_of(&log));
+    assert_eq!((old.len(), new.len()), (1, 1), "{old:?} {new:?}");
+    for line in old.iter().chain(&new) {
+        assert!(line.contains(" /echo status=101 ") && line.contains("in=1msg/"), "{line}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
