@@ -6,6 +6,10 @@
 //!      `,nosplice`), reads binary frames for SECONDS, checks every byte of the pattern;
 //!   3. prints MB/s and, with GATEWAY_PID, the gateway's CPU time per MB.
 
+#[path = "../load_common.rs"]
+mod load;
+use load::cpu_ticks;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixListener;
@@ -13,14 +17,6 @@ use std::time::{Duration, Instant};
 
 fn pattern(i: u64) -> u8 {
     (i % 251) as u8
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn main() {

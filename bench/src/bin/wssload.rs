@@ -7,6 +7,10 @@
 //! ADDR must be a loopback address. Certificates are not verified (it is a load tool for a
 //! server you started yourself).
 
+#[path = "../load_common.rs"]
+mod load;
+use load::cpu_ticks;
+
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -108,14 +112,6 @@ fn parse_args() -> Args {
 fn usage() -> ! {
     eprintln!("usage: wssload [-c CONNS] [-s BYTES>=8] [-d SECS] [-w WARMUP] [-p PATH] [--name SNI] [--pid PID] LOOPBACK_ADDR");
     std::process::exit(2);
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 /// The expected payload of message `seq` on connection `id`: tag then filler.
