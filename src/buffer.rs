@@ -50,6 +50,11 @@ impl Pools {
         Pools { reads: Vec::new(), chunks: Vec::new(), max_bytes, reads_low: 0, chunks_low: 0, freed: 0 }
     }
 
+    /// Bytes of free buffers kept for reuse.
+    pub fn spare_bytes(&self) -> usize {
+        self.pooled_bytes()
+    }
+
     fn pooled_bytes(&self) -> usize {
         self.reads.len() * READ_BUF_SIZE + self.chunks.len() * CHUNK_SIZE
     }

@@ -32,6 +32,124 @@ pub struct Config {
     pub access_log: Option<PathBuf>,
     pub limits: Limits,
     pub routes: Vec<Route>,
+    /// The management listener (`[admin]`), off unless configured.
+    pub admin: Option<AdminConfig>,
+    /// The token broker's registered tokens (`[broker]`).
+    pub broker: BrokerConfig,
+}
+
+/// `[admin]`: where the management API, `/metrics` and the dashboard listen, and who may
+/// use them.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub keys: Arc<[ApiKey]>,
+    /// Largest request body accepted (413 above).
+    pub max_body: usize,
+}
+
+/// One management key and what it may do.
+#[derive(Clone)]
+pub struct ApiKey {
+    pub key: String,
+    pub scope: Scope,
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print a secret, not even in a debug dump of the configuration.
+        write!(f, "ApiKey {{ scope: {:?}, key: <{} bytes> }}", self.scope, self.key.len())
+    }
+}
+
+/// What a key may do; each scope includes those before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// GET endpoints: clients, topics, info, metrics, the dashboard.
+    Read,
+    /// Publish, broadcast, send.
+    Publish,
+    /// Disconnect, subscribe, unsubscribe, token registration.
+    Admin,
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Publish => "publish",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+/// `[broker]`: where the registered tokens come from.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub tokens: Option<TokenSource>,
+    /// Fetch the tokens again this often (`None`: at start and on SIGHUP only).
+    pub tokens_refresh: Option<Duration>,
+    /// A fetch that takes longer fails (the old list stays).
+    pub tokens_timeout: Duration,
+    /// A token list larger than this is refused (the old list stays).
+    pub tokens_max_size: usize,
+    /// websockets_pro's undocumented behaviour: receivers matched by substring, payloads
+    /// delivered JSON-quoted.
+    pub websockets_pro_quirks: bool,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            tokens: None,
+            tokens_refresh: None,
+            tokens_timeout: Duration::from_secs(5),
+            tokens_max_size: 1 << 20,
+            websockets_pro_quirks: false,
+        }
+    }
+}
+
+/// Where registered tokens are read from: a JSON object `{"token": true, ...}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    File(PathBuf),
+    /// `http://` or `https://`.
+    Url(String),
+}
+
+impl fmt::Display for TokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenSource::File(p) => write!(f, "file:{}", p.display()),
+            TokenSource::Url(u) => f.write_str(u),
+        }
+    }
+}
+
+/// A token-broker route's policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokerRoute {
+    /// Clients without a (registered) token are let in as `unregistered`.
+    pub allow_unregistered: bool,
+    /// Clients may route messages to other tokens.
+    pub client_publish: bool,
+}
+
+impl Default for BrokerRoute {
+    fn default() -> Self {
+        BrokerRoute { allow_unregistered: true, client_publish: false }
+    }
+}
+
+/// A log-viewer route: the files it follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogviewSpec {
+    pub files: Vec<PathBuf>,
+    /// Lines a new viewer gets first, per file.
+    pub backlog: usize,
+    /// Viewers must present a management key (`?key=` or `Authorization: Bearer`).
+    pub require_key: bool,
 }
 
 /// One listening address, plain or TLS.
@@ -142,6 +260,12 @@ pub enum AppKind {
     PubSub,
     /// WebSocket: every message goes to a backend on a UNIX socket (see `Route::backend`).
     Backend,
+    /// WebSocket: the websockets_pro token broker (messages routed to tokens).
+    Broker,
+    /// WebSocket: lines appended to log files, as they arrive.
+    Logview,
+    /// WebSocket: the admin listener's dashboard feed (not configurable).
+    Dashboard,
 }
 
 impl AppKind {
@@ -152,6 +276,9 @@ impl AppKind {
             AppKind::Chat => "chat",
             AppKind::PubSub => "pubsub",
             AppKind::Backend => "backend",
+            AppKind::Broker => "broker",
+            AppKind::Logview => "logview",
+            AppKind::Dashboard => "dashboard",
         }
     }
 
@@ -161,7 +288,11 @@ impl AppKind {
             "demo" => Ok(AppKind::Demo),
             "chat" => Ok(AppKind::Chat),
             "pubsub" => Ok(AppKind::PubSub),
-            other => Err(format!("unknown app {other:?} (expected \"echo\", \"chat\", \"pubsub\" or \"demo\")")),
+            "broker" => Ok(AppKind::Broker),
+            "logview" => Ok(AppKind::Logview),
+            other => Err(format!(
+                "unknown app {other:?} (expected \"echo\", \"chat\", \"pubsub\", \"broker\", \"logview\" or \"demo\")"
+            )),
         }
     }
 
@@ -185,6 +316,10 @@ pub struct Route {
     pub backend: Option<BackendSpec>,
     /// Pub/sub policy (chat, pubsub, and backends' SUBSCRIBE records).
     pub pubsub: Arc<PubSubPolicy>,
+    /// The token broker's policy (broker routes).
+    pub broker: BrokerRoute,
+    /// Set when `app` is [`AppKind::Logview`].
+    pub logview: Option<Arc<LogviewSpec>>,
 }
 
 /// A configuration error: which file, which line or key, and what is wrong.
@@ -228,6 +363,36 @@ struct File {
     routes: Vec<toml::Spanned<RouteSection>>,
     #[serde(default, rename = "listener")]
     listeners: Vec<ListenerSection>,
+    admin: Option<toml::Spanned<AdminSection>>,
+    #[serde(default)]
+    broker: BrokerSection,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminSection {
+    listen: Addr,
+    max_body: Option<ByteSize>,
+    #[serde(default, rename = "key")]
+    keys: Vec<KeySection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeySection {
+    /// The key itself, or `file:PATH` to read it from a file (first line).
+    key: String,
+    scope: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BrokerSection {
+    tokens: Option<String>,
+    tokens_refresh: Option<Secs>,
+    tokens_timeout: Option<Secs>,
+    tokens_max_size: Option<ByteSize>,
+    websockets_pro_quirks: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -338,6 +503,10 @@ struct RouteSection {
     client_publish: Option<bool>,
     max_subscriptions: Option<usize>,
     max_topic_length: Option<usize>,
+    allow_unregistered: Option<bool>,
+    files: Option<Vec<PathBuf>>,
+    backlog: Option<usize>,
+    require_key: Option<bool>,
     #[serde(default)]
     origins: Vec<String>,
     #[serde(default)]
@@ -485,6 +654,8 @@ impl Config {
             buffer_pool: crate::buffer::DEFAULT_POOL_BYTES,
             trim_memory: true,
             access_log: None,
+            admin: None,
+            broker: BrokerConfig::default(),
             limits,
             routes: vec![
                 Route::new("/", AppKind::Demo, limits),
@@ -538,6 +709,17 @@ impl Config {
             access_log: file.server.access_log.map(|p| base.join(p)),
             limits,
             routes: Vec::new(),
+            admin: match file.admin {
+                Some(spanned) => {
+                    let line = line_of(text, spanned.span().start);
+                    Some(
+                        admin_config(spanned.into_inner(), base)
+                            .map_err(|message| ConfigError::Route { line, message })?,
+                    )
+                }
+                None => None,
+            },
+            broker: broker_config(file.broker, base).map_err(ConfigError::Invalid)?,
         };
         if file.routes.is_empty() {
             config.routes = defaults.routes.iter().map(|r| Route { limits: Arc::new(limits), ..r.clone() }).collect();
@@ -548,6 +730,8 @@ impl Config {
             let at = |message: String| ConfigError::Route { line, message };
             let (app, backend) = route_target(&r, base).map_err(at)?;
             let pubsub = pubsub_policy(&r, app).map_err(at)?;
+            let broker = broker_route(&r, app).map_err(at)?;
+            let logview = logview_spec(&r, app, base).map_err(at)?;
             let route = Route {
                 path: r.path.into(),
                 app,
@@ -556,6 +740,8 @@ impl Config {
                 limits: Arc::new(r.limits.as_section().apply(limits)),
                 backend,
                 pubsub: Arc::new(pubsub),
+                broker,
+                logview,
             };
             config.add_route(route).map_err(|message| ConfigError::Route { line, message })?;
         }
@@ -624,6 +810,34 @@ which cannot work on TLS listener {} (use raw, lines or framed there)",
         if self.max_connections == 0 {
             return err("server.max_connections: must be at least 1".into());
         }
+        if let Some(admin) = &self.admin {
+            if admin.keys.is_empty() && !admin.listen.ip().is_loopback() {
+                return err(format!(
+                    "admin.listen: {} is not a loopback address, and no [[admin.key]] is configured: \
+anyone who can reach it could manage the server (add a key, or listen on 127.0.0.1 / ::1)",
+                    admin.listen
+                ));
+            }
+            if self.listen.iter().any(|l| l.addr == admin.listen) {
+                return err(format!("admin.listen: {} is also a WebSocket listener", admin.listen));
+            }
+        }
+        let public = self.listen.iter().find(|l| !l.addr.ip().is_loopback());
+        for r in &self.routes {
+            let Some(spec) = &r.logview else { continue };
+            if spec.require_key && self.admin.as_ref().is_none_or(|a| a.keys.is_empty()) {
+                return err(format!("route {:?}: require_key needs an [admin] section with at least one key", r.path));
+            }
+            if let Some(l) = public {
+                if !spec.require_key && r.origins.is_empty() {
+                    return err(format!(
+                        "route {:?}: a log viewer reveals internal information, and listener {} is not loopback: \
+set require_key = true or an origins list",
+                        r.path, l.addr
+                    ));
+                }
+            }
+        }
         let l = &self.limits;
         // A head must fit one read buffer (64 KiB) with room to spare.
         if !(256..=60 << 10).contains(&l.max_head_size) {
@@ -676,6 +890,8 @@ impl Route {
             limits: Arc::new(limits),
             backend: None,
             pubsub: Arc::default(),
+            broker: BrokerRoute::default(),
+            logview: None,
         }
     }
 
@@ -748,9 +964,12 @@ fn pubsub_policy(r: &RouteSection, app: AppKind) -> Result<PubSubPolicy, String>
     if r.exclude_sender.is_some() && !chat_or_pubsub {
         return Err(format!("route {:?}: exclude_sender belongs to chat and pubsub routes", r.path));
     }
-    let pubsub_only = r.topics.is_some() || r.client_publish.is_some() || r.max_topic_length.is_some();
+    if r.client_publish.is_some() && !matches!(app, AppKind::PubSub | AppKind::Broker) {
+        return Err(format!("route {:?}: client_publish belongs to pubsub and broker routes", r.path));
+    }
+    let pubsub_only = r.topics.is_some() || r.max_topic_length.is_some();
     if pubsub_only && app != AppKind::PubSub {
-        return Err(format!("route {:?}: topics, client_publish and max_topic_length belong to pubsub routes", r.path));
+        return Err(format!("route {:?}: topics and max_topic_length belong to pubsub routes", r.path));
     }
     if r.max_subscriptions.is_some() && !matches!(app, AppKind::PubSub | AppKind::Backend) {
         return Err(format!("route {:?}: max_subscriptions belongs to pubsub and backend routes", r.path));
@@ -769,6 +988,109 @@ fn pubsub_policy(r: &RouteSection, app: AppKind) -> Result<PubSubPolicy, String>
         return Err("route.max_topic_length: must be 1..=1024".into());
     }
     Ok(policy)
+}
+
+fn admin_config(a: AdminSection, base: &Path) -> Result<AdminConfig, String> {
+    let mut keys = Vec::new();
+    for k in a.keys {
+        let scope = match k.scope.as_str() {
+            "read" => Scope::Read,
+            "publish" => Scope::Publish,
+            "admin" => Scope::Admin,
+            other => return Err(format!("admin.key.scope: {other:?} (expected \"read\", \"publish\" or \"admin\")")),
+        };
+        let key = match k.key.strip_prefix("file:") {
+            Some(path) => {
+                let path = base.join(path);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("admin.key: cannot read {}: {e}", path.display()))?;
+                text.lines().next().unwrap_or("").trim().to_string()
+            }
+            None => k.key,
+        };
+        if key.len() < 16 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("admin.key.key: keys must be at least 16 printable ASCII characters, without spaces".into());
+        }
+        if keys.iter().any(|k: &ApiKey| k.key == key) {
+            return Err("admin.key.key: the same key is listed twice".into());
+        }
+        keys.push(ApiKey { key, scope });
+    }
+    let max_body = a.max_body.map_or(64 << 10, |b| b.0);
+    if !(1..=crate::admin::MAX_BODY_LIMIT).contains(&max_body) {
+        return Err(format!("admin.max_body: must be 1 byte to {} KiB", crate::admin::MAX_BODY_LIMIT >> 10));
+    }
+    Ok(AdminConfig { listen: a.listen.0, keys: keys.into(), max_body })
+}
+
+fn broker_config(b: BrokerSection, base: &Path) -> Result<BrokerConfig, String> {
+    let d = BrokerConfig::default();
+    let tokens = match b.tokens {
+        None => None,
+        Some(s) if s.starts_with("http://") || s.starts_with("https://") => Some(TokenSource::Url(s)),
+        Some(s) => match s.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Some(TokenSource::File(base.join(path))),
+            _ => {
+                return Err(format!(
+                    "broker.tokens: {s:?} (expected \"file:/path/tokens.json\" or an http:// or https:// URL)"
+                ))
+            }
+        },
+    };
+    let config = BrokerConfig {
+        tokens,
+        tokens_refresh: b.tokens_refresh.map(|s| s.0).filter(|d| !d.is_zero()),
+        tokens_timeout: b.tokens_timeout.map_or(d.tokens_timeout, |s| s.0),
+        tokens_max_size: b.tokens_max_size.map_or(d.tokens_max_size, |s| s.0),
+        websockets_pro_quirks: b.websockets_pro_quirks.unwrap_or(d.websockets_pro_quirks),
+    };
+    if config.tokens_timeout.is_zero() {
+        return Err("broker.tokens_timeout: must be more than zero".into());
+    }
+    if config.tokens_refresh.is_some_and(|r| r < Duration::from_secs(1)) {
+        return Err("broker.tokens_refresh: must be at least 1s (or 0 for never)".into());
+    }
+    if config.tokens_refresh.is_some() && config.tokens.is_none() {
+        return Err("broker.tokens_refresh: set broker.tokens too".into());
+    }
+    Ok(config)
+}
+
+/// A broker route's keys, only on broker routes.
+fn broker_route(r: &RouteSection, app: AppKind) -> Result<BrokerRoute, String> {
+    if app != AppKind::Broker {
+        if r.allow_unregistered.is_some() {
+            return Err(format!("route {:?}: allow_unregistered belongs to broker routes", r.path));
+        }
+        return Ok(BrokerRoute::default());
+    }
+    let d = BrokerRoute::default();
+    Ok(BrokerRoute {
+        allow_unregistered: r.allow_unregistered.unwrap_or(d.allow_unregistered),
+        client_publish: r.client_publish.unwrap_or(d.client_publish),
+    })
+}
+
+/// A log-viewer route's files, only on logview routes.
+fn logview_spec(r: &RouteSection, app: AppKind, base: &Path) -> Result<Option<Arc<LogviewSpec>>, String> {
+    if app != AppKind::Logview {
+        if r.files.is_some() || r.backlog.is_some() || r.require_key.is_some() {
+            return Err(format!("route {:?}: files, backlog and require_key belong to logview routes", r.path));
+        }
+        return Ok(None);
+    }
+    let files: Vec<PathBuf> = r.files.clone().unwrap_or_default().into_iter().map(|f| base.join(f)).collect();
+    if files.is_empty() {
+        return Err(format!("route {:?}: a logview route needs files = [\"/path/to/file.log\", ...]", r.path));
+    }
+    if files.len() > 64 {
+        return Err(format!("route {:?}: files: at most 64 per route", r.path));
+    }
+    let backlog = r.backlog.unwrap_or(100);
+    if backlog > 10_000 {
+        return Err(format!("route {:?}: backlog: at most 10000 lines", r.path));
+    }
+    Ok(Some(Arc::new(LogviewSpec { files, backlog, require_key: r.require_key.unwrap_or(false) })))
 }
 
 /// RFC 9110 tchar.

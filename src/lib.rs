@@ -22,13 +22,17 @@
 #![deny(unsafe_code)]
 
 pub mod access_log;
+pub mod admin;
 pub mod apps;
 pub mod backend;
+pub mod broker;
 pub mod buffer;
 pub mod config;
 pub mod connection;
 pub mod encode;
 pub mod http;
+pub mod logview;
+pub mod metrics;
 pub mod pubsub;
 pub mod route;
 pub mod server;

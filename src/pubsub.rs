@@ -8,7 +8,7 @@
 //! connection's own subscriptions. Delivery walks the topic's member list, contiguous keys.
 //! Nothing is keyed by connection in a hash: connection keys are slab keys, dense and reused.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 const NONE: u32 = u32::MAX;
@@ -44,6 +44,8 @@ pub struct Topics {
     /// Per connection key: its first subscription.
     heads: Vec<u32>,
     live_subs: usize,
+    /// Names in order, for prefix queries (the broker's groups); `None` unless [`Topics::ordered`].
+    sorted: Option<BTreeMap<Rc<str>, TopicId>>,
 }
 
 /// Why a subscription was refused.
@@ -51,11 +53,50 @@ pub struct Topics {
 pub enum SubscribeError {
     /// The connection already has the most subscriptions its route allows.
     TooMany,
+    /// The name is one of the server's own feeds.
+    Reserved,
 }
 
 impl Topics {
     pub fn new() -> Topics {
         Topics { free_sub: None, ..Default::default() }
+    }
+
+    /// Topics that also answer prefix queries ([`Topics::with_prefix`]).
+    pub fn ordered() -> Topics {
+        Topics { sorted: Some(BTreeMap::new()), ..Topics::new() }
+    }
+
+    /// The live topics whose names start with `prefix`, in name order (ordered topics only).
+    pub fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, TopicId)> + 'a {
+        self.sorted
+            .iter()
+            .flat_map(move |m| m.range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded)))
+            .take_while(move |(name, _)| name.starts_with(prefix))
+            .map(|(name, &id)| (&**name, id))
+    }
+
+    /// A live topic's name.
+    pub fn name(&self, topic: TopicId) -> &str {
+        self.topics.get(topic as usize).and_then(Option::as_ref).map_or("", |t| &t.name)
+    }
+
+    /// Every live topic: name, subscribers, messages dropped for slow subscribers.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, usize, u64)> {
+        self.topics.iter().flatten().map(|t| (&*t.name, t.members.len(), t.dropped))
+    }
+
+    /// The topics `conn` is subscribed to.
+    pub fn of(&self, conn: usize) -> impl Iterator<Item = &str> {
+        let mut s = self.heads.get(conn).copied().unwrap_or(NONE);
+        std::iter::from_fn(move || {
+            if s == NONE {
+                return None;
+            }
+            let sub = self.subs[s as usize];
+            s = sub.next;
+            Some(self.name(sub.topic))
+        })
     }
 
     /// Subscribes connection `conn` to `name`. `Ok(false)`: it already was.
@@ -189,6 +230,9 @@ impl Topics {
                 (self.topics.len() - 1) as TopicId
             }
         };
+        if let Some(sorted) = &mut self.sorted {
+            sorted.insert(name.clone(), id);
+        }
         self.by_name.insert(name, id);
         id
     }
@@ -207,6 +251,9 @@ impl Topics {
             }
             let name = t.name.clone();
             self.by_name.remove(&name);
+            if let Some(sorted) = &mut self.sorted {
+                sorted.remove(&name);
+            }
             self.topics[topic as usize] = None;
             self.free_topics.push(topic);
         } else if t.members.capacity() > 64 && t.members.len() < t.members.capacity() / 4 {

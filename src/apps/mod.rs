@@ -10,21 +10,30 @@
 //! - [`chat`]: rooms named by the URL path, every message to every member;
 //! - [`pubsub`]: a JSON protocol for topics (subscribe, unsubscribe, publish);
 //! - [`backend`]: every message to a backend on a UNIX socket and back;
+//! - [`broker`]: the websockets_pro token broker (messages routed to tokens);
+//! - [`logview`]: lines appended to log files, live;
+//! - [`dashboard`]: the admin listener's live feed of the server's figures;
 //! - [`demo`]: the plain-HTTP demo page (no WebSocket).
 
 pub mod backend;
+pub mod broker;
 pub mod chat;
+pub mod dashboard;
 pub mod demo;
 pub mod echo;
+pub mod logview;
 pub mod pubsub;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
+use crate::broker::Broker;
 use crate::buffer::{OutQueue, Pools};
+use crate::config::LogviewSpec;
 use crate::encode::SharedFrame;
 use crate::pubsub::{SubscribeError, Topics};
 use crate::sys::splice::Pipe;
@@ -42,7 +51,18 @@ pub enum Action {
     Publish { topic: Rc<str>, frame: SharedFrame, exclude: Option<usize>, exclude_ids: Box<[u64]> },
     /// Deliver `frame` to the connection with this id, if it is open.
     SendTo { id: u64, frame: SharedFrame },
+    /// Deliver `frame` to these connections (a broker message's receivers, resolved when it
+    /// was sent: keys stay valid for the turn).
+    Route { keys: Vec<usize>, frame: SharedFrame },
+    /// Send this connection the last lines of the log viewer's files.
+    Backlog(Arc<LogviewSpec>),
+    /// An admin-listener request, answered by the loop (it needs every connection's state).
+    Admin(Box<crate::admin::Request>),
 }
+
+/// Topics whose names start with this are the server's own feeds (the log viewer's files, the
+/// dashboard): apps and backends can neither subscribe nor publish to them by name.
+pub const FEED_PREFIX: char = '\0';
 
 /// A received message's payload: borrowed from the read buffer, or already owned (a message
 /// assembled across frames or reads, handed over without a copy).
@@ -109,6 +129,7 @@ pub struct AppCtx<'a> {
     /// The client is not read while this many bytes wait for it.
     pub backpressure_high: usize,
     pub(crate) topics: &'a mut Topics,
+    pub(crate) broker: &'a mut Broker,
     pub(crate) actions: &'a mut Vec<Action>,
     pub(crate) close: &'a mut Option<AppClose>,
     /// Deliveries this connection's publishes will cause this turn (its fan-out budget).
@@ -138,7 +159,29 @@ impl AppCtx<'_> {
 
     /// Subscribes this client to `topic` (at once: topics are the reactor's).
     pub fn subscribe(&mut self, topic: &str, max: usize) -> Result<bool, SubscribeError> {
+        if topic.starts_with(FEED_PREFIX) {
+            return Err(SubscribeError::Reserved);
+        }
         self.topics.subscribe(self.key, topic, max)
+    }
+
+    /// Subscribes this client to one of the server's own feeds.
+    pub(crate) fn subscribe_feed(&mut self, feed: &str) {
+        debug_assert!(feed.starts_with(FEED_PREFIX));
+        let _ = self.topics.subscribe(self.key, feed, usize::MAX);
+    }
+
+    /// Sends `frame` to the connections `receivers` names (a broker message).
+    pub fn route(&mut self, receivers: &[u8], frame: SharedFrame) {
+        let mut keys = Vec::new();
+        self.broker.receivers(receivers, &mut keys);
+        *self.fanout += keys.len();
+        self.actions.push(Action::Route { keys, frame });
+    }
+
+    /// Asks the loop for the log viewer's backlog.
+    pub(crate) fn backlog(&mut self, spec: Arc<LogviewSpec>) {
+        self.actions.push(Action::Backlog(spec));
     }
 
     pub fn unsubscribe(&mut self, topic: &str) -> bool {
@@ -159,6 +202,10 @@ impl AppCtx<'_> {
         exclude_self: bool,
         exclude_ids: Box<[u64]>,
     ) {
+        if topic.starts_with(FEED_PREFIX) {
+            log::debug!("{}: publish to a reserved topic ignored", self.peer);
+            return;
+        }
         let exclude = exclude_self.then_some(self.key);
         *self.fanout += self.topics.find(&topic).map_or(0, |t| self.topics.members(t).len());
         self.actions.push(Action::Publish { topic, frame, exclude, exclude_ids });
@@ -229,4 +276,9 @@ pub trait App {
 
     /// Gives back pooled buffers: the connection is going away.
     fn release(&mut self, _pools: &mut Pools) {}
+
+    /// The broker token this client holds.
+    fn token(&self) -> Option<&str> {
+        None
+    }
 }

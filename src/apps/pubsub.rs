@@ -87,6 +87,9 @@ impl PubSub {
         if topic.len() > self.policy.max_topic_length {
             return Err(Refusal(413, "topic too long"));
         }
+        if topic.chars().any(char::is_control) {
+            return Err(Refusal(400, "control characters in topic"));
+        }
         if !self.policy.topics.iter().any(|p| p.matches(topic)) {
             return Err(Refusal(403, "topic not allowed"));
         }
@@ -94,6 +97,7 @@ impl PubSub {
             "subscribe" => match cx.subscribe(topic, self.policy.max_subscriptions) {
                 Ok(_) => reply(cx, "subscribed", topic),
                 Err(SubscribeError::TooMany) => return Err(Refusal(429, "too many subscriptions")),
+                Err(SubscribeError::Reserved) => return Err(Refusal(403, "topic not allowed")),
             },
             "unsubscribe" => {
                 cx.unsubscribe(topic);

@@ -46,6 +46,12 @@ pub struct AccessLog {
     /// The route's own path when it is the request's (no allocation), else a copy.
     pub path: Option<Arc<str>>,
     pub status: Option<u16>,
+    /// `status` was set and not yet counted in the metrics.
+    fresh_status: bool,
+    /// Accepted on the admin listener.
+    pub admin: bool,
+    /// The route serving it (an index in the routes; `u16::MAX`: none yet).
+    pub route: u16,
     pub traffic: Traffic,
     /// What few connections have (how it ended is known only at the end): boxed, because
     /// every open connection carries this struct.
@@ -60,9 +66,16 @@ struct Rare {
     close: Option<(u16, Cow<'static, str>)>,
     /// Why the connection ended, when it did not end with a close handshake.
     end: Option<Cow<'static, str>>,
+    /// The close code we sent, and the one the peer sent (for the metrics).
+    sent: Option<u16>,
+    received: Option<u16>,
 }
 
 impl AccessLog {
+    pub fn new(admin: bool) -> AccessLog {
+        AccessLog { admin, route: u16::MAX, ..AccessLog::default() }
+    }
+
     fn rare(&mut self) -> &mut Rare {
         self.rare.get_or_insert_with(Box::default)
     }
@@ -92,7 +105,35 @@ impl AccessLog {
 
     /// Records the close code and reason (sent or received), replacing an earlier one.
     pub fn set_close(&mut self, code: u16, reason: impl Into<Cow<'static, str>>) {
-        self.rare().close = Some((code, reason.into()));
+        let rare = self.rare();
+        rare.close = Some((code, reason.into()));
+        rare.sent = Some(code);
+    }
+
+    /// The close code the peer sent.
+    pub fn note_received_close(&mut self, code: u16) {
+        self.rare().received = Some(code);
+    }
+
+    /// The close codes sent and received, if any.
+    pub fn close_codes(&self) -> (Option<u16>, Option<u16>) {
+        self.rare.as_deref().map_or((None, None), |r| (r.sent, r.received))
+    }
+
+    /// Messages not delivered to this slow client.
+    pub fn dropped(&self) -> u64 {
+        self.rare.as_deref().map_or(0, |r| r.dropped)
+    }
+
+    /// Records the status of a response just queued (counted by the loop once).
+    pub fn set_status(&mut self, status: u16) {
+        self.status = Some(status);
+        self.fresh_status = true;
+    }
+
+    /// A status set since the last call.
+    pub fn take_fresh_status(&mut self) -> Option<u16> {
+        std::mem::take(&mut self.fresh_status).then_some(self.status).flatten()
     }
 
     /// Records the close code and reason unless one was recorded.

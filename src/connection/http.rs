@@ -5,13 +5,19 @@
 use std::sync::Arc;
 
 use super::{Connection, Ctx, End, HandOffState, Phase, Ws};
+use crate::admin::{self, Reply};
 use crate::apps::backend::Backend;
+use crate::apps::broker::{self, BrokerClient};
 use crate::apps::chat::Chat;
+use crate::apps::dashboard::Dashboard;
 use crate::apps::echo::Echo;
+use crate::apps::logview::Logview;
 use crate::apps::pubsub::PubSub;
+use crate::apps::Action;
 use crate::apps::{demo, App};
 use crate::backend::link::BackendLink;
 use crate::backend::{self, framed, Framing};
+use crate::config::Scope;
 use crate::config::{AppKind, Route};
 use crate::http::request::{parse_request, HeadLimits, Request, MAX_HEADERS};
 use crate::http::response::Response;
@@ -32,6 +38,7 @@ impl Connection {
                 self.close(cx.now, cx.pools, End::Refuse { status: e.status(), reason: e.reason().into() });
                 false
             }
+            Ok(Some((req, head_len))) if self.log.admin => self.admin_request(&req, buf, head_len, cx),
             Ok(Some((req, head_len))) => {
                 self.rstart += head_len;
                 self.handle_request(&req, cx)
@@ -39,11 +46,102 @@ impl Connection {
         }
     }
 
+    /// A request on the admin listener: the dashboard's WebSocket is opened here; anything
+    /// else, once its body is in, goes to the loop as an [`Action::Admin`].
+    fn admin_request(&mut self, req: &Request<'_, '_>, buf: &[u8], head_len: usize, cx: &mut Ctx<'_>) -> bool {
+        let Some(admin) = cx.admin else { return false };
+        self.log.path = Some(req.path().chars().take(256).collect::<String>().into());
+        if handshake::is_upgrade(req) {
+            self.rstart += head_len;
+            if req.path() != "/ws" {
+                return self.reply(cx, &Reply::error(404, "the dashboard's WebSocket is at /ws"), false);
+            }
+            if let Err(refusal) =
+                admin::authorize(&admin.config.keys, admin::presented_key(req).as_deref(), Scope::Read)
+            {
+                return self.reply(cx, &refusal, false);
+            }
+            let route = &admin.route;
+            return match handshake::validate(req, &route.policy()) {
+                Ok(accepted) => {
+                    let mut head = Vec::with_capacity(160);
+                    handshake::write_accept(&mut head, &accepted);
+                    self.out.push_bytes(cx.pools, &head);
+                    self.open(cx, route, Box::new(Dashboard));
+                    true
+                }
+                Err(e) => self.reply(cx, &Reply::error(e.status(), e.reason()), false),
+            };
+        }
+        if req.header("transfer-encoding").is_some() {
+            self.rstart += head_len;
+            return self.reply(cx, &Reply::error(411, "send the body with Content-Length, not chunked"), false);
+        }
+        let length = match req
+            .header("content-length")
+            .map(|v| std::str::from_utf8(v).ok().and_then(|v| v.parse::<usize>().ok()))
+        {
+            None => 0,
+            Some(Some(n)) => n,
+            Some(None) => {
+                self.rstart += head_len;
+                return self.reply(cx, &Reply::error(400, "bad Content-Length"), false);
+            }
+        };
+        // The whole request must fit one read buffer; max_body is checked to leave room.
+        if length > admin.config.max_body || head_len + length > crate::buffer::READ_BUF_SIZE {
+            self.rstart += head_len;
+            let message = format!("body larger than {} bytes", admin.config.max_body);
+            return self.reply(cx, &Reply::error(413, &message), false);
+        }
+        let start = self.rstart + head_len;
+        if self.rend - start < length {
+            return false; // the rest of the body is on its way (bounded by handshake_timeout)
+        }
+        let request = admin::Request::new(req, &buf[start..start + length]);
+        self.rstart = start + length;
+        self.set_phase(Phase::Answering);
+        cx.actions.push(Action::Admin(Box::new(request)));
+        false
+    }
+
+    /// An admin reply, closing the connection unless `keep_alive`; returns whether the next
+    /// request may follow.
+    fn reply(&mut self, cx: &mut Ctx<'_>, reply: &Reply, keep_alive: bool) -> bool {
+        self.send_reply(cx, reply, keep_alive, false)
+    }
+
+    pub(super) fn send_reply(&mut self, cx: &mut Ctx<'_>, reply: &Reply, keep_alive: bool, head_only: bool) -> bool {
+        const CORS: &[(&str, &str)] = &[
+            ("Access-Control-Allow-Origin", "*"),
+            ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+            ("Access-Control-Allow-Headers", "Authorization, X-API-Key, Content-Type"),
+        ];
+        const UNAUTHORIZED: &[(&str, &str)] = &[("WWW-Authenticate", "Bearer")];
+        let headers = match (reply.cors, reply.status) {
+            (true, _) => CORS,
+            (false, 401) => UNAUTHORIZED,
+            _ => &[],
+        };
+        let response = Response {
+            status: reply.status,
+            headers,
+            content_type: reply.content_type,
+            body: &reply.body,
+            keep_alive: keep_alive && reply.status < 400,
+            head_only,
+        };
+        self.send_response(cx, &response)
+    }
+
     fn handle_request(&mut self, req: &Request<'_, '_>, cx: &mut Ctx<'_>) -> bool {
         let path = req.path();
         let has_body = req.header("transfer-encoding").is_some()
             || req.header("content-length").is_some_and(|v| v != b"0".as_slice());
         let route_id = cx.routes.find(path);
+        if let Some(id) = route_id {
+            self.log.route = u16::try_from(id).unwrap_or(super::NO_ROUTE);
+        }
         self.log.path = Some(match route_id.map(|id| &cx.routes.get(id).path) {
             Some(route_path) if **route_path == *path => Arc::clone(route_path),
             _ => path.chars().take(256).collect::<String>().into(),
@@ -67,7 +165,7 @@ impl Connection {
                 let mut body = Vec::with_capacity(200);
                 e.write_response(&mut body);
                 self.out.push_bytes(cx.pools, &body);
-                self.log.status = Some(e.status());
+                self.log.set_status(e.status());
                 self.log.note_end(e.reason());
                 self.close(cx.now, cx.pools, End::Answered);
                 return false;
@@ -77,6 +175,33 @@ impl Connection {
             AppKind::Echo => Box::new(Echo),
             AppKind::Chat => Box::new(Chat::new(path, route.pubsub.exclude_sender)),
             AppKind::PubSub => Box::new(PubSub::new(Arc::clone(&route.pubsub))),
+            AppKind::Broker => {
+                let asked = req.query().and_then(|q| {
+                    form_urlencoded::parse(q.as_bytes())
+                        .find(|(k, _)| k == "RegisterToken")
+                        .map(|(_, v)| v.into_owned())
+                });
+                match broker::admit(asked.as_deref(), route.broker, |t| cx.broker.is_registered(t)) {
+                    Ok(token) => Box::new(BrokerClient::new(token, route.broker)),
+                    Err(why) => return self.respond(cx, req, 403, &why, false),
+                }
+            }
+            AppKind::Logview => {
+                let Some(spec) = &route.logview else { return false };
+                if spec.require_key {
+                    let keys = cx.admin.map_or(&[][..], |a| &a.config.keys[..]);
+                    let presented = admin::presented_key(req);
+                    // No key configured is a configuration error; refuse rather than open.
+                    if keys.is_empty() {
+                        return self.respond(cx, req, 403, "this log viewer requires a key", false);
+                    }
+                    if let Err(refusal) = admin::authorize(keys, presented.as_deref(), Scope::Read) {
+                        return self.reply(cx, &refusal, false);
+                    }
+                }
+                Box::new(Logview::new(Arc::clone(spec)))
+            }
+            AppKind::Dashboard => Box::new(Dashboard),
             AppKind::Backend | AppKind::Demo => {
                 let Some((backend, named)) = self.connect_backend(cx, req, route) else { return false };
                 // A subprotocol that named the socket is the one accepted.
@@ -99,7 +224,7 @@ impl Connection {
 
     /// The 101 is queued: the WebSocket is open, the app starts.
     fn open(&mut self, cx: &mut Ctx<'_>, route: &Route, app: Box<dyn App>) {
-        self.log.status = Some(101);
+        self.log.set_status(101);
         self.limits = Arc::clone(&route.limits);
         let session = Session::new(Role::Server, route.message_limits(), cx.now);
         self.ws = Some(Ws { session, app, failing: None });
@@ -128,9 +253,11 @@ impl Connection {
         };
         match backend::connect(&socket) {
             Ok(sock) => {
+                cx.metrics.backend_connects += 1;
                 Some((BackendLink::new(sock, spec.framing, spec.message_kind, route.limits.max_message_size), named_by))
             }
             Err(e) => {
+                cx.metrics.backend_failures += 1;
                 let peer = self.peer();
                 cx.backend_failures.warn(cx.now, || format!("{peer} {path}: backend {}: {e}", socket.display()));
                 self.log.set_end(format!("backend {}: {e}", socket.display()));
@@ -167,7 +294,7 @@ impl Connection {
         self.out.push_bytes(cx.pools, &head);
         match spec.framing {
             Framing::Direct => {
-                self.log.status = Some(101);
+                self.log.set_status(101);
                 self.handoff =
                     Some(Box::new(HandOffState { backend: Box::new(backend), hello: framed::hello_record(&hello) }));
                 self.set_phase(Phase::HandingOff { deadline: cx.now + route.limits.write_timeout });
@@ -195,7 +322,7 @@ impl Connection {
         let mut bytes = Vec::with_capacity(256 + response.body.len());
         response.write(&mut bytes);
         self.out.push_bytes(cx.pools, &bytes);
-        self.log.status = Some(response.status);
+        self.log.set_status(response.status);
         if response.keep_alive {
             self.set_phase(Phase::Http { deadline: cx.now + cx.limits.handshake_timeout });
             true

@@ -30,13 +30,17 @@ use mio::net::TcpStream;
 
 pub use end::{AccessLog, End, SLOW_CONSUMER_CODE};
 
+use crate::admin::Reply;
 use crate::apps::backend::{Backend, HandOff};
 use crate::apps::{Action, App, AppClose, AppCtx, AppIo, Hold, Payload, Traffic};
 use crate::backend::FailureLog;
+use crate::broker::Broker;
 use crate::buffer::{OutQueue, Pools, READ_BUF_SIZE};
+use crate::config::AdminConfig;
 use crate::config::{Limits, OnBackpressure};
 use crate::encode::SharedFrame;
 use crate::http::response::Response;
+use crate::metrics::Metrics;
 use crate::pubsub::Topics;
 use crate::route::Routes;
 use crate::server::key_of;
@@ -62,6 +66,9 @@ const CORK_LIMIT: usize = 64 * 1024;
 /// as owned buffers (no copy); smaller ones are borrowed.
 const OWN_PAYLOAD_MIN: usize = 4096;
 
+/// [`Connection::route`] of a connection no route serves (yet).
+pub(crate) const NO_ROUTE: u16 = u16::MAX;
+
 /// What the loop shares with a connection for one call.
 pub struct Ctx<'a> {
     pub now: Instant,
@@ -71,12 +78,22 @@ pub struct Ctx<'a> {
     pub pools: &'a mut Pools,
     pub backend_failures: &'a mut FailureLog,
     pub topics: &'a mut Topics,
+    pub broker: &'a mut Broker,
+    pub metrics: &'a mut Metrics,
+    /// The admin listener's settings (keys also guard `require_key` log viewers).
+    pub admin: Option<&'a AdminSettings>,
     /// Where the connection's app records what the loop must do.
     pub actions: &'a mut Vec<Action>,
     /// Deliveries the connection's publishes caused during this call: past `FANOUT_BUDGET`
     /// it stops reading until the next turn, so one publisher flooding a big room cannot
     /// hold the loop.
     pub fanout: usize,
+}
+
+/// The admin listener's configuration and the route its dashboard WebSocket uses.
+pub struct AdminSettings {
+    pub config: AdminConfig,
+    pub route: crate::config::Route,
 }
 
 /// Readiness the poller reported, for the client's socket and for the app's own socket, and
@@ -156,6 +173,9 @@ enum Phase {
     Http {
         deadline: Instant,
     },
+    /// Admin listener: a request is with the loop, which answers it right after this drive
+    /// ([`Connection::answer`]); nothing more is read until then.
+    Answering,
     /// Frames flow (`Connection::ws` is set).
     Connected,
     /// Direct mode: the 101 is being written; then the socket goes to the backend.
@@ -184,6 +204,7 @@ impl Phase {
             Phase::Unknown => "unknown",
             Phase::Opening { .. } => "opening",
             Phase::Http { .. } => "handshaking",
+            Phase::Answering => "handshaking",
             Phase::Connected => "connected",
             Phase::HandingOff { .. } => "handing-off",
             Phase::HandedOff { .. } => "handed-off",
@@ -231,7 +252,14 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(id: u64, transport: Transport, peer: SocketAddr, now: Instant, limits: Arc<Limits>) -> Connection {
+    pub fn new(
+        id: u64,
+        transport: Transport,
+        peer: SocketAddr,
+        now: Instant,
+        limits: Arc<Limits>,
+        admin: bool,
+    ) -> Connection {
         Connection {
             id,
             transport,
@@ -250,7 +278,7 @@ impl Connection {
             writable: false,
             stalled_since: None,
             limits,
-            log: AccessLog::default(),
+            log: AccessLog::new(admin),
         }
     }
 
@@ -267,6 +295,68 @@ impl Connection {
     /// The connection's stable id (access line, HELLO, send-by-id).
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The index of the route serving it, once known.
+    pub fn route(&self) -> Option<usize> {
+        (self.log.route != NO_ROUTE).then_some(usize::from(self.log.route))
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.log.admin
+    }
+
+    /// When it was accepted.
+    pub fn accepted(&self) -> Instant {
+        self.accepted
+    }
+
+    /// The phase's name (for the metrics and the API).
+    pub fn state(&self) -> &'static str {
+        self.phase.name()
+    }
+
+    /// An open WebSocket (not closing).
+    pub fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Connected) && self.ws.as_ref().is_some_and(|ws| !ws.session.is_closing())
+    }
+
+    pub fn traffic(&self) -> &Traffic {
+        &self.log.traffic
+    }
+
+    /// The broker token its app holds.
+    pub fn token(&self) -> Option<&str> {
+        self.ws.as_ref().and_then(|ws| ws.app.token())
+    }
+
+    /// The access log's record (the loop counts what it says when the connection goes).
+    pub fn log_mut(&mut self) -> &mut AccessLog {
+        &mut self.log
+    }
+
+    /// A TLS client that never finished its handshake.
+    pub fn failed_tls_handshake(&self) -> bool {
+        self.transport.is_tls() && self.transport.is_handshaking()
+    }
+
+    /// Closes an open WebSocket with `code` (the admin API's disconnect).
+    pub fn disconnect(&mut self, cx: &mut Ctx<'_>, code: u16, reason: String) -> Turn {
+        self.close(cx.now, cx.pools, End::Close { code, reason: reason.into() });
+        self.drive(cx, Ready { corked: true, ..Ready::default() })
+    }
+
+    /// The loop's answer to the admin request this connection passed on: queued, then the
+    /// connection goes on (the next request, if one is already buffered).
+    pub fn answer(&mut self, cx: &mut Ctx<'_>, reply: &Reply, keep_alive: bool, head_only: bool) -> Turn {
+        if matches!(self.phase, Phase::Answering) {
+            self.set_phase(Phase::Http { deadline: cx.now + cx.limits.handshake_timeout });
+            self.send_reply(cx, reply, keep_alive, head_only);
+            if self.rend > self.rstart {
+                self.process_input(cx);
+            }
+        }
+        self.drive(cx, Ready { corked: true, ..Ready::default() })
     }
 
     pub fn socket_mut(&mut self) -> &mut TcpStream {
@@ -389,7 +479,8 @@ impl Connection {
                 Some(ws) => ws.session.deadline(&self.timing()),
                 None => None,
             },
-            Phase::Closed => None,
+            // Answered within the same turn.
+            Phase::Answering | Phase::Closed => None,
         };
         let stall = self.stalled_since.map(|t| t + self.limits.write_timeout);
         match (phase, stall) {
@@ -416,6 +507,9 @@ impl Connection {
             Phase::Connected => self.ws_timer(now),
             _ => None,
         };
+        if matches!(&end, Some(End::Close { reason, .. }) if reason == crate::ws::session::PING_TIMEOUT) {
+            cx.metrics.ping_timeouts += 1;
+        }
         if let Some(end) = end {
             self.close(cx.now, cx.pools, end);
         }
@@ -530,13 +624,13 @@ impl Connection {
         }
         match end {
             End::Refuse { status, reason } => {
-                self.log.status = Some(status);
+                self.log.set_status(status);
                 self.out.push_error_response(pools, status, &reason);
                 self.log.note_end(reason);
                 self.finish(now);
             }
             End::HeadTimeout => {
-                self.log.status = Some(408);
+                self.log.set_status(408);
                 self.log.note_end("handshake timeout");
                 self.out.push_error_response(pools, 408, "request head not received in time");
                 self.finish(now);
@@ -554,6 +648,7 @@ impl Connection {
             }
             End::Closed { code, reason } => {
                 let code = code.unwrap_or(close::NO_STATUS);
+                self.log.note_received_close(code);
                 self.log.note_close(code, reason);
                 self.rstart = self.rend;
                 self.finish(now);
@@ -645,7 +740,10 @@ impl Connection {
     fn app_closed(&mut self, cx: &mut Ctx<'_>, why: AppClose) {
         let end = match why {
             AppClose::Close(code, reason) => End::Close { code, reason },
-            AppClose::Failed(why) => End::BackendFailed(why),
+            AppClose::Failed(why) => {
+                cx.metrics.backend_deaths += 1;
+                End::BackendFailed(why)
+            }
         };
         self.close(cx.now, cx.pools, end);
     }
@@ -797,6 +895,7 @@ impl Connection {
 
     /// The TLS handshake is done: HTTP begins.
     fn opened(&mut self, cx: &mut Ctx<'_>) {
+        cx.metrics.tls_handshakes += 1;
         self.set_phase(Phase::Http { deadline: cx.now + cx.limits.handshake_timeout });
     }
 
@@ -1100,6 +1199,7 @@ fn app_ctx<'b>(
         traffic,
         backpressure_high,
         topics: cx.topics,
+        broker: cx.broker,
         actions: cx.actions,
         close,
         fanout: &mut cx.fanout,

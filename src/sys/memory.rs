@@ -16,3 +16,10 @@ pub fn trim_heap() -> bool {
         false
     }
 }
+
+/// The size of a memory page, in bytes.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096).max(1)
+}

@@ -17,3 +17,13 @@ pub fn raise_fd_limit() -> Option<u64> {
         Some(lim.rlim_cur)
     }
 }
+
+/// The soft open-file limit now in force.
+pub fn nofile_soft() -> Option<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct passed by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    Some(lim.rlim_cur)
+}

@@ -14,6 +14,9 @@ use super::frame::Role;
 use super::message::{Decoder, Event, MessageKind, MessageLimits};
 use super::ProtocolError;
 
+/// The close reason of a peer that did not answer a ping in time.
+pub const PING_TIMEOUT: &str = "ping timeout";
+
 /// The session's timers; a zero `idle_timeout` or `ping_interval` switches that timer off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
@@ -162,7 +165,7 @@ impl Session {
         }
         match self.awaiting {
             Awaiting::Pong(pinged) if now >= pinged + t.pong_timeout => {
-                Some(Due::Close(close::GOING_AWAY, "ping timeout"))
+                Some(Due::Close(close::GOING_AWAY, PING_TIMEOUT))
             }
             Awaiting::Pong(_) => None,
             _ if !t.ping_interval.is_zero() && now >= self.last_read + t.ping_interval => {

@@ -22,18 +22,28 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use socket2::{Domain, Socket, Type};
 
+mod manage;
+
 use crate::access_log::AccessLogFile;
+use crate::apps::dashboard::{ACCESS_FEED, STATS_FEED};
 use crate::apps::Action;
+use crate::broker::tokens::Fetcher;
+use crate::broker::Broker;
 use crate::buffer::Pools;
-use crate::config::{Config, Limits};
-use crate::connection::{refuse_unadmitted, Connection, Ctx, Delivered, Progress, Ready, Turn};
-use crate::encode::SharedFrame;
+use crate::config::{AppKind, Config, Limits, Route};
+use crate::connection::{refuse_unadmitted, AdminSettings, Connection, Ctx, Delivered, Progress, Ready, Turn};
+use crate::encode::{shared_frame, SharedFrame};
+use crate::logview::Tails;
+use crate::metrics::Metrics;
 use crate::pubsub::Topics;
 use crate::route::Routes;
 use crate::tls::{build_server_config, TlsSettings};
 use crate::transport::Transport;
+use crate::ws::frame::Opcode;
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
+/// The token loader thread's wake-ups.
+const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Listener `i` has token `LISTENER_BASE - i`.
 const LISTENER_BASE: usize = usize::MAX - 2;
 const MAX_LISTENERS: usize = 1024;
@@ -66,6 +76,8 @@ struct Listener {
     tls: Option<(TlsSettings, Arc<rustls::ServerConfig>)>,
     /// Readiness seen and not yet drained (edge-triggered).
     pending: bool,
+    /// The admin listener (management API, metrics, dashboard).
+    admin: bool,
 }
 
 /// A connection and the loop's bookkeeping for it.
@@ -118,7 +130,23 @@ pub struct Server {
     drain_deadline: Option<Instant>,
     /// A second stop signal: exit at the end of this turn.
     exit_now: bool,
-    refused_at_capacity: u64,
+    broker: Broker,
+    /// Loads the broker's registered tokens off the loop (`[broker] tokens`).
+    token_fetcher: Option<Fetcher>,
+    tokens_refresh: Option<Duration>,
+    tokens_refresh_at: Option<Instant>,
+    /// Wakes the loop from helper threads; kept alive here.
+    _waker: Arc<mio::Waker>,
+    metrics: Metrics,
+    admin: Option<AdminSettings>,
+    /// The files log viewers follow, and when they are next read.
+    tails: Tails,
+    tails_at: Instant,
+    /// When the dashboard's figures are next published (while someone watches).
+    stats_at: Instant,
+    started: Instant,
+    /// Scratch for a delivery's receivers (kept for its capacity).
+    scratch_keys: Vec<usize>,
     /// Set while accept() fails for lack of descriptors; logged once per episode.
     fd_exhausted: bool,
 }
@@ -146,8 +174,38 @@ impl Server {
                 bind_listener(addr).map_err(|e| io::Error::new(e.kind(), format!("listen {addr}: {e}")))?;
             let addr = socket.local_addr()?;
             poll.registry().register(&mut socket, Token(LISTENER_BASE - i), Interest::READABLE)?;
-            listeners.push(Listener { socket, addr, tls, pending: true });
+            listeners.push(Listener { socket, addr, tls, pending: true, admin: false });
         }
+        let admin = match &config.admin {
+            Some(admin) => {
+                let addr = admin.listen;
+                let mut socket =
+                    bind_listener(addr).map_err(|e| io::Error::new(e.kind(), format!("admin.listen {addr}: {e}")))?;
+                let addr = socket.local_addr()?;
+                let i = listeners.len();
+                poll.registry().register(&mut socket, Token(LISTENER_BASE - i), Interest::READABLE)?;
+                listeners.push(Listener { socket, addr, tls: None, pending: true, admin: true });
+                let mut route = Route::new("/ws", AppKind::Dashboard, config.limits);
+                // The dashboard's page connects from the admin listener's own origin.
+                route.limits = Arc::new(Limits { idle_timeout: Duration::ZERO, ..config.limits });
+                Some(AdminSettings { config: admin.clone(), route })
+            }
+            None => None,
+        };
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER_TOKEN)?);
+        let mut broker = Broker::new(config.broker.websockets_pro_quirks);
+        if let Some(source) = &config.broker.tokens {
+            // At start the list is read before anyone connects; later loads run off the loop.
+            match crate::broker::tokens::load(source, config.broker.tokens_timeout, config.broker.tokens_max_size) {
+                Ok(set) => {
+                    log::info!("broker: {} registered token(s) from {source}", set.len());
+                    broker.replace_registered(set);
+                }
+                Err(e) => log::error!("broker: tokens from {source}: {e}; starting with no registered tokens"),
+            }
+        }
+        let token_fetcher = Fetcher::start(&config.broker, Arc::clone(&waker));
+        let now = Instant::now();
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         poll.registry().register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
         let access_file = match &config.access_log {
@@ -184,21 +242,41 @@ impl Server {
             accept_paused_until: None,
             drain_deadline: None,
             exit_now: false,
-            refused_at_capacity: 0,
+            broker,
+            token_fetcher,
+            tokens_refresh: config.broker.tokens_refresh,
+            tokens_refresh_at: config.broker.tokens_refresh.map(|r| now + r),
+            _waker: waker,
+            metrics: Metrics::new(config.routes.len()),
+            admin,
+            tails: Tails::new(&config.routes),
+            tails_at: now,
+            stats_at: now,
+            started: now,
+            scratch_keys: Vec::new(),
             fd_exhausted: false,
         })
     }
 
-    /// The addresses actually bound (port 0 resolved), with whether each is TLS.
+    /// The WebSocket listeners' addresses actually bound (port 0 resolved), with whether
+    /// each is TLS.
     pub fn local_addrs(&self) -> Vec<(SocketAddr, bool)> {
-        self.listeners.iter().map(|l| (l.addr, l.tls.is_some())).collect()
+        self.listeners.iter().filter(|l| !l.admin).map(|l| (l.addr, l.tls.is_some())).collect()
+    }
+
+    /// The admin listener's address, if configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.listeners.iter().find(|l| l.admin).map(|l| l.addr)
     }
 
     /// Runs until a SIGTERM / SIGINT drain completes.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        let mut woke = Instant::now();
         loop {
             let now = Instant::now();
+            self.metrics.loop_iterations += 1;
+            self.metrics.busy += now.saturating_duration_since(woke);
             if self.exit_now {
                 log::warn!("second stop signal: exiting now");
                 return Ok(());
@@ -221,9 +299,11 @@ impl Server {
                 return Err(e);
             }
             let now = Instant::now();
+            woke = now;
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => self.on_signals(now),
+                    WAKER_TOKEN => self.tokens_loaded(),
                     Token(t) if t > LISTENER_BASE - MAX_LISTENERS => {
                         if let Some(l) = self.listeners.get_mut(LISTENER_BASE - t) {
                             l.pending = true;
@@ -243,6 +323,57 @@ impl Server {
             self.accept(now);
             if now >= self.housekeeping_at {
                 self.housekeeping(now);
+            }
+            self.periodic(now);
+        }
+    }
+
+    /// What runs on its own clock: the log viewers' files, the dashboard's figures, the
+    /// broker's token refresh.
+    fn periodic(&mut self, now: Instant) {
+        if !self.tails.is_empty() && now >= self.tails_at {
+            let mut lines = Vec::new();
+            let more = self.tails.poll(|feed, frame| {
+                lines.push((feed.to_string(), frame.clone()));
+            });
+            for (feed, frame) in lines {
+                self.publish(&feed, &frame, None, &[], now);
+            }
+            self.flush_dirty(now);
+            self.tails_at = now + if more { Duration::ZERO } else { crate::logview::POLL_INTERVAL };
+        }
+        if now >= self.stats_at {
+            self.stats_at = now + Duration::from_secs(1);
+            if self.topics.find(STATS_FEED).is_some() {
+                let frame = shared_frame(Opcode::Text, self.stats_json(now).as_bytes());
+                self.publish(STATS_FEED, &frame, None, &[], now);
+                self.flush_dirty(now);
+            }
+        }
+        if let (Some(at), Some(every)) = (self.tokens_refresh_at, self.tokens_refresh) {
+            if now >= at {
+                self.tokens_refresh_at = Some(now + every);
+                if let Some(f) = &mut self.token_fetcher {
+                    f.request();
+                }
+            }
+        }
+    }
+
+    /// The token loader finished: the new list replaces the old, or the old one stays.
+    fn tokens_loaded(&mut self) {
+        let Some(fetcher) = &mut self.token_fetcher else { return };
+        while let Some(result) = fetcher.take() {
+            match result {
+                Ok(set) => {
+                    log::info!("broker: {} registered token(s) from {}", set.len(), fetcher.source());
+                    self.broker.replace_registered(set);
+                }
+                Err(e) => log::error!(
+                    "broker: tokens from {}: {e}; keeping the {} token(s) loaded before",
+                    fetcher.source(),
+                    self.broker.registered_count()
+                ),
             }
         }
     }
@@ -272,6 +403,15 @@ impl Server {
         if let Some(t) = self.drain_deadline {
             next = Some(next.map_or(t, |n| n.min(t)));
         }
+        if !self.tails.is_empty() {
+            next = Some(next.map_or(self.tails_at, |n| n.min(self.tails_at)));
+        }
+        if self.topics.find(STATS_FEED).is_some() {
+            next = Some(next.map_or(self.stats_at, |n| n.min(self.stats_at)));
+        }
+        if let Some(t) = self.tokens_refresh_at {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
         if self.pools.has_spare() {
             // Housekeeping has something to give back; an idle server with nothing spare
             // does not wake for it.
@@ -297,10 +437,18 @@ impl Server {
             pools: &mut self.pools,
             backend_failures: &mut self.backend_failures,
             topics: &mut self.topics,
+            broker: &mut self.broker,
+            metrics: &mut self.metrics,
+            admin: self.admin.as_ref(),
             actions: &mut actions,
             fanout: 0,
         };
         let turn = f(&mut entry.conn, &mut ctx);
+        if let Some(status) = entry.conn.log_mut().take_fresh_status() {
+            let counts =
+                if entry.conn.is_admin() { &mut self.metrics.admin_requests } else { &mut self.metrics.handshakes };
+            Metrics::count(counts, status);
+        }
         for action in actions.drain(..) {
             self.apply(key, action, now);
         }
@@ -347,6 +495,25 @@ impl Server {
                     self.deliver(key, &frame, now);
                 }
             }
+            Action::Route { keys, frame } => self.route_message(&keys, &frame, now),
+            Action::Backlog(spec) => {
+                let frames: Vec<SharedFrame> =
+                    spec.files.iter().flat_map(|path| self.tails.backlog(path, spec.backlog)).cloned().collect();
+                for frame in frames {
+                    self.deliver(key, &frame, now);
+                }
+            }
+            Action::Admin(request) => self.manage(key, *request, now),
+        }
+    }
+
+    /// A broker message to the connections its receivers named.
+    fn route_message(&mut self, keys: &[usize], frame: &SharedFrame, now: Instant) {
+        self.metrics.broker_routed += 1;
+        for &key in keys {
+            if self.deliver(key, frame, now) {
+                self.metrics.broker_deliveries += 1;
+            }
         }
     }
 
@@ -368,7 +535,8 @@ impl Server {
                 continue;
             }
             let Some(entry) = self.conns.get_mut(key) else { continue };
-            match entry.conn.deliver(now, &mut self.pools, frame) {
+            let delivered = entry.conn.deliver(now, &mut self.pools, frame);
+            match delivered {
                 Delivered::Queued | Delivered::Closing => {
                     if !entry.dirty {
                         entry.dirty = true;
@@ -378,17 +546,26 @@ impl Server {
                 Delivered::Dropped => dropped += 1,
                 Delivered::NotOpen => {}
             }
+            self.metrics.deliveries += u64::from(delivered == Delivered::Queued);
+            self.metrics.slow_consumer_closes += u64::from(delivered == Delivered::Closing);
         }
         if dropped > 0 {
             self.topics.note_dropped(id, dropped);
+            self.metrics.dropped += dropped;
         }
     }
 
-    fn deliver(&mut self, key: usize, frame: &SharedFrame, now: Instant) {
-        let Some(entry) = self.conns.get_mut(key) else { return };
-        if matches!(entry.conn.deliver(now, &mut self.pools, frame), Delivered::Queued | Delivered::Closing) {
-            self.mark_dirty(key);
+    /// Queues `frame` for connection `key`; whether it was queued.
+    fn deliver(&mut self, key: usize, frame: &SharedFrame, now: Instant) -> bool {
+        let Some(entry) = self.conns.get_mut(key) else { return false };
+        let delivered = entry.conn.deliver(now, &mut self.pools, frame);
+        match delivered {
+            Delivered::Queued | Delivered::Closing => self.mark_dirty(key),
+            Delivered::Dropped => self.metrics.dropped += 1,
+            Delivered::NotOpen => {}
         }
+        self.metrics.slow_consumer_closes += u64::from(delivered == Delivered::Closing);
+        delivered == Delivered::Queued
     }
 
     /// The end of the turn: every connection with output queued during it (its own replies,
@@ -478,16 +655,42 @@ impl Server {
             // own socket is closed when the app is dropped, which removes it.
             let _ = self.poll.registry().deregister(entry.conn.socket_mut());
             self.topics.remove_connection(key);
+            self.broker.release(key);
             entry.conn.release(&mut self.pools);
+            self.count_closed(&mut entry.conn);
             let line = entry.conn.access_line(now);
+            if self.topics.find(ACCESS_FEED).is_some() {
+                let mut body = b"{\"type\":\"access\",\"line\":".to_vec();
+                let _ = serde_json::to_writer(&mut body, &line);
+                body.push(b'}');
+                self.publish(ACCESS_FEED, &shared_frame(Opcode::Text, &body), None, &[], now);
+            }
             match &mut self.access_file {
                 Some(file) => file.line(&line),
                 None => log::info!(target: "wsgate::access", "{line}"),
             }
         }
+        if !self.dirty.is_empty() {
+            self.flush_dirty(now);
+        }
         if let Some(file) = &mut self.access_file {
             file.flush();
         }
+    }
+
+    /// What a closed connection adds to the metrics.
+    fn count_closed(&mut self, conn: &mut Connection) {
+        let (sent, received) = conn.log_mut().close_codes();
+        if let Some(code) = sent {
+            Metrics::count(&mut self.metrics.closes_sent, code);
+        }
+        if let Some(code) = received {
+            Metrics::count(&mut self.metrics.closes_received, code);
+        }
+        if conn.failed_tls_handshake() {
+            self.metrics.tls_failures += 1;
+        }
+        self.metrics.add_closed(conn.route(), conn.traffic());
     }
 
     fn accept(&mut self, now: Instant) {
@@ -515,13 +718,15 @@ impl Server {
                             log::info!("accepting again: file descriptors available");
                         }
                         let tls = self.listeners[i].tls.as_ref().map(|(_, config)| config.clone());
-                        self.admit(stream, peer, tls, now)
+                        let admin = self.listeners[i].admin;
+                        self.admit(stream, peer, tls, admin, now)
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         self.listeners[i].pending = false;
                         break;
                     }
                     Err(e) if is_fd_exhaustion(&e) => {
+                        self.metrics.refused_fd += 1;
                         // The pending connection stays in the backlog; polling would report it
                         // again at once, so stop accepting for a moment instead of spinning.
                         if !self.fd_exhausted {
@@ -548,15 +753,17 @@ impl Server {
         mut stream: mio::net::TcpStream,
         peer: SocketAddr,
         tls: Option<Arc<rustls::ServerConfig>>,
+        admin: bool,
         now: Instant,
     ) {
+        self.metrics.accepted += 1;
         if self.conns.len() >= self.max_connections {
-            self.refused_at_capacity += 1;
-            if self.refused_at_capacity.is_power_of_two() {
+            self.metrics.refused_capacity += 1;
+            if self.metrics.refused_capacity.is_power_of_two() {
                 log::warn!(
                     "at max_connections ({}): refusing {peer} with 503 ({} refused so far)",
                     self.max_connections,
-                    self.refused_at_capacity
+                    self.metrics.refused_capacity
                 );
             }
             refuse_unadmitted(&mut stream, 503, "server at capacity, try again later");
@@ -583,7 +790,7 @@ impl Server {
                 }
             },
         };
-        let conn = Connection::new(token.0 as u64, transport, peer, now, Arc::clone(&self.limits));
+        let conn = Connection::new(token.0 as u64, transport, peer, now, Arc::clone(&self.limits), admin);
         entry.insert(Entry { conn, timer_at: None, dirty: false, closed: false });
         log::debug!("{peer} accepted as {key}");
         // The first drive starts its handshake clock (and reads nothing yet).
@@ -597,6 +804,10 @@ impl Server {
                 SIGHUP => {
                     self.reload_certificates();
                     self.reopen_access_log();
+                    if let Some(f) = &mut self.token_fetcher {
+                        log::info!("SIGHUP: loading the broker's tokens from {}", f.source());
+                        f.request();
+                    }
                 }
                 _ if self.drain_deadline.is_some() => self.exit_now = true,
                 _ => self.start_drain(now),

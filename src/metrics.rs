@@ -1,0 +1,267 @@
+//! The server's counters, and their Prometheus text exposition (format 0.0.4) for `GET
+//! /metrics` on the admin listener.
+//!
+//! Counting costs the hot path nothing measurable: counters are plain integers owned by the
+//! loop (no atomics, no locks), bumped where an event already costs a syscall or more, and
+//! per-route traffic is summed at scrape time from the connections' own counters (which the
+//! access log keeps anyway) plus the totals of those that closed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::apps::Traffic;
+
+/// Counters kept by the loop.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub accepted: u64,
+    pub refused_capacity: u64,
+    /// accept() failures for lack of descriptors (EMFILE, ENFILE...).
+    pub refused_fd: u64,
+    /// Responses to requests on the WebSocket listeners, by status (101: upgraded).
+    pub handshakes: BTreeMap<u16, u64>,
+    pub closes_sent: BTreeMap<u16, u64>,
+    pub closes_received: BTreeMap<u16, u64>,
+    pub ping_timeouts: u64,
+    pub tls_handshakes: u64,
+    pub tls_failures: u64,
+    pub backend_connects: u64,
+    pub backend_failures: u64,
+    /// Backends that failed while connected (clients closed with 1011).
+    pub backend_deaths: u64,
+    /// Messages queued to subscribers by publishes (topics, rooms, feeds).
+    pub deliveries: u64,
+    /// Published messages skipped for slow subscribers (policy "drop").
+    pub dropped: u64,
+    /// Subscribers closed for being too slow (policy "close").
+    pub slow_consumer_closes: u64,
+    /// Broker messages routed, and the deliveries they made.
+    pub broker_routed: u64,
+    pub broker_deliveries: u64,
+    pub admin_requests: BTreeMap<u16, u64>,
+    pub loop_iterations: u64,
+    /// Time from the end of one poll to the start of the next.
+    pub busy: Duration,
+    /// Traffic of closed connections, per route index (the last entry: no route).
+    pub closed_traffic: Vec<Traffic>,
+}
+
+impl Metrics {
+    pub fn new(routes: usize) -> Metrics {
+        Metrics { closed_traffic: vec![Traffic::default(); routes + 1], ..Metrics::default() }
+    }
+
+    pub fn count(map: &mut BTreeMap<u16, u64>, code: u16) {
+        *map.entry(code).or_insert(0) += 1;
+    }
+
+    /// Adds a closed connection's traffic to its route's totals.
+    pub fn add_closed(&mut self, route: Option<usize>, t: &Traffic) {
+        let last = self.closed_traffic.len() - 1;
+        let slot = &mut self.closed_traffic[route.unwrap_or(last).min(last)];
+        add_traffic(slot, t);
+    }
+}
+
+pub fn add_traffic(into: &mut Traffic, t: &Traffic) {
+    into.msgs_in += t.msgs_in;
+    into.bytes_in += t.bytes_in;
+    into.msgs_out += t.msgs_out;
+    into.bytes_out += t.bytes_out;
+}
+
+/// What the loop knows only at scrape time.
+pub struct Snapshot<'a> {
+    pub version: &'a str,
+    pub uptime: Duration,
+    /// Open connections by phase name.
+    pub by_state: BTreeMap<&'static str, u64>,
+    /// Per route (path, app): open connections and traffic (closed and open together).
+    pub routes: Vec<(&'a str, &'static str, u64, Traffic)>,
+    pub topics: usize,
+    pub subscriptions: usize,
+    pub broker_tokens_held: usize,
+    pub broker_tokens_registered: usize,
+    pub rss_bytes: Option<u64>,
+    pub open_fds: Option<u64>,
+    pub max_fds: Option<u64>,
+    pub pool_bytes: usize,
+}
+
+/// Prometheus text format 0.0.4.
+pub fn render(m: &Metrics, s: &Snapshot<'_>) -> String {
+    let mut out = String::with_capacity(8192);
+    let o = &mut out;
+    family(o, "wsgate_build_info", "gauge", "The running build.");
+    sample(o, "wsgate_build_info", &[("version", s.version)], 1);
+    family(o, "wsgate_uptime_seconds", "gauge", "Seconds since the server started.");
+    sample_f(o, "wsgate_uptime_seconds", &[], s.uptime.as_secs_f64());
+
+    family(o, "wsgate_connections_open", "gauge", "Open client connections by state.");
+    for state in ["opening", "handshaking", "connected", "flushing", "lingering", "handing-off", "handed-off"] {
+        let n = s.by_state.get(state).copied().unwrap_or(0);
+        sample(o, "wsgate_connections_open", &[("state", state)], n);
+    }
+    family(o, "wsgate_connections_accepted_total", "counter", "Client connections accepted.");
+    sample(o, "wsgate_connections_accepted_total", &[], m.accepted);
+    family(o, "wsgate_connections_refused_total", "counter", "Client connections refused, by reason.");
+    sample(o, "wsgate_connections_refused_total", &[("reason", "capacity")], m.refused_capacity);
+    sample(o, "wsgate_connections_refused_total", &[("reason", "emfile")], m.refused_fd);
+
+    family(
+        o,
+        "wsgate_handshakes_total",
+        "counter",
+        "Requests answered on the WebSocket listeners, by HTTP status (101: upgraded).",
+    );
+    for (status, n) in &m.handshakes {
+        sample(o, "wsgate_handshakes_total", &[("status", &status.to_string())], *n);
+    }
+
+    family(o, "wsgate_route_connections_open", "gauge", "Open connections per route.");
+    for (path, app, open, _) in &s.routes {
+        sample(o, "wsgate_route_connections_open", &[("route", path), ("app", app)], *open);
+    }
+    for (name, help, pick) in [
+        ("wsgate_messages_received_total", "WebSocket messages received from clients, per route.", 0),
+        ("wsgate_messages_sent_total", "WebSocket messages sent to clients, per route.", 1),
+        ("wsgate_bytes_received_total", "WebSocket payload bytes received from clients, per route.", 2),
+        ("wsgate_bytes_sent_total", "WebSocket payload bytes sent to clients, per route.", 3),
+    ] {
+        family(o, name, "counter", help);
+        for (path, app, _, t) in &s.routes {
+            let v = [t.msgs_in, t.msgs_out, t.bytes_in, t.bytes_out][pick];
+            sample(o, name, &[("route", path), ("app", app)], v);
+        }
+    }
+
+    family(o, "wsgate_close_codes_total", "counter", "WebSocket close codes, by who sent them.");
+    for (side, map) in [("sent", &m.closes_sent), ("received", &m.closes_received)] {
+        for (code, n) in map {
+            sample(o, "wsgate_close_codes_total", &[("code", &code.to_string()), ("side", side)], *n);
+        }
+    }
+    family(o, "wsgate_ping_timeouts_total", "counter", "Clients closed for not answering a ping.");
+    sample(o, "wsgate_ping_timeouts_total", &[], m.ping_timeouts);
+
+    family(o, "wsgate_tls_handshakes_total", "counter", "TLS handshakes, by result.");
+    sample(o, "wsgate_tls_handshakes_total", &[("result", "ok")], m.tls_handshakes);
+    sample(o, "wsgate_tls_handshakes_total", &[("result", "failed")], m.tls_failures);
+
+    family(o, "wsgate_backend_connects_total", "counter", "Backend connections, by result.");
+    sample(o, "wsgate_backend_connects_total", &[("result", "ok")], m.backend_connects);
+    sample(o, "wsgate_backend_connects_total", &[("result", "failed")], m.backend_failures);
+    family(o, "wsgate_backend_deaths_total", "counter", "Backends that failed while serving a client.");
+    sample(o, "wsgate_backend_deaths_total", &[], m.backend_deaths);
+
+    family(o, "wsgate_pubsub_topics", "gauge", "Topics with at least one subscriber.");
+    sample(o, "wsgate_pubsub_topics", &[], s.topics as u64);
+    family(o, "wsgate_pubsub_subscriptions", "gauge", "Subscriptions.");
+    sample(o, "wsgate_pubsub_subscriptions", &[], s.subscriptions as u64);
+    family(o, "wsgate_pubsub_deliveries_total", "counter", "Published messages queued to subscribers.");
+    sample(o, "wsgate_pubsub_deliveries_total", &[], m.deliveries);
+    family(o, "wsgate_pubsub_dropped_total", "counter", "Published messages skipped for slow subscribers.");
+    sample(o, "wsgate_pubsub_dropped_total", &[], m.dropped);
+    family(o, "wsgate_slow_consumer_closes_total", "counter", "Subscribers closed for being too slow.");
+    sample(o, "wsgate_slow_consumer_closes_total", &[], m.slow_consumer_closes);
+
+    family(o, "wsgate_broker_routed_total", "counter", "Broker messages routed to tokens.");
+    sample(o, "wsgate_broker_routed_total", &[], m.broker_routed);
+    family(o, "wsgate_broker_deliveries_total", "counter", "Deliveries made by routed broker messages.");
+    sample(o, "wsgate_broker_deliveries_total", &[], m.broker_deliveries);
+    family(o, "wsgate_broker_tokens", "gauge", "Broker tokens, held by clients or registered.");
+    sample(o, "wsgate_broker_tokens", &[("kind", "held")], s.broker_tokens_held as u64);
+    sample(o, "wsgate_broker_tokens", &[("kind", "registered")], s.broker_tokens_registered as u64);
+
+    family(o, "wsgate_admin_requests_total", "counter", "Admin listener requests, by HTTP status.");
+    for (status, n) in &m.admin_requests {
+        sample(o, "wsgate_admin_requests_total", &[("status", &status.to_string())], *n);
+    }
+
+    family(o, "wsgate_loop_iterations_total", "counter", "Turns of the event loop.");
+    sample(o, "wsgate_loop_iterations_total", &[], m.loop_iterations);
+    family(o, "wsgate_loop_busy_seconds_total", "counter", "Time the loop spent working (not waiting in poll).");
+    sample_f(o, "wsgate_loop_busy_seconds_total", &[], m.busy.as_secs_f64());
+    family(o, "wsgate_buffer_pool_bytes", "gauge", "Bytes of free I/O buffers kept for reuse.");
+    sample(o, "wsgate_buffer_pool_bytes", &[], s.pool_bytes as u64);
+
+    if let Some(rss) = s.rss_bytes {
+        family(o, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+        sample(o, "process_resident_memory_bytes", &[], rss);
+    }
+    if let Some(fds) = s.open_fds {
+        family(o, "process_open_fds", "gauge", "Number of open file descriptors.");
+        sample(o, "process_open_fds", &[], fds);
+    }
+    if let Some(max) = s.max_fds {
+        family(o, "process_max_fds", "gauge", "Maximum number of open file descriptors.");
+        sample(o, "process_max_fds", &[], max);
+    }
+    out
+}
+
+fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+}
+
+fn labels(o: &mut String, labels: &[(&str, &str)]) {
+    if labels.is_empty() {
+        return;
+    }
+    o.push('{');
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            o.push(',');
+        }
+        o.push_str(k);
+        o.push_str("=\"");
+        // Label values escape backslash, double quote and newline (format 0.0.4).
+        for c in v.chars() {
+            match c {
+                '\\' => o.push_str("\\\\"),
+                '"' => o.push_str("\\\""),
+                '\n' => o.push_str("\\n"),
+                c => o.push(c),
+            }
+        }
+        o.push('"');
+    }
+    o.push('}');
+}
+
+fn sample(o: &mut String, name: &str, l: &[(&str, &str)], v: u64) {
+    o.push_str(name);
+    labels(o, l);
+    let _ = writeln!(o, " {v}");
+}
+
+fn sample_f(o: &mut String, name: &str, l: &[(&str, &str)], v: f64) {
+    o.push_str(name);
+    labels(o, l);
+    let _ = writeln!(o, " {v}");
+}
+
+/// This process's resident memory and descriptors (Linux /proc), for the scrape.
+pub fn process_figures() -> (Option<u64>, Option<u64>, Option<u64>) {
+    let rss = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map(|pages| pages * crate::sys::memory::page_size());
+    let fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count().saturating_sub(1) as u64);
+    let max = crate::sys::rlimit::nofile_soft();
+    (rss, fds, max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut o = String::new();
+        sample(&mut o, "x", &[("route", "/a\"b\\c\nd")], 3);
+        assert_eq!(o, "x{route=\"/a\\\"b\\\\c\\nd\"} 3\n");
+    }
+}
