@@ -818,7 +818,7 @@ anyone who can reach it could manage the server (add a key, or listen on 127.0.0
                     admin.listen
                 ));
             }
-            if self.listen.iter().any(|l| l.addr == admin.listen) {
+            if admin.listen.port() != 0 && self.listen.iter().any(|l| l.addr == admin.listen) {
                 return err(format!("admin.listen: {} is also a WebSocket listener", admin.listen));
             }
         }

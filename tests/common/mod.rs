@@ -15,6 +15,8 @@ pub const WAIT: Duration = Duration::from_secs(20);
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin listener (port 0 resolved), when the config has one.
+    pub admin: Option<SocketAddr>,
     pub log: Arc<Mutex<Vec<String>>>,
     _config: Option<tempfile_path::TempPath>,
 }
@@ -97,8 +99,12 @@ impl Server {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = channel();
         let sink = log.clone();
+        let (admin_tx, admin_rx) = channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("the dashboard on http://").nth(1) {
+                    let _ = admin_tx.send(rest.trim_end_matches('/').to_string());
+                }
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     let first = rest.split(',').next().unwrap_or("");
                     let _ = tx.send(first.split_whitespace().next().unwrap_or("").to_string());
@@ -113,7 +119,14 @@ impl Server {
                 panic!("server did not start; log: {:?}", log.lock().unwrap());
             }
         };
-        Server { child, addr, log, _config: config }
+        // The server logs the admin listener before the WebSocket listeners.
+        let admin = admin_rx.try_recv().ok().map(|a| a.parse().expect("admin address"));
+        Server { child, addr, admin, log, _config: config }
+    }
+
+    /// `http://ADMIN` + `path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin.expect("an admin listener"), path)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -364,4 +377,36 @@ pub fn client(url: &str) -> tungstenite::WebSocket<tungstenite::stream::MaybeTls
 /// Waits (bounded) for a channel message; for tests that run clients on threads.
 pub fn recv_within<T>(rx: &Receiver<T>) -> T {
     rx.recv_timeout(WAIT).expect("timed out")
+}
+
+/// An HTTP request with ureq (independent of the server's code): status and body, whatever
+/// the status.
+pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<(&str, &[u8])>) -> (u16, String) {
+    let agent = ureq::AgentBuilder::new().timeout(WAIT).build();
+    let mut req = agent.request(method, url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let result = match body {
+        Some((content_type, bytes)) => req.set("Content-Type", content_type).send_bytes(bytes),
+        None => req.call(),
+    };
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = response.status();
+    (status, response.into_string().unwrap_or_default())
+}
+
+/// Reads text messages until `pred` matches one (bounded by `WAIT`); returns it.
+pub fn read_text(ws: &mut tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>) -> String {
+    loop {
+        match ws.read().expect("read") {
+            tungstenite::Message::Text(t) => return t.as_str().to_string(),
+            tungstenite::Message::Binary(b) => return format!("binary:{}", String::from_utf8_lossy(&b)),
+            _ => {}
+        }
+    }
 }
