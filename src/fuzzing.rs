@@ -292,3 +292,64 @@ mod tests {
         assert!(replayed >= 5, "the seed corpus is missing");
     }
 }
+
+/// The admin listener's request parsing: never panics; an error is a JSON error body with a
+/// 4xx status; a command's scope is defined. The input is `METHOD PATH?QUERY\nCONTENT-TYPE\nBODY`.
+pub fn admin_request(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.splitn(3, '\n');
+    let line = parts.next().unwrap_or("");
+    let content_type = parts.next().unwrap_or("").to_string();
+    let body = parts.next().unwrap_or("").as_bytes().to_vec();
+    let (method, target) = line.split_once(' ').unwrap_or(("POST", line));
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let req = crate::admin::Request {
+        method: method.to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
+        content_type,
+        key: None,
+        body,
+        keep_alive: true,
+    };
+    match crate::admin::parse(&req) {
+        Ok(command) => {
+            let _ = command.scope();
+        }
+        Err(reply) => {
+            assert!((400..500).contains(&reply.status));
+            let v: serde_json::Value = serde_json::from_slice(&reply.body).expect("a JSON error");
+            assert_eq!(v["error"]["code"].as_u64(), Some(u64::from(reply.status)));
+        }
+    }
+}
+
+/// Broker messages and token lists: splitting and resolving receivers never panic; every
+/// connection resolved holds a token the receivers name (exactly, or by a `/` prefix), and
+/// none twice; a parsed token list holds only well-formed tokens.
+pub fn broker_message(data: &[u8]) {
+    use crate::broker::{check_token, split_routed, tokens, Broker};
+    let mut broker = Broker::new(false);
+    let held = ["abc1", "abc2", "group/item1", "group/item2", "group/", "unregistered", "a"];
+    for (key, token) in held.iter().enumerate() {
+        broker.hold(key, token);
+    }
+    broker.hold(held.len(), "abc1");
+    if let Some((receivers, _payload)) = split_routed(data) {
+        let mut keys = Vec::new();
+        broker.receivers(receivers, &mut keys);
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), keys.len(), "a receiver twice");
+        let text = std::str::from_utf8(receivers).unwrap_or("");
+        let entries: Vec<&str> = text.split(',').map(|e| e.trim_matches(' ')).collect();
+        for key in keys {
+            let token = held.get(key).copied().unwrap_or("abc1");
+            assert!(entries.iter().any(|e| *e == token || (e.ends_with('/') && token.starts_with(e))));
+        }
+    }
+    if let Ok(set) = tokens::parse(data) {
+        assert!(set.iter().all(|t| check_token(t).is_ok()));
+    }
+}

@@ -239,6 +239,12 @@ impl Tail {
 
     fn line(&mut self, line: &[u8], publish: &mut dyn FnMut(&str, &SharedFrame)) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.len() > MAX_LINE {
+            for piece in line.chunks(MAX_LINE) {
+                self.line(piece, publish);
+            }
+            return;
+        }
         let mut body = Vec::with_capacity(line.len() + self.feed.len() + 24);
         body.extend_from_slice(b"{\"file\":");
         let _ = serde_json::to_writer(&mut body, &*self.path.to_string_lossy());

@@ -67,7 +67,8 @@ impl Connection {
                     let mut head = Vec::with_capacity(160);
                     handshake::write_accept(&mut head, &accepted);
                     self.out.push_bytes(cx.pools, &head);
-                    self.open(cx, route, Box::new(Dashboard));
+                    let log_files = Arc::clone(&admin.log_files);
+                    self.open(cx, route, Box::new(Dashboard { log_files }));
                     true
                 }
                 Err(e) => self.reply(cx, &Reply::error(e.status(), e.reason()), false),
@@ -201,7 +202,10 @@ impl Connection {
                 }
                 Box::new(Logview::new(Arc::clone(spec)))
             }
-            AppKind::Dashboard => Box::new(Dashboard),
+            AppKind::Dashboard => {
+                let log_files = cx.admin.map(|a| Arc::clone(&a.log_files)).unwrap_or_else(|| Arc::from([]));
+                Box::new(Dashboard { log_files })
+            }
             AppKind::Backend | AppKind::Demo => {
                 let Some((backend, named)) = self.connect_backend(cx, req, route) else { return false };
                 // A subprotocol that named the socket is the one accepted.

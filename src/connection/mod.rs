@@ -94,6 +94,8 @@ pub struct Ctx<'a> {
 pub struct AdminSettings {
     pub config: AdminConfig,
     pub route: crate::config::Route,
+    /// Every file a log viewer follows (the dashboard shows them too).
+    pub log_files: Arc<[std::path::PathBuf]>,
 }
 
 /// Readiness the poller reported, for the client's socket and for the app's own socket, and

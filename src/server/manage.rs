@@ -306,6 +306,7 @@ impl Server {
             .collect();
         serde_json::json!({
             "type": "stats",
+            "version": s.version,
             "uptime_seconds": s.uptime.as_secs(),
             "connections": self.conns.len(),
             "by_state": s.by_state,

@@ -188,7 +188,11 @@ impl Server {
                 let mut route = Route::new("/ws", AppKind::Dashboard, config.limits);
                 // The dashboard's page connects from the admin listener's own origin.
                 route.limits = Arc::new(Limits { idle_timeout: Duration::ZERO, ..config.limits });
-                Some(AdminSettings { config: admin.clone(), route })
+                let mut log_files: Vec<std::path::PathBuf> =
+                    config.routes.iter().filter_map(|r| r.logview.as_ref()).flat_map(|l| l.files.clone()).collect();
+                log_files.sort();
+                log_files.dedup();
+                Some(AdminSettings { config: admin.clone(), route, log_files: log_files.into() })
             }
             None => None,
         };
