@@ -264,35 +264,6 @@ fn check_server_frames(bytes: &[u8], max: usize) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    /// Every committed seed (and every input that ever failed, kept as a seed) replays
-    /// clean under `cargo test`, not only under the fuzzer.
-    #[test]
-    fn committed_corpus_replays_clean() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
-        type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 5] = [
-            ("frame_header", super::frame_header),
-            ("handshake", super::handshake),
-            ("message_assembly", super::message_assembly),
-            ("unmask", super::unmask_vs_naive),
-            ("backend_framing", super::backend_framing),
-        ];
-        let mut replayed = 0;
-        for (name, run) in targets {
-            let Ok(dir) = std::fs::read_dir(root.join(name)) else { continue };
-            for entry in dir.flatten() {
-                if entry.file_name().to_string_lossy().starts_with("seed-") {
-                    run(&std::fs::read(entry.path()).unwrap());
-                    replayed += 1;
-                }
-            }
-        }
-        assert!(replayed >= 5, "the seed corpus is missing");
-    }
-}
-
 /// The admin listener's request parsing: never panics; an error is a JSON error body with a
 /// 4xx status; a command's scope is defined. The input is `METHOD PATH?QUERY\nCONTENT-TYPE\nBODY`.
 pub fn admin_request(data: &[u8]) {
@@ -351,5 +322,34 @@ pub fn broker_message(data: &[u8]) {
     }
     if let Ok(set) = tokens::parse(data) {
         assert!(set.iter().all(|t| check_token(t).is_ok()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every committed seed (and every input that ever failed, kept as a seed) replays
+    /// clean under `cargo test`, not only under the fuzzer.
+    #[test]
+    fn committed_corpus_replays_clean() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+        type Target = (&'static str, fn(&[u8]));
+        let targets: [Target; 5] = [
+            ("frame_header", super::frame_header),
+            ("handshake", super::handshake),
+            ("message_assembly", super::message_assembly),
+            ("unmask", super::unmask_vs_naive),
+            ("backend_framing", super::backend_framing),
+        ];
+        let mut replayed = 0;
+        for (name, run) in targets {
+            let Ok(dir) = std::fs::read_dir(root.join(name)) else { continue };
+            for entry in dir.flatten() {
+                if entry.file_name().to_string_lossy().starts_with("seed-") {
+                    run(&std::fs::read(entry.path()).unwrap());
+                    replayed += 1;
+                }
+            }
+        }
+        assert!(replayed >= 5, "the seed corpus is missing");
     }
 }
