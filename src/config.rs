@@ -1016,7 +1016,7 @@ fn admin_config(a: AdminSection, base: &Path) -> Result<AdminConfig, String> {
         }
         keys.push(ApiKey { key, scope });
     }
-    let max_body = a.max_body.map_or(64 << 10, |b| b.0);
+    let max_body = a.max_body.map_or(crate::admin::DEFAULT_MAX_BODY, |b| b.0);
     if !(1..=crate::admin::MAX_BODY_LIMIT).contains(&max_body) {
         return Err(format!("admin.max_body: must be 1 byte to {} KiB", crate::admin::MAX_BODY_LIMIT >> 10));
     }

@@ -17,8 +17,10 @@ use serde_json::value::RawValue;
 use crate::config::{ApiKey, Scope};
 use crate::http::request::Request as Head;
 
-/// The largest `max_body` accepted: a request must fit one read buffer with its head.
-pub const MAX_BODY_LIMIT: usize = 1 << 20;
+/// The largest `max_body` accepted: a request must fit one 64 KiB read buffer with its head.
+pub const MAX_BODY_LIMIT: usize = 48 << 10;
+/// `max_body` unless configured.
+pub const DEFAULT_MAX_BODY: usize = 32 << 10;
 
 /// One admin request, owned (it outlives the read buffer it came from).
 #[derive(Debug)]

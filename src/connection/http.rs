@@ -92,7 +92,11 @@ impl Connection {
         // The whole request must fit one read buffer; max_body is checked to leave room.
         if length > admin.config.max_body || head_len + length > crate::buffer::READ_BUF_SIZE {
             self.rstart += head_len;
-            let message = format!("body larger than {} bytes", admin.config.max_body);
+            let message = if length > admin.config.max_body {
+                format!("body larger than max_body ({} bytes)", admin.config.max_body)
+            } else {
+                format!("head and body larger than {} bytes", crate::buffer::READ_BUF_SIZE)
+            };
             return self.reply(cx, &Reply::error(413, &message), false);
         }
         let start = self.rstart + head_len;
