@@ -243,15 +243,20 @@ fn sample_f(o: &mut String, name: &str, l: &[(&str, &str)], v: f64) {
     let _ = writeln!(o, " {v}");
 }
 
-/// This process's resident memory and descriptors (Linux /proc), for the scrape.
-pub fn process_figures() -> (Option<u64>, Option<u64>, Option<u64>) {
-    let rss = std::fs::read_to_string("/proc/self/statm")
+/// This process's resident memory (Linux /proc).
+pub fn rss_bytes() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
-        .map(|pages| pages * crate::sys::memory::page_size());
+        .map(|pages| pages * crate::sys::memory::page_size())
+}
+
+/// This process's open descriptors and their limit. Counting reads /proc/self/fd, which
+/// takes a few milliseconds at tens of thousands of descriptors: for scrapes, not for the
+/// dashboard's once-a-second figures.
+pub fn fd_figures() -> (Option<u64>, Option<u64>) {
     let fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count().saturating_sub(1) as u64);
-    let max = crate::sys::rlimit::nofile_soft();
-    (rss, fds, max)
+    (fds, crate::sys::rlimit::nofile_soft())
 }
 
 #[cfg(test)]

@@ -83,6 +83,9 @@ fn receivers_exact_group_and_echo() {
     // A bad token is refused with a message, not a close.
     send(&mut a, "RegisterToken:a,b");
     assert!(read_text(&mut a).starts_with("Error:"));
+    // A receivers part over 16 KiB is refused: resolving a message is bounded work.
+    send(&mut a, &format!("{}|x", "abc1,".repeat(4000)));
+    assert_eq!(read_text(&mut a), "Error:receivers list too long");
     // Disconnected clients leave their token.
     drop(d);
     std::thread::sleep(Duration::from_millis(100));

@@ -102,7 +102,7 @@ pub fn authorize(keys: &[ApiKey], presented: Option<&str>, needed: Scope) -> Res
         return Ok(());
     }
     let Some(presented) = presented.filter(|k| !k.is_empty()) else {
-        return Err(Reply::error(401, "a key is required (Authorization: Bearer KEY)"));
+        return Err(Reply::error(401, "a key is required (Authorization: Bearer KEY, X-API-Key: KEY, or ?key=KEY)"));
     };
     let digest = sha1_smol::Sha1::from(presented).digest().bytes();
     let mut granted: Option<Scope> = None;

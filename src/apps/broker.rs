@@ -19,7 +19,7 @@
 
 use super::pubsub::MAX_ERRORS_IN_A_ROW;
 use super::{App, AppClose, AppCtx, Payload};
-use crate::broker::{check_token, quirks_payload, split_routed, TokenError, UNREGISTERED};
+use crate::broker::{check_token, quirks_payload, split_routed, TokenError, MAX_RECEIVERS_LEN, UNREGISTERED};
 use crate::config::BrokerRoute;
 use crate::encode::shared_frame;
 use crate::ws::close;
@@ -85,6 +85,9 @@ impl BrokerClient {
         };
         if !self.policy.client_publish {
             return Err("routing messages is not allowed on this route");
+        }
+        if receivers.len() > MAX_RECEIVERS_LEN {
+            return Err("receivers list too long");
         }
         let frame = if quirks {
             shared_frame(MessageKind::Text.opcode(), &quirks_payload(payload))

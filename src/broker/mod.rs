@@ -16,6 +16,9 @@ use crate::pubsub::Topics;
 pub const UNREGISTERED: &str = "unregistered";
 /// Longest token accepted (from the URL, `RegisterToken:`, the admin API).
 pub const MAX_TOKEN_LEN: usize = 256;
+/// Longest receivers part of a routed message (hundreds of tokens): resolving a message is
+/// bounded work whatever its size.
+pub const MAX_RECEIVERS_LEN: usize = 16 << 10;
 
 #[derive(Debug)]
 pub struct Broker {
@@ -127,15 +130,19 @@ impl Broker {
 
     /// The keys of the connections `receivers` names, each once, in `out` (cleared first).
     /// `a,b` are exact tokens and `group/` (ending in `/`) every token with that prefix; with
-    /// quirks, every connection whose token occurs anywhere in `receivers`.
+    /// quirks, every connection whose token occurs anywhere in `receivers`. A receivers part
+    /// over [`MAX_RECEIVERS_LEN`] names nobody (the caller refuses it first).
     pub fn receivers(&self, receivers: &[u8], out: &mut Vec<usize>) {
         out.clear();
+        if receivers.len() > MAX_RECEIVERS_LEN {
+            return;
+        }
         let Ok(receivers) = std::str::from_utf8(receivers) else { return };
         let mut lists = 0;
         if self.quirks {
             for (_, topic) in self.tokens.with_prefix("") {
                 let name = self.tokens.name(topic);
-                if !name.is_empty() && receivers.contains(name) {
+                if !name.is_empty() && memchr::memmem::find(receivers.as_bytes(), name.as_bytes()).is_some() {
                     out.extend(self.tokens.members(topic));
                     lists += 1;
                 }

@@ -130,6 +130,9 @@ impl Server {
                 let Some((receivers, payload)) = split_routed(message.as_bytes()) else {
                     return Reply::error(400, "message: expected receivers|text, e.g. abc1,group/|Hello").with_cors();
                 };
+                if receivers.len() > crate::broker::MAX_RECEIVERS_LEN {
+                    return Reply::error(400, "message: receivers list too long").with_cors();
+                }
                 let frame = if self.broker.quirks {
                     shared_frame(Opcode::Text, &quirks_payload(payload))
                 } else {
@@ -177,7 +180,8 @@ impl Server {
         self.conns.get(key).filter(|e| e.conn.id() == id && e.conn.is_open()).map(|_| key)
     }
 
-    fn snapshot(&self, now: Instant) -> Snapshot<'_> {
+    /// The figures only a walk of the connections gives; `fds`: count descriptors too.
+    fn snapshot(&self, now: Instant, fds: bool) -> Snapshot<'_> {
         let mut by_state = BTreeMap::new();
         let mut routes: Vec<(&str, &'static str, u64, crate::apps::Traffic)> =
             self.routes.iter().map(|r| (&*r.path, r.app.name(), 0, crate::apps::Traffic::default())).collect();
@@ -192,7 +196,8 @@ impl Server {
             }
         }
         let (subscriptions, topics) = self.topics.len();
-        let (rss_bytes, open_fds, max_fds) = metrics::process_figures();
+        let (open_fds, max_fds) = if fds { self.fd_figures(now) } else { (None, None) };
+        let rss_bytes = metrics::rss_bytes();
         Snapshot {
             version: env!("CARGO_PKG_VERSION"),
             uptime: now.saturating_duration_since(self.started),
@@ -209,12 +214,26 @@ impl Server {
         }
     }
 
+    /// Descriptor figures, counted at most once a second (counting walks /proc/self/fd, which
+    /// takes milliseconds at tens of thousands: a client hammering /metrics must not make
+    /// the loop do that for every request).
+    fn fd_figures(&self, now: Instant) -> (Option<u64>, Option<u64>) {
+        match self.fd_figures_cache.get() {
+            Some((at, figures)) if now.saturating_duration_since(at) < std::time::Duration::from_secs(1) => figures,
+            _ => {
+                let figures = metrics::fd_figures();
+                self.fd_figures_cache.set(Some((now, figures)));
+                figures
+            }
+        }
+    }
+
     fn metrics_text(&self, now: Instant) -> String {
-        metrics::render(&self.metrics, &self.snapshot(now))
+        metrics::render(&self.metrics, &self.snapshot(now, true))
     }
 
     fn info_json(&self, now: Instant) -> String {
-        let s = self.snapshot(now);
+        let s = self.snapshot(now, true);
         let l = &self.limits;
         serde_json::json!({ "result": {
             "version": s.version,
@@ -278,7 +297,7 @@ impl Server {
 
     /// The dashboard's once-a-second figures.
     pub(super) fn stats_json(&self, now: Instant) -> String {
-        let s = self.snapshot(now);
+        let s = self.snapshot(now, false);
         let m = &self.metrics;
         let (mut msgs_in, mut msgs_out, mut bytes_in, mut bytes_out) = (0u64, 0u64, 0u64, 0u64);
         for (_, _, _, t) in &s.routes {

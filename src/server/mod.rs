@@ -147,6 +147,8 @@ pub struct Server {
     started: Instant,
     /// Scratch for a delivery's receivers (kept for its capacity).
     scratch_keys: Vec<usize>,
+    /// The last count of open descriptors and the limit, and when it was taken.
+    fd_figures_cache: std::cell::Cell<Option<(Instant, (Option<u64>, Option<u64>))>>,
     /// Set while accept() fails for lack of descriptors; logged once per episode.
     fd_exhausted: bool,
 }
@@ -258,6 +260,7 @@ impl Server {
             stats_at: now,
             started: now,
             scratch_keys: Vec::new(),
+            fd_figures_cache: std::cell::Cell::new(None),
             fd_exhausted: false,
         })
     }
