@@ -251,10 +251,13 @@ pub fn rss_bytes() -> Option<u64> {
         .map(|pages| pages * crate::sys::memory::page_size())
 }
 
+/// Open descriptors and their limit, when known.
+pub type FdFigures = (Option<u64>, Option<u64>);
+
 /// This process's open descriptors and their limit. Counting reads /proc/self/fd, which
 /// takes a few milliseconds at tens of thousands of descriptors: for scrapes, not for the
 /// dashboard's once-a-second figures.
-pub fn fd_figures() -> (Option<u64>, Option<u64>) {
+pub fn fd_figures() -> FdFigures {
     let fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count().saturating_sub(1) as u64);
     (fds, crate::sys::rlimit::nofile_soft())
 }

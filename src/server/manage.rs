@@ -217,7 +217,7 @@ impl Server {
     /// Descriptor figures, counted at most once a second (counting walks /proc/self/fd, which
     /// takes milliseconds at tens of thousands: a client hammering /metrics must not make
     /// the loop do that for every request).
-    fn fd_figures(&self, now: Instant) -> (Option<u64>, Option<u64>) {
+    fn fd_figures(&self, now: Instant) -> metrics::FdFigures {
         match self.fd_figures_cache.get() {
             Some((at, figures)) if now.saturating_duration_since(at) < std::time::Duration::from_secs(1) => figures,
             _ => {

@@ -148,7 +148,7 @@ pub struct Server {
     /// Scratch for a delivery's receivers (kept for its capacity).
     scratch_keys: Vec<usize>,
     /// The last count of open descriptors and the limit, and when it was taken.
-    fd_figures_cache: std::cell::Cell<Option<(Instant, (Option<u64>, Option<u64>))>>,
+    fd_figures_cache: std::cell::Cell<Option<(Instant, crate::metrics::FdFigures)>>,
     /// Set while accept() fails for lack of descriptors; logged once per episode.
     fd_exhausted: bool,
 }
