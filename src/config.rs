@@ -42,10 +42,27 @@ pub struct Config {
 /// use them.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
-    pub listen: SocketAddr,
+    pub listen: AdminListen,
     pub keys: Arc<[ApiKey]>,
     /// Largest request body accepted (413 above).
     pub max_body: usize,
+}
+
+/// Where the admin listener listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    Tcp(SocketAddr),
+    /// A UNIX-domain socket (`unix:/run/wsgate/admin.sock`): guarded by its file permissions.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for AdminListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminListen::Tcp(a) => write!(f, "{a}"),
+            AdminListen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
 }
 
 /// One management key and what it may do.
@@ -371,7 +388,7 @@ struct File {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AdminSection {
-    listen: Addr,
+    listen: String,
     max_body: Option<ByteSize>,
     #[serde(default, rename = "key")]
     keys: Vec<KeySection>,
@@ -810,16 +827,15 @@ which cannot work on TLS listener {} (use raw, lines or framed there)",
         if self.max_connections == 0 {
             return err("server.max_connections: must be at least 1".into());
         }
-        if let Some(admin) = &self.admin {
-            if admin.keys.is_empty() && !admin.listen.ip().is_loopback() {
+        if let Some(AdminConfig { listen: AdminListen::Tcp(addr), keys, .. }) = &self.admin {
+            if keys.is_empty() && !addr.ip().is_loopback() {
                 return err(format!(
-                    "admin.listen: {} is not a loopback address, and no [[admin.key]] is configured: \
-anyone who can reach it could manage the server (add a key, or listen on 127.0.0.1 / ::1)",
-                    admin.listen
+                    "admin.listen: {addr} is not a loopback address, and no [[admin.key]] is configured: \
+anyone who can reach it could manage the server (add a key, or listen on 127.0.0.1, ::1 or unix:PATH)"
                 ));
             }
-            if admin.listen.port() != 0 && self.listen.iter().any(|l| l.addr == admin.listen) {
-                return err(format!("admin.listen: {} is also a WebSocket listener", admin.listen));
+            if addr.port() != 0 && self.listen.iter().any(|l| l.addr == *addr) {
+                return err(format!("admin.listen: {addr} is also a WebSocket listener"));
             }
         }
         let public = self.listen.iter().find(|l| !l.addr.ip().is_loopback());
@@ -1020,7 +1036,12 @@ fn admin_config(a: AdminSection, base: &Path) -> Result<AdminConfig, String> {
     if !(1..=crate::admin::MAX_BODY_LIMIT).contains(&max_body) {
         return Err(format!("admin.max_body: must be 1 byte to {} KiB", crate::admin::MAX_BODY_LIMIT >> 10));
     }
-    Ok(AdminConfig { listen: a.listen.0, keys: keys.into(), max_body })
+    let listen = match a.listen.strip_prefix("unix:") {
+        Some("") => return Err("admin.listen: unix: needs a path, e.g. \"unix:/run/wsgate/admin.sock\"".into()),
+        Some(path) => AdminListen::Unix(base.join(path)),
+        None => AdminListen::Tcp(parse_listen(&a.listen).map_err(|e| format!("admin.listen: {e}"))?),
+    };
+    Ok(AdminConfig { listen, keys: keys.into(), max_body })
 }
 
 fn broker_config(b: BrokerSection, base: &Path) -> Result<BrokerConfig, String> {

@@ -89,8 +89,8 @@ fn main() -> ExitCode {
     }
     let addrs: Vec<String> =
         server.local_addrs().iter().map(|(a, tls)| format!("{a}{}", if *tls { " (tls)" } else { "" })).collect();
-    if let Some(addr) = server.admin_addr() {
-        log::info!("admin API, /metrics and the dashboard on http://{addr}/");
+    if let Some(url) = server.admin_url() {
+        log::info!("admin API, /metrics and the dashboard on {url}");
     }
     log::info!("wsgate {} listening on {}", env!("CARGO_PKG_VERSION"), addrs.join(", "));
     log::info!("{}; open-file limit {}", summary(&config), fd_limit.map_or("unknown".into(), |n| n.to_string()));

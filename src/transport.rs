@@ -30,6 +30,8 @@ const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
 pub enum Transport {
     Plain(TcpStream),
     Tls(Box<TlsStream>),
+    /// A UNIX-domain stream (the admin listener's `unix:` socket).
+    Local(mio::net::UnixStream),
 }
 
 pub struct TlsStream {
@@ -94,10 +96,22 @@ impl Transport {
         })))
     }
 
-    pub fn socket_mut(&mut self) -> &mut TcpStream {
+    /// The socket, for the poller.
+    pub fn source_mut(&mut self) -> &mut dyn mio::event::Source {
         match self {
             Transport::Plain(s) => s,
             Transport::Tls(t) => &mut t.sock,
+            Transport::Local(s) => s,
+        }
+    }
+
+    /// The socket's descriptor (splice, the direct hand-off).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match self {
+            Transport::Plain(s) => s.as_fd(),
+            Transport::Tls(t) => t.sock.as_fd(),
+            Transport::Local(s) => s.as_fd(),
         }
     }
 
@@ -108,7 +122,7 @@ impl Transport {
     /// A TLS handshake is still in progress.
     pub fn is_handshaking(&self) -> bool {
         match self {
-            Transport::Plain(_) => false,
+            Transport::Plain(_) | Transport::Local(_) => false,
             Transport::Tls(t) => !t.plain && t.conn.is_handshaking(),
         }
     }
@@ -116,7 +130,7 @@ impl Transport {
     /// TLS records wait to be written.
     pub fn wants_write(&self) -> bool {
         match self {
-            Transport::Plain(_) => false,
+            Transport::Plain(_) | Transport::Local(_) => false,
             Transport::Tls(t) => !t.plain && t.outgoing_sent < t.outgoing.len(),
         }
     }
@@ -127,6 +141,7 @@ impl Transport {
     pub fn read(&mut self, buf: &mut [u8], pools: &mut Pools) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => s.read(buf),
+            Transport::Local(s) => s.read(buf),
             Transport::Tls(t) => {
                 let result = t.read(buf, pools);
                 t.incoming.settle(pools, t.drained);
@@ -141,6 +156,7 @@ impl Transport {
     pub fn write_from(&mut self, out: &mut OutQueue, pools: &mut Pools) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => out.write_to(s, pools),
+            Transport::Local(s) => out.write_to(s, pools),
             Transport::Tls(t) if t.plain => out.write_to(&mut t.sock, pools),
             Transport::Tls(t) => t.write_from(out, pools),
         }
@@ -149,7 +165,7 @@ impl Transport {
     /// Writes pending TLS records (handshake messages, alerts).
     pub fn flush_records(&mut self) -> io::Result<()> {
         match self {
-            Transport::Plain(_) => Ok(()),
+            Transport::Plain(_) | Transport::Local(_) => Ok(()),
             Transport::Tls(t) => t.flush_records(),
         }
     }
@@ -168,6 +184,7 @@ impl Transport {
         match self {
             Transport::Plain(s) => s.shutdown(Shutdown::Write),
             Transport::Tls(t) => t.sock.shutdown(Shutdown::Write),
+            Transport::Local(s) => s.shutdown(Shutdown::Write),
         }
     }
 

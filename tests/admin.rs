@@ -395,3 +395,26 @@ fn unsafe_admin_configurations_are_refused() {
         let _ = std::fs::remove_file(&path);
     }
 }
+
+#[test]
+fn admin_on_a_unix_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::temp_dir().join(format!("wsgate-admin-{}.sock", std::process::id()));
+    // A stale socket file from an earlier run is replaced.
+    let stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    drop(stale);
+    let mut server = Server::with_config(&format!("[admin]\nlisten = \"unix:{}\"\n", path.display()), &[]);
+    server.wait_log(&format!("dashboard on unix:{}", path.display()));
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o660);
+    let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET /api/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"version\""), "{reply}");
+    // The socket file goes with the server.
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(), Some(0));
+    assert!(!path.exists());
+}

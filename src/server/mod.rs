@@ -30,7 +30,7 @@ use crate::apps::Action;
 use crate::broker::tokens::Fetcher;
 use crate::broker::Broker;
 use crate::buffer::Pools;
-use crate::config::{AppKind, Config, Limits, Route};
+use crate::config::{AdminListen, AppKind, Config, Limits, Route};
 use crate::connection::{refuse_unadmitted, AdminSettings, Connection, Ctx, Delivered, Progress, Ready, Turn};
 use crate::encode::{shared_frame, SharedFrame};
 use crate::logview::Tails;
@@ -69,8 +69,57 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 /// Most slab entries reserved up front (address space only, a few hundred MiB at most).
 const MAX_RESERVED: usize = 1 << 20;
 
+/// A listening socket: TCP, or the admin listener's UNIX-domain socket (its file is removed
+/// when the listener goes).
+enum ListenSocket {
+    Tcp(TcpListener),
+    Unix { socket: mio::net::UnixListener, path: std::path::PathBuf },
+}
+
+/// A socket just accepted.
+enum Accepted {
+    Tcp(mio::net::TcpStream),
+    Unix(mio::net::UnixStream),
+}
+
+impl ListenSocket {
+    fn accept(&self) -> io::Result<(Accepted, SocketAddr)> {
+        match self {
+            ListenSocket::Tcp(l) => l.accept().map(|(s, peer)| (Accepted::Tcp(s), peer)),
+            // A UNIX peer has no address: it shows as 0.0.0.0:0.
+            ListenSocket::Unix { socket, .. } => {
+                socket.accept().map(|(s, _)| (Accepted::Unix(s), SocketAddr::from(([0, 0, 0, 0], 0))))
+            }
+        }
+    }
+
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            ListenSocket::Tcp(l) => l,
+            ListenSocket::Unix { socket, .. } => socket,
+        }
+    }
+}
+
+impl Drop for ListenSocket {
+    fn drop(&mut self) {
+        if let ListenSocket::Unix { path, .. } = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Accepted {
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            Accepted::Tcp(s) => s,
+            Accepted::Unix(s) => s,
+        }
+    }
+}
+
 struct Listener {
-    socket: TcpListener,
+    socket: ListenSocket,
     addr: SocketAddr,
     /// The TLS settings (re-read on SIGHUP) and the configuration new handshakes use.
     tls: Option<(TlsSettings, Arc<rustls::ServerConfig>)>,
@@ -176,16 +225,24 @@ impl Server {
                 bind_listener(addr).map_err(|e| io::Error::new(e.kind(), format!("listen {addr}: {e}")))?;
             let addr = socket.local_addr()?;
             poll.registry().register(&mut socket, Token(LISTENER_BASE - i), Interest::READABLE)?;
-            listeners.push(Listener { socket, addr, tls, pending: true, admin: false });
+            listeners.push(Listener { socket: ListenSocket::Tcp(socket), addr, tls, pending: true, admin: false });
         }
         let admin = match &config.admin {
             Some(admin) => {
-                let addr = admin.listen;
-                let mut socket =
-                    bind_listener(addr).map_err(|e| io::Error::new(e.kind(), format!("admin.listen {addr}: {e}")))?;
-                let addr = socket.local_addr()?;
+                let at = |e: io::Error| io::Error::new(e.kind(), format!("admin.listen {}: {e}", admin.listen));
+                let (mut socket, addr) = match &admin.listen {
+                    AdminListen::Tcp(addr) => {
+                        let socket = bind_listener(*addr).map_err(at)?;
+                        let addr = socket.local_addr()?;
+                        (ListenSocket::Tcp(socket), addr)
+                    }
+                    AdminListen::Unix(path) => (
+                        ListenSocket::Unix { socket: bind_unix(path).map_err(at)?, path: path.clone() },
+                        SocketAddr::from(([0, 0, 0, 0], 0)),
+                    ),
+                };
                 let i = listeners.len();
-                poll.registry().register(&mut socket, Token(LISTENER_BASE - i), Interest::READABLE)?;
+                poll.registry().register(socket.source(), Token(LISTENER_BASE - i), Interest::READABLE)?;
                 listeners.push(Listener { socket, addr, tls: None, pending: true, admin: true });
                 let mut route = Route::new("/ws", AppKind::Dashboard, config.limits);
                 // The dashboard's page connects from the admin listener's own origin.
@@ -271,9 +328,12 @@ impl Server {
         self.listeners.iter().filter(|l| !l.admin).map(|l| (l.addr, l.tls.is_some())).collect()
     }
 
-    /// The admin listener's address, if configured.
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.listeners.iter().find(|l| l.admin).map(|l| l.addr)
+    /// The admin listener's address (`http://127.0.0.1:9090/` or `unix:/path`), if configured.
+    pub fn admin_url(&self) -> Option<String> {
+        self.listeners.iter().find(|l| l.admin).map(|l| match &l.socket {
+            ListenSocket::Tcp(_) => format!("http://{}/", l.addr),
+            ListenSocket::Unix { path, .. } => format!("unix:{}", path.display()),
+        })
     }
 
     /// Runs until a SIGTERM / SIGINT drain completes.
@@ -660,7 +720,7 @@ impl Server {
             // The client socket may now be shared with a backend (direct hand-off): epoll
             // keys on the open file, so it must be deregistered, not just closed. The app's
             // own socket is closed when the app is dropped, which removes it.
-            let _ = self.poll.registry().deregister(entry.conn.socket_mut());
+            let _ = self.poll.registry().deregister(entry.conn.source_mut());
             self.topics.remove_connection(key);
             self.broker.release(key);
             entry.conn.release(&mut self.pools);
@@ -757,7 +817,7 @@ impl Server {
 
     fn admit(
         &mut self,
-        mut stream: mio::net::TcpStream,
+        mut stream: Accepted,
         peer: SocketAddr,
         tls: Option<Arc<rustls::ServerConfig>>,
         admin: bool,
@@ -773,23 +833,29 @@ impl Server {
                     self.metrics.refused_capacity
                 );
             }
-            refuse_unadmitted(&mut stream, 503, "server at capacity, try again later");
+            match &mut stream {
+                Accepted::Tcp(s) => refuse_unadmitted(s, 503, "server at capacity, try again later"),
+                Accepted::Unix(s) => refuse_unadmitted(s, 503, "server at capacity, try again later"),
+            }
             return;
         }
-        if let Err(e) = stream.set_nodelay(true) {
-            log::debug!("{peer}: TCP_NODELAY: {e}");
+        if let Accepted::Tcp(s) = &stream {
+            if let Err(e) = s.set_nodelay(true) {
+                log::debug!("{peer}: TCP_NODELAY: {e}");
+            }
         }
         self.generation = (self.generation + 1) & GEN_MASK;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let token = Token((self.generation << KEY_BITS) | key);
-        if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE) {
+        if let Err(e) = self.poll.registry().register(stream.source(), token, Interest::READABLE | Interest::WRITABLE) {
             log::warn!("{peer}: cannot register: {e}");
             return;
         }
-        let transport = match tls {
-            None => Transport::Plain(stream),
-            Some(config) => match Transport::tls(stream, config) {
+        let transport = match (stream, tls) {
+            (Accepted::Unix(s), _) => Transport::Local(s),
+            (Accepted::Tcp(s), None) => Transport::Plain(s),
+            (Accepted::Tcp(stream), Some(config)) => match Transport::tls(stream, config) {
                 Ok(t) => t,
                 Err(e) => {
                     log::warn!("{peer}: TLS session: {e}");
@@ -858,7 +924,7 @@ impl Server {
         log::info!("stop signal: closing {} connection(s) with 1001, up to {drain:?}", self.conns.len());
         self.drain_deadline = Some(now + drain);
         for l in &mut self.listeners {
-            let _ = self.poll.registry().deregister(&mut l.socket);
+            let _ = self.poll.registry().deregister(l.socket.source());
         }
         self.listeners.clear();
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
@@ -875,6 +941,21 @@ impl Server {
 
 fn is_fd_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// The admin listener's UNIX socket: a stale socket file left by a previous run is replaced
+/// (anything else at the path is an error); the socket is owner- and group-only (0660).
+fn bind_unix(path: &std::path::Path) -> io::Result<mio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket"));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let socket = mio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(socket)
 }
 
 /// A non-blocking listener with SO_REUSEADDR and a large backlog; IPv6 sockets are v6-only
