@@ -3,7 +3,7 @@
 usage: python3 scripts/memory.py [--bin PATH] [--unix-echo PATH] [--n N] [--warm W] [--trim true|false|none]
                                 [STAGE...]
 
-Stages (default: all): head, idle, tls, tls-handshake, backend, subscription, leave.
+Stages (default: all): head, idle, tls, tls-handshake, backend, subscription, broker, admin-body, leave.
 Each stage starts a fresh server (release build, pinned to core 0 when taskset exists), opens W
 connections of that kind to warm the allocator and the buffer pools, then N more; the figure is
 the RSS growth over those N divided by N (bytes per connection; per subscription for the
@@ -41,7 +41,7 @@ def free_port():
 
 class Server:
     def __init__(self, binary, tmp, backend_sock=None, trim="true"):
-        self.port, self.tls_port = free_port(), free_port()
+        self.port, self.tls_port, self.admin_port = free_port(), free_port(), free_port()
         cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
         if not os.path.exists(cert):
             subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
@@ -76,6 +76,13 @@ app = "echo"
 path = "/pubsub"
 app = "pubsub"
 max_subscriptions = 1000
+
+[[route]]
+path = "/broker"
+app = "broker"
+
+[admin]
+listen = "127.0.0.1:{self.admin_port}"
 {backend}""")
         # As root, wsgate insists on dropping privileges when it has backend routes.
         user = ["-u", "nobody"] if os.geteuid() == 0 else []
@@ -132,6 +139,22 @@ def upgraded(server, path="/echo", tls=False):
 def slow_head(server):
     s = socket.create_connection(("127.0.0.1", server.port))
     s.sendall(REQ.replace(b"%s", b"/echo")[:30])
+    return s
+
+
+BROKER_SEQ = iter(range(10**9))
+
+
+def broker_client(server):
+    """An idle broker client holding a token of its own."""
+    return upgraded(server, f"/broker?RegisterToken=token{next(BROKER_SEQ)}")
+
+
+def admin_half_body(server):
+    """An admin request whose head and the first 100 bytes of a 30,000-byte body arrived."""
+    s = socket.create_connection(("127.0.0.1", server.admin_port))
+    s.sendall(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 30000\r\n\r\n" + b'{"topic":"t","data":"' + b"x" * 79)
     return s
 
 
@@ -243,6 +266,8 @@ def stage(name, binary, unix_echo, tmp, n, warm, trim):
                 "tls": (lambda srv: upgraded(srv, tls=True), "idle TLS connections after the handshake"),
                 "tls-handshake": (tls_half_open, "TLS connections mid-handshake (ClientHello sent)"),
                 "backend": (lambda srv: upgraded(srv, "/backend"), "idle clients, each with a UNIX backend link"),
+                "broker": (broker_client, "idle broker clients, each holding its own token"),
+                "admin-body": (admin_half_body, "admin requests holding half a body (head + 100 of 30,000 bytes)"),
             }[name]
             before, after, conns = measure(server, open_one, n, warm)
             units, what = n, f"{n} {what}"
@@ -269,7 +294,8 @@ def main():
             opts[a] = args.pop(0)
         else:
             stages.append(a)
-    stages = stages or ["head", "idle", "tls", "tls-handshake", "backend", "subscription", "leave"]
+    stages = stages or ["head", "idle", "tls", "tls-handshake", "backend", "subscription", "broker", "admin-body",
+                        "leave"]
     with tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o755)  # the backend socket must be reachable after the privilege drop
         for name in stages:
