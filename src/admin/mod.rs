@@ -144,7 +144,11 @@ pub enum Target {
 pub enum Command {
     Dashboard,
     Metrics,
-    Clients,
+    /// A page of the connections: `offset` (0 first), at most `limit`.
+    Clients {
+        offset: usize,
+        limit: usize,
+    },
     Topics,
     Info,
     Publish {
@@ -189,7 +193,7 @@ impl Command {
         match self {
             Command::Dashboard
             | Command::Metrics
-            | Command::Clients
+            | Command::Clients { .. }
             | Command::Topics
             | Command::Info
             | Command::FormClients
@@ -253,7 +257,7 @@ pub fn parse(req: &Request) -> Result<Command, Reply> {
         return Err(Reply::error(404, "no such endpoint (see /api/info, /metrics, or the dashboard at /)"));
     };
     let readonly = match api {
-        "clients" => Some(Command::Clients),
+        "clients" => Some(clients_page(&req.query)?),
         "topics" => Some(Command::Topics),
         "info" => Some(Command::Info),
         _ => None,
@@ -314,6 +318,25 @@ pub fn parse(req: &Request) -> Result<Command, Reply> {
             Ok(Command::Disconnect { target, code, reason })
         }
     }
+}
+
+/// Most connections one `/api/clients` answer lists: building the page is work the loop does
+/// between other clients' messages, so it is bounded; `offset` pages through the rest.
+pub const MAX_CLIENTS_PAGE: usize = 10_000;
+/// The page size unless `limit` says otherwise.
+pub const DEFAULT_CLIENTS_PAGE: usize = 1000;
+
+fn clients_page(query: &str) -> Result<Command, Reply> {
+    let (mut offset, mut limit) = (0, DEFAULT_CLIENTS_PAGE);
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let n = || v.parse::<usize>().map_err(|_| Reply::error(400, &format!("{k}: expected a number")));
+        match &*k {
+            "offset" => offset = n()?,
+            "limit" => limit = n()?.clamp(1, MAX_CLIENTS_PAGE),
+            _ => {}
+        }
+    }
+    Ok(Command::Clients { offset, limit })
 }
 
 fn check_topic(t: &str) -> Result<(), Reply> {
@@ -445,7 +468,12 @@ mod tests {
             assert_eq!(p(path, body).unwrap_err().status, status, "{path} {body}");
         }
         assert_eq!(parse(&req("GET", "/api/publish", "", "", "")).unwrap_err().status, 405);
-        assert_eq!(parse(&req("GET", "/api/clients", "", "", "")), Ok(Command::Clients));
+        assert_eq!(parse(&req("GET", "/api/clients", "", "", "")), Ok(Command::Clients { offset: 0, limit: 1000 }));
+        assert_eq!(
+            parse(&req("GET", "/api/clients", "offset=5&limit=99999", "", "")),
+            Ok(Command::Clients { offset: 5, limit: MAX_CLIENTS_PAGE })
+        );
+        assert_eq!(parse(&req("GET", "/api/clients", "limit=x", "", "")).unwrap_err().status, 400);
     }
 
     #[test]

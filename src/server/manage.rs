@@ -3,13 +3,14 @@
 //! [`crate::admin`]; this is what the commands do.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::io::Write;
 use std::time::Instant;
 
 use super::Server;
 use crate::admin::{self, Command, Data, Reply, Target};
 use crate::apps::FEED_PREFIX;
 use crate::broker::{check_token, quirks_payload, split_routed};
+use crate::connection::Connection;
 use crate::encode::{shared_frame, SharedFrame};
 use crate::metrics::{self, add_traffic, Snapshot};
 use crate::ws::frame::Opcode;
@@ -46,7 +47,7 @@ impl Server {
                 cors: false,
             },
             Command::Info => Reply::json(self.info_json(now)),
-            Command::Clients => Reply::json(self.clients_json(now)),
+            Command::Clients { offset, limit } => Reply::json(self.clients_json(now, offset, limit)),
             Command::Topics => {
                 let topics: Vec<serde_json::Value> = self
                     .topics
@@ -260,39 +261,55 @@ impl Server {
         .to_string()
     }
 
-    fn clients_json(&self, now: Instant) -> String {
-        let mut out = String::with_capacity(64 + self.conns.len() * 200);
-        out.push_str("{\"result\":{\"clients\":[");
-        let mut first = true;
-        for (key, e) in self.conns.iter() {
-            let c = &e.conn;
-            if c.is_admin() && c.route().is_none() && !c.is_open() {
-                continue; // admin requests in progress, this one included
-            }
-            if !first {
-                out.push(',');
-            }
-            first = false;
-            let t = c.traffic();
-            let topics: Vec<&str> = self.topics.of(key).filter(|t| !t.starts_with(FEED_PREFIX)).collect();
-            let route = c.route().map(|r| &*self.routes.get(r).path);
-            let entry = serde_json::json!({
-                "id": c.id().to_string(),
-                "peer": c.peer().to_string(),
-                "route": route,
-                "state": c.state(),
-                "token": c.token(),
-                "topics": topics,
-                "connected_seconds": now.saturating_duration_since(c.accepted()).as_secs_f64(),
-                "messages_in": t.msgs_in,
-                "bytes_in": t.bytes_in,
-                "messages_out": t.msgs_out,
-                "bytes_out": t.bytes_out,
-            });
-            let _ = write!(out, "{entry}");
+    /// A page of `/api/clients`: `{"result":{"clients":[...],"total":N,"next_offset":M}}`
+    /// (`next_offset` only when more follow). Admin requests in progress are not clients.
+    fn clients_json(&self, now: Instant, offset: usize, limit: usize) -> String {
+        #[derive(serde::Serialize)]
+        struct Client<'a> {
+            id: String,
+            peer: String,
+            route: Option<&'a str>,
+            state: &'static str,
+            token: Option<&'a str>,
+            topics: Vec<&'a str>,
+            connected_seconds: f64,
+            messages_in: u64,
+            bytes_in: u64,
+            messages_out: u64,
+            bytes_out: u64,
         }
-        out.push_str("]}}");
-        out
+        let listed = |c: &Connection| !(c.is_admin() && c.route().is_none() && !c.is_open());
+        let total = self.conns.iter().filter(|(_, e)| listed(&e.conn)).count();
+        let mut out = Vec::with_capacity(64 + limit.min(total) * 220);
+        out.extend_from_slice(b"{\"result\":{\"clients\":[");
+        let page = self.conns.iter().filter(|(_, e)| listed(&e.conn)).skip(offset).take(limit);
+        for (i, (key, e)) in page.enumerate() {
+            let c = &e.conn;
+            if i > 0 {
+                out.push(b',');
+            }
+            let t = c.traffic();
+            let client = Client {
+                id: c.id().to_string(),
+                peer: c.peer().to_string(),
+                route: c.route().map(|r| &*self.routes.get(r).path),
+                state: c.state(),
+                token: c.token(),
+                topics: self.topics.of(key).filter(|t| !t.starts_with(FEED_PREFIX)).collect(),
+                connected_seconds: now.saturating_duration_since(c.accepted()).as_secs_f64(),
+                messages_in: t.msgs_in,
+                bytes_in: t.bytes_in,
+                messages_out: t.msgs_out,
+                bytes_out: t.bytes_out,
+            };
+            let _ = serde_json::to_writer(&mut out, &client);
+        }
+        let _ = write!(out, "],\"total\":{total}");
+        if offset.saturating_add(limit) < total {
+            let _ = write!(out, ",\"next_offset\":{}", offset + limit);
+        }
+        out.extend_from_slice(b"}}");
+        String::from_utf8(out).unwrap_or_default()
     }
 
     /// The dashboard's once-a-second figures.
