@@ -276,3 +276,37 @@ fn tokens_file_refreshes_on_its_own_and_too_large_is_refused() {
     assert_eq!(token_list(&server), r#"{"abc1":true,"abc5":true}"#);
     let _ = std::fs::remove_file(tokens);
 }
+
+#[test]
+fn a_token_url_that_never_answers_times_out_and_the_list_in_use_stays() {
+    // A server that accepts and never answers.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hang.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let held: Vec<_> = hang.incoming().take(4).collect();
+        std::thread::sleep(WAIT * 2);
+        drop(held);
+    });
+    let server = Server::with_config(
+        &format!(
+            "[broker]\ntokens = \"http://127.0.0.1:{port}/tokens.json\"\ntokens_timeout = \"1s\"\n{ADMIN}[[route]]\npath = \"/ws\"\napp = \"broker\"\nallow_unregistered = false\n"
+        ),
+        &[],
+    );
+    server.wait_log("starting with no registered tokens");
+    let (status, _) = http(
+        "POST",
+        &server.admin_url("/"),
+        &[],
+        Some(("application/x-www-form-urlencoded", b"method=registerToken&token=abc7")),
+    );
+    assert_eq!(status, 200);
+    let started = Instant::now();
+    server.signal(libc::SIGHUP);
+    server.wait_log("keeping the 1 token(s)");
+    assert!(started.elapsed() < WAIT);
+    assert_eq!(token_list(&server), r#"{"abc7":true}"#);
+    // The loop went on serving while the loader waited.
+    let mut a = client(&server.url("/ws?RegisterToken=abc7"));
+    expect_nothing(&mut a);
+}
