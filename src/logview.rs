@@ -81,6 +81,11 @@ impl Tails {
         self.tails.is_empty()
     }
 
+    /// The feed names of the files followed.
+    pub fn feeds(&self) -> impl Iterator<Item = &str> {
+        self.tails.iter().map(|t| t.feed.as_str())
+    }
+
     /// Reads what was appended since the last poll; `publish(feed, frame)` for each line.
     /// Returns true when a file had more than one poll's worth (poll again soon).
     pub fn poll(&mut self, mut publish: impl FnMut(&str, &SharedFrame)) -> bool {

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::Server;
 use crate::admin::{self, Command, Data, Reply, Target};
+use crate::apps::dashboard::{ACCESS_FEED, STATS_FEED};
 use crate::apps::FEED_PREFIX;
 use crate::broker::{check_token, quirks_payload, split_routed};
 use crate::connection::Connection;
@@ -196,7 +197,13 @@ impl Server {
                 add_traffic(&mut r.3, e.conn.traffic());
             }
         }
-        let (subscriptions, topics) = self.topics.len();
+        // The server's own feeds (log viewers, the dashboard) are not pub/sub topics.
+        let (mut subscriptions, mut topics) = self.topics.len();
+        let feeds = [STATS_FEED, ACCESS_FEED].into_iter().chain(self.tails.feeds());
+        for feed in feeds.filter_map(|f| self.topics.find(f)) {
+            topics -= 1;
+            subscriptions -= self.topics.members(feed).len();
+        }
         let (open_fds, max_fds) = if fds { self.fd_figures(now) } else { (None, None) };
         let rss_bytes = metrics::rss_bytes();
         Snapshot {
