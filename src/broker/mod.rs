@@ -122,6 +122,11 @@ impl Broker {
         self.tokens.remove_connection(key);
     }
 
+    /// The connections holding exactly `token` (whatever the quirks).
+    pub fn holders(&self, token: &str) -> Vec<usize> {
+        self.tokens.find(token).map(|t| self.tokens.members(t).collect()).unwrap_or_default()
+    }
+
     /// Distinct tokens held and connections holding one.
     pub fn held(&self) -> (usize, usize) {
         let (subs, tokens) = self.tokens.len();
@@ -228,6 +233,7 @@ mod tests {
     #[test]
     fn quirks_match_by_substring() {
         let b = broker(true);
+        assert_eq!(b.holders("abc"), Vec::<usize>::new(), "holders are exact, quirks or not");
         // "abc1" and "abc3" occur; "group/item1" does not occur in "group/".
         assert_eq!(held(&b, "abc1,group/,abc3"), [1, 3, 7]);
         assert_eq!(held(&b, "xgroup/item2x"), [5]);

@@ -94,14 +94,8 @@ impl Server {
                     Target::Topic(t) => {
                         self.topics.find(t).map(|t| self.topics.members(t).collect()).unwrap_or_default()
                     }
-                    Target::Token(t) => {
-                        let mut keys = Vec::new();
-                        // An exact token, never a group: the receivers syntax does not apply.
-                        if check_token(t).is_ok() && !t.ends_with('/') {
-                            self.broker.receivers(t.as_bytes(), &mut keys);
-                        }
-                        keys
-                    }
+                    // An exact token: neither groups nor the quirks' substrings apply.
+                    Target::Token(t) => self.broker.holders(t),
                 };
                 let mut closed = 0;
                 for key in keys {
