@@ -1138,6 +1138,18 @@ mod tests {
     }
 
     #[test]
+    fn the_broker_example_parses() {
+        let c = Config::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/broker.toml"))).unwrap();
+        let Some(TokenSource::File(tokens)) = &c.broker.tokens else { panic!("a token file") };
+        let set = crate::broker::tokens::load(&TokenSource::File(tokens.clone()), Duration::from_secs(1), 1 << 20).unwrap();
+        assert_eq!(set.len(), 5);
+        assert!(matches!(c.admin.as_ref().map(|a| &a.listen), Some(AdminListen::Tcp(_))));
+        let broker = c.routes.iter().find(|r| r.app == AppKind::Broker).unwrap();
+        assert_eq!(broker.broker, BrokerRoute { allow_unregistered: false, client_publish: true });
+        assert!(c.routes.iter().any(|r| r.logview.is_some()));
+    }
+
+    #[test]
     fn values_and_overrides() {
         let c = Config::parse(
             r#"
