@@ -1141,7 +1141,8 @@ mod tests {
     fn the_broker_example_parses() {
         let c = Config::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/broker.toml"))).unwrap();
         let Some(TokenSource::File(tokens)) = &c.broker.tokens else { panic!("a token file") };
-        let set = crate::broker::tokens::load(&TokenSource::File(tokens.clone()), Duration::from_secs(1), 1 << 20).unwrap();
+        let set =
+            crate::broker::tokens::load(&TokenSource::File(tokens.clone()), Duration::from_secs(1), 1 << 20).unwrap();
         assert_eq!(set.len(), 5);
         assert!(matches!(c.admin.as_ref().map(|a| &a.listen), Some(AdminListen::Tcp(_))));
         let broker = c.routes.iter().find(|r| r.app == AppKind::Broker).unwrap();

@@ -204,6 +204,12 @@ fn json_api_methods() {
     assert_eq!(read_text(&mut news), r#"{"topic":"sport","data":2}"#);
     assert_eq!(read_text(&mut sport), r#"{"topic":"sport","data":2}"#);
     let topics = get_json(&server, "/api/topics", READ);
+    assert_eq!(topics["result"]["total"], 2);
+    let page = get_json(&server, "/api/topics?limit=1", READ);
+    assert_eq!(
+        (page["result"]["topics"].as_array().unwrap().len(), page["result"]["next_offset"].as_u64()),
+        (1, Some(1))
+    );
     let sport_subs = topics["result"]["topics"].as_array().unwrap().iter().find(|t| t["topic"] == "sport").unwrap()
         ["subscribers"]
         .clone();

@@ -149,7 +149,11 @@ pub enum Command {
         offset: usize,
         limit: usize,
     },
-    Topics,
+    /// A page of the topics, the same way.
+    Topics {
+        offset: usize,
+        limit: usize,
+    },
     Info,
     Publish {
         topics: Vec<String>,
@@ -194,7 +198,7 @@ impl Command {
             Command::Dashboard
             | Command::Metrics
             | Command::Clients { .. }
-            | Command::Topics
+            | Command::Topics { .. }
             | Command::Info
             | Command::FormClients
             | Command::FormTokenList
@@ -257,8 +261,8 @@ pub fn parse(req: &Request) -> Result<Command, Reply> {
         return Err(Reply::error(404, "no such endpoint (see /api/info, /metrics, or the dashboard at /)"));
     };
     let readonly = match api {
-        "clients" => Some(clients_page(&req.query)?),
-        "topics" => Some(Command::Topics),
+        "clients" => Some(page(&req.query, |offset, limit| Command::Clients { offset, limit })?),
+        "topics" => Some(page(&req.query, |offset, limit| Command::Topics { offset, limit })?),
         "info" => Some(Command::Info),
         _ => None,
     };
@@ -320,23 +324,24 @@ pub fn parse(req: &Request) -> Result<Command, Reply> {
     }
 }
 
-/// Most connections one `/api/clients` answer lists: building the page is work the loop does
-/// between other clients' messages, so it is bounded; `offset` pages through the rest.
-pub const MAX_CLIENTS_PAGE: usize = 10_000;
+/// Most entries one `/api/clients` or `/api/topics` answer lists: building the page is work
+/// the loop does between other clients' messages, so it is bounded; `offset` pages through
+/// the rest.
+pub const MAX_PAGE: usize = 10_000;
 /// The page size unless `limit` says otherwise.
-pub const DEFAULT_CLIENTS_PAGE: usize = 1000;
+pub const DEFAULT_PAGE: usize = 1000;
 
-fn clients_page(query: &str) -> Result<Command, Reply> {
-    let (mut offset, mut limit) = (0, DEFAULT_CLIENTS_PAGE);
+fn page(query: &str, command: impl FnOnce(usize, usize) -> Command) -> Result<Command, Reply> {
+    let (mut offset, mut limit) = (0, DEFAULT_PAGE);
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         let n = || v.parse::<usize>().map_err(|_| Reply::error(400, &format!("{k}: expected a number")));
         match &*k {
             "offset" => offset = n()?,
-            "limit" => limit = n()?.clamp(1, MAX_CLIENTS_PAGE),
+            "limit" => limit = n()?.clamp(1, MAX_PAGE),
             _ => {}
         }
     }
-    Ok(Command::Clients { offset, limit })
+    Ok(command(offset, limit))
 }
 
 fn check_topic(t: &str) -> Result<(), Reply> {
@@ -471,7 +476,7 @@ mod tests {
         assert_eq!(parse(&req("GET", "/api/clients", "", "", "")), Ok(Command::Clients { offset: 0, limit: 1000 }));
         assert_eq!(
             parse(&req("GET", "/api/clients", "offset=5&limit=99999", "", "")),
-            Ok(Command::Clients { offset: 5, limit: MAX_CLIENTS_PAGE })
+            Ok(Command::Clients { offset: 5, limit: MAX_PAGE })
         );
         assert_eq!(parse(&req("GET", "/api/clients", "limit=x", "", "")).unwrap_err().status, 400);
     }

@@ -49,16 +49,28 @@ impl Server {
             },
             Command::Info => Reply::json(self.info_json(now)),
             Command::Clients { offset, limit } => Reply::json(self.clients_json(now, offset, limit)),
-            Command::Topics => {
-                let topics: Vec<serde_json::Value> = self
-                    .topics
-                    .iter()
-                    .filter(|(name, _, _)| !name.starts_with(FEED_PREFIX))
-                    .map(|(name, subscribers, dropped)| {
-                        serde_json::json!({ "topic": name, "subscribers": subscribers, "dropped": dropped })
-                    })
+            Command::Topics { offset, limit } => {
+                #[derive(serde::Serialize)]
+                struct Topic<'a> {
+                    topic: &'a str,
+                    subscribers: usize,
+                    dropped: u64,
+                }
+                let listed = || self.topics.iter().filter(|(name, _, _)| !name.starts_with(FEED_PREFIX));
+                let total = listed().count();
+                let topics: Vec<Topic<'_>> = listed()
+                    .skip(offset)
+                    .take(limit)
+                    .map(|(topic, subscribers, dropped)| Topic { topic, subscribers, dropped })
                     .collect();
-                Reply::json(serde_json::json!({ "result": { "topics": topics } }).to_string())
+                let mut body = b"{\"result\":{\"topics\":".to_vec();
+                let _ = serde_json::to_writer(&mut body, &topics);
+                let _ = write!(body, ",\"total\":{total}");
+                if offset.saturating_add(limit) < total {
+                    let _ = write!(body, ",\"next_offset\":{}", offset + limit);
+                }
+                body.extend_from_slice(b"}}");
+                Reply::json(body)
             }
             Command::Publish { topics, data } => {
                 let mut subscribers = 0;
