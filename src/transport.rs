@@ -127,6 +127,15 @@ impl Transport {
         }
     }
 
+    /// A TLS connection whose handshake never finished (still under way, or abandoned for a
+    /// client that spoke plain HTTP).
+    pub fn tls_failed(&self) -> bool {
+        match self {
+            Transport::Plain(_) | Transport::Local(_) => false,
+            Transport::Tls(t) => t.plain || t.conn.is_handshaking(),
+        }
+    }
+
     /// TLS records wait to be written.
     pub fn wants_write(&self) -> bool {
         match self {

@@ -581,3 +581,36 @@ fn framed_backend_subscribes_publishes_and_sends_by_id() {
     a.close(None).unwrap();
     server.wait_log(&format!("id={} /app status=101", a_id.as_str()));
 }
+
+/// The backend families of `/metrics`: connects that worked and failed, and a backend that
+/// died while serving a client.
+#[test]
+fn backend_metrics_count_connects_failures_and_deaths() {
+    let dir = SockDir::new("metrics");
+    let backend = dir.backend("app", "framed");
+    let server = gateway_with_config(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\
+[[route]]\npath = \"/app\"\nbackend = \"unix:{}\"\nframing = \"framed\"\n\
+[[route]]\npath = \"/gone\"\nbackend = \"unix:{}\"\n",
+        backend.socket.display(),
+        dir.0.join("nobody-listens").display()
+    ));
+    let head = http_exchange_head(server.addr, &upgrade_request("/gone", ""));
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    let mut ws = client(&server.url("/app"));
+    ws.send(Message::text("die")).unwrap();
+    assert!(matches!(ws.read(), Ok(Message::Close(Some(f))) if u16::from(f.code) == 1011));
+    let start = std::time::Instant::now();
+    loop {
+        let (_, text) = http("GET", &server.admin_url("/metrics"), &[], None);
+        let has = |line: &str| text.lines().any(|l| l == line);
+        if has("wsgate_backend_connects_total{result=\"ok\"} 1")
+            && has("wsgate_backend_connects_total{result=\"failed\"} 1")
+            && has("wsgate_backend_deaths_total 1")
+        {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -272,3 +272,36 @@ fn idle_tls_connections_hold_no_buffers() {
     assert!(grown < (CLIENTS as u64) * 7, "{CLIENTS} idle TLS connections grew RSS by {grown} KiB");
     drop(clients);
 }
+
+/// The TLS families of `/metrics`: a finished handshake, and three that failed (plain HTTP on
+/// the TLS port, garbage, a client that does not trust the certificate).
+#[test]
+fn tls_metrics_count_handshakes_and_failures() {
+    let dir = Dir::new("metrics");
+    let cert = make_cert(&["localhost"]);
+    let c = dir.write("server.pem", &cert.pem);
+    let k = dir.write("server.key", &cert.key);
+    let server = Server::with_config_only(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\naddr = \"127.0.0.1:0\"\ntls = {{ cert = \"{c}\", key = \"{k}\" }}\n"
+    ));
+    let mut ws = wss_connect(server.addr, "localhost", &[&cert.der]).unwrap();
+    ws.send(Message::text("x")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("x"));
+    let reply = http_exchange(server.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    let _ = http_exchange(server.addr, b"\x00\x01garbage\r\n\r\n");
+    let other = make_cert(&["localhost"]);
+    assert!(wss_connect(server.addr, "localhost", &[&other.der]).is_err());
+    let start = std::time::Instant::now();
+    loop {
+        let (_, text) = http("GET", &server.admin_url("/metrics"), &[], None);
+        let has = |line: &str| text.lines().any(|l| l == line);
+        if has("wsgate_tls_handshakes_total{result=\"ok\"} 1")
+            && has("wsgate_tls_handshakes_total{result=\"failed\"} 3")
+        {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

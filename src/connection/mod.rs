@@ -337,7 +337,7 @@ impl Connection {
 
     /// A TLS client that never finished its handshake.
     pub fn failed_tls_handshake(&self) -> bool {
-        self.transport.is_tls() && self.transport.is_handshaking()
+        self.transport.tls_failed()
     }
 
     /// Closes an open WebSocket with `code` (the admin API's disconnect).
