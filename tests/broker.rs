@@ -163,6 +163,15 @@ fn websockets_pro_quirks() {
     send(&mut x, "RegisterToken:zz:ignored");
     send(&mut a, "zz|to zz");
     assert_eq!(read_text(&mut x), "\"to zz\"\n");
+    // A message without '|' is routed too: the whole text is the receivers part and the payload.
+    send(&mut a, "hey zz");
+    assert_eq!(read_text(&mut x), "\"hey zz\"\n");
+    // A client without a token holds websockets_pro's "unregstered".
+    let mut u = client(&server.url("/ws"));
+    send(&mut u, "Echo:ready");
+    assert_eq!(read_text(&mut u), "\"ready\"\n");
+    send(&mut a, "unregstered|to the anonymous");
+    assert_eq!(read_text(&mut u), "\"to the anonymous\"\n");
 }
 
 /// Python's http.server serving `dir` on a free loopback port.

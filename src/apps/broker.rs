@@ -14,12 +14,13 @@
 //!
 //! A refused request is answered with `Error:<why>`; `MAX_ERRORS_IN_A_ROW` of them in a row
 //! close the client (1008). With `[broker] websockets_pro_quirks` the original's undocumented
-//! behaviour applies instead: receivers match by substring, and deliveries and echoes are
-//! JSON-quoted strings.
+//! behaviour applies instead: receivers match by substring, a message without `|` is routed
+//! too (the whole text is both receivers and payload), deliveries and echoes are JSON-quoted
+//! strings, and a client without a token holds `unregstered` (sic).
 
 use super::pubsub::MAX_ERRORS_IN_A_ROW;
 use super::{App, AppClose, AppCtx, Payload};
-use crate::broker::{check_token, quirks_payload, split_routed, TokenError, MAX_RECEIVERS_LEN, UNREGISTERED};
+use crate::broker::{check_token, quirks_payload, split_routed, Broker, TokenError, MAX_RECEIVERS_LEN};
 use crate::config::BrokerRoute;
 use crate::encode::shared_frame;
 use crate::ws::close;
@@ -34,14 +35,14 @@ pub struct BrokerClient {
     errors_in_a_row: u32,
 }
 
-/// Why a client is refused at the handshake (403).
-pub fn admit(token: Option<&str>, policy: BrokerRoute, registered: impl Fn(&str) -> bool) -> Result<Box<str>, String> {
+/// The token a client starts with, or why it is refused at the handshake (403).
+pub fn admit(token: Option<&str>, policy: BrokerRoute, broker: &Broker) -> Result<Box<str>, String> {
     match token {
-        None | Some("") if policy.allow_unregistered => Ok(UNREGISTERED.into()),
+        None | Some("") if policy.allow_unregistered => Ok(broker.unregistered_token().into()),
         None | Some("") => Err("a registered token is required (?RegisterToken=...)".into()),
         Some(t) => {
             check_token(t).map_err(|e| e.message().to_string())?;
-            if !policy.allow_unregistered && !registered(t) {
+            if !policy.allow_unregistered && !broker.is_registered(t) {
                 return Err(TokenError::NotRegistered.message().into());
             }
             Ok(t.into())
@@ -80,6 +81,12 @@ impl BrokerClient {
             return Ok(());
         }
         let Some((receivers, payload)) = split_routed(message) else {
+            if quirks && self.policy.client_publish && message.len() <= MAX_RECEIVERS_LEN {
+                // websockets_pro routes a message without '|' too: the whole message is both
+                // the receivers part and the payload.
+                cx.route(message, shared_frame(MessageKind::Text.opcode(), &quirks_payload(message)));
+                return Ok(());
+            }
             log::debug!("broker: service message from {} ignored", cx.peer);
             return Ok(());
         };

@@ -3,17 +3,20 @@
 //!
 //! A token is a topic in an ordered [`Topics`] (token → connection keys), so an exact receiver
 //! is one lookup and a group receiver (`group/`, a prefix) is a range of the ordered token
-//! names: delivery never scans clients. The registered tokens are a set, replaced whole when
-//! the list is loaded again ([`tokens`]).
+//! names: delivery never scans clients. The registered tokens are a map token → allowed
+//! (websockets_pro's `allowsTokens`: unregistering sets `false`), replaced whole when the list
+//! is loaded again ([`tokens`]).
 
 pub mod tokens;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use crate::pubsub::Topics;
 
 /// The token a client holds until it registers one (when the route allows that).
 pub const UNREGISTERED: &str = "unregistered";
+/// The same, as websockets_pro spells it (with `websockets_pro_quirks`).
+pub const UNREGISTERED_QUIRKS: &str = "unregstered";
 /// Longest token accepted (from the URL, `RegisterToken:`, the admin API).
 pub const MAX_TOKEN_LEN: usize = 256;
 /// Longest receivers part of a routed message (hundreds of tokens): resolving a message is
@@ -24,7 +27,7 @@ pub const MAX_RECEIVERS_LEN: usize = 16 << 10;
 pub struct Broker {
     /// Token → the connections holding it (each holds at most one).
     tokens: Topics,
-    registered: HashSet<Box<str>>,
+    registered: HashMap<Box<str>, bool>,
     /// websockets_pro's actual behaviour: a client receives a message when its token is a
     /// substring of the receivers part, and payloads are delivered JSON-quoted.
     pub quirks: bool,
@@ -80,34 +83,46 @@ impl Default for Broker {
 
 impl Broker {
     pub fn new(quirks: bool) -> Broker {
-        Broker { tokens: Topics::ordered(), registered: HashSet::new(), quirks }
+        Broker { tokens: Topics::ordered(), registered: HashMap::new(), quirks }
     }
 
     pub fn is_registered(&self, token: &str) -> bool {
-        self.registered.contains(token)
+        self.registered.get(token) == Some(&true)
     }
 
-    /// Adds a registered token; false if it already was.
-    pub fn register(&mut self, token: &str) -> bool {
-        self.registered.insert(token.into())
+    /// Registers a token.
+    pub fn register(&mut self, token: &str) {
+        self.registered.insert(token.into(), true);
     }
 
-    /// Removes a registered token (clients holding it keep it until they register another).
-    pub fn unregister(&mut self, token: &str) -> bool {
-        self.registered.remove(token)
+    /// Unregisters a token: listed as `false` from now on, as websockets_pro does (clients
+    /// holding it keep it until they register another).
+    pub fn unregister(&mut self, token: &str) {
+        self.registered.insert(token.into(), false);
     }
 
-    /// Replaces the registered tokens with a freshly loaded list.
-    pub fn replace_registered(&mut self, tokens: HashSet<Box<str>>) {
+    /// Replaces the token list with a freshly loaded one.
+    pub fn replace_registered(&mut self, tokens: HashMap<Box<str>, bool>) {
         self.registered = tokens;
     }
 
-    pub fn registered(&self) -> impl Iterator<Item = &str> {
-        self.registered.iter().map(|t| &**t)
+    /// Every listed token and whether it is registered.
+    pub fn registered(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.registered.iter().map(|(t, &on)| (&**t, on))
     }
 
+    /// Registered tokens (listed as `true`).
     pub fn registered_count(&self) -> usize {
-        self.registered.len()
+        self.registered.values().filter(|&&on| on).count()
+    }
+
+    /// The token a client without one holds.
+    pub fn unregistered_token(&self) -> &'static str {
+        if self.quirks {
+            UNREGISTERED_QUIRKS
+        } else {
+            UNREGISTERED
+        }
     }
 
     /// Connection `key` now holds `token` (and no other).

@@ -4,7 +4,7 @@
 //! dead URL never blocks the reactor: the thread wakes the loop with the result, and a
 //! failed load keeps the old list.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::Read;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
@@ -12,22 +12,20 @@ use std::time::Duration;
 
 use crate::config::{BrokerConfig, TokenSource};
 
-pub type TokenSet = HashSet<Box<str>>;
+/// Token → registered (`true`) or listed as not (`false`).
+pub type TokenSet = HashMap<Box<str>, bool>;
 
-/// Parses a token list: a JSON object whose `true` members are the registered tokens.
+/// Parses a token list: a JSON object of token → `true` (registered) or `false`.
 pub fn parse(bytes: &[u8]) -> Result<TokenSet, String> {
     let map: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(bytes).map_err(|e| format!("not a JSON object of token: true/false ({e})"))?;
     let mut set = TokenSet::with_capacity(map.len());
     for (token, value) in map {
-        match value {
-            serde_json::Value::Bool(true) => {
-                super::check_token(&token).map_err(|e| format!("token {token:?}: {}", e.message()))?;
-                set.insert(token.into());
-            }
-            serde_json::Value::Bool(false) => {}
-            other => return Err(format!("token {token:?}: expected true or false, found {other}")),
-        }
+        let serde_json::Value::Bool(on) = value else {
+            return Err(format!("token {token:?}: expected true or false, found {value}"));
+        };
+        super::check_token(&token).map_err(|e| format!("token {token:?}: {}", e.message()))?;
+        set.insert(token.into(), on);
     }
     Ok(set)
 }
@@ -123,11 +121,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_true_members_are_registered() {
+    fn true_and_false_members_are_kept() {
         let set = parse(br#"{"abc1":true,"abc2":false,"group/item1":true}"#).unwrap();
-        let mut v: Vec<&str> = set.iter().map(|t| &**t).collect();
+        let mut v: Vec<(&str, bool)> = set.iter().map(|(t, &on)| (&**t, on)).collect();
         v.sort();
-        assert_eq!(v, ["abc1", "group/item1"]);
+        assert_eq!(v, [("abc1", true), ("abc2", false), ("group/item1", true)]);
     }
 
     #[test]

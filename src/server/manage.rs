@@ -175,7 +175,8 @@ impl Server {
                 form_ok(Vec::new())
             }
             Command::FormTokenList => {
-                let map: BTreeMap<&str, bool> = self.broker.registered().map(|t| (t, true)).collect();
+                // Sorted, as Go's encoding/json writes a map.
+                let map: BTreeMap<&str, bool> = self.broker.registered().collect();
                 form_ok(serde_json::to_vec(&map).unwrap_or_default())
             }
             Command::Preflight => Reply { status: 204, content_type: "text/plain", body: Vec::new(), cors: true },

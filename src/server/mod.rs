@@ -261,8 +261,8 @@ impl Server {
             // At start the list is read before anyone connects; later loads run off the loop.
             match crate::broker::tokens::load(source, config.broker.tokens_timeout, config.broker.tokens_max_size) {
                 Ok(set) => {
-                    log::info!("broker: {} registered token(s) from {source}", set.len());
                     broker.replace_registered(set);
+                    log::info!("broker: {} registered token(s) from {source}", broker.registered_count());
                 }
                 Err(e) => log::error!("broker: tokens from {source}: {e}; starting with no registered tokens"),
             }
@@ -433,8 +433,12 @@ impl Server {
         while let Some(result) = fetcher.take() {
             match result {
                 Ok(set) => {
-                    log::info!("broker: {} registered token(s) from {}", set.len(), fetcher.source());
                     self.broker.replace_registered(set);
+                    log::info!(
+                        "broker: {} registered token(s) from {}",
+                        self.broker.registered_count(),
+                        fetcher.source()
+                    );
                 }
                 Err(e) => log::error!(
                     "broker: tokens from {}: {e}; keeping the {} token(s) loaded before",
