@@ -184,6 +184,10 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
         sock.set_nodelay(true).unwrap();
         poll.registry().register(&mut sock, Token(id), Interest::READABLE | Interest::WRITABLE).unwrap();
         let mut tls = ClientConnection::new(config.clone(), ServerName::try_from(args.name.clone()).unwrap()).unwrap();
+        // One whole message goes into rustls at a time, whatever its size (the default 64 KiB
+        // send buffer would refuse larger ones); one is in flight per connection, so this is
+        // bounded by -s.
+        tls.set_buffer_limit(None);
         tls.writer().write_all(request.as_bytes()).unwrap();
         conns.push(Conn { sock, tls, upgraded: false, inbox: Vec::new(), seq: 0, sent_at: None, id });
     }
@@ -240,21 +244,23 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
                             eprintln!("wssload: TLS: {e}");
                             std::process::exit(1);
                         }
+                        // Take the plaintext after every read: rustls holds at most 16 KiB of
+                        // it, and refuses to read more records while that is full.
+                        loop {
+                            match c.tls.reader().read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => c.inbox.extend_from_slice(&buf[..n]),
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                                Err(e) => {
+                                    eprintln!("wssload: {e}");
+                                    std::process::exit(1);
+                                }
+                            }
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => {
                         eprintln!("wssload: read: {e}");
-                        std::process::exit(1);
-                    }
-                }
-            }
-            loop {
-                match c.tls.reader().read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => c.inbox.extend_from_slice(&buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        eprintln!("wssload: {e}");
                         std::process::exit(1);
                     }
                 }
