@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,15 +13,6 @@ use common::*;
 use tungstenite::Message;
 
 const KEY: &str = "dashboard-key-0123456789abcdef";
-
-fn chromium() -> String {
-    for name in ["chromium", "chromium-browser"] {
-        if Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().is_ok_and(|o| o.status.success()) {
-            return name.to_string();
-        }
-    }
-    panic!("this test needs Chromium: apt-get install chromium (.ci/run installs it)");
-}
 
 /// A DevTools session on one page.
 struct DevTools {
@@ -65,7 +55,6 @@ impl DevTools {
 
 #[test]
 fn dashboard_loads_connects_and_moves_in_chromium() {
-    let browser = chromium();
     let server = Server::with_config(
         &format!(
             "[admin]\nlisten = \"127.0.0.1:0\"\n[[admin.key]]\nkey = \"{KEY}\"\nscope = \"read\"\n\
@@ -73,25 +62,13 @@ fn dashboard_loads_connects_and_moves_in_chromium() {
         ),
         &[],
     );
-    let profile = std::env::temp_dir().join(format!("wsgate-chromium-dash-{}", std::process::id()));
-    let mut chromium = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-dev-shm-usage",
-            "--window-size=1280,900",
-            "--remote-debugging-port=0",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(server.admin_url(&format!("/?key={KEY}")))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start chromium");
-    let stderr = chromium.stderr.take().unwrap();
+    let mut browser = Browser::launch(
+        "dashboard",
+        &server.admin_url(&format!("/?key={KEY}")),
+        &["--window-size=1280,900", "--remote-debugging-port=0"],
+        true,
+    );
+    let stderr = browser.child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -157,7 +134,4 @@ fn dashboard_loads_connects_and_moves_in_chromium() {
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
     std::fs::create_dir_all(&target).unwrap();
     std::fs::write(target.join("dashboard.png"), png).unwrap();
-    let _ = chromium.kill();
-    let _ = chromium.wait();
-    let _ = std::fs::remove_dir_all(&profile);
 }

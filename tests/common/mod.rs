@@ -410,3 +410,60 @@ pub fn read_text(ws: &mut tungstenite::WebSocket<tungstenite::stream::MaybeTlsSt
         }
     }
 }
+
+/// Chromium's binary, installing Debian's package first when it is missing and we may.
+pub fn chromium_binary() -> String {
+    for name in ["chromium", "chromium-browser"] {
+        if Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().is_ok_and(|o| o.status.success()) {
+            return name.to_string();
+        }
+    }
+    assert!(wsgate::sys::privileges::is_root(), "this test needs Chromium: apt-get install chromium");
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-q", "chromium"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .status()
+        .expect("apt-get");
+    assert!(status.success(), "apt-get install chromium failed");
+    "chromium".to_string()
+}
+
+/// A headless Chromium with a profile of its own, killed (and its profile removed) when
+/// dropped, so a failing test leaves no browser behind.
+pub struct Browser {
+    pub child: Child,
+    profile: std::path::PathBuf,
+}
+
+impl Browser {
+    /// Opens `url`; `extra`: more command-line switches; `stderr`: piped (DevTools' address).
+    pub fn launch(tag: &str, url: &str, extra: &[&str], stderr: bool) -> Browser {
+        let profile = std::env::temp_dir().join(format!("wsgate-chromium-{tag}-{}", std::process::id()));
+        let child = Command::new(chromium_binary())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-dev-shm-usage",
+            ])
+            .args(extra)
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(url)
+            .stdout(Stdio::null())
+            .stderr(if stderr { Stdio::piped() } else { Stdio::null() })
+            .spawn()
+            .expect("start chromium");
+        Browser { child, profile }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
