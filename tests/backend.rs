@@ -600,17 +600,12 @@ fn backend_metrics_count_connects_failures_and_deaths() {
     let mut ws = client(&server.url("/app"));
     ws.send(Message::text("die")).unwrap();
     assert!(matches!(ws.read(), Ok(Message::Close(Some(f))) if u16::from(f.code) == 1011));
-    let start = std::time::Instant::now();
-    loop {
-        let (_, text) = http("GET", &server.admin_url("/metrics"), &[], None);
-        let has = |line: &str| text.lines().any(|l| l == line);
-        if has("wsgate_backend_connects_total{result=\"ok\"} 1")
-            && has("wsgate_backend_connects_total{result=\"failed\"} 1")
-            && has("wsgate_backend_deaths_total 1")
-        {
-            break;
-        }
-        assert!(start.elapsed() < WAIT, "{text}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_metrics(
+        &server,
+        &[
+            "wsgate_backend_connects_total{result=\"ok\"} 1",
+            "wsgate_backend_connects_total{result=\"failed\"} 1",
+            "wsgate_backend_deaths_total 1",
+        ],
+    );
 }

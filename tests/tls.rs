@@ -292,16 +292,8 @@ fn tls_metrics_count_handshakes_and_failures() {
     let _ = http_exchange(server.addr, b"\x00\x01garbage\r\n\r\n");
     let other = make_cert(&["localhost"]);
     assert!(wss_connect(server.addr, "localhost", &[&other.der]).is_err());
-    let start = std::time::Instant::now();
-    loop {
-        let (_, text) = http("GET", &server.admin_url("/metrics"), &[], None);
-        let has = |line: &str| text.lines().any(|l| l == line);
-        if has("wsgate_tls_handshakes_total{result=\"ok\"} 1")
-            && has("wsgate_tls_handshakes_total{result=\"failed\"} 3")
-        {
-            break;
-        }
-        assert!(start.elapsed() < WAIT, "{text}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_metrics(
+        &server,
+        &["wsgate_tls_handshakes_total{result=\"ok\"} 1", "wsgate_tls_handshakes_total{result=\"failed\"} 3"],
+    );
 }

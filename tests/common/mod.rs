@@ -467,3 +467,16 @@ impl Drop for Browser {
         let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
+
+/// Scrapes the admin listener's `/metrics` until every line in `want` is there (bounded).
+pub fn wait_metrics(server: &Server, want: &[&str]) {
+    let start = Instant::now();
+    loop {
+        let (_, text) = http("GET", &server.admin_url("/metrics"), &[], None);
+        if want.iter().all(|w| text.lines().any(|l| l == *w)) {
+            return;
+        }
+        assert!(start.elapsed() < WAIT, "missing some of {want:?} in:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -42,25 +42,6 @@ fn main() {
     }
 }
 
-fn upgrade(addr: SocketAddr, path: &str) -> TcpStream {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_nodelay(true).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).expect("101");
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-    s
-}
-
 fn masked_text(payload: &[u8]) -> Vec<u8> {
     assert!(payload.len() < 126);
     let key = [1u8, 2, 3, 4];
@@ -101,13 +82,13 @@ fn fanout(addr: SocketAddr, n: usize, secs: u64, pid: Option<u32>) {
     let mut receivers = Vec::with_capacity(n);
     for i in 0..n {
         let token = if n == 1 { "solo".to_string() } else { format!("group/r{i}") };
-        let s = upgrade(addr, &format!("/ws?RegisterToken={token}"));
+        let s = load_common::upgrade(addr, &format!("/ws?RegisterToken={token}"));
         s.set_nonblocking(true).unwrap();
         let mut s = mio::net::TcpStream::from_std(s);
         poll.registry().register(&mut s, Token(i), Interest::READABLE).unwrap();
         receivers.push((s, Vec::<u8>::new()));
     }
-    let mut sender = upgrade(addr, "/ws?RegisterToken=sender");
+    let mut sender = load_common::upgrade(addr, "/ws?RegisterToken=sender");
     // Every receiver's token is held once its connection is open: a round trip proves it.
     sender.write_all(&masked_text(b"Echo:ready")).unwrap();
     let mut scratch = [0u8; 64];
@@ -162,7 +143,7 @@ fn fanout(addr: SocketAddr, n: usize, secs: u64, pid: Option<u32>) {
 }
 
 fn latency(ws: SocketAddr, admin: SocketAddr, count: usize) {
-    let mut sub = upgrade(ws, "/pubsub");
+    let mut sub = load_common::upgrade(ws, "/pubsub");
     sub.write_all(&masked_text(br#"{"op":"subscribe","topic":"lat"}"#)).unwrap();
     let mut buf = vec![0u8; 4096];
     let _ = sub.read(&mut buf).unwrap();

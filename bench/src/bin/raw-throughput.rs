@@ -11,7 +11,6 @@ mod load;
 use load::cpu_ticks;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
@@ -38,20 +37,7 @@ fn main() {
         while conn.write_all(&chunk).is_ok() {}
     });
 
-    let mut s = TcpStream::connect(addr.as_str()).expect("connect to the gateway");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).expect("response");
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut s = load::upgrade(addr.as_str(), path);
 
     let reference: Vec<u8> = (0..251 * 64).map(pattern).collect();
     let mut buf = vec![0u8; 1 << 20];
