@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// Size of a read buffer. A request head must fit in one (config enforces it).
 pub const READ_BUF_SIZE: usize = 64 * 1024;
@@ -125,7 +125,7 @@ enum Bytes {
     /// Pooled (coalescing) or owned bytes.
     Owned(Vec<u8>),
     /// A frame encoded once and queued by reference on every receiver.
-    Shared(Rc<[u8]>),
+    Shared(Arc<[u8]>),
     /// This many bytes that wait in the connection's pipe (spliced from a backend), at this
     /// place in the stream.
     Piped(usize),
@@ -266,7 +266,7 @@ impl OutQueue {
     }
 
     /// Queues shared bytes by reference (a frame encoded once for many receivers).
-    pub fn push_shared(&mut self, bytes: Rc<[u8]>) {
+    pub fn push_shared(&mut self, bytes: Arc<[u8]>) {
         let n = bytes.len();
         if n == 0 {
             return;

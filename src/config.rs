@@ -36,6 +36,105 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// The token broker's registered tokens (`[broker]`).
     pub broker: BrokerConfig,
+    /// Reactor threads (`workers`; `"auto"`: the CPUs this process may run on).
+    pub workers: usize,
+    /// How connections reach the workers (`balance`).
+    pub balance: Balance,
+    /// Pub/sub across wsgate nodes through Redis (`[cluster]`), off unless configured.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Most workers: a worker's index lives in 8 bits of every connection id.
+pub const MAX_WORKERS: usize = 256;
+
+/// How accepted connections are spread over the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Every worker has its own `SO_REUSEPORT` socket per address; the kernel picks one per
+    /// connection (by a hash of the addresses).
+    ReusePort,
+    /// Worker 0 accepts, and hands each socket to the worker with the fewest connections.
+    Handoff,
+}
+
+/// `[cluster]`: the Redis server that carries topics, chat rooms and broker messages between
+/// wsgate nodes.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub redis: RedisAddr,
+    /// Every channel's name starts with this (`channel_prefix`).
+    pub prefix: String,
+    /// How often the subscription connection is probed with PING, and how long a probe (or any
+    /// reply) may take before the connection counts as dead and is replaced.
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    /// Reconnecting waits from `reconnect_min`, doubling up to `reconnect_max`, with jitter.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// Most bytes of publishes waiting for Redis (past it, publishes are dropped and counted).
+    pub max_pending: usize,
+}
+
+/// Where Redis is: `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisAddr {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub db: u32,
+    /// For `rediss://`: trust these CA certificates (PEM) instead of the system's roots.
+    pub ca: Option<PathBuf>,
+}
+
+impl fmt::Debug for RedisAddr {
+    // The password stays out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for RedisAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        write!(f, "{scheme}://{host}:{}/{}", self.port, self.db)
+    }
+}
+
+impl RedisAddr {
+    /// Parses a `redis://` or `rediss://` URL.
+    pub fn parse(s: &str) -> Result<RedisAddr, String> {
+        let url = url::Url::parse(s).map_err(|e| format!("{e} (expected e.g. \"redis://127.0.0.1:6379\")"))?;
+        let tls = match url.scheme() {
+            "redis" => false,
+            "rediss" => true,
+            other => return Err(format!("scheme {other:?}: expected redis:// or rediss://")),
+        };
+        let host = match url.host() {
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            Some(h) => h.to_string(),
+            None => return Err("no host".into()),
+        };
+        let decode = |s: &str| {
+            percent_decode(s).ok_or_else(|| "the user or password is not valid percent-encoded UTF-8".to_string())
+        };
+        let username = Some(url.username()).filter(|u| !u.is_empty()).map(decode).transpose()?;
+        let password = url.password().map(decode).transpose()?;
+        let db = match url.path().trim_start_matches('/') {
+            "" => 0,
+            n => n.parse().map_err(|_| format!("database {n:?}: expected a number"))?,
+        };
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err("no query or fragment is understood".into());
+        }
+        Ok(RedisAddr { host, port: url.port().unwrap_or(6379), tls, username, password, db, ca: None })
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|c| c.into_owned())
 }
 
 /// `[admin]`: where the management API, `/metrics` and the dashboard listen, and who may
@@ -383,6 +482,22 @@ struct File {
     admin: Option<toml::Spanned<AdminSection>>,
     #[serde(default)]
     broker: BrokerSection,
+    cluster: Option<toml::Spanned<ClusterSection>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterSection {
+    redis: String,
+    /// Overrides the URL's password; `file:PATH` reads it from a file (first line).
+    password: Option<String>,
+    ca: Option<PathBuf>,
+    channel_prefix: Option<String>,
+    ping_interval: Option<Secs>,
+    ping_timeout: Option<Secs>,
+    reconnect_min: Option<Secs>,
+    reconnect_max: Option<Secs>,
+    max_pending: Option<ByteSize>,
 }
 
 #[derive(Deserialize)]
@@ -445,6 +560,38 @@ struct ServerSection {
     buffer_pool: Option<ByteSize>,
     trim_memory: Option<bool>,
     access_log: Option<PathBuf>,
+    workers: Option<Workers>,
+    balance: Option<String>,
+}
+
+/// `workers`: a number, or "auto".
+struct Workers(usize);
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        int_or_unit_string(
+            d,
+            |n| usize::try_from(n).map_err(|_| "too many workers".to_string()),
+            |s| match s {
+                "auto" => Ok(auto_workers()),
+                other => Err(format!("workers: {other:?} (expected a number or \"auto\")")),
+            },
+        )
+        .map(Workers)
+    }
+}
+
+/// The CPUs this process may run on (its affinity mask), at most [`MAX_WORKERS`].
+pub fn auto_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS)
+}
+
+/// `-w N` / `workers = N`: a number or "auto".
+pub fn parse_workers(s: &str) -> Result<usize, String> {
+    match s {
+        "auto" => Ok(auto_workers()),
+        n => n.parse().map_err(|_| format!("{n:?}: expected a number of workers or \"auto\"")),
+    }
 }
 
 /// Every limit key; shared by `[limits]` and each `[[route]]` (which overrides).
@@ -673,6 +820,9 @@ impl Config {
             access_log: None,
             admin: None,
             broker: BrokerConfig::default(),
+            workers: 1,
+            balance: Balance::ReusePort,
+            cluster: None,
             limits,
             routes: vec![
                 Route::new("/", AppKind::Demo, limits),
@@ -737,6 +887,27 @@ impl Config {
                 None => None,
             },
             broker: broker_config(file.broker, base).map_err(ConfigError::Invalid)?,
+            workers: file.server.workers.map_or(defaults.workers, |w| w.0),
+            balance: match file.server.balance.as_deref() {
+                Some("reuseport") => Balance::ReusePort,
+                None => defaults.balance,
+                Some("handoff") => Balance::Handoff,
+                Some(other) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "server.balance: {other:?} (expected \"reuseport\" or \"handoff\")"
+                    )))
+                }
+            },
+            cluster: match file.cluster {
+                Some(spanned) => {
+                    let line = line_of(text, spanned.span().start);
+                    Some(
+                        cluster_config(spanned.into_inner(), base)
+                            .map_err(|message| ConfigError::Route { line, message })?,
+                    )
+                }
+                None => None,
+            },
         };
         if file.routes.is_empty() {
             config.routes = defaults.routes.iter().map(|r| Route { limits: Arc::new(limits), ..r.clone() }).collect();
@@ -826,6 +997,9 @@ which cannot work on TLS listener {} (use raw, lines or framed there)",
         }
         if self.max_connections == 0 {
             return err("server.max_connections: must be at least 1".into());
+        }
+        if !(1..=MAX_WORKERS).contains(&self.workers) {
+            return err(format!("server.workers: must be 1..={MAX_WORKERS} (or \"auto\")"));
         }
         if let Some(AdminConfig { listen: AdminListen::Tcp(addr), keys, .. }) = &self.admin {
             if keys.is_empty() && !addr.ip().is_loopback() {
@@ -1042,6 +1216,49 @@ fn admin_config(a: AdminSection, base: &Path) -> Result<AdminConfig, String> {
         None => AdminListen::Tcp(parse_listen(&a.listen).map_err(|e| format!("admin.listen: {e}"))?),
     };
     Ok(AdminConfig { listen, keys: keys.into(), max_body })
+}
+
+fn cluster_config(c: ClusterSection, base: &Path) -> Result<ClusterConfig, String> {
+    let mut redis = RedisAddr::parse(&c.redis).map_err(|e| format!("cluster.redis: {e}"))?;
+    if let Some(p) = c.password {
+        redis.password = Some(match p.strip_prefix("file:") {
+            Some(path) => {
+                let path = base.join(path);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cluster.password: cannot read {}: {e}", path.display()))?;
+                text.lines().next().unwrap_or("").trim_end().to_string()
+            }
+            None => p,
+        });
+    }
+    if let Some(ca) = c.ca {
+        if !redis.tls {
+            return Err("cluster.ca: only for rediss:// (TLS)".into());
+        }
+        redis.ca = Some(base.join(ca));
+    }
+    let config = ClusterConfig {
+        redis,
+        prefix: c.channel_prefix.unwrap_or_else(|| "wsgate:".into()),
+        ping_interval: c.ping_interval.map_or(Duration::from_secs(5), |s| s.0),
+        ping_timeout: c.ping_timeout.map_or(Duration::from_secs(5), |s| s.0),
+        reconnect_min: c.reconnect_min.map_or(Duration::from_millis(100), |s| s.0),
+        reconnect_max: c.reconnect_max.map_or(Duration::from_secs(10), |s| s.0),
+        max_pending: c.max_pending.map_or(8 << 20, |b| b.0),
+    };
+    if config.prefix.len() > 256 || config.prefix.bytes().any(|b| b.is_ascii_control()) {
+        return Err("cluster.channel_prefix: at most 256 bytes, no control characters".into());
+    }
+    if config.ping_interval.is_zero() || config.ping_timeout.is_zero() {
+        return Err("cluster.ping_interval / ping_timeout: must be more than zero".into());
+    }
+    if config.reconnect_min.is_zero() || config.reconnect_max < config.reconnect_min {
+        return Err("cluster.reconnect_min: must be more than zero, and reconnect_max at least as long".into());
+    }
+    if config.max_pending < 64 << 10 {
+        return Err("cluster.max_pending: must be at least 64 KiB".into());
+    }
+    Ok(config)
 }
 
 fn broker_config(b: BrokerSection, base: &Path) -> Result<BrokerConfig, String> {

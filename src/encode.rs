@@ -5,7 +5,7 @@
 //! than a reference (an iovec and a queue entry of 32 bytes) and keeps one write per turn.
 //! Control frames jump ahead of queued data ([`OutQueue::push_urgent`]).
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::buffer::{OutQueue, Pools, CHUNK_OVERHEAD};
 use crate::ws::close::encode_close_payload;
@@ -17,7 +17,7 @@ const OWN_CHUNK_MIN: usize = 4 * 1024;
 const SHARED_COPY_MAX: usize = 4 * CHUNK_OVERHEAD;
 
 /// A frame encoded once (header and payload), shared by every receiver in this reactor.
-pub type SharedFrame = Rc<[u8]>;
+pub type SharedFrame = Arc<[u8]>;
 
 /// Encodes one unfragmented server frame into shared bytes.
 pub fn shared_frame(opcode: Opcode, payload: &[u8]) -> SharedFrame {
@@ -185,8 +185,8 @@ mod tests {
             q.push_shared_frame(&mut pools, &small);
         }
         q.push_shared_frame(&mut pools, &large);
-        assert_eq!(Rc::strong_count(&small), 1);
-        assert_eq!(Rc::strong_count(&large), 2);
+        assert_eq!(Arc::strong_count(&small), 1);
+        assert_eq!(Arc::strong_count(&large), 2);
         assert_eq!(q.len(), 10 * 7 + large.len());
         // One coalesced chunk and one reference.
         assert_eq!(q.footprint(), q.len() + 2 * CHUNK_OVERHEAD);

@@ -32,6 +32,10 @@ struct Cli {
     /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) for --tls-cert.
     #[arg(long = "tls-key", value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Reactor threads: a number, or "auto" (the CPUs this process may run on); replaces the
+    /// file's `workers`.
+    #[arg(short = 'w', long = "workers", value_name = "N|auto", value_parser = wsgate::config::parse_workers)]
+    workers: Option<usize>,
     /// After binding the listeners, drop root privileges to USER (its group, no others).
     #[arg(short = 'u', long = "user", value_name = "USER")]
     user: Option<String>,
@@ -120,6 +124,9 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
     if cli.user.is_some() {
         config.user = cli.user.clone();
     }
+    if let Some(n) = cli.workers {
+        config.workers = n;
+    }
     for spec in &cli.routes {
         let route = Route::from_cli(spec, config.limits)?;
         config.add_route(route)?;
@@ -132,9 +139,18 @@ fn summary(config: &Config) -> String {
     let routes: Vec<String> = config.routes.iter().map(|r| format!("{} ({})", r.path, r.app.name())).collect();
     let listeners: Vec<String> = config.listen.iter().map(|l| format!("{} ({})", l.addr, l.scheme())).collect();
     format!(
-        "listeners: {}; routes: {}; max_connections {}; max message {} bytes",
+        "listeners: {}; routes: {}; {} worker(s){}; max_connections {} (per process); max message {} bytes",
         listeners.join(", "),
         routes.join(", "),
+        config.workers,
+        if config.workers > 1 {
+            match config.balance {
+                wsgate::config::Balance::ReusePort => " sharing each port (SO_REUSEPORT)",
+                wsgate::config::Balance::Handoff => ", worker 0 handing connections to the least loaded",
+            }
+        } else {
+            ""
+        },
         config.max_connections,
         config.limits.max_message_size
     )

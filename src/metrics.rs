@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::apps::Traffic;
 
 /// Counters kept by the loop.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Metrics {
     pub accepted: u64,
     pub refused_capacity: u64,
@@ -45,6 +45,7 @@ pub struct Metrics {
     pub busy: Duration,
     /// Traffic of closed connections, per route index (the last entry: no route).
     pub closed_traffic: Vec<Traffic>,
+    pub cluster: ClusterCounters,
 }
 
 impl Metrics {
@@ -61,6 +62,139 @@ impl Metrics {
         let last = self.closed_traffic.len() - 1;
         let slot = &mut self.closed_traffic[route.unwrap_or(last).min(last)];
         add_traffic(slot, t);
+    }
+}
+
+impl Metrics {
+    /// Adds another worker's counters to these.
+    pub fn absorb(&mut self, o: &Metrics) {
+        self.accepted += o.accepted;
+        self.refused_capacity += o.refused_capacity;
+        self.refused_fd += o.refused_fd;
+        for (into, from) in [
+            (&mut self.handshakes, &o.handshakes),
+            (&mut self.closes_sent, &o.closes_sent),
+            (&mut self.closes_received, &o.closes_received),
+            (&mut self.admin_requests, &o.admin_requests),
+        ] {
+            for (k, v) in from {
+                *into.entry(*k).or_insert(0) += v;
+            }
+        }
+        self.ping_timeouts += o.ping_timeouts;
+        self.tls_handshakes += o.tls_handshakes;
+        self.tls_failures += o.tls_failures;
+        self.backend_connects += o.backend_connects;
+        self.backend_failures += o.backend_failures;
+        self.backend_deaths += o.backend_deaths;
+        self.deliveries += o.deliveries;
+        self.dropped += o.dropped;
+        self.slow_consumer_closes += o.slow_consumer_closes;
+        self.broker_routed += o.broker_routed;
+        self.broker_deliveries += o.broker_deliveries;
+        self.loop_iterations += o.loop_iterations;
+        self.busy += o.busy;
+        if self.closed_traffic.len() < o.closed_traffic.len() {
+            self.closed_traffic.resize(o.closed_traffic.len(), Traffic::default());
+        }
+        for (into, t) in self.closed_traffic.iter_mut().zip(&o.closed_traffic) {
+            add_traffic(into, t);
+        }
+        self.cluster.absorb(&o.cluster);
+    }
+}
+
+/// Pub/sub across nodes through Redis (`[cluster]`).
+#[derive(Debug, Default, Clone)]
+pub struct ClusterCounters {
+    /// Messages published to Redis, and received from other nodes through it.
+    pub published: u64,
+    pub received: u64,
+    /// Publishes lost because the link to Redis was down or its queue full (Redis pub/sub
+    /// is at-most-once: these never reach the other nodes).
+    pub publish_dropped: u64,
+    /// Connections to Redis made again after one failed or went silent.
+    pub reconnects: u64,
+    /// Time the subscription link was not subscribed (messages from other nodes published
+    /// meanwhile are lost).
+    pub down: Duration,
+    /// Subscription links found dead by the liveness probe.
+    pub probe_failures: u64,
+    /// Links up now (0–2 per worker).
+    pub links_up: u64,
+    /// Messages from Redis that were not wsgate's (or were malformed), ignored.
+    pub malformed: u64,
+}
+
+impl ClusterCounters {
+    fn absorb(&mut self, o: &ClusterCounters) {
+        self.published += o.published;
+        self.received += o.received;
+        self.publish_dropped += o.publish_dropped;
+        self.reconnects += o.reconnects;
+        self.down += o.down;
+        self.probe_failures += o.probe_failures;
+        self.links_up += o.links_up;
+        self.malformed += o.malformed;
+    }
+}
+
+/// What one worker reports at scrape time (and, summed, the whole process).
+#[derive(Debug, Default, Clone)]
+pub struct Figures {
+    pub worker: usize,
+    pub metrics: Metrics,
+    pub connections: usize,
+    pub by_state: BTreeMap<&'static str, u64>,
+    /// Per route index: open connections, and traffic (closed and open together).
+    pub routes: Vec<(u64, Traffic)>,
+    pub topics: usize,
+    pub subscriptions: usize,
+    /// The worker's ten busiest topics: name, subscribers, dropped.
+    pub top_topics: Vec<(String, usize, u64)>,
+    pub tokens_held: usize,
+    pub pool_bytes: usize,
+    /// Notes from other workers taken from this worker's inbox, and dropped at it (full).
+    pub inbox_received: u64,
+    pub inbox_dropped: u64,
+}
+
+impl Figures {
+    /// Sums the workers' figures (topics: a topic with subscribers on two workers counts
+    /// twice; the busiest topics are merged by name).
+    pub fn sum(all: &[Figures]) -> Figures {
+        let mut total = Figures::default();
+        let mut top: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
+        for f in all {
+            total.metrics.absorb(&f.metrics);
+            total.connections += f.connections;
+            for (k, v) in &f.by_state {
+                *total.by_state.entry(k).or_insert(0) += v;
+            }
+            if total.routes.len() < f.routes.len() {
+                total.routes.resize(f.routes.len(), (0, Traffic::default()));
+            }
+            for (into, (open, t)) in total.routes.iter_mut().zip(&f.routes) {
+                into.0 += open;
+                add_traffic(&mut into.1, t);
+            }
+            total.topics += f.topics;
+            total.subscriptions += f.subscriptions;
+            for (name, subs, dropped) in &f.top_topics {
+                let e = top.entry(name).or_default();
+                e.0 += subs;
+                e.1 += dropped;
+            }
+            total.tokens_held += f.tokens_held;
+            total.pool_bytes += f.pool_bytes;
+            total.inbox_received += f.inbox_received;
+            total.inbox_dropped += f.inbox_dropped;
+        }
+        let mut top: Vec<(String, usize, u64)> = top.into_iter().map(|(n, (s, d))| (n.to_string(), s, d)).collect();
+        top.sort_by_key(|t| std::cmp::Reverse(t.1));
+        top.truncate(10);
+        total.top_topics = top;
+        total
     }
 }
 
@@ -89,8 +223,9 @@ pub struct Snapshot<'a> {
     pub pool_bytes: usize,
 }
 
-/// Prometheus text format 0.0.4.
-pub fn render(m: &Metrics, s: &Snapshot<'_>) -> String {
+/// Prometheus text format 0.0.4: the process's totals, then per-worker figures (`workers`,
+/// one entry per worker) and, with `cluster`, the Redis link's counters.
+pub fn render(m: &Metrics, s: &Snapshot<'_>, workers: &[Figures], cluster: bool) -> String {
     let mut out = String::with_capacity(8192);
     let o = &mut out;
     family(o, "wsgate_build_info", "gauge", "The running build.");
@@ -185,6 +320,93 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>) -> String {
     sample_f(o, "wsgate_loop_busy_seconds_total", &[], m.busy.as_secs_f64());
     family(o, "wsgate_buffer_pool_bytes", "gauge", "Bytes of free I/O buffers kept for reuse.");
     sample(o, "wsgate_buffer_pool_bytes", &[], s.pool_bytes as u64);
+
+    family(o, "wsgate_workers", "gauge", "Reactor threads serving clients.");
+    sample(o, "wsgate_workers", &[], workers.len() as u64);
+    let per_worker: [(&str, &str, &str, fn(&Figures) -> u64); 5] = [
+        ("wsgate_worker_connections_open", "gauge", "Open connections per worker.", |f| f.connections as u64),
+        ("wsgate_worker_connections_accepted_total", "counter", "Connections accepted per worker.", |f| {
+            f.metrics.accepted
+        }),
+        ("wsgate_worker_loop_iterations_total", "counter", "Turns of each worker's event loop.", |f| {
+            f.metrics.loop_iterations
+        }),
+        (
+            "wsgate_worker_inbox_notes_total",
+            "counter",
+            "Notes from other workers (publishes, routed messages, admin queries) taken from each worker's inbox.",
+            |f| f.inbox_received,
+        ),
+        (
+            "wsgate_worker_inbox_dropped_total",
+            "counter",
+            "Publishes from other workers dropped at a full inbox.",
+            |f| f.inbox_dropped,
+        ),
+    ];
+    for (name, kind, help, pick) in per_worker {
+        family(o, name, kind, help);
+        for f in workers {
+            sample(o, name, &[("worker", &f.worker.to_string())], pick(f));
+        }
+    }
+    family(o, "wsgate_worker_loop_busy_seconds_total", "counter", "Time each worker's loop spent working.");
+    for f in workers {
+        sample_f(
+            o,
+            "wsgate_worker_loop_busy_seconds_total",
+            &[("worker", &f.worker.to_string())],
+            f.metrics.busy.as_secs_f64(),
+        );
+    }
+    family(o, "wsgate_worker_pubsub_topics", "gauge", "Topics with subscribers on each worker.");
+    for f in workers {
+        sample(o, "wsgate_worker_pubsub_topics", &[("worker", &f.worker.to_string())], f.topics as u64);
+    }
+
+    if cluster {
+        let c = &m.cluster;
+        family(
+            o,
+            "wsgate_cluster_links_up",
+            "gauge",
+            "Connections to Redis that are ready (two per worker when all is well).",
+        );
+        sample(o, "wsgate_cluster_links_up", &[], c.links_up);
+        family(o, "wsgate_cluster_messages_total", "counter", "Messages through Redis, by direction.");
+        sample(o, "wsgate_cluster_messages_total", &[("direction", "published")], c.published);
+        sample(o, "wsgate_cluster_messages_total", &[("direction", "received")], c.received);
+        family(
+            o,
+            "wsgate_cluster_publish_dropped_total",
+            "counter",
+            "Publishes that never reached Redis (link down or its queue full): other nodes lost them.",
+        );
+        sample(o, "wsgate_cluster_publish_dropped_total", &[], c.publish_dropped);
+        family(o, "wsgate_cluster_reconnects_total", "counter", "Connections to Redis made again after a failure.");
+        sample(o, "wsgate_cluster_reconnects_total", &[], c.reconnects);
+        family(
+            o,
+            "wsgate_cluster_probe_failures_total",
+            "counter",
+            "Subscription links found silent by the liveness probe.",
+        );
+        sample(o, "wsgate_cluster_probe_failures_total", &[], c.probe_failures);
+        family(
+            o,
+            "wsgate_cluster_unsubscribed_seconds_total",
+            "counter",
+            "Time subscription links were down (summed over workers): what other nodes published then was lost.",
+        );
+        sample_f(o, "wsgate_cluster_unsubscribed_seconds_total", &[], c.down.as_secs_f64());
+        family(
+            o,
+            "wsgate_cluster_malformed_total",
+            "counter",
+            "Messages on wsgate's channels that were not wsgate's, ignored.",
+        );
+        sample(o, "wsgate_cluster_malformed_total", &[], c.malformed);
+    }
 
     if let Some(rss) = s.rss_bytes {
         family(o, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");

@@ -9,7 +9,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use super::{App, AppClose, AppCtx, AppIo, Hold, Payload};
 use crate::backend::codec::Command;
@@ -145,7 +145,7 @@ impl Backend {
                     cx.unsubscribe(&topic);
                 }
                 Command::Publish { topic, frame, exclude_client, exclude_ids } => {
-                    cx.publish_excluding(Rc::from(topic), frame, exclude_client, exclude_ids);
+                    cx.publish_excluding(Arc::from(topic), frame, exclude_client, exclude_ids);
                 }
                 Command::Send { id, frame } => cx.send_to(id, frame),
             }

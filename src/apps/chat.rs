@@ -2,14 +2,14 @@
 //! rooms); every text or binary message goes to every member of the room, the sender too
 //! unless the route sets `exclude_sender`. A message is encoded once for the whole room.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use super::{App, AppCtx, Payload};
 use crate::encode::shared_frame;
 use crate::ws::message::MessageKind;
 
 pub struct Chat {
-    room: Rc<str>,
+    room: Arc<str>,
     exclude_sender: bool,
 }
 

@@ -27,7 +27,6 @@ pub mod pubsub;
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -48,12 +47,13 @@ pub enum Action {
     Reregister { fd: RawFd, interest: mio::Interest },
     /// Deliver `frame` to every subscriber of `topic`, except connection key `exclude` and
     /// the connections whose ids are in `exclude_ids` (NaviServer's `ws::multicast -exclude`).
-    Publish { topic: Rc<str>, frame: SharedFrame, exclude: Option<usize>, exclude_ids: Box<[u64]> },
+    Publish { topic: Arc<str>, frame: SharedFrame, exclude: Option<usize>, exclude_ids: Box<[u64]> },
     /// Deliver `frame` to the connection with this id, if it is open.
     SendTo { id: u64, frame: SharedFrame },
     /// Deliver `frame` to these connections (a broker message's receivers, resolved when it
-    /// was sent: keys stay valid for the turn).
-    Route { keys: Vec<usize>, frame: SharedFrame },
+    /// was sent: keys stay valid for the turn), and, when there are other workers or nodes,
+    /// to the holders `receivers` names there.
+    Route { keys: Vec<usize>, receivers: Option<Box<[u8]>>, frame: SharedFrame },
     /// Send this connection the last lines of the log viewer's files.
     Backlog(Arc<LogviewSpec>),
     /// An admin-listener request, answered by the loop (it needs every connection's state).
@@ -176,7 +176,8 @@ impl AppCtx<'_> {
         let mut keys = Vec::new();
         self.broker.receivers(receivers, &mut keys);
         *self.fanout += keys.len();
-        self.actions.push(Action::Route { keys, frame });
+        let receivers = self.broker.spreads().then(|| receivers.into());
+        self.actions.push(Action::Route { keys, receivers, frame });
     }
 
     /// Asks the loop for the log viewer's backlog.
@@ -189,7 +190,7 @@ impl AppCtx<'_> {
     }
 
     /// Publishes `frame` to `topic`'s subscribers (this client too unless `exclude_self`).
-    pub fn publish(&mut self, topic: Rc<str>, frame: SharedFrame, exclude_self: bool) {
+    pub fn publish(&mut self, topic: Arc<str>, frame: SharedFrame, exclude_self: bool) {
         self.publish_excluding(topic, frame, exclude_self, Box::default());
     }
 
@@ -197,7 +198,7 @@ impl AppCtx<'_> {
     /// (and this client if `exclude_self`).
     pub fn publish_excluding(
         &mut self,
-        topic: Rc<str>,
+        topic: Arc<str>,
         frame: SharedFrame,
         exclude_self: bool,
         exclude_ids: Box<[u64]>,

@@ -15,7 +15,6 @@
 //! 413 topic longer than `max_topic_length`, 429 over `max_subscriptions`. A client whose
 //! requests fail `MAX_ERRORS_IN_A_ROW` times in a row is closed with 1008.
 
-use std::rc::Rc;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -114,7 +113,7 @@ impl PubSub {
                 body.extend_from_slice(b",\"data\":");
                 body.extend_from_slice(data.get().as_bytes());
                 body.push(b'}');
-                cx.publish(Rc::from(topic), shared_frame(Opcode::Text, &body), self.policy.exclude_sender);
+                cx.publish(Arc::from(topic), shared_frame(Opcode::Text, &body), self.policy.exclude_sender);
             }
             _ => return Err(Refusal(400, "unknown op (expected subscribe, unsubscribe or publish)")),
         }

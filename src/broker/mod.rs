@@ -31,6 +31,8 @@ pub struct Broker {
     /// websockets_pro's actual behaviour: a client receives a message when its token is a
     /// substring of the receivers part, and payloads are delivered JSON-quoted.
     pub quirks: bool,
+    /// Other workers or nodes hold tokens too: a routed message travels on to them.
+    spread: bool,
 }
 
 /// Why a token is refused.
@@ -83,7 +85,16 @@ impl Default for Broker {
 
 impl Broker {
     pub fn new(quirks: bool) -> Broker {
-        Broker { tokens: Topics::ordered(), registered: HashMap::new(), quirks }
+        Broker { tokens: Topics::ordered(), registered: HashMap::new(), quirks, spread: false }
+    }
+
+    /// Whether routed messages also go to other workers or nodes.
+    pub fn spreads(&self) -> bool {
+        self.spread
+    }
+
+    pub fn set_spread(&mut self, spread: bool) {
+        self.spread = spread;
     }
 
     pub fn is_registered(&self, token: &str) -> bool {

@@ -1,107 +1,220 @@
 //! The admin listener's commands, executed by the loop: they read and change every
 //! connection, the topics and the broker's tokens. Parsing and authentication are in
 //! [`crate::admin`]; this is what the commands do.
+//!
+//! With several workers a command is a gather: worker 0 (which owns the admin listener) asks
+//! each worker concerned for its part ([`Worker::part`]: its connections, its topics, its
+//! counters) through the mesh, and answers once the last part is in ([`Worker::merge`]).
+//! A command about one connection goes to the worker its id names; the others go to all.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Instant;
 
-use super::Server;
+use super::mesh::{Note, Part, Query};
+use super::{worker_of, Worker};
 use crate::admin::{self, Command, Data, Reply, Target};
 use crate::apps::dashboard::{ACCESS_FEED, STATS_FEED};
 use crate::apps::FEED_PREFIX;
 use crate::broker::{check_token, quirks_payload, split_routed};
 use crate::connection::Connection;
 use crate::encode::{shared_frame, SharedFrame};
-use crate::metrics::{self, add_traffic, Snapshot};
+use crate::metrics::{self, Figures, Snapshot};
 use crate::ws::frame::Opcode;
 
 /// The dashboard page: plain HTML and JS, no build step.
 const DASHBOARD: &str = include_str!("../admin/dashboard.html");
 
-impl Server {
-    /// Answers the admin request connection `key` passed on.
-    pub(super) fn manage(&mut self, key: usize, req: admin::Request, now: Instant) {
-        let reply = self.execute(&req, now);
-        let head_only = req.method == "HEAD";
-        self.run_conn(key, now, |conn, ctx| conn.answer(ctx, &reply, req.keep_alive, head_only));
-    }
+/// A command waiting for the other workers' parts.
+pub(super) struct Gather {
+    reply: Pending,
+    /// By worker index.
+    parts: Vec<Option<Part>>,
+    waiting: usize,
+}
 
-    fn execute(&mut self, req: &admin::Request, now: Instant) -> Reply {
-        let command = match admin::parse(req) {
+/// Who gets the merged answer.
+pub(super) enum Pending {
+    /// The admin request on connection `key` (if it is still connection `id`).
+    Admin { key: usize, id: u64, keep_alive: bool, head_only: bool, query: Arc<Command> },
+    /// The dashboard's once-a-second figures.
+    Stats,
+}
+
+impl Worker {
+    /// Answers the admin request connection `key` passed on (now, or when the other workers'
+    /// parts are in).
+    pub(super) fn manage(&mut self, key: usize, req: admin::Request, now: Instant) {
+        let head_only = req.method == "HEAD";
+        let command = match admin::parse(&req) {
             Ok(c) => c,
-            Err(reply) => return reply,
+            Err(reply) => return self.answer(key, &reply, req.keep_alive, head_only, now),
         };
         let keys = self.admin.as_ref().map(|a| a.config.keys.clone()).unwrap_or_default();
         if let Err(refusal) = admin::authorize(&keys, req.key.as_deref(), command.scope()) {
-            let form = req.path == "/";
-            return if form { refusal.with_cors() } else { refusal };
+            let reply = if req.path == "/" { refusal.with_cors() } else { refusal };
+            return self.answer(key, &reply, req.keep_alive, head_only, now);
         }
-        match command {
+        if let Some(reply) = self.answer_here(&command) {
+            return self.answer(key, &reply, req.keep_alive, head_only, now);
+        }
+        let Some(id) = self.conns.get(key).map(|e| e.conn.id()) else { return };
+        let workers = self.mesh.workers();
+        let targets: Vec<usize> = match &command {
+            Command::Send { client, .. }
+            | Command::Subscribe { client, .. }
+            | Command::Unsubscribe { client, .. }
+            | Command::Disconnect { target: Target::Client(client), .. } => {
+                vec![worker_of(*client).min(workers - 1)]
+            }
+            _ => (0..workers).collect(),
+        };
+        let command = Arc::new(command);
+        let query = match &*command {
+            Command::Publish { topics, data } => Query::Publish(publish_frames(topics, data).into()),
+            _ => Query::Admin(Arc::clone(&command)),
+        };
+        let pending = Pending::Admin { key, id, keep_alive: req.keep_alive, head_only, query: command };
+        self.gather(pending, query, targets, now);
+    }
+
+    fn answer(&mut self, key: usize, reply: &Reply, keep_alive: bool, head_only: bool, now: Instant) {
+        self.run_conn(key, now, |conn, ctx| conn.answer(ctx, reply, keep_alive, head_only));
+    }
+
+    /// Commands answered by worker 0 alone, and requests refused before any worker acts.
+    fn answer_here(&self, command: &Command) -> Option<Reply> {
+        Some(match command {
             Command::Dashboard => {
                 Reply { status: 200, content_type: "text/html; charset=utf-8", body: DASHBOARD.into(), cors: false }
             }
-            Command::Metrics => Reply {
-                status: 200,
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: self.metrics_text(now).into_bytes(),
-                cors: false,
+            Command::Preflight => Reply { status: 204, content_type: "text/plain", body: Vec::new(), cors: true },
+            Command::FormTokenList => {
+                // Sorted, as Go's encoding/json writes a map.
+                let map: BTreeMap<&str, bool> = self.broker.registered().collect();
+                form_ok(serde_json::to_vec(&map).unwrap_or_default())
+            }
+            Command::FormRegister { token } => match check_token(token) {
+                Ok(()) => return None,
+                Err(e) => Reply::error(400, e.message()).with_cors(),
             },
-            Command::Info => Reply::json(self.info_json(now)),
-            Command::Clients { offset, limit } => Reply::json(self.clients_json(now, offset, limit)),
-            Command::Topics { offset, limit } => {
-                #[derive(serde::Serialize)]
-                struct Topic<'a> {
-                    topic: &'a str,
-                    subscribers: usize,
-                    dropped: u64,
+            Command::FormBroadcast { message } => match split_routed(message.as_bytes()) {
+                None => Reply::error(400, "message: expected receivers|text, e.g. abc1,group/|Hello").with_cors(),
+                Some((receivers, _)) if receivers.len() > crate::broker::MAX_RECEIVERS_LEN => {
+                    Reply::error(400, "message: receivers list too long").with_cors()
                 }
-                let listed = || self.topics.iter().filter(|(name, _, _)| !name.starts_with(FEED_PREFIX));
-                let total = listed().count();
-                let topics: Vec<Topic<'_>> = listed()
-                    .skip(offset)
-                    .take(limit)
-                    .map(|(topic, subscribers, dropped)| Topic { topic, subscribers, dropped })
-                    .collect();
-                let mut body = b"{\"result\":{\"topics\":".to_vec();
-                let _ = serde_json::to_writer(&mut body, &topics);
-                let _ = write!(body, ",\"total\":{total}");
-                if offset.saturating_add(limit) < total {
-                    let _ = write!(body, ",\"next_offset\":{}", offset + limit);
-                }
-                body.extend_from_slice(b"}}");
-                Reply::json(body)
+                Some(_) => return None,
+            },
+            _ => return None,
+        })
+    }
+
+    /// Asks `targets` (worker indexes, this one included or not) for their part of `query`;
+    /// `reply` gets the merged answer once every part is in.
+    pub(super) fn gather(&mut self, reply: Pending, query: Query, targets: Vec<usize>, now: Instant) {
+        let me = self.mailbox.index;
+        let workers = self.mesh.workers();
+        let gather = self.next_gather;
+        self.next_gather += 1;
+        let queries = self.per_worker(&query, workers);
+        let mut parts: Vec<Option<Part>> = (0..workers).map(|_| None).collect();
+        let mut waiting = 0;
+        for &w in &targets {
+            if w != me && self.mesh.post(w, Note::Ask { gather, from: me, query: queries[w].clone() }) {
+                waiting += 1;
             }
-            Command::Publish { topics, data } => {
+        }
+        if targets.contains(&me) {
+            parts[me] = Some(self.part(&queries[me], now));
+        }
+        self.gathers.insert(gather, Gather { reply, parts, waiting });
+        if waiting == 0 {
+            self.finish(gather, now);
+        }
+    }
+
+    /// The query each worker gets: the same, but for a page of clients, which is split by
+    /// the workers' connection counts (in worker order, as the merged list is).
+    fn per_worker(&self, query: &Query, workers: usize) -> Vec<Query> {
+        let Query::Admin(command) = query else { return vec![query.clone(); workers] };
+        let Command::Clients { offset, limit } = **command else { return vec![query.clone(); workers] };
+        let mut base = 0usize;
+        (0..workers)
+            .map(|w| {
+                let count = if w == self.mailbox.index { self.listed_clients() } else { self.mesh.load(w) };
+                let start = offset.max(base).min(base + count);
+                let end = offset.saturating_add(limit).max(base).min(base + count);
+                base += count;
+                Query::Admin(Arc::new(Command::Clients { offset: start - (base - count), limit: end - start }))
+            })
+            .collect()
+    }
+
+    /// Another worker's part of gather `gather`.
+    pub(super) fn gathered(&mut self, gather: u64, worker: usize, part: Part, now: Instant) {
+        let Some(g) = self.gathers.get_mut(&gather) else { return };
+        if let Some(slot) = g.parts.get_mut(worker) {
+            *slot = Some(part);
+        }
+        g.waiting -= 1;
+        if g.waiting == 0 {
+            self.finish(gather, now);
+        }
+    }
+
+    fn finish(&mut self, gather: u64, now: Instant) {
+        let Some(g) = self.gathers.remove(&gather) else { return };
+        match g.reply {
+            Pending::Admin { key, id, keep_alive, head_only, query } => {
+                let reply = self.merge(&query, g.parts, now);
+                // The request's connection may have gone (or its slot been reused) meanwhile.
+                if self.conns.get(key).is_some_and(|e| e.conn.id() == id) {
+                    self.answer(key, &reply, keep_alive, head_only, now);
+                }
+            }
+            Pending::Stats => {
+                let figures = collect_figures(g.parts);
+                let frame = shared_frame(Opcode::Text, self.stats_json(&figures, now).as_bytes());
+                self.publish(STATS_FEED, &frame, None, &[], now);
+            }
+        }
+        self.flush_dirty(now);
+    }
+
+    /// This worker's part of a command.
+    pub(super) fn part(&mut self, query: &Query, now: Instant) -> Part {
+        let command = match query {
+            Query::Figures => return Part::Figures(Box::new(self.figures())),
+            Query::Publish(frames) => {
                 let mut subscribers = 0;
-                for topic in &topics {
-                    let frame = match &data {
-                        Data::Json(json) => {
-                            let mut body = Vec::with_capacity(json.len() + topic.len() + 24);
-                            body.extend_from_slice(b"{\"topic\":");
-                            let _ = serde_json::to_writer(&mut body, topic);
-                            body.extend_from_slice(b",\"data\":");
-                            body.extend_from_slice(json.as_bytes());
-                            body.push(b'}');
-                            shared_frame(Opcode::Text, &body)
-                        }
-                        Data::Binary(bytes) => shared_frame(Opcode::Binary, bytes),
-                    };
+                for (topic, frame) in frames.iter() {
                     subscribers += self.topics.find(topic).map_or(0, |t| self.topics.members(t).len());
-                    self.publish(topic, &frame, None, &[], now);
+                    self.publish(topic, frame, None, &[], now);
                 }
-                Reply::json(serde_json::json!({ "result": { "subscribers": subscribers } }).to_string())
+                return Part::Count(subscribers);
             }
-            Command::Send { client, data } => {
-                let Some(key) = self.open_key(client) else {
-                    return Reply::error(404, "no open WebSocket with this id");
-                };
-                let frame = message_frame(&data);
-                let queued = self.deliver(key, &frame, now);
-                Reply::json(serde_json::json!({ "result": { "queued": queued } }).to_string())
+            Query::Admin(command) => command,
+        };
+        match &**command {
+            Command::Metrics | Command::Info => Part::Figures(Box::new(self.figures())),
+            Command::Clients { offset, limit } => {
+                let (total, json) = self.clients_page(now, *offset, *limit);
+                Part::Clients { total, json }
             }
+            Command::Topics { .. } => Part::Topics(
+                self.topics
+                    .iter()
+                    .filter(|(name, _, _)| !name.starts_with(FEED_PREFIX))
+                    .map(|(name, subs, dropped)| (name.to_string(), subs, dropped))
+                    .collect(),
+            ),
+            Command::Send { client, data } => Part::Flag(self.open_key(*client).map(|key| {
+                let frame = message_frame(data);
+                self.deliver(key, &frame, now)
+            })),
             Command::Disconnect { target, code, reason } => {
-                let keys: Vec<usize> = match &target {
+                let keys: Vec<usize> = match target {
                     Target::Client(id) => self.open_key(*id).into_iter().collect(),
                     Target::Topic(t) => {
                         self.topics.find(t).map(|t| self.topics.members(t).collect()).unwrap_or_default()
@@ -114,72 +227,174 @@ impl Server {
                     if self.conns.get(key).is_some_and(|e| e.conn.is_open()) {
                         closed += 1;
                         let reason = reason.clone();
-                        self.run_conn(key, now, |conn, ctx| conn.disconnect(ctx, code, reason));
+                        self.run_conn(key, now, |conn, ctx| conn.disconnect(ctx, *code, reason));
                     }
                 }
-                Reply::json(serde_json::json!({ "result": { "disconnected": closed } }).to_string())
+                Part::Count(closed)
             }
-            Command::Subscribe { client, topic } => {
-                let Some(key) = self.open_key(client) else {
-                    return Reply::error(404, "no open WebSocket with this id");
-                };
-                // The admin is not bound by the route's max_subscriptions.
-                let added = self.topics.subscribe(key, &topic, usize::MAX).unwrap_or(false);
-                Reply::json(serde_json::json!({ "result": { "subscribed": added } }).to_string())
-            }
+            // The admin is not bound by the route's max_subscriptions.
+            Command::Subscribe { client, topic } => Part::Flag(
+                self.open_key(*client).map(|key| self.topics.subscribe(key, topic, usize::MAX).unwrap_or(false)),
+            ),
             Command::Unsubscribe { client, topic } => {
-                let Some(key) = self.open_key(client) else {
-                    return Reply::error(404, "no open WebSocket with this id");
-                };
-                let removed = self.topics.unsubscribe(key, &topic);
-                Reply::json(serde_json::json!({ "result": { "unsubscribed": removed } }).to_string())
+                Part::Flag(self.open_key(*client).map(|key| self.topics.unsubscribe(key, topic)))
             }
             Command::FormBroadcast { message } => {
-                let Some((receivers, payload)) = split_routed(message.as_bytes()) else {
-                    return Reply::error(400, "message: expected receivers|text, e.g. abc1,group/|Hello").with_cors();
-                };
-                if receivers.len() > crate::broker::MAX_RECEIVERS_LEN {
-                    return Reply::error(400, "message: receivers list too long").with_cors();
+                if let Some((receivers, payload)) = split_routed(message.as_bytes()) {
+                    let frame = if self.broker.quirks {
+                        shared_frame(Opcode::Text, &quirks_payload(payload))
+                    } else {
+                        shared_frame(Opcode::Text, payload)
+                    };
+                    let mut keys = std::mem::take(&mut self.scratch_keys);
+                    self.broker.receivers(receivers, &mut keys);
+                    if self.mailbox.index == 0 {
+                        self.metrics.broker_routed += 1;
+                    }
+                    self.route_message(&keys, &frame, now);
+                    self.scratch_keys = keys;
                 }
-                let frame = if self.broker.quirks {
-                    shared_frame(Opcode::Text, &quirks_payload(payload))
-                } else {
-                    shared_frame(Opcode::Text, payload)
-                };
-                let mut keys = std::mem::take(&mut self.scratch_keys);
-                self.broker.receivers(receivers, &mut keys);
-                self.route_message(&keys, &frame, now);
-                self.scratch_keys = keys;
-                self.flush_dirty(now);
-                form_ok(Vec::new())
+                Part::Nothing
             }
+            Command::FormClients => Part::Peers(
+                self.conns
+                    .iter()
+                    .filter_map(|(_, e)| {
+                        let token = e.conn.token().filter(|_| e.conn.is_open())?;
+                        Some((e.conn.peer().to_string(), token.to_string()))
+                    })
+                    .collect(),
+            ),
+            Command::FormRegister { token } => {
+                self.broker.register(token);
+                Part::Nothing
+            }
+            Command::FormUnregister { token } => {
+                self.broker.unregister(token);
+                Part::Nothing
+            }
+            // Framed once by worker 0 (Query::Publish); the others never see this one.
+            Command::Publish { .. } | Command::Dashboard | Command::Preflight | Command::FormTokenList => Part::Nothing,
+        }
+    }
+
+    /// The answer to a command, from every worker's part.
+    fn merge(&self, command: &Command, parts: Vec<Option<Part>>, now: Instant) -> Reply {
+        let parts = parts.into_iter().flatten();
+        let count = |parts: &mut dyn Iterator<Item = Part>| {
+            parts.map(|p| if let Part::Count(n) = p { n } else { 0 }).sum::<usize>()
+        };
+        let flag = |parts: &mut dyn Iterator<Item = Part>| {
+            parts.filter_map(|p| if let Part::Flag(f) = p { f } else { None }).next()
+        };
+        let mut parts = parts;
+        match command {
+            Command::Metrics => {
+                let figures = collect_figures(parts.map(Some).collect());
+                Reply {
+                    status: 200,
+                    content_type: "text/plain; version=0.0.4; charset=utf-8",
+                    body: self.metrics_text(&figures, now).into_bytes(),
+                    cors: false,
+                }
+            }
+            Command::Info => Reply::json(self.info_json(&collect_figures(parts.map(Some).collect()), now)),
+            Command::Clients { offset, limit } => {
+                let mut out = b"{\"result\":{\"clients\":[".to_vec();
+                let mut total = 0;
+                for part in parts {
+                    if let Part::Clients { total: t, json } = part {
+                        total += t;
+                        if !json.is_empty() {
+                            if out.last() != Some(&b'[') {
+                                out.push(b',');
+                            }
+                            out.extend_from_slice(&json);
+                        }
+                    }
+                }
+                let _ = write!(out, "],\"total\":{total}");
+                if offset.saturating_add(*limit) < total {
+                    let _ = write!(out, ",\"next_offset\":{}", offset + limit);
+                }
+                out.extend_from_slice(b"}}");
+                Reply::json(out)
+            }
+            Command::Topics { offset, limit } => {
+                let mut merged: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+                for part in parts {
+                    if let Part::Topics(list) = part {
+                        for (name, subs, dropped) in list {
+                            let e = merged.entry(name).or_default();
+                            e.0 += subs;
+                            e.1 += dropped;
+                        }
+                    }
+                }
+                #[derive(serde::Serialize)]
+                struct Topic<'a> {
+                    topic: &'a str,
+                    subscribers: usize,
+                    dropped: u64,
+                }
+                let total = merged.len();
+                let topics: Vec<Topic<'_>> = merged
+                    .iter()
+                    .skip(*offset)
+                    .take(*limit)
+                    .map(|(topic, (subscribers, dropped))| Topic {
+                        topic,
+                        subscribers: *subscribers,
+                        dropped: *dropped,
+                    })
+                    .collect();
+                let mut body = b"{\"result\":{\"topics\":".to_vec();
+                let _ = serde_json::to_writer(&mut body, &topics);
+                let _ = write!(body, ",\"total\":{total}");
+                if offset.saturating_add(*limit) < total {
+                    let _ = write!(body, ",\"next_offset\":{}", offset + limit);
+                }
+                body.extend_from_slice(b"}}");
+                Reply::json(body)
+            }
+            Command::Publish { .. } => {
+                let subscribers = count(&mut parts);
+                Reply::json(serde_json::json!({ "result": { "subscribers": subscribers } }).to_string())
+            }
+            Command::Send { .. } => match flag(&mut parts) {
+                Some(queued) => Reply::json(serde_json::json!({ "result": { "queued": queued } }).to_string()),
+                None => Reply::error(404, "no open WebSocket with this id"),
+            },
+            Command::Disconnect { .. } => {
+                let closed = count(&mut parts);
+                Reply::json(serde_json::json!({ "result": { "disconnected": closed } }).to_string())
+            }
+            Command::Subscribe { .. } => match flag(&mut parts) {
+                Some(added) => Reply::json(serde_json::json!({ "result": { "subscribed": added } }).to_string()),
+                None => Reply::error(404, "no open WebSocket with this id"),
+            },
+            Command::Unsubscribe { .. } => match flag(&mut parts) {
+                Some(removed) => Reply::json(serde_json::json!({ "result": { "unsubscribed": removed } }).to_string()),
+                None => Reply::error(404, "no open WebSocket with this id"),
+            },
             Command::FormClients => {
                 // websockets_pro's get_clients: {"peer address": "token"} for broker clients.
                 let mut map = serde_json::Map::new();
-                for (_, e) in self.conns.iter() {
-                    if let Some(token) = e.conn.token().filter(|_| e.conn.is_open()) {
-                        map.insert(e.conn.peer().to_string(), token.into());
+                for part in parts {
+                    if let Part::Peers(peers) = part {
+                        for (peer, token) in peers {
+                            map.insert(peer, token.into());
+                        }
                     }
                 }
                 form_ok(serde_json::Value::Object(map).to_string().into_bytes())
             }
-            Command::FormRegister { token } => match check_token(&token) {
-                Ok(()) => {
-                    self.broker.register(&token);
-                    form_ok(Vec::new())
-                }
-                Err(e) => Reply::error(400, e.message()).with_cors(),
-            },
-            Command::FormUnregister { token } => {
-                self.broker.unregister(&token);
+            Command::FormBroadcast { .. } | Command::FormRegister { .. } | Command::FormUnregister { .. } => {
                 form_ok(Vec::new())
             }
-            Command::FormTokenList => {
-                // Sorted, as Go's encoding/json writes a map.
-                let map: BTreeMap<&str, bool> = self.broker.registered().collect();
-                form_ok(serde_json::to_vec(&map).unwrap_or_default())
+            Command::Dashboard | Command::Preflight | Command::FormTokenList => {
+                self.answer_here(command).unwrap_or_else(|| Reply::error(500, "unexpected"))
             }
-            Command::Preflight => Reply { status: 204, content_type: "text/plain", body: Vec::new(), cors: true },
         }
     }
 
@@ -189,19 +404,16 @@ impl Server {
         self.conns.get(key).filter(|e| e.conn.id() == id && e.conn.is_open()).map(|_| key)
     }
 
-    /// The figures only a walk of the connections gives; `fds`: count descriptors too.
-    fn snapshot(&self, now: Instant, fds: bool) -> Snapshot<'_> {
+    /// This worker's figures: its counters, and what only a walk of its connections gives.
+    pub(super) fn figures(&self) -> Figures {
         let mut by_state = BTreeMap::new();
-        let mut routes: Vec<(&str, &'static str, u64, crate::apps::Traffic)> =
-            self.routes.iter().map(|r| (&*r.path, r.app.name(), 0, crate::apps::Traffic::default())).collect();
-        for (i, t) in self.metrics.closed_traffic.iter().enumerate().take(routes.len()) {
-            add_traffic(&mut routes[i].3, t);
-        }
+        let mut routes: Vec<(u64, crate::apps::Traffic)> =
+            self.metrics.closed_traffic.iter().map(|t| (0, *t)).collect();
         for (_, e) in self.conns.iter() {
             *by_state.entry(e.conn.state()).or_insert(0) += 1;
             if let Some(r) = e.conn.route().and_then(|r| routes.get_mut(r)) {
-                r.2 += 1;
-                add_traffic(&mut r.3, e.conn.traffic());
+                r.0 += 1;
+                metrics::add_traffic(&mut r.1, e.conn.traffic());
             }
         }
         // The server's own feeds (log viewers, the dashboard) are not pub/sub topics.
@@ -211,21 +423,51 @@ impl Server {
             topics -= 1;
             subscriptions -= self.topics.members(feed).len();
         }
-        let (open_fds, max_fds) = if fds { self.fd_figures(now) } else { (None, None) };
-        let rss_bytes = metrics::rss_bytes();
-        Snapshot {
-            version: env!("CARGO_PKG_VERSION"),
-            uptime: now.saturating_duration_since(self.started),
+        let mut top: Vec<(&str, usize, u64)> =
+            self.topics.iter().filter(|(n, _, _)| !n.starts_with(FEED_PREFIX)).collect();
+        top.sort_by_key(|t| std::cmp::Reverse(t.1));
+        Figures {
+            worker: self.mailbox.index,
+            metrics: self.metrics.clone(),
+            connections: self.conns.len(),
             by_state,
             routes,
             topics,
             subscriptions,
-            broker_tokens_held: self.broker.held().0,
+            top_topics: top.into_iter().take(10).map(|(n, s, d)| (n.to_string(), s, d)).collect(),
+            tokens_held: self.broker.held().0,
+            pool_bytes: self.pools.spare_bytes(),
+            inbox_received: self.mailbox.received,
+            inbox_dropped: self.mesh.dropped(self.mailbox.index),
+        }
+    }
+
+    /// The process's figures: every worker's summed, with the route names and what the
+    /// process as a whole has (memory, descriptors).
+    fn snapshot<'a>(&'a self, total: &Figures, now: Instant, fds: bool) -> Snapshot<'a> {
+        let routes = self
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let (open, traffic) = total.routes.get(i).copied().unwrap_or_default();
+                (&*r.path, r.app.name(), open, traffic)
+            })
+            .collect();
+        let (open_fds, max_fds) = if fds { self.fd_figures(now) } else { (None, None) };
+        Snapshot {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime: now.saturating_duration_since(self.started),
+            by_state: total.by_state.clone(),
+            routes,
+            topics: total.topics,
+            subscriptions: total.subscriptions,
+            broker_tokens_held: total.tokens_held,
             broker_tokens_registered: self.broker.registered_count(),
-            rss_bytes,
+            rss_bytes: metrics::rss_bytes(),
             open_fds,
             max_fds,
-            pool_bytes: self.pools.spare_bytes(),
+            pool_bytes: total.pool_bytes,
         }
     }
 
@@ -243,18 +485,21 @@ impl Server {
         }
     }
 
-    fn metrics_text(&self, now: Instant) -> String {
-        metrics::render(&self.metrics, &self.snapshot(now, true))
+    fn metrics_text(&self, figures: &[Figures], now: Instant) -> String {
+        let total = Figures::sum(figures);
+        metrics::render(&total.metrics, &self.snapshot(&total, now, true), figures, false)
     }
 
-    fn info_json(&self, now: Instant) -> String {
-        let s = self.snapshot(now, true);
+    fn info_json(&self, figures: &[Figures], now: Instant) -> String {
+        let total = Figures::sum(figures);
+        let s = self.snapshot(&total, now, true);
         let l = &self.limits;
         serde_json::json!({ "result": {
             "version": s.version,
             "uptime_seconds": s.uptime.as_secs(),
-            "connections": self.conns.len(),
+            "connections": total.connections,
             "max_connections": self.max_connections,
+            "workers": figures.len(),
             "topics": s.topics,
             "subscriptions": s.subscriptions,
             "broker": { "tokens_held": s.broker_tokens_held, "tokens_registered": s.broker_tokens_registered },
@@ -275,9 +520,19 @@ impl Server {
         .to_string()
     }
 
-    /// A page of `/api/clients`: `{"result":{"clients":[...],"total":N,"next_offset":M}}`
-    /// (`next_offset` only when more follow). Admin requests in progress are not clients.
-    fn clients_json(&self, now: Instant, offset: usize, limit: usize) -> String {
+    /// Whether a connection shows in `/api/clients` (admin requests in progress do not).
+    fn listed(c: &Connection) -> bool {
+        !(c.is_admin() && c.route().is_none() && !c.is_open())
+    }
+
+    /// How many of this worker's connections `/api/clients` lists.
+    fn listed_clients(&self) -> usize {
+        self.conns.iter().filter(|(_, e)| Self::listed(&e.conn)).count()
+    }
+
+    /// This worker's part of a page of `/api/clients`: how many it lists, and the objects of
+    /// the page (`offset` and `limit` within this worker's list), comma-separated.
+    fn clients_page(&self, now: Instant, offset: usize, limit: usize) -> (usize, Vec<u8>) {
         #[derive(serde::Serialize)]
         struct Client<'a> {
             id: String,
@@ -292,11 +547,9 @@ impl Server {
             messages_out: u64,
             bytes_out: u64,
         }
-        let listed = |c: &Connection| !(c.is_admin() && c.route().is_none() && !c.is_open());
-        let total = self.conns.iter().filter(|(_, e)| listed(&e.conn)).count();
-        let mut out = Vec::with_capacity(64 + limit.min(total) * 220);
-        out.extend_from_slice(b"{\"result\":{\"clients\":[");
-        let page = self.conns.iter().filter(|(_, e)| listed(&e.conn)).skip(offset).take(limit);
+        let total = self.listed_clients();
+        let mut out = Vec::with_capacity(limit.min(total) * 220);
+        let page = self.conns.iter().filter(|(_, e)| Self::listed(&e.conn)).skip(offset).take(limit);
         for (i, (key, e)) in page.enumerate() {
             let c = &e.conn;
             if i > 0 {
@@ -318,18 +571,14 @@ impl Server {
             };
             let _ = serde_json::to_writer(&mut out, &client);
         }
-        let _ = write!(out, "],\"total\":{total}");
-        if offset.saturating_add(limit) < total {
-            let _ = write!(out, ",\"next_offset\":{}", offset + limit);
-        }
-        out.extend_from_slice(b"}}");
-        String::from_utf8(out).unwrap_or_default()
+        (total, out)
     }
 
     /// The dashboard's once-a-second figures.
-    pub(super) fn stats_json(&self, now: Instant) -> String {
-        let s = self.snapshot(now, false);
-        let m = &self.metrics;
+    fn stats_json(&self, figures: &[Figures], now: Instant) -> String {
+        let total = Figures::sum(figures);
+        let s = self.snapshot(&total, now, false);
+        let m = &total.metrics;
         let (mut msgs_in, mut msgs_out, mut bytes_in, mut bytes_out) = (0u64, 0u64, 0u64, 0u64);
         for (_, _, _, t) in &s.routes {
             msgs_in += t.msgs_in;
@@ -346,19 +595,17 @@ impl Server {
                 serde_json::json!({ "route": path, "app": app, "open": open, "messages_in": t.msgs_in, "messages_out": t.msgs_out })
             })
             .collect();
-        let mut topics: Vec<(&str, usize, u64)> =
-            self.topics.iter().filter(|(n, _, _)| !n.starts_with(FEED_PREFIX)).collect();
-        topics.sort_by_key(|t| std::cmp::Reverse(t.1));
-        let topics: Vec<serde_json::Value> = topics
+        let topics: Vec<serde_json::Value> = total
+            .top_topics
             .iter()
-            .take(10)
             .map(|(name, subs, dropped)| serde_json::json!({ "topic": name, "subscribers": subs, "dropped": dropped }))
             .collect();
         serde_json::json!({
             "type": "stats",
             "version": s.version,
             "uptime_seconds": s.uptime.as_secs(),
-            "connections": self.conns.len(),
+            "connections": total.connections,
+            "workers": figures.len(),
             "by_state": s.by_state,
             "messages_in": msgs_in,
             "messages_out": msgs_out,
@@ -390,4 +637,32 @@ fn message_frame(data: &Data) -> SharedFrame {
         },
         Data::Binary(bytes) => shared_frame(Opcode::Binary, bytes),
     }
+}
+
+/// Each worker's figures, in worker order.
+fn collect_figures(parts: Vec<Option<Part>>) -> Vec<Figures> {
+    parts.into_iter().flatten().filter_map(|p| if let Part::Figures(f) = p { Some(*f) } else { None }).collect()
+}
+
+/// `/api/publish`'s messages, framed once for every worker: JSON data wrapped as
+/// `{"topic":…,"data":…}`, bytes as a binary message.
+fn publish_frames(topics: &[String], data: &Data) -> Vec<(Arc<str>, SharedFrame)> {
+    topics
+        .iter()
+        .map(|topic| {
+            let frame = match data {
+                Data::Json(json) => {
+                    let mut body = Vec::with_capacity(json.len() + topic.len() + 24);
+                    body.extend_from_slice(b"{\"topic\":");
+                    let _ = serde_json::to_writer(&mut body, topic);
+                    body.extend_from_slice(b",\"data\":");
+                    body.extend_from_slice(json.as_bytes());
+                    body.push(b'}');
+                    shared_frame(Opcode::Text, &body)
+                }
+                Data::Binary(bytes) => shared_frame(Opcode::Binary, bytes),
+            };
+            (Arc::from(topic.as_str()), frame)
+        })
+        .collect()
 }

@@ -1,5 +1,8 @@
-//! The reactor: one `mio::Poll`, the listeners, a `Slab<Connection>`, the timers and the
-//! signals. Single-threaded; it owns everything.
+//! The reactors. A [`Server`] is `workers` threads, each running a [`Worker`]: one
+//! `mio::Poll`, its listeners, a `Slab<Connection>`, its timers, buffer pools and topics.
+//! A worker is single-threaded and owns everything it serves; workers reach each other only
+//! through the notes of [`mesh`]. Worker 0 also owns the signals, the admin listener and the
+//! broker's token loader.
 //!
 //! One turn of the loop: poll (timeout = earliest deadline) → dispatch events to connections
 //! → serve connections whose read budget ran out last turn → fire due timers → remove closed
@@ -23,6 +26,7 @@ use slab::Slab;
 use socket2::{Domain, Socket, Type};
 
 mod manage;
+pub mod mesh;
 
 use crate::access_log::AccessLogFile;
 use crate::apps::dashboard::{ACCESS_FEED, STATS_FEED};
@@ -30,7 +34,7 @@ use crate::apps::Action;
 use crate::broker::tokens::Fetcher;
 use crate::broker::Broker;
 use crate::buffer::Pools;
-use crate::config::{AdminListen, AppKind, Config, Limits, Route};
+use crate::config::{AdminListen, AppKind, Balance, Config, Limits, Route};
 use crate::connection::{refuse_unadmitted, AdminSettings, Connection, Ctx, Delivered, Progress, Ready, Turn};
 use crate::encode::{shared_frame, SharedFrame};
 use crate::logview::Tails;
@@ -40,6 +44,7 @@ use crate::route::Routes;
 use crate::tls::{build_server_config, TlsSettings};
 use crate::transport::Transport;
 use crate::ws::frame::Opcode;
+use mesh::{Mailbox, Mesh, Note};
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
 /// The token loader thread's wake-ups.
@@ -47,17 +52,24 @@ const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Listener `i` has token `LISTENER_BASE - i`.
 const LISTENER_BASE: usize = usize::MAX - 2;
 const MAX_LISTENERS: usize = 1024;
-/// Connection tokens: slab key in the low 32 bits, generation in bits 32–61, bit 62 set for
-/// the socket the connection's app owns (a backend link), bit 63 clear (listener and signal
-/// tokens have it set). A connection's id is its token without bit 62, as a `u64`.
+/// Connection tokens: slab key in the low 32 bits, generation in bits 32–53, the worker's
+/// index in bits 54–61, bit 62 set for the socket the connection's app owns (a backend link),
+/// bit 63 clear (listener and signal tokens have it set). A connection's id is its token
+/// without bit 62, as a `u64`: unique in the process, and it says which worker serves it.
 const KEY_BITS: u32 = 32;
 const KEY_MASK: usize = (1 << KEY_BITS) - 1;
-const GEN_MASK: usize = 0x3FFF_FFFF;
+const GEN_MASK: usize = 0x3F_FFFF;
+const WORKER_SHIFT: u32 = 54;
 const APP_SOCKET_BIT: usize = 1 << 62;
 
 /// The slab key of the connection with this id.
 pub fn key_of(id: u64) -> usize {
     (id as usize) & KEY_MASK
+}
+
+/// The index of the worker serving the connection with this id.
+pub fn worker_of(id: u64) -> usize {
+    (id >> WORKER_SHIFT) as usize & 0xFF
 }
 /// Connections accepted per listener per turn, so a flood of connects cannot starve clients.
 const ACCEPT_BATCH: usize = 256;
@@ -147,8 +159,103 @@ impl Entry {
     }
 }
 
-/// A bound, not yet running server.
+/// A bound, not yet running server: its workers, each with its listeners bound.
 pub struct Server {
+    seeds: Vec<Seed>,
+    /// The broker's registered tokens, read at start before anyone connects (later loads
+    /// run off the loop).
+    tokens: Option<crate::broker::tokens::TokenSet>,
+}
+
+impl Server {
+    /// Binds every worker's listeners and installs the signal handlers. With `workers > 1`
+    /// and `balance = "reuseport"` each worker binds its own `SO_REUSEPORT` socket on every
+    /// address (worker 0 first, so port 0 resolves once); with `"handoff"` only worker 0 binds
+    /// and hands accepted sockets on.
+    pub fn bind(config: &Config) -> io::Result<Server> {
+        let n = config.workers.max(1);
+        let mut polls = Vec::with_capacity(n);
+        let mut wakers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let poll = Poll::new()?;
+            wakers.push(Arc::new(mio::Waker::new(poll.registry(), WAKER_TOKEN)?));
+            polls.push(poll);
+        }
+        let (mesh, mailboxes) = Mesh::new(wakers.clone());
+        let config = Arc::new(config.clone());
+        let mut seeds: Vec<Seed> = Vec::with_capacity(n);
+        for ((poll, waker), mailbox) in polls.into_iter().zip(wakers).zip(mailboxes) {
+            let binding = match seeds.first() {
+                None => Binding::Configured,
+                Some(_) if config.balance == Balance::Handoff => Binding::None,
+                Some(first) => Binding::Same(first.listeners.iter().filter(|l| !l.admin).map(|l| l.addr).collect()),
+            };
+            seeds.push(Seed::bind(&config, poll, waker, mailbox, Arc::clone(&mesh), binding)?);
+        }
+        let tokens = config.broker.tokens.as_ref().and_then(|source| {
+            match crate::broker::tokens::load(source, config.broker.tokens_timeout, config.broker.tokens_max_size) {
+                Ok(set) => {
+                    log::info!("broker: {} registered token(s) from {source}", set.values().filter(|v| **v).count());
+                    Some(set)
+                }
+                Err(e) => {
+                    log::error!("broker: tokens from {source}: {e}; starting with no registered tokens");
+                    None
+                }
+            }
+        });
+        Ok(Server { seeds, tokens })
+    }
+
+    /// The WebSocket listeners' addresses actually bound (port 0 resolved), with whether
+    /// each is TLS.
+    pub fn local_addrs(&self) -> Vec<(SocketAddr, bool)> {
+        self.seeds[0].listeners.iter().filter(|l| !l.admin).map(|l| (l.addr, l.tls.is_some())).collect()
+    }
+
+    /// The admin listener's address (`http://127.0.0.1:9090/` or `unix:/path`), if configured.
+    pub fn admin_url(&self) -> Option<String> {
+        self.seeds[0].listeners.iter().find(|l| l.admin).map(|l| match &l.socket {
+            ListenSocket::Tcp(_) => format!("http://{}/", l.addr),
+            ListenSocket::Unix { path, .. } => format!("unix:{}", path.display()),
+        })
+    }
+
+    /// Runs every worker until a SIGTERM / SIGINT drain completes: worker 0 on this thread,
+    /// the others on threads of their own.
+    pub fn run(self) -> io::Result<()> {
+        let mut seeds = self.seeds.into_iter();
+        let Some(first) = seeds.next() else { return Ok(()) };
+        let mut threads = Vec::new();
+        for seed in seeds {
+            let name = format!("wsgate-w{}", seed.mailbox.index);
+            let tokens = self.tokens.clone();
+            threads.push(std::thread::Builder::new().name(name).spawn(move || seed.start(tokens).run())?);
+        }
+        let mut result = first.start(self.tokens).run();
+        for t in threads {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = result.and(Err(e)),
+                Err(_) => result = result.and(Err(io::Error::other("a worker thread panicked"))),
+            }
+        }
+        result
+    }
+}
+
+/// Which addresses a worker listens on.
+enum Binding {
+    /// The configuration's (worker 0).
+    Configured,
+    /// These, already bound by worker 0 (`SO_REUSEPORT`).
+    Same(Vec<SocketAddr>),
+    /// None: worker 0 hands connections over.
+    None,
+}
+
+/// One reactor thread.
+pub struct Worker {
     poll: Poll,
     listeners: Vec<Listener>,
     conns: Slab<Entry>,
@@ -173,7 +280,8 @@ pub struct Server {
     /// When the buffer pools next shrink to what was used since (and memory is given back).
     housekeeping_at: Instant,
     backend_failures: crate::backend::FailureLog,
-    signals: Signals,
+    /// Worker 0's.
+    signals: Option<Signals>,
     accept_paused_until: Option<Instant>,
     /// Set on SIGTERM / SIGINT: the time by which the server exits regardless.
     drain_deadline: Option<Instant>,
@@ -200,17 +308,39 @@ pub struct Server {
     fd_figures_cache: std::cell::Cell<Option<(Instant, crate::metrics::FdFigures)>>,
     /// Set while accept() fails for lack of descriptors; logged once per episode.
     fd_exhausted: bool,
+    /// This worker's inbox, and every worker's.
+    mailbox: Mailbox,
+    mesh: Arc<Mesh>,
+    /// Worker 0 with `balance = "handoff"`: accepted sockets go to the least loaded worker.
+    hands_off: bool,
+    /// Admin requests and dashboard updates waiting for other workers' parts.
+    gathers: std::collections::HashMap<u64, manage::Gather>,
+    next_gather: u64,
+    /// Nobody to exclude, shared (a publish that crosses to other workers clones it).
+    no_ids: Arc<[u64]>,
 }
 
-impl Server {
-    /// Binds every listener and installs the signal handlers.
-    pub fn bind(config: &Config) -> io::Result<Server> {
-        let poll = Poll::new()?;
+impl Seed {
+    fn bind(
+        config: &Arc<Config>,
+        poll: Poll,
+        waker: Arc<mio::Waker>,
+        mailbox: Mailbox,
+        mesh: Arc<Mesh>,
+        binding: Binding,
+    ) -> io::Result<Seed> {
+        let first = mailbox.index == 0;
         if config.listen.len() > MAX_LISTENERS {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many listen addresses"));
         }
+        let reuse_port = config.workers > 1 && config.balance == Balance::ReusePort;
+        let addrs: Vec<SocketAddr> = match &binding {
+            Binding::Configured => config.listen.iter().map(|l| l.addr).collect(),
+            Binding::Same(addrs) => addrs.clone(),
+            Binding::None => Vec::new(),
+        };
         let mut listeners = Vec::new();
-        for (i, listener) in config.listen.iter().enumerate() {
+        for (i, (listener, addr)) in config.listen.iter().zip(addrs).enumerate() {
             // Certificates first: a bad file is a configuration error, not a half-started server.
             let tls = match &listener.tls {
                 Some(settings) => {
@@ -220,30 +350,33 @@ impl Server {
                 }
                 None => None,
             };
-            let addr = listener.addr;
             let mut socket =
-                bind_listener(addr).map_err(|e| io::Error::new(e.kind(), format!("listen {addr}: {e}")))?;
+                bind_listener(addr, reuse_port).map_err(|e| io::Error::new(e.kind(), format!("listen {addr}: {e}")))?;
             let addr = socket.local_addr()?;
             poll.registry().register(&mut socket, Token(LISTENER_BASE - i), Interest::READABLE)?;
             listeners.push(Listener { socket: ListenSocket::Tcp(socket), addr, tls, pending: true, admin: false });
         }
+        // Every worker knows the keys (a `require_key` log viewer checks them); only worker 0
+        // listens for admin requests.
         let admin = match &config.admin {
             Some(admin) => {
-                let at = |e: io::Error| io::Error::new(e.kind(), format!("admin.listen {}: {e}", admin.listen));
-                let (mut socket, addr) = match &admin.listen {
-                    AdminListen::Tcp(addr) => {
-                        let socket = bind_listener(*addr).map_err(at)?;
-                        let addr = socket.local_addr()?;
-                        (ListenSocket::Tcp(socket), addr)
-                    }
-                    AdminListen::Unix(path) => (
-                        ListenSocket::Unix { socket: bind_unix(path).map_err(at)?, path: path.clone() },
-                        SocketAddr::from(([0, 0, 0, 0], 0)),
-                    ),
-                };
-                let i = listeners.len();
-                poll.registry().register(socket.source(), Token(LISTENER_BASE - i), Interest::READABLE)?;
-                listeners.push(Listener { socket, addr, tls: None, pending: true, admin: true });
+                if first {
+                    let at = |e: io::Error| io::Error::new(e.kind(), format!("admin.listen {}: {e}", admin.listen));
+                    let (mut socket, addr) = match &admin.listen {
+                        AdminListen::Tcp(addr) => {
+                            let socket = bind_listener(*addr, false).map_err(at)?;
+                            let addr = socket.local_addr()?;
+                            (ListenSocket::Tcp(socket), addr)
+                        }
+                        AdminListen::Unix(path) => (
+                            ListenSocket::Unix { socket: bind_unix(path).map_err(at)?, path: path.clone() },
+                            SocketAddr::from(([0, 0, 0, 0], 0)),
+                        ),
+                    };
+                    let i = listeners.len();
+                    poll.registry().register(socket.source(), Token(LISTENER_BASE - i), Interest::READABLE)?;
+                    listeners.push(Listener { socket, addr, tls: None, pending: true, admin: true });
+                }
                 let mut route = Route::new("/ws", AppKind::Dashboard, config.limits);
                 // The dashboard's page connects from the admin listener's own origin.
                 route.limits = Arc::new(Limits { idle_timeout: Duration::ZERO, ..config.limits });
@@ -255,22 +388,13 @@ impl Server {
             }
             None => None,
         };
-        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER_TOKEN)?);
-        let mut broker = Broker::new(config.broker.websockets_pro_quirks);
-        if let Some(source) = &config.broker.tokens {
-            // At start the list is read before anyone connects; later loads run off the loop.
-            match crate::broker::tokens::load(source, config.broker.tokens_timeout, config.broker.tokens_max_size) {
-                Ok(set) => {
-                    broker.replace_registered(set);
-                    log::info!("broker: {} registered token(s) from {source}", broker.registered_count());
-                }
-                Err(e) => log::error!("broker: tokens from {source}: {e}; starting with no registered tokens"),
-            }
-        }
-        let token_fetcher = Fetcher::start(&config.broker, Arc::clone(&waker));
-        let now = Instant::now();
-        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
-        poll.registry().register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
+        let signals = if first {
+            let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+            poll.registry().register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
+            Some(signals)
+        } else {
+            None
+        };
         let access_file = match &config.access_log {
             Some(path) => Some(
                 AccessLogFile::open(path)
@@ -278,9 +402,40 @@ impl Server {
             ),
             None => None,
         };
+        Ok(Seed { config: Arc::clone(config), poll, waker, mailbox, mesh, listeners, admin, signals, access_file })
+    }
+}
+
+/// What a worker needs that can fail to get (sockets, files), made before the threads start;
+/// the worker itself is built on its own thread (it is not `Send`: its connections and
+/// topics use `Rc`).
+pub struct Seed {
+    config: Arc<Config>,
+    poll: Poll,
+    waker: Arc<mio::Waker>,
+    mailbox: Mailbox,
+    mesh: Arc<Mesh>,
+    listeners: Vec<Listener>,
+    admin: Option<AdminSettings>,
+    signals: Option<Signals>,
+    access_file: Option<AccessLogFile>,
+}
+
+impl Seed {
+    fn start(self, tokens: Option<crate::broker::tokens::TokenSet>) -> Worker {
+        let Seed { config, poll, waker, mailbox, mesh, listeners, admin, signals, access_file } = self;
+        let first = mailbox.index == 0;
+        let mut broker = Broker::new(config.broker.websockets_pro_quirks);
+        broker.set_spread(config.workers > 1 || config.cluster.is_some());
+        if let Some(set) = tokens {
+            broker.replace_registered(set);
+        }
+        let token_fetcher = if first { Fetcher::start(&config.broker, Arc::clone(&waker)) } else { None };
+        let now = Instant::now();
         // Room for every admitted connection plus those refused with a 503.
         let reserve = config.max_connections.saturating_add(ACCEPT_BATCH).min(MAX_RESERVED);
-        Ok(Server {
+        let hands_off = first && config.workers > 1 && config.balance == Balance::Handoff;
+        Worker {
             poll,
             listeners,
             // Reserved, not touched: pages become resident as connections arrive, and growing
@@ -307,8 +462,8 @@ impl Server {
             exit_now: false,
             broker,
             token_fetcher,
-            tokens_refresh: config.broker.tokens_refresh,
-            tokens_refresh_at: config.broker.tokens_refresh.map(|r| now + r),
+            tokens_refresh: config.broker.tokens_refresh.filter(|_| first),
+            tokens_refresh_at: config.broker.tokens_refresh.filter(|_| first).map(|r| now + r),
             _waker: waker,
             metrics: Metrics::new(config.routes.len()),
             admin,
@@ -319,25 +474,19 @@ impl Server {
             scratch_keys: Vec::new(),
             fd_figures_cache: std::cell::Cell::new(None),
             fd_exhausted: false,
-        })
+            mailbox,
+            mesh,
+            hands_off,
+            gathers: Default::default(),
+            next_gather: 0,
+            no_ids: Arc::from(&[][..]),
+        }
     }
+}
 
-    /// The WebSocket listeners' addresses actually bound (port 0 resolved), with whether
-    /// each is TLS.
-    pub fn local_addrs(&self) -> Vec<(SocketAddr, bool)> {
-        self.listeners.iter().filter(|l| !l.admin).map(|l| (l.addr, l.tls.is_some())).collect()
-    }
-
-    /// The admin listener's address (`http://127.0.0.1:9090/` or `unix:/path`), if configured.
-    pub fn admin_url(&self) -> Option<String> {
-        self.listeners.iter().find(|l| l.admin).map(|l| match &l.socket {
-            ListenSocket::Tcp(_) => format!("http://{}/", l.addr),
-            ListenSocket::Unix { path, .. } => format!("unix:{}", path.display()),
-        })
-    }
-
+impl Worker {
     /// Runs until a SIGTERM / SIGINT drain completes.
-    pub fn run(mut self) -> io::Result<()> {
+    fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut woke = Instant::now();
         loop {
@@ -350,11 +499,15 @@ impl Server {
             }
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() {
-                    log::info!("drained: all connections closed");
+                    log::info!("worker {} drained: all connections closed", self.mailbox.index);
                     return Ok(());
                 }
                 if now >= deadline {
-                    log::warn!("drain timeout: closing {} remaining connection(s)", self.conns.len());
+                    log::warn!(
+                        "drain timeout: worker {} closing {} remaining connection(s)",
+                        self.mailbox.index,
+                        self.conns.len()
+                    );
                     return Ok(());
                 }
             }
@@ -370,7 +523,10 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => self.on_signals(now),
-                    WAKER_TOKEN => self.tokens_loaded(),
+                    WAKER_TOKEN => {
+                        self.tokens_loaded();
+                        self.take_notes(now);
+                    }
                     Token(t) if t > LISTENER_BASE - MAX_LISTENERS => {
                         if let Some(l) = self.listeners.get_mut(LISTENER_BASE - t) {
                             l.pending = true;
@@ -383,11 +539,15 @@ impl Server {
                     }
                 }
             }
+            if self.mailbox.more {
+                self.take_notes(now);
+            }
             self.serve_busy(now);
             self.fire_timers(now);
             self.flush_dirty(now);
             self.remove_closed(now);
             self.accept(now);
+            self.mesh.set_load(self.mailbox.index, self.conns.len());
             if now >= self.housekeeping_at {
                 self.housekeeping(now);
             }
@@ -411,10 +571,12 @@ impl Server {
         }
         if now >= self.stats_at {
             self.stats_at = now + Duration::from_secs(1);
+            if self.mailbox.index == 0 {
+                self.mesh.set_access_watched(self.topics.find(ACCESS_FEED).is_some());
+            }
             if self.topics.find(STATS_FEED).is_some() {
-                let frame = shared_frame(Opcode::Text, self.stats_json(now).as_bytes());
-                self.publish(STATS_FEED, &frame, None, &[], now);
-                self.flush_dirty(now);
+                // The figures of every worker: published when the last one has answered.
+                self.gather(manage::Pending::Stats, mesh::Query::Figures, (0..self.mesh.workers()).collect(), now);
             }
         }
         if let (Some(at), Some(every)) = (self.tokens_refresh_at, self.tokens_refresh) {
@@ -433,6 +595,10 @@ impl Server {
         while let Some(result) = fetcher.take() {
             match result {
                 Ok(set) => {
+                    if self.mesh.workers() > 1 {
+                        let shared = Arc::new(set.clone());
+                        self.mesh.post_others(self.mailbox.index, || Note::Tokens(Arc::clone(&shared)));
+                    }
                     self.broker.replace_registered(set);
                     log::info!(
                         "broker: {} registered token(s) from {}",
@@ -464,7 +630,7 @@ impl Server {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.busy.is_empty() {
+        if !self.busy.is_empty() || self.mailbox.more {
             return Some(Duration::ZERO);
         }
         let mut next = self.timers.peek().map(|Reverse((t, _))| *t);
@@ -558,15 +724,17 @@ impl Server {
                 }
             }
             Action::Publish { topic, frame, exclude, exclude_ids } => {
-                self.publish(&topic, &frame, exclude, &exclude_ids, now)
+                self.publish(&topic, &frame, exclude, &exclude_ids, now);
+                self.spread_publish(&topic, &frame, exclude_ids);
             }
-            Action::SendTo { id, frame } => {
-                let key = key_of(id);
-                if self.conns.get(key).is_some_and(|e| e.conn.id() == id) {
-                    self.deliver(key, &frame, now);
+            Action::SendTo { id, frame } => self.send_to(id, frame, now),
+            Action::Route { keys, receivers, frame } => {
+                self.metrics.broker_routed += 1;
+                self.route_message(&keys, &frame, now);
+                if let Some(receivers) = receivers {
+                    self.spread_route(receivers.into(), &frame);
                 }
             }
-            Action::Route { keys, frame } => self.route_message(&keys, &frame, now),
             Action::Backlog(spec) => {
                 let frames: Vec<SharedFrame> =
                     spec.files.iter().flat_map(|path| self.tails.backlog(path, spec.backlog)).cloned().collect();
@@ -578,9 +746,81 @@ impl Server {
         }
     }
 
-    /// A broker message to the connections its receivers named.
+    /// Delivers `frame` to the connection with id `id`, on whichever worker serves it.
+    fn send_to(&mut self, id: u64, frame: SharedFrame, now: Instant) {
+        if worker_of(id) != self.mailbox.index {
+            self.mesh.post(worker_of(id), Note::SendTo { id, frame });
+            return;
+        }
+        let key = key_of(id);
+        if self.conns.get(key).is_some_and(|e| e.conn.id() == id) {
+            self.deliver(key, &frame, now);
+        }
+    }
+
+    /// A publish made on this worker goes to the other workers' subscribers too.
+    fn spread_publish(&mut self, topic: &Arc<str>, frame: &SharedFrame, exclude_ids: Box<[u64]>) {
+        if self.mesh.workers() > 1 {
+            let exclude_ids: Arc<[u64]> =
+                if exclude_ids.is_empty() { Arc::clone(&self.no_ids) } else { exclude_ids.into() };
+            self.mesh.post_others(self.mailbox.index, || Note::Publish {
+                topic: Arc::clone(topic),
+                frame: frame.clone(),
+                exclude_ids: Arc::clone(&exclude_ids),
+            });
+        }
+    }
+
+    /// A broker message sent on this worker goes to the other workers' token holders too.
+    fn spread_route(&mut self, receivers: Arc<[u8]>, frame: &SharedFrame) {
+        if self.mesh.workers() > 1 {
+            self.mesh.post_others(self.mailbox.index, || Note::Route {
+                receivers: Arc::clone(&receivers),
+                frame: frame.clone(),
+            });
+        }
+    }
+
+    /// Takes what other workers sent (a batch per turn), and writes what it queued.
+    fn take_notes(&mut self, now: Instant) {
+        let mesh = Arc::clone(&self.mesh);
+        let mut notes = Vec::new();
+        mesh.take(&mut self.mailbox, |note| notes.push(note));
+        for note in notes {
+            self.on_note(note, now);
+        }
+        self.flush_dirty(now);
+    }
+
+    fn on_note(&mut self, note: Note, now: Instant) {
+        match note {
+            Note::Publish { topic, frame, exclude_ids } => self.publish(&topic, &frame, None, &exclude_ids, now),
+            Note::Route { receivers, frame } => {
+                let mut keys = std::mem::take(&mut self.scratch_keys);
+                self.broker.receivers(&receivers, &mut keys);
+                self.route_message(&keys, &frame, now);
+                self.scratch_keys = keys;
+            }
+            Note::SendTo { id, frame } => self.send_to(id, frame, now),
+            Note::Adopt { stream, peer, tls } => self.admit(Accepted::Tcp(stream), peer, tls, false, true, now),
+            Note::Ask { gather, from, query } => {
+                let part = self.part(&query, now);
+                self.mesh.post(from, Note::Answer { gather, worker: self.mailbox.index, part });
+            }
+            Note::Answer { gather, worker, part } => self.gathered(gather, worker, part, now),
+            Note::Tokens(set) => self.broker.replace_registered((*set).clone()),
+            Note::Reload => self.reload(),
+            Note::Drain => {
+                if self.drain_deadline.is_none() {
+                    self.start_drain(now);
+                }
+            }
+            Note::Exit => self.exit_now = true,
+        }
+    }
+
+    /// A broker message's deliveries to the connections its receivers named here.
     fn route_message(&mut self, keys: &[usize], frame: &SharedFrame, now: Instant) {
-        self.metrics.broker_routed += 1;
         for &key in keys {
             if self.deliver(key, frame, now) {
                 self.metrics.broker_deliveries += 1;
@@ -727,14 +967,24 @@ impl Server {
             let _ = self.poll.registry().deregister(entry.conn.source_mut());
             self.topics.remove_connection(key);
             self.broker.release(key);
+            self.mesh.release_one();
             entry.conn.release(&mut self.pools);
             self.count_closed(&mut entry.conn);
             let line = entry.conn.access_line(now);
-            if self.topics.find(ACCESS_FEED).is_some() {
+            // The dashboard (on worker 0) shows every worker's access lines.
+            let watched_here = self.topics.find(ACCESS_FEED).is_some();
+            if watched_here || (self.mailbox.index != 0 && self.mesh.access_watched()) {
                 let mut body = b"{\"type\":\"access\",\"line\":".to_vec();
                 let _ = serde_json::to_writer(&mut body, &line);
                 body.push(b'}');
-                self.publish(ACCESS_FEED, &shared_frame(Opcode::Text, &body), None, &[], now);
+                let frame = shared_frame(Opcode::Text, &body);
+                if watched_here {
+                    self.publish(ACCESS_FEED, &frame, None, &[], now);
+                } else {
+                    let topic: Arc<str> = ACCESS_FEED.into();
+                    let exclude_ids = Arc::clone(&self.no_ids);
+                    self.mesh.post(0, Note::Publish { topic, frame, exclude_ids });
+                }
             }
             match &mut self.access_file {
                 Some(file) => file.line(&line),
@@ -790,7 +1040,10 @@ impl Server {
                         }
                         let tls = self.listeners[i].tls.as_ref().map(|(_, config)| config.clone());
                         let admin = self.listeners[i].admin;
-                        self.admit(stream, peer, tls, admin, now)
+                        match stream {
+                            Accepted::Tcp(stream) if self.hands_off && !admin => self.hand_off(stream, peer, tls, now),
+                            stream => self.admit(stream, peer, tls, admin, false, now),
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         self.listeners[i].pending = false;
@@ -819,29 +1072,60 @@ impl Server {
         }
     }
 
+    /// `balance = "handoff"`: passes an accepted socket to the worker with the fewest
+    /// connections (this one included). The process's connection count is taken here, so a
+    /// refusal at `max_connections` is answered at once.
+    fn hand_off(
+        &mut self,
+        stream: mio::net::TcpStream,
+        peer: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        now: Instant,
+    ) {
+        let to = self.mesh.least_loaded();
+        if to == self.mailbox.index {
+            return self.admit(Accepted::Tcp(stream), peer, tls, false, false, now);
+        }
+        if !self.mesh.admit_one(self.max_connections) {
+            self.metrics.accepted += 1;
+            return self.refuse_capacity(Accepted::Tcp(stream), peer);
+        }
+        if !self.mesh.post(to, Note::Adopt { stream, peer, tls }) {
+            // The worker is gone (draining): the socket was dropped with the note.
+            self.mesh.release_one();
+        }
+    }
+
+    fn refuse_capacity(&mut self, mut stream: Accepted, peer: SocketAddr) {
+        self.metrics.refused_capacity += 1;
+        if self.metrics.refused_capacity.is_power_of_two() {
+            log::warn!(
+                "at max_connections ({}): refusing {peer} with 503 ({} refused so far by worker {})",
+                self.max_connections,
+                self.metrics.refused_capacity,
+                self.mailbox.index
+            );
+        }
+        match &mut stream {
+            Accepted::Tcp(s) => refuse_unadmitted(s, 503, "server at capacity, try again later"),
+            Accepted::Unix(s) => refuse_unadmitted(s, 503, "server at capacity, try again later"),
+        }
+    }
+
+    /// Serves an accepted socket. `counted`: the process's connection count already includes
+    /// it (a socket handed over by worker 0).
     fn admit(
         &mut self,
         mut stream: Accepted,
         peer: SocketAddr,
         tls: Option<Arc<rustls::ServerConfig>>,
         admin: bool,
+        counted: bool,
         now: Instant,
     ) {
         self.metrics.accepted += 1;
-        if self.conns.len() >= self.max_connections {
-            self.metrics.refused_capacity += 1;
-            if self.metrics.refused_capacity.is_power_of_two() {
-                log::warn!(
-                    "at max_connections ({}): refusing {peer} with 503 ({} refused so far)",
-                    self.max_connections,
-                    self.metrics.refused_capacity
-                );
-            }
-            match &mut stream {
-                Accepted::Tcp(s) => refuse_unadmitted(s, 503, "server at capacity, try again later"),
-                Accepted::Unix(s) => refuse_unadmitted(s, 503, "server at capacity, try again later"),
-            }
-            return;
+        if !counted && !self.mesh.admit_one(self.max_connections) {
+            return self.refuse_capacity(stream, peer);
         }
         if let Accepted::Tcp(s) = &stream {
             if let Err(e) = s.set_nodelay(true) {
@@ -851,9 +1135,10 @@ impl Server {
         self.generation = (self.generation + 1) & GEN_MASK;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        let token = Token((self.generation << KEY_BITS) | key);
+        let token = Token((self.mailbox.index << WORKER_SHIFT) | (self.generation << KEY_BITS) | key);
         if let Err(e) = self.poll.registry().register(stream.source(), token, Interest::READABLE | Interest::WRITABLE) {
             log::warn!("{peer}: cannot register: {e}");
+            self.mesh.release_one();
             return;
         }
         let transport = match (stream, tls) {
@@ -863,6 +1148,7 @@ impl Server {
                 Ok(t) => t,
                 Err(e) => {
                     log::warn!("{peer}: TLS session: {e}");
+                    self.mesh.release_one();
                     return;
                 }
             },
@@ -874,22 +1160,37 @@ impl Server {
         self.run_conn(key, now, |conn, ctx| conn.drive(ctx, Ready { corked: true, ..Ready::default() }));
     }
 
+    /// Worker 0's signals, passed on to every worker.
     fn on_signals(&mut self, now: Instant) {
-        let received: Vec<i32> = self.signals.pending().collect();
+        let Some(signals) = &mut self.signals else { return };
+        let received: Vec<i32> = signals.pending().collect();
+        let me = self.mailbox.index;
         for signal in received {
             match signal {
                 SIGHUP => {
-                    self.reload_certificates();
-                    self.reopen_access_log();
+                    self.mesh.post_others(me, || Note::Reload);
+                    self.reload();
                     if let Some(f) = &mut self.token_fetcher {
                         log::info!("SIGHUP: loading the broker's tokens from {}", f.source());
                         f.request();
                     }
                 }
-                _ if self.drain_deadline.is_some() => self.exit_now = true,
-                _ => self.start_drain(now),
+                _ if self.drain_deadline.is_some() => {
+                    self.mesh.post_others(me, || Note::Exit);
+                    self.exit_now = true;
+                }
+                _ => {
+                    self.mesh.post_others(me, || Note::Drain);
+                    self.start_drain(now);
+                }
             }
         }
+    }
+
+    /// SIGHUP, on every worker.
+    fn reload(&mut self) {
+        self.reload_certificates();
+        self.reopen_access_log();
     }
 
     /// SIGHUP: re-reads every TLS listener's certificates and keys. New handshakes use the new
@@ -907,7 +1208,9 @@ impl Server {
                 Err(e) => log::error!("SIGHUP: {}: {e}; keeping the certificates in use", l.addr),
             }
         }
-        log::info!("SIGHUP: reloaded certificates for {reloaded} TLS listener(s)");
+        if reloaded > 0 || self.mailbox.index == 0 {
+            log::info!("SIGHUP: worker {} reloaded certificates for {reloaded} TLS listener(s)", self.mailbox.index);
+        }
     }
 
     /// SIGHUP: opens the access log's path again (after `logrotate` renamed the file). If that
@@ -925,7 +1228,11 @@ impl Server {
 
     fn start_drain(&mut self, now: Instant) {
         let drain = self.limits.drain_timeout;
-        log::info!("stop signal: closing {} connection(s) with 1001, up to {drain:?}", self.conns.len());
+        log::info!(
+            "stop signal: worker {} closing {} connection(s) with 1001, up to {drain:?}",
+            self.mailbox.index,
+            self.conns.len()
+        );
         self.drain_deadline = Some(now + drain);
         for l in &mut self.listeners {
             let _ = self.poll.registry().deregister(l.socket.source());
@@ -963,10 +1270,15 @@ fn bind_unix(path: &std::path::Path) -> io::Result<mio::net::UnixListener> {
 }
 
 /// A non-blocking listener with SO_REUSEADDR and a large backlog; IPv6 sockets are v6-only
-/// so `0.0.0.0:P` and `[::]:P` can both be listed.
-fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+/// so `0.0.0.0:P` and `[::]:P` can both be listed. `reuse_port`: one of several workers'
+/// sockets on the same address, among which the kernel spreads connections (`SO_REUSEPORT`,
+/// which only sockets of the same user can join).
+fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
