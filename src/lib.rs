@@ -27,6 +27,7 @@ pub mod apps;
 pub mod backend;
 pub mod broker;
 pub mod buffer;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod encode;

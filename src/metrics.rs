@@ -323,7 +323,8 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>, workers: &[Figures], cluster: bool)
 
     family(o, "wsgate_workers", "gauge", "Reactor threads serving clients.");
     sample(o, "wsgate_workers", &[], workers.len() as u64);
-    let per_worker: [(&str, &str, &str, fn(&Figures) -> u64); 5] = [
+    type Pick = fn(&Figures) -> u64;
+    let per_worker: [(&str, &str, &str, Pick); 5] = [
         ("wsgate_worker_connections_open", "gauge", "Open connections per worker.", |f| f.connections as u64),
         ("wsgate_worker_connections_accepted_total", "counter", "Connections accepted per worker.", |f| {
             f.metrics.accepted

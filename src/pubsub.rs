@@ -46,6 +46,9 @@ pub struct Topics {
     live_subs: usize,
     /// Names in order, for prefix queries (the broker's groups); `None` unless [`Topics::ordered`].
     sorted: Option<BTreeMap<Rc<str>, TopicId>>,
+    /// Topics created (`true`) and emptied (`false`) since the last [`Topics::take_changes`];
+    /// `None` unless [`Topics::track_changes`] (a cluster subscribes to exactly these).
+    changes: Option<Vec<(Rc<str>, bool)>>,
 }
 
 /// Why a subscription was refused.
@@ -65,6 +68,17 @@ impl Topics {
     /// Topics that also answer prefix queries ([`Topics::with_prefix`]).
     pub fn ordered() -> Topics {
         Topics { sorted: Some(BTreeMap::new()), ..Topics::new() }
+    }
+
+    /// From now on, record which topics come and go (see [`Topics::take_changes`]).
+    pub fn track_changes(&mut self) {
+        self.changes.get_or_insert_with(Vec::new);
+    }
+
+    /// The topics that got their first subscriber (`true`) or lost their last (`false`) since
+    /// the last call, in order.
+    pub fn take_changes(&mut self) -> Vec<(Rc<str>, bool)> {
+        self.changes.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// The live topics whose names start with `prefix`, in name order (ordered topics only).
@@ -233,6 +247,9 @@ impl Topics {
         if let Some(sorted) = &mut self.sorted {
             sorted.insert(name.clone(), id);
         }
+        if let Some(changes) = &mut self.changes {
+            changes.push((name.clone(), true));
+        }
         self.by_name.insert(name, id);
         id
     }
@@ -251,6 +268,9 @@ impl Topics {
             }
             let name = t.name.clone();
             self.by_name.remove(&name);
+            if let Some(changes) = &mut self.changes {
+                changes.push((name.clone(), false));
+            }
             if let Some(sorted) = &mut self.sorted {
                 sorted.remove(&name);
             }

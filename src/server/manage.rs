@@ -72,7 +72,24 @@ impl Worker {
         };
         let command = Arc::new(command);
         let query = match &*command {
-            Command::Publish { topics, data } => Query::Publish(publish_frames(topics, data).into()),
+            Command::Publish { topics, data } => {
+                let frames = publish_frames(topics, data);
+                if let Some(cluster) = &mut self.cluster {
+                    for (topic, frame) in &frames {
+                        cluster.publish(topic, frame, now);
+                    }
+                }
+                Query::Publish(frames.into())
+            }
+            Command::FormBroadcast { message } => {
+                if let (Some(cluster), Some((receivers, payload))) =
+                    (&mut self.cluster, split_routed(message.as_bytes()))
+                {
+                    let payload = if self.broker.quirks { quirks_payload(payload) } else { payload.to_vec() };
+                    cluster.route(receivers, &shared_frame(Opcode::Text, &payload), now);
+                }
+                Query::Admin(Arc::clone(&command))
+            }
             _ => Query::Admin(Arc::clone(&command)),
         };
         let pending = Pending::Admin { key, id, keep_alive: req.keep_alive, head_only, query: command };
@@ -426,9 +443,13 @@ impl Worker {
         let mut top: Vec<(&str, usize, u64)> =
             self.topics.iter().filter(|(n, _, _)| !n.starts_with(FEED_PREFIX)).collect();
         top.sort_by_key(|t| std::cmp::Reverse(t.1));
+        let mut metrics = self.metrics.clone();
+        if let Some(cluster) = &self.cluster {
+            metrics.cluster = cluster.counters(Instant::now());
+        }
         Figures {
             worker: self.mailbox.index,
-            metrics: self.metrics.clone(),
+            metrics,
             connections: self.conns.len(),
             by_state,
             routes,
@@ -487,7 +508,7 @@ impl Worker {
 
     fn metrics_text(&self, figures: &[Figures], now: Instant) -> String {
         let total = Figures::sum(figures);
-        metrics::render(&total.metrics, &self.snapshot(&total, now, true), figures, false)
+        metrics::render(&total.metrics, &self.snapshot(&total, now, true), figures, self.cluster_on())
     }
 
     fn info_json(&self, figures: &[Figures], now: Instant) -> String {

@@ -34,6 +34,7 @@ use crate::apps::Action;
 use crate::broker::tokens::Fetcher;
 use crate::broker::Broker;
 use crate::buffer::Pools;
+use crate::cluster::{Cluster, PUB_TOKEN, SUB_TOKEN};
 use crate::config::{AdminListen, AppKind, Balance, Config, Limits, Route};
 use crate::connection::{refuse_unadmitted, AdminSettings, Connection, Ctx, Delivered, Progress, Ready, Turn};
 use crate::encode::{shared_frame, SharedFrame};
@@ -183,6 +184,10 @@ impl Server {
         }
         let (mesh, mailboxes) = Mesh::new(wakers.clone());
         let config = Arc::new(config.clone());
+        let node = node_id();
+        if let Some(c) = &config.cluster {
+            log::info!("cluster: node {node:016x}, channels {:?}* on {}", c.prefix, c.redis);
+        }
         let mut seeds: Vec<Seed> = Vec::with_capacity(n);
         for ((poll, waker), mailbox) in polls.into_iter().zip(wakers).zip(mailboxes) {
             let binding = match seeds.first() {
@@ -190,7 +195,7 @@ impl Server {
                 Some(_) if config.balance == Balance::Handoff => Binding::None,
                 Some(first) => Binding::Same(first.listeners.iter().filter(|l| !l.admin).map(|l| l.addr).collect()),
             };
-            seeds.push(Seed::bind(&config, poll, waker, mailbox, Arc::clone(&mesh), binding)?);
+            seeds.push(Seed::bind(&config, poll, waker, mailbox, Arc::clone(&mesh), binding, node)?);
         }
         let tokens = config.broker.tokens.as_ref().and_then(|source| {
             match crate::broker::tokens::load(source, config.broker.tokens_timeout, config.broker.tokens_max_size) {
@@ -318,6 +323,8 @@ pub struct Worker {
     next_gather: u64,
     /// Nobody to exclude, shared (a publish that crosses to other workers clones it).
     no_ids: Arc<[u64]>,
+    /// The links to Redis (`[cluster]`).
+    cluster: Option<Cluster>,
 }
 
 impl Seed {
@@ -328,6 +335,7 @@ impl Seed {
         mailbox: Mailbox,
         mesh: Arc<Mesh>,
         binding: Binding,
+        node: u64,
     ) -> io::Result<Seed> {
         let first = mailbox.index == 0;
         if config.listen.len() > MAX_LISTENERS {
@@ -402,7 +410,29 @@ impl Seed {
             ),
             None => None,
         };
-        Ok(Seed { config: Arc::clone(config), poll, waker, mailbox, mesh, listeners, admin, signals, access_file })
+        let cluster = match &config.cluster {
+            Some(c) => {
+                let broker = config.routes.iter().any(|r| r.app == AppKind::Broker);
+                let max_message = config.routes.iter().map(|r| r.limits.max_message_size).max().unwrap_or(0);
+                let max_message = max_message.max(config.limits.max_message_size);
+                let cluster = Cluster::new(poll.registry().try_clone()?, c, node, mailbox.index, broker, max_message)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                Some(cluster)
+            }
+            None => None,
+        };
+        Ok(Seed {
+            config: Arc::clone(config),
+            poll,
+            waker,
+            mailbox,
+            mesh,
+            listeners,
+            admin,
+            signals,
+            access_file,
+            cluster,
+        })
     }
 }
 
@@ -419,11 +449,16 @@ pub struct Seed {
     admin: Option<AdminSettings>,
     signals: Option<Signals>,
     access_file: Option<AccessLogFile>,
+    cluster: Option<Cluster>,
 }
 
 impl Seed {
     fn start(self, tokens: Option<crate::broker::tokens::TokenSet>) -> Worker {
-        let Seed { config, poll, waker, mailbox, mesh, listeners, admin, signals, access_file } = self;
+        let Seed { config, poll, waker, mailbox, mesh, listeners, admin, signals, access_file, cluster } = self;
+        let mut topics = Topics::new();
+        if cluster.is_some() {
+            topics.track_changes();
+        }
         let first = mailbox.index == 0;
         let mut broker = Broker::new(config.broker.websockets_pro_quirks);
         broker.set_spread(config.workers > 1 || config.cluster.is_some());
@@ -447,7 +482,7 @@ impl Seed {
             dirty: Vec::new(),
             closed: Vec::new(),
             actions: Vec::new(),
-            topics: Topics::new(),
+            topics,
             routes: Routes::new(config.routes.clone()),
             limits: Arc::new(config.limits),
             max_connections: config.max_connections,
@@ -480,6 +515,7 @@ impl Seed {
             gathers: Default::default(),
             next_gather: 0,
             no_ids: Arc::from(&[][..]),
+            cluster,
         }
     }
 }
@@ -527,6 +563,7 @@ impl Worker {
                         self.tokens_loaded();
                         self.take_notes(now);
                     }
+                    token @ (SUB_TOKEN | PUB_TOKEN) => self.on_cluster(token, now),
                     Token(t) if t > LISTENER_BASE - MAX_LISTENERS => {
                         if let Some(l) = self.listeners.get_mut(LISTENER_BASE - t) {
                             l.pending = true;
@@ -552,7 +589,51 @@ impl Worker {
                 self.housekeeping(now);
             }
             self.periodic(now);
+            self.cluster_turn(now);
         }
+    }
+
+    /// Readiness on a Redis link: what other nodes published goes to this worker's
+    /// subscribers and token holders.
+    fn on_cluster(&mut self, token: Token, now: Instant) {
+        let Some(mut cluster) = self.cluster.take() else { return };
+        cluster.on_ready(token, now, |m| {
+            let frame = shared_frame(m.opcode, m.payload);
+            match m.kind {
+                crate::cluster::wire::Kind::Publish => self.publish(m.topic, &frame, None, &[], now),
+                crate::cluster::wire::Kind::Route => {
+                    let mut keys = std::mem::take(&mut self.scratch_keys);
+                    self.broker.receivers(m.receivers, &mut keys);
+                    self.route_message(&keys, &frame, now);
+                    self.scratch_keys = keys;
+                }
+            }
+        });
+        self.cluster = Some(cluster);
+        self.flush_dirty(now);
+    }
+
+    /// The end of a turn for the Redis links: topics that came or went, timers, writes.
+    fn cluster_turn(&mut self, now: Instant) {
+        let Some(cluster) = &mut self.cluster else { return };
+        for (topic, subscribed) in self.topics.take_changes() {
+            if !topic.starts_with(crate::apps::FEED_PREFIX) {
+                cluster.topic_changed(&topic, subscribed);
+            }
+        }
+        if cluster.busy() {
+            for token in [SUB_TOKEN, PUB_TOKEN] {
+                self.on_cluster(token, now);
+            }
+        }
+        if let Some(cluster) = &mut self.cluster {
+            cluster.turn(now);
+        }
+    }
+
+    /// Whether the links to Redis are configured.
+    pub(super) fn cluster_on(&self) -> bool {
+        self.cluster.is_some()
     }
 
     /// What runs on its own clock: the log viewers' files, the dashboard's figures, the
@@ -630,7 +711,7 @@ impl Worker {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.busy.is_empty() || self.mailbox.more {
+        if !self.busy.is_empty() || self.mailbox.more || self.cluster.as_ref().is_some_and(Cluster::busy) {
             return Some(Duration::ZERO);
         }
         let mut next = self.timers.peek().map(|Reverse((t, _))| *t);
@@ -647,6 +728,9 @@ impl Worker {
             next = Some(next.map_or(self.stats_at, |n| n.min(self.stats_at)));
         }
         if let Some(t) = self.tokens_refresh_at {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
+        if let Some(t) = self.cluster.as_ref().and_then(Cluster::deadline) {
             next = Some(next.map_or(t, |n| n.min(t)));
         }
         if self.pools.has_spare() {
@@ -726,12 +810,18 @@ impl Worker {
             Action::Publish { topic, frame, exclude, exclude_ids } => {
                 self.publish(&topic, &frame, exclude, &exclude_ids, now);
                 self.spread_publish(&topic, &frame, exclude_ids);
+                if let Some(cluster) = &mut self.cluster {
+                    cluster.publish(&topic, &frame, now);
+                }
             }
             Action::SendTo { id, frame } => self.send_to(id, frame, now),
             Action::Route { keys, receivers, frame } => {
                 self.metrics.broker_routed += 1;
                 self.route_message(&keys, &frame, now);
                 if let Some(receivers) = receivers {
+                    if let Some(cluster) = &mut self.cluster {
+                        cluster.route(&receivers, &frame, now);
+                    }
                     self.spread_route(receivers.into(), &frame);
                 }
             }
@@ -1286,4 +1376,14 @@ fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> 
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// This process's id among the nodes of a cluster: random, so two processes on one host (or
+/// one restarted) never share it.
+fn node_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish()
 }

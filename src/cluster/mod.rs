@@ -1,0 +1,330 @@
+//! Pub/sub across wsgate nodes through Redis (`[cluster]`): topics, chat rooms and broker
+//! messages reach every node connected to the same Redis.
+//!
+//! Each worker has its own two links (one SUBSCRIBEd, one for PUBLISH), driven by its reactor:
+//! no extra runtime, no lock. A worker subscribes to a topic's channel when the topic gets
+//! its first subscriber on that worker and unsubscribes when it loses its last, batched once
+//! per loop turn. A message published on this node is delivered to its own subscribers first
+//! (locally and through the other workers' inboxes), then published once to Redis with the
+//! node's id; every node's workers that subscribe get it, and a node ignores its own.
+//!
+//! Redis pub/sub is at-most-once: what is published while a link is down is lost. Local
+//! delivery never waits for Redis. A link that fails or goes silent (see [`link`]) is made
+//! again with backoff and jitter, and resubscribes everything. What was lost is counted:
+//! publishes that could not be sent, and the time the subscription link was down.
+
+pub mod link;
+pub mod wire;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mio::{Registry, Token};
+
+use crate::config::ClusterConfig;
+use crate::encode::SharedFrame;
+use crate::metrics::ClusterCounters;
+use crate::ws::frame::Opcode;
+use link::{Link, Reply, Settings};
+
+/// The poll tokens of a worker's two links.
+pub const SUB_TOKEN: Token = Token(usize::MAX - 1100);
+pub const PUB_TOKEN: Token = Token(usize::MAX - 1101);
+
+/// Channels per SUBSCRIBE / UNSUBSCRIBE command.
+const CHANNELS_PER_COMMAND: usize = 512;
+
+/// A message from another node, for this worker's subscribers or token holders.
+pub struct Incoming<'a> {
+    pub kind: wire::Kind,
+    /// The topic (a publish).
+    pub topic: &'a str,
+    pub opcode: Opcode,
+    pub receivers: &'a [u8],
+    pub payload: &'a [u8],
+}
+
+pub struct Cluster {
+    /// The worker's poll registry (a clone: the links register their own sockets).
+    registry: Registry,
+    settings: Settings,
+    prefix: String,
+    node: u64,
+    sub: Link,
+    publ: Link,
+    max_pending: usize,
+    /// Subscribe to the broker's channel (there are broker routes).
+    broker: bool,
+    /// Topics with subscribers on this worker: the channels the subscription link holds.
+    wanted: HashSet<Box<str>>,
+    to_subscribe: Vec<Box<str>>,
+    to_unsubscribe: Vec<Box<str>>,
+    counters: ClusterCounters,
+    /// Since when the subscription link has not been subscribed (from the start, too).
+    down_since: Option<Instant>,
+}
+
+impl Cluster {
+    /// A worker's cluster links (connecting starts at its first turn). `max_message`: the
+    /// largest message any route accepts (a bigger reply from Redis fails the link).
+    pub fn new(
+        registry: Registry,
+        config: &ClusterConfig,
+        node: u64,
+        worker: usize,
+        broker: bool,
+        max_message: usize,
+    ) -> Result<Cluster, String> {
+        let tls = if config.redis.tls { Some(client_tls(config)?) } else { None };
+        let settings = Settings {
+            addr: config.redis.clone(),
+            tls,
+            ping_interval: config.ping_interval,
+            ping_timeout: config.ping_timeout,
+            reconnect_min: config.reconnect_min,
+            reconnect_max: config.reconnect_max,
+        };
+        let max_reply = max_message.saturating_add(config.prefix.len() + (64 << 10));
+        let name = |role: &str| format!("wsgate-{node:016x}-w{worker}-{role}");
+        Ok(Cluster {
+            registry,
+            sub: Link::new("subscription", SUB_TOKEN, &name("sub"), &config.redis, max_reply),
+            publ: Link::new("publish", PUB_TOKEN, &name("pub"), &config.redis, 64 << 10),
+            settings,
+            prefix: config.prefix.clone(),
+            node,
+            max_pending: config.max_pending,
+            broker,
+            wanted: HashSet::new(),
+            to_subscribe: Vec::new(),
+            to_unsubscribe: Vec::new(),
+            counters: ClusterCounters::default(),
+            down_since: Some(Instant::now()),
+        })
+    }
+
+    /// A topic got its first subscriber on this worker (`true`) or lost its last.
+    pub fn topic_changed(&mut self, topic: &str, subscribed: bool) {
+        if subscribed {
+            if self.wanted.insert(topic.into()) {
+                self.to_subscribe.push(topic.into());
+            }
+        } else if self.wanted.remove(topic) {
+            self.to_unsubscribe.push(topic.into());
+        }
+    }
+
+    /// Publishes a message this node's client (or admin) published to `topic`.
+    pub fn publish(&mut self, topic: &str, frame: &SharedFrame, now: Instant) {
+        let Some((opcode, payload)) = split_frame(frame) else { return };
+        let message = wire::encode(wire::Kind::Publish, self.node, opcode, b"", payload);
+        let channel = wire::topic_channel(&self.prefix, topic);
+        self.send(&channel, &message, now);
+    }
+
+    /// Sends a broker message on to the other nodes' token holders.
+    pub fn route(&mut self, receivers: &[u8], frame: &SharedFrame, now: Instant) {
+        let Some((opcode, payload)) = split_frame(frame) else { return };
+        let message = wire::encode(wire::Kind::Route, self.node, opcode, receivers, payload);
+        let channel = wire::broker_channel(&self.prefix);
+        self.send(&channel, &message, now);
+    }
+
+    fn send(&mut self, channel: &[u8], message: &[u8], now: Instant) {
+        if !self.publ.is_ready() || self.publ.pending() + message.len() > self.max_pending {
+            self.counters.publish_dropped += 1;
+            if self.counters.publish_dropped.is_power_of_two() {
+                log::warn!(
+                    "cluster: {} publish(es) not sent to Redis ({}): other nodes miss them",
+                    self.counters.publish_dropped,
+                    if self.publ.is_ready() { "its queue is full" } else { "the link is down" }
+                );
+            }
+            return;
+        }
+        self.publ.send(&[b"PUBLISH", channel, message], 1, now);
+        self.counters.published += 1;
+    }
+
+    /// Readiness on one of the links; every message from another node goes to `each`.
+    pub fn on_ready(&mut self, token: Token, now: Instant, mut each: impl FnMut(Incoming<'_>)) {
+        if token == PUB_TOKEN {
+            self.publ.on_ready(&self.settings, &self.registry, now, |_| {});
+            return;
+        }
+        let (prefix, node, counters) = (&self.prefix, self.node, &mut self.counters);
+        let became_ready = self.sub.on_ready(&self.settings, &self.registry, now, |reply| {
+            let Reply::Message(channel, payload) = reply else { return };
+            let message = match wire::decode(payload) {
+                Ok(m) => m,
+                Err(_) => {
+                    counters.malformed += 1;
+                    return;
+                }
+            };
+            if message.node == node {
+                return; // ours: its subscribers were served before it left
+            }
+            let topic = match message.kind {
+                wire::Kind::Publish => match wire::channel_topic(prefix, channel) {
+                    Some(t) => t,
+                    None => {
+                        counters.malformed += 1;
+                        return;
+                    }
+                },
+                wire::Kind::Route => "",
+            };
+            counters.received += 1;
+            each(Incoming {
+                kind: message.kind,
+                topic,
+                opcode: message.opcode,
+                receivers: message.receivers,
+                payload: message.payload,
+            });
+        });
+        if became_ready {
+            self.resubscribe(now);
+        }
+        self.note_down(now);
+    }
+
+    /// The subscription link is (again) up: subscribe to every channel this worker needs.
+    fn resubscribe(&mut self, now: Instant) {
+        if let Some(since) = self.down_since.take() {
+            self.counters.down += now.saturating_duration_since(since);
+        }
+        self.to_subscribe.clear();
+        self.to_unsubscribe.clear();
+        let mut channels: Vec<Vec<u8>> = self.wanted.iter().map(|t| wire::topic_channel(&self.prefix, t)).collect();
+        if self.broker {
+            channels.push(wire::broker_channel(&self.prefix));
+        }
+        log::info!("cluster: subscribed to {} channel(s) on {}", channels.len(), self.settings.addr);
+        self.subscribe_command(b"SUBSCRIBE", channels, now);
+    }
+
+    fn subscribe_command(&mut self, verb: &[u8], channels: Vec<Vec<u8>>, now: Instant) {
+        for chunk in channels.chunks(CHANNELS_PER_COMMAND) {
+            let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
+            args.push(verb);
+            args.extend(chunk.iter().map(|c| c.as_slice()));
+            self.sub.send(&args, chunk.len() as u64, now);
+        }
+    }
+
+    /// End of a loop turn: timers, this turn's subscription changes, and writing.
+    pub fn turn(&mut self, now: Instant) {
+        self.sub.tick(&self.settings, &self.registry, now);
+        self.publ.tick(&self.settings, &self.registry, now);
+        if self.sub.is_ready() && (!self.to_subscribe.is_empty() || !self.to_unsubscribe.is_empty()) {
+            let mut add = std::mem::take(&mut self.to_subscribe);
+            let mut remove = std::mem::take(&mut self.to_unsubscribe);
+            // A topic that came and went in the same turn needs neither.
+            add.retain(|t| self.wanted.contains(t));
+            remove.retain(|t| !self.wanted.contains(t));
+            add.sort_unstable();
+            add.dedup();
+            remove.sort_unstable();
+            remove.dedup();
+            let add = add.iter().map(|t| wire::topic_channel(&self.prefix, t)).collect();
+            let remove = remove.iter().map(|t| wire::topic_channel(&self.prefix, t)).collect();
+            self.subscribe_command(b"SUBSCRIBE", add, now);
+            self.subscribe_command(b"UNSUBSCRIBE", remove, now);
+        } else if !self.sub.is_ready() {
+            // Everything is subscribed again when the link comes back.
+            self.to_subscribe.clear();
+            self.to_unsubscribe.clear();
+        }
+        self.sub.flush(&self.settings, &self.registry, now);
+        self.publ.flush(&self.settings, &self.registry, now);
+        self.note_down(now);
+    }
+
+    /// Starts the clock of lost time when the subscription link is found down.
+    fn note_down(&mut self, now: Instant) {
+        if !self.sub.is_ready() && self.down_since.is_none() {
+            self.down_since = Some(now);
+        }
+    }
+
+    /// The earliest of the links' deadlines.
+    pub fn deadline(&self) -> Option<Instant> {
+        match (self.sub.deadline(&self.settings), self.publ.deadline(&self.settings)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A link read up to its budget and has more to read.
+    pub fn busy(&self) -> bool {
+        self.sub.busy || self.publ.busy
+    }
+
+    pub fn counters(&self, now: Instant) -> ClusterCounters {
+        let mut c = self.counters.clone();
+        if let Some(since) = self.down_since {
+            c.down += now.saturating_duration_since(since);
+        }
+        c.links_up = u64::from(self.sub.is_ready()) + u64::from(self.publ.is_ready());
+        c.reconnects = self.sub.lost + self.publ.lost;
+        c.probe_failures = self.sub.probe_failures + self.publ.probe_failures;
+        c
+    }
+}
+
+/// A server frame's opcode and payload (server frames are never masked).
+fn split_frame(frame: &[u8]) -> Option<(Opcode, &[u8])> {
+    let opcode = if frame.first()? & 0x0F == 2 { Opcode::Binary } else { Opcode::Text };
+    let header = match frame.get(1)? & 0x7F {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    Some((opcode, frame.get(header..)?))
+}
+
+/// The TLS client configuration for `rediss://`: `cluster.ca` if given, else the public CAs.
+fn client_tls(config: &ClusterConfig) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match &config.redis.ca {
+        Some(path) => {
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("cluster.ca {}: {e}", path.display()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| format!("cluster.ca {}: {e}", path.display()))?;
+                roots.add(cert).map_err(|e| format!("cluster.ca {}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("cluster.ca {}: no certificate in it", path.display()));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encode::shared_frame;
+
+    #[test]
+    fn frames_split_into_opcode_and_payload() {
+        for len in [0usize, 5, 125, 126, 65535, 65536] {
+            let payload = vec![7u8; len];
+            let frame = shared_frame(Opcode::Binary, &payload);
+            assert_eq!(split_frame(&frame), Some((Opcode::Binary, &payload[..])), "{len}");
+        }
+        let frame = shared_frame(Opcode::Text, b"hi");
+        assert_eq!(split_frame(&frame), Some((Opcode::Text, &b"hi"[..])));
+    }
+}
