@@ -83,6 +83,9 @@ pub struct Link {
     pub probe_failures: u64,
     /// Connection attempts so far: a name with several addresses is tried address by address.
     attempts: usize,
+    /// Why the last attempt failed: a new reason is logged as a warning, a repeated one
+    /// (Redis still down, the password still wrong) only at debug level.
+    last_failure: String,
 }
 
 /// Settings every link shares.
@@ -128,6 +131,7 @@ impl Link {
             lost: 0,
             probe_failures: 0,
             attempts: 0,
+            last_failure: String::new(),
         }
     }
 
@@ -213,9 +217,16 @@ impl Link {
         if was == Phase::Ready {
             self.lost += 1;
             log::warn!("cluster: {} link to {} lost: {why}; reconnecting in {wait:?}", self.name, settings.addr);
+        } else if why != self.last_failure {
+            log::warn!(
+                "cluster: {} link to {}: {why}; retrying (from {wait:?}, backing off)",
+                self.name,
+                settings.addr
+            );
         } else {
             log::debug!("cluster: {} link to {}: {why}; next attempt in {wait:?}", self.name, settings.addr);
         }
+        why.clone_into(&mut self.last_failure);
     }
 
     /// The link's next deadline.
@@ -370,6 +381,7 @@ impl Link {
                     if self.outstanding == 0 {
                         self.phase = Phase::Ready;
                         self.backoff = Duration::ZERO;
+                        self.last_failure.clear();
                         self.ping_at = now;
                         became_ready = true;
                     }

@@ -1,0 +1,431 @@
+//! `[cluster]`: two wsgate nodes and one real Redis (Debian's `redis-server`, started here on
+//! a loopback port): pub/sub, chat and the broker across nodes, Redis going away and coming
+//! back, a Redis that stops answering, AUTH and TLS.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tungstenite::Message;
+
+type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
+
+/// A redis-server of our own, killed on drop.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    args: Vec<String>,
+    /// The port `PING` is sent to when checking it is up (the TLS port has none in clear).
+    plain_port: Option<u16>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn redis_binary() -> &'static str {
+    for path in ["/usr/bin/redis-server", "/usr/local/bin/redis-server"] {
+        if std::path::Path::new(path).exists() {
+            return path;
+        }
+    }
+    panic!("redis-server is needed (Debian: apt-get install redis-server; .ci/run installs it)");
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = free_port();
+        Redis::with_args(port, vec!["--port".into(), port.to_string()], Some(port))
+    }
+
+    fn with_args(port: u16, extra: Vec<String>, plain_port: Option<u16>) -> Redis {
+        let mut args: Vec<String> =
+            ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].iter().map(|s| s.to_string()).collect();
+        args.extend(extra);
+        let mut r = Redis { child: None, port, args, plain_port };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(redis_binary())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let start = Instant::now();
+        loop {
+            let up = match self.plain_port {
+                Some(p) => redis_command(p, &["PING"]).is_some_and(|r| r.contains("PONG") || r.contains("NOAUTH")),
+                None => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            };
+            if up {
+                return;
+            }
+            assert!(start.elapsed() < WAIT, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.kill();
+    }
+}
+
+/// One command in RESP over a fresh connection; the raw reply.
+fn redis_command(port: u16, args: &[&str]) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut cmd = format!("*{}\r\n", args.len());
+    for a in args {
+        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(cmd.as_bytes()).ok()?;
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Subscribers Redis counts on a channel (each subscribing worker is one).
+fn numsub(redis: &Redis, channel: &str) -> u64 {
+    let reply = redis_command(redis.port, &["PUBSUB", "NUMSUB", channel]).unwrap_or_default();
+    reply.lines().last().and_then(|l| l.strip_prefix(':')).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+fn node(redis_url: &str, extra: &str) -> Server {
+    Server::with_config(
+        &format!(
+            "[server]\nworkers = 2\nbalance = \"handoff\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+[cluster]\nredis = \"{redis_url}\"\nping_interval = \"200ms\"\nping_timeout = \"1s\"\n\
+reconnect_min = \"50ms\"\nreconnect_max = \"500ms\"\n{extra}\n\
+[[route]]\npath = \"/ps\"\napp = \"pubsub\"\n\
+[[route]]\npath = \"/chat/*\"\napp = \"chat\"\n\
+[[route]]\npath = \"/broker\"\napp = \"broker\"\nclient_publish = true\n"
+        ),
+        &[],
+    )
+}
+
+fn metric(server: &Server, name: &str) -> f64 {
+    let (_, text) = http("GET", &server.admin_url("/metrics"), &[], None);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+fn wait_metric(server: &Server, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let start = Instant::now();
+    loop {
+        let v = metric(server, name);
+        if ok(v) {
+            return v;
+        }
+        assert!(start.elapsed() < WAIT, "{name} = {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const LINKS_UP: &str = "wsgate_cluster_links_up";
+
+/// Workers of `server` with at least one topic.
+fn workers_with_topics(server: &Server) -> u64 {
+    let (_, text) = http("GET", &server.admin_url("/metrics"), &[], None);
+    text.lines().filter(|l| l.starts_with("wsgate_worker_pubsub_topics{")).filter(|l| !l.ends_with(" 0")).count() as u64
+}
+
+/// Waits until Redis has the subscriptions of every worker (of `nodes`) holding the topic.
+fn wait_subscribed(redis: &Redis, nodes: &[&Server], channel: &str) {
+    let start = Instant::now();
+    loop {
+        let want: u64 = nodes.iter().map(|n| workers_with_topics(n)).sum();
+        let have = numsub(redis, channel);
+        if want > 0 && have == want {
+            return;
+        }
+        assert!(start.elapsed() < WAIT, "{channel}: {have} subscribers at Redis, want {want}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn next_data(ws: &mut Ws) -> Message {
+    loop {
+        match ws.read().unwrap() {
+            Message::Ping(_) | Message::Pong(_) => continue,
+            m => return m,
+        }
+    }
+}
+
+fn text(ws: &mut Ws) -> String {
+    next_data(ws).into_text().unwrap().to_string()
+}
+
+fn subscribe(server: &Server, topic: &str) -> Ws {
+    let mut ws = client(&server.url("/ps"));
+    ws.send(Message::text(format!(r#"{{"op":"subscribe","topic":"{topic}"}}"#))).unwrap();
+    assert!(text(&mut ws).contains("subscribed"));
+    ws
+}
+
+fn publish(ws: &mut Ws, topic: &str, data: &str) {
+    ws.send(Message::text(format!(r#"{{"op":"publish","topic":"{topic}","data":"{data}"}}"#))).unwrap();
+}
+
+fn published(topic: &str, data: &str) -> String {
+    format!(r#"{{"topic":"{topic}","data":"{data}"}}"#)
+}
+
+#[test]
+fn pubsub_and_chat_span_nodes_without_duplicates_or_echo() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis.url(), ""), node(&redis.url(), ""));
+    for n in [&a, &b] {
+        wait_metric(n, LINKS_UP, |v| v == 4.0);
+    }
+    let mut subs: Vec<Ws> =
+        (0..3).map(|_| subscribe(&a, "news")).chain((0..3).map(|_| subscribe(&b, "news"))).collect();
+    wait_subscribed(&redis, &[&a, &b], "wsgate:t:news");
+    let mut pub_a = client(&a.url("/ps"));
+    let mut pub_b = client(&b.url("/ps"));
+    for k in 0..30 {
+        publish(&mut pub_a, "news", &format!("a{k}"));
+    }
+    // Each subscriber, on either node, gets A's messages once each and in order.
+    for s in &mut subs {
+        for k in 0..30 {
+            assert_eq!(text(s), published("news", &format!("a{k}")));
+        }
+    }
+    publish(&mut pub_b, "news", "from b");
+    publish(&mut pub_a, "news", "end");
+    for s in &mut subs {
+        let mut got = vec![text(s), text(s)];
+        got.sort();
+        assert_eq!(got, [published("news", "end"), published("news", "from b")]);
+    }
+
+    // A chat room with members on both nodes.
+    let mut members: Vec<Ws> =
+        (0..3).map(|_| client(&a.url("/chat/lobby"))).chain((0..3).map(|_| client(&b.url("/chat/lobby")))).collect();
+    wait_subscribed(&redis, &[&a, &b], "wsgate:t:/chat/lobby");
+    for (i, m) in members.iter_mut().enumerate() {
+        m.send(Message::text(format!("hi from {i}"))).unwrap();
+    }
+    for m in &mut members {
+        let mut got: Vec<String> = (0..6).map(|_| text(m)).collect();
+        got.sort();
+        let want: Vec<String> = (0..6).map(|i| format!("hi from {i}")).collect();
+        assert_eq!(got, want);
+    }
+    // Counted: A published 31 topic messages and 3 chat lines through Redis.
+    assert!(metric(&a, "wsgate_cluster_messages_total{direction=\"published\"}") >= 34.0);
+    assert!(metric(&b, "wsgate_cluster_messages_total{direction=\"received\"}") >= 34.0);
+    assert_eq!(metric(&a, "wsgate_cluster_publish_dropped_total"), 0.0);
+
+    // The last subscriber of a topic gone: the node unsubscribes.
+    drop(subs);
+    let start = Instant::now();
+    while numsub(&redis, "wsgate:t:news") != 0 {
+        assert!(start.elapsed() < WAIT, "still subscribed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn broker_messages_span_nodes() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis.url(), ""), node(&redis.url(), ""));
+    for n in [&a, &b] {
+        wait_metric(n, LINKS_UP, |v| v == 4.0);
+    }
+    let mut sender = client(&a.url("/broker?RegisterToken=abc1"));
+    let mut near = client(&a.url("/broker?RegisterToken=group/near"));
+    let mut far: Vec<Ws> =
+        ["abc2", "group/x", "group/y"].iter().map(|t| client(&b.url(&format!("/broker?RegisterToken={t}")))).collect();
+    // Registration is synchronous on B's side; one echo round trip each makes sure.
+    for ws in &mut far {
+        ws.send(Message::text("Echo:ready")).unwrap();
+        assert_eq!(text(ws), "ready");
+    }
+    sender.send(Message::text("abc2,group/|hello")).unwrap();
+    assert_eq!(text(&mut near), "hello");
+    for ws in &mut far {
+        assert_eq!(text(ws), "hello");
+    }
+    // The sender holds abc1, not named: nothing for it (its next message is its own echo).
+    sender.send(Message::text("Echo:x")).unwrap();
+    assert_eq!(text(&mut sender), "x");
+}
+
+#[test]
+fn redis_restarted_mid_session() {
+    let mut redis = Redis::start();
+    let (a, b) = (node(&redis.url(), ""), node(&redis.url(), ""));
+    for n in [&a, &b] {
+        wait_metric(n, LINKS_UP, |v| v == 4.0);
+    }
+    let mut on_a = subscribe(&a, "t");
+    let mut on_b = subscribe(&b, "t");
+    wait_subscribed(&redis, &[&a, &b], "wsgate:t:t");
+    let mut publisher = client(&a.url("/ps"));
+    publish(&mut publisher, "t", "before");
+    assert_eq!(text(&mut on_a), published("t", "before"));
+    assert_eq!(text(&mut on_b), published("t", "before"));
+
+    redis.kill();
+    for n in [&a, &b] {
+        wait_metric(n, LINKS_UP, |v| v == 0.0);
+    }
+    // Local delivery goes on; what would have crossed is lost, and counted.
+    publish(&mut publisher, "t", "during");
+    assert_eq!(text(&mut on_a), published("t", "during"));
+    wait_metric(&a, "wsgate_cluster_publish_dropped_total", |v| v >= 1.0);
+
+    redis.spawn();
+    for n in [&a, &b] {
+        wait_metric(n, LINKS_UP, |v| v == 4.0);
+    }
+    wait_subscribed(&redis, &[&a, &b], "wsgate:t:t");
+    publish(&mut publisher, "t", "after");
+    assert_eq!(text(&mut on_a), published("t", "after"));
+    // B missed "during" (at-most-once) and gets "after".
+    assert_eq!(text(&mut on_b), published("t", "after"));
+    for n in [&a, &b] {
+        assert!(metric(n, "wsgate_cluster_reconnects_total") >= 2.0);
+        assert!(metric(n, "wsgate_cluster_unsubscribed_seconds_total") > 0.0);
+    }
+}
+
+#[test]
+fn a_silent_redis_is_found_by_the_probe() {
+    let redis = Redis::start();
+    let a = node(&redis.url(), "");
+    wait_metric(&a, LINKS_UP, |v| v == 4.0);
+    // SIGSTOP: the sockets stay open, nothing answers.
+    redis.signal(libc::SIGSTOP);
+    wait_metric(&a, "wsgate_cluster_probe_failures_total", |v| v >= 2.0);
+    assert!(metric(&a, LINKS_UP) < 4.0);
+    redis.signal(libc::SIGCONT);
+    wait_metric(&a, LINKS_UP, |v| v == 4.0);
+}
+
+#[test]
+fn auth_and_tls() {
+    let dir = std::env::temp_dir().join(format!("wsgate-redis-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key): (PathBuf, PathBuf) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let port = free_port();
+    let args: Vec<String> = [
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-ca-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        "s3cret:with@odd/chars",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let redis = Redis::with_args(port, args, None);
+    let ca = format!("ca = \"{}\"", cert.display());
+    let url = format!("rediss://:s3cret%3Awith%40odd%2Fchars@localhost:{}", redis.port);
+    let (a, b) = (node(&url, &ca), node(&url, &ca));
+    for n in [&a, &b] {
+        wait_metric(n, LINKS_UP, |v| v == 4.0);
+    }
+    let mut sub = subscribe(&b, "secure");
+    // No NUMSUB in clear here: publish until B's subscription is in place.
+    let mut publisher = client(&a.url("/ps"));
+    let start = Instant::now();
+    loop {
+        publish(&mut publisher, "secure", "hello");
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = sub.get_mut() {
+            s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        }
+        match sub.read() {
+            Ok(Message::Text(t)) => {
+                assert_eq!(t.as_str(), published("secure", "hello"));
+                break;
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(start.elapsed() < WAIT, "nothing crossed over TLS");
+    }
+
+    // A wrong password: the hello is refused, and the links stay down.
+    let bad = node(&format!("rediss://:wrong@localhost:{}", redis.port), &ca);
+    bad.wait_log("refused the hello");
+    assert_eq!(metric(&bad, LINKS_UP), 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_cluster_settings_are_refused_with_the_key() {
+    for (text, want) in [
+        ("redis = \"http://127.0.0.1\"", "cluster.redis: scheme \"http\""),
+        ("redis = \"redis://\"", "cluster.redis:"),
+        ("redis = \"redis://127.0.0.1/x\"", "database \"x\""),
+        ("redis = \"redis://127.0.0.1\"\nca = \"x.pem\"", "cluster.ca: only for rediss://"),
+        ("redis = \"redis://127.0.0.1\"\nping_timeout = 0", "ping_timeout: must be more than zero"),
+        ("redis = \"redis://127.0.0.1\"\nreconnect_max = \"1ms\"", "reconnect_max at least"),
+        ("redis = \"redis://127.0.0.1\"\nmax_pending = 10", "max_pending: must be at least 64 KiB"),
+        ("redis = \"redis://127.0.0.1\"\nunknown = 1", "unknown field"),
+    ] {
+        let err = wsgate::config::Config::parse(&format!("[server]\n\n[cluster]\n{text}\n")).unwrap_err().to_string();
+        assert!(err.contains(want), "{text}: {err}");
+        if !want.contains("unknown") {
+            assert!(err.contains("line 3"), "{text}: {err}");
+        }
+    }
+    let ok = wsgate::config::Config::parse("[cluster]\nredis = \"redis://u:p%40ss@[::1]:7000/2\"\n").unwrap();
+    let redis = ok.cluster.unwrap().redis;
+    assert_eq!(
+        (redis.host.as_str(), redis.port, redis.username.as_deref(), redis.password.as_deref(), redis.db),
+        ("::1", 7000, Some("u"), Some("p@ss"), 2)
+    );
+    // The password stays out of what is printed.
+    assert_eq!(format!("{redis:?}"), "redis://[::1]:7000/2");
+}
