@@ -84,6 +84,7 @@ impl Redis {
 
     fn signal(&self, sig: i32) {
         if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
             unsafe { libc::kill(c.id() as i32, sig) };
         }
     }
