@@ -325,6 +325,27 @@ pub fn broker_message(data: &[u8]) {
     }
 }
 
+/// Bytes from Redis: every whole reply is classified, and every pub/sub message's payload
+/// decoded as wsgate's cluster message, which must encode back to the same bytes.
+pub fn cluster_message(data: &[u8]) {
+    use crate::cluster::link::{next_reply, Reply};
+    use crate::cluster::wire;
+    let mut pos = 0;
+    let mut payloads: Vec<&[u8]> = vec![data];
+    while let Ok(Some((reply, used))) = next_reply(&data[pos..]) {
+        assert!(used > 0 && pos + used <= data.len());
+        pos += used;
+        if let Reply::Message(_, payload) = reply {
+            payloads.push(payload);
+        }
+    }
+    for payload in payloads {
+        if let Ok(m) = wire::decode(payload) {
+            assert_eq!(wire::encode(m.kind, m.node, m.opcode, m.receivers, m.payload), payload);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Every committed seed (and every input that ever failed, kept as a seed) replays
@@ -333,12 +354,15 @@ mod tests {
     fn committed_corpus_replays_clean() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
         type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 5] = [
+        let targets: [Target; 8] = [
             ("frame_header", super::frame_header),
             ("handshake", super::handshake),
             ("message_assembly", super::message_assembly),
             ("unmask", super::unmask_vs_naive),
             ("backend_framing", super::backend_framing),
+            ("admin_request", super::admin_request),
+            ("broker_message", super::broker_message),
+            ("cluster_message", super::cluster_message),
         ];
         let mut replayed = 0;
         for (name, run) in targets {
@@ -350,6 +374,6 @@ mod tests {
                 }
             }
         }
-        assert!(replayed >= 5, "the seed corpus is missing");
+        assert!(replayed >= 8, "the seed corpus is missing");
     }
 }

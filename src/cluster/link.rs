@@ -353,24 +353,8 @@ impl Link {
     fn decode(&mut self, now: Instant, each: &mut impl FnMut(Reply<'_>)) -> Result<bool, String> {
         let mut pos = 0;
         let mut became_ready = false;
-        while let Some((frame, used)) =
-            decode_range(&self.rbuf[pos..]).map_err(|e| format!("not RESP2: {}", e.details()))?
-        {
-            let buf = &self.rbuf[pos..pos + used];
+        while let Some((reply, used)) = next_reply(&self.rbuf[pos..])? {
             pos += used;
-            let reply = match &frame {
-                RangeFrame::Array(items) => match items.as_slice() {
-                    [RangeFrame::BulkString(kind), RangeFrame::BulkString(channel), RangeFrame::BulkString(payload)]
-                        if slice(buf, *kind) == b"message" =>
-                    {
-                        Reply::Message(slice(buf, *channel), slice(buf, *payload))
-                    }
-                    // subscribe / unsubscribe confirmations and the subscribed-mode pong.
-                    _ => Reply::Answer(Ok(())),
-                },
-                RangeFrame::Error(e) => Reply::Answer(Err(String::from_utf8_lossy(slice(buf, *e)).into_owned())),
-                _ => Reply::Answer(Ok(())),
-            };
             if let Reply::Answer(result) = &reply {
                 self.outstanding = self.outstanding.saturating_sub(1);
                 self.progress_at = now;
@@ -396,6 +380,29 @@ impl Link {
         self.rbuf.drain(..pos);
         Ok(became_ready)
     }
+}
+
+/// The first whole reply in `buf` and its length; `Ok(None)` if it is incomplete, `Err`
+/// if `buf` is not RESP2.
+pub fn next_reply(buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, String> {
+    let Some((frame, used)) = decode_range(buf).map_err(|e| format!("not RESP2: {}", e.details()))? else {
+        return Ok(None);
+    };
+    let buf = buf.get(..used).unwrap_or_default();
+    let reply = match &frame {
+        RangeFrame::Array(items) => match items.as_slice() {
+            [RangeFrame::BulkString(kind), RangeFrame::BulkString(channel), RangeFrame::BulkString(payload)]
+                if slice(buf, *kind) == b"message" =>
+            {
+                Reply::Message(slice(buf, *channel), slice(buf, *payload))
+            }
+            // subscribe / unsubscribe confirmations and the subscribed-mode pong.
+            _ => Reply::Answer(Ok(())),
+        },
+        RangeFrame::Error(e) => Reply::Answer(Err(String::from_utf8_lossy(slice(buf, *e)).into_owned())),
+        _ => Reply::Answer(Ok(())),
+    };
+    Ok(Some((reply, used)))
 }
 
 fn slice(buf: &[u8], (start, end): (usize, usize)) -> &[u8] {
