@@ -24,10 +24,12 @@ use crate::broker::tokens::TokenSet;
 use crate::encode::SharedFrame;
 use crate::metrics::Figures;
 
-/// Publishes and other data notes waiting in one inbox past this are dropped (and counted):
-/// a worker that cannot keep up must not make the others' memory grow without bound.
-/// Control notes (drain, admin queries and answers, handed-off sockets) are never dropped.
+/// Publishes and other data notes waiting in one inbox past this many, or past
+/// [`INBOX_BYTES`] of messages, are dropped (and counted): a worker that cannot keep up must
+/// not make the others' memory grow without bound. Control notes (drain, admin queries and
+/// answers, handed-off sockets) are never dropped.
 pub const INBOX_LIMIT: usize = 1 << 16;
+pub const INBOX_BYTES: usize = 64 << 20;
 /// Notes a worker takes from its inbox per loop turn; more wait for the next turn, so a flood
 /// from other workers cannot starve its own sockets.
 pub const INBOX_BATCH: usize = 4096;
@@ -78,10 +80,15 @@ pub enum Note {
     Exit,
 }
 
-/// Whether a note may be dropped when the inbox is full.
 impl Note {
-    fn is_data(&self) -> bool {
-        matches!(self, Note::Publish { .. } | Note::Route { .. } | Note::SendTo { .. })
+    /// The message bytes a data note holds (the frames it shares), or `None` for a control
+    /// note, which is never dropped.
+    fn data_bytes(&self) -> Option<usize> {
+        match self {
+            Note::Publish { frame, .. } | Note::SendTo { frame, .. } => Some(frame.len()),
+            Note::Route { frame, receivers } => Some(frame.len() + receivers.len()),
+            _ => None,
+        }
     }
 }
 
@@ -118,6 +125,7 @@ struct Inbox {
     /// Set by the first note after the worker last looked; the waker fires only then.
     pending: AtomicBool,
     queued: AtomicUsize,
+    queued_bytes: AtomicUsize,
     dropped: AtomicU64,
     waker: Arc<mio::Waker>,
 }
@@ -155,6 +163,7 @@ impl Mesh {
                 tx,
                 pending: AtomicBool::new(false),
                 queued: AtomicUsize::new(0),
+                queued_bytes: AtomicUsize::new(0),
                 dropped: AtomicU64::new(0),
                 waker,
             });
@@ -173,13 +182,20 @@ impl Mesh {
     /// worker is gone.
     pub fn post(&self, to: usize, note: Note) -> bool {
         let Some(inbox) = self.inboxes.get(to) else { return false };
-        if note.is_data() && inbox.queued.load(Ordering::Relaxed) >= INBOX_LIMIT {
-            inbox.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
+        let bytes = note.data_bytes();
+        if let Some(bytes) = bytes {
+            if inbox.queued.load(Ordering::Relaxed) >= INBOX_LIMIT
+                || inbox.queued_bytes.load(Ordering::Relaxed).saturating_add(bytes) > INBOX_BYTES
+            {
+                inbox.dropped.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            inbox.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
         }
         inbox.queued.fetch_add(1, Ordering::Relaxed);
         if inbox.tx.send(note).is_err() {
             inbox.queued.fetch_sub(1, Ordering::Relaxed);
+            inbox.queued_bytes.fetch_sub(bytes.unwrap_or(0), Ordering::Relaxed);
             return false;
         }
         // SeqCst pairs with the receiver's store before it drains: either it sees this note,
@@ -210,6 +226,9 @@ impl Mesh {
             match mailbox.rx.try_recv() {
                 Ok(note) => {
                     inbox.queued.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(bytes) = note.data_bytes() {
+                        inbox.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                    }
                     mailbox.received += 1;
                     each(note);
                 }
@@ -314,6 +333,19 @@ mod tests {
             boxes[1].more
         } {}
         assert_eq!(n, INBOX_LIMIT + 1);
+        assert!(mesh.post(1, publish()));
+    }
+
+    #[test]
+    fn large_messages_are_bounded_by_bytes() {
+        let (mesh, mut boxes, _polls) = mesh(2);
+        let big: SharedFrame = Arc::from(vec![0u8; 16 << 20]);
+        let publish = || Note::Publish { topic: Arc::from("t"), frame: big.clone(), exclude_ids: Arc::from(&[][..]) };
+        for _ in 0..INBOX_BYTES / big.len() {
+            assert!(mesh.post(1, publish()));
+        }
+        assert!(!mesh.post(1, publish()));
+        mesh.take(&mut boxes[1], |_| {});
         assert!(mesh.post(1, publish()));
     }
 

@@ -142,6 +142,16 @@ fn fanout(addr: SocketAddr, n: usize, secs: u64, pid: Option<u32>) {
     println!();
 }
 
+/// The API's answer (read so the keep-alive connection stays in step).
+fn read_answer(api: &mut TcpStream, buf: &mut [u8]) {
+    let mut answer = Vec::new();
+    while !(answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}")) {
+        let k = api.read(buf).unwrap();
+        assert!(k > 0, "admin connection closed");
+        answer.extend_from_slice(&buf[..k]);
+    }
+}
+
 fn latency(ws: SocketAddr, admin: SocketAddr, count: usize) {
     let mut sub = load_common::upgrade(ws, "/pubsub");
     sub.write_all(&masked_text(br#"{"op":"subscribe","topic":"lat"}"#)).unwrap();
@@ -155,8 +165,35 @@ fn latency(ws: SocketAddr, admin: SocketAddr, count: usize) {
         body.len(),
         std::str::from_utf8(body).unwrap()
     );
-    let mut times = Vec::with_capacity(count);
     let mut pending = Vec::new();
+    // Warm up until a publish arrives: with the subscriber on another node, its subscription
+    // reaches Redis a moment after the subscriber's own acknowledgement.
+    sub.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    loop {
+        api.write_all(request.as_bytes()).unwrap();
+        read_answer(&mut api, &mut buf);
+        match sub.read(&mut buf) {
+            Ok(0) => panic!("subscriber closed"),
+            Ok(k) => {
+                pending.extend_from_slice(&buf[..k]);
+                if count_frames(&mut pending) > 0 {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => panic!("subscriber: {e}"),
+        }
+    }
+    // Anything still in flight from the warm-up.
+    std::thread::sleep(Duration::from_millis(300));
+    while let Ok(k) = sub.read(&mut buf) {
+        if k == 0 {
+            break;
+        }
+    }
+    pending.clear();
+    sub.set_read_timeout(None).unwrap();
+    let mut times = Vec::with_capacity(count);
     for _ in 0..count {
         let t0 = Instant::now();
         api.write_all(request.as_bytes()).unwrap();
@@ -170,13 +207,7 @@ fn latency(ws: SocketAddr, admin: SocketAddr, count: usize) {
             }
         }
         times.push(t0.elapsed());
-        // The API's answer (read so the connection stays in step).
-        let mut answer = Vec::new();
-        while !(answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}")) {
-            let k = api.read(&mut buf).unwrap();
-            assert!(k > 0, "admin connection closed");
-            answer.extend_from_slice(&buf[..k]);
-        }
+        read_answer(&mut api, &mut buf);
     }
     times.sort();
     let p = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)].as_micros();
