@@ -50,6 +50,12 @@ impl Pools {
         Pools { reads: Vec::new(), chunks: Vec::new(), max_bytes, reads_low: 0, chunks_low: 0, freed: 0 }
     }
 
+    /// A new most bytes to keep (a reloaded `buffer_pool`); what is over it goes at the next
+    /// housekeeping.
+    pub fn set_max(&mut self, max_bytes: usize) {
+        self.max_bytes = max_bytes;
+    }
+
     /// Bytes of free buffers kept for reuse.
     pub fn spare_bytes(&self) -> usize {
         self.pooled_bytes()

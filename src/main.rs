@@ -13,7 +13,7 @@ use wsgate::tls::{CertFiles, TlsSettings};
 ///
 /// With no config file and no flags it serves 127.0.0.1:8080 with the echo app at /echo and
 /// a demo page at /. Flags override the file.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "wsgate", version, about, long_about = None)]
 struct Cli {
     /// Config file (TOML); see conf/wsgate.toml and wsgate.toml(5).
@@ -74,13 +74,18 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let fd_limit = raise_fd_limit();
-    let server = match Server::bind(&config) {
+    let mut server = match Server::bind(&config) {
         Ok(s) => s,
         Err(e) => {
             log::error!("{e}");
             return ExitCode::from(1);
         }
     };
+    if cli.config.is_some() {
+        // SIGHUP reads the file again, with the same command-line overrides.
+        let cli = cli.clone();
+        server.reload_with(Box::new(move || build_config(&cli)));
+    }
     if let Some(user) = &config.user {
         if let Err(e) = wsgate::sys::privileges::drop_to(user) {
             log::error!("{e}");

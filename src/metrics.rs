@@ -43,14 +43,15 @@ pub struct Metrics {
     pub loop_iterations: u64,
     /// Time from the end of one poll to the start of the next.
     pub busy: Duration,
-    /// Traffic of closed connections, per route index (the last entry: no route).
+    /// Traffic of closed connections, per route id (connections without a route carry no
+    /// messages and are not counted here).
     pub closed_traffic: Vec<Traffic>,
     pub cluster: ClusterCounters,
 }
 
 impl Metrics {
     pub fn new(routes: usize) -> Metrics {
-        Metrics { closed_traffic: vec![Traffic::default(); routes + 1], ..Metrics::default() }
+        Metrics { closed_traffic: vec![Traffic::default(); routes], ..Metrics::default() }
     }
 
     pub fn count(map: &mut BTreeMap<u16, u64>, code: u16) {
@@ -59,9 +60,12 @@ impl Metrics {
 
     /// Adds a closed connection's traffic to its route's totals.
     pub fn add_closed(&mut self, route: Option<usize>, t: &Traffic) {
-        let last = self.closed_traffic.len() - 1;
-        let slot = &mut self.closed_traffic[route.unwrap_or(last).min(last)];
-        add_traffic(slot, t);
+        let Some(route) = route else { return };
+        if self.closed_traffic.len() <= route {
+            // A route of a reloaded configuration.
+            self.closed_traffic.resize(route + 1, Traffic::default());
+        }
+        add_traffic(&mut self.closed_traffic[route], t);
     }
 }
 

@@ -426,6 +426,7 @@ impl Worker {
         let mut by_state = BTreeMap::new();
         let mut routes: Vec<(u64, crate::apps::Traffic)> =
             self.metrics.closed_traffic.iter().map(|t| (0, *t)).collect();
+        routes.resize(self.routes.iter().count().max(routes.len()), (0, crate::apps::Traffic::default()));
         for (_, e) in self.conns.iter() {
             *by_state.entry(e.conn.state()).or_insert(0) += 1;
             if let Some(r) = e.conn.route().and_then(|r| routes.get_mut(r)) {
@@ -466,15 +467,18 @@ impl Worker {
     /// The process's figures: every worker's summed, with the route names and what the
     /// process as a whole has (memory, descriptors).
     fn snapshot<'a>(&'a self, total: &Figures, now: Instant, fds: bool) -> Snapshot<'a> {
-        let routes = self
-            .routes
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let (open, traffic) = total.routes.get(i).copied().unwrap_or_default();
-                (&*r.path, r.app.name(), open, traffic)
-            })
-            .collect();
+        // A route reloaded unchanged (or changed and changed back) is one series, not two.
+        let mut routes: Vec<(&str, &'static str, u64, crate::apps::Traffic)> = Vec::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let (open, traffic) = total.routes.get(i).copied().unwrap_or_default();
+            match routes.iter_mut().find(|(p, a, _, _)| *p == &*r.path && *a == r.app.name()) {
+                Some(entry) => {
+                    entry.2 += open;
+                    metrics::add_traffic(&mut entry.3, &traffic);
+                }
+                None => routes.push((&*r.path, r.app.name(), open, traffic)),
+            }
+        }
         let (open_fds, max_fds) = if fds { self.fd_figures(now) } else { (None, None) };
         Snapshot {
             version: env!("CARGO_PKG_VERSION"),
@@ -536,7 +540,7 @@ impl Worker {
                 "max_backpressure": l.max_backpressure,
                 "max_queued": l.max_queued,
             },
-            "routes": self.routes.iter().map(|r| serde_json::json!({ "path": &*r.path, "app": r.app.name() })).collect::<Vec<_>>(),
+            "routes": self.routes.active().map(|r| serde_json::json!({ "path": &*r.path, "app": r.app.name() })).collect::<Vec<_>>(),
         }})
         .to_string()
     }

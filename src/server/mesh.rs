@@ -72,8 +72,9 @@ pub enum Note {
     },
     /// The broker's registered tokens, loaded again.
     Tokens(Arc<TokenSet>),
-    /// SIGHUP: reload certificates, reopen the access log.
-    Reload,
+    /// SIGHUP: the configuration read again (if it was, and is valid), then reload the
+    /// certificates and reopen the access log.
+    Reload(Option<Arc<crate::config::Config>>),
     /// SIGTERM / SIGINT: drain (close every client with 1001, exit when done).
     Drain,
     /// A second stop signal: exit now.

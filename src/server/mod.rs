@@ -160,6 +160,9 @@ impl Entry {
     }
 }
 
+/// Reads the configuration again (the file, then the command line's overrides) for SIGHUP.
+pub type Reloader = Box<dyn Fn() -> Result<Config, String> + Send>;
+
 /// A bound, not yet running server: its workers, each with its listeners bound.
 pub struct Server {
     seeds: Vec<Seed>,
@@ -214,6 +217,12 @@ impl Server {
 
     /// The WebSocket listeners' addresses actually bound (port 0 resolved), with whether
     /// each is TLS.
+    /// How SIGHUP reads the configuration again (without it, SIGHUP reloads certificates,
+    /// the access log and the broker's tokens only).
+    pub fn reload_with(&mut self, reload: Reloader) {
+        self.seeds[0].reload = Some(reload);
+    }
+
     pub fn local_addrs(&self) -> Vec<(SocketAddr, bool)> {
         self.seeds[0].listeners.iter().filter(|l| !l.admin).map(|l| (l.addr, l.tls.is_some())).collect()
     }
@@ -325,6 +334,10 @@ pub struct Worker {
     no_ids: Arc<[u64]>,
     /// The links to Redis (`[cluster]`).
     cluster: Option<Cluster>,
+    /// Worker 0's way to read the configuration again.
+    reload: Option<Reloader>,
+    /// The configuration in force.
+    config: Arc<Config>,
 }
 
 impl Seed {
@@ -385,14 +398,7 @@ impl Seed {
                     poll.registry().register(socket.source(), Token(LISTENER_BASE - i), Interest::READABLE)?;
                     listeners.push(Listener { socket, addr, tls: None, pending: true, admin: true });
                 }
-                let mut route = Route::new("/ws", AppKind::Dashboard, config.limits);
-                // The dashboard's page connects from the admin listener's own origin.
-                route.limits = Arc::new(Limits { idle_timeout: Duration::ZERO, ..config.limits });
-                let mut log_files: Vec<std::path::PathBuf> =
-                    config.routes.iter().filter_map(|r| r.logview.as_ref()).flat_map(|l| l.files.clone()).collect();
-                log_files.sort();
-                log_files.dedup();
-                Some(AdminSettings { config: admin.clone(), route, log_files: log_files.into() })
+                Some(admin_settings(config, admin))
             }
             None => None,
         };
@@ -432,6 +438,7 @@ impl Seed {
             signals,
             access_file,
             cluster,
+            reload: None,
         })
     }
 }
@@ -450,11 +457,12 @@ pub struct Seed {
     signals: Option<Signals>,
     access_file: Option<AccessLogFile>,
     cluster: Option<Cluster>,
+    reload: Option<Reloader>,
 }
 
 impl Seed {
     fn start(self, tokens: Option<crate::broker::tokens::TokenSet>) -> Worker {
-        let Seed { config, poll, waker, mailbox, mesh, listeners, admin, signals, access_file, cluster } = self;
+        let Seed { config, poll, waker, mailbox, mesh, listeners, admin, signals, access_file, cluster, reload } = self;
         let mut topics = Topics::new();
         if cluster.is_some() {
             topics.track_changes();
@@ -516,6 +524,8 @@ impl Seed {
             next_gather: 0,
             no_ids: Arc::from(&[][..]),
             cluster,
+            reload,
+            config,
         }
     }
 }
@@ -899,7 +909,7 @@ impl Worker {
             }
             Note::Answer { gather, worker, part } => self.gathered(gather, worker, part, now),
             Note::Tokens(set) => self.broker.replace_registered((*set).clone()),
-            Note::Reload => self.reload(),
+            Note::Reload(fresh) => self.reload(fresh),
             Note::Drain => {
                 if self.drain_deadline.is_none() {
                     self.start_drain(now);
@@ -1258,8 +1268,9 @@ impl Worker {
         for signal in received {
             match signal {
                 SIGHUP => {
-                    self.mesh.post_others(me, || Note::Reload);
-                    self.reload();
+                    let fresh = self.read_config();
+                    self.mesh.post_others(me, || Note::Reload(fresh.clone()));
+                    self.reload(fresh);
                     if let Some(f) = &mut self.token_fetcher {
                         log::info!("SIGHUP: loading the broker's tokens from {}", f.source());
                         f.request();
@@ -1277,10 +1288,87 @@ impl Worker {
         }
     }
 
-    /// SIGHUP, on every worker.
-    fn reload(&mut self) {
+    /// SIGHUP on worker 0: the configuration read again, if it can be (a bad one is logged
+    /// and the running one stays).
+    fn read_config(&mut self) -> Option<Arc<Config>> {
+        let reload = self.reload.as_ref()?;
+        match reload() {
+            Ok(fresh) => {
+                for key in restart_only(&self.config, &fresh) {
+                    log::warn!("SIGHUP: {key} changed; that takes a restart (the running value stays)");
+                }
+                log::info!("SIGHUP: configuration reloaded: {} route(s)", fresh.routes.len());
+                Some(Arc::new(fresh))
+            }
+            Err(e) => {
+                log::error!("SIGHUP: configuration not reloaded: {e}; the running one stays");
+                None
+            }
+        }
+    }
+
+    /// SIGHUP, on every worker: the configuration (if it was read again), certificates, the
+    /// access log.
+    fn reload(&mut self, fresh: Option<Arc<Config>>) {
+        if let Some(config) = fresh {
+            self.apply_config(config);
+        }
         self.reload_certificates();
         self.reopen_access_log();
+    }
+
+    /// Swaps in a reloaded configuration. New connections get the new routes and limits;
+    /// open ones keep what they were admitted with. What needs a restart keeps its running
+    /// value (see `restart_only`).
+    fn apply_config(&mut self, config: Arc<Config>) {
+        self.routes.replace(config.routes.clone());
+        self.limits = Arc::new(config.limits);
+        self.max_connections = config.max_connections;
+        self.pools.set_max(config.buffer_pool);
+        self.trim_memory = config.trim_memory;
+        self.broker.quirks = config.broker.websockets_pro_quirks;
+        if let (Some(admin), Some(_)) = (&config.admin, &self.admin) {
+            self.admin = Some(admin_settings(&config, admin));
+        }
+        // TLS listeners keep their sockets; their certificate files may have moved (when the
+        // addresses are the same: otherwise the listeners stay as they are until a restart).
+        let addrs = |c: &Config| c.listen.iter().map(|l| (l.addr, l.tls.is_some())).collect::<Vec<_>>();
+        if addrs(&self.config) == addrs(&config) {
+            for (l, new) in self.listeners.iter_mut().filter(|l| !l.admin).zip(&config.listen) {
+                if let (Some((settings, _)), Some(fresh)) = (&mut l.tls, &new.tls) {
+                    *settings = fresh.clone();
+                }
+            }
+        }
+        let files = |c: &Config| {
+            let mut f: Vec<std::path::PathBuf> =
+                c.routes.iter().filter_map(|r| r.logview.as_ref()).flat_map(|l| l.files.clone()).collect();
+            f.sort();
+            f
+        };
+        if files(&self.config) != files(&config) {
+            self.tails = Tails::new(&config.routes);
+        }
+        if config.access_log != self.config.access_log {
+            self.access_file = match &config.access_log {
+                None => None,
+                Some(path) => match AccessLogFile::open(path) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        log::error!("SIGHUP: access_log {}: {e}; access lines go to the log", path.display());
+                        None
+                    }
+                },
+            };
+        }
+        if self.mailbox.index == 0 && config.broker.tokens != self.config.broker.tokens {
+            self.token_fetcher = Fetcher::start(&config.broker, Arc::clone(&self._waker));
+        }
+        if self.mailbox.index == 0 {
+            self.tokens_refresh = config.broker.tokens_refresh;
+            self.tokens_refresh_at = config.broker.tokens_refresh.map(|r| Instant::now() + r);
+        }
+        self.config = config;
     }
 
     /// SIGHUP: re-reads every TLS listener's certificates and keys. New handshakes use the new
@@ -1386,4 +1474,42 @@ fn node_id() -> u64 {
     h.write_u32(std::process::id());
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
     h.finish()
+}
+
+/// What every worker knows of the admin listener: its keys, the dashboard's route, the files
+/// the log viewers follow.
+fn admin_settings(config: &Config, admin: &crate::config::AdminConfig) -> AdminSettings {
+    let mut route = Route::new("/ws", AppKind::Dashboard, config.limits);
+    // The dashboard's page connects from the admin listener's own origin.
+    route.limits = Arc::new(Limits { idle_timeout: Duration::ZERO, ..config.limits });
+    let mut log_files: Vec<std::path::PathBuf> =
+        config.routes.iter().filter_map(|r| r.logview.as_ref()).flat_map(|l| l.files.clone()).collect();
+    log_files.sort();
+    log_files.dedup();
+    AdminSettings { config: admin.clone(), route, log_files: log_files.into() }
+}
+
+/// The keys a reload cannot change while running (sockets bound, threads started, links made).
+fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
+    let listeners = |c: &Config| c.listen.iter().map(|l| (l.addr, l.tls.is_some())).collect::<Vec<_>>();
+    let mut keys = Vec::new();
+    if listeners(old) != listeners(new) {
+        keys.push("listen / [[listener]] addresses");
+    }
+    if old.workers != new.workers {
+        keys.push("server.workers");
+    }
+    if old.balance != new.balance {
+        keys.push("server.balance");
+    }
+    if old.user != new.user {
+        keys.push("server.user");
+    }
+    if old.admin.as_ref().map(|a| &a.listen) != new.admin.as_ref().map(|a| &a.listen) {
+        keys.push("admin.listen (or adding / removing [admin])");
+    }
+    if format!("{:?}", old.cluster) != format!("{:?}", new.cluster) {
+        keys.push("[cluster]");
+    }
+    keys
 }

@@ -124,6 +124,11 @@ impl Server {
         Server { child, addr, admin, log, _config: config }
     }
 
+    /// The configuration file the server was started with (`with_config`).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self._config.as_ref().expect("started with a config file").0
+    }
+
     /// `http://ADMIN` + `path`.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin.expect("an admin listener"), path)
