@@ -430,3 +430,48 @@ fn bad_cluster_settings_are_refused_with_the_key() {
     // The password stays out of what is printed.
     assert_eq!(format!("{redis:?}"), "redis://[::1]:7000/2");
 }
+
+#[test]
+fn hostile_redis_peers_fail_the_link_and_nothing_else() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mode = Arc::new(AtomicUsize::new(0));
+    let accept_mode = Arc::clone(&mode);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mode = accept_mode.load(Ordering::Relaxed);
+            std::thread::spawn(move || {
+                let _ = match mode {
+                    0 => stream.write_all(b"this is not redis\r\n"),
+                    1 => Ok(()), // silent: reads nothing, answers nothing
+                    _ => {
+                        // A bulk string that claims a gigabyte, then keeps coming.
+                        let _ = stream.write_all(b"$1000000000\r\n");
+                        let chunk = vec![b'x'; 64 << 10];
+                        (0..16).try_for_each(|_| stream.write_all(&chunk))
+                    }
+                };
+                std::thread::sleep(Duration::from_secs(5));
+            });
+        }
+    });
+    let server = Server::with_config(
+        &format!(
+            "[server]\n[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_message_size = \"64KiB\"\n\
+[cluster]\nredis = \"redis://127.0.0.1:{port}\"\nping_timeout = \"300ms\"\nreconnect_min = \"20ms\"\n\
+reconnect_max = \"100ms\"\n[[route]]\npath = \"/echo\"\napp = \"echo\"\n"
+        ),
+        &[],
+    );
+    let mut echo = client(&server.url("/echo"));
+    for (m, why) in [(0, "not RESP2"), (1, "no answer to the hello within 300ms"), (2, "a reply larger than")] {
+        mode.store(m, Ordering::Relaxed);
+        server.wait_log(why);
+        echo.send(Message::text(why)).unwrap();
+        assert_eq!(text(&mut echo), why);
+    }
+    assert_eq!(metric(&server, LINKS_UP), 0.0);
+}
