@@ -1,14 +1,15 @@
 """Server memory per connection in every stage an attacker or a crowd can hold it in.
 
 usage: python3 scripts/memory.py [--bin PATH] [--unix-echo PATH] [--n N] [--warm W] [--trim true|false|none]
-                                [STAGE...]
+                                [--workers N] [STAGE...]
 
 Stages (default: all): head, idle, tls, tls-handshake, backend, subscription, broker, admin-body, leave.
 Each stage starts a fresh server (release build, pinned to core 0 when taskset exists), opens W
 connections of that kind to warm the allocator and the buffer pools, then N more; the figure is
 the RSS growth over those N divided by N (bytes per connection; per subscription for the
 subscription stage). Fixed costs (pools, the first pages of the slab) are in the warm-up, so the
-figure is what one more connection costs. The leave stage is RSS before, with N clients that
+figure is what one more connection costs. --workers N runs N workers (balance "handoff", so
+each gets its share of the connections). The leave stage is RSS before, with N clients that
 each echoed a 16 KiB message, and 2.5 s after they all left (trim_memory as --trim says).
 
 Build first: cargo build --release && cargo build --release -p wsgate-bench (for unix-echo).
@@ -40,7 +41,7 @@ def free_port():
 
 
 class Server:
-    def __init__(self, binary, tmp, backend_sock=None, trim="true"):
+    def __init__(self, binary, tmp, backend_sock=None, trim="true", workers=1):
         self.port, self.tls_port, self.admin_port = free_port(), free_port(), free_port()
         cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
         if not os.path.exists(cert):
@@ -53,6 +54,8 @@ class Server:
             backend = f'[[route]]\npath = "/backend"\nbackend = "unix:{backend_sock}"\n'
         # --trim none: leave the key out (for builds that predate it).
         trim_line = "" if trim == "none" else f"trim_memory = {trim}\n"
+        if workers > 1:
+            trim_line += f'workers = {workers}\nbalance = "handoff"\n'
         with open(conf, "w") as f:
             f.write(f"""[server]
 max_connections = 30000
@@ -227,7 +230,7 @@ def measure(server, open_one, n, warm):
     return before, after, keep
 
 
-def stage(name, binary, unix_echo, tmp, n, warm, trim):
+def stage(name, binary, unix_echo, tmp, n, warm, trim, workers=1):
     backend_proc = None
     backend_sock = None
     if name == "backend":
@@ -240,7 +243,7 @@ def stage(name, binary, unix_echo, tmp, n, warm, trim):
                 break
             time.sleep(0.05)
         n = min(n, BACKEND_MAX)
-    server = Server(binary, tmp, backend_sock, trim)
+    server = Server(binary, tmp, backend_sock, trim, workers)
     try:
         if name == "leave":
             leave(server, n)
@@ -286,7 +289,7 @@ def stage(name, binary, unix_echo, tmp, n, warm, trim):
 def main():
     args = sys.argv[1:]
     opts = {"--bin": "target/release/wsgate", "--unix-echo": "target/release/unix-echo", "--n": "10000",
-            "--warm": "500", "--trim": "true"}
+            "--warm": "500", "--trim": "true", "--workers": "1"}
     stages = []
     while args:
         a = args.pop(0)
@@ -300,7 +303,7 @@ def main():
         os.chmod(tmp, 0o755)  # the backend socket must be reachable after the privilege drop
         for name in stages:
             stage(name, opts["--bin"], opts["--unix-echo"], tmp, int(opts["--n"]), int(opts["--warm"]),
-                  opts["--trim"])
+                  opts["--trim"], int(opts["--workers"]))
 
 
 if __name__ == "__main__":
