@@ -323,3 +323,20 @@ fn bad_worker_counts_are_refused() {
     let auto = wsgate::config::Config::parse("[server]\nworkers = \"auto\"\n").unwrap();
     assert_eq!(auto.workers, std::thread::available_parallelism().unwrap().get().min(256));
 }
+
+#[test]
+fn the_dashboard_feed_sums_every_worker() {
+    let server = start(2, "handoff", "");
+    let _clients: Vec<Ws> = (0..6).map(|_| client(&server.url("/echo"))).collect();
+    wait_open(&server, 6);
+    let (mut feed, _) = tungstenite::connect(format!("ws://{}/ws", server.admin.unwrap())).unwrap();
+    let start = Instant::now();
+    loop {
+        let text = next_data(&mut feed).into_text().unwrap().to_string();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if v["type"] == "stats" && v["workers"] == 2 && v["by_state"]["connected"] == 7 {
+            break; // six clients and the feed itself, on two workers
+        }
+        assert!(start.elapsed() < WAIT, "{text}");
+    }
+}

@@ -34,6 +34,12 @@ pub(super) struct Gather {
     waiting: usize,
 }
 
+impl Gather {
+    pub(super) fn is_stats(&self) -> bool {
+        matches!(self.reply, Pending::Stats)
+    }
+}
+
 /// Who gets the merged answer.
 pub(super) enum Pending {
     /// The admin request on connection `key` (if it is still connection `id`).

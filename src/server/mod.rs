@@ -665,8 +665,9 @@ impl Worker {
             if self.mailbox.index == 0 {
                 self.mesh.set_access_watched(self.topics.find(ACCESS_FEED).is_some());
             }
-            if self.topics.find(STATS_FEED).is_some() {
-                // The figures of every worker: published when the last one has answered.
+            if self.topics.find(STATS_FEED).is_some() && !self.gathers.values().any(manage::Gather::is_stats) {
+                // The figures of every worker: published when the last one has answered (one
+                // update at a time, however slow a worker is to answer).
                 self.gather(manage::Pending::Stats, mesh::Query::Figures, (0..self.mesh.workers()).collect(), now);
             }
         }
@@ -902,6 +903,8 @@ impl Worker {
                 self.scratch_keys = keys;
             }
             Note::SendTo { id, frame } => self.send_to(id, frame, now),
+            // A socket handed over as this worker began draining: closed, never served.
+            Note::Adopt { .. } if self.drain_deadline.is_some() => self.mesh.release_one(),
             Note::Adopt { stream, peer, tls } => self.admit(Accepted::Tcp(stream), peer, tls, false, true, now),
             Note::Ask { gather, from, query } => {
                 let part = self.part(&query, now);
