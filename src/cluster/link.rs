@@ -262,7 +262,9 @@ impl Link {
     /// Writes what waits, as far as the socket takes it.
     pub fn flush(&mut self, settings: &Settings, registry: &Registry, now: Instant) {
         if let Err(e) = self.write() {
-            self.fail(settings, registry, &format!("write: {e}"), now);
+            // Before the hello is answered, a write error is the connect's (refused, unreachable).
+            let what = if self.phase == Phase::Opening { "connect" } else { "write" };
+            self.fail(settings, registry, &format!("{what}: {e}"), now);
         }
     }
 
