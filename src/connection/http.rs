@@ -105,7 +105,7 @@ impl Connection {
         }
         let request = admin::Request::new(req, &buf[start..start + length]);
         self.rstart = start + length;
-        self.set_phase(Phase::Answering);
+        self.set_phase(Phase::Answering { deadline: cx.now + cx.limits.handshake_timeout });
         cx.actions.push(Action::Admin(Box::new(request)));
         false
     }

@@ -173,9 +173,12 @@ enum Phase {
     Http {
         deadline: Instant,
     },
-    /// Admin listener: a request is with the loop, which answers it right after this drive
-    /// ([`Connection::answer`]); nothing more is read until then.
-    Answering,
+    /// Admin listener: a request is with the loop, which answers it ([`Connection::answer`])
+    /// right after this drive, or once every worker concerned has given its part; nothing
+    /// more is read until then. Past the deadline the client gets a 503.
+    Answering {
+        deadline: Instant,
+    },
     /// Frames flow (`Connection::ws` is set).
     Connected,
     /// Direct mode: the 101 is being written; then the socket goes to the backend.
@@ -204,7 +207,7 @@ impl Phase {
             Phase::Unknown => "unknown",
             Phase::Opening { .. } => "opening",
             Phase::Http { .. } => "handshaking",
-            Phase::Answering => "handshaking",
+            Phase::Answering { .. } => "handshaking",
             Phase::Connected => "connected",
             Phase::HandingOff { .. } => "handing-off",
             Phase::HandedOff { .. } => "handed-off",
@@ -349,7 +352,7 @@ impl Connection {
     /// The loop's answer to the admin request this connection passed on: queued, then the
     /// connection goes on (the next request, if one is already buffered).
     pub fn answer(&mut self, cx: &mut Ctx<'_>, reply: &Reply, keep_alive: bool, head_only: bool) -> Turn {
-        if matches!(self.phase, Phase::Answering) {
+        if matches!(self.phase, Phase::Answering { .. }) {
             self.set_phase(Phase::Http { deadline: cx.now + cx.limits.handshake_timeout });
             self.send_reply(cx, reply, keep_alive, head_only);
             if self.rend > self.rstart {
@@ -471,6 +474,7 @@ impl Connection {
             Phase::Unknown => Some(self.accepted + self.limits.handshake_timeout),
             Phase::Opening { deadline }
             | Phase::Http { deadline }
+            | Phase::Answering { deadline }
             | Phase::HandingOff { deadline }
             | Phase::HandedOff { deadline }
             | Phase::Flushing { deadline }
@@ -480,8 +484,7 @@ impl Connection {
                 Some(ws) => ws.session.deadline(&self.timing()),
                 None => None,
             },
-            // Answered within the same turn.
-            Phase::Answering | Phase::Closed => None,
+            Phase::Closed => None,
         };
         let stall = self.stalled_since.map(|t| t + self.limits.write_timeout);
         match (phase, stall) {
@@ -502,6 +505,13 @@ impl Connection {
             Phase::Unknown | Phase::Http { .. } if passed => Some(End::HeadTimeout),
             Phase::Flushing { .. } | Phase::Lingering { .. } if passed => {
                 Some(End::Abort("peer did not finish closing in time".into()))
+            }
+            Phase::Answering { .. } if passed => {
+                // A worker did not give its part in time (it is stuck, or draining).
+                self.set_phase(Phase::Http { deadline: now + cx.limits.handshake_timeout });
+                let reply = crate::admin::Reply::error(503, "the workers did not all answer in time");
+                self.send_reply(cx, &reply, false, false);
+                None
             }
             Phase::HandingOff { .. } if passed => Some(End::Abort("101 not accepted in time for the hand-off".into())),
             Phase::HandedOff { .. } if passed => Some(End::Abort("backend did not take the hand-off in time".into())),

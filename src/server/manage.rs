@@ -29,6 +29,7 @@ const DASHBOARD: &str = include_str!("../admin/dashboard.html");
 /// A command waiting for the other workers' parts.
 pub(super) struct Gather {
     reply: Pending,
+    started: Instant,
     /// By worker index.
     parts: Vec<Option<Part>>,
     waiting: usize,
@@ -37,6 +38,12 @@ pub(super) struct Gather {
 impl Gather {
     pub(super) fn is_stats(&self) -> bool {
         matches!(self.reply, Pending::Stats)
+    }
+
+    /// Still worth waiting for: a worker that has not answered in this long never will (its
+    /// admin request was answered 503 at its deadline already).
+    pub(super) fn is_fresh(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.started) < std::time::Duration::from_secs(60)
     }
 }
 
@@ -151,7 +158,7 @@ impl Worker {
         if targets.contains(&me) {
             parts[me] = Some(self.part(&queries[me], now));
         }
-        self.gathers.insert(gather, Gather { reply, parts, waiting });
+        self.gathers.insert(gather, Gather { reply, started: now, parts, waiting });
         if waiting == 0 {
             self.finish(gather, now);
         }

@@ -712,6 +712,7 @@ impl Worker {
     /// instead of staying at its peak).
     fn housekeeping(&mut self, now: Instant) {
         self.housekeeping_at = now + HOUSEKEEPING_INTERVAL;
+        self.gathers.retain(|_, g| g.is_fresh(now));
         if self.pools.shrink() {
             if self.trim_memory {
                 let released = crate::sys::memory::trim_heap();
