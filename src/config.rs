@@ -436,6 +436,25 @@ pub struct Route {
     pub broker: BrokerRoute,
     /// Set when `app` is [`AppKind::Logview`].
     pub logview: Option<Arc<LogviewSpec>>,
+    /// permessage-deflate (RFC 7692), off unless configured.
+    pub compression: CompressionSpec,
+}
+
+/// A route's `compression`, `compression_level`, `compression_threshold`,
+/// `compression_window_bits` and `compression_mem_level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompressionSpec {
+    pub mode: crate::ws::extensions::Compression,
+    /// zlib's level, 0 (stored) to 9.
+    pub level: i32,
+    /// Messages shorter than this go uncompressed.
+    pub threshold: usize,
+}
+
+impl Default for CompressionSpec {
+    fn default() -> Self {
+        CompressionSpec { mode: crate::ws::extensions::Compression::Off, level: 3, threshold: 64 }
+    }
 }
 
 /// A configuration error: which file, which line or key, and what is wrong.
@@ -671,6 +690,11 @@ struct RouteSection {
     files: Option<Vec<PathBuf>>,
     backlog: Option<usize>,
     require_key: Option<bool>,
+    compression: Option<String>,
+    compression_level: Option<i32>,
+    compression_threshold: Option<ByteSize>,
+    compression_window_bits: Option<u8>,
+    compression_mem_level: Option<u8>,
     #[serde(default)]
     origins: Vec<String>,
     #[serde(default)]
@@ -920,6 +944,7 @@ impl Config {
             let pubsub = pubsub_policy(&r, app).map_err(at)?;
             let broker = broker_route(&r, app).map_err(at)?;
             let logview = logview_spec(&r, app, base).map_err(at)?;
+            let compression = compression_spec(&r).map_err(at)?;
             let route = Route {
                 path: r.path.into(),
                 app,
@@ -930,6 +955,7 @@ impl Config {
                 pubsub: Arc::new(pubsub),
                 broker,
                 logview,
+                compression,
             };
             config.add_route(route).map_err(|message| ConfigError::Route { line, message })?;
         }
@@ -1082,6 +1108,7 @@ impl Route {
             pubsub: Arc::default(),
             broker: BrokerRoute::default(),
             logview: None,
+            compression: CompressionSpec::default(),
         }
     }
 
@@ -1178,6 +1205,38 @@ fn pubsub_policy(r: &RouteSection, app: AppKind) -> Result<PubSubPolicy, String>
         return Err("route.max_topic_length: must be 1..=1024".into());
     }
     Ok(policy)
+}
+
+fn compression_spec(r: &RouteSection) -> Result<CompressionSpec, String> {
+    use crate::ws::extensions::Compression;
+    let d = CompressionSpec::default();
+    let window_bits = r.compression_window_bits.unwrap_or(15);
+    let mem_level = r.compression_mem_level.unwrap_or(8);
+    let mode = match r.compression.as_deref() {
+        None | Some("off") => Compression::Off,
+        Some("shared") => Compression::Shared,
+        Some("dedicated") => Compression::Dedicated { window_bits, mem_level },
+        Some(other) => {
+            return Err(format!("route.compression: {other:?} (expected \"off\", \"shared\" or \"dedicated\")"))
+        }
+    };
+    if !(9..=15).contains(&window_bits) {
+        return Err("route.compression_window_bits: must be 9..=15 (zlib cannot deflate with a window of 8)".into());
+    }
+    if !(1..=9).contains(&mem_level) {
+        return Err("route.compression_mem_level: must be 1..=9".into());
+    }
+    if (r.compression_window_bits.is_some() || r.compression_mem_level.is_some())
+        && !matches!(mode, Compression::Dedicated { .. })
+    {
+        return Err("route.compression_window_bits / compression_mem_level: only with compression = \"dedicated\" (shared compressors use 15 and 8)".into());
+    }
+    let level = r.compression_level.unwrap_or(d.level);
+    if !(0..=9).contains(&level) {
+        return Err("route.compression_level: must be 0..=9".into());
+    }
+    let threshold = r.compression_threshold.map_or(d.threshold, |b| b.0);
+    Ok(CompressionSpec { mode, level, threshold })
 }
 
 fn admin_config(a: AdminSection, base: &Path) -> Result<AdminConfig, String> {
@@ -1331,9 +1390,8 @@ fn logview_spec(r: &RouteSection, app: AppKind, base: &Path) -> Result<Option<Ar
     Ok(Some(Arc::new(LogviewSpec { files, backlog, require_key: r.require_key.unwrap_or(false) })))
 }
 
-/// RFC 9110 tchar.
 fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    crate::http::is_tchar(b)
 }
 
 #[cfg(test)]

@@ -19,6 +19,46 @@ const SHARED_COPY_MAX: usize = 4 * CHUNK_OVERHEAD;
 /// A frame encoded once (header and payload), shared by every receiver in this reactor.
 pub type SharedFrame = Arc<[u8]>;
 
+/// RSV1: the message is compressed (permessage-deflate, RFC 7692 §6).
+const RSV1: u8 = 0x40;
+
+/// Encodes one unfragmented compressed message (RSV1 set) into shared bytes.
+pub fn compressed_shared_frame(opcode: Opcode, compressed: &[u8]) -> SharedFrame {
+    let mut head = [0u8; MAX_HEADER_LEN];
+    let n = encode_header(&mut head, true, opcode, compressed.len(), None);
+    head[0] |= RSV1;
+    let mut bytes = Vec::with_capacity(n + compressed.len());
+    bytes.extend_from_slice(&head[..n]);
+    bytes.extend_from_slice(compressed);
+    bytes.into()
+}
+
+/// A server frame's opcode and payload (server frames are never masked).
+pub fn frame_parts(frame: &[u8]) -> Option<(Opcode, &[u8])> {
+    let opcode = if frame.first()? & 0x0F == 2 { Opcode::Binary } else { Opcode::Text };
+    let header = match frame.get(1)? & 0x7F {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    Some((opcode, frame.get(header..)?))
+}
+
+/// A shared frame's compressed twin, for the receivers that negotiated permessage-deflate:
+/// compressed once by the worker's shared compressor for this window (no context takeover,
+/// so any receiver can inflate it, whatever its own context).
+pub fn compressed_twin(
+    codecs: &mut crate::ws::deflate::SharedCodecs,
+    window: u8,
+    level: i32,
+    frame: &[u8],
+) -> SharedFrame {
+    let Some((opcode, payload)) = frame_parts(frame) else { return Arc::from(frame) };
+    let mut z = Vec::with_capacity(payload.len() / 2 + 16);
+    codecs.compress(window, level, payload, &mut z);
+    compressed_shared_frame(opcode, &z)
+}
+
 /// Encodes one unfragmented server frame into shared bytes.
 pub fn shared_frame(opcode: Opcode, payload: &[u8]) -> SharedFrame {
     let mut head = [0u8; MAX_HEADER_LEN];
@@ -67,6 +107,19 @@ impl OutQueue {
         let n = encode_header(&mut head, true, opcode, payload.len(), None);
         self.push_parts(pools, &[&head[..n]]);
         self.push_owned_continuation(payload);
+    }
+
+    /// Queues one compressed message (RSV1 set) whose payload the caller owns.
+    pub fn push_compressed_frame(&mut self, pools: &mut Pools, opcode: Opcode, compressed: Vec<u8>) {
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut head, true, opcode, compressed.len(), None);
+        head[0] |= RSV1;
+        if compressed.len() < OWN_CHUNK_MIN {
+            self.push_parts(pools, &[&head[..n], &compressed]);
+        } else {
+            self.push_parts(pools, &[&head[..n]]);
+            self.push_owned_continuation(compressed);
+        }
     }
 
     /// Queues a frame encoded once for many receivers.

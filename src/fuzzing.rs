@@ -100,6 +100,7 @@ fn decode_stream(stream: &[u8], chunk: usize) -> (Vec<Seen>, Option<crate::ws::P
                     }
                     Seen::Message(kind, payload.to_vec())
                 }
+                Event::Compressed(..) => panic!("a compressed message without permessage-deflate negotiated"),
                 Event::Ping(p) => {
                     assert!(p.len() <= 125);
                     Seen::Ping(p.to_vec())

@@ -36,6 +36,7 @@ use crate::config::LogviewSpec;
 use crate::encode::SharedFrame;
 use crate::pubsub::{SubscribeError, Topics};
 use crate::sys::splice::Pipe;
+use crate::ws::deflate::{PerMessage, SharedCodecs};
 use crate::ws::message::MessageKind;
 
 /// What the loop must do for a connection, recorded during its turn and applied after it.
@@ -136,19 +137,28 @@ pub struct AppCtx<'a> {
     pub(crate) fanout: &'a mut usize,
     /// The app can take no more messages for now (see [`AppCtx::hold_input`]).
     pub(crate) hold: bool,
+    /// permessage-deflate, when this client negotiated it.
+    pub(crate) pmd: Option<&'a mut PerMessage>,
+    pub(crate) codecs: &'a mut SharedCodecs,
 }
 
 impl AppCtx<'_> {
     /// Sends one message to this client.
     pub fn send(&mut self, kind: MessageKind, payload: &[u8]) {
-        self.out.push_frame(self.pools, kind.opcode(), payload);
+        match self.pmd.as_deref_mut().and_then(|pmd| pmd.compress(self.codecs, payload)) {
+            Some(compressed) => self.out.push_compressed_frame(self.pools, kind.opcode(), compressed),
+            None => self.out.push_frame(self.pools, kind.opcode(), payload),
+        }
         self.count_out(payload.len());
     }
 
     /// Sends one message whose payload the app owns (no copy for large ones).
     pub fn send_owned(&mut self, kind: MessageKind, payload: Vec<u8>) {
         let len = payload.len();
-        self.out.push_frame_owned(self.pools, kind.opcode(), payload);
+        match self.pmd.as_deref_mut().and_then(|pmd| pmd.compress(self.codecs, &payload)) {
+            Some(compressed) => self.out.push_compressed_frame(self.pools, kind.opcode(), compressed),
+            None => self.out.push_frame_owned(self.pools, kind.opcode(), payload),
+        }
         self.count_out(len);
     }
 

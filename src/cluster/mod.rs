@@ -117,7 +117,7 @@ impl Cluster {
 
     /// Publishes a message this node's client (or admin) published to `topic`.
     pub fn publish(&mut self, topic: &str, frame: &SharedFrame, now: Instant) {
-        let Some((opcode, payload)) = split_frame(frame) else { return };
+        let Some((opcode, payload)) = crate::encode::frame_parts(frame) else { return };
         let message = wire::encode(wire::Kind::Publish, self.node, opcode, b"", payload);
         let channel = wire::topic_channel(&self.prefix, topic);
         self.send(&channel, &message, now);
@@ -125,7 +125,7 @@ impl Cluster {
 
     /// Sends a broker message on to the other nodes' token holders.
     pub fn route(&mut self, receivers: &[u8], frame: &SharedFrame, now: Instant) {
-        let Some((opcode, payload)) = split_frame(frame) else { return };
+        let Some((opcode, payload)) = crate::encode::frame_parts(frame) else { return };
         let message = wire::encode(wire::Kind::Route, self.node, opcode, receivers, payload);
         let channel = wire::broker_channel(&self.prefix);
         self.send(&channel, &message, now);
@@ -275,17 +275,6 @@ impl Cluster {
     }
 }
 
-/// A server frame's opcode and payload (server frames are never masked).
-fn split_frame(frame: &[u8]) -> Option<(Opcode, &[u8])> {
-    let opcode = if frame.first()? & 0x0F == 2 { Opcode::Binary } else { Opcode::Text };
-    let header = match frame.get(1)? & 0x7F {
-        126 => 4,
-        127 => 10,
-        _ => 2,
-    };
-    Some((opcode, frame.get(header..)?))
-}
-
 /// The TLS client configuration for `rediss://`: `cluster.ca` if given, else the public CAs.
 fn client_tls(config: &ClusterConfig) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::pem::PemObject;
@@ -322,9 +311,9 @@ mod tests {
         for len in [0usize, 5, 125, 126, 65535, 65536] {
             let payload = vec![7u8; len];
             let frame = shared_frame(Opcode::Binary, &payload);
-            assert_eq!(split_frame(&frame), Some((Opcode::Binary, &payload[..])), "{len}");
+            assert_eq!(crate::encode::frame_parts(&frame), Some((Opcode::Binary, &payload[..])), "{len}");
         }
         let frame = shared_frame(Opcode::Text, b"hi");
-        assert_eq!(split_frame(&frame), Some((Opcode::Text, &b"hi"[..])));
+        assert_eq!(crate::encode::frame_parts(&frame), Some((Opcode::Text, &b"hi"[..])));
     }
 }

@@ -21,6 +21,8 @@ use crate::config::Scope;
 use crate::config::{AppKind, Route};
 use crate::http::request::{parse_request, HeadLimits, Request, MAX_HEADERS};
 use crate::http::response::Response;
+use crate::ws::deflate::PerMessage;
+use crate::ws::extensions::{Agreed, Compression};
 use crate::ws::frame::Role;
 use crate::ws::handshake;
 use crate::ws::message::MessageKind;
@@ -65,10 +67,10 @@ impl Connection {
             return match handshake::validate(req, &route.policy()) {
                 Ok(accepted) => {
                     let mut head = Vec::with_capacity(160);
-                    handshake::write_accept(&mut head, &accepted);
+                    handshake::write_accept(&mut head, &accepted, None);
                     self.out.push_bytes(cx.pools, &head);
                     let log_files = Arc::clone(&admin.log_files);
-                    self.open(cx, route, Box::new(Dashboard { log_files }));
+                    self.open(cx, route, Box::new(Dashboard { log_files }), None);
                     true
                 }
                 Err(e) => self.reply(cx, &Reply::error(e.status(), e.reason()), false),
@@ -223,19 +225,29 @@ impl Connection {
                 return self.upgrade_to_backend(cx, req, route, &accepted, backend);
             }
         };
+        let deflate = negotiate_deflate(req, route);
         let mut head = Vec::with_capacity(160);
-        handshake::write_accept(&mut head, &accepted);
+        handshake::write_accept(&mut head, &accepted, deflate.as_ref());
         self.out.push_bytes(cx.pools, &head);
-        self.open(cx, route, app);
+        self.open(cx, route, app, deflate);
         true
     }
 
     /// The 101 is queued: the WebSocket is open, the app starts.
-    fn open(&mut self, cx: &mut Ctx<'_>, route: &Route, app: Box<dyn App>) {
+    fn open(&mut self, cx: &mut Ctx<'_>, route: &Route, app: Box<dyn App>, deflate: Option<Agreed>) {
         self.log.set_status(101);
         self.limits = Arc::clone(&route.limits);
-        let session = Session::new(Role::Server, route.message_limits(), cx.now);
-        self.ws = Some(Ws { session, app, failing: None });
+        let mut session = Session::new(Role::Server, route.message_limits(), cx.now);
+        let pmd = deflate.map(|agreed| {
+            session.allow_compression();
+            let spec = &route.compression;
+            let mem_level = match spec.mode {
+                Compression::Dedicated { mem_level, .. } => mem_level,
+                _ => 8,
+            };
+            PerMessage::new(agreed, spec.threshold, spec.level, mem_level)
+        });
+        self.ws = Some(Ws::new(session, app, pmd));
         self.set_phase(Phase::Connected);
         self.with_app(cx, |app, acx| app.on_open(acx));
     }
@@ -284,8 +296,10 @@ impl Connection {
         link: BackendLink,
     ) -> bool {
         let Some(spec) = route.backend.as_ref() else { return false };
+        // Direct mode hands the socket over: the backend would have to speak the extension.
+        let deflate = if spec.framing == Framing::Direct { None } else { negotiate_deflate(req, route) };
         let mut head = Vec::with_capacity(160);
-        handshake::write_accept(&mut head, accepted);
+        handshake::write_accept(&mut head, accepted, deflate.as_ref());
         let hello = framed::Hello {
             id: self.id,
             peer: self.peer(),
@@ -310,11 +324,11 @@ impl Connection {
             }
             Framing::Framed => {
                 backend.queue_bytes(cx.pools, &framed::hello_record(&hello));
-                self.open(cx, route, Box::new(backend));
+                self.open(cx, route, Box::new(backend), deflate);
                 true
             }
             Framing::Raw | Framing::Lines => {
-                self.open(cx, route, Box::new(backend));
+                self.open(cx, route, Box::new(backend), deflate);
                 true
             }
         }
@@ -339,4 +353,14 @@ impl Connection {
             false
         }
     }
+}
+
+/// The permessage-deflate the client offered and the route can do (RFC 7692 §7), if any.
+fn negotiate_deflate(req: &Request<'_, '_>, route: &Route) -> Option<Agreed> {
+    if route.compression.mode == Compression::Off {
+        return None;
+    }
+    let values =
+        req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions")).map(|h| h.value);
+    crate::ws::extensions::negotiate(values, route.compression.mode)
 }

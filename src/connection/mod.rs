@@ -44,7 +44,9 @@ use crate::route::Routes;
 use crate::server::key_of;
 use crate::transport::{NotTls, Transport};
 use crate::ws::close;
+use crate::ws::deflate::{InflateFail, PerMessage, SharedCodecs};
 use crate::ws::frame::Opcode;
+use crate::ws::message::MessageKind;
 use crate::ws::session::{reply_code, Due, Received, Session, Timing};
 
 /// Bytes one connection may read per wake-up before the loop serves others.
@@ -82,6 +84,8 @@ pub struct Ctx<'a> {
     pub admin: Option<&'a AdminSettings>,
     /// Where the connection's app records what the loop must do.
     pub actions: &'a mut Vec<Action>,
+    /// The worker's compressors and decompressor for connections without context takeover.
+    pub codecs: &'a mut SharedCodecs,
     /// Deliveries the connection's publishes caused during this call: past `FANOUT_BUDGET`
     /// it stops reading until the next turn, so one publisher flooding a big room cannot
     /// hold the loop.
@@ -155,10 +159,35 @@ pub enum Delivered {
 struct Ws {
     session: Session,
     app: Box<dyn App>,
+    /// What few connections have, boxed together: every open connection carries this struct.
+    rare: Option<Box<Rare>>,
+}
+
+#[derive(Default)]
+struct Rare {
     /// A protocol error on a route whose app must hear first (framed backend): the close frame
     /// the client is owed, and since when it waits (bounded by `close_timeout`).
-    /// Boxed: rare, and every open connection carries this struct.
-    failing: Option<Box<(u16, &'static str, Instant)>>,
+    failing: Option<(u16, &'static str, Instant)>,
+    /// permessage-deflate, when negotiated.
+    pmd: Option<PerMessage>,
+}
+
+impl Ws {
+    fn new(session: Session, app: Box<dyn App>, pmd: Option<PerMessage>) -> Ws {
+        Ws { session, app, rare: pmd.map(|pmd| Box::new(Rare { failing: None, pmd: Some(pmd) })) }
+    }
+
+    fn failing(&self) -> Option<&(u16, &'static str, Instant)> {
+        self.rare.as_ref()?.failing.as_ref()
+    }
+
+    fn set_failing(&mut self, failing: Option<(u16, &'static str, Instant)>) {
+        self.rare.get_or_insert_with(Box::default).failing = failing;
+    }
+
+    fn pmd(&self) -> Option<&PerMessage> {
+        self.rare.as_ref()?.pmd.as_ref()
+    }
 }
 
 #[derive(Debug)]
@@ -480,7 +509,7 @@ impl Connection {
             | Phase::Flushing { deadline }
             | Phase::Lingering { deadline } => Some(*deadline),
             Phase::Connected => match self.ws.as_ref() {
-                Some(Ws { failing: Some(f), .. }) => Some(f.2 + self.limits.close_timeout),
+                Some(ws) if ws.failing().is_some() => ws.failing().map(|f| f.2 + self.limits.close_timeout),
                 Some(ws) => ws.session.deadline(&self.timing()),
                 None => None,
             },
@@ -529,7 +558,7 @@ impl Connection {
 
     fn ws_timer(&mut self, now: Instant) -> Option<End> {
         let ws = self.ws.as_mut()?;
-        if let Some(&(code, reason, since)) = ws.failing.as_deref() {
+        if let Some(&(code, reason, since)) = ws.failing() {
             if now < since + self.limits.close_timeout {
                 return None;
             }
@@ -566,9 +595,16 @@ impl Connection {
 
     /// Queues a message published by someone else, under the route's backpressure policy.
     /// Nothing more is queued once the connection is closing.
+    /// With permessage-deflate negotiated and a message of `payload_len` bytes worth
+    /// compressing: the window and level its compressed form must use.
+    pub fn deflate_params(&self, payload_len: usize) -> Option<(u8, i32)> {
+        let pmd = self.ws.as_ref()?.pmd()?;
+        pmd.wants(payload_len).then(|| (pmd.agreed.server_max_window_bits, pmd.level()))
+    }
+
     pub fn deliver(&mut self, now: Instant, pools: &mut Pools, frame: &SharedFrame) -> Delivered {
         let open = matches!(self.phase, Phase::Connected)
-            && self.ws.as_ref().is_some_and(|ws| !ws.session.is_closing() && ws.failing.is_none());
+            && self.ws.as_ref().is_some_and(|ws| !ws.session.is_closing() && ws.failing().is_none());
         if !open {
             return Delivered::NotOpen;
         }
@@ -671,7 +707,7 @@ impl Connection {
                 }
                 if let Some(ws) = &mut self.ws {
                     ws.session.close(now);
-                    ws.failing = None;
+                    ws.set_failing(None);
                 }
                 self.log.set_close(code, reason);
                 self.rstart = self.rend;
@@ -713,7 +749,7 @@ impl Connection {
         let Some(ws) = self.ws.as_mut().filter(|_| matches!(self.phase, Phase::Connected)) else {
             return self.finish(now);
         };
-        if let Some(&(code, reason, _)) = ws.failing.as_deref() {
+        if let Some(&(code, reason, _)) = ws.failing() {
             return self.close(now, pools, End::Fail { code, reason });
         }
         if ws.session.close(now) {
@@ -740,7 +776,8 @@ impl Connection {
         let ws = self.ws.as_mut()?;
         let mut close = None;
         let high = self.limits.backpressure_high;
-        let mut acx = app_ctx(cx, who, &mut self.out, &mut self.log.traffic, high, &mut close);
+        let pmd = ws.rare.as_mut().and_then(|r| r.pmd.as_mut());
+        let mut acx = app_ctx(cx, who, &mut self.out, &mut self.log.traffic, high, &mut close, pmd);
         let r = f(ws.app.as_mut(), &mut acx);
         if let Some(why) = close {
             self.app_closed(cx, why);
@@ -767,7 +804,7 @@ impl Connection {
             let h = self.handoff.as_mut()?;
             let mut close = None;
             let mut traffic = Traffic::default();
-            let mut acx = app_ctx(cx, who, &mut self.out, &mut traffic, 0, &mut close);
+            let mut acx = app_ctx(cx, who, &mut self.out, &mut traffic, 0, &mut close, None);
             h.backend.on_io(&mut acx, false);
             if close.is_some() {
                 self.close(cx.now, cx.pools, End::HandOffFailed(io::ErrorKind::BrokenPipe.into()));
@@ -794,8 +831,8 @@ impl Connection {
             return;
         }
         if let (Some(Hold::UntilAppCloses), Some(ws)) = (hold, self.ws.as_mut()) {
-            if !ws.session.is_closing() && ws.failing.is_none() && matches!(self.phase, Phase::Connected) {
-                ws.failing = Some(Box::new((code, reason, cx.now)));
+            if !ws.session.is_closing() && ws.failing().is_none() && matches!(self.phase, Phase::Connected) {
+                ws.set_failing(Some((code, reason, cx.now)));
                 self.rstart = self.rend;
                 log::debug!("{} protocol error ({code} {reason}); waiting for the backend's CLOSE", self.peer());
                 return;
@@ -813,7 +850,7 @@ impl Connection {
             Phase::Connected => {
                 let high = self.limits.backpressure_high;
                 self.out.len() < high
-                    && self.ws.as_ref().is_some_and(|ws| ws.failing.is_none() && ws.app.accepts_input(high))
+                    && self.ws.as_ref().is_some_and(|ws| ws.failing().is_none() && ws.app.accepts_input(high))
             }
             Phase::Lingering { .. } => true,
             _ => false,
@@ -1113,12 +1150,20 @@ impl Connection {
         let mut pos = self.rstart;
         let who = self.who();
         let Some(ws) = self.ws.as_mut() else { return };
-        if ws.failing.is_some() || !ws.app.accepts_input(high) {
+        if ws.failing().is_some() || !ws.app.accepts_input(high) {
             self.input_held = true;
             return;
         }
         let mut app_close = None;
-        let mut acx = app_ctx(cx, who, &mut self.out, &mut self.log.traffic, high, &mut app_close);
+        let mut acx = app_ctx(
+            cx,
+            who,
+            &mut self.out,
+            &mut self.log.traffic,
+            high,
+            &mut app_close,
+            ws.rare.as_mut().and_then(|r| r.pmd.as_mut()),
+        );
         let stop = loop {
             if acx.out.len() >= high || acx.hold || *acx.fanout >= FANOUT_BUDGET {
                 break Stop::Held;
@@ -1144,6 +1189,27 @@ impl Connection {
                     } else {
                         large = Some((kind, payload.len()));
                     }
+                }
+                Received::Compressed(kind, payload) => {
+                    let mut inflated = Vec::new();
+                    let max = self.limits.max_message_size;
+                    let result = match acx.pmd.as_deref_mut() {
+                        Some(pmd) => pmd.inflate(acx.codecs, payload, max, &mut inflated),
+                        None => Err(InflateFail::Invalid),
+                    };
+                    match result {
+                        Err(InflateFail::TooBig) => {
+                            break Stop::ProtocolError(1009, "message too big once inflated");
+                        }
+                        Err(InflateFail::Invalid) => break Stop::ProtocolError(1007, "invalid compressed data"),
+                        Ok(()) => {}
+                    }
+                    if kind == MessageKind::Text && crate::ws::utf8::validate(&inflated).is_err() {
+                        break Stop::ProtocolError(1007, "invalid UTF-8 in a text message");
+                    }
+                    acx.traffic.msgs_in += 1;
+                    acx.traffic.bytes_in += inflated.len() as u64;
+                    ws.app.on_message(&mut acx, kind, Payload::Owned(inflated));
                 }
                 Received::Ping(payload) => acx.out.push_control(Opcode::Pong, payload),
                 Received::Pong(_) => {}
@@ -1199,6 +1265,7 @@ fn app_ctx<'b>(
     traffic: &'b mut Traffic,
     backpressure_high: usize,
     close: &'b mut Option<AppClose>,
+    pmd: Option<&'b mut PerMessage>,
 ) -> AppCtx<'b> {
     AppCtx {
         now: cx.now,
@@ -1215,6 +1282,8 @@ fn app_ctx<'b>(
         close,
         fanout: &mut cx.fanout,
         hold: false,
+        pmd,
+        codecs: cx.codecs,
     }
 }
 

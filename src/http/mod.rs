@@ -5,3 +5,8 @@ pub mod request;
 pub mod response;
 
 pub use request::{parse_request, HeadLimits, Request, RequestError};
+
+/// RFC 9110 `tchar`: a byte that may appear in a token.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}

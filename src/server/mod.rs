@@ -334,6 +334,8 @@ pub struct Worker {
     no_ids: Arc<[u64]>,
     /// The links to Redis (`[cluster]`).
     cluster: Option<Cluster>,
+    /// permessage-deflate's codecs shared by the connections without context takeover.
+    codecs: crate::ws::deflate::SharedCodecs,
     /// Worker 0's way to read the configuration again.
     reload: Option<Reloader>,
     /// The configuration in force.
@@ -526,6 +528,7 @@ impl Seed {
             cluster,
             reload,
             config,
+            codecs: Default::default(),
         }
     }
 }
@@ -774,6 +777,7 @@ impl Worker {
             metrics: &mut self.metrics,
             admin: self.admin.as_ref(),
             actions: &mut actions,
+            codecs: &mut self.codecs,
             fanout: 0,
         };
         let turn = f(&mut entry.conn, &mut ctx);
@@ -945,11 +949,20 @@ impl Worker {
             .collect();
         excluded.sort_unstable();
         let mut dropped = 0;
+        // Compressed once per window size for the subscribers that negotiated
+        // permessage-deflate, when the first of them comes.
+        let mut twins: [Option<SharedFrame>; 7] = Default::default();
+        let payload_len = crate::encode::frame_parts(frame).map_or(0, |(_, p)| p.len());
         for key in self.topics.members(id) {
             if Some(key) == exclude || (!excluded.is_empty() && excluded.binary_search(&key).is_ok()) {
                 continue;
             }
             let Some(entry) = self.conns.get_mut(key) else { continue };
+            let frame = match entry.conn.deflate_params(payload_len) {
+                None => frame,
+                Some((window, level)) => &*twins[usize::from(window.clamp(9, 15) - 9)]
+                    .get_or_insert_with(|| crate::encode::compressed_twin(&mut self.codecs, window, level, frame)),
+            };
             let delivered = entry.conn.deliver(now, &mut self.pools, frame);
             match delivered {
                 Delivered::Queued | Delivered::Closing => {
@@ -973,7 +986,12 @@ impl Worker {
     /// Queues `frame` for connection `key`; whether it was queued.
     fn deliver(&mut self, key: usize, frame: &SharedFrame, now: Instant) -> bool {
         let Some(entry) = self.conns.get_mut(key) else { return false };
-        let delivered = entry.conn.deliver(now, &mut self.pools, frame);
+        let payload_len = crate::encode::frame_parts(frame).map_or(0, |(_, p)| p.len());
+        let twin = entry
+            .conn
+            .deflate_params(payload_len)
+            .map(|(window, level)| crate::encode::compressed_twin(&mut self.codecs, window, level, frame));
+        let delivered = entry.conn.deliver(now, &mut self.pools, twin.as_ref().unwrap_or(frame));
         match delivered {
             Delivered::Queued | Delivered::Closing => self.mark_dirty(key),
             Delivered::Dropped => self.metrics.dropped += 1,

@@ -1,6 +1,7 @@
 //! The opening handshake (RFC 6455 §4.2): checks an HTTP request head for a valid upgrade,
 //! negotiates the subprotocol, and writes the 101 response or the error response.
 
+use super::extensions::Agreed;
 use std::fmt;
 
 use base64::engine::general_purpose::STANDARD;
@@ -180,14 +181,19 @@ pub fn accept_key(key: &[u8]) -> [u8; 28] {
     out
 }
 
-/// Appends the 101 response.
-pub fn write_accept(out: &mut Vec<u8>, accepted: &Accepted<'_>) {
+/// Appends the 101 response; `deflate`: the permessage-deflate agreed, if any.
+pub fn write_accept(out: &mut Vec<u8>, accepted: &Accepted<'_>, deflate: Option<&Agreed>) {
     out.reserve(160);
     push_status_line(out, 101);
     out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\n");
     push_header(out, "Sec-WebSocket-Accept", &accepted.accept);
     if let Some(p) = accepted.subprotocol {
         push_header(out, "Sec-WebSocket-Protocol", p.as_bytes());
+    }
+    if let Some(agreed) = deflate {
+        let mut value = Vec::with_capacity(96);
+        agreed.write_response(&mut value);
+        push_header(out, "Sec-WebSocket-Extensions", &value);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -210,7 +216,7 @@ pub fn respond(
     };
     match result {
         Ok((accepted, head_len)) => {
-            write_accept(out, &accepted);
+            write_accept(out, &accepted, None);
             Ok(Some(head_len))
         }
         Err(e) => {

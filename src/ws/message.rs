@@ -53,6 +53,9 @@ impl MessageKind {
 pub enum Event<'a> {
     /// A whole data message. For text the payload is valid UTF-8.
     Message(MessageKind, &'a [u8]),
+    /// A whole permessage-deflate message (RSV1 on its first frame, RFC 7692 §6), still
+    /// compressed: text is validated once inflated.
+    Compressed(MessageKind, &'a [u8]),
     Ping(&'a [u8]),
     Pong(&'a [u8]),
     Close(CloseFrame<'a>),
@@ -75,6 +78,8 @@ pub struct Decoder {
     state: FrameState,
     /// The data message in progress (set between its first frame and its FIN frame).
     message: Option<MessageKind>,
+    /// That message is compressed.
+    compressed: bool,
     /// Payload of the message in progress. Empty (no allocation) unless a message spans
     /// frames or reads.
     assembly: Vec<u8>,
@@ -86,6 +91,9 @@ pub struct Decoder {
     /// A completed assembled message is still lent out; clear before the next one.
     lent: bool,
 }
+
+/// The RSV1 bit of a frame's first byte: permessage-deflate's "compressed" mark.
+const RSV1: u8 = 0x40;
 
 /// Assembly buffers above this capacity are released once their message is delivered, so a
 /// connection that once received a large message does not keep that memory while idle.
@@ -108,11 +116,17 @@ impl Decoder {
             max_message,
             state: FrameState::Header,
             message: None,
+            compressed: false,
             assembly: Vec::new(),
             control: None,
             utf8: Utf8Validator::new(),
             lent: false,
         }
+    }
+
+    /// permessage-deflate was negotiated: RSV1 may mark a data message's first frame.
+    pub fn allow_compression(&mut self) {
+        self.frame_limits.allowed_rsv |= RSV1;
     }
 
     /// True when no frame or message is partly received: nothing would be lost by dropping
@@ -160,6 +174,7 @@ impl Decoder {
                     return Ok((None, 0));
                 };
                 self.check_sequence(&header)?;
+                let compressed = header.rsv & RSV1 != 0;
                 let frame_end = header_len + header.payload_len;
                 let whole = header.opcode.is_control() || (header.fin && header.opcode != Opcode::Continuation);
                 if whole && buf.len() >= frame_end {
@@ -168,11 +183,15 @@ impl Decoder {
                     if let Some(key) = header.mask {
                         unmask(frame, key, 0);
                     }
-                    let event = complete_in_place(header.opcode, frame)?;
+                    let event = match data_kind(header.opcode) {
+                        Some(kind) if compressed => Event::Compressed(kind, frame),
+                        _ => complete_in_place(header.opcode, frame)?,
+                    };
                     return Ok((Some(event), frame_end));
                 }
                 if let Some(kind) = data_kind(header.opcode) {
                     self.message = Some(kind);
+                    self.compressed = compressed;
                 }
                 consumed = header_len;
                 (header, 0)
@@ -202,23 +221,34 @@ impl Decoder {
 
         // A data frame (first fragment or continuation).
         let kind = self.message.unwrap_or(MessageKind::Binary);
-        if kind == MessageKind::Text {
+        let validate = kind == MessageKind::Text && !self.compressed;
+        if validate {
             self.utf8.feed(piece).map_err(|_| ProtocolError::InvalidUtf8)?;
         }
         self.assembly.extend_from_slice(piece);
         if !(finished && header.fin) {
             return Ok((None, consumed));
         }
-        if kind == MessageKind::Text {
+        if validate {
             self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
         }
         self.message = None;
         self.lent = true;
+        if std::mem::take(&mut self.compressed) {
+            return Ok((Some(Event::Compressed(kind, &self.assembly)), consumed));
+        }
         Ok((Some(Event::Message(kind, &self.assembly)), consumed))
     }
 
     /// Checks a new frame against the message in progress and the size limit (§5.4).
     fn check_sequence(&self, header: &Header) -> Result<(), ProtocolError> {
+        // RFC 7692 §6.1: RSV1 marks a message's first frame only; never a control frame or a
+        // continuation.
+        if header.rsv & RSV1 != 0
+            && matches!(header.opcode, Opcode::Continuation | Opcode::Ping | Opcode::Pong | Opcode::Close)
+        {
+            return Err(ProtocolError::ReservedBitsSet);
+        }
         if header.opcode.is_control() {
             return Ok(());
         }
@@ -287,10 +317,12 @@ mod tests {
         Ping(Vec<u8>),
         Pong(Vec<u8>),
         Close(Option<u16>, String),
+        Compressed(MessageKind, Vec<u8>),
     }
 
     fn own(e: Event<'_>) -> Owned {
         match e {
+            Event::Compressed(kind, p) => Owned::Compressed(kind, p.to_vec()),
             Event::Message(MessageKind::Text, p) => Owned::Text(String::from_utf8(p.to_vec()).unwrap()),
             Event::Message(MessageKind::Binary, p) => Owned::Binary(p.to_vec()),
             Event::Ping(p) => Owned::Ping(p.to_vec()),
@@ -442,5 +474,71 @@ mod tests {
         let (ev, n) = dec.decode(&mut []).unwrap();
         assert!(ev.is_none() && n == 0);
         assert_eq!(dec.buffered_capacity(), 0);
+    }
+
+    /// Frames with RSV1 (permessage-deflate) through a decoder that allows it.
+    fn run_compressed(bytes: &[u8], chunk: usize) -> (Vec<Owned>, Option<ProtocolError>) {
+        let mut dec = Decoder::server(MessageLimits::default());
+        dec.allow_compression();
+        let mut events = Vec::new();
+        let mut rbuf: Vec<u8> = Vec::new();
+        for piece in bytes.chunks(chunk.max(1)) {
+            rbuf.extend_from_slice(piece);
+            let mut pos = 0;
+            loop {
+                match dec.decode(&mut rbuf[pos..]) {
+                    Ok((ev, n)) => {
+                        pos += n;
+                        let progressed = ev.is_some() || n > 0;
+                        if let Some(e) = ev {
+                            events.push(own(e));
+                        }
+                        if !progressed {
+                            break;
+                        }
+                    }
+                    Err(e) => return (events, Some(e)),
+                }
+            }
+            rbuf.drain(..pos);
+        }
+        (events, None)
+    }
+
+    #[test]
+    fn compressed_messages_skip_utf8_and_keep_rsv1_rules() {
+        // Compressed text is not UTF-8 on the wire: not checked here (after inflating).
+        let mut first = frame(true, Opcode::Text, &[0xff, 0xfe]);
+        first[0] |= 0x40;
+        let mut frag = frame(false, Opcode::Binary, b"ab");
+        frag[0] |= 0x40;
+        let mut bytes = first.clone();
+        bytes.extend(frag.clone());
+        bytes.extend(frame(true, Opcode::Continuation, b"cd"));
+        bytes.extend(frame(true, Opcode::Text, b"plain"));
+        for chunk in [1, 3, 1000] {
+            let (events, err) = run_compressed(&bytes, chunk);
+            assert_eq!(err, None);
+            assert_eq!(
+                events,
+                vec![
+                    Owned::Compressed(MessageKind::Text, vec![0xff, 0xfe]),
+                    Owned::Compressed(MessageKind::Binary, b"abcd".to_vec()),
+                    Owned::Text("plain".into()),
+                ],
+                "chunk {chunk}"
+            );
+        }
+        // RSV1 on a continuation or a control frame is an error even when negotiated.
+        let mut cont = frame(true, Opcode::Continuation, b"x");
+        cont[0] |= 0x40;
+        let mut bad = frag.clone();
+        bad.extend(cont);
+        assert_eq!(run_compressed(&bad, 1000).1, Some(ProtocolError::ReservedBitsSet));
+        let mut ping = frame(true, Opcode::Ping, b"");
+        ping[0] |= 0x40;
+        assert_eq!(run_compressed(&ping, 1000).1, Some(ProtocolError::ReservedBitsSet));
+        // Without negotiation, RSV1 anywhere is an error.
+        assert_eq!(run(&first, 1000, MessageLimits::default()).1, Some(ProtocolError::ReservedBitsSet));
     }
 }

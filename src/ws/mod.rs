@@ -11,7 +11,9 @@
 //!   handshake; time passed in, for the server and a client alike.
 
 pub mod close;
+pub mod deflate;
 mod error;
+pub mod extensions;
 pub mod frame;
 pub mod handshake;
 pub mod mask;

@@ -31,6 +31,9 @@ pub struct Timing {
 pub enum Received<'a> {
     /// A whole data message; text is valid UTF-8.
     Message(MessageKind, &'a [u8]),
+    /// A whole compressed message (permessage-deflate): the caller inflates it, then checks
+    /// text.
+    Compressed(MessageKind, &'a [u8]),
     /// Answer with a pong carrying the same payload (§5.5.2).
     Ping(&'a [u8]),
     Pong(&'a [u8]),
@@ -118,10 +121,19 @@ impl Session {
                 self.last_message = now;
                 Received::Message(kind, payload)
             }
+            Event::Compressed(kind, payload) => {
+                self.last_message = now;
+                Received::Compressed(kind, payload)
+            }
             Event::Ping(p) => Received::Ping(p),
             Event::Pong(p) => Received::Pong(p),
         };
         Ok((Some(received), used))
+    }
+
+    /// permessage-deflate was negotiated: compressed messages are accepted.
+    pub fn allow_compression(&mut self) {
+        self.decoder.allow_compression();
     }
 
     /// Marks our close frame as sent. Returns `false` if it already was (send nothing).

@@ -249,6 +249,8 @@ pub struct Raw {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Frame {
     pub fin: bool,
+    /// RSV1: a permessage-deflate message.
+    pub compressed: bool,
     pub opcode: u8,
     pub payload: Vec<u8>,
 }
@@ -260,6 +262,25 @@ impl Frame {
 }
 
 impl Raw {
+    /// Connects and completes the upgrade on `path`, offering permessage-deflate with
+    /// `offer` (the `Sec-WebSocket-Extensions` value); returns the server's answer to it.
+    pub fn connect_offering(addr: SocketAddr, path: &str, offer: &str) -> (Raw, Option<String>) {
+        let request = upgrade_request(path, &format!("Sec-WebSocket-Extensions: {offer}\r\n"));
+        let mut stream = tcp(addr);
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        let answer =
+            head.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Extensions: ")).map(|v| v.trim_end().to_string());
+        (Raw { stream, pending: Vec::new() }, answer)
+    }
+
     /// Connects and completes the upgrade on `path`.
     pub fn connect(addr: SocketAddr, path: &str) -> Raw {
         Raw::connect_with(addr, upgrade_request(path, "").as_bytes())
@@ -366,7 +387,8 @@ fn parse_server_frame(buf: &[u8]) -> Option<(Frame, usize)> {
     };
     let payload = buf.get(pos..pos + len)?.to_vec();
     pos += len;
-    Some((Frame { fin: buf[0] & 0x80 != 0, opcode: buf[0] & 0x0F, payload }, pos))
+    let (fin, compressed) = (buf[0] & 0x80 != 0, buf[0] & 0x40 != 0);
+    Some((Frame { fin, compressed, opcode: buf[0] & 0x0F, payload }, pos))
 }
 
 /// Connects a tungstenite client (the independent implementation).

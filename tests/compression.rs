@@ -1,0 +1,209 @@
+//! permessage-deflate (RFC 7692) through the server: negotiation, round trips with Python's
+//! `websockets` (Debian's python3-websockets, which offers compression by default), bombs,
+//! RSV1 where it may not be, and pub/sub to a mix of compressing and plain subscribers.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use wsgate::ws::deflate::{Deflater, Inflater};
+
+const ROUTES: &str = "[limits]\nmax_message_size = \"256KiB\"\n\
+[[route]]\npath = \"/shared\"\napp = \"echo\"\ncompression = \"shared\"\n\
+[[route]]\npath = \"/dedicated\"\napp = \"echo\"\ncompression = \"dedicated\"\ncompression_window_bits = 12\n\
+[[route]]\npath = \"/plain\"\napp = \"echo\"\n\
+[[route]]\npath = \"/ps\"\napp = \"pubsub\"\ncompression = \"shared\"\ncompression_threshold = 16\n";
+
+fn server() -> Server {
+    Server::with_config(ROUTES, &[])
+}
+
+fn compress(payload: &[u8]) -> Vec<u8> {
+    let mut z = Vec::new();
+    Deflater::new(15, 8, 6, false).compress(payload, &mut z);
+    z
+}
+
+fn inflate(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    Inflater::new().inflate(payload, true, usize::MAX, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn negotiation_through_the_handshake() {
+    let server = server();
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        (
+            "/shared",
+            "permessage-deflate; client_max_window_bits",
+            Some(
+                "permessage-deflate; server_no_context_takeover; client_no_context_takeover; client_max_window_bits=15",
+            ),
+        ),
+        ("/dedicated", "permessage-deflate", Some("permessage-deflate; server_max_window_bits=12")),
+        ("/dedicated", "permessage-deflate; server_max_window_bits=8", None),
+        (
+            "/dedicated",
+            "permessage-deflate; server_max_window_bits=8, permessage-deflate; server_max_window_bits=10",
+            Some("permessage-deflate; server_max_window_bits=10"),
+        ),
+        ("/dedicated", "permessage-deflate; client_max_window_bits; client_max_window_bits", None),
+        ("/plain", "permessage-deflate", None),
+        ("/shared", "x-webkit-deflate-frame", None),
+    ];
+    for (path, offer, want) in cases {
+        let (_, answer) = Raw::connect_offering(server.addr, path, offer);
+        assert_eq!(answer.as_deref(), *want, "{path}: {offer}");
+    }
+}
+
+#[test]
+fn echo_round_trips_compressed_both_ways() {
+    let server = server();
+    for path in ["/shared", "/dedicated"] {
+        let (mut raw, answer) = Raw::connect_offering(server.addr, path, "permessage-deflate");
+        assert!(answer.is_some());
+        // The dedicated route keeps its context: one inflater for the connection's messages.
+        let mut context = Inflater::new();
+        let json: Vec<u8> = (0..2000).flat_map(|n| format!("{{\"id\":{n},\"name\":\"item\"}},").into_bytes()).collect();
+        for msg in [&b"short"[..], &json[..], &json[..3000]] {
+            raw.send(0xC1, &compress(msg)); // FIN, RSV1, text
+            let frame = raw.recv().unwrap();
+            assert_eq!(frame.opcode, 1);
+            // Under the threshold the answer is plain; over it, compressed.
+            let payload = if frame.compressed {
+                let mut out = Vec::new();
+                context.inflate(&frame.payload, true, usize::MAX, &mut out).unwrap();
+                out
+            } else {
+                frame.payload.clone()
+            };
+            assert_eq!(payload, msg, "{path}");
+            assert_eq!(frame.compressed, msg.len() >= 64, "{path} {}", msg.len());
+            if frame.compressed {
+                assert!(frame.payload.len() < msg.len() / 3, "{} of {}", frame.payload.len(), msg.len());
+            }
+        }
+        // An uncompressed message is fine too (RSV1 is per message).
+        raw.send(0x81, b"plain");
+        assert_eq!(raw.recv().unwrap().payload, b"plain");
+    }
+}
+
+#[test]
+fn bombs_close_with_1009() {
+    let server = server();
+    let zeros = vec![0u8; 1 << 20];
+    let z = compress(&zeros);
+    assert!(z.len() < 2000);
+    let rss_before = server.rss_kib();
+    // One small frame inflating to 1 MiB, past the 256 KiB limit.
+    for _ in 0..20 {
+        let (mut raw, _) = Raw::connect_offering(server.addr, "/shared", "permessage-deflate");
+        raw.send(0xC2, &z);
+        assert_eq!(raw.expect_close(), Some(1009));
+    }
+    // The same message cut into many small compressed fragments.
+    let (mut raw, _) = Raw::connect_offering(server.addr, "/dedicated", "permessage-deflate");
+    let pieces: Vec<&[u8]> = z.chunks(8).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        let first = if i == 0 { 0x42 } else { 0x00 };
+        let fin = if i == pieces.len() - 1 { 0x80 } else { 0 };
+        raw.send(first | fin, piece);
+    }
+    assert_eq!(raw.expect_close(), Some(1009));
+    // Memory did not follow the bombs (each stopped at the limit plus one chunk).
+    let rss_after = server.rss_kib();
+    assert!(rss_after < rss_before + 8 * 1024, "{rss_before} -> {rss_after} KiB");
+}
+
+#[test]
+fn rsv1_only_where_the_extension_allows_it() {
+    let server = server();
+    // Not negotiated: RSV1 is a protocol error.
+    let mut raw = Raw::connect(server.addr, "/shared");
+    raw.send(0xC1, &compress(b"x"));
+    assert_eq!(raw.expect_close(), Some(1002));
+    // Negotiated, but on a control frame or a continuation.
+    let (mut raw, _) = Raw::connect_offering(server.addr, "/shared", "permessage-deflate");
+    raw.send(0xC9, b"ping");
+    assert_eq!(raw.expect_close(), Some(1002));
+    let (mut raw, _) = Raw::connect_offering(server.addr, "/shared", "permessage-deflate");
+    raw.send(0x41, &compress(b"abc")[..2]);
+    raw.send(0xC0, b"x");
+    assert_eq!(raw.expect_close(), Some(1002));
+    // Garbage that is not DEFLATE, and text that is not UTF-8 once inflated: 1007.
+    let (mut raw, _) = Raw::connect_offering(server.addr, "/shared", "permessage-deflate");
+    raw.send(0xC1, &[0xff; 32]);
+    assert_eq!(raw.expect_close(), Some(1007));
+    let (mut raw, _) = Raw::connect_offering(server.addr, "/shared", "permessage-deflate");
+    raw.send(0xC1, &compress(&[0xc3, 0x28]));
+    assert_eq!(raw.expect_close(), Some(1007));
+}
+
+#[test]
+fn pubsub_to_compressing_and_plain_subscribers() {
+    let server = server();
+    let (mut zsub, _) = Raw::connect_offering(server.addr, "/ps", "permessage-deflate; client_max_window_bits");
+    let mut plain = Raw::connect(server.addr, "/ps");
+    for s in [&mut zsub, &mut plain] {
+        s.send(0x81, br#"{"op":"subscribe","topic":"t"}"#);
+        let ack = s.recv().unwrap();
+        let text = if ack.compressed { inflate(&ack.payload) } else { ack.payload };
+        assert!(String::from_utf8(text).unwrap().contains("subscribed"));
+    }
+    let data = "y".repeat(5000);
+    plain.send(0x81, format!(r#"{{"op":"publish","topic":"t","data":"{data}"}}"#).as_bytes());
+    let want = format!(r#"{{"topic":"t","data":"{data}"}}"#);
+    let z = zsub.recv().unwrap();
+    assert!(z.compressed && z.payload.len() < 200, "{}", z.payload.len());
+    assert_eq!(inflate(&z.payload), want.as_bytes());
+    let p = plain.recv().unwrap();
+    assert!(!p.compressed);
+    assert_eq!(p.payload, want.as_bytes());
+}
+
+#[test]
+fn python_websockets_negotiates_and_round_trips() {
+    let server = server();
+    let script = format!(
+        r#"
+import asyncio, json, websockets
+async def main():
+    for path in ["/shared", "/dedicated"]:
+        async with websockets.connect("ws://{addr}" + path, max_size=2**20) as ws:
+            assert "permessage-deflate" in ws.response_headers["Sec-WebSocket-Extensions"]
+            for msg in ["hi", json.dumps({{"k": list(range(3000))}}), b"\x00\x01" * 20000]:
+                await ws.send(msg)
+                assert await ws.recv() == msg
+    print("ok")
+asyncio.run(main())
+"#,
+        addr = server.addr
+    );
+    let out = Command::new("/usr/bin/python3").arg("-c").arg(&script).output().expect("python3 (Debian's)");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "python3-websockets (Debian; .ci/run installs it): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_compression_settings_are_refused() {
+    for (text, want) in [
+        ("compression = \"maybe\"", "route.compression: \"maybe\""),
+        ("compression = \"dedicated\"\ncompression_window_bits = 8", "compression_window_bits: must be 9..=15"),
+        ("compression = \"dedicated\"\ncompression_mem_level = 0", "compression_mem_level: must be 1..=9"),
+        ("compression = \"shared\"\ncompression_window_bits = 10", "only with compression = \"dedicated\""),
+        ("compression = \"shared\"\ncompression_level = 10", "compression_level: must be 0..=9"),
+    ] {
+        let err = wsgate::config::Config::parse(&format!("[[route]]\npath = \"/x\"\napp = \"echo\"\n{text}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want) && err.contains("line 1"), "{text}: {err}");
+    }
+}
