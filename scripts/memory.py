@@ -3,7 +3,8 @@
 usage: python3 scripts/memory.py [--bin PATH] [--unix-echo PATH] [--n N] [--warm W] [--trim true|false|none]
                                 [--workers N] [STAGE...]
 
-Stages (default: all): head, idle, tls, tls-handshake, backend, subscription, broker, admin-body, leave.
+Stages (default: all): head, idle, tls, tls-handshake, backend, subscription, broker, admin-body,
+deflate-shared, deflate-dedicated, leave.
 Each stage starts a fresh server (release build, pinned to core 0 when taskset exists), opens W
 connections of that kind to warm the allocator and the buffer pools, then N more; the figure is
 the RSS growth over those N divided by N (bytes per connection; per subscription for the
@@ -23,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import json
+import zlib
 
 from measure_common import REQ, rss_kib
 
@@ -84,6 +87,16 @@ max_subscriptions = 1000
 path = "/broker"
 app = "broker"
 
+[[route]]
+path = "/zshared"
+app = "echo"
+compression = "shared"
+
+[[route]]
+path = "/zdedicated"
+app = "echo"
+compression = "dedicated"
+
 [admin]
 listen = "127.0.0.1:{self.admin_port}"
 {backend}""")
@@ -128,6 +141,7 @@ def read_head(s):
             raise RuntimeError(f"closed during the handshake: {head!r}")
         head += b
     assert head.startswith(b"HTTP/1.1 101"), head
+    return head
 
 
 def upgraded(server, path="/echo", tls=False):
@@ -146,6 +160,29 @@ def slow_head(server):
 
 
 BROKER_SEQ = iter(range(10**9))
+
+
+def compressing(path):
+    """A client that negotiated permessage-deflate on `path`, sent one compressed 1 KiB JSON
+    message, got the (compressed) echo, and went idle."""
+    def open_one(server):
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(REQ.replace(b"%s", path.encode()).replace(
+            b"\r\n\r\n", b"\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"))
+        head = read_head(s)
+        assert b"permessage-deflate" in head, head
+        body = json.dumps([{"id": i, "name": "item", "ok": True} for i in range(32)]).encode()[:1024]
+        c = zlib.compressobj(6, zlib.DEFLATED, -15)
+        z = c.compress(body) + c.flush(zlib.Z_SYNC_FLUSH)
+        assert z.endswith(b"\x00\x00\xff\xff")
+        z = z[:-4]
+        mask = os.urandom(4)
+        s.sendall(struct.pack("!BBH", 0xC1, 0x80 | 126, len(z)) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(z))
+                  if len(z) >= 126 else
+                  struct.pack("!BB", 0xC1, 0x80 | len(z)) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(z)))
+        read_frames(s, 1)
+        return s
+    return open_one
 
 
 def broker_client(server):
@@ -271,6 +308,9 @@ def stage(name, binary, unix_echo, tmp, n, warm, trim, workers=1):
                 "backend": (lambda srv: upgraded(srv, "/backend"), "idle clients, each with a UNIX backend link"),
                 "broker": (broker_client, "idle broker clients, each holding its own token"),
                 "admin-body": (admin_half_body, "admin requests holding half a body (head + 100 of 30,000 bytes)"),
+                "deflate-shared": (compressing("/zshared"), "idle clients after a compressed echo, compression = shared"),
+                "deflate-dedicated": (compressing("/zdedicated"),
+                                      "idle clients after a compressed echo, compression = dedicated (window 15, memLevel 8)"),
             }[name]
             before, after, conns = measure(server, open_one, n, warm)
             units, what = n, f"{n} {what}"
@@ -298,7 +338,7 @@ def main():
         else:
             stages.append(a)
     stages = stages or ["head", "idle", "tls", "tls-handshake", "backend", "subscription", "broker", "admin-body",
-                        "leave"]
+                        "deflate-shared", "deflate-dedicated", "leave"]
     with tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o755)  # the backend socket must be reachable after the privilege drop
         for name in stages:

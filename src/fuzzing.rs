@@ -347,6 +347,51 @@ pub fn cluster_message(data: &[u8]) {
     }
 }
 
+/// A `Sec-WebSocket-Extensions` value: parsing never panics; an accepted offer's response
+/// parses back to one permessage-deflate extension with a window the server can use, never
+/// larger than the one offered.
+pub fn extension_offer(data: &[u8]) {
+    use crate::ws::extensions::{negotiate, parse, Compression};
+    let offers = parse(data);
+    for ours in [
+        Compression::Shared,
+        Compression::Dedicated { window_bits: 12, mem_level: 8 },
+        Compression::Dedicated { window_bits: 15, mem_level: 8 },
+    ] {
+        let Some(agreed) = negotiate([data], ours) else { continue };
+        assert!(offers.is_ok());
+        assert!((9..=15).contains(&agreed.server_max_window_bits));
+        if let Compression::Dedicated { window_bits, .. } = ours {
+            assert!(agreed.server_max_window_bits <= window_bits);
+        } else {
+            assert!(agreed.server_no_context_takeover && agreed.client_no_context_takeover);
+        }
+        let mut response = Vec::new();
+        agreed.write_response(&mut response);
+        let back = parse(&response).expect("our response parses");
+        assert!(back.len() == 1 && back[0].name == b"permessage-deflate");
+    }
+}
+
+/// Compressed bytes from a client: inflating stops at the limit (never more than one byte
+/// past it), and the message cut in two frames inflates to the same as whole.
+pub fn inflate(data: &[u8]) {
+    use crate::ws::deflate::Inflater;
+    const MAX: usize = 1 << 16;
+    let mut whole = Vec::new();
+    let a = Inflater::new().inflate(data, true, MAX, &mut whole);
+    assert!(whole.len() <= MAX + 1);
+    let cut = data.len() / 2;
+    let mut split = Vec::new();
+    let mut inflater = Inflater::new();
+    let b = inflater
+        .inflate(&data[..cut], false, MAX, &mut split)
+        .and_then(|()| inflater.inflate(&data[cut..], true, MAX, &mut split));
+    if a.is_ok() && b.is_ok() {
+        assert_eq!(whole, split);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Every committed seed (and every input that ever failed, kept as a seed) replays
@@ -355,7 +400,7 @@ mod tests {
     fn committed_corpus_replays_clean() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
         type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 8] = [
+        let targets: [Target; 10] = [
             ("frame_header", super::frame_header),
             ("handshake", super::handshake),
             ("message_assembly", super::message_assembly),
@@ -364,6 +409,8 @@ mod tests {
             ("admin_request", super::admin_request),
             ("broker_message", super::broker_message),
             ("cluster_message", super::cluster_message),
+            ("extension_offer", super::extension_offer),
+            ("inflate", super::inflate),
         ];
         let mut replayed = 0;
         for (name, run) in targets {
@@ -375,6 +422,6 @@ mod tests {
                 }
             }
         }
-        assert!(replayed >= 8, "the seed corpus is missing");
+        assert!(replayed >= 10, "the seed corpus is missing");
     }
 }

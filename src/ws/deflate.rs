@@ -118,8 +118,13 @@ impl Inflater {
     }
 
     fn feed(&mut self, mut input: &[u8], max: usize, out: &mut Vec<u8>) -> Result<(), InflateFail> {
+        // Room for a few times the input first (chatty messages are small), then doubling, at
+        // most a chunk per step: zeroing a chunk for a 200-byte message would cost more than
+        // inflating it.
+        let mut step = (input.len() * 4).clamp(256, CHUNK);
         while !self.ended {
-            let room = max.saturating_add(1).saturating_sub(out.len()).min(CHUNK);
+            let room = max.saturating_add(1).saturating_sub(out.len()).min(step);
+            step = (step * 2).min(CHUNK);
             if room == 0 {
                 return Err(InflateFail::TooBig);
             }
@@ -169,12 +174,17 @@ pub struct SharedCodecs {
     inflater: Option<Inflater>,
 }
 
+/// The shared compressors' memory level: their hash table is cleared after every message,
+/// and at level 8 that is 128 KiB of memset per message; at 4 it is 4 KiB, and messages that
+/// start from an empty window find their matches as well.
+const SHARED_MEM_LEVEL: u8 = 4;
+
 impl SharedCodecs {
     /// Compresses one message with the shared compressor for `window_bits` (9–15).
     pub fn compress(&mut self, window_bits: u8, level: i32, payload: &[u8], out: &mut Vec<u8>) {
         let slot = &mut self.deflaters[usize::from(window_bits.clamp(9, 15) - 9)];
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            *slot = Some((level, Deflater::new(window_bits, 8, level, false)));
+            *slot = Some((level, Deflater::new(window_bits, SHARED_MEM_LEVEL, level, false)));
         }
         if let Some((_, d)) = slot {
             d.compress(payload, out);
