@@ -40,6 +40,8 @@ pub struct Metrics {
     pub broker_routed: u64,
     pub broker_deliveries: u64,
     pub admin_requests: BTreeMap<u16, u64>,
+    /// WebSockets opened with permessage-deflate negotiated.
+    pub compressed_opens: u64,
     pub loop_iterations: u64,
     /// Time from the end of one poll to the start of the next.
     pub busy: Duration,
@@ -96,6 +98,7 @@ impl Metrics {
         self.slow_consumer_closes += o.slow_consumer_closes;
         self.broker_routed += o.broker_routed;
         self.broker_deliveries += o.broker_deliveries;
+        self.compressed_opens += o.compressed_opens;
         self.loop_iterations += o.loop_iterations;
         self.busy += o.busy;
         if self.closed_traffic.len() < o.closed_traffic.len() {
@@ -317,6 +320,9 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>, workers: &[Figures], cluster: bool)
     for (status, n) in &m.admin_requests {
         sample(o, "wsgate_admin_requests_total", &[("status", &status.to_string())], *n);
     }
+
+    family(o, "wsgate_compression_negotiated_total", "counter", "WebSockets opened with permessage-deflate.");
+    sample(o, "wsgate_compression_negotiated_total", &[], m.compressed_opens);
 
     family(o, "wsgate_loop_iterations_total", "counter", "Turns of the event loop.");
     sample(o, "wsgate_loop_iterations_total", &[], m.loop_iterations);

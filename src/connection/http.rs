@@ -240,6 +240,7 @@ impl Connection {
         let mut session = Session::new(Role::Server, route.message_limits(), cx.now);
         let pmd = deflate.map(|agreed| {
             session.allow_compression();
+            cx.metrics.compressed_opens += 1;
             let spec = &route.compression;
             let mem_level = match spec.mode {
                 Compression::Dedicated { mem_level, .. } => mem_level,
