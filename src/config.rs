@@ -453,7 +453,7 @@ pub struct CompressionSpec {
 
 impl Default for CompressionSpec {
     fn default() -> Self {
-        CompressionSpec { mode: crate::ws::extensions::Compression::Off, level: 3, threshold: 64 }
+        CompressionSpec { mode: crate::ws::extensions::Compression::Off, level: 1, threshold: 64 }
     }
 }
 
