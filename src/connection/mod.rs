@@ -1209,6 +1209,10 @@ impl Connection {
                     }
                     acx.traffic.msgs_in += 1;
                     acx.traffic.bytes_in += inflated.len() as u64;
+                    // Inflating shares the drive's work budget with fan-out (16 bytes a unit:
+                    // 4 MiB inflated per drive), so a client sending bombs near the limit
+                    // yields to the others between messages.
+                    *acx.fanout += inflated.len() >> 4;
                     ws.app.on_message(&mut acx, kind, Payload::Owned(inflated));
                 }
                 Received::Ping(payload) => acx.out.push_control(Opcode::Pong, payload),
