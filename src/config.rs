@@ -449,11 +449,14 @@ pub struct CompressionSpec {
     pub level: i32,
     /// Messages shorter than this go uncompressed.
     pub threshold: usize,
+    /// Dedicated mode: at most this many connections per worker hold codecs of their own;
+    /// past it, new connections are answered as shared (no context takeover).
+    pub max_dedicated: usize,
 }
 
 impl Default for CompressionSpec {
     fn default() -> Self {
-        CompressionSpec { mode: crate::ws::extensions::Compression::Off, level: 1, threshold: 64 }
+        CompressionSpec { mode: crate::ws::extensions::Compression::Off, level: 1, threshold: 64, max_dedicated: 1000 }
     }
 }
 
@@ -695,6 +698,7 @@ struct RouteSection {
     compression_threshold: Option<ByteSize>,
     compression_window_bits: Option<u8>,
     compression_mem_level: Option<u8>,
+    compression_max_dedicated: Option<usize>,
     #[serde(default)]
     origins: Vec<String>,
     #[serde(default)]
@@ -1236,7 +1240,11 @@ fn compression_spec(r: &RouteSection) -> Result<CompressionSpec, String> {
         return Err("route.compression_level: must be 0..=9".into());
     }
     let threshold = r.compression_threshold.map_or(d.threshold, |b| b.0);
-    Ok(CompressionSpec { mode, level, threshold })
+    if r.compression_max_dedicated.is_some() && !matches!(mode, Compression::Dedicated { .. }) {
+        return Err("route.compression_max_dedicated: only with compression = \"dedicated\"".into());
+    }
+    let max_dedicated = r.compression_max_dedicated.unwrap_or(d.max_dedicated);
+    Ok(CompressionSpec { mode, level, threshold, max_dedicated })
 }
 
 fn admin_config(a: AdminSection, base: &Path) -> Result<AdminConfig, String> {

@@ -200,10 +200,43 @@ fn bad_compression_settings_are_refused() {
         ("compression = \"dedicated\"\ncompression_mem_level = 0", "compression_mem_level: must be 1..=9"),
         ("compression = \"shared\"\ncompression_window_bits = 10", "only with compression = \"dedicated\""),
         ("compression = \"shared\"\ncompression_level = 10", "compression_level: must be 0..=9"),
+        ("compression = \"shared\"\ncompression_max_dedicated = 5", "compression_max_dedicated: only with"),
     ] {
         let err = wsgate::config::Config::parse(&format!("[[route]]\npath = \"/x\"\napp = \"echo\"\n{text}\n"))
             .unwrap_err()
             .to_string();
         assert!(err.contains(want) && err.contains("line 1"), "{text}: {err}");
+    }
+}
+
+#[test]
+fn dedicated_codecs_are_capped_then_shared() {
+    let server = Server::with_config(
+        "[[route]]\npath = \"/d\"\napp = \"echo\"\ncompression = \"dedicated\"\ncompression_max_dedicated = 2\n",
+        &[],
+    );
+    let dedicated = "permessage-deflate";
+    let shared = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+    let (first, a) = Raw::connect_offering(server.addr, "/d", "permessage-deflate");
+    let (_second, b) = Raw::connect_offering(server.addr, "/d", "permessage-deflate");
+    assert_eq!((a.as_deref(), b.as_deref()), (Some(dedicated), Some(dedicated)));
+    // The third is answered as shared: it keeps no context, so it holds no codec.
+    let (mut third, c) = Raw::connect_offering(server.addr, "/d", "permessage-deflate");
+    assert_eq!(c.as_deref(), Some(shared));
+    let msg = "z".repeat(3000);
+    third.send(0xC1, &compress(msg.as_bytes()));
+    let echo = third.recv().unwrap();
+    assert!(echo.compressed);
+    assert_eq!(inflate(&echo.payload), msg.as_bytes());
+    // One of the first two leaves: a place is free again.
+    drop(first);
+    let start = std::time::Instant::now();
+    loop {
+        let (_, d) = Raw::connect_offering(server.addr, "/d", "permessage-deflate");
+        if d.as_deref() == Some(dedicated) {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "{d:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

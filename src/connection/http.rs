@@ -225,7 +225,7 @@ impl Connection {
                 return self.upgrade_to_backend(cx, req, route, &accepted, backend);
             }
         };
-        let deflate = negotiate_deflate(req, route);
+        let deflate = negotiate_deflate(req, route, cx.codecs.dedicated);
         let mut head = Vec::with_capacity(160);
         handshake::write_accept(&mut head, &accepted, deflate.as_ref());
         self.out.push_bytes(cx.pools, &head);
@@ -246,7 +246,9 @@ impl Connection {
                 Compression::Dedicated { mem_level, .. } => mem_level,
                 _ => 8,
             };
-            PerMessage::new(agreed, spec.threshold, spec.level, mem_level)
+            let pmd = PerMessage::new(agreed, spec.threshold, spec.level, mem_level);
+            cx.codecs.dedicated += usize::from(pmd.keeps_context());
+            pmd
         });
         self.ws = Some(Ws::new(session, app, pmd));
         self.set_phase(Phase::Connected);
@@ -298,7 +300,8 @@ impl Connection {
     ) -> bool {
         let Some(spec) = route.backend.as_ref() else { return false };
         // Direct mode hands the socket over: the backend would have to speak the extension.
-        let deflate = if spec.framing == Framing::Direct { None } else { negotiate_deflate(req, route) };
+        let deflate =
+            if spec.framing == Framing::Direct { None } else { negotiate_deflate(req, route, cx.codecs.dedicated) };
         let mut head = Vec::with_capacity(160);
         handshake::write_accept(&mut head, accepted, deflate.as_ref());
         let hello = framed::Hello {
@@ -357,11 +360,16 @@ impl Connection {
 }
 
 /// The permessage-deflate the client offered and the route can do (RFC 7692 §7), if any.
-fn negotiate_deflate(req: &Request<'_, '_>, route: &Route) -> Option<Agreed> {
-    if route.compression.mode == Compression::Off {
-        return None;
-    }
+fn negotiate_deflate(req: &Request<'_, '_>, route: &Route, dedicated_open: usize) -> Option<Agreed> {
+    let mode = match route.compression.mode {
+        Compression::Off => return None,
+        // Past the route's cap, a dedicated route answers as a shared one: codecs of their
+        // own (some 370 KB each at window 15) for every client an attacker opens would not be
+        // bounded by anything but max_connections.
+        Compression::Dedicated { .. } if dedicated_open >= route.compression.max_dedicated => Compression::Shared,
+        mode => mode,
+    };
     let values =
         req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions")).map(|h| h.value);
-    crate::ws::extensions::negotiate(values, route.compression.mode)
+    crate::ws::extensions::negotiate(values, mode)
 }

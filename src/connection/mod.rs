@@ -595,6 +595,12 @@ impl Connection {
 
     /// Queues a message published by someone else, under the route's backpressure policy.
     /// Nothing more is queued once the connection is closing.
+    /// Whether this connection keeps compression context (counted against the route's
+    /// `compression_max_dedicated`).
+    pub fn keeps_compression_context(&self) -> bool {
+        self.ws.as_ref().and_then(Ws::pmd).is_some_and(PerMessage::keeps_context)
+    }
+
     /// With permessage-deflate negotiated and a message of `payload_len` bytes worth
     /// compressing: the window and level its compressed form must use.
     pub fn deflate_params(&self, payload_len: usize) -> Option<(u8, i32)> {

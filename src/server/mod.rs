@@ -1090,6 +1090,9 @@ impl Worker {
             self.topics.remove_connection(key);
             self.broker.release(key);
             self.mesh.release_one();
+            if entry.conn.keeps_compression_context() {
+                self.codecs.dedicated = self.codecs.dedicated.saturating_sub(1);
+            }
             entry.conn.release(&mut self.pools);
             self.count_closed(&mut entry.conn);
             let line = entry.conn.access_line(now);

@@ -172,6 +172,8 @@ pub struct PerMessage {
 pub struct SharedCodecs {
     deflaters: [Option<(i32, Deflater)>; 7],
     inflater: Option<Inflater>,
+    /// Open connections of this worker that keep context (dedicated mode's codecs).
+    pub dedicated: usize,
 }
 
 /// The shared compressors' memory level: their hash table is cleared after every message,
@@ -246,9 +248,9 @@ impl PerMessage {
         len >= self.threshold
     }
 
-    /// Whether this connection holds codecs of its own (none until first used).
-    pub fn holds_codecs(&self) -> bool {
-        self.inflater.is_some() || self.deflater.is_some()
+    /// Whether this connection keeps context (and so may hold codecs of its own).
+    pub fn keeps_context(&self) -> bool {
+        !self.agreed.server_no_context_takeover || !self.agreed.client_no_context_takeover
     }
 }
 
