@@ -392,6 +392,21 @@ pub fn inflate(data: &[u8]) {
     }
 }
 
+/// Legacy (hixie) keys and frames: keys never panic, and a text frame parsed, encoded again,
+/// parses to the same text taking the same bytes.
+pub fn hixie(data: &[u8]) {
+    use crate::ws::hixie::{encode_text, key_number, parse_frame, Frame};
+    if let Ok(n) = key_number(data) {
+        let _ = n;
+    }
+    if let Ok(Some((Frame::Text(text), used))) = parse_frame(data, 1 << 16) {
+        let mut again = Vec::new();
+        encode_text(&mut again, text);
+        assert_eq!(again.len(), used);
+        assert_eq!(parse_frame(&again, 1 << 16), Ok(Some((Frame::Text(text), used))));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Every committed seed (and every input that ever failed, kept as a seed) replays

@@ -16,6 +16,7 @@ mod error;
 pub mod extensions;
 pub mod frame;
 pub mod handshake;
+pub mod hixie;
 pub mod mask;
 pub mod message;
 pub mod session;
