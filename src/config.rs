@@ -438,6 +438,8 @@ pub struct Route {
     pub logview: Option<Arc<LogviewSpec>>,
     /// permessage-deflate (RFC 7692), off unless configured.
     pub compression: CompressionSpec,
+    /// The legacy drafts (hixie-76, hixie-75) this route also accepts; none by default.
+    pub legacy: crate::ws::hixie::Drafts,
 }
 
 /// A route's `compression`, `compression_level`, `compression_threshold`,
@@ -700,6 +702,8 @@ struct RouteSection {
     compression_mem_level: Option<u8>,
     compression_max_dedicated: Option<usize>,
     #[serde(default)]
+    legacy: Vec<String>,
+    #[serde(default)]
     origins: Vec<String>,
     #[serde(default)]
     subprotocols: Vec<String>,
@@ -949,6 +953,7 @@ impl Config {
             let broker = broker_route(&r, app).map_err(at)?;
             let logview = logview_spec(&r, app, base).map_err(at)?;
             let compression = compression_spec(&r).map_err(at)?;
+            let legacy = legacy_drafts(&r, backend.as_ref()).map_err(at)?;
             let route = Route {
                 path: r.path.into(),
                 app,
@@ -960,6 +965,7 @@ impl Config {
                 broker,
                 logview,
                 compression,
+                legacy,
             };
             config.add_route(route).map_err(|message| ConfigError::Route { line, message })?;
         }
@@ -1113,6 +1119,7 @@ impl Route {
             broker: BrokerRoute::default(),
             logview: None,
             compression: CompressionSpec::default(),
+            legacy: crate::ws::hixie::Drafts::default(),
         }
     }
 
@@ -1209,6 +1216,35 @@ fn pubsub_policy(r: &RouteSection, app: AppKind) -> Result<PubSubPolicy, String>
         return Err("route.max_topic_length: must be 1..=1024".into());
     }
     Ok(policy)
+}
+
+/// A route's `legacy` list. These drafts have no masking, so a route accepts them only with
+/// an origin list that names origins (not `*`); direct mode hands the socket to a backend,
+/// which would have to speak them itself.
+fn legacy_drafts(r: &RouteSection, backend: Option<&BackendSpec>) -> Result<crate::ws::hixie::Drafts, String> {
+    use crate::ws::hixie::{Draft, Drafts};
+    let mut drafts = Drafts::default();
+    for name in &r.legacy {
+        match Draft::parse(name) {
+            Some(Draft::Hixie76) => drafts.hixie76 = true,
+            Some(Draft::Hixie75) => drafts.hixie75 = true,
+            None => return Err(format!("route.legacy: {name:?} (expected \"hixie-76\" or \"hixie-75\")")),
+        }
+    }
+    if !drafts.any() {
+        return Ok(drafts);
+    }
+    if r.origins.is_empty() || r.origins.iter().any(|o| o == "*") {
+        return Err("route.legacy: the hixie drafts have no masking (browsers dropped them for that); \
+a route accepts them only with an origins list naming the pages allowed to connect (not \"*\")"
+            .into());
+    }
+    if backend.is_some_and(|b| b.framing == Framing::Direct) {
+        return Err("route.legacy: framing = \"direct\" hands the socket to the backend, which would have to \
+speak the hixie drafts itself (use raw, lines or framed)"
+            .into());
+    }
+    Ok(drafts)
 }
 
 fn compression_spec(r: &RouteSection) -> Result<CompressionSpec, String> {

@@ -42,6 +42,10 @@ pub struct Metrics {
     pub admin_requests: BTreeMap<u16, u64>,
     /// WebSockets opened with permessage-deflate negotiated.
     pub compressed_opens: u64,
+    /// WebSockets opened with a legacy draft: hixie-76, hixie-75.
+    pub legacy_opens: [u64; 2],
+    /// Messages a legacy client could not be sent (not UTF-8: these drafts carry text only).
+    pub legacy_dropped: u64,
     pub loop_iterations: u64,
     /// Time from the end of one poll to the start of the next.
     pub busy: Duration,
@@ -99,6 +103,9 @@ impl Metrics {
         self.broker_routed += o.broker_routed;
         self.broker_deliveries += o.broker_deliveries;
         self.compressed_opens += o.compressed_opens;
+        self.legacy_opens[0] += o.legacy_opens[0];
+        self.legacy_opens[1] += o.legacy_opens[1];
+        self.legacy_dropped += o.legacy_dropped;
         self.loop_iterations += o.loop_iterations;
         self.busy += o.busy;
         if self.closed_traffic.len() < o.closed_traffic.len() {
@@ -323,6 +330,16 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>, workers: &[Figures], cluster: bool)
 
     family(o, "wsgate_compression_negotiated_total", "counter", "WebSockets opened with permessage-deflate.");
     sample(o, "wsgate_compression_negotiated_total", &[], m.compressed_opens);
+    family(o, "wsgate_legacy_opens_total", "counter", "WebSockets opened with a legacy draft (route key legacy).");
+    sample(o, "wsgate_legacy_opens_total", &[("draft", "hixie-76")], m.legacy_opens[0]);
+    sample(o, "wsgate_legacy_opens_total", &[("draft", "hixie-75")], m.legacy_opens[1]);
+    family(
+        o,
+        "wsgate_legacy_dropped_total",
+        "counter",
+        "Messages not sent to legacy clients: not UTF-8 (these drafts carry text only).",
+    );
+    sample(o, "wsgate_legacy_dropped_total", &[], m.legacy_dropped);
 
     family(o, "wsgate_loop_iterations_total", "counter", "Turns of the event loop.");
     sample(o, "wsgate_loop_iterations_total", &[], m.loop_iterations);
