@@ -392,19 +392,69 @@ pub fn inflate(data: &[u8]) {
     }
 }
 
-/// Legacy (hixie) keys and frames: keys never panic, and a text frame parsed, encoded again,
-/// parses to the same text taking the same bytes.
+/// Legacy (hixie) keys, frames and translation:
+/// - keys never panic;
+/// - a text frame parsed, encoded again, parses to the same text taking the same bytes;
+/// - the decoder gives the same frames (and fails or not alike) whether the bytes come in one
+///   read or in two, split where the first byte says, as a connection feeds it;
+/// - the same bytes taken as the server's RFC 6455 frames translate into nothing but whole,
+///   valid legacy text frames, one per message counted.
 pub fn hixie(data: &[u8]) {
-    use crate::ws::hixie::{encode_text, key_number, parse_frame, Frame};
-    if let Ok(n) = key_number(data) {
-        let _ = n;
-    }
+    use crate::ws::hixie::{encode_text, key_number, parse_frame, Decoder, Frame, Translator};
+    let _ = key_number(data);
     if let Ok(Some((Frame::Text(text), used))) = parse_frame(data, 1 << 16) {
         let mut again = Vec::new();
         encode_text(&mut again, text);
         assert_eq!(again.len(), used);
         assert_eq!(parse_frame(&again, 1 << 16), Ok(Some((Frame::Text(text), used))));
     }
+
+    /// Feeds `reads` to a decoder as a connection does; the frames, and whether it failed.
+    fn decode_all(reads: &[&[u8]], max: usize) -> (Vec<Option<Vec<u8>>>, bool) {
+        let mut d = Decoder::default();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut frames = Vec::new();
+        for read in reads {
+            pending.extend_from_slice(read);
+            loop {
+                match d.decode(&pending, max) {
+                    Err(_) => return (frames, true),
+                    Ok((None, 0)) => break,
+                    Ok((None, used)) => drop(pending.drain(..used)),
+                    Ok((Some(frame), used)) => {
+                        frames.push(match frame {
+                            Frame::Text(t) => Some(t.to_vec()),
+                            Frame::Close => None,
+                        });
+                        pending.drain(..used);
+                    }
+                }
+            }
+        }
+        (frames, false)
+    }
+    let max = 1 << 14;
+    let whole = decode_all(&[data], max);
+    let at = data.first().map_or(0, |&b| usize::from(b) * data.len() / 256);
+    let (a, b) = data.split_at(at);
+    assert_eq!(decode_all(&[a, b], max), whole, "split at {at}");
+    let chunks: Vec<&[u8]> = data.chunks(4096 + at % 512).collect();
+    assert_eq!(decode_all(&chunks, max), whole, "in chunks");
+
+    let mut out = Vec::new();
+    let done = Translator::default().translate(data, 1 << 16, &mut out);
+    let mut rest = &out[..];
+    let mut messages = 0;
+    while !rest.is_empty() {
+        match parse_frame(rest, usize::MAX) {
+            Ok(Some((Frame::Text(_), used))) => {
+                rest = &rest[used..];
+                messages += 1;
+            }
+            other => panic!("translation made {other:?}"),
+        }
+    }
+    assert_eq!(messages, done.messages);
 }
 
 #[cfg(test)]

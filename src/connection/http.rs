@@ -25,6 +25,7 @@ use crate::ws::deflate::PerMessage;
 use crate::ws::extensions::{Agreed, Compression};
 use crate::ws::frame::Role;
 use crate::ws::handshake;
+use crate::ws::hixie::{self, Draft};
 use crate::ws::message::MessageKind;
 use crate::ws::session::Session;
 
@@ -43,7 +44,7 @@ impl Connection {
             Ok(Some((req, head_len))) if self.log.admin => self.admin_request(&req, buf, head_len, cx),
             Ok(Some((req, head_len))) => {
                 self.rstart += head_len;
-                self.handle_request(&req, cx)
+                self.handle_request(&req, buf, head_len, cx)
             }
         }
     }
@@ -70,7 +71,7 @@ impl Connection {
                     handshake::write_accept(&mut head, &accepted, None);
                     self.out.push_bytes(cx.pools, &head);
                     let log_files = Arc::clone(&admin.log_files);
-                    self.open(cx, route, Box::new(Dashboard { log_files }), None);
+                    self.open(cx, route, Box::new(Dashboard { log_files }), None, None);
                     true
                 }
                 Err(e) => self.reply(cx, &Reply::error(e.status(), e.reason()), false),
@@ -141,7 +142,9 @@ impl Connection {
         self.send_response(cx, &response)
     }
 
-    fn handle_request(&mut self, req: &Request<'_, '_>, cx: &mut Ctx<'_>) -> bool {
+    /// A request on a WebSocket listener (its head, `head_len` bytes, is consumed; `buf`
+    /// holds what follows: hixie-76's eight key bytes).
+    fn handle_request(&mut self, req: &Request<'_, '_>, buf: &[u8], head_len: usize, cx: &mut Ctx<'_>) -> bool {
         let path = req.path();
         let has_body = req.header("transfer-encoding").is_some()
             || req.header("content-length").is_some_and(|v| v != b"0".as_slice());
@@ -166,17 +169,24 @@ impl Connection {
             };
             return self.send_response(cx, &response);
         }
-        let accepted = match handshake::validate(req, &route.policy()) {
-            Ok(a) => a,
-            Err(e) => {
-                let mut body = Vec::with_capacity(200);
-                e.write_response(&mut body);
-                self.out.push_bytes(cx.pools, &body);
-                self.log.set_status(e.status());
-                self.log.note_end(e.reason());
-                self.close(cx.now, cx.pools, End::Answered);
-                return false;
-            }
+        let legacy = if route.legacy.any() { hixie::detect(req) } else { None };
+        let opening = match legacy {
+            Some(draft) => match self.legacy_opening(req, buf, head_len, route, draft, cx) {
+                Ok(opening) => opening,
+                Err(go_on) => return go_on,
+            },
+            None => match handshake::validate(req, &route.policy()) {
+                Ok(a) => Opening::Rfc6455(a),
+                Err(e) => {
+                    let mut body = Vec::with_capacity(200);
+                    e.write_response(&mut body);
+                    self.out.push_bytes(cx.pools, &body);
+                    self.log.set_status(e.status());
+                    self.log.note_end(e.reason());
+                    self.close(cx.now, cx.pools, End::Answered);
+                    return false;
+                }
+            },
         };
         let app: Box<dyn App> = match route.app {
             AppKind::Echo => Box::new(Echo),
@@ -214,29 +224,73 @@ impl Connection {
             }
             AppKind::Backend | AppKind::Demo => {
                 let Some((backend, named)) = self.connect_backend(cx, req, route) else { return false };
-                // A subprotocol that named the socket is the one accepted.
-                let accepted = match &named {
-                    Some(p) => handshake::Accepted {
-                        subprotocol: Some(route.subprotocols.iter().find(|s| *s == p).unwrap_or(p).as_str()),
-                        ..accepted
-                    },
-                    None => accepted,
-                };
-                return self.upgrade_to_backend(cx, req, route, &accepted, backend);
+                return self.upgrade_to_backend(cx, req, route, &opening, named.as_deref(), backend);
             }
         };
-        let deflate = negotiate_deflate(req, route, cx.codecs.dedicated);
-        let mut head = Vec::with_capacity(160);
-        handshake::write_accept(&mut head, &accepted, deflate.as_ref());
+        let deflate = match opening {
+            Opening::Rfc6455(_) => negotiate_deflate(req, route, cx.codecs.dedicated),
+            Opening::Legacy(..) => None,
+        };
+        let subprotocol = opening.subprotocol(req, route, None);
+        let head = opening.head(subprotocol, deflate.as_ref(), self.transport.is_tls());
         self.out.push_bytes(cx.pools, &head);
-        self.open(cx, route, app, deflate);
+        self.open(cx, route, app, deflate, opening.draft());
         true
     }
 
+    /// A legacy (hixie) upgrade on a route that lists drafts: checked, and for hixie-76 its
+    /// eight key bytes taken once they are in (the head is parsed again when they come,
+    /// bounded by handshake_timeout). `Err`: answered, or waiting (what `handle_request`
+    /// returns).
+    fn legacy_opening<'b>(
+        &mut self,
+        req: &Request<'b, '_>,
+        buf: &[u8],
+        head_len: usize,
+        route: &Route,
+        draft: Draft,
+        cx: &mut Ctx<'_>,
+    ) -> Result<Opening<'static, 'b>, bool> {
+        if !route.legacy.allows(draft) {
+            let reason =
+                format!("this route does not accept {}; use RFC 6455 (Sec-WebSocket-Version: 13)", draft.name());
+            let response = Response {
+                headers: &[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
+                ..Response::error(426, &reason)
+            };
+            self.send_response(cx, &Response { keep_alive: false, ..response });
+            return Err(false);
+        }
+        let legacy = match hixie::validate(req, draft, &route.origins) {
+            Ok(legacy) => legacy,
+            Err(e) => return Err(self.respond(cx, req, e.status(), e.reason(), false)),
+        };
+        let mut key3 = [0u8; 8];
+        if draft == Draft::Hixie76 {
+            let Some(bytes) = buf.get(self.rstart..self.rend).and_then(|b| b.get(..8)) else {
+                self.rstart -= head_len;
+                return Err(false);
+            };
+            key3.copy_from_slice(bytes);
+            self.rstart += 8;
+        }
+        Ok(Opening::Legacy(legacy, key3))
+    }
+
     /// The 101 is queued: the WebSocket is open, the app starts.
-    fn open(&mut self, cx: &mut Ctx<'_>, route: &Route, app: Box<dyn App>, deflate: Option<Agreed>) {
+    fn open(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        route: &Route,
+        app: Box<dyn App>,
+        deflate: Option<Agreed>,
+        legacy: Option<Draft>,
+    ) {
         self.log.set_status(101);
         self.limits = Arc::clone(&route.limits);
+        if let Some(draft) = legacy {
+            cx.metrics.legacy_opens[usize::from(draft == Draft::Hixie75)] += 1;
+        }
         let mut session = Session::new(Role::Server, route.message_limits(), cx.now);
         let pmd = deflate.map(|agreed| {
             session.allow_compression();
@@ -250,7 +304,7 @@ impl Connection {
             cx.codecs.dedicated += usize::from(pmd.keeps_context());
             pmd
         });
-        self.ws = Some(Ws::new(session, app, pmd));
+        self.ws = Some(Ws::new(session, app, pmd, legacy));
         self.set_phase(Phase::Connected);
         self.with_app(cx, |app, acx| app.on_open(acx));
     }
@@ -295,24 +349,31 @@ impl Connection {
         cx: &mut Ctx<'_>,
         req: &Request<'_, '_>,
         route: &Route,
-        accepted: &handshake::Accepted<'_>,
+        opening: &Opening<'_, '_>,
+        named: Option<&str>,
         link: BackendLink,
     ) -> bool {
         let Some(spec) = route.backend.as_ref() else { return false };
         // Direct mode hands the socket over: the backend would have to speak the extension.
-        let deflate =
-            if spec.framing == Framing::Direct { None } else { negotiate_deflate(req, route, cx.codecs.dedicated) };
-        let mut head = Vec::with_capacity(160);
-        handshake::write_accept(&mut head, accepted, deflate.as_ref());
+        let deflate = match opening {
+            Opening::Rfc6455(_) if spec.framing != Framing::Direct => {
+                negotiate_deflate(req, route, cx.codecs.dedicated)
+            }
+            _ => None,
+        };
+        let subprotocol = opening.subprotocol(req, route, named);
+        let head = opening.head(subprotocol, deflate.as_ref(), self.transport.is_tls());
         let hello = framed::Hello {
             id: self.id,
             peer: self.peer(),
             path: req.path(),
             query: req.query(),
-            subprotocol: accepted.subprotocol,
+            subprotocol,
             headers: req.headers,
         };
+        // Spliced bytes would pass the legacy translation.
         let splice = spec.splice
+            && opening.draft().is_none()
             && spec.framing == Framing::Raw
             && spec.message_kind == MessageKind::Binary
             && !self.transport.is_tls();
@@ -328,11 +389,11 @@ impl Connection {
             }
             Framing::Framed => {
                 backend.queue_bytes(cx.pools, &framed::hello_record(&hello));
-                self.open(cx, route, Box::new(backend), deflate);
+                self.open(cx, route, Box::new(backend), deflate, opening.draft());
                 true
             }
             Framing::Raw | Framing::Lines => {
-                self.open(cx, route, Box::new(backend), deflate);
+                self.open(cx, route, Box::new(backend), deflate, opening.draft());
                 true
             }
         }
@@ -356,6 +417,52 @@ impl Connection {
             self.close(cx.now, cx.pools, End::Answered);
             false
         }
+    }
+}
+
+/// A valid opening handshake: RFC 6455's, or a legacy draft's (with hixie-76's key3).
+enum Opening<'p, 'b> {
+    Rfc6455(handshake::Accepted<'p>),
+    Legacy(hixie::LegacyRequest<'b>, [u8; 8]),
+}
+
+impl Opening<'_, '_> {
+    fn draft(&self) -> Option<Draft> {
+        match self {
+            Opening::Rfc6455(_) => None,
+            Opening::Legacy(legacy, _) => Some(legacy.draft),
+        }
+    }
+
+    /// The subprotocol the 101 names: the one that named the backend's socket, or the first
+    /// of the route's the client offered (legacy clients offer one, in their own header).
+    fn subprotocol<'a>(&'a self, req: &Request<'_, '_>, route: &'a Route, named: Option<&'a str>) -> Option<&'a str> {
+        if let Some(p) = named {
+            return Some(route.subprotocols.iter().find(|s| *s == p).map_or(p, String::as_str));
+        }
+        match self {
+            Opening::Rfc6455(accepted) => accepted.subprotocol,
+            Opening::Legacy(legacy, _) => {
+                let header = match legacy.draft {
+                    Draft::Hixie76 => "sec-websocket-protocol",
+                    Draft::Hixie75 => "websocket-protocol",
+                };
+                let offered = req.header(header)?;
+                route.subprotocols.iter().find(|p| p.as_bytes() == offered).map(String::as_str)
+            }
+        }
+    }
+
+    /// The 101 response.
+    fn head(&self, subprotocol: Option<&str>, deflate: Option<&Agreed>, tls: bool) -> Vec<u8> {
+        let mut head = Vec::with_capacity(200);
+        match self {
+            Opening::Rfc6455(accepted) => {
+                handshake::write_accept(&mut head, &handshake::Accepted { subprotocol, ..*accepted }, deflate)
+            }
+            Opening::Legacy(legacy, key3) => hixie::write_accept(&mut head, legacy, tls, subprotocol, key3),
+        }
+        head
     }
 }
 

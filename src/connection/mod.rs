@@ -46,6 +46,7 @@ use crate::transport::{NotTls, Transport};
 use crate::ws::close;
 use crate::ws::deflate::{InflateFail, PerMessage, SharedCodecs};
 use crate::ws::frame::Opcode;
+use crate::ws::hixie::{self, Draft};
 use crate::ws::message::MessageKind;
 use crate::ws::session::{reply_code, Due, Received, Session, Timing};
 
@@ -153,6 +154,8 @@ pub enum Delivered {
     Closing,
     /// Not an open WebSocket (closing, or not yet upgraded).
     NotOpen,
+    /// A legacy (hixie) client, and a message that is not UTF-8: these drafts carry text only.
+    NotText,
 }
 
 /// The open WebSocket: the protocol session and the app behind it.
@@ -170,11 +173,57 @@ struct Rare {
     failing: Option<(u16, &'static str, Instant)>,
     /// permessage-deflate, when negotiated.
     pmd: Option<PerMessage>,
+    /// A client speaking a legacy draft (hixie-76 / -75).
+    legacy: Option<Legacy>,
+}
+
+/// A legacy client: its frames in, and the apps' RFC 6455 frames translated on the way out.
+struct Legacy {
+    draft: Draft,
+    decoder: hixie::Decoder,
+    translator: hixie::Translator,
+    /// What the app queues during one call, translated into the connection's queue after it.
+    scratch: OutQueue,
 }
 
 impl Ws {
-    fn new(session: Session, app: Box<dyn App>, pmd: Option<PerMessage>) -> Ws {
-        Ws { session, app, rare: pmd.map(|pmd| Box::new(Rare { failing: None, pmd: Some(pmd) })) }
+    fn new(session: Session, app: Box<dyn App>, pmd: Option<PerMessage>, legacy: Option<Draft>) -> Ws {
+        let legacy = legacy.map(|draft| Legacy {
+            draft,
+            decoder: hixie::Decoder::default(),
+            translator: hixie::Translator::default(),
+            scratch: OutQueue::default(),
+        });
+        let rare = (pmd.is_some() || legacy.is_some()).then(|| Box::new(Rare { failing: None, pmd, legacy }));
+        Ws { session, app, rare }
+    }
+
+    fn legacy(&self) -> Option<Draft> {
+        Some(self.rare.as_ref()?.legacy.as_ref()?.draft)
+    }
+
+    fn legacy_mut(&mut self) -> Option<&mut Legacy> {
+        self.rare.as_mut()?.legacy.as_mut()
+    }
+
+    fn is_between_messages(&self) -> bool {
+        match self.rare.as_ref().and_then(|r| r.legacy.as_ref()) {
+            Some(legacy) => legacy.decoder.is_between_messages(),
+            None => self.session.is_between_messages(),
+        }
+    }
+
+    /// The app's queue and permessage-deflate for one call: a legacy client's app writes
+    /// into its scratch queue (translated after the call).
+    fn app_parts<'w>(
+        &'w mut self,
+        out: &'w mut OutQueue,
+    ) -> (&'w mut Box<dyn App>, &'w mut OutQueue, Option<&'w mut PerMessage>) {
+        match self.rare.as_deref_mut() {
+            Some(Rare { pmd, legacy: Some(legacy), .. }) => (&mut self.app, &mut legacy.scratch, pmd.as_mut()),
+            Some(Rare { pmd, .. }) => (&mut self.app, out, pmd.as_mut()),
+            None => (&mut self.app, out, None),
+        }
     }
 
     fn failing(&self) -> Option<&(u16, &'static str, Instant)> {
@@ -626,7 +675,16 @@ impl Connection {
                 }
             };
         }
-        self.out.push_shared_frame(pools, frame);
+        if self.ws.as_ref().and_then(Ws::legacy).is_some() {
+            let payload = crate::encode::frame_parts(frame).map_or(&[][..], |(_, p)| p);
+            let mut text = Vec::with_capacity(payload.len() + 2);
+            if !hixie::push_text(&mut text, payload) {
+                return Delivered::NotText;
+            }
+            self.out.push_bytes(pools, &text);
+        } else {
+            self.out.push_shared_frame(pools, frame);
+        }
         self.log.traffic.msgs_out += 1;
         self.log.traffic.bytes_out += frame.len() as u64;
         Delivered::Queued
@@ -654,9 +712,11 @@ impl Connection {
     /// The WebSocket session's timers, from the route's limits.
     fn timing(&self) -> Timing {
         let l = &self.limits;
+        // The legacy drafts have no pings: a legacy client is held by idle_timeout alone.
+        let legacy = self.ws.as_ref().and_then(Ws::legacy).is_some();
         Timing {
             idle_timeout: l.idle_timeout,
-            ping_interval: l.ping_interval,
+            ping_interval: if legacy { std::time::Duration::ZERO } else { l.ping_interval },
             pong_timeout: l.pong_timeout,
             close_timeout: l.close_timeout,
         }
@@ -709,7 +769,7 @@ impl Connection {
             End::Fail { code, reason } => {
                 let already_sent = self.ws.as_ref().is_some_and(|ws| ws.session.is_closing());
                 if !already_sent {
-                    self.out.push_close(pools, Some(code), reason);
+                    self.push_close_frame(pools, Some(code), reason);
                 }
                 if let Some(ws) = &mut self.ws {
                     ws.session.close(now);
@@ -759,8 +819,23 @@ impl Connection {
             return self.close(now, pools, End::Fail { code, reason });
         }
         if ws.session.close(now) {
-            self.out.push_close(pools, Some(code), &reason);
+            let legacy = ws.legacy();
+            self.push_close_frame(pools, Some(code), &reason);
             self.log.set_close(code, reason);
+            if legacy == Some(Draft::Hixie75) {
+                // hixie-75 has no closing handshake: the connection just ends.
+                self.finish(now);
+            }
+        }
+    }
+
+    /// Our close frame: RFC 6455's with a code and reason, hixie-76's `0xFF 0x00`, or nothing
+    /// for hixie-75.
+    fn push_close_frame(&mut self, pools: &mut Pools, code: Option<u16>, reason: &str) {
+        match self.ws.as_ref().and_then(Ws::legacy) {
+            None => self.out.push_close(pools, code, reason),
+            Some(Draft::Hixie76) => self.out.push_bytes(pools, &hixie::CLOSE),
+            Some(Draft::Hixie75) => {}
         }
     }
 
@@ -782,13 +857,30 @@ impl Connection {
         let ws = self.ws.as_mut()?;
         let mut close = None;
         let high = self.limits.backpressure_high;
-        let pmd = ws.rare.as_mut().and_then(|r| r.pmd.as_mut());
-        let mut acx = app_ctx(cx, who, &mut self.out, &mut self.log.traffic, high, &mut close, pmd);
-        let r = f(ws.app.as_mut(), &mut acx);
+        let (app, out, pmd) = ws.app_parts(&mut self.out);
+        let mut acx = app_ctx(cx, who, out, &mut self.log.traffic, high, &mut close, pmd);
+        let r = f(app.as_mut(), &mut acx);
+        self.translate_legacy(cx);
         if let Some(why) = close {
             self.app_closed(cx, why);
         }
         Some(r)
+    }
+
+    /// A legacy client's app wrote RFC 6455 frames into the scratch queue: they go out as
+    /// legacy frames.
+    fn translate_legacy(&mut self, cx: &mut Ctx<'_>) {
+        let max = self.limits.max_message_size;
+        let Some(legacy) = self.ws.as_mut().and_then(Ws::legacy_mut) else { return };
+        if legacy.scratch.is_empty() {
+            return;
+        }
+        let frames = legacy.scratch.to_vec();
+        legacy.scratch.release(cx.pools);
+        let mut text = Vec::with_capacity(frames.len());
+        let done = legacy.translator.translate(&frames, max, &mut text);
+        self.out.push_bytes(cx.pools, &text);
+        cx.metrics.legacy_dropped += done.dropped as u64;
     }
 
     fn app_closed(&mut self, cx: &mut Ctx<'_>, why: AppClose) {
@@ -1023,8 +1115,7 @@ impl Connection {
             self.rend = 0;
             // Mid-message the buffer is kept for the rest, unless this peer sends little: all its
             // bytes were consumed (the decoder holds the partial message), nothing is lost.
-            let idle =
-                read < KEEP_READ_BUFFER_AFTER || self.ws.as_ref().is_none_or(|ws| ws.session.is_between_messages());
+            let idle = read < KEEP_READ_BUFFER_AFTER || self.ws.as_ref().is_none_or(Ws::is_between_messages);
             if idle {
                 if let Some(buf) = self.rbuf.take() {
                     cx.pools.put_read(buf);
@@ -1142,6 +1233,9 @@ impl Connection {
     }
 
     fn process_frames(&mut self, buf: &mut [u8], cx: &mut Ctx<'_>) {
+        if self.ws.as_ref().and_then(Ws::legacy).is_some() {
+            return self.process_legacy_frames(buf, cx);
+        }
         /// Why the loop over frames stopped.
         enum Stop {
             /// Backpressure, the app, or the fan-out budget: bytes may wait (`input_held`).
@@ -1253,6 +1347,84 @@ impl Connection {
             Stop::ProtocolError(code, reason) => self.protocol_error(cx, code, reason),
             Stop::Ended(end) => self.close(cx.now, cx.pools, end),
             Stop::App(why) => self.app_closed(cx, why),
+        }
+    }
+}
+
+impl Connection {
+    /// A legacy client's frames: text messages to the app, its close answered. Errors close
+    /// the connection as RFC 6455's would (the code goes to the log and the app).
+    fn process_legacy_frames(&mut self, buf: &[u8], cx: &mut Ctx<'_>) {
+        let high = self.limits.backpressure_high;
+        let max = self.limits.max_message_size;
+        let mut pos = self.rstart;
+        let mut held = false;
+        while matches!(self.phase, Phase::Connected) {
+            let Some(ws) = self.ws.as_mut() else { break };
+            if self.out.len() >= high
+                || cx.fanout >= FANOUT_BUDGET
+                || ws.failing().is_some()
+                || !ws.app.accepts_input(high)
+            {
+                held = true;
+                break;
+            }
+            let closing = ws.session.is_closing();
+            let Some(legacy) = ws.legacy_mut() else { break };
+            let draft = legacy.draft;
+            let (frame, used) = match legacy.decoder.decode(&buf[pos..self.rend], max) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.rstart = pos;
+                    let code = match e {
+                        hixie::HixieError::TooBig => close::MESSAGE_TOO_BIG,
+                        hixie::HixieError::InvalidUtf8 => close::INVALID_PAYLOAD,
+                        _ => close::PROTOCOL_ERROR,
+                    };
+                    return self.protocol_error(cx, code, e.reason());
+                }
+            };
+            pos += used;
+            let len = match frame {
+                None if used == 0 => break,
+                None => continue,
+                Some(hixie::Frame::Close) => {
+                    self.rstart = pos;
+                    if !closing {
+                        // The client closes: hixie-76 answers with its own 0xFF 0x00.
+                        self.with_app(cx, |app, acx| app.on_close(acx, None, "", false));
+                        if draft == Draft::Hixie76 {
+                            self.out.push_bytes(cx.pools, &hixie::CLOSE);
+                        }
+                    }
+                    return self.close(cx.now, cx.pools, End::Closed { code: None, reason: String::new() });
+                }
+                // After our close only the client's matters.
+                Some(hixie::Frame::Text(_)) if closing => continue,
+                Some(hixie::Frame::Text(text)) => text.len(),
+            };
+            let payload = match legacy.decoder.take_assembled() {
+                Some(joined) => Payload::Owned(joined),
+                // A frame read whole: `0x00`, the text, `0xFF`, ending at `pos`.
+                None => Payload::Borrowed(&buf[pos - 1 - len..pos - 1]),
+            };
+            ws.session.note_message(cx.now);
+            self.log.traffic.msgs_in += 1;
+            self.log.traffic.bytes_in += len as u64;
+            let hold = self.with_app(cx, |app, acx| {
+                app.on_message(acx, MessageKind::Text, payload);
+                acx.hold
+            });
+            if hold == Some(true) {
+                held = true;
+                break;
+            }
+        }
+        if matches!(self.phase, Phase::Connected) {
+            self.rstart = pos;
+            self.input_held = held;
+        } else {
+            self.rstart = self.rend;
         }
     }
 }

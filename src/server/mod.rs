@@ -972,6 +972,7 @@ impl Worker {
                     }
                 }
                 Delivered::Dropped => dropped += 1,
+                Delivered::NotText => self.metrics.legacy_dropped += 1,
                 Delivered::NotOpen => {}
             }
             self.metrics.deliveries += u64::from(delivered == Delivered::Queued);
@@ -995,6 +996,7 @@ impl Worker {
         match delivered {
             Delivered::Queued | Delivered::Closing => self.mark_dirty(key),
             Delivered::Dropped => self.metrics.dropped += 1,
+            Delivered::NotText => self.metrics.legacy_dropped += 1,
             Delivered::NotOpen => {}
         }
         self.metrics.slow_consumer_closes += u64::from(delivered == Delivered::Closing);

@@ -373,8 +373,7 @@ impl Translator {
         let limits = FrameLimits::client(max as u64);
         let mut done = Translated::default();
         let mut rest = frames;
-        loop {
-            let Ok(Some((header, n))) = parse_header(rest, &limits) else { break };
+        while let Ok(Some((header, n))) = parse_header(rest, &limits) {
             let Some(payload) = rest.get(n..n + header.payload_len) else { break };
             rest = &rest[n + header.payload_len..];
             let whole = match header.opcode {

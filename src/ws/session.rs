@@ -131,6 +131,12 @@ impl Session {
         Ok((Some(received), used))
     }
 
+    /// A message arrived by other means than [`Session::receive`] (a legacy draft's frame).
+    pub fn note_message(&mut self, now: Instant) {
+        self.last_message = now;
+        self.last_read = now;
+    }
+
     /// permessage-deflate was negotiated: compressed messages are accepted.
     pub fn allow_compression(&mut self) {
         self.decoder.allow_compression();
