@@ -4,7 +4,7 @@ usage: python3 scripts/memory.py [--bin PATH] [--unix-echo PATH] [--n N] [--warm
                                 [--workers N] [STAGE...]
 
 Stages (default: all): head, idle, tls, tls-handshake, backend, subscription, broker, admin-body,
-deflate-shared, deflate-dedicated, leave.
+deflate-shared, deflate-dedicated, legacy, legacy-key3, leave.
 Each stage starts a fresh server (release build, pinned to core 0 when taskset exists), opens W
 connections of that kind to warm the allocator and the buffer pools, then N more; the figure is
 the RSS growth over those N divided by N (bytes per connection; per subscription for the
@@ -97,6 +97,12 @@ path = "/zdedicated"
 app = "echo"
 compression = "dedicated"
 
+[[route]]
+path = "/legacy"
+app = "echo"
+legacy = ["hixie-76"]
+origins = ["http://example.com"]
+
 [admin]
 listen = "127.0.0.1:{self.admin_port}"
 {backend}""")
@@ -183,6 +189,38 @@ def compressing(path):
         read_frames(s, 1)
         return s
     return open_one
+
+
+# draft-hixie-thewebsocketprotocol-76's own example keys (answered with 8jKS'y:G*Co,Wxa-).
+HIXIE76 = (b"GET /legacy HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key2: 12998 5 Y3 1  .P00\r\nUpgrade: WebSocket\r\n"
+           b"Sec-WebSocket-Key1: 4 @1  46546xW%0l 1 5\r\nOrigin: http://example.com\r\n\r\n")
+
+
+def legacy_client(server):
+    """A hixie-76 client that sent one message, got its echo, and went idle."""
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.sendall(HIXIE76 + b"^n:ds[4U")
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        head += s.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    answer = b""
+    while len(answer) < 16:
+        answer += s.recv(16 - len(answer))
+    assert answer == b"8jKS'y:G*Co,Wxa-", answer
+    s.sendall(b"\x00" + b"x" * 100 + b"\xff")
+    echo = b""
+    while not echo.endswith(b"\xff"):
+        echo += s.recv(200)
+    return s
+
+
+def legacy_waiting_key3(server):
+    """A hixie-76 client that sent its head and 4 of the 8 key bytes."""
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.sendall(HIXIE76 + b"^n:d")
+    return s
 
 
 def broker_client(server):
@@ -309,6 +347,8 @@ def stage(name, binary, unix_echo, tmp, n, warm, trim, workers=1):
                 "broker": (broker_client, "idle broker clients, each holding its own token"),
                 "admin-body": (admin_half_body, "admin requests holding half a body (head + 100 of 30,000 bytes)"),
                 "deflate-shared": (compressing("/zshared"), "idle clients after a compressed echo, compression = shared"),
+                "legacy": (legacy_client, "idle hixie-76 clients after one echo"),
+                "legacy-key3": (legacy_waiting_key3, "hixie-76 heads waiting for the rest of key3"),
                 "deflate-dedicated": (compressing("/zdedicated"),
                                       "idle clients after a compressed echo, compression = dedicated (window 15, memLevel 8)"),
             }[name]
@@ -338,7 +378,7 @@ def main():
         else:
             stages.append(a)
     stages = stages or ["head", "idle", "tls", "tls-handshake", "backend", "subscription", "broker", "admin-body",
-                        "deflate-shared", "deflate-dedicated", "leave"]
+                        "deflate-shared", "deflate-dedicated", "legacy", "legacy-key3", "leave"]
     with tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o755)  # the backend socket must be reachable after the privilege drop
         for name in stages:

@@ -59,6 +59,15 @@ pub fn compressed_twin(
     compressed_shared_frame(opcode, &z)
 }
 
+/// A shared frame's legacy (hixie) twin, for the legacy clients among its receivers: the
+/// payload as one text frame (`0x00` … `0xFF`), built once per message for all of them.
+/// `None` when the payload is not UTF-8 (those drafts carry text only).
+pub fn legacy_twin(frame: &[u8]) -> Option<SharedFrame> {
+    let (_, payload) = frame_parts(frame)?;
+    let mut text = Vec::with_capacity(payload.len() + 2);
+    crate::ws::hixie::push_text(&mut text, payload).then(|| text.into())
+}
+
 /// Encodes one unfragmented server frame into shared bytes.
 pub fn shared_frame(opcode: Opcode, payload: &[u8]) -> SharedFrame {
     let mut head = [0u8; MAX_HEADER_LEN];

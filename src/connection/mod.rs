@@ -154,8 +154,6 @@ pub enum Delivered {
     Closing,
     /// Not an open WebSocket (closing, or not yet upgraded).
     NotOpen,
-    /// A legacy (hixie) client, and a message that is not UTF-8: these drafts carry text only.
-    NotText,
 }
 
 /// The open WebSocket: the protocol session and the app behind it.
@@ -657,6 +655,14 @@ impl Connection {
         pmd.wants(payload_len).then(|| (pmd.agreed.server_max_window_bits, pmd.level()))
     }
 
+    /// A legacy (hixie) client: what is delivered to it must be its frames
+    /// ([`crate::encode::legacy_twin`]).
+    pub fn is_legacy(&self) -> bool {
+        self.ws.as_ref().and_then(Ws::legacy).is_some()
+    }
+
+    /// Queues a frame published by someone else (already in this client's framing: RFC 6455,
+    /// compressed or not, or legacy), under the route's backpressure policy.
     pub fn deliver(&mut self, now: Instant, pools: &mut Pools, frame: &SharedFrame) -> Delivered {
         let open = matches!(self.phase, Phase::Connected)
             && self.ws.as_ref().is_some_and(|ws| !ws.session.is_closing() && ws.failing().is_none());
@@ -675,16 +681,7 @@ impl Connection {
                 }
             };
         }
-        if self.ws.as_ref().and_then(Ws::legacy).is_some() {
-            let payload = crate::encode::frame_parts(frame).map_or(&[][..], |(_, p)| p);
-            let mut text = Vec::with_capacity(payload.len() + 2);
-            if !hixie::push_text(&mut text, payload) {
-                return Delivered::NotText;
-            }
-            self.out.push_bytes(pools, &text);
-        } else {
-            self.out.push_shared_frame(pools, frame);
-        }
+        self.out.push_shared_frame(pools, frame);
         self.log.traffic.msgs_out += 1;
         self.log.traffic.bytes_out += frame.len() as u64;
         Delivered::Queued

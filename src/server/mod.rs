@@ -952,16 +952,28 @@ impl Worker {
         // Compressed once per window size for the subscribers that negotiated
         // permessage-deflate, when the first of them comes.
         let mut twins: [Option<SharedFrame>; 7] = Default::default();
+        // And once in the legacy drafts' framing for the legacy clients (`None` inside: not text).
+        let mut legacy: Option<Option<SharedFrame>> = None;
         let payload_len = crate::encode::frame_parts(frame).map_or(0, |(_, p)| p.len());
         for key in self.topics.members(id) {
             if Some(key) == exclude || (!excluded.is_empty() && excluded.binary_search(&key).is_ok()) {
                 continue;
             }
             let Some(entry) = self.conns.get_mut(key) else { continue };
-            let frame = match entry.conn.deflate_params(payload_len) {
-                None => frame,
-                Some((window, level)) => &*twins[usize::from(window.clamp(9, 15) - 9)]
-                    .get_or_insert_with(|| crate::encode::compressed_twin(&mut self.codecs, window, level, frame)),
+            let frame = if entry.conn.is_legacy() {
+                match legacy.get_or_insert_with(|| crate::encode::legacy_twin(frame)) {
+                    Some(twin) => &*twin,
+                    None => {
+                        self.metrics.legacy_dropped += 1;
+                        continue;
+                    }
+                }
+            } else {
+                match entry.conn.deflate_params(payload_len) {
+                    None => frame,
+                    Some((window, level)) => &*twins[usize::from(window.clamp(9, 15) - 9)]
+                        .get_or_insert_with(|| crate::encode::compressed_twin(&mut self.codecs, window, level, frame)),
+                }
             };
             let delivered = entry.conn.deliver(now, &mut self.pools, frame);
             match delivered {
@@ -972,7 +984,6 @@ impl Worker {
                     }
                 }
                 Delivered::Dropped => dropped += 1,
-                Delivered::NotText => self.metrics.legacy_dropped += 1,
                 Delivered::NotOpen => {}
             }
             self.metrics.deliveries += u64::from(delivered == Delivered::Queued);
@@ -987,16 +998,23 @@ impl Worker {
     /// Queues `frame` for connection `key`; whether it was queued.
     fn deliver(&mut self, key: usize, frame: &SharedFrame, now: Instant) -> bool {
         let Some(entry) = self.conns.get_mut(key) else { return false };
-        let payload_len = crate::encode::frame_parts(frame).map_or(0, |(_, p)| p.len());
-        let twin = entry
-            .conn
-            .deflate_params(payload_len)
-            .map(|(window, level)| crate::encode::compressed_twin(&mut self.codecs, window, level, frame));
+        let twin = if entry.conn.is_legacy() {
+            let Some(twin) = crate::encode::legacy_twin(frame) else {
+                self.metrics.legacy_dropped += 1;
+                return false;
+            };
+            Some(twin)
+        } else {
+            let payload_len = crate::encode::frame_parts(frame).map_or(0, |(_, p)| p.len());
+            entry
+                .conn
+                .deflate_params(payload_len)
+                .map(|(window, level)| crate::encode::compressed_twin(&mut self.codecs, window, level, frame))
+        };
         let delivered = entry.conn.deliver(now, &mut self.pools, twin.as_ref().unwrap_or(frame));
         match delivered {
             Delivered::Queued | Delivered::Closing => self.mark_dirty(key),
             Delivered::Dropped => self.metrics.dropped += 1,
-            Delivered::NotText => self.metrics.legacy_dropped += 1,
             Delivered::NotOpen => {}
         }
         self.metrics.slow_consumer_closes += u64::from(delivered == Delivered::Closing);
