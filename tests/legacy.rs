@@ -44,8 +44,8 @@ origins = ["http://example.com"]
 "#;
 
 /// A hixie-76 / -75 client: the handshake, text frames out, frames in.
-struct Legacy {
-    stream: TcpStream,
+struct Legacy<S: Read + Write = TcpStream> {
+    stream: S,
     pending: Vec<u8>,
 }
 
@@ -105,6 +105,21 @@ impl Legacy {
             ),
             "{head}"
         );
+        (client, head)
+    }
+}
+
+impl<S: Read + Write> Legacy<S> {
+    /// hixie-76's handshake on any stream (TLS too).
+    fn open76(mut stream: S, path: &str) -> (Legacy<S>, String) {
+        stream.write_all(request76(path, ORIGIN, "").as_bytes()).unwrap();
+        stream.write_all(KEY3).unwrap();
+        let mut client = Legacy { stream, pending: Vec::new() };
+        let head = client.read_head();
+        assert!(head.starts_with("HTTP/1.1 101 WebSocket Protocol Handshake\r\n"), "{head}");
+        let mut answer = [0u8; 16];
+        client.read_exact(&mut answer);
+        assert_eq!(&answer, ANSWER, "the draft's own example");
         (client, head)
     }
 
@@ -413,5 +428,59 @@ fn a_legacy_route_needs_a_named_origin_list() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{config} was accepted");
         assert!(stderr.contains(needle) && stderr.contains("line 1"), "{config}: {stderr}");
+    }
+}
+
+#[test]
+fn hixie76_over_tls_names_wss_in_its_location() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("wsgate-legacy-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let config = format!(
+        "[[listener]]\naddr = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\
+[[route]]\npath = \"/echo\"\napp = \"echo\"\nlegacy = [\"hixie-76\"]\norigins = [\"http://example.com\"]\n",
+        cert.display(),
+        key.display()
+    );
+    let server = Server::with_config_only(&config);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(tls), name).unwrap();
+    let stream = rustls::StreamOwned::new(conn, tcp(server.addr));
+    let (mut c, head) = Legacy::open76(stream, "/echo");
+    assert!(head.contains("\r\nSec-WebSocket-Location: wss://example.com/echo\r\n"), "{head}");
+    c.send("over tls");
+    assert_eq!(c.expect_text(), "over tls");
+    c.send_raw(&[0xFF, 0x00]);
+    assert_eq!(c.recv(), Some(In::Close));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn legacy_clients_on_every_worker_share_a_room() {
+    let config = format!("[server]\nworkers = 2\nbalance = \"handoff\"\n{CONFIG}");
+    let server = Server::with_config(&config, &[]);
+    // Handoff spreads them: two per worker.
+    let mut clients: Vec<Legacy> = (0..4).map(|_| Legacy::connect76(server.addr, "/room/w", false).0).collect();
+    let mut modern = client(&server.url("/room/w"));
+    modern.send(Message::text("to every worker")).unwrap();
+    assert_eq!(read_text(&mut modern), "to every worker");
+    for c in &mut clients {
+        assert_eq!(c.expect_text(), "to every worker");
+    }
+    clients[3].send("from the last one");
+    assert_eq!(read_text(&mut modern), "from the last one");
+    for c in &mut clients {
+        assert_eq!(c.expect_text(), "from the last one");
     }
 }
