@@ -390,6 +390,30 @@ pub fn inflate(data: &[u8]) {
     if a.is_ok() && b.is_ok() {
         assert_eq!(whole, split);
     }
+    // In steps of a small budget (as a connection inflates a large message over several
+    // turns): the same outcome and the same bytes, and each step keeps near its budget.
+    let budget = 1 + usize::from(data.first().copied().unwrap_or(0)) * 64;
+    let mut stepped = Vec::new();
+    let mut inflater = Inflater::new();
+    let mut used = 0;
+    let c = loop {
+        let before = stepped.len();
+        match inflater.inflate_some(&data[used..], MAX, &mut stepped, budget) {
+            Err(e) => break Err(e),
+            Ok(n) => {
+                assert!(stepped.len() - before <= budget + crate::ws::deflate::CHUNK);
+                used += n;
+            }
+        }
+        if used == data.len() {
+            break inflater.inflate(&[], true, MAX, &mut stepped);
+        }
+    };
+    assert_eq!(a.is_ok(), c.is_ok(), "whole {a:?}, in steps {c:?}");
+    if a.is_ok() {
+        assert_eq!(whole, stepped);
+    }
+    assert!(stepped.capacity() <= MAX + 1);
 }
 
 /// Legacy (hixie) keys, frames and translation:

@@ -240,3 +240,66 @@ fn dedicated_codecs_are_capped_then_shared() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Messages that inflate past one drive's budget (1 MiB) go on over several drives: whole
+/// and in order, in one frame or fragmented, on shared and dedicated routes; a bomb past a
+/// large limit still closes with 1009.
+#[test]
+fn large_messages_inflate_over_several_drives() {
+    let config = "[limits]\nmax_message_size = \"8MiB\"\nmax_frame_size = \"8MiB\"\n\
+[[route]]\npath = \"/shared\"\napp = \"echo\"\ncompression = \"shared\"\n\
+[[route]]\npath = \"/dedicated\"\napp = \"echo\"\ncompression = \"dedicated\"\n";
+    let server = Server::with_config(config, &[]);
+    let text: Vec<u8> =
+        (0..250_000u32).flat_map(|n| format!("{{\"n\":{},\"v\":\"{}\"}},", n, n % 977).into_bytes()).collect();
+    assert!(text.len() > 5 << 20, "{}", text.len());
+    let z = compress(&text);
+    for path in ["/shared", "/dedicated"] {
+        let (mut raw, answer) = Raw::connect_offering(server.addr, path, "permessage-deflate");
+        assert!(answer.is_some());
+        let mut context = Inflater::new();
+        let mut read_text = |raw: &mut Raw| {
+            let frame = raw.recv().unwrap();
+            let mut out = Vec::new();
+            if frame.compressed {
+                context.inflate(&frame.payload, true, usize::MAX, &mut out).unwrap();
+                if path == "/shared" {
+                    context.reset();
+                }
+            } else {
+                out = frame.payload.clone();
+            }
+            out
+        };
+        // One frame, then a small plain message in the same write: it waits its turn.
+        let mut bytes = masked_frame(0xC1, &z);
+        bytes.extend(masked_frame(0x81, b"after"));
+        raw.send_raw(&bytes);
+        let got = read_text(&mut raw);
+        assert!(
+            got == text,
+            "{path}: the large message: {} bytes, {:?}",
+            got.len(),
+            String::from_utf8_lossy(&got[..got.len().min(80)])
+        );
+        assert_eq!(read_text(&mut raw), b"after", "{path}");
+        // Fragmented: RSV1 on the first frame only.
+        let third = z.len() / 3;
+        let mut bytes = masked_frame(0x41, &z[..third]);
+        bytes.extend(masked_frame(0x00, &z[third..2 * third]));
+        bytes.extend(masked_frame(0x80, &z[2 * third..]));
+        raw.send_raw(&bytes);
+        assert!(read_text(&mut raw) == text, "{path}: fragmented");
+    }
+    // 16 MiB of zeros in some 16 KB: stopped at the 8 MiB limit, in a later step.
+    let bomb = compress(&vec![0u8; 16 << 20]);
+    for path in ["/shared", "/dedicated"] {
+        let (mut raw, _) = Raw::connect_offering(server.addr, path, "permessage-deflate");
+        raw.send(0xC2, &bomb);
+        assert_eq!(raw.expect_close(), Some(1009), "{path}");
+    }
+    // The server went on serving everyone.
+    let (mut raw, _) = Raw::connect_offering(server.addr, "/shared", "permessage-deflate");
+    raw.send(0x81, b"still here");
+    assert_eq!(raw.recv().unwrap().payload, b"still here");
+}

@@ -44,7 +44,7 @@ use crate::route::Routes;
 use crate::server::key_of;
 use crate::transport::{NotTls, Transport};
 use crate::ws::close;
-use crate::ws::deflate::{InflateFail, PerMessage, SharedCodecs};
+use crate::ws::deflate::{InflateFail, InflateJob, PerMessage, SharedCodecs, CHUNK};
 use crate::ws::frame::Opcode;
 use crate::ws::hixie::{self, Draft};
 use crate::ws::message::MessageKind;
@@ -63,6 +63,12 @@ const KEEP_READ_BUFFER_AFTER: usize = 512;
 /// Output a corked connection may hold before it writes anyway: enough for a turn of small
 /// messages in one write, small enough that bulk data is written while still in cache.
 const CORK_LIMIT: usize = 64 * 1024;
+/// Bytes one drive may inflate (the read budget's counterpart for compressed messages): a
+/// larger message is inflated over several drives, the others served in between.
+const INFLATE_BUDGET: usize = 256 << 10;
+/// Inflated bytes per unit of the fan-out budget: a drive that inflated `INFLATE_BUDGET` has
+/// spent its whole `FANOUT_BUDGET`.
+const INFLATE_UNIT: usize = INFLATE_BUDGET / FANOUT_BUDGET;
 /// Messages at least this large that were assembled in the decoder are handed to the app
 /// as owned buffers (no copy); smaller ones are borrowed.
 const OWN_PAYLOAD_MIN: usize = 4096;
@@ -173,6 +179,14 @@ struct Rare {
     pmd: Option<PerMessage>,
     /// A client speaking a legacy draft (hixie-76 / -75).
     legacy: Option<Legacy>,
+    /// A large compressed message being inflated over several drives.
+    inflating: Option<Box<Inflating>>,
+}
+
+/// A compressed message too large to inflate in one drive: its kind, and the work so far.
+struct Inflating {
+    kind: MessageKind,
+    job: InflateJob,
 }
 
 /// A legacy client: its frames in, and the apps' RFC 6455 frames translated on the way out.
@@ -192,8 +206,13 @@ impl Ws {
             translator: hixie::Translator::default(),
             scratch: OutQueue::default(),
         });
-        let rare = (pmd.is_some() || legacy.is_some()).then(|| Box::new(Rare { failing: None, pmd, legacy }));
+        let rare =
+            (pmd.is_some() || legacy.is_some()).then(|| Box::new(Rare { failing: None, pmd, legacy, inflating: None }));
         Ws { session, app, rare }
+    }
+
+    fn is_inflating(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.inflating.is_some())
     }
 
     fn legacy(&self) -> Option<Draft> {
@@ -504,6 +523,10 @@ impl Connection {
             // Input left over by backpressure goes first, before more is read.
             if self.has_unprocessed_input() && self.wants_input() {
                 self.process_input(cx);
+                if self.is_inflating() && self.wants_input() {
+                    // This drive's inflating budget is spent: the rest next turn.
+                    return Progress::Busy;
+                }
             }
             if !(self.readable && self.wants_input()) {
                 break;
@@ -955,7 +978,12 @@ impl Connection {
     fn has_unprocessed_input(&self) -> bool {
         // Bytes left because processing was held back; bytes left because a frame is
         // incomplete wait for a read.
-        self.input_held && self.rend > self.rstart && matches!(self.phase, Phase::Connected)
+        let held = self.input_held && self.rend > self.rstart;
+        matches!(self.phase, Phase::Connected) && (held || self.is_inflating())
+    }
+
+    fn is_inflating(&self) -> bool {
+        self.ws.as_ref().is_some_and(Ws::is_inflating)
     }
 
     /// One read; processes what arrived. Returns the bytes read.
@@ -1208,6 +1236,9 @@ impl Connection {
     // ---- input ----
 
     fn process_input(&mut self, cx: &mut Ctx<'_>) {
+        if matches!(self.phase, Phase::Connected) && !self.resume_inflate(cx) {
+            return;
+        }
         let Some(mut buf) = self.rbuf.take() else { return };
         loop {
             match self.phase {
@@ -1242,6 +1273,9 @@ impl Connection {
             ProtocolError(u16, &'static str),
             Ended(End),
             App(AppClose),
+            /// A compressed message too large to inflate in this drive: it goes on in steps
+            /// (its input, the input used, the output so far).
+            Inflate(MessageKind, Vec<u8>, usize, Vec<u8>),
         }
         let high = self.limits.backpressure_high;
         let mut pos = self.rstart;
@@ -1277,6 +1311,7 @@ impl Connection {
                 continue;
             };
             let mut large = None;
+            let mut deferred = None;
             match event {
                 Received::Message(kind, payload) => {
                     acx.traffic.msgs_in += 1;
@@ -1290,8 +1325,9 @@ impl Connection {
                 Received::Compressed(kind, payload) => {
                     let mut inflated = Vec::new();
                     let max = self.limits.max_message_size;
+                    let budget = INFLATE_BUDGET.saturating_sub(acx.fanout.saturating_mul(INFLATE_UNIT)).max(CHUNK);
                     let result = match acx.pmd.as_deref_mut() {
-                        Some(pmd) => pmd.inflate(acx.codecs, payload, max, &mut inflated),
+                        Some(pmd) => pmd.inflate_within(acx.codecs, payload, max, &mut inflated, budget),
                         None => Err(InflateFail::Invalid),
                     };
                     match result {
@@ -1299,18 +1335,21 @@ impl Connection {
                             break Stop::ProtocolError(1009, "message too big once inflated");
                         }
                         Err(InflateFail::Invalid) => break Stop::ProtocolError(1007, "invalid compressed data"),
-                        Ok(()) => {}
+                        Ok(Some(used)) => {
+                            // Inflating shares the drive's work budget with fan-out.
+                            *acx.fanout += inflated.len() / INFLATE_UNIT;
+                            deferred = Some((kind, payload.len(), used, inflated));
+                        }
+                        Ok(None) => {
+                            if kind == MessageKind::Text && crate::ws::utf8::validate(&inflated).is_err() {
+                                break Stop::ProtocolError(1007, "invalid UTF-8 in a text message");
+                            }
+                            acx.traffic.msgs_in += 1;
+                            acx.traffic.bytes_in += inflated.len() as u64;
+                            *acx.fanout += inflated.len() / INFLATE_UNIT;
+                            ws.app.on_message(&mut acx, kind, Payload::Owned(inflated));
+                        }
                     }
-                    if kind == MessageKind::Text && crate::ws::utf8::validate(&inflated).is_err() {
-                        break Stop::ProtocolError(1007, "invalid UTF-8 in a text message");
-                    }
-                    acx.traffic.msgs_in += 1;
-                    acx.traffic.bytes_in += inflated.len() as u64;
-                    // Inflating shares the drive's work budget with fan-out (16 bytes a unit:
-                    // 4 MiB inflated per drive), so a client sending bombs near the limit
-                    // yields to the others between messages.
-                    *acx.fanout += inflated.len() >> 4;
-                    ws.app.on_message(&mut acx, kind, Payload::Owned(inflated));
                 }
                 Received::Ping(payload) => acx.out.push_control(Opcode::Pong, payload),
                 Received::Pong(_) => {}
@@ -1322,6 +1361,11 @@ impl Connection {
                     break Stop::Ended(End::Closed { code: frame.code, reason });
                 }
                 Received::CloseAnswered(code) => break Stop::Ended(End::Closed { code, reason: String::new() }),
+            }
+            if let Some((kind, len, used, inflated)) = deferred {
+                // Taken from the decoder's own buffer, or copied out of the read buffer.
+                let input = ws.session.take_assembled().unwrap_or_else(|| buf[pos - len..pos].to_vec());
+                break Stop::Inflate(kind, input, used, inflated);
             }
             if let Some((kind, len)) = large {
                 // A large message goes to the app without a copy: the decoder's own buffer if
@@ -1338,9 +1382,16 @@ impl Connection {
         };
         self.rstart = pos;
         // After the app closes, what follows (the peer's answer, perhaps) is read on.
-        self.input_held = matches!(stop, Stop::Held | Stop::App(_));
+        self.input_held = matches!(stop, Stop::Held | Stop::App(_) | Stop::Inflate(..));
         match stop {
             Stop::Held | Stop::NeedMore => {}
+            Stop::Inflate(kind, input, used, inflated) => {
+                if let Some(rare) = ws.rare.as_deref_mut() {
+                    if let Some(pmd) = &rare.pmd {
+                        rare.inflating = Some(Box::new(Inflating { kind, job: pmd.resume(input, used, inflated) }));
+                    }
+                }
+            }
             Stop::ProtocolError(code, reason) => self.protocol_error(cx, code, reason),
             Stop::Ended(end) => self.close(cx.now, cx.pools, end),
             Stop::App(why) => self.app_closed(cx, why),
@@ -1349,6 +1400,59 @@ impl Connection {
 }
 
 impl Connection {
+    /// Goes on with a large compressed message, for at most what is left of this drive's
+    /// budget (at least a chunk); then hands it to the app. Returns whether input may be
+    /// processed further now (no message in progress, or it just went to the app).
+    fn resume_inflate(&mut self, cx: &mut Ctx<'_>) -> bool {
+        let max = self.limits.max_message_size;
+        let Some(ws) = self.ws.as_mut() else { return true };
+        let closing = ws.session.is_closing();
+        let Some(rare) = ws.rare.as_deref_mut() else { return true };
+        let Some(mut inflating) = rare.inflating.take() else { return true };
+        let Some(pmd) = rare.pmd.as_mut() else { return true };
+        if closing {
+            // Only the peer's close frame matters now.
+            return true;
+        }
+        let before = inflating.job.out.len();
+        let budget = INFLATE_BUDGET.saturating_sub(cx.fanout.saturating_mul(INFLATE_UNIT)).max(CHUNK);
+        let result = pmd.inflate_step(&mut inflating.job, max, budget);
+        cx.fanout += (inflating.job.out.len() - before) / INFLATE_UNIT;
+        match result {
+            Ok(false) => {
+                rare.inflating = Some(inflating);
+                false
+            }
+            Err(InflateFail::TooBig) => {
+                self.protocol_error(cx, close::MESSAGE_TOO_BIG, "message too big once inflated");
+                false
+            }
+            Err(InflateFail::Invalid) => {
+                self.protocol_error(cx, close::INVALID_PAYLOAD, "invalid compressed data");
+                false
+            }
+            Ok(true) => {
+                let Inflating { kind, job } = *inflating;
+                let message = job.out;
+                if kind == MessageKind::Text && crate::ws::utf8::validate(&message).is_err() {
+                    self.protocol_error(cx, close::INVALID_PAYLOAD, "invalid UTF-8 in a text message");
+                    return false;
+                }
+                self.log.traffic.msgs_in += 1;
+                self.log.traffic.bytes_in += message.len() as u64;
+                let hold = self.with_app(cx, |app, acx| {
+                    app.on_message(acx, kind, Payload::Owned(message));
+                    acx.hold
+                });
+                if hold == Some(true) {
+                    self.input_held = true;
+                    return false;
+                }
+                matches!(self.phase, Phase::Connected)
+            }
+        }
+    }
+
     /// A legacy client's frames: text messages to the app, its close answered. Errors close
     /// the connection as RFC 6455's would (the code goes to the log and the app).
     fn process_legacy_frames(&mut self, buf: &[u8], cx: &mut Ctx<'_>) {

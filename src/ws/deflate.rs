@@ -100,9 +100,26 @@ impl Inflater {
     /// Inflates one frame's payload of a compressed message, appending to `out`; `last`: the
     /// message's final frame (the tail is added). Fails as soon as `out` would pass `max`.
     pub fn inflate(&mut self, input: &[u8], last: bool, max: usize, out: &mut Vec<u8>) -> Result<(), InflateFail> {
-        self.feed(input, max, out)?;
+        self.feed(input, max, out, usize::MAX)?;
+        self.finish_if(last, max, out)
+    }
+
+    /// Inflates from `input` until it is used up or about `budget` more bytes came out (at
+    /// least one step); returns the input bytes used. The message goes on with more calls,
+    /// then [`Inflater::inflate`] with no input and `last`.
+    pub fn inflate_some(
+        &mut self,
+        input: &[u8],
+        max: usize,
+        out: &mut Vec<u8>,
+        budget: usize,
+    ) -> Result<usize, InflateFail> {
+        self.feed(input, max, out, budget)
+    }
+
+    fn finish_if(&mut self, last: bool, max: usize, out: &mut Vec<u8>) -> Result<(), InflateFail> {
         if last {
-            self.feed(&TAIL, max, out)?;
+            self.feed(&TAIL, max, out, usize::MAX)?;
             if std::mem::take(&mut self.ended) {
                 self.z.reset(false);
             }
@@ -117,18 +134,30 @@ impl Inflater {
         self.ended = false;
     }
 
-    fn feed(&mut self, mut input: &[u8], max: usize, out: &mut Vec<u8>) -> Result<(), InflateFail> {
+    /// Inflates `input` (stopping once `budget` bytes came out); the input bytes used.
+    fn feed(&mut self, mut input: &[u8], max: usize, out: &mut Vec<u8>, budget: usize) -> Result<usize, InflateFail> {
+        let total = input.len();
+        let start = out.len();
         // Room for a few times the input first (chatty messages are small), then doubling, at
         // most a chunk per step: zeroing a chunk for a 200-byte message would cost more than
         // inflating it.
         let mut step = (input.len() * 4).clamp(256, CHUNK);
         while !self.ended {
+            if out.len() - start >= budget {
+                return Ok(total - input.len());
+            }
             let room = max.saturating_add(1).saturating_sub(out.len()).min(step);
             step = (step * 2).min(CHUNK);
             if room == 0 {
                 return Err(InflateFail::TooBig);
             }
             let at = out.len();
+            if out.capacity() < at + room {
+                // Doubling, but never past the limit: a bomb stopped at `max` has not made the
+                // server allocate twice that.
+                let grown = (out.capacity() * 2).max(at + room).min(max.saturating_add(1));
+                out.reserve_exact(grown - at);
+            }
             out.resize(at + room, 0);
             let (in_before, out_before) = (self.z.total_in(), self.z.total_out());
             let status = self.z.decompress(input, &mut out[at..], InflateFlush::SyncFlush);
@@ -145,13 +174,29 @@ impl Inflater {
                 Ok(_) if made < room && (input.is_empty() || used == 0) => {
                     // All input taken with room to spare; input left that zlib will not take
                     // with room to spare is not DEFLATE.
-                    return if input.is_empty() { Ok(()) } else { Err(InflateFail::Invalid) };
+                    return if input.is_empty() { Ok(total) } else { Err(InflateFail::Invalid) };
                 }
                 Ok(_) => {}
             }
         }
-        Ok(())
+        // Past the final block, what follows is ignored (as zlib does).
+        Ok(total)
     }
+}
+
+/// Messages larger than this are sent uncompressed (a server may leave any message
+/// uncompressed, RFC 7692 §6): compressing one takes a single call, and at level 1 a
+/// megabyte is a few milliseconds of the loop, the most one client's message should cost
+/// the others. Inflating is not capped this way: it goes on over several drives instead.
+pub const COMPRESS_MAX: usize = 1 << 20;
+
+/// A compressed message being inflated across drives: its input, what came out so far, and
+/// (without context takeover) an inflater of its own.
+pub struct InflateJob {
+    input: Vec<u8>,
+    used: usize,
+    pub out: Vec<u8>,
+    own: Option<Box<Inflater>>,
 }
 
 /// A connection's permessage-deflate: what was agreed, and the codecs it owns when it keeps
@@ -199,31 +244,81 @@ impl PerMessage {
         PerMessage { agreed, threshold, level, mem_level, inflater: None, deflater: None }
     }
 
-    /// Inflates a whole compressed message into `out`, at most `max` bytes.
-    pub fn inflate(
+    /// Inflates a compressed message into `out` (at most `max` bytes) if it takes no more
+    /// than about `budget`: `Ok(None)`. Otherwise `Ok(Some(used))`: the message goes on in
+    /// a job ([`PerMessage::resume`]) from input byte `used`. With context takeover that is
+    /// where this step stopped (`out` holds what came of it); without, the worker's inflater
+    /// must serve others meanwhile, so the job starts over with one of its own (`used` is 0,
+    /// `out` emptied): at most one budget of work is done twice, for large messages only.
+    pub fn inflate_within(
         &mut self,
         shared: &mut SharedCodecs,
         payload: &[u8],
         max: usize,
         out: &mut Vec<u8>,
-    ) -> Result<(), InflateFail> {
-        if self.agreed.client_no_context_takeover {
-            let inflater = shared.inflater.get_or_insert_with(Inflater::new);
-            let result = inflater.inflate(payload, true, max, out);
-            inflater.reset();
-            return result;
+        budget: usize,
+    ) -> Result<Option<usize>, InflateFail> {
+        let own = !self.agreed.client_no_context_takeover;
+        let inflater: &mut Inflater = if own {
+            self.inflater.get_or_insert_with(|| Box::new(Inflater::new()))
+        } else {
+            shared.inflater.get_or_insert_with(Inflater::new)
+        };
+        let result = inflater.inflate_some(payload, max, out, budget).and_then(|used| {
+            if used < payload.len() {
+                return Ok(Some(used));
+            }
+            inflater.inflate(&[], true, max, out).map(|()| None)
+        });
+        match result {
+            Ok(Some(_)) if !own => {
+                inflater.reset();
+                out.clear();
+                Ok(Some(0))
+            }
+            Ok(None) if !own => {
+                inflater.reset();
+                Ok(None)
+            }
+            Err(e) => {
+                inflater.reset();
+                Err(e)
+            }
+            ok => ok,
         }
-        let inflater = self.inflater.get_or_insert_with(|| Box::new(Inflater::new()));
-        let result = inflater.inflate(payload, true, max, out);
+    }
+
+    /// The job that goes on with a message [`PerMessage::inflate_within`] did not finish:
+    /// the whole compressed `input`, the bytes of it `used`, and what came out so far.
+    pub fn resume(&self, input: Vec<u8>, used: usize, out: Vec<u8>) -> InflateJob {
+        let own = self.agreed.client_no_context_takeover.then(|| Box::new(Inflater::new()));
+        InflateJob { input, used, out, own }
+    }
+
+    /// Inflates more of `job`, about `budget` bytes at most; `Ok(true)` once it is whole
+    /// (in `job.out`).
+    pub fn inflate_step(&mut self, job: &mut InflateJob, max: usize, budget: usize) -> Result<bool, InflateFail> {
+        let inflater: &mut Inflater = match &mut job.own {
+            Some(own) => own,
+            None => self.inflater.get_or_insert_with(|| Box::new(Inflater::new())),
+        };
+        let result = inflater.inflate_some(&job.input[job.used..], max, &mut job.out, budget).and_then(|used| {
+            job.used += used;
+            if job.used < job.input.len() {
+                return Ok(false);
+            }
+            inflater.inflate(&[], true, max, &mut job.out).map(|()| true)
+        });
         if result.is_err() {
             inflater.reset();
         }
         result
     }
 
-    /// The message compressed, or `None` when it is under the threshold (sent as is).
+    /// The message compressed, or `None` when it is under the threshold or over
+    /// [`COMPRESS_MAX`] (sent as is).
     pub fn compress(&mut self, shared: &mut SharedCodecs, payload: &[u8]) -> Option<Vec<u8>> {
-        if payload.len() < self.threshold {
+        if !self.wants(payload.len()) {
             return None;
         }
         let mut out = Vec::with_capacity(payload.len() / 2 + 16);
@@ -245,7 +340,7 @@ impl PerMessage {
 
     /// Whether this connection takes a message of `len` bytes compressed.
     pub fn wants(&self, len: usize) -> bool {
-        len >= self.threshold
+        (self.threshold..=COMPRESS_MAX).contains(&len)
     }
 
     /// Whether this connection keeps context (and so may hold codecs of its own).
@@ -306,6 +401,52 @@ mod tests {
     }
 
     #[test]
+    fn a_large_message_inflates_in_steps_to_the_same_bytes() {
+        use crate::ws::extensions::{negotiate, Compression};
+        let text: Vec<u8> = (0..400_000u32).flat_map(|n| format!("{{\"n\":{}}}", n % 977).into_bytes()).collect();
+        let mut z = Vec::new();
+        Deflater::new(15, 8, 6, false).compress(&text, &mut z);
+        let offers: [&[u8]; 1] = [b"permessage-deflate"];
+        for mode in [Compression::Shared, Compression::Dedicated { window_bits: 15, mem_level: 8 }] {
+            let agreed = negotiate(offers.iter().copied(), mode).unwrap();
+            let mut pmd = PerMessage::new(agreed, 64, 1, 8);
+            let mut shared = SharedCodecs::default();
+            for round in 0..2 {
+                let mut out = Vec::new();
+                let used = pmd.inflate_within(&mut shared, &z, usize::MAX, &mut out, 256 << 10).unwrap().unwrap();
+                let mut job = pmd.resume(z.clone(), used, out);
+                let mut steps = 1;
+                while !pmd.inflate_step(&mut job, usize::MAX, 256 << 10).unwrap() {
+                    steps += 1;
+                    // Each step stops near its budget.
+                    assert!(job.out.len() <= (steps * (256 << 10)) + CHUNK, "{} after {steps}", job.out.len());
+                }
+                assert!(steps >= text.len() / (256 << 10) - 1, "{steps} steps for {} bytes", text.len());
+                assert!(job.out == text, "round {round} ({mode:?})");
+                // Small messages are whole in one go, and the worker's inflater is left clean.
+                let mut small = Vec::new();
+                Deflater::new(15, 8, 6, false).compress(&text[..3000], &mut small);
+                let mut out = Vec::new();
+                assert_eq!(pmd.inflate_within(&mut shared, &small, usize::MAX, &mut out, 256 << 10), Ok(None));
+                assert!(out == text[..3000]);
+            }
+            // A bomb fails at the limit, in whichever step.
+            let zeros = vec![0u8; 4 << 20];
+            let mut bomb = Vec::new();
+            Deflater::new(15, 8, 9, false).compress(&zeros, &mut bomb);
+            let mut job = pmd.resume(bomb, 0, Vec::new());
+            let result = loop {
+                match pmd.inflate_step(&mut job, 1 << 20, 128 << 10) {
+                    Ok(false) => continue,
+                    other => break other,
+                }
+            };
+            assert_eq!(result, Err(InflateFail::TooBig));
+            assert!(job.out.capacity() <= (1 << 20) + 1, "{}", job.out.capacity());
+        }
+    }
+
+    #[test]
     fn a_bomb_stops_at_the_limit() {
         let zeros = vec![0u8; 1 << 20];
         let mut z = Vec::new();
@@ -313,7 +454,7 @@ mod tests {
         assert!(z.len() < 2000, "{}", z.len());
         let mut out = Vec::new();
         assert_eq!(Inflater::new().inflate(&z, true, 100_000, &mut out), Err(InflateFail::TooBig));
-        assert!(out.capacity() <= 100_001 + CHUNK, "{}", out.capacity());
+        assert!(out.capacity() <= 100_001, "{}", out.capacity());
         // The same message split into many small frames, counted across them.
         let mut i = Inflater::new();
         let mut out = Vec::new();
