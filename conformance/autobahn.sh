@@ -3,7 +3,7 @@
 # are permessage-deflate) against wsgate's /echo with compression = "shared", over ws://, over
 # wss:// (a self-signed certificate made by examples/gen-cert.rs), and over ws:// through a
 # framed UNIX backend (examples/backend-echo.rs: every frame crosses the backend link and comes
-# back; the gateway inflates what the client compressed, the backend's answers go plain). The
+# back; the gateway inflates what the client compressed and compresses the backend's answers). The
 # three agents run side by side (wstest is one Python process each). Fails unless every case
 # is OK, but for what conformance/autobahn-check.py lists as expected (and says why).
 # usage: conformance/autobahn.sh [ws|wss|backend|all]      (default all)

@@ -131,6 +131,32 @@ impl OutQueue {
         }
     }
 
+    /// Queues `frames` (whole server frames an app queued itself: a backend's), compressing
+    /// each unfragmented data message the connection wants compressed; fragments, control
+    /// frames and messages already compressed go as they are (RFC 7692 §6: any message may
+    /// go uncompressed, and one that does leaves the compression context untouched).
+    pub fn push_frames_compressing(
+        &mut self,
+        pools: &mut Pools,
+        frames: &[u8],
+        pmd: &mut crate::ws::deflate::PerMessage,
+        codecs: &mut crate::ws::deflate::SharedCodecs,
+    ) {
+        let limits =
+            crate::ws::frame::FrameLimits { allowed_rsv: RSV1, ..crate::ws::frame::FrameLimits::client(u64::MAX) };
+        let mut rest = frames;
+        while let Ok(Some((header, n))) = crate::ws::frame::parse_header(rest, &limits) {
+            let Some(frame) = rest.get(..n + header.payload_len) else { break };
+            rest = &rest[frame.len()..];
+            let whole_data = header.fin && header.rsv == 0 && matches!(header.opcode, Opcode::Text | Opcode::Binary);
+            match whole_data.then(|| pmd.compress(codecs, &frame[n..])).flatten() {
+                Some(compressed) => self.push_compressed_frame(pools, header.opcode, compressed),
+                None => self.push_parts(pools, &[frame]),
+            }
+        }
+        debug_assert!(rest.is_empty(), "apps queue whole frames");
+    }
+
     /// Queues a frame encoded once for many receivers.
     pub fn push_shared_frame(&mut self, pools: &mut Pools, frame: &SharedFrame) {
         if frame.len() <= SHARED_COPY_MAX {

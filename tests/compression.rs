@@ -303,3 +303,82 @@ fn large_messages_inflate_over_several_drives() {
     raw.send(0x81, b"still here");
     assert_eq!(raw.recv().unwrap().payload, b"still here");
 }
+
+/// What a backend sends is compressed too: each whole message over the threshold, on shared
+/// and dedicated routes; a message the backend sends in fragments goes uncompressed (the
+/// compression context untouched), and splice is off when compression is negotiated.
+#[test]
+fn backend_replies_are_compressed() {
+    let dir = std::env::temp_dir().join(format!("wsgate-zbackend-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/backends/echo_backend.py");
+    let mut backends = Vec::new();
+    for mode in ["framed", "lines"] {
+        let socket = dir.join(mode);
+        let mut child = std::process::Command::new("python3")
+            .args([script, socket.to_str().unwrap(), mode])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut ready = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut ready).unwrap();
+        backends.push(child);
+    }
+    let mut config = String::new();
+    for (path, mode, compression) in
+        [("/fs", "framed", "shared"), ("/fd", "framed", "dedicated"), ("/ls", "lines", "shared")]
+    {
+        config += &format!(
+            "[[route]]\npath = \"{path}\"\nbackend = \"unix:{}\"\nframing = \"{mode}\"\ncompression = \"{compression}\"\n",
+            dir.join(mode).display()
+        );
+    }
+    let args: &[&str] = if wsgate::sys::privileges::is_root() { &["-u", "nobody"] } else { &[] };
+    let server = Server::with_config(&config, args);
+    let json: Vec<u8> = (0..300).flat_map(|n| format!("{{\"id\":{n},\"name\":\"item\"}},").into_bytes()).collect();
+    for path in ["/fs", "/fd", "/ls"] {
+        let (mut raw, answer) = Raw::connect_offering(server.addr, path, "permessage-deflate");
+        assert!(answer.is_some(), "{path}");
+        let mut context = Inflater::new();
+        for round in 0..3 {
+            let mut msg = json.clone();
+            msg.extend(format!("round {round}").bytes());
+            raw.send(0xC1, &compress(&msg));
+            let frame = raw.recv().unwrap();
+            assert!(frame.compressed && frame.fin, "{path}: the backend's reply went uncompressed");
+            assert!(frame.payload.len() < msg.len() / 3, "{path}: {} of {}", frame.payload.len(), msg.len());
+            let mut out = Vec::new();
+            context.inflate(&frame.payload, true, usize::MAX, &mut out).unwrap();
+            if path != "/fd" {
+                context.reset();
+            }
+            // Lines backends answer line by line: the message and its newline come back.
+            assert_eq!(out.strip_suffix(b"\n").unwrap_or(&out), &msg[..], "{path}");
+        }
+        // Short replies stay plain.
+        raw.send(0x81, b"hi");
+        let frame = raw.recv().unwrap();
+        assert!(!frame.compressed, "{path}");
+        if path == "/fd" {
+            // Fragments go as they are; the next whole message is compressed with the context intact.
+            raw.send(0x81, b"split");
+            let parts: Vec<Frame> = (0..3).map(|_| raw.recv().unwrap()).collect();
+            assert!(parts.iter().all(|f| !f.compressed), "{parts:?}");
+            assert_eq!(parts.iter().flat_map(|f| f.payload.clone()).collect::<Vec<u8>>(), b"abcdefghi");
+            raw.send(0xC1, &compress(&json));
+            let frame = raw.recv().unwrap();
+            assert!(frame.compressed);
+            let mut out = Vec::new();
+            context.inflate(&frame.payload, true, usize::MAX, &mut out).unwrap();
+            assert_eq!(out, json);
+        }
+    }
+    for mut b in backends {
+        let _ = b.kill();
+        let _ = b.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

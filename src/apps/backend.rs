@@ -154,6 +154,10 @@ impl Backend {
 }
 
 impl App for Backend {
+    fn queues_frames(&self) -> bool {
+        true
+    }
+
     fn on_open(&mut self, cx: &mut AppCtx<'_>) {
         self.registered = true;
         cx.watch(self.link.sock.as_raw_fd(), mio::Interest::READABLE, true);

@@ -292,4 +292,10 @@ pub trait App {
     fn token(&self) -> Option<&str> {
         None
     }
+
+    /// The app queues whole frames itself (a backend's codec), not through [`AppCtx::send`]:
+    /// with permessage-deflate, the connection compresses them after the call.
+    fn queues_frames(&self) -> bool {
+        false
+    }
 }

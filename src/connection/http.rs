@@ -371,9 +371,11 @@ impl Connection {
             subprotocol,
             headers: req.headers,
         };
-        // Spliced bytes would pass the legacy translation.
+        // Spliced bytes would pass the legacy translation and the compression of what the
+        // backend sends.
         let splice = spec.splice
             && opening.draft().is_none()
+            && deflate.is_none()
             && spec.framing == Framing::Raw
             && spec.message_kind == MessageKind::Binary
             && !self.transport.is_tls();

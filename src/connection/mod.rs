@@ -181,6 +181,11 @@ struct Rare {
     legacy: Option<Legacy>,
     /// A large compressed message being inflated over several drives.
     inflating: Option<Box<Inflating>>,
+    /// What the app queues during one call when it must be recoded after it: translated for
+    /// a legacy client, or compressed when the app queues frames itself (a backend).
+    scratch: OutQueue,
+    /// permessage-deflate, and an app that queues frames itself.
+    compress_app_frames: bool,
 }
 
 /// A compressed message too large to inflate in one drive: its kind, and the work so far.
@@ -194,8 +199,6 @@ struct Legacy {
     draft: Draft,
     decoder: hixie::Decoder,
     translator: hixie::Translator,
-    /// What the app queues during one call, translated into the connection's queue after it.
-    scratch: OutQueue,
 }
 
 impl Ws {
@@ -204,10 +207,10 @@ impl Ws {
             draft,
             decoder: hixie::Decoder::default(),
             translator: hixie::Translator::default(),
-            scratch: OutQueue::default(),
         });
-        let rare =
-            (pmd.is_some() || legacy.is_some()).then(|| Box::new(Rare { failing: None, pmd, legacy, inflating: None }));
+        let compress_app_frames = pmd.is_some() && app.queues_frames();
+        let rare = (pmd.is_some() || legacy.is_some())
+            .then(|| Box::new(Rare { pmd, legacy, compress_app_frames, ..Rare::default() }));
         Ws { session, app, rare }
     }
 
@@ -230,17 +233,16 @@ impl Ws {
         }
     }
 
-    /// The app's queue and permessage-deflate for one call: a legacy client's app writes
-    /// into its scratch queue (translated after the call).
+    /// The app's queue and permessage-deflate for one call: the scratch queue when what the
+    /// app queues is recoded after the call (see [`Rare::scratch`]).
     fn app_parts<'w>(
         &'w mut self,
         out: &'w mut OutQueue,
     ) -> (&'w mut Box<dyn App>, &'w mut OutQueue, Option<&'w mut PerMessage>) {
-        match self.rare.as_deref_mut() {
-            Some(Rare { pmd, legacy: Some(legacy), .. }) => (&mut self.app, &mut legacy.scratch, pmd.as_mut()),
-            Some(Rare { pmd, .. }) => (&mut self.app, out, pmd.as_mut()),
-            None => (&mut self.app, out, None),
-        }
+        let Some(rare) = self.rare.as_deref_mut() else { return (&mut self.app, out, None) };
+        let recode = rare.legacy.is_some() || rare.compress_app_frames;
+        let Rare { pmd, scratch, .. } = rare;
+        (&mut self.app, if recode { scratch } else { out }, pmd.as_mut())
     }
 
     fn failing(&self) -> Option<&(u16, &'static str, Instant)> {
@@ -880,27 +882,34 @@ impl Connection {
         let (app, out, pmd) = ws.app_parts(&mut self.out);
         let mut acx = app_ctx(cx, who, out, &mut self.log.traffic, high, &mut close, pmd);
         let r = f(app.as_mut(), &mut acx);
-        self.translate_legacy(cx);
+        self.recode_app_output(cx);
         if let Some(why) = close {
             self.app_closed(cx, why);
         }
         Some(r)
     }
 
-    /// A legacy client's app wrote RFC 6455 frames into the scratch queue: they go out as
-    /// legacy frames.
-    fn translate_legacy(&mut self, cx: &mut Ctx<'_>) {
+    /// What the app queued in the scratch queue goes out: as legacy frames for a legacy
+    /// client, or with its whole messages compressed (an app that queues frames itself, on a
+    /// connection with permessage-deflate).
+    fn recode_app_output(&mut self, cx: &mut Ctx<'_>) {
         let max = self.limits.max_message_size;
-        let Some(legacy) = self.ws.as_mut().and_then(Ws::legacy_mut) else { return };
-        if legacy.scratch.is_empty() {
+        let Some(rare) = self.ws.as_mut().and_then(|ws| ws.rare.as_deref_mut()) else { return };
+        if rare.scratch.is_empty() {
             return;
         }
-        let frames = legacy.scratch.to_vec();
-        legacy.scratch.release(cx.pools);
-        let mut text = Vec::with_capacity(frames.len());
-        let done = legacy.translator.translate(&frames, max, &mut text);
-        self.out.push_bytes(cx.pools, &text);
-        cx.metrics.legacy_dropped += done.dropped as u64;
+        let frames = rare.scratch.to_vec();
+        rare.scratch.release(cx.pools);
+        if let Some(legacy) = &mut rare.legacy {
+            let mut text = Vec::with_capacity(frames.len());
+            let done = legacy.translator.translate(&frames, max, &mut text);
+            self.out.push_bytes(cx.pools, &text);
+            cx.metrics.legacy_dropped += done.dropped as u64;
+        } else if let Some(pmd) = &mut rare.pmd {
+            self.out.push_frames_compressing(cx.pools, &frames, pmd, cx.codecs);
+        } else {
+            self.out.push_bytes(cx.pools, &frames);
+        }
     }
 
     fn app_closed(&mut self, cx: &mut Ctx<'_>, why: AppClose) {
