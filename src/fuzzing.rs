@@ -489,7 +489,7 @@ mod tests {
     fn committed_corpus_replays_clean() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
         type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 10] = [
+        let targets: [Target; 11] = [
             ("frame_header", super::frame_header),
             ("handshake", super::handshake),
             ("message_assembly", super::message_assembly),
@@ -500,6 +500,7 @@ mod tests {
             ("cluster_message", super::cluster_message),
             ("extension_offer", super::extension_offer),
             ("inflate", super::inflate),
+            ("hixie", super::hixie),
         ];
         let mut replayed = 0;
         for (name, run) in targets {
