@@ -1,5 +1,5 @@
 //! Hot paths of the protocol core: frame-header parsing, unmasking, UTF-8 validation,
-//! message decoding, and the opening handshake.
+//! message decoding, the opening handshake, and the legacy (hixie) frames both ways.
 
 use std::hint::black_box;
 
@@ -119,5 +119,44 @@ Sec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Version: 13\r\nUser-Age
     g.finish();
 }
 
-criterion_group!(benches, frame_header, unmask_sizes, utf8, decode, handshake);
+/// A legacy client's 1 KiB text frames decoded, and the apps' frames translated for it.
+fn hixie(c: &mut Criterion) {
+    use wsgate::ws::hixie::{encode_text, Decoder as HixieDecoder, Frame, Translator};
+    let text: Vec<u8> = b"{\"id\":1234,\"name\":\"item\",\"ok\":true},".iter().copied().cycle().take(1024).collect();
+    let mut wire = Vec::new();
+    for _ in 0..64 {
+        encode_text(&mut wire, &text);
+    }
+    let mut rfc = Vec::new();
+    for _ in 0..64 {
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut head, true, Opcode::Text, text.len(), None);
+        rfc.extend_from_slice(&head[..n]);
+        rfc.extend_from_slice(&text);
+    }
+    let mut g = c.benchmark_group("hixie");
+    g.throughput(Throughput::Bytes(wire.len() as u64));
+    g.bench_function("decode_64x1KiB", |b| {
+        let mut d = HixieDecoder::default();
+        b.iter(|| {
+            let mut pos = 0;
+            while let Ok((Some(Frame::Text(t)), used)) = d.decode(black_box(&wire[pos..]), 1 << 20) {
+                black_box(t);
+                pos += used;
+            }
+            pos
+        })
+    });
+    g.bench_function("translate_64x1KiB", |b| {
+        let mut t = Translator::default();
+        let mut out = Vec::with_capacity(wire.len());
+        b.iter(|| {
+            out.clear();
+            t.translate(black_box(&rfc), 1 << 20, &mut out)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, frame_header, unmask_sizes, utf8, decode, handshake, hixie);
 criterion_main!(benches);
