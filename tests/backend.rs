@@ -2,9 +2,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -41,15 +41,7 @@ impl SockDir {
     fn backend(&self, name: &str, mode: &str) -> Backend {
         let socket = self.0.join(name);
         let log = self.0.join(format!("{name}.log"));
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/backends/echo_backend.py");
-        let mut child = Command::new("python3")
-            .args([script, socket.to_str().unwrap(), mode, log.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut ready = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
-        assert_eq!(ready.trim(), "ready");
+        let child = spawn_py_backend(&socket, mode, &log);
         Backend { child, socket, log }
     }
 }

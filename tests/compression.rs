@@ -309,23 +309,9 @@ fn large_messages_inflate_over_several_drives() {
 /// compression context untouched), and splice is off when compression is negotiated.
 #[test]
 fn backend_replies_are_compressed() {
-    let dir = std::env::temp_dir().join(format!("wsgate-zbackend-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/backends/echo_backend.py");
-    let mut backends = Vec::new();
+    let mut backends = PyBackends::new("zbackend");
     for mode in ["framed", "lines"] {
-        let socket = dir.join(mode);
-        let mut child = std::process::Command::new("python3")
-            .args([script, socket.to_str().unwrap(), mode])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut ready = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut ready).unwrap();
-        backends.push(child);
+        backends.start(mode, mode);
     }
     let mut config = String::new();
     for (path, mode, compression) in
@@ -333,11 +319,10 @@ fn backend_replies_are_compressed() {
     {
         config += &format!(
             "[[route]]\npath = \"{path}\"\nbackend = \"unix:{}\"\nframing = \"{mode}\"\ncompression = \"{compression}\"\n",
-            dir.join(mode).display()
+            backends.dir.join(mode).display()
         );
     }
-    let args: &[&str] = if wsgate::sys::privileges::is_root() { &["-u", "nobody"] } else { &[] };
-    let server = Server::with_config(&config, args);
+    let server = Server::with_config(&config, backend_gateway_args());
     let json: Vec<u8> = (0..300).flat_map(|n| format!("{{\"id\":{n},\"name\":\"item\"}},").into_bytes()).collect();
     for path in ["/fs", "/fd", "/ls"] {
         let (mut raw, answer) = Raw::connect_offering(server.addr, path, "permessage-deflate");
@@ -376,9 +361,4 @@ fn backend_replies_are_compressed() {
             assert_eq!(out, json);
         }
     }
-    for mut b in backends {
-        let _ = b.kill();
-        let _ = b.wait();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
 }

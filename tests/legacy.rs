@@ -5,9 +5,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -366,27 +366,14 @@ fn hostile_frames_close_the_connection() {
 
 #[test]
 fn legacy_clients_through_a_framed_backend() {
-    let dir = std::env::temp_dir().join(format!("wsgate-legacy-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let socket = dir.join("echo.sock");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/backends/echo_backend.py");
-    let mut backend = Command::new("python3")
-        .args([script, socket.to_str().unwrap(), "framed", dir.join("log").to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut ready = String::new();
-    BufReader::new(backend.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    let mut backends = PyBackends::new("legacy");
+    let socket = backends.start("echo.sock", "framed");
     let config = format!(
         "[[route]]\npath = \"/app\"\nbackend = \"unix:{}\"\nframing = \"framed\"\nlegacy = [\"hixie-76\"]\n\
 origins = [\"http://example.com\"]\nsubprotocols = [\"chat\"]\n",
         socket.display()
     );
-    let args: &[&str] = if wsgate::sys::privileges::is_root() { &["-u", "nobody"] } else { &[] };
-    let server = Server::with_config(&config, args);
+    let server = Server::with_config(&config, backend_gateway_args());
     let mut s = tcp(server.addr);
     s.write_all(request76("/app", ORIGIN, "Sec-WebSocket-Protocol: chat\r\n").as_bytes()).unwrap();
     s.write_all(KEY3).unwrap();
@@ -404,9 +391,6 @@ origins = [\"http://example.com\"]\nsubprotocols = [\"chat\"]\n",
     // The backend closes with 4001: the legacy client gets its closing frame.
     c.send("close-me");
     assert_eq!(c.recv(), Some(In::Close));
-    let _ = backend.kill();
-    let _ = backend.wait();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

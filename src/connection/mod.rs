@@ -184,8 +184,6 @@ struct Rare {
     /// What the app queues during one call when it must be recoded after it: translated for
     /// a legacy client, or compressed when the app queues frames itself (a backend).
     scratch: OutQueue,
-    /// permessage-deflate, and an app that queues frames itself.
-    compress_app_frames: bool,
 }
 
 /// A compressed message too large to inflate in one drive: its kind, and the work so far.
@@ -208,9 +206,7 @@ impl Ws {
             decoder: hixie::Decoder::default(),
             translator: hixie::Translator::default(),
         });
-        let compress_app_frames = pmd.is_some() && app.queues_frames();
-        let rare = (pmd.is_some() || legacy.is_some())
-            .then(|| Box::new(Rare { pmd, legacy, compress_app_frames, ..Rare::default() }));
+        let rare = (pmd.is_some() || legacy.is_some()).then(|| Box::new(Rare { pmd, legacy, ..Rare::default() }));
         Ws { session, app, rare }
     }
 
@@ -240,7 +236,7 @@ impl Ws {
         out: &'w mut OutQueue,
     ) -> (&'w mut Box<dyn App>, &'w mut OutQueue, Option<&'w mut PerMessage>) {
         let Some(rare) = self.rare.as_deref_mut() else { return (&mut self.app, out, None) };
-        let recode = rare.legacy.is_some() || rare.compress_app_frames;
+        let recode = rare.legacy.is_some() || (rare.pmd.is_some() && self.app.queues_frames());
         let Rare { pmd, scratch, .. } = rare;
         (&mut self.app, if recode { scratch } else { out }, pmd.as_mut())
     }
@@ -1270,7 +1266,7 @@ impl Connection {
     }
 
     fn process_frames(&mut self, buf: &mut [u8], cx: &mut Ctx<'_>) {
-        if self.ws.as_ref().and_then(Ws::legacy).is_some() {
+        if self.is_legacy() {
             return self.process_legacy_frames(buf, cx);
         }
         /// Why the loop over frames stopped.

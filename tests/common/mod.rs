@@ -507,3 +507,63 @@ pub fn wait_metrics(server: &Server, want: &[&str]) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A socket directory with Python test backends (`tests/backends/echo_backend.py`) in it,
+/// reachable after a privilege drop; the backends are killed and the directory removed on drop.
+pub struct PyBackends {
+    pub dir: std::path::PathBuf,
+    children: Vec<Child>,
+}
+
+impl PyBackends {
+    pub fn new(tag: &str) -> PyBackends {
+        let dir = std::env::temp_dir().join(format!("wsgate-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        PyBackends { dir, children: Vec::new() }
+    }
+
+    /// Starts a backend in `mode` on socket `name`; returns the socket's path once it listens.
+    pub fn start(&mut self, name: &str, mode: &str) -> std::path::PathBuf {
+        let socket = self.dir.join(name);
+        let child = spawn_py_backend(&socket, mode, &self.dir.join(format!("{name}.log")));
+        self.children.push(child);
+        socket
+    }
+}
+
+/// Starts `tests/backends/echo_backend.py` on `socket` in `mode`, logging to `log`; returns
+/// once it listens.
+pub fn spawn_py_backend(socket: &std::path::Path, mode: &str, log: &std::path::Path) -> Child {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/backends/echo_backend.py");
+    let mut child = Command::new("python3")
+        .args([script, socket.to_str().unwrap(), mode, log.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    child
+}
+
+impl Drop for PyBackends {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Arguments a gateway with backend routes needs: as root, wsgate insists on dropping privileges.
+pub fn backend_gateway_args() -> &'static [&'static str] {
+    if wsgate::sys::privileges::is_root() {
+        &["-u", "nobody"]
+    } else {
+        &[]
+    }
+}
