@@ -949,31 +949,17 @@ impl Worker {
             .collect();
         excluded.sort_unstable();
         let mut dropped = 0;
-        // Compressed once per window size for the subscribers that negotiated
-        // permessage-deflate, when the first of them comes.
-        let mut twins: [Option<SharedFrame>; 7] = Default::default();
-        // And once in the legacy drafts' framing for the legacy clients (`None` inside: not text).
-        let mut legacy: Option<Option<SharedFrame>> = None;
-        let payload_len = crate::encode::frame_parts(frame).map_or(0, |(_, p)| p.len());
+        // Framed once per form its receivers take (compressed per window, legacy), when the
+        // first of them comes.
+        let mut forms = Forms::new(frame);
         for key in self.topics.members(id) {
             if Some(key) == exclude || (!excluded.is_empty() && excluded.binary_search(&key).is_ok()) {
                 continue;
             }
             let Some(entry) = self.conns.get_mut(key) else { continue };
-            let frame = if entry.conn.is_legacy() {
-                match legacy.get_or_insert_with(|| crate::encode::legacy_twin(frame)) {
-                    Some(twin) => &*twin,
-                    None => {
-                        self.metrics.legacy_dropped += 1;
-                        continue;
-                    }
-                }
-            } else {
-                match entry.conn.deflate_params(payload_len) {
-                    None => frame,
-                    Some((window, level)) => &*twins[usize::from(window.clamp(9, 15) - 9)]
-                        .get_or_insert_with(|| crate::encode::compressed_twin(&mut self.codecs, window, level, frame)),
-                }
+            let Some(frame) = forms.for_conn(&entry.conn, &mut self.codecs) else {
+                self.metrics.legacy_dropped += 1;
+                continue;
             };
             let delivered = entry.conn.deliver(now, &mut self.pools, frame);
             match delivered {
@@ -998,20 +984,12 @@ impl Worker {
     /// Queues `frame` for connection `key`; whether it was queued.
     fn deliver(&mut self, key: usize, frame: &SharedFrame, now: Instant) -> bool {
         let Some(entry) = self.conns.get_mut(key) else { return false };
-        let twin = if entry.conn.is_legacy() {
-            let Some(twin) = crate::encode::legacy_twin(frame) else {
-                self.metrics.legacy_dropped += 1;
-                return false;
-            };
-            Some(twin)
-        } else {
-            let payload_len = crate::encode::frame_parts(frame).map_or(0, |(_, p)| p.len());
-            entry
-                .conn
-                .deflate_params(payload_len)
-                .map(|(window, level)| crate::encode::compressed_twin(&mut self.codecs, window, level, frame))
+        let mut forms = Forms::new(frame);
+        let Some(frame) = forms.for_conn(&entry.conn, &mut self.codecs) else {
+            self.metrics.legacy_dropped += 1;
+            return false;
         };
-        let delivered = entry.conn.deliver(now, &mut self.pools, twin.as_ref().unwrap_or(frame));
+        let delivered = entry.conn.deliver(now, &mut self.pools, frame);
         match delivered {
             Delivered::Queued | Delivered::Closing => self.mark_dirty(key),
             Delivered::Dropped => self.metrics.dropped += 1,
@@ -1557,4 +1535,36 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
         keys.push("[cluster]");
     }
     keys
+}
+
+/// One published frame in each form its receivers take, made at most once each: as it is,
+/// compressed for a window (the receivers that negotiated permessage-deflate), or framed for
+/// the legacy drafts.
+struct Forms<'f> {
+    frame: &'f SharedFrame,
+    payload_len: usize,
+    compressed: [Option<SharedFrame>; 7],
+    /// `Some(None)`: the payload is not UTF-8, no legacy form.
+    legacy: Option<Option<SharedFrame>>,
+}
+
+impl<'f> Forms<'f> {
+    fn new(frame: &'f SharedFrame) -> Forms<'f> {
+        let payload_len = crate::encode::frame_parts(frame).map_or(0, |(_, p)| p.len());
+        Forms { frame, payload_len, compressed: Default::default(), legacy: None }
+    }
+
+    /// The form `conn` takes; `None` when it can take none (a legacy client, a message that is
+    /// not text).
+    fn for_conn(&mut self, conn: &Connection, codecs: &mut crate::ws::deflate::SharedCodecs) -> Option<&SharedFrame> {
+        let frame = self.frame;
+        if conn.is_legacy() {
+            return self.legacy.get_or_insert_with(|| crate::encode::legacy_twin(frame)).as_ref();
+        }
+        Some(match conn.deflate_params(self.payload_len) {
+            None => frame,
+            Some((window, level)) => self.compressed[usize::from(window.clamp(9, 15) - 9)]
+                .get_or_insert_with(|| crate::encode::compressed_twin(codecs, window, level, frame)),
+        })
+    }
 }
