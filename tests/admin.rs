@@ -283,22 +283,10 @@ fn websockets_pro_form_api() {
     assert_eq!(form("method=nonsense").0, 404);
 }
 
-/// A Python with `prometheus_client` (Debian's python3-prometheus-client, or pip's).
+/// Debian's Python with its `prometheus_client`.
 fn python_with_prometheus() -> String {
-    for python in ["python3", "/usr/bin/python3"] {
-        let ok = Command::new(python)
-            .args(["-c", "import prometheus_client"])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return python.to_string();
-        }
-    }
-    let status =
-        Command::new("python3").args(["-m", "pip", "install", "-q", "prometheus_client"]).status().expect("pip");
-    assert!(status.success(), "this test needs prometheus_client: apt-get install python3-prometheus-client");
-    "python3".to_string()
+    require(&PYTHON3_PROMETHEUS_CLIENT);
+    PYTHON.to_string()
 }
 
 /// Parses the exposition with prometheus_client's parser; returns `name{labels} value` lines.

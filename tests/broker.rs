@@ -186,7 +186,7 @@ impl HttpServer {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let child = Command::new("python3")
+        let child = Command::new(PYTHON3.executable())
             .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
             .current_dir(dir)
             .stdout(Stdio::null())

@@ -28,15 +28,6 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn redis_binary() -> &'static str {
-    for path in ["/usr/bin/redis-server", "/usr/local/bin/redis-server"] {
-        if std::path::Path::new(path).exists() {
-            return path;
-        }
-    }
-    panic!("redis-server is needed (Debian: apt-get install redis-server; .ci/run installs it)");
-}
-
 impl Redis {
     fn start() -> Redis {
         let port = free_port();
@@ -53,7 +44,7 @@ impl Redis {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(redis_binary())
+        let child = Command::new(REDIS_SERVER.executable())
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -183,10 +183,11 @@ asyncio.run(main())
 "#,
         addr = server.addr
     );
-    let out = Command::new("/usr/bin/python3").arg("-c").arg(&script).output().expect("python3 (Debian's)");
+    require(&PYTHON3_WEBSOCKETS);
+    let out = Command::new(PYTHON).arg("-c").arg(&script).output().expect("python3 (Debian's)");
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
-        "python3-websockets (Debian; .ci/run installs it): {}{}",
+        "python3-websockets: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

@@ -2,6 +2,9 @@
 //! raw client for the hostile cases (tungstenite is the independent client for the rest).
 #![allow(dead_code)]
 
+mod packages;
+pub use packages::*;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -438,24 +441,6 @@ pub fn read_text(ws: &mut tungstenite::WebSocket<tungstenite::stream::MaybeTlsSt
     }
 }
 
-/// Chromium's binary, installing Debian's package first when it is missing and we may.
-pub fn chromium_binary() -> String {
-    for name in ["chromium", "chromium-browser"] {
-        if Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().is_ok_and(|o| o.status.success()) {
-            return name.to_string();
-        }
-    }
-    assert!(wsgate::sys::privileges::is_root(), "this test needs Chromium: apt-get install chromium");
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "-q", "chromium"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdout(Stdio::null())
-        .status()
-        .expect("apt-get");
-    assert!(status.success(), "apt-get install chromium failed");
-    "chromium".to_string()
-}
-
 /// A headless Chromium with a profile of its own, killed (and its profile removed) when
 /// dropped, so a failing test leaves no browser behind.
 pub struct Browser {
@@ -467,7 +452,7 @@ impl Browser {
     /// Opens `url`; `extra`: more command-line switches; `stderr`: piped (DevTools' address).
     pub fn launch(tag: &str, url: &str, extra: &[&str], stderr: bool) -> Browser {
         let profile = std::env::temp_dir().join(format!("wsgate-chromium-{tag}-{}", std::process::id()));
-        let child = Command::new(chromium_binary())
+        let child = Command::new(CHROMIUM.executable())
             .args([
                 "--headless",
                 "--no-sandbox",
@@ -538,7 +523,7 @@ impl PyBackends {
 /// once it listens.
 pub fn spawn_py_backend(socket: &std::path::Path, mode: &str, log: &std::path::Path) -> Child {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/backends/echo_backend.py");
-    let mut child = Command::new("python3")
+    let mut child = Command::new(PYTHON3.executable())
         .args([script, socket.to_str().unwrap(), mode, log.to_str().unwrap()])
         .stdout(Stdio::piped())
         .spawn()
