@@ -3,7 +3,8 @@
 usage: python3 scripts/memory.py [--bin PATH] [--unix-echo PATH] [--n N] [--warm W] [--trim true|false|none]
                                 [--workers N] [STAGE...]
 
-Stages (default: all): head, idle, tls, tls-handshake, backend, subscription, broker, admin-body,
+Stages (default: all): head, head-trickle, idle, tls, tls-handshake, tls-partial-header,
+tls-partial-hello, backend, subscription, broker, admin-body,
 deflate-shared, deflate-dedicated, legacy, legacy-key3, leave.
 Each stage starts a fresh server (release build, pinned to core 0 when taskset exists), opens W
 connections of that kind to warm the allocator and the buffer pools, then N more; the figure is
@@ -249,6 +250,45 @@ def tls_half_open(server):
     return s
 
 
+_HELLO = None
+
+
+def client_hello():
+    """The bytes of a real ClientHello (Python's, about 517 bytes)."""
+    global _HELLO
+    if _HELLO is None:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = client_tls().wrap_bio(incoming, outgoing, server_hostname="localhost")
+        try:
+            obj.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        _HELLO = outgoing.read()
+    return _HELLO
+
+
+def tls_partial(cut):
+    """Sends the first `cut(len)` bytes of a real ClientHello and goes silent."""
+    def open_one(server):
+        s = socket.create_connection(("127.0.0.1", server.tls_port))
+        hello = client_hello()
+        s.sendall(hello[:cut(len(hello))])
+        return s
+    return open_one
+
+
+TRICKLE_HEAD = (REQ.replace(b"%s", b"/echo")[:-2] + b"X-Pad: " + b"p" * 200)[:150]
+
+
+def trickle(conns, nbytes):
+    """Sends `nbytes` of a 150-byte request head to every connection, one byte per round, a pause
+    between rounds so the server reads each byte on its own."""
+    for i in range(nbytes):
+        for s in conns:
+            s.send(TRICKLE_HEAD[i:i + 1])
+        time.sleep(0.05)
+
+
 def masked_text(text):
     payload = text.encode()
     assert len(payload) < 126
@@ -337,12 +377,29 @@ def stage(name, binary, unix_echo, tmp, n, warm, trim, workers=1):
             time.sleep(0.5)
             after = server.rss()
             units, what = n * per, f"{n} connections x {per} subscriptions (1,000 topics)"
+        elif name == "head-trickle":
+            # Each client sends 150 bytes of a request head one byte at a time: the server reads
+            # every byte on its own (what a client trickling one byte a second makes it do).
+            warm_conns = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(warm)]
+            trickle(warm_conns, len(TRICKLE_HEAD))
+            time.sleep(0.3)
+            before = server.rss()
+            conns = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(n)]
+            trickle(conns, len(TRICKLE_HEAD))
+            time.sleep(0.5)
+            after = server.rss()
+            conns += warm_conns
+            units, what = n, f"{n} clients that trickled a 150-byte request head one byte per read"
         else:
             open_one, what = {
                 "head": (slow_head, "clients holding 30 bytes of a request head"),
                 "idle": (upgraded, "idle upgraded plain connections"),
                 "tls": (lambda srv: upgraded(srv, tls=True), "idle TLS connections after the handshake"),
                 "tls-handshake": (tls_half_open, "TLS connections mid-handshake (ClientHello sent)"),
+                "tls-partial-header": (tls_partial(lambda n: 5),
+                                       "TLS clients that sent the 5-byte record header of a ClientHello"),
+                "tls-partial-hello": (tls_partial(lambda n: n // 2),
+                                      "TLS clients that sent half a ClientHello"),
                 "backend": (lambda srv: upgraded(srv, "/backend"), "idle clients, each with a UNIX backend link"),
                 "broker": (broker_client, "idle broker clients, each holding its own token"),
                 "admin-body": (admin_half_body, "admin requests holding half a body (head + 100 of 30,000 bytes)"),
@@ -377,7 +434,8 @@ def main():
             opts[a] = args.pop(0)
         else:
             stages.append(a)
-    stages = stages or ["head", "idle", "tls", "tls-handshake", "backend", "subscription", "broker", "admin-body",
+    stages = stages or ["head", "head-trickle", "idle", "tls", "tls-handshake", "tls-partial-header",
+                        "tls-partial-hello", "backend", "subscription", "broker", "admin-body",
                         "deflate-shared", "deflate-dedicated", "legacy", "legacy-key3", "leave"]
     with tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o755)  # the backend socket must be reachable after the privilege drop

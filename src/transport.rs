@@ -153,7 +153,11 @@ impl Transport {
             Transport::Local(s) => s.read(buf),
             Transport::Tls(t) => {
                 let result = t.read(buf, pools);
-                t.incoming.settle(pools, t.drained);
+                // `WouldBlock` is a drained socket too (the `drained` flag is spent by then):
+                // a partial record from a peer that paused keeps only its bytes, whichever
+                // read saw the pause.
+                let drained = t.drained || result.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock);
+                t.incoming.settle(pools, drained);
                 result
             }
         }
