@@ -273,6 +273,49 @@ fn idle_tls_connections_hold_no_buffers() {
     drop(clients);
 }
 
+/// A real ClientHello, as rustls' client writes it.
+fn client_hello(cert: &Cert) -> Vec<u8> {
+    let mut conn =
+        ClientConnection::new(client_config(&[&cert.der]), ServerName::try_from("localhost").unwrap()).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    assert!(hello.len() > 100 && hello[0] == 0x16, "{hello:?}");
+    hello
+}
+
+/// Clients that send part of their first TLS record and go silent cost their bytes, not a
+/// 64 KiB read buffer each (52 KB per client before the fix; `scripts/memory.py
+/// tls-partial-header tls-partial-hello` measures about 2.5 KB). A regression guard with a
+/// generous bound, not a benchmark.
+#[test]
+fn partial_client_hellos_do_not_pin_read_buffers() {
+    const CLIENTS: usize = 300;
+    let dir = Dir::new("partial");
+    let cert = make_cert(&["localhost"]);
+    let server = start_tls(&dir, &cert, &[]);
+    let hello = client_hello(&cert);
+    for cut in [5, hello.len() / 2] {
+        let before = server.rss_kib();
+        let mut clients: Vec<TcpStream> = (0..CLIENTS).map(|_| tcp(server.addr)).collect();
+        for c in &mut clients {
+            c.write_all(&hello[..cut]).unwrap();
+        }
+        // Every connection was read: a complete handshake after them works (the listener
+        // accepts and serves in order on one worker).
+        let mut probe = wss_connect(server.addr, "localhost", &[&cert.der]).unwrap();
+        probe.send(Message::text("after")).unwrap();
+        assert_eq!(probe.read().unwrap(), Message::text("after"));
+        std::thread::sleep(Duration::from_millis(300));
+        let grown = server.rss_kib().saturating_sub(before);
+        eprintln!("{CLIENTS} clients holding {cut} bytes of a ClientHello: RSS grew {grown} KiB");
+        // 64 KiB each would be 19 MiB; 16 KiB each is the bound.
+        assert!(
+            grown < (CLIENTS as u64) * 16,
+            "{CLIENTS} clients with {cut} bytes of a ClientHello grew RSS {grown} KiB"
+        );
+    }
+}
+
 /// The TLS families of `/metrics`: a finished handshake, and three that failed (plain HTTP on
 /// the TLS port, garbage, a client that does not trust the certificate).
 #[test]
