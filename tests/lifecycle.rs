@@ -62,7 +62,7 @@ fn handshake_timeout_answers_408_and_closes() {
     // A slowloris: part of a head, then nothing.
     let response = http_exchange(server.addr, b"GET /echo HTTP/1.1\r\nHost: x\r\n");
     assert!(response.starts_with("HTTP/1.1 408 "), "{response}");
-    server.wait_log("handshake timeout");
+    server.wait_log("request head not received within handshake_timeout");
 }
 
 #[test]
@@ -203,6 +203,90 @@ fn access_log_line_per_connection() {
     drop(ws);
     let line = server.wait_log("/echo status=101");
     assert!(line.contains("in=2msg/13B out=2msg/13B"), "{line}");
+}
+
+/// The access line says what happened in words a user reads right: a served keep-alive
+/// connection the client then closed is not a failure, and every common ending says which.
+#[test]
+fn access_line_wording_of_the_common_endings() {
+    let server = Server::with_config("[limits]\nhandshake_timeout = \"1s\"\n", &[]);
+    let line_for = |port: u16| {
+        let needle = format!(":{port} id=");
+        server.wait_log(&needle)
+    };
+    // Served with keep-alive, then closed by the client while idle.
+    let mut s = tcp(server.addr);
+    let port = s.local_addr().unwrap().port();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut seen = Vec::new();
+    let mut b = [0u8; 65536];
+    while seen.windows(8).filter(|w| w == b"HTTP/1.1").count() < 2 || !seen.ends_with(b"</html>\n") {
+        let n = s.read(&mut b).unwrap();
+        assert!(n > 0, "closed early");
+        seen.extend_from_slice(&b[..n]);
+    }
+    drop(s);
+    let line = line_for(port);
+    assert!(
+        line.contains("status=200") && line.ends_with("end=(2 requests served; client closed while idle)"),
+        "{line}"
+    );
+    // Served and closed by the response (HTTP/1.0 without keep-alive).
+    let mut s = tcp(server.addr);
+    let port = s.local_addr().unwrap().port();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let _ = s.read_to_end(&mut Vec::new());
+    drop(s);
+    let line = line_for(port);
+    assert!(line.ends_with("end=(1 request served; closed after the response)"), "{line}");
+    // Connected and said nothing.
+    let s = tcp(server.addr);
+    let port = s.local_addr().unwrap().port();
+    drop(s);
+    let line = line_for(port);
+    assert!(line.contains("status=-") && line.ends_with("end=(client closed without sending a request)"), "{line}");
+    // Half a head, then gone.
+    let mut s = tcp(server.addr);
+    let port = s.local_addr().unwrap().port();
+    s.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(s);
+    let line = line_for(port);
+    assert!(line.ends_with("end=(client closed mid-request)"), "{line}");
+    // Half a head, then silence: 408.
+    let mut s = tcp(server.addr);
+    let port = s.local_addr().unwrap().port();
+    s.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    let line = line_for(port);
+    assert!(
+        line.contains("status=408") && line.contains("end=(request head not received within handshake_timeout)"),
+        "{line}"
+    );
+    // Served, then idle past the timeout: closed quietly, no 408 after a 200.
+    let mut s = tcp(server.addr);
+    let port = s.local_addr().unwrap().port();
+    s.write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200 ") && !answer.contains("408"), "{answer}");
+    let line = line_for(port);
+    assert!(
+        line.contains("status=200") && line.ends_with("end=(1 request served; closed idle past handshake_timeout)"),
+        "{line}"
+    );
+    // A WebSocket closed by the client with a code.
+    let mut ws = client(&server.url("/echo"));
+    let port = match ws.get_ref() {
+        tungstenite::stream::MaybeTlsStream::Plain(s) => s.local_addr().unwrap().port(),
+        _ => unreachable!(),
+    };
+    ws.close(Some(tungstenite::protocol::CloseFrame { code: 1000.into(), reason: "bye".into() })).unwrap();
+    let _ = ws.read();
+    let line = line_for(port);
+    assert!(line.contains("status=101") && line.ends_with("close=1000 (bye)"), "{line}");
 }
 
 /// Out of file descriptors, the server must neither spin nor die, and must recover.

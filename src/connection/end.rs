@@ -15,6 +15,9 @@ pub enum End {
     Refuse { status: u16, reason: Cow<'static, str> },
     /// HTTP: the request head did not arrive within `handshake_timeout` (408).
     HeadTimeout,
+    /// HTTP: a keep-alive connection that was served sent no next request in time: closed
+    /// without a 408, which a client reusing the connection could take for its answer.
+    KeepAliveTimeout,
     /// HTTP: the response just queued was the last one (no keep-alive).
     Answered,
     /// WebSocket: our close frame (idle, ping timeout, shutdown, the app); then the peer's.
@@ -45,7 +48,10 @@ pub const SLOW_CONSUMER_CODE: u16 = crate::ws::close::POLICY_VIOLATION;
 pub struct AccessLog {
     /// The route's own path when it is the request's (no allocation), else a copy.
     pub path: Option<Arc<str>>,
-    pub status: Option<u16>,
+    /// The last response's status (0: none yet).
+    status: u16,
+    /// HTTP responses sent on this connection (keep-alive), saturating; a 101 is not one.
+    responses: u16,
     /// `status` was set and not yet counted in the metrics.
     fresh_status: bool,
     /// Accepted on the admin listener.
@@ -127,13 +133,29 @@ impl AccessLog {
 
     /// Records the status of a response just queued (counted by the loop once).
     pub fn set_status(&mut self, status: u16) {
-        self.status = Some(status);
+        self.status = status;
         self.fresh_status = true;
+        if status != 101 {
+            self.responses = self.responses.saturating_add(1);
+        }
     }
 
     /// A status set since the last call.
     pub fn take_fresh_status(&mut self) -> Option<u16> {
-        std::mem::take(&mut self.fresh_status).then_some(self.status).flatten()
+        (std::mem::take(&mut self.fresh_status) && self.status != 0).then_some(self.status)
+    }
+
+    /// HTTP responses sent so far (a 101 is not one).
+    pub fn responses(&self) -> u16 {
+        self.responses
+    }
+
+    /// "1 request served", "3 requests served".
+    pub fn served(&self) -> String {
+        match self.responses {
+            1 => "1 request served".to_string(),
+            n => format!("{n} requests served"),
+        }
     }
 
     /// Records the close code and reason unless one was recorded.
@@ -148,7 +170,9 @@ impl AccessLog {
             (Some((code, reason)), _) if reason.is_empty() => format!("close={code}"),
             (Some((code, reason)), _) => format!("close={code} ({reason})"),
             (None, Some(end)) => format!("end=({end})"),
-            (None, None) => "end=(peer closed)".to_string(),
+            // Nothing went wrong: the last response said the connection ends, and it did.
+            (None, None) if self.responses > 0 => format!("end=({}; closed after the response)", self.served()),
+            (None, None) => "end=(closed)".to_string(),
         };
         let t = &self.traffic;
         let dropped = match self.rare.as_deref() {
@@ -158,7 +182,7 @@ impl AccessLog {
         format!(
             "{peer} id={id} {} status={} {:.3}s in={}msg/{}B out={}msg/{}B{dropped} {close}",
             self.path.as_deref().unwrap_or("-"),
-            self.status.map_or("-".to_string(), |s| s.to_string()),
+            if self.status == 0 { "-".to_string() } else { self.status.to_string() },
             now.saturating_duration_since(accepted).as_secs_f64(),
             t.msgs_in,
             t.bytes_in,

@@ -599,6 +599,9 @@ impl Connection {
         let passed = self.deadline().is_some_and(|d| now >= d);
         let end = match &self.phase {
             Phase::Opening { .. } if passed => Some(End::Abort("TLS handshake timeout".into())),
+            Phase::Http { .. } if passed && self.rend == self.rstart && self.log.responses() > 0 => {
+                Some(End::KeepAliveTimeout)
+            }
             Phase::Unknown | Phase::Http { .. } if passed => Some(End::HeadTimeout),
             Phase::Flushing { .. } | Phase::Lingering { .. } if passed => {
                 Some(End::Abort("peer did not finish closing in time".into()))
@@ -762,8 +765,12 @@ impl Connection {
             }
             End::HeadTimeout => {
                 self.log.set_status(408);
-                self.log.note_end("handshake timeout");
+                self.log.note_end("request head not received within handshake_timeout");
                 self.out.push_error_response(pools, 408, "request head not received in time");
+                self.finish(now);
+            }
+            End::KeepAliveTimeout => {
+                self.log.note_end(format!("{}; closed idle past handshake_timeout", self.log.served()));
                 self.finish(now);
             }
             End::Answered => self.finish(now),
@@ -1194,8 +1201,12 @@ impl Connection {
                 self.set_phase(Phase::Closed);
                 return;
             }
-            Phase::Http { .. } if self.rend == self.rstart => "peer closed before a request",
-            Phase::Http { .. } => "peer closed mid-request",
+            Phase::Http { .. } if self.rend == self.rstart && self.log.responses() > 0 => {
+                let why = format!("{}; client closed while idle", self.log.served());
+                return self.close(cx.now, cx.pools, End::Abort(why.into()));
+            }
+            Phase::Http { .. } if self.rend == self.rstart => "client closed without sending a request",
+            Phase::Http { .. } => "client closed mid-request",
             Phase::Connected if self.ws.as_ref().is_some_and(|ws| ws.session.is_closing()) => {
                 "peer closed without answering close"
             }
