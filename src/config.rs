@@ -382,6 +382,8 @@ pub enum AppKind {
     Logview,
     /// WebSocket: the admin listener's dashboard feed (not configurable).
     Dashboard,
+    /// Plain HTTP: the files under a directory (see `Route::files`).
+    Static,
 }
 
 impl AppKind {
@@ -395,6 +397,7 @@ impl AppKind {
             AppKind::Broker => "broker",
             AppKind::Logview => "logview",
             AppKind::Dashboard => "dashboard",
+            AppKind::Static => "static",
         }
     }
 
@@ -413,7 +416,7 @@ impl AppKind {
     }
 
     pub fn is_websocket(self) -> bool {
-        !matches!(self, AppKind::Demo)
+        !matches!(self, AppKind::Demo | AppKind::Static)
     }
 }
 
@@ -440,6 +443,8 @@ pub struct Route {
     pub compression: CompressionSpec,
     /// The legacy drafts (hixie-76, hixie-75) this route also accepts; none by default.
     pub legacy: crate::ws::hixie::Drafts,
+    /// Set when `app` is [`AppKind::Static`]: the directory, open.
+    pub files: Option<Arc<crate::http::static_files::StaticDir>>,
 }
 
 /// A route's `compression`, `compression_level`, `compression_threshold`,
@@ -681,6 +686,9 @@ struct RouteSection {
     app: Option<String>,
     backend: Option<String>,
     socket_dir: Option<PathBuf>,
+    /// `static = "DIR"`: the files under DIR (`static` is a Rust keyword).
+    #[serde(rename = "static")]
+    static_dir: Option<PathBuf>,
     allow: Option<Vec<String>>,
     deny: Option<Vec<String>>,
     framing: Option<String>,
@@ -954,6 +962,10 @@ impl Config {
             let logview = logview_spec(&r, app, base).map_err(at)?;
             let compression = compression_spec(&r).map_err(at)?;
             let legacy = legacy_drafts(&r, backend.as_ref()).map_err(at)?;
+            let files = match &r.static_dir {
+                Some(dir) => Route::static_files(&r.path, &base.join(dir), limits).map_err(at)?.files,
+                None => None,
+            };
             let route = Route {
                 path: r.path.into(),
                 app,
@@ -966,6 +978,7 @@ impl Config {
                 logview,
                 compression,
                 legacy,
+                files,
             };
             config.add_route(route).map_err(|message| ConfigError::Route { line, message })?;
         }
@@ -979,9 +992,9 @@ impl Config {
             return Err(format!("route.path: {:?} must be an absolute path without query", route.path));
         }
         let stem = route.path.strip_suffix("/*").unwrap_or(&*route.path);
-        if stem.contains('*') || (stem.len() < route.path.len() && route.is_socket_dir()) {
+        if stem.contains('*') || (stem.len() < route.path.len() && route.is_prefix()) {
             return Err(format!(
-                "route.path: {:?}: `*` may only end a path, as \"/prefix/*\" (and not on socket_dir routes, which name sockets by the rest of the path already)",
+                "route.path: {:?}: `*` may only end a path, as \"/prefix/*\" (and not on socket_dir and static routes, which serve the rest of the path already)",
                 route.path
             ));
         }
@@ -1120,7 +1133,15 @@ impl Route {
             logview: None,
             compression: CompressionSpec::default(),
             legacy: crate::ws::hixie::Drafts::default(),
+            files: None,
         }
+    }
+
+    /// A route serving the files under `dir` (`static = DIR`, `--static DIR`).
+    pub fn static_files(path: &str, dir: &Path, limits: Limits) -> Result<Route, String> {
+        let files = crate::http::static_files::StaticDir::open(dir)
+            .map_err(|e| format!("route {path:?}: static {}: {e}", dir.display()))?;
+        Ok(Route { files: Some(Arc::new(files)), ..Route::new(path, AppKind::Static, limits) })
     }
 
     /// Parses a CLI route `PATH=TARGET`: an app (`/echo=echo`) or a backend
@@ -1129,6 +1150,9 @@ impl Route {
         let (path, target) = spec.split_once('=').ok_or_else(|| {
             format!("--route {spec:?}: expected PATH=TARGET, e.g. /echo=echo or /app=unix:/run/app.sock")
         })?;
+        if let Some(dir) = target.strip_prefix("static:") {
+            return Route::static_files(path, Path::new(dir), limits).map_err(|e| format!("--route {spec:?}: {e}"));
+        }
         if target.starts_with("unix:") {
             let backend = BackendSpec::from_uri(target).map_err(|e| format!("--route {spec:?}: {e}"))?;
             return Ok(Route { backend: Some(backend), ..Route::new(path, AppKind::Backend, limits) });
@@ -1141,9 +1165,20 @@ impl Route {
 /// A route's target: exactly one of `app`, `backend`, `socket_dir`, with the backend keys
 /// only where they mean something.
 fn route_target(r: &RouteSection, base: &Path) -> Result<(AppKind, Option<BackendSpec>), String> {
-    let targets = [r.app.is_some(), r.backend.is_some(), r.socket_dir.is_some()];
+    let targets = [r.app.is_some(), r.backend.is_some(), r.socket_dir.is_some(), r.static_dir.is_some()];
     if targets.iter().filter(|t| **t).count() != 1 {
-        return Err(format!("route {:?}: set exactly one of app, backend, socket_dir", r.path));
+        return Err(format!("route {:?}: set exactly one of app, backend, socket_dir, static", r.path));
+    }
+    if r.static_dir.is_some() {
+        let backend_keys = r.framing.is_some()
+            || r.message_type.is_some()
+            || r.allow.is_some()
+            || r.deny.is_some()
+            || r.splice.is_some();
+        if backend_keys {
+            return Err(format!("route {:?}: framing, message_type, allow and deny belong to backend routes", r.path));
+        }
+        return Ok((AppKind::Static, None));
     }
     if let Some(app) = &r.app {
         let backend_keys = r.framing.is_some()

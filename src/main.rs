@@ -22,9 +22,14 @@ struct Cli {
     /// Listen address (repeatable), e.g. 127.0.0.1:8080 or [::1]:8080; replaces the file's.
     #[arg(short = 'l', long = "listen", value_name = "ADDR", value_parser = parse_listen)]
     listen: Vec<std::net::SocketAddr>,
-    /// Route (repeatable) PATH=TARGET, e.g. /echo=echo or /=demo; adds to or replaces the file's.
+    /// Route (repeatable) PATH=TARGET, e.g. /echo=echo, /=demo, /site=static:DIR or
+    /// /app=unix:/run/app.sock; adds to or replaces the file's.
     #[arg(long = "route", value_name = "PATH=TARGET")]
     routes: Vec<String>,
+    /// Serve the files under DIR at / (GET and HEAD; index.html for a directory), next to
+    /// the WebSocket routes; the same as --route /=static:DIR.
+    #[arg(long = "static", value_name = "DIR")]
+    static_dir: Option<PathBuf>,
     /// Certificate chain (PEM) for TLS: makes every -l listener (or, without -l, every
     /// listener) serve https:// and wss://. Needs --tls-key.
     #[arg(long = "tls-cert", value_name = "FILE", requires = "tls_key")]
@@ -131,6 +136,9 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
     }
     if let Some(n) = cli.workers {
         config.workers = n;
+    }
+    if let Some(dir) = &cli.static_dir {
+        config.add_route(Route::static_files("/", dir, config.limits)?)?;
     }
     for spec in &cli.routes {
         let route = Route::from_cli(spec, config.limits)?;

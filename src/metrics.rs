@@ -248,7 +248,9 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>, workers: &[Figures], cluster: bool)
     sample_f(o, "wsgate_uptime_seconds", &[], s.uptime.as_secs_f64());
 
     family(o, "wsgate_connections_open", "gauge", "Open client connections by state.");
-    for state in ["opening", "handshaking", "connected", "flushing", "lingering", "handing-off", "handed-off"] {
+    for state in
+        ["opening", "handshaking", "sending", "connected", "flushing", "lingering", "handing-off", "handed-off"]
+    {
         let n = s.by_state.get(state).copied().unwrap_or(0);
         sample(o, "wsgate_connections_open", &[("state", state)], n);
     }

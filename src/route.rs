@@ -42,8 +42,8 @@ impl Routes {
 
     /// The route for a request path: an exact match, else the longest `/prefix/*` route the
     /// path extends by at least one byte (`/chat/*` serves `/chat/a`, not `/chat/`), else the
-    /// longest `socket_dir` route whose path is a prefix ending at a segment boundary
-    /// (`/apps` serves `/apps/chat`).
+    /// longest `socket_dir` or `static` route whose path is a prefix ending at a segment
+    /// boundary (`/apps` serves `/apps/chat`, `/` serves `/js/app.js`).
     pub fn find(&self, path: &str) -> Option<RouteId> {
         if let Some((i, _)) = self.active_with_ids().find(|(_, r)| &*r.path == path) {
             return Some(i);
@@ -57,7 +57,7 @@ impl Routes {
             return Some(i);
         }
         self.active_with_ids()
-            .filter(|(_, r)| r.is_socket_dir())
+            .filter(|(_, r)| r.is_prefix())
             .filter(|(_, r)| {
                 let base = r.path.trim_end_matches('/');
                 path.strip_prefix(base).is_some_and(|rest| rest.starts_with('/'))
@@ -87,6 +87,11 @@ impl Route {
 
     pub fn is_socket_dir(&self) -> bool {
         matches!(&self.backend, Some(b) if matches!(b.source, crate::backend::SocketSource::Dir { .. }))
+    }
+
+    /// A route that serves every path under its own (`socket_dir`, `static`).
+    pub fn is_prefix(&self) -> bool {
+        self.is_socket_dir() || self.files.is_some()
     }
 
     pub fn is_websocket(&self) -> bool {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{Connection, Ctx, End, HandOffState, Phase, Ws};
+use super::{Connection, Ctx, End, HandOffState, Phase, SendingFile, Ws};
 use crate::admin::{self, Reply};
 use crate::apps::backend::Backend;
 use crate::apps::broker::{self, BrokerClient};
@@ -21,6 +21,7 @@ use crate::config::Scope;
 use crate::config::{AppKind, Route};
 use crate::http::request::{parse_request, HeadLimits, Request, MAX_HEADERS};
 use crate::http::response::Response;
+use crate::http::static_files::{self, Answer, StaticDir};
 use crate::ws::deflate::PerMessage;
 use crate::ws::extensions::{Agreed, Compression};
 use crate::ws::frame::Role;
@@ -163,9 +164,11 @@ impl Connection {
         };
         let route = cx.routes.get(route_id);
         if !route.is_websocket() {
-            let response = match req.method {
-                "GET" | "HEAD" => demo::page(req.keep_alive() && !has_body, req.method == "HEAD"),
-                _ => Response { headers: &[("Allow", "GET, HEAD")], ..Response::error(405, "use GET") },
+            let keep_alive = req.keep_alive() && !has_body;
+            let response = match (req.method, &route.files) {
+                ("GET" | "HEAD", Some(files)) => return self.serve_file(cx, req, files, &route.path, keep_alive),
+                ("GET" | "HEAD", None) => demo::page(keep_alive, req.method == "HEAD"),
+                _ => Response { headers: &[("Allow", "GET, HEAD")], ..Response::error(405, "use GET or HEAD") },
             };
             return self.send_response(cx, &response);
         }
@@ -222,7 +225,7 @@ impl Connection {
                 let log_files = cx.admin.map(|a| Arc::clone(&a.log_files)).unwrap_or_else(|| Arc::from([]));
                 Box::new(Dashboard { log_files })
             }
-            AppKind::Backend | AppKind::Demo => {
+            AppKind::Backend | AppKind::Demo | AppKind::Static => {
                 let Some((backend, named)) = self.connect_backend(cx, req, route) else { return false };
                 return self.upgrade_to_backend(cx, req, route, &opening, named.as_deref(), backend);
             }
@@ -236,6 +239,50 @@ impl Connection {
         self.out.push_bytes(cx.pools, &head);
         self.open(cx, route, app, deflate, opening.draft());
         true
+    }
+
+    /// A GET or HEAD on a `static` route: the head now, the body (if any) from the open file
+    /// as the socket takes it (the `Sending` phase).
+    fn serve_file(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        req: &Request<'_, '_>,
+        files: &StaticDir,
+        route_path: &str,
+        keep_alive: bool,
+    ) -> bool {
+        match static_files::answer(files, route_path, req, keep_alive) {
+            Answer::Short { status, reason, location } => {
+                let location = location.unwrap_or_default();
+                let redirect = [("Location", location.as_str())];
+                let headers: &[(&str, &str)] = if location.is_empty() { &[] } else { &redirect };
+                let response = Response {
+                    headers,
+                    keep_alive,
+                    head_only: req.method == "HEAD",
+                    ..Response::error(status, reason)
+                };
+                self.send_response(cx, &response)
+            }
+            Answer::File { status, head, body } => {
+                self.out.push_bytes(cx.pools, &head);
+                self.log.set_status(status);
+                match body {
+                    Some(body) => {
+                        self.set_phase(Phase::Sending(Box::new(SendingFile { body, keep_alive })));
+                        false
+                    }
+                    None if keep_alive => {
+                        self.set_phase(Phase::Http { deadline: cx.now + cx.limits.handshake_timeout });
+                        true
+                    }
+                    None => {
+                        self.close(cx.now, cx.pools, End::Answered);
+                        false
+                    }
+                }
+            }
+        }
     }
 
     /// A legacy (hixie) upgrade on a route that lists drafts: checked, and for hixie-76 its

@@ -38,6 +38,7 @@ use crate::config::AdminConfig;
 use crate::config::{Limits, OnBackpressure};
 use crate::encode::SharedFrame;
 use crate::http::response::Response;
+use crate::http::static_files::{FileBody, TLS_CHUNK};
 use crate::metrics::Metrics;
 use crate::pubsub::Topics;
 use crate::route::Routes;
@@ -63,6 +64,9 @@ const KEEP_READ_BUFFER_AFTER: usize = 512;
 /// Output a corked connection may hold before it writes anyway: enough for a turn of small
 /// messages in one write, small enough that bulk data is written while still in cache.
 const CORK_LIMIT: usize = 64 * 1024;
+/// File body bytes one write turn may send, so one fast reader of a large file does not
+/// hold the loop: the rest goes next turn.
+const BODY_BUDGET: usize = 4 << 20;
 /// Bytes one drive may inflate (the read budget's counterpart for compressed messages): a
 /// larger message is inflated over several drives, the others served in between.
 const INFLATE_BUDGET: usize = 256 << 10;
@@ -272,6 +276,9 @@ enum Phase {
     Answering {
         deadline: Instant,
     },
+    /// A static file's body is being sent (after its head); then the next request, or the
+    /// end. No deadline of its own: `write_timeout` ends a client that stops reading.
+    Sending(Box<SendingFile>),
     /// Frames flow (`Connection::ws` is set).
     Connected,
     /// Direct mode: the 101 is being written; then the socket goes to the backend.
@@ -301,6 +308,7 @@ impl Phase {
             Phase::Opening { .. } => "opening",
             Phase::Http { .. } => "handshaking",
             Phase::Answering { .. } => "handshaking",
+            Phase::Sending(_) => "sending",
             Phase::Connected => "connected",
             Phase::HandingOff { .. } => "handing-off",
             Phase::HandedOff { .. } => "handed-off",
@@ -309,6 +317,13 @@ impl Phase {
             Phase::Closed => "closed",
         }
     }
+}
+
+/// A static file being sent: what is left of it, and whether the connection then goes on.
+#[derive(Debug)]
+struct SendingFile {
+    body: FileBody,
+    keep_alive: bool,
 }
 
 /// Direct mode, between the 101 and the hand-off: the backend and what goes with the socket.
@@ -558,7 +573,9 @@ impl Connection {
         }
         let input_waits = (self.readable || self.has_unprocessed_input()) && self.wants_input();
         let room_made = was_full && self.out.len() < high;
-        if input_waits || room_made {
+        // A file body that spent this turn's budget with the socket still writable.
+        let body_left = self.writable && matches!(self.phase, Phase::Sending(_));
+        if input_waits || room_made || body_left {
             Progress::Again
         } else {
             Progress::Idle
@@ -581,7 +598,7 @@ impl Connection {
                 Some(ws) => ws.session.deadline(&self.timing()),
                 None => None,
             },
-            Phase::Closed => None,
+            Phase::Sending(_) | Phase::Closed => None,
         };
         let stall = self.stalled_since.map(|t| t + self.limits.write_timeout);
         match (phase, stall) {
@@ -745,7 +762,7 @@ impl Connection {
 
     /// Bytes wait to go out: queued plaintext or, on TLS, encrypted records.
     fn has_output(&self) -> bool {
-        !self.out.is_empty() || self.transport.wants_write()
+        !self.out.is_empty() || self.transport.wants_write() || matches!(self.phase, Phase::Sending(_))
     }
 
     // ---- the one close path ----
@@ -1100,6 +1117,7 @@ impl Connection {
     }
 
     fn flush(&mut self, cx: &mut Ctx<'_>) {
+        let mut body_budget = BODY_BUDGET;
         while self.has_output() {
             if let Some(due) = self.out.pipe_due() {
                 let pipe = self.ws.as_mut().and_then(|ws| ws.app.pipe());
@@ -1121,7 +1139,13 @@ impl Connection {
                 }
                 continue;
             }
-            let result = if self.out.is_empty() {
+            let result = if self.out.is_empty() && !self.transport.wants_write() {
+                // Only a file body is left: sendfile, or one chunk through TLS.
+                match self.send_body(cx, &mut body_budget) {
+                    Some(result) => result,
+                    None => return,
+                }
+            } else if self.out.is_empty() {
                 // Only TLS records (handshake, alert, close_notify) are left.
                 self.transport.flush_records().map(|()| 1)
             } else {
@@ -1138,6 +1162,46 @@ impl Connection {
                 Err(e) => return self.close(cx.now, cx.pools, End::Io(e)),
             }
         }
+    }
+
+    /// The next piece of a static file's body: `None` when the budget is spent (or nothing
+    /// is being sent), else what the write gave. The body done, the connection goes on to
+    /// the next request (which may be buffered already) or ends.
+    fn send_body(&mut self, cx: &mut Ctx<'_>, budget: &mut usize) -> Option<io::Result<usize>> {
+        let Phase::Sending(sending) = &mut self.phase else { return None };
+        if sending.body.remaining() == 0 {
+            let keep_alive = sending.keep_alive;
+            if keep_alive {
+                self.set_phase(Phase::Http { deadline: cx.now + cx.limits.handshake_timeout });
+                if self.rend > self.rstart {
+                    self.process_input(cx);
+                }
+            } else {
+                self.close(cx.now, cx.pools, End::Answered);
+            }
+            return Some(Ok(1));
+        }
+        if *budget == 0 {
+            return None;
+        }
+        let result = if self.transport.is_tls() {
+            // One chunk at a time, only once the last is out: a client that stops reading
+            // holds one chunk (and its records), never the file.
+            let mut chunk = cx.pools.take_read();
+            let read = sending.body.read_chunk(&mut chunk[..TLS_CHUNK]);
+            if let Ok(n) = read {
+                self.out.push_bytes(cx.pools, &chunk[..n]);
+            }
+            cx.pools.put_read(chunk);
+            read
+        } else {
+            sending.body.sendfile(self.transport.fd())
+        };
+        if let Ok(n) = result {
+            *budget = budget.saturating_sub(n);
+            self.log.traffic.bytes_out += n as u64;
+        }
+        Some(result)
     }
 
     /// Bookkeeping after any activity: buffers back to the pool when idle, the hand-off, the
@@ -1267,6 +1331,8 @@ impl Connection {
                     self.process_frames(&mut buf, cx);
                     break;
                 }
+                // Pipelined requests wait for the file being sent.
+                Phase::Sending(_) => break,
                 _ => {
                     self.rstart = self.rend;
                     break;

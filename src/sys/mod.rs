@@ -5,9 +5,11 @@
 //! - [`fdpass`]: passing a socket to a backend with `SCM_RIGHTS` (direct mode);
 //! - [`privileges`]: dropping root to a named user;
 //! - [`rlimit`]: raising the open-file limit;
-//! - [`memory`]: giving freed heap memory back to the system.
+//! - [`memory`]: giving freed heap memory back to the system;
+//! - [`files`]: opening files strictly beneath a directory, and `sendfile(2)` (static routes).
 
 pub mod fdpass;
+pub mod files;
 pub mod memory;
 pub mod privileges;
 pub mod rlimit;
