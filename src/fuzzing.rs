@@ -481,6 +481,24 @@ pub fn hixie(data: &[u8]) {
     assert_eq!(messages, done.messages);
 }
 
+/// A static route's request path → the relative path served: never panics, and whatever it
+/// accepts has only plain, normal components (no `..`, no root, no NUL, no hidden name), so
+/// it cannot name anything outside the route's directory. The first byte picks the route.
+pub fn static_path(data: &[u8]) {
+    use std::path::Component;
+    let Some((&pick, rest)) = data.split_first() else { return };
+    let Ok(rest) = std::str::from_utf8(rest) else { return };
+    let route = ["/", "/site", "/a/b/"][usize::from(pick) % 3];
+    let path = format!("{}{rest}", route.trim_end_matches('/'));
+    let Ok(wanted) = crate::http::static_files::wanted(route, &path) else { return };
+    assert!(wanted.rel.is_relative(), "{path:?} -> {wanted:?}");
+    for component in wanted.rel.components() {
+        let Component::Normal(name) = component else { panic!("{path:?} -> {wanted:?}: {component:?}") };
+        let name = name.to_str().expect("decoded names are UTF-8");
+        assert!(crate::backend::is_plain_name(name), "{path:?} -> {name:?}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Every committed seed (and every input that ever failed, kept as a seed) replays
@@ -489,7 +507,7 @@ mod tests {
     fn committed_corpus_replays_clean() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
         type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 11] = [
+        let targets: [Target; 12] = [
             ("frame_header", super::frame_header),
             ("handshake", super::handshake),
             ("message_assembly", super::message_assembly),
@@ -501,6 +519,7 @@ mod tests {
             ("extension_offer", super::extension_offer),
             ("inflate", super::inflate),
             ("hixie", super::hixie),
+            ("static_path", super::static_path),
         ];
         let mut replayed = 0;
         for (name, run) in targets {

@@ -2,22 +2,29 @@
 //!
 //! Data flows through the modules in this order:
 //!
-//! - [`server`]: the reactor (mio `Poll`, listeners, `Slab<Connection>`, timers, signals),
-//!   applying what connections ask for; [`pubsub`]: its topics;
-//! - [`connection`]: one connection's phases, buffers and readiness; one close path;
-//! - [`apps`]: what serves an open WebSocket (echo, chat, pubsub, backend) behind one trait;
+//! - [`server`]: the reactors (one mio `Poll` per worker: listeners, `Slab<Connection>`,
+//!   timers, signals), applying what connections ask for; [`pubsub`]: their topics;
+//!   [`cluster`]: topics across nodes through Redis;
+//! - [`connection`]: one connection's phases, buffers and readiness; one close path, and the
+//!   access line that says how it ended; [`access_log`]: that line's file;
+//! - [`apps`]: what serves an open WebSocket (echo, chat, pubsub, broker, logview, dashboard,
+//!   backend) behind one trait; [`broker`]: the token broker's index and token lists;
+//!   [`logview`]: following log files for the log viewers;
 //! - [`transport`]: plain TCP or TLS (rustls, driven by hand) behind one interface;
 //!   [`tls`]: certificates, SNI and the rustls configuration;
-//! - [`http`]: request heads and responses; [`ws`]: the RFC 6455 protocol core (frames,
-//!   masking, UTF-8, messages, close, handshake), pure functions on byte slices, fuzzed and
-//!   benchmarked;
-//! - [`route`]: request path → app or backend, with the route's policy and limits;
+//! - [`http`]: request heads, responses and static files; [`ws`]: the RFC 6455 protocol core
+//!   (frames, masking, UTF-8, messages, close, handshake, permessage-deflate, the hixie
+//!   drafts), pure functions on byte slices, fuzzed and benchmarked;
+//! - [`route`]: request path → app, backend or directory, with the route's policy and limits;
 //! - [`backend`]: UNIX-socket backends: framings (raw, lines, framed, direct), links, hand-off;
 //! - [`buffer`]: pooled read buffers and the vectored output queue; [`encode`]: frames onto
 //!   it, encoded once and shared for fan-out;
+//! - [`admin`]: the admin listener's API (keys, scopes, commands) and dashboard;
+//!   [`metrics`]: the counters and their Prometheus text;
 //! - [`config`]: TOML → validated [`config::Config`], the embedded default;
-//! - [`sys`]: the system calls std does not wrap (splice, fd passing, privileges, rlimit),
-//!   the only place with `unsafe` besides the SIMD unmask.
+//! - [`sys`]: the system calls std does not wrap (splice, fd passing, privileges, rlimit,
+//!   memory, openat2 and sendfile), the only place with `unsafe` besides the SIMD unmask;
+//! - `fuzzing` (hidden): the fuzz targets' entry points.
 
 #![deny(unsafe_code)]
 
