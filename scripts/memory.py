@@ -237,34 +237,22 @@ def admin_half_body(server):
     return s
 
 
-def tls_half_open(server):
-    """Sends a ClientHello and stops: the server has answered and waits for our Finished."""
-    s = socket.create_connection(("127.0.0.1", server.tls_port))
+def client_hello():
+    """The bytes of a fresh ClientHello (Python's, about 517 bytes)."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = client_tls().wrap_bio(incoming, outgoing, server_hostname="localhost")
     try:
         obj.do_handshake()
     except ssl.SSLWantReadError:
         pass
-    s.sendall(outgoing.read())
+    return outgoing.read()
+
+
+def tls_half_open(server):
+    """Sends a ClientHello and stops: the server has answered and waits for our Finished."""
+    s = socket.create_connection(("127.0.0.1", server.tls_port))
+    s.sendall(client_hello())
     return s
-
-
-_HELLO = None
-
-
-def client_hello():
-    """The bytes of a real ClientHello (Python's, about 517 bytes)."""
-    global _HELLO
-    if _HELLO is None:
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        obj = client_tls().wrap_bio(incoming, outgoing, server_hostname="localhost")
-        try:
-            obj.do_handshake()
-        except ssl.SSLWantReadError:
-            pass
-        _HELLO = outgoing.read()
-    return _HELLO
 
 
 def tls_partial(cut):

@@ -1162,33 +1162,22 @@ impl Route {
     }
 }
 
-/// A route's target: exactly one of `app`, `backend`, `socket_dir`, with the backend keys
+/// A route's target: exactly one of `app`, `backend`, `socket_dir`, `static`, with the backend keys
 /// only where they mean something.
 fn route_target(r: &RouteSection, base: &Path) -> Result<(AppKind, Option<BackendSpec>), String> {
     let targets = [r.app.is_some(), r.backend.is_some(), r.socket_dir.is_some(), r.static_dir.is_some()];
     if targets.iter().filter(|t| **t).count() != 1 {
         return Err(format!("route {:?}: set exactly one of app, backend, socket_dir, static", r.path));
     }
+    let backend_keys =
+        r.framing.is_some() || r.message_type.is_some() || r.allow.is_some() || r.deny.is_some() || r.splice.is_some();
+    if backend_keys && (r.app.is_some() || r.static_dir.is_some()) {
+        return Err(format!("route {:?}: framing, message_type, allow and deny belong to backend routes", r.path));
+    }
     if r.static_dir.is_some() {
-        let backend_keys = r.framing.is_some()
-            || r.message_type.is_some()
-            || r.allow.is_some()
-            || r.deny.is_some()
-            || r.splice.is_some();
-        if backend_keys {
-            return Err(format!("route {:?}: framing, message_type, allow and deny belong to backend routes", r.path));
-        }
         return Ok((AppKind::Static, None));
     }
     if let Some(app) = &r.app {
-        let backend_keys = r.framing.is_some()
-            || r.message_type.is_some()
-            || r.allow.is_some()
-            || r.deny.is_some()
-            || r.splice.is_some();
-        if backend_keys {
-            return Err(format!("route {:?}: framing, message_type, allow and deny belong to backend routes", r.path));
-        }
         return AppKind::parse(app).map(|a| (a, None)).map_err(|e| format!("route.app: {e}"));
     }
     let framing =

@@ -231,48 +231,40 @@ fn access_line_wording_of_the_common_endings() {
         line.contains("status=200") && line.ends_with("end=(2 requests served; client closed while idle)"),
         "{line}"
     );
+    // Sends `bytes`, then reads until the server closes (`wait`) or pauses 100 ms, closes, and
+    // returns the server's answer and the connection's access line.
+    let exchange = |bytes: &[u8], wait: bool| {
+        let mut s = tcp(server.addr);
+        let port = s.local_addr().unwrap().port();
+        s.write_all(bytes).unwrap();
+        let mut answer = Vec::new();
+        if wait {
+            let _ = s.read_to_end(&mut answer);
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drop(s);
+        (String::from_utf8_lossy(&answer).into_owned(), line_for(port))
+    };
     // Served and closed by the response (HTTP/1.0 without keep-alive).
-    let mut s = tcp(server.addr);
-    let port = s.local_addr().unwrap().port();
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-    let _ = s.read_to_end(&mut Vec::new());
-    drop(s);
-    let line = line_for(port);
+    let (_, line) = exchange(b"GET / HTTP/1.0\r\n\r\n", true);
     assert!(line.ends_with("end=(1 request served; closed after the response)"), "{line}");
     // Connected and said nothing.
-    let s = tcp(server.addr);
-    let port = s.local_addr().unwrap().port();
-    drop(s);
-    let line = line_for(port);
+    let (_, line) = exchange(b"", false);
     assert!(line.contains("status=-") && line.ends_with("end=(client closed without sending a request)"), "{line}");
     // Half a head, then gone.
-    let mut s = tcp(server.addr);
-    let port = s.local_addr().unwrap().port();
-    s.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    drop(s);
-    let line = line_for(port);
+    let (_, line) = exchange(b"GET / HTTP/1.1\r\nHo", false);
     assert!(line.ends_with("end=(client closed mid-request)"), "{line}");
     // Half a head, then silence: 408.
-    let mut s = tcp(server.addr);
-    let port = s.local_addr().unwrap().port();
-    s.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
+    let (answer, line) = exchange(b"GET / HTTP/1.1\r\nHo", true);
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
-    let line = line_for(port);
     assert!(
         line.contains("status=408") && line.contains("end=(request head not received within handshake_timeout)"),
         "{line}"
     );
     // Served, then idle past the timeout: closed quietly, no 408 after a 200.
-    let mut s = tcp(server.addr);
-    let port = s.local_addr().unwrap().port();
-    s.write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
+    let (answer, line) = exchange(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", true);
     assert!(answer.starts_with("HTTP/1.1 200 ") && !answer.contains("408"), "{answer}");
-    let line = line_for(port);
     assert!(
         line.contains("status=200") && line.ends_with("end=(1 request served; closed idle past handshake_timeout)"),
         "{line}"

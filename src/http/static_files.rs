@@ -111,7 +111,14 @@ pub fn answer(dir: &StaticDir, route_path: &str, req: &Request<'_, '_>, keep_ali
             }
             return Answer::Short { status: 301, reason: "moved to the directory's path", location: Some(location) };
         }
-        Err(status) => return short(status, if status == 404 { "not found" } else { "forbidden" }),
+        Err(status) => {
+            let reason = match status {
+                404 => "not found",
+                503 => "server busy, try again later",
+                _ => "forbidden",
+            };
+            return short(status, reason);
+        }
     };
     let (file, meta) = opened;
     let validators = Validators::of(&meta);
@@ -171,6 +178,8 @@ fn open(dir: &StaticDir, wanted: &Wanted) -> Result<Opened, u16> {
 fn status_of(e: &io::Error) -> u16 {
     match e.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ENAMETOOLONG) => 404,
+        // Out of descriptors or memory: the server's trouble, not the path's.
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM) => 503,
         _ => 403, // EACCES, EPERM, EXDEV (a way out), ELOOP, ...
     }
 }
