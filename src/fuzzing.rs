@@ -481,6 +481,94 @@ pub fn hixie(data: &[u8]) {
     assert_eq!(messages, done.messages);
 }
 
+/// One WebSocket endpoint (`ws::Endpoint`) over arbitrary bytes, in the wire the first byte
+/// picks (a server with or without permessage-deflate, a client, a hixie-76 server):
+/// - never panics; every failure maps to a close code a server may send (§7.4.1);
+/// - the messages, control events and outcome are the same whether the bytes come at once
+///   with an unbounded budget, or in pieces (sizes from the second byte) with a small
+///   inflating budget, as a connection feeds them across reads and turns;
+/// - no message exceeds the limit.
+pub fn endpoint(data: &[u8]) {
+    use crate::ws::deflate::{PerMessage, SharedCodecs};
+    use crate::ws::endpoint::{Endpoint, Event, WsError};
+    use crate::ws::extensions::{negotiate, Compression};
+    use crate::ws::frame::Role;
+    use std::time::Instant;
+    const MAX: usize = 1 << 16;
+    let [mode, split, bytes @ ..] = data else { return };
+    let limits = MessageLimits { max_message: MAX, max_frame: MAX };
+    let t0 = Instant::now();
+    let make = || match mode % 4 {
+        0 => Endpoint::new(Role::Server, limits, t0, None),
+        1 => {
+            let agreed = negotiate([&b"permessage-deflate"[..]], Compression::Shared);
+            Endpoint::new(Role::Server, limits, t0, agreed.map(|a| PerMessage::new(a, 64, 1, 8)))
+        }
+        2 => Endpoint::new(Role::Client, limits, t0, None),
+        _ => Endpoint::legacy(crate::ws::hixie::Draft::Hixie76, limits, t0),
+    };
+    /// Feeds `bytes` in pieces of `step`, keeping what is not consumed; the events (owned,
+    /// yields left out) and the error that ended it.
+    fn run(mut e: Endpoint, bytes: &[u8], step: usize, budget: usize) -> (Vec<(u8, Vec<u8>)>, Option<WsError>) {
+        let mut codecs = SharedCodecs::default();
+        let (mut pending, mut events) = (Vec::new(), Vec::new());
+        for piece in bytes.chunks(step) {
+            pending.extend_from_slice(piece);
+            loop {
+                let r = match e.receive(&mut pending, Instant::now(), budget, &mut codecs) {
+                    Ok(r) => r,
+                    Err(err) => return (events, Some(err)),
+                };
+                let used = r.used;
+                let event = match r.event {
+                    None if used == 0 => break,
+                    None | Some(Event::Yield) => None,
+                    Some(Event::Message(kind, p)) => {
+                        assert!(p.len() <= MAX);
+                        Some((kind as u8, p.as_slice().to_vec()))
+                    }
+                    Some(Event::Ping(p)) => Some((9, p.to_vec())),
+                    Some(Event::Pong) => Some((10, Vec::new())),
+                    Some(Event::CloseBegun { code, reason }) => {
+                        let mut v = code.map_or(Vec::new(), |c| c.to_be_bytes().to_vec());
+                        v.extend_from_slice(reason.as_bytes());
+                        Some((8, v))
+                    }
+                    Some(Event::CloseAnswered(_)) => Some((11, Vec::new())),
+                };
+                pending.drain(..used);
+                if let Some(event) = event {
+                    let closed = event.0 == 8;
+                    events.push(event);
+                    if closed {
+                        return (events, None);
+                    }
+                }
+            }
+        }
+        // A message left inflating goes on with no new bytes.
+        while e.is_inflating() {
+            match e.receive(&mut [], Instant::now(), budget, &mut codecs) {
+                Ok(r) => {
+                    if let Some(Event::Message(kind, p)) = r.event {
+                        events.push((kind as u8, p.as_slice().to_vec()));
+                    }
+                }
+                Err(err) => return (events, Some(err)),
+            }
+        }
+        (events, None)
+    }
+    let whole = run(make(), bytes, bytes.len().max(1), usize::MAX);
+    let budget = (1 + usize::from(*split) * 16).max(crate::ws::deflate::CHUNK);
+    let pieces = run(make(), bytes, 1 + usize::from(*split) % 97, budget);
+    if let Some(err) = whole.1 {
+        let code = err.close_code();
+        assert!(crate::ws::close::is_valid_code(code) && !err.reason().is_empty(), "{err:?}");
+    }
+    assert_eq!(whole, pieces, "at once vs in pieces of {}", 1 + usize::from(*split) % 97);
+}
+
 /// A static route's request path → the relative path served: never panics, and whatever it
 /// accepts has only plain, normal components (no `..`, no root, no NUL, no hidden name), so
 /// it cannot name anything outside the route's directory. The first byte picks the route.
@@ -507,7 +595,7 @@ mod tests {
     fn committed_corpus_replays_clean() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
         type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 12] = [
+        let targets: [Target; 13] = [
             ("frame_header", super::frame_header),
             ("handshake", super::handshake),
             ("message_assembly", super::message_assembly),
@@ -520,6 +608,7 @@ mod tests {
             ("inflate", super::inflate),
             ("hixie", super::hixie),
             ("static_path", super::static_path),
+            ("endpoint", super::endpoint),
         ];
         let mut replayed = 0;
         for (name, run) in targets {

@@ -14,7 +14,8 @@
 //!   [`tls`]: certificates, SNI and the rustls configuration;
 //! - [`http`]: request heads, responses and static files; [`ws`]: the RFC 6455 protocol core
 //!   (frames, masking, UTF-8, messages, close, handshake, permessage-deflate, the hixie
-//!   drafts), pure functions on byte slices, fuzzed and benchmarked;
+//!   drafts, and the endpoint of either role that drives them), pure functions on byte
+//!   slices, fuzzed and benchmarked;
 //! - [`route`]: request path → app, backend or directory, with the route's policy and limits;
 //! - [`backend`]: UNIX-socket backends: framings (raw, lines, framed, direct), links, hand-off;
 //! - [`buffer`]: pooled read buffers and the vectored output queue; [`encode`]: frames onto

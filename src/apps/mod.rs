@@ -65,21 +65,8 @@ pub enum Action {
 /// dashboard): apps and backends can neither subscribe nor publish to them by name.
 pub const FEED_PREFIX: char = '\0';
 
-/// A received message's payload: borrowed from the read buffer, or already owned (a message
-/// assembled across frames or reads, handed over without a copy).
-pub enum Payload<'a> {
-    Borrowed(&'a [u8]),
-    Owned(Vec<u8>),
-}
-
-impl Payload<'_> {
-    pub fn as_slice(&self) -> &[u8] {
-        match self {
-            Payload::Borrowed(b) => b,
-            Payload::Owned(v) => v,
-        }
-    }
-}
+/// A received message's payload (the endpoint's): borrowed, or owned when large.
+pub use crate::ws::endpoint::Payload;
 
 /// Why the app asks its connection to close.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,12 +23,12 @@ use crate::http::request::{parse_request, HeadLimits, Request, MAX_HEADERS};
 use crate::http::response::Response;
 use crate::http::static_files::{self, Answer, StaticDir};
 use crate::ws::deflate::PerMessage;
+use crate::ws::endpoint::Endpoint;
 use crate::ws::extensions::{Agreed, Compression};
 use crate::ws::frame::Role;
 use crate::ws::handshake;
 use crate::ws::hixie::{self, Draft};
 use crate::ws::message::MessageKind;
-use crate::ws::session::Session;
 
 impl Connection {
     /// Handles one request head if a whole one is buffered. Returns `true` when the phase
@@ -338,9 +338,7 @@ impl Connection {
         if let Some(draft) = legacy {
             cx.metrics.legacy_opens[usize::from(draft == Draft::Hixie75)] += 1;
         }
-        let mut session = Session::new(Role::Server, route.message_limits(), cx.now);
         let pmd = deflate.map(|agreed| {
-            session.allow_compression();
             cx.metrics.compressed_opens += 1;
             let spec = &route.compression;
             let mem_level = match spec.mode {
@@ -351,7 +349,11 @@ impl Connection {
             cx.codecs.dedicated += usize::from(pmd.keeps_context());
             pmd
         });
-        self.ws = Some(Ws::new(session, app, pmd, legacy));
+        let endpoint = match legacy {
+            Some(draft) => Endpoint::legacy(draft, route.message_limits(), cx.now),
+            None => Endpoint::new(Role::Server, route.message_limits(), cx.now, pmd),
+        };
+        self.ws = Some(Ws { endpoint, app });
         self.set_phase(Phase::Connected);
         self.with_app(cx, |app, acx| app.on_open(acx));
     }
@@ -431,8 +433,8 @@ impl Connection {
         match spec.framing {
             Framing::Direct => {
                 self.log.set_status(101);
-                self.handoff =
-                    Some(Box::new(HandOffState { backend: Box::new(backend), hello: framed::hello_record(&hello) }));
+                let handoff = HandOffState { backend: Box::new(backend), hello: framed::hello_record(&hello) };
+                self.rare.get_or_insert_with(Box::default).handoff = Some(handoff);
                 self.set_phase(Phase::HandingOff { deadline: cx.now + route.limits.write_timeout });
                 false
             }

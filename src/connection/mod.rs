@@ -1,7 +1,8 @@
 //! One client connection: its transport, buffers, phase and readiness.
 //!
-//! Phases: `Unknown` (accepted) → `Opening` (TLS) → `Http` (reading request heads) →
-//! `Connected` (a [`Session`] and an [`App`]) → `Flushing` (last bytes out, then FIN) →
+//! Phases: `Unknown` (accepted) → `Opening` (TLS) → `Http` (reading request heads, and
+//! `Sending` a static file's body) → `Connected` (a [`ws::endpoint::Endpoint`](Endpoint) and
+//! an [`App`]) → `Flushing` (last bytes out, then FIN) →
 //! `Lingering` (waiting for the peer's FIN) → `Closed`; direct hand-off goes `HandingOff` →
 //! `HandedOff`. Every phase has a deadline.
 //!
@@ -30,7 +31,7 @@ pub use end::{AccessLog, End, SLOW_CONSUMER_CODE};
 
 use crate::admin::Reply;
 use crate::apps::backend::{Backend, HandOff};
-use crate::apps::{Action, App, AppClose, AppCtx, AppIo, Hold, Payload, Traffic};
+use crate::apps::{Action, App, AppClose, AppCtx, AppIo, Hold, Traffic};
 use crate::backend::FailureLog;
 use crate::broker::Broker;
 use crate::buffer::{OutQueue, Pools, READ_BUF_SIZE};
@@ -45,11 +46,11 @@ use crate::route::Routes;
 use crate::server::key_of;
 use crate::transport::{NotTls, Transport};
 use crate::ws::close;
-use crate::ws::deflate::{InflateFail, InflateJob, PerMessage, SharedCodecs, CHUNK};
+use crate::ws::deflate::{PerMessage, SharedCodecs, CHUNK};
+use crate::ws::endpoint::{Endpoint, Event, WsError};
 use crate::ws::frame::Opcode;
-use crate::ws::hixie::{self, Draft};
-use crate::ws::message::MessageKind;
-use crate::ws::session::{reply_code, Due, Received, Session, Timing};
+use crate::ws::hixie::Draft;
+use crate::ws::session::{Due, Timing};
 
 /// Bytes one connection may read per wake-up before the loop serves others.
 const READ_BUDGET: usize = 512 * 1024;
@@ -73,9 +74,6 @@ const INFLATE_BUDGET: usize = 256 << 10;
 /// Inflated bytes per unit of the fan-out budget: a drive that inflated `INFLATE_BUDGET` has
 /// spent its whole `FANOUT_BUDGET`.
 const INFLATE_UNIT: usize = INFLATE_BUDGET / FANOUT_BUDGET;
-/// Messages at least this large that were assembled in the decoder are handed to the app
-/// as owned buffers (no copy); smaller ones are borrowed.
-const OWN_PAYLOAD_MIN: usize = 4096;
 
 /// [`Connection::route`] of a connection no route serves (yet).
 pub(crate) const NO_ROUTE: u16 = u16::MAX;
@@ -166,96 +164,31 @@ pub enum Delivered {
     NotOpen,
 }
 
-/// The open WebSocket: the protocol session and the app behind it.
+/// The open WebSocket: the protocol endpoint and the app behind it.
 struct Ws {
-    session: Session,
+    endpoint: Endpoint,
     app: Box<dyn App>,
-    /// What few connections have, boxed together: every open connection carries this struct.
-    rare: Option<Box<Rare>>,
-}
-
-#[derive(Default)]
-struct Rare {
-    /// A protocol error on a route whose app must hear first (framed backend): the close frame
-    /// the client is owed, and since when it waits (bounded by `close_timeout`).
-    failing: Option<(u16, &'static str, Instant)>,
-    /// permessage-deflate, when negotiated.
-    pmd: Option<PerMessage>,
-    /// A client speaking a legacy draft (hixie-76 / -75).
-    legacy: Option<Legacy>,
-    /// A large compressed message being inflated over several drives.
-    inflating: Option<Box<Inflating>>,
-    /// What the app queues during one call when it must be recoded after it: translated for
-    /// a legacy client, or compressed when the app queues frames itself (a backend).
-    scratch: OutQueue,
-}
-
-/// A compressed message too large to inflate in one drive: its kind, and the work so far.
-struct Inflating {
-    kind: MessageKind,
-    job: InflateJob,
-}
-
-/// A legacy client: its frames in, and the apps' RFC 6455 frames translated on the way out.
-struct Legacy {
-    draft: Draft,
-    decoder: hixie::Decoder,
-    translator: hixie::Translator,
 }
 
 impl Ws {
-    fn new(session: Session, app: Box<dyn App>, pmd: Option<PerMessage>, legacy: Option<Draft>) -> Ws {
-        let legacy = legacy.map(|draft| Legacy {
-            draft,
-            decoder: hixie::Decoder::default(),
-            translator: hixie::Translator::default(),
-        });
-        let rare = (pmd.is_some() || legacy.is_some()).then(|| Box::new(Rare { pmd, legacy, ..Rare::default() }));
-        Ws { session, app, rare }
+    /// Whether what the app queues is re-encoded after each call (see [`Rare::scratch`]): for
+    /// a legacy client, or compressed when the app queues frames itself (a backend).
+    fn recodes(&self) -> bool {
+        self.endpoint.draft().is_some() || (self.endpoint.pmd().is_some() && self.app.queues_frames())
     }
+}
 
-    fn is_inflating(&self) -> bool {
-        self.rare.as_ref().is_some_and(|r| r.inflating.is_some())
-    }
-
-    fn legacy(&self) -> Option<Draft> {
-        Some(self.rare.as_ref()?.legacy.as_ref()?.draft)
-    }
-
-    fn legacy_mut(&mut self) -> Option<&mut Legacy> {
-        self.rare.as_mut()?.legacy.as_mut()
-    }
-
-    fn is_between_messages(&self) -> bool {
-        match self.rare.as_ref().and_then(|r| r.legacy.as_ref()) {
-            Some(legacy) => legacy.decoder.is_between_messages(),
-            None => self.session.is_between_messages(),
-        }
-    }
-
-    /// The app's queue and permessage-deflate for one call: the scratch queue when what the
-    /// app queues is recoded after the call (see [`Rare::scratch`]).
-    fn app_parts<'w>(
-        &'w mut self,
-        out: &'w mut OutQueue,
-    ) -> (&'w mut Box<dyn App>, &'w mut OutQueue, Option<&'w mut PerMessage>) {
-        let Some(rare) = self.rare.as_deref_mut() else { return (&mut self.app, out, None) };
-        let recode = rare.legacy.is_some() || (rare.pmd.is_some() && self.app.queues_frames());
-        let Rare { pmd, scratch, .. } = rare;
-        (&mut self.app, if recode { scratch } else { out }, pmd.as_mut())
-    }
-
-    fn failing(&self) -> Option<&(u16, &'static str, Instant)> {
-        self.rare.as_ref()?.failing.as_ref()
-    }
-
-    fn set_failing(&mut self, failing: Option<(u16, &'static str, Instant)>) {
-        self.rare.get_or_insert_with(Box::default).failing = failing;
-    }
-
-    fn pmd(&self) -> Option<&PerMessage> {
-        self.rare.as_ref()?.pmd.as_ref()
-    }
+/// What few connections have, boxed together: every connection carries the pointer.
+#[derive(Default)]
+struct Rare {
+    /// Direct mode, between the 101 and the hand-off.
+    handoff: Option<HandOffState>,
+    /// A protocol error on a route whose app must hear first (framed backend): the close frame
+    /// the client is owed, and since when it waits (bounded by `close_timeout`).
+    failing: Option<(u16, &'static str, Instant)>,
+    /// What the app queues during one call when it must be re-encoded after it
+    /// ([`Ws::recodes`]).
+    scratch: OutQueue,
 }
 
 #[derive(Debug)]
@@ -344,7 +277,7 @@ pub struct Connection {
     phase: Phase,
     /// Set from the upgrade on: kept through `Flushing` so the app can finish its own writes.
     ws: Option<Ws>,
-    handoff: Option<Box<HandOffState>>,
+    rare: Option<Box<Rare>>,
     rbuf: Option<Box<[u8]>>,
     /// Unconsumed bytes are `rbuf[rstart..rend]`.
     rstart: usize,
@@ -379,7 +312,7 @@ impl Connection {
             accepted: now,
             phase: Phase::Unknown,
             ws: None,
-            handoff: None,
+            rare: None,
             rbuf: None,
             rstart: 0,
             rend: 0,
@@ -429,7 +362,7 @@ impl Connection {
 
     /// An open WebSocket (not closing).
     pub fn is_open(&self) -> bool {
-        matches!(self.phase, Phase::Connected) && self.ws.as_ref().is_some_and(|ws| !ws.session.is_closing())
+        matches!(self.phase, Phase::Connected) && self.ws.as_ref().is_some_and(|ws| !ws.endpoint.session().is_closing())
     }
 
     pub fn traffic(&self) -> &Traffic {
@@ -470,6 +403,22 @@ impl Connection {
         self.drive(cx, Ready { corked: true, ..Ready::default() })
     }
 
+    /// A client failed while its app must hear first: the close frame it is owed, and since
+    /// when it waits.
+    fn failing(&self) -> Option<&(u16, &'static str, Instant)> {
+        self.rare.as_ref()?.failing.as_ref()
+    }
+
+    fn set_failing(&mut self, failing: Option<(u16, &'static str, Instant)>) {
+        if failing.is_some() || self.rare.is_some() {
+            self.rare.get_or_insert_with(Box::default).failing = failing;
+        }
+    }
+
+    fn handoff_mut(&mut self) -> Option<&mut HandOffState> {
+        self.rare.as_mut()?.handoff.as_mut()
+    }
+
     /// The client's socket, for the poller.
     pub fn source_mut(&mut self) -> &mut dyn mio::event::Source {
         self.transport.source_mut()
@@ -500,7 +449,7 @@ impl Connection {
             if let Some(ws) = &mut self.ws {
                 ws.app.on_ready(ready.app_readable, ready.app_writable);
             }
-            if let Some(h) = &mut self.handoff {
+            if let Some(h) = self.handoff_mut() {
                 h.backend.on_ready(ready.app_readable, ready.app_writable);
             }
         }
@@ -594,8 +543,8 @@ impl Connection {
             | Phase::Flushing { deadline }
             | Phase::Lingering { deadline } => Some(*deadline),
             Phase::Connected => match self.ws.as_ref() {
-                Some(ws) if ws.failing().is_some() => ws.failing().map(|f| f.2 + self.limits.close_timeout),
-                Some(ws) => ws.session.deadline(&self.timing()),
+                Some(_) if self.failing().is_some() => self.failing().map(|f| f.2 + self.limits.close_timeout),
+                Some(ws) => ws.endpoint.session().deadline(&self.timing()),
                 None => None,
             },
             Phase::Sending(_) | Phase::Closed => None,
@@ -645,8 +594,7 @@ impl Connection {
     }
 
     fn ws_timer(&mut self, now: Instant) -> Option<End> {
-        let ws = self.ws.as_mut()?;
-        if let Some(&(code, reason, since)) = ws.failing() {
+        if let Some(&(code, reason, since)) = self.failing() {
             if now < since + self.limits.close_timeout {
                 return None;
             }
@@ -655,7 +603,7 @@ impl Connection {
         }
         let timing = self.timing();
         let ws = self.ws.as_mut()?;
-        match ws.session.on_timer(now, &timing)? {
+        match ws.endpoint.session_mut().on_timer(now, &timing)? {
             Due::Ping => {
                 // Pings ride the urgent lane: a peer slow to read still gets them promptly.
                 self.out.push_control(Opcode::Ping, b"");
@@ -686,27 +634,28 @@ impl Connection {
     /// Whether this connection keeps compression context (counted against the route's
     /// `compression_max_dedicated`).
     pub fn keeps_compression_context(&self) -> bool {
-        self.ws.as_ref().and_then(Ws::pmd).is_some_and(PerMessage::keeps_context)
+        self.ws.as_ref().and_then(|ws| ws.endpoint.pmd()).is_some_and(PerMessage::keeps_context)
     }
 
     /// With permessage-deflate negotiated and a message of `payload_len` bytes worth
     /// compressing: the window and level its compressed form must use.
     pub fn deflate_params(&self, payload_len: usize) -> Option<(u8, i32)> {
-        let pmd = self.ws.as_ref()?.pmd()?;
+        let pmd = self.ws.as_ref()?.endpoint.pmd()?;
         pmd.wants(payload_len).then(|| (pmd.agreed.server_max_window_bits, pmd.level()))
     }
 
     /// A legacy (hixie) client: what is delivered to it must be its frames
     /// ([`crate::encode::legacy_twin`]).
     pub fn is_legacy(&self) -> bool {
-        self.ws.as_ref().and_then(Ws::legacy).is_some()
+        self.ws.as_ref().and_then(|ws| ws.endpoint.draft()).is_some()
     }
 
     /// Queues a frame published by someone else (already in this client's framing: RFC 6455,
     /// compressed or not, or legacy), under the route's backpressure policy.
     pub fn deliver(&mut self, now: Instant, pools: &mut Pools, frame: &SharedFrame) -> Delivered {
         let open = matches!(self.phase, Phase::Connected)
-            && self.ws.as_ref().is_some_and(|ws| !ws.session.is_closing() && ws.failing().is_none());
+            && self.failing().is_none()
+            && self.ws.as_ref().is_some_and(|ws| !ws.endpoint.session().is_closing());
         if !open {
             return Delivered::NotOpen;
         }
@@ -737,8 +686,11 @@ impl Connection {
         if let Some(ws) = &mut self.ws {
             ws.app.release(pools);
         }
-        if let Some(h) = &mut self.handoff {
+        if let Some(h) = self.handoff_mut() {
             h.backend.release(pools);
+        }
+        if let Some(rare) = &mut self.rare {
+            rare.scratch.release(pools);
         }
     }
 
@@ -751,7 +703,7 @@ impl Connection {
     fn timing(&self) -> Timing {
         let l = &self.limits;
         // The legacy drafts have no pings: a legacy client is held by idle_timeout alone.
-        let legacy = self.ws.as_ref().and_then(Ws::legacy).is_some();
+        let legacy = self.is_legacy();
         Timing {
             idle_timeout: l.idle_timeout,
             ping_interval: if legacy { std::time::Duration::ZERO } else { l.ping_interval },
@@ -809,14 +761,14 @@ impl Connection {
                 self.finish(now);
             }
             End::Fail { code, reason } => {
-                let already_sent = self.ws.as_ref().is_some_and(|ws| ws.session.is_closing());
+                let already_sent = self.ws.as_ref().is_some_and(|ws| ws.endpoint.session().is_closing());
                 if !already_sent {
                     self.push_close_frame(pools, Some(code), reason);
                 }
                 if let Some(ws) = &mut self.ws {
-                    ws.session.close(now);
-                    ws.set_failing(None);
+                    ws.endpoint.session_mut().close(now);
                 }
+                self.set_failing(None);
                 self.log.set_close(code, reason);
                 self.rstart = self.rend;
                 self.finish(now);
@@ -854,14 +806,14 @@ impl Connection {
     /// Starts the closing handshake (§7.1.2): our close frame, then wait for the peer's.
     /// While the client is being failed, any reason to close sends the close frame it is owed.
     fn begin_close(&mut self, now: Instant, pools: &mut Pools, code: u16, reason: std::borrow::Cow<'static, str>) {
+        if let Some(&(code, reason, _)) = self.failing() {
+            return self.close(now, pools, End::Fail { code, reason });
+        }
         let Some(ws) = self.ws.as_mut().filter(|_| matches!(self.phase, Phase::Connected)) else {
             return self.finish(now);
         };
-        if let Some(&(code, reason, _)) = ws.failing() {
-            return self.close(now, pools, End::Fail { code, reason });
-        }
-        if ws.session.close(now) {
-            let legacy = ws.legacy();
+        if ws.endpoint.session_mut().close(now) {
+            let legacy = ws.endpoint.draft();
             self.push_close_frame(pools, Some(code), &reason);
             self.log.set_close(code, reason);
             if legacy == Some(Draft::Hixie75) {
@@ -871,13 +823,11 @@ impl Connection {
         }
     }
 
-    /// Our close frame: RFC 6455's with a code and reason, hixie-76's `0xFF 0x00`, or nothing
-    /// for hixie-75.
+    /// Our close frame, as the client's wire has it ([`Endpoint::close_frame`]).
     fn push_close_frame(&mut self, pools: &mut Pools, code: Option<u16>, reason: &str) {
-        match self.ws.as_ref().and_then(Ws::legacy) {
+        match &self.ws {
+            Some(ws) => ws.endpoint.close_frame(&mut self.out, pools, code, reason),
             None => self.out.push_close(pools, code, reason),
-            Some(Draft::Hixie76) => self.out.push_bytes(pools, &hixie::CLOSE),
-            Some(Draft::Hixie75) => {}
         }
     }
 
@@ -893,43 +843,18 @@ impl Connection {
 
     // ---- the app ----
 
-    /// Runs `f` on the app with a context; applies what the app asked for after.
+    /// Runs `f` on the app (see [`call_app`]); applies what the app asked for after.
     fn with_app<R>(&mut self, cx: &mut Ctx<'_>, f: impl FnOnce(&mut dyn App, &mut AppCtx<'_>) -> R) -> Option<R> {
         let who = self.who();
-        let ws = self.ws.as_mut()?;
-        let mut close = None;
         let high = self.limits.backpressure_high;
-        let (app, out, pmd) = ws.app_parts(&mut self.out);
-        let mut acx = app_ctx(cx, who, out, &mut self.log.traffic, high, &mut close, pmd);
-        let r = f(app.as_mut(), &mut acx);
-        self.recode_app_output(cx);
+        let Connection { ws, rare, out, log, .. } = self;
+        let ws = ws.as_mut()?;
+        let mut close = None;
+        let (r, _) = call_app(ws, rare, out, cx, who, high, &mut log.traffic, &mut close, f);
         if let Some(why) = close {
             self.app_closed(cx, why);
         }
         Some(r)
-    }
-
-    /// What the app queued in the scratch queue goes out: as legacy frames for a legacy
-    /// client, or with its whole messages compressed (an app that queues frames itself, on a
-    /// connection with permessage-deflate).
-    fn recode_app_output(&mut self, cx: &mut Ctx<'_>) {
-        let max = self.limits.max_message_size;
-        let Some(rare) = self.ws.as_mut().and_then(|ws| ws.rare.as_deref_mut()) else { return };
-        if rare.scratch.is_empty() {
-            return;
-        }
-        let frames = rare.scratch.to_vec();
-        rare.scratch.release(cx.pools);
-        if let Some(legacy) = &mut rare.legacy {
-            let mut text = Vec::with_capacity(frames.len());
-            let done = legacy.translator.translate(&frames, max, &mut text);
-            self.out.push_bytes(cx.pools, &text);
-            cx.metrics.legacy_dropped += done.dropped as u64;
-        } else if let Some(pmd) = &mut rare.pmd {
-            self.out.push_frames_compressing(cx.pools, &frames, pmd, cx.codecs);
-        } else {
-            self.out.push_bytes(cx.pools, &frames);
-        }
     }
 
     fn app_closed(&mut self, cx: &mut Ctx<'_>, why: AppClose) {
@@ -948,7 +873,7 @@ impl Connection {
     fn app_io(&mut self, cx: &mut Ctx<'_>) -> Option<usize> {
         if let Phase::HandedOff { .. } = self.phase {
             let who = self.who();
-            let h = self.handoff.as_mut()?;
+            let h = self.rare.as_mut()?.handoff.as_mut()?;
             let mut close = None;
             let mut traffic = Traffic::default();
             let mut acx = app_ctx(cx, who, &mut self.out, &mut traffic, 0, &mut close, None);
@@ -962,7 +887,7 @@ impl Connection {
         }
         let may_read = matches!(self.phase, Phase::Connected)
             && self.out.len() < self.limits.backpressure_high
-            && self.ws.as_ref().is_some_and(|ws| !ws.session.is_closing());
+            && self.ws.as_ref().is_some_and(|ws| !ws.endpoint.session().is_closing());
         match self.with_app(cx, |app, acx| app.on_io(acx, may_read))? {
             AppIo::Read(n) if !self.is_closed() => Some(n),
             _ => None,
@@ -977,13 +902,13 @@ impl Connection {
         if self.is_closed() {
             return;
         }
-        if let (Some(Hold::UntilAppCloses), Some(ws)) = (hold, self.ws.as_mut()) {
-            if !ws.session.is_closing() && ws.failing().is_none() && matches!(self.phase, Phase::Connected) {
-                ws.set_failing(Some((code, reason, cx.now)));
-                self.rstart = self.rend;
-                log::debug!("{} protocol error ({code} {reason}); waiting for the backend's CLOSE", self.peer());
-                return;
-            }
+        let closing = self.ws.as_ref().is_none_or(|ws| ws.endpoint.session().is_closing());
+        let may_wait = !closing && self.failing().is_none() && matches!(self.phase, Phase::Connected);
+        if hold == Some(Hold::UntilAppCloses) && may_wait {
+            self.set_failing(Some((code, reason, cx.now)));
+            self.rstart = self.rend;
+            log::debug!("{} protocol error ({code} {reason}); waiting for the backend's CLOSE", self.peer());
+            return;
         }
         self.close(cx.now, cx.pools, End::Fail { code, reason })
     }
@@ -997,7 +922,8 @@ impl Connection {
             Phase::Connected => {
                 let high = self.limits.backpressure_high;
                 self.out.len() < high
-                    && self.ws.as_ref().is_some_and(|ws| ws.failing().is_none() && ws.app.accepts_input(high))
+                    && self.failing().is_none()
+                    && self.ws.as_ref().is_some_and(|ws| ws.app.accepts_input(high))
             }
             Phase::Lingering { .. } => true,
             _ => false,
@@ -1012,7 +938,7 @@ impl Connection {
     }
 
     fn is_inflating(&self) -> bool {
-        self.ws.as_ref().is_some_and(Ws::is_inflating)
+        self.ws.as_ref().is_some_and(|ws| ws.endpoint.is_inflating())
     }
 
     /// One read; processes what arrived. Returns the bytes read.
@@ -1216,7 +1142,8 @@ impl Connection {
             self.rend = 0;
             // Mid-message the buffer is kept for the rest, unless this peer sends little: all its
             // bytes were consumed (the decoder holds the partial message), nothing is lost.
-            let idle = read < KEEP_READ_BUFFER_AFTER || self.ws.as_ref().is_none_or(Ws::is_between_messages);
+            let idle =
+                read < KEEP_READ_BUFFER_AFTER || self.ws.as_ref().is_none_or(|ws| ws.endpoint.is_between_messages());
             if idle {
                 if let Some(buf) = self.rbuf.take() {
                     cx.pools.put_read(buf);
@@ -1271,7 +1198,7 @@ impl Connection {
             }
             Phase::Http { .. } if self.rend == self.rstart => "client closed without sending a request",
             Phase::Http { .. } => "client closed mid-request",
-            Phase::Connected if self.ws.as_ref().is_some_and(|ws| ws.session.is_closing()) => {
+            Phase::Connected if self.ws.as_ref().is_some_and(|ws| ws.endpoint.session().is_closing()) => {
                 "peer closed without answering close"
             }
             Phase::Connected => "peer closed without a close frame (1006)",
@@ -1283,7 +1210,7 @@ impl Connection {
     /// Direct mode, once the 101 is out: the socket (with the HELLO and any bytes read past
     /// the request) goes to the backend, and this connection ends without touching it.
     fn hand_off(&mut self, cx: &mut Ctx<'_>) {
-        let Some(mut h) = self.handoff.take() else {
+        let Some(mut h) = self.rare.as_mut().and_then(|r| r.handoff.take()) else {
             return self.close(cx.now, cx.pools, End::Abort("nothing to hand off".into()));
         };
         if let Some(buf) = &self.rbuf {
@@ -1294,7 +1221,7 @@ impl Connection {
         let hello = std::mem::take(&mut h.hello);
         match h.backend.hand_off(cx.pools, fd, &hello) {
             Ok(HandOff::Done) => {
-                self.handoff = Some(h);
+                self.rare.get_or_insert_with(Box::default).handoff = Some(h);
                 self.close(cx.now, cx.pools, End::HandedOff)
             }
             Ok(HandOff::Pending) => {
@@ -1303,11 +1230,11 @@ impl Connection {
                 let deadline = cx.now + self.limits.write_timeout;
                 let fd = h.backend.link_fd();
                 cx.actions.push(Action::Register { fd, interest: mio::Interest::WRITABLE });
-                self.handoff = Some(h);
+                self.rare.get_or_insert_with(Box::default).handoff = Some(h);
                 self.set_phase(Phase::HandedOff { deadline });
             }
             Err(e) => {
-                self.handoff = Some(h);
+                self.rare.get_or_insert_with(Box::default).handoff = Some(h);
                 self.close(cx.now, cx.pools, End::HandOffFailed(e))
             }
         }
@@ -1316,10 +1243,13 @@ impl Connection {
     // ---- input ----
 
     fn process_input(&mut self, cx: &mut Ctx<'_>) {
-        if matches!(self.phase, Phase::Connected) && !self.resume_inflate(cx) {
+        let Some(mut buf) = self.rbuf.take() else {
+            // A large compressed message goes on inflating with no new bytes.
+            if matches!(self.phase, Phase::Connected) && self.is_inflating() {
+                self.process_frames(&mut [], cx);
+            }
             return;
-        }
-        let Some(mut buf) = self.rbuf.take() else { return };
+        };
         loop {
             match self.phase {
                 Phase::Http { .. } => {
@@ -1342,274 +1272,151 @@ impl Connection {
         self.rbuf = Some(buf);
     }
 
+    /// The one frames → app path, for every wire: the endpoint decodes (inflating, or a
+    /// legacy draft's frames), the app gets whole messages through [`call_app`], pings are
+    /// answered, the close handshake ends it. Stops for backpressure, the fan-out budget, an
+    /// app that holds input, or a large message's inflating budget (`input_held`: the bytes
+    /// left go first next time).
     fn process_frames(&mut self, buf: &mut [u8], cx: &mut Ctx<'_>) {
-        if self.is_legacy() {
-            return self.process_legacy_frames(buf, cx);
-        }
         /// Why the loop over frames stopped.
         enum Stop {
-            /// Backpressure, the app, or the fan-out budget: bytes may wait (`input_held`).
+            /// Backpressure, the app, the fan-out or inflating budget: bytes may wait.
             Held,
             /// An incomplete frame (or nothing): a read brings the rest.
             NeedMore,
-            ProtocolError(u16, &'static str),
+            Failed(WsError),
             Ended(End),
             App(AppClose),
-            /// A compressed message too large to inflate in this drive: it goes on in steps
-            /// (its input, the input used, the output so far).
-            Inflate(MessageKind, Vec<u8>, usize, Vec<u8>),
         }
         let high = self.limits.backpressure_high;
-        let mut pos = self.rstart;
         let who = self.who();
-        let Some(ws) = self.ws.as_mut() else { return };
-        if ws.failing().is_some() || !ws.app.accepts_input(high) {
+        let mut pos = self.rstart;
+        let end = self.rend;
+        let failing = self.failing().is_some();
+        let Connection { ws, rare, out, log, .. } = self;
+        let Some(ws) = ws.as_mut() else { return };
+        if failing || !ws.app.accepts_input(high) {
             self.input_held = true;
             return;
         }
+        let recode = ws.recodes();
         let mut app_close = None;
-        let mut acx = app_ctx(
-            cx,
-            who,
-            &mut self.out,
-            &mut self.log.traffic,
-            high,
-            &mut app_close,
-            ws.rare.as_mut().and_then(|r| r.pmd.as_mut()),
-        );
         let stop = loop {
-            if acx.out.len() >= high || acx.hold || *acx.fanout >= FANOUT_BUDGET {
+            if out.len() >= high || cx.fanout >= FANOUT_BUDGET {
                 break Stop::Held;
             }
-            let (event, used) = match ws.session.receive(&mut buf[pos..self.rend], acx.now) {
+            // Inflating shares the drive's work budget with fan-out.
+            let budget = INFLATE_BUDGET.saturating_sub(cx.fanout.saturating_mul(INFLATE_UNIT)).max(CHUNK);
+            let Ws { endpoint, app } = ws;
+            let received = match endpoint.receive(&mut buf[pos..end], cx.now, budget, cx.codecs) {
                 Ok(r) => r,
-                Err(e) => break Stop::ProtocolError(e.close_code(), e.reason()),
+                Err(e) => break Stop::Failed(e),
             };
-            pos += used;
-            let Some(event) = event else {
-                if used == 0 {
+            pos += received.used;
+            cx.fanout += received.inflated / INFLATE_UNIT;
+            let Some(event) = received.event else {
+                if received.used == 0 {
                     break Stop::NeedMore;
                 }
                 continue;
             };
-            let mut large = None;
-            let mut deferred = None;
             match event {
-                Received::Message(kind, payload) => {
-                    acx.traffic.msgs_in += 1;
-                    acx.traffic.bytes_in += payload.len() as u64;
-                    if payload.len() < OWN_PAYLOAD_MIN {
-                        ws.app.on_message(&mut acx, kind, Payload::Borrowed(payload));
-                    } else {
-                        large = Some((kind, payload.len()));
-                    }
-                }
-                Received::Compressed(kind, payload) => {
-                    let mut inflated = Vec::new();
-                    let max = self.limits.max_message_size;
-                    let budget = INFLATE_BUDGET.saturating_sub(acx.fanout.saturating_mul(INFLATE_UNIT)).max(CHUNK);
-                    let result = match acx.pmd.as_deref_mut() {
-                        Some(pmd) => pmd.inflate_within(acx.codecs, payload, max, &mut inflated, budget),
-                        None => Err(InflateFail::Invalid),
+                Event::Message(kind, payload) => {
+                    log.traffic.msgs_in += 1;
+                    log.traffic.bytes_in += payload.len() as u64;
+                    let pmd = received.pmd;
+                    let hold = {
+                        let queue = app_queue(recode, rare, out);
+                        let mut acx = app_ctx(cx, who, queue, &mut log.traffic, high, &mut app_close, pmd);
+                        app.on_message(&mut acx, kind, payload);
+                        acx.hold
                     };
-                    match result {
-                        Err(InflateFail::TooBig) => {
-                            break Stop::ProtocolError(1009, "message too big once inflated");
-                        }
-                        Err(InflateFail::Invalid) => break Stop::ProtocolError(1007, "invalid compressed data"),
-                        Ok(Some(used)) => {
-                            // Inflating shares the drive's work budget with fan-out.
-                            *acx.fanout += inflated.len() / INFLATE_UNIT;
-                            deferred = Some((kind, payload.len(), used, inflated));
-                        }
-                        Ok(None) => {
-                            if kind == MessageKind::Text && crate::ws::utf8::validate(&inflated).is_err() {
-                                break Stop::ProtocolError(1007, "invalid UTF-8 in a text message");
-                            }
-                            acx.traffic.msgs_in += 1;
-                            acx.traffic.bytes_in += inflated.len() as u64;
-                            *acx.fanout += inflated.len() / INFLATE_UNIT;
-                            ws.app.on_message(&mut acx, kind, Payload::Owned(inflated));
-                        }
+                    if recode {
+                        reencode(endpoint, rare, out, cx);
+                    }
+                    if let Some(why) = app_close.take() {
+                        break Stop::App(why);
+                    }
+                    if hold {
+                        break Stop::Held;
                     }
                 }
-                Received::Ping(payload) => acx.out.push_control(Opcode::Pong, payload),
-                Received::Pong(_) => {}
-                Received::CloseBegun(frame) => {
+                Event::Ping(payload) => out.push_control(Opcode::Pong, payload),
+                Event::Pong => {}
+                Event::CloseBegun { code, reason } => {
+                    let reason: String = reason.chars().take(123).collect();
                     // §5.5.1: answer, echoing the code (an empty close gets an empty one).
-                    acx.out.push_close(acx.pools, reply_code(&frame), "");
-                    let reason: String = frame.reason.chars().take(123).collect();
-                    ws.app.on_close(&mut acx, frame.code, &reason, false);
-                    break Stop::Ended(End::Closed { code: frame.code, reason });
+                    endpoint.close_reply(out, cx.pools, code);
+                    let mut close = None;
+                    call_app(ws, rare, out, cx, who, high, &mut log.traffic, &mut close, |app, acx| {
+                        app.on_close(acx, code, &reason, false)
+                    });
+                    break Stop::Ended(End::Closed { code, reason });
                 }
-                Received::CloseAnswered(code) => break Stop::Ended(End::Closed { code, reason: String::new() }),
-            }
-            if let Some((kind, len, used, inflated)) = deferred {
-                // Taken from the decoder's own buffer, or copied out of the read buffer.
-                let input = ws.session.take_assembled().unwrap_or_else(|| buf[pos - len..pos].to_vec());
-                break Stop::Inflate(kind, input, used, inflated);
-            }
-            if let Some((kind, len)) = large {
-                // A large message goes to the app without a copy: the decoder's own buffer if
-                // it was assembled there, else in place (a whole frame read at once ends at `pos`).
-                let payload = match ws.session.take_assembled() {
-                    Some(owned) => Payload::Owned(owned),
-                    None => Payload::Borrowed(&buf[pos - len..pos]),
-                };
-                ws.app.on_message(&mut acx, kind, payload);
-            }
-            if let Some(why) = acx.close.take() {
-                break Stop::App(why);
+                Event::CloseAnswered(code) => break Stop::Ended(End::Closed { code, reason: String::new() }),
+                Event::Yield => break Stop::Held,
             }
         };
         self.rstart = pos;
         // After the app closes, what follows (the peer's answer, perhaps) is read on.
-        self.input_held = matches!(stop, Stop::Held | Stop::App(_) | Stop::Inflate(..));
+        self.input_held = matches!(stop, Stop::Held | Stop::App(_));
         match stop {
             Stop::Held | Stop::NeedMore => {}
-            Stop::Inflate(kind, input, used, inflated) => {
-                if let Some(rare) = ws.rare.as_deref_mut() {
-                    if let Some(pmd) = &rare.pmd {
-                        rare.inflating = Some(Box::new(Inflating { kind, job: pmd.resume(input, used, inflated) }));
-                    }
-                }
-            }
-            Stop::ProtocolError(code, reason) => self.protocol_error(cx, code, reason),
+            Stop::Failed(e) => self.protocol_error(cx, e.close_code(), e.reason()),
             Stop::Ended(end) => self.close(cx.now, cx.pools, end),
             Stop::App(why) => self.app_closed(cx, why),
         }
     }
 }
 
-impl Connection {
-    /// Goes on with a large compressed message, for at most what is left of this drive's
-    /// budget (at least a chunk); then hands it to the app. Returns whether input may be
-    /// processed further now (no message in progress, or it just went to the app).
-    fn resume_inflate(&mut self, cx: &mut Ctx<'_>) -> bool {
-        let max = self.limits.max_message_size;
-        let Some(ws) = self.ws.as_mut() else { return true };
-        let closing = ws.session.is_closing();
-        let Some(rare) = ws.rare.as_deref_mut() else { return true };
-        let Some(mut inflating) = rare.inflating.take() else { return true };
-        let Some(pmd) = rare.pmd.as_mut() else { return true };
-        if closing {
-            // Only the peer's close frame matters now.
-            return true;
-        }
-        let before = inflating.job.out.len();
-        let budget = INFLATE_BUDGET.saturating_sub(cx.fanout.saturating_mul(INFLATE_UNIT)).max(CHUNK);
-        let result = pmd.inflate_step(&mut inflating.job, max, budget);
-        cx.fanout += (inflating.job.out.len() - before) / INFLATE_UNIT;
-        match result {
-            Ok(false) => {
-                rare.inflating = Some(inflating);
-                false
-            }
-            Err(InflateFail::TooBig) => {
-                self.protocol_error(cx, close::MESSAGE_TOO_BIG, "message too big once inflated");
-                false
-            }
-            Err(InflateFail::Invalid) => {
-                self.protocol_error(cx, close::INVALID_PAYLOAD, "invalid compressed data");
-                false
-            }
-            Ok(true) => {
-                let Inflating { kind, job } = *inflating;
-                let message = job.out;
-                if kind == MessageKind::Text && crate::ws::utf8::validate(&message).is_err() {
-                    self.protocol_error(cx, close::INVALID_PAYLOAD, "invalid UTF-8 in a text message");
-                    return false;
-                }
-                self.log.traffic.msgs_in += 1;
-                self.log.traffic.bytes_in += message.len() as u64;
-                let hold = self.with_app(cx, |app, acx| {
-                    app.on_message(acx, kind, Payload::Owned(message));
-                    acx.hold
-                });
-                if hold == Some(true) {
-                    self.input_held = true;
-                    return false;
-                }
-                matches!(self.phase, Phase::Connected)
-            }
-        }
+/// The one way an app is called: a context whose queue is the connection's output, or the
+/// scratch queue when what the app queues is re-encoded for the wire after the call
+/// ([`Ws::recodes`]). Returns `f`'s result and whether the app holds input.
+#[allow(clippy::too_many_arguments)]
+fn call_app<R>(
+    ws: &mut Ws,
+    rare: &mut Option<Box<Rare>>,
+    out: &mut OutQueue,
+    cx: &mut Ctx<'_>,
+    who: (u64, usize, SocketAddr),
+    high: usize,
+    traffic: &mut Traffic,
+    close: &mut Option<AppClose>,
+    f: impl FnOnce(&mut dyn App, &mut AppCtx<'_>) -> R,
+) -> (R, bool) {
+    let recode = ws.recodes();
+    let Ws { endpoint, app } = ws;
+    let (r, hold) = {
+        let queue = app_queue(recode, rare, out);
+        let mut acx = app_ctx(cx, who, queue, traffic, high, close, endpoint.pmd_mut());
+        let r = f(app.as_mut(), &mut acx);
+        (r, acx.hold)
+    };
+    if recode {
+        reencode(endpoint, rare, out, cx);
     }
+    (r, hold)
+}
 
-    /// A legacy client's frames: text messages to the app, its close answered. Errors close
-    /// the connection as RFC 6455's would (the code goes to the log and the app).
-    fn process_legacy_frames(&mut self, buf: &[u8], cx: &mut Ctx<'_>) {
-        let high = self.limits.backpressure_high;
-        let max = self.limits.max_message_size;
-        let mut pos = self.rstart;
-        let mut held = false;
-        while matches!(self.phase, Phase::Connected) {
-            let Some(ws) = self.ws.as_mut() else { break };
-            if self.out.len() >= high
-                || cx.fanout >= FANOUT_BUDGET
-                || ws.failing().is_some()
-                || !ws.app.accepts_input(high)
-            {
-                held = true;
-                break;
-            }
-            let closing = ws.session.is_closing();
-            let Some(legacy) = ws.legacy_mut() else { break };
-            let draft = legacy.draft;
-            let (frame, used) = match legacy.decoder.decode(&buf[pos..self.rend], max) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.rstart = pos;
-                    let code = match e {
-                        hixie::HixieError::TooBig => close::MESSAGE_TOO_BIG,
-                        hixie::HixieError::InvalidUtf8 => close::INVALID_PAYLOAD,
-                        _ => close::PROTOCOL_ERROR,
-                    };
-                    return self.protocol_error(cx, code, e.reason());
-                }
-            };
-            pos += used;
-            let len = match frame {
-                None if used == 0 => break,
-                None => continue,
-                Some(hixie::Frame::Close) => {
-                    self.rstart = pos;
-                    if !closing {
-                        // The client closes: hixie-76 answers with its own 0xFF 0x00.
-                        self.with_app(cx, |app, acx| app.on_close(acx, None, "", false));
-                        if draft == Draft::Hixie76 {
-                            self.out.push_bytes(cx.pools, &hixie::CLOSE);
-                        }
-                    }
-                    return self.close(cx.now, cx.pools, End::Closed { code: None, reason: String::new() });
-                }
-                // After our close only the client's matters.
-                Some(hixie::Frame::Text(_)) if closing => continue,
-                Some(hixie::Frame::Text(text)) => text.len(),
-            };
-            let payload = match legacy.decoder.take_assembled() {
-                Some(joined) => Payload::Owned(joined),
-                // A frame read whole: `0x00`, the text, `0xFF`, ending at `pos`.
-                None => Payload::Borrowed(&buf[pos - 1 - len..pos - 1]),
-            };
-            ws.session.note_message(cx.now);
-            self.log.traffic.msgs_in += 1;
-            self.log.traffic.bytes_in += len as u64;
-            let hold = self.with_app(cx, |app, acx| {
-                app.on_message(acx, MessageKind::Text, payload);
-                acx.hold
-            });
-            if hold == Some(true) {
-                held = true;
-                break;
-            }
-        }
-        if matches!(self.phase, Phase::Connected) {
-            self.rstart = pos;
-            self.input_held = held;
-        } else {
-            self.rstart = self.rend;
-        }
+/// The queue an app call writes to: the connection's output, or the scratch queue when it
+/// is re-encoded after the call.
+fn app_queue<'q>(recode: bool, rare: &'q mut Option<Box<Rare>>, out: &'q mut OutQueue) -> &'q mut OutQueue {
+    if recode {
+        &mut rare.get_or_insert_with(Box::default).scratch
+    } else {
+        out
     }
+}
+
+/// What the app queued in the scratch queue goes out re-encoded for the wire.
+fn reencode(endpoint: &mut Endpoint, rare: &mut Option<Box<Rare>>, out: &mut OutQueue, cx: &mut Ctx<'_>) {
+    let Some(rare) = rare.as_deref_mut() else { return };
+    if rare.scratch.is_empty() {
+        return;
+    }
+    let frames = rare.scratch.to_vec();
+    rare.scratch.release(cx.pools);
+    cx.metrics.legacy_dropped += endpoint.encode_queued(&frames, out, cx.pools, cx.codecs) as u64;
 }
 
 impl OutQueue {

@@ -135,6 +135,19 @@ impl Decoder {
         matches!(self.state, FrameState::Header) && self.message.is_none()
     }
 
+    /// The largest message accepted.
+    pub fn max_message(&self) -> usize {
+        self.max_message
+    }
+
+    /// Bytes `start..start + len` of the event just returned from the decoder's own buffers:
+    /// an assembled message, or a control frame's payload that arrived in pieces. Empty when
+    /// there is no such event.
+    pub fn lent(&self, start: usize, len: usize) -> &[u8] {
+        let buf: &[u8] = if self.lent { &self.assembly } else { self.control.as_deref().map_or(&[], |c| &c[..]) };
+        start.checked_add(len).and_then(|end| buf.get(start..end)).unwrap_or(&[])
+    }
+
     /// Bytes held by the decoder's own buffer.
     pub fn buffered_capacity(&self) -> usize {
         self.assembly.capacity()

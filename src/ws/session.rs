@@ -199,6 +199,17 @@ impl Session {
         self.decoder.is_between_messages()
     }
 
+    /// The largest message accepted.
+    pub fn max_message(&self) -> usize {
+        self.decoder.max_message()
+    }
+
+    /// Bytes of the event just received that sit in the decoder's own buffers (see
+    /// [`super::message::Decoder::lent`]).
+    pub fn lent(&self, start: usize, len: usize) -> &[u8] {
+        self.decoder.lent(start, len)
+    }
+
     /// The message just received, if it was assembled in the decoder's own buffer: the
     /// caller may keep it without copying.
     pub fn take_assembled(&mut self) -> Option<Vec<u8>> {
