@@ -499,23 +499,24 @@ pub fn endpoint(data: &[u8]) {
     let limits = MessageLimits { max_message: MAX, max_frame: MAX };
     let t0 = Instant::now();
     let make = || match mode % 4 {
-        0 => Endpoint::new(Role::Server, limits, t0, None),
+        0 => (Endpoint::new(Role::Server, limits, t0, false), None),
         1 => {
             let agreed = negotiate([&b"permessage-deflate"[..]], Compression::Shared);
-            Endpoint::new(Role::Server, limits, t0, agreed.map(|a| PerMessage::new(a, 64, 1, 8)))
+            (Endpoint::new(Role::Server, limits, t0, true), agreed.map(|a| PerMessage::new(a, 64, 1, 8)))
         }
-        2 => Endpoint::new(Role::Client, limits, t0, None),
-        _ => Endpoint::legacy(crate::ws::hixie::Draft::Hixie76, limits, t0),
+        2 => (Endpoint::new(Role::Client, limits, t0, false), None),
+        _ => (Endpoint::legacy(crate::ws::hixie::Draft::Hixie76, limits, t0), None),
     };
     /// Feeds `bytes` in pieces of `step`, keeping what is not consumed; the events (owned,
     /// yields left out) and the error that ended it.
-    fn run(mut e: Endpoint, bytes: &[u8], step: usize, budget: usize) -> (Vec<(u8, Vec<u8>)>, Option<WsError>) {
+    type Made = (Endpoint, Option<PerMessage>);
+    fn run((mut e, mut pmd): Made, bytes: &[u8], step: usize, budget: usize) -> (Vec<(u8, Vec<u8>)>, Option<WsError>) {
         let mut codecs = SharedCodecs::default();
         let (mut pending, mut events) = (Vec::new(), Vec::new());
         for piece in bytes.chunks(step) {
             pending.extend_from_slice(piece);
             loop {
-                let r = match e.receive(&mut pending, Instant::now(), budget, &mut codecs) {
+                let r = match e.receive(&mut pending, Instant::now(), budget, &mut codecs, pmd.as_mut()) {
                     Ok(r) => r,
                     Err(err) => return (events, Some(err)),
                 };
@@ -548,7 +549,7 @@ pub fn endpoint(data: &[u8]) {
         }
         // A message left inflating goes on with no new bytes.
         while e.is_inflating() {
-            match e.receive(&mut [], Instant::now(), budget, &mut codecs) {
+            match e.receive(&mut [], Instant::now(), budget, &mut codecs, pmd.as_mut()) {
                 Ok(r) => {
                     if let Some(Event::Message(kind, p)) = r.event {
                         events.push((kind as u8, p.as_slice().to_vec()));

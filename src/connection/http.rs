@@ -351,8 +351,11 @@ impl Connection {
         });
         let endpoint = match legacy {
             Some(draft) => Endpoint::legacy(draft, route.message_limits(), cx.now),
-            None => Endpoint::new(Role::Server, route.message_limits(), cx.now, pmd),
+            None => Endpoint::new(Role::Server, route.message_limits(), cx.now, pmd.is_some()),
         };
+        if pmd.is_some() {
+            self.rare.get_or_insert_with(Box::default).pmd = pmd;
+        }
         self.ws = Some(Ws { endpoint, app });
         self.set_phase(Phase::Connected);
         self.with_app(cx, |app, acx| app.on_open(acx));

@@ -173,8 +173,8 @@ struct Ws {
 impl Ws {
     /// Whether what the app queues is re-encoded after each call (see [`Rare::scratch`]): for
     /// a legacy client, or compressed when the app queues frames itself (a backend).
-    fn recodes(&self) -> bool {
-        self.endpoint.draft().is_some() || (self.endpoint.pmd().is_some() && self.app.queues_frames())
+    fn recodes(&self, compressing: bool) -> bool {
+        self.endpoint.draft().is_some() || (compressing && self.app.queues_frames())
     }
 }
 
@@ -186,6 +186,9 @@ struct Rare {
     /// A protocol error on a route whose app must hear first (framed backend): the close frame
     /// the client is owed, and since when it waits (bounded by `close_timeout`).
     failing: Option<(u16, &'static str, Instant)>,
+    /// permessage-deflate, when negotiated: lent to the endpoint to inflate and to the app's
+    /// context to compress.
+    pmd: Option<PerMessage>,
     /// What the app queues during one call when it must be re-encoded after it
     /// ([`Ws::recodes`]).
     scratch: OutQueue,
@@ -415,6 +418,11 @@ impl Connection {
         }
     }
 
+    /// permessage-deflate, when this client negotiated it.
+    fn pmd(&self) -> Option<&PerMessage> {
+        self.rare.as_ref()?.pmd.as_ref()
+    }
+
     fn handoff_mut(&mut self) -> Option<&mut HandOffState> {
         self.rare.as_mut()?.handoff.as_mut()
     }
@@ -634,13 +642,13 @@ impl Connection {
     /// Whether this connection keeps compression context (counted against the route's
     /// `compression_max_dedicated`).
     pub fn keeps_compression_context(&self) -> bool {
-        self.ws.as_ref().and_then(|ws| ws.endpoint.pmd()).is_some_and(PerMessage::keeps_context)
+        self.pmd().is_some_and(PerMessage::keeps_context)
     }
 
     /// With permessage-deflate negotiated and a message of `payload_len` bytes worth
     /// compressing: the window and level its compressed form must use.
     pub fn deflate_params(&self, payload_len: usize) -> Option<(u8, i32)> {
-        let pmd = self.ws.as_ref()?.endpoint.pmd()?;
+        let pmd = self.pmd().filter(|_| self.ws.is_some())?;
         pmd.wants(payload_len).then(|| (pmd.agreed.server_max_window_bits, pmd.level()))
     }
 
@@ -1273,10 +1281,10 @@ impl Connection {
     }
 
     /// The one frames → app path, for every wire: the endpoint decodes (inflating, or a
-    /// legacy draft's frames), the app gets whole messages through [`call_app`], pings are
-    /// answered, the close handshake ends it. Stops for backpressure, the fan-out budget, an
-    /// app that holds input, or a large message's inflating budget (`input_held`: the bytes
-    /// left go first next time).
+    /// legacy draft's frames), the app gets whole messages through one context (the one
+    /// [`call_app`] makes), pings are answered, the close handshake ends it. Stops for
+    /// backpressure, the fan-out budget, an app that holds input, or a large message's
+    /// inflating budget (`input_held`: the bytes left go first next time).
     fn process_frames(&mut self, buf: &mut [u8], cx: &mut Ctx<'_>) {
         /// Why the loop over frames stopped.
         enum Stop {
@@ -1285,6 +1293,8 @@ impl Connection {
             /// An incomplete frame (or nothing): a read brings the rest.
             NeedMore,
             Failed(WsError),
+            /// The peer began closing: answer, tell the app, end.
+            CloseBegun(Option<u16>, String),
             Ended(End),
             App(AppClose),
         }
@@ -1299,63 +1309,65 @@ impl Connection {
             self.input_held = true;
             return;
         }
-        let recode = ws.recodes();
         let mut app_close = None;
-        let stop = loop {
-            if out.len() >= high || cx.fanout >= FANOUT_BUDGET {
-                break Stop::Held;
-            }
-            // Inflating shares the drive's work budget with fan-out.
-            let budget = INFLATE_BUDGET.saturating_sub(cx.fanout.saturating_mul(INFLATE_UNIT)).max(CHUNK);
-            let Ws { endpoint, app } = ws;
-            let received = match endpoint.receive(&mut buf[pos..end], cx.now, budget, cx.codecs) {
-                Ok(r) => r,
-                Err(e) => break Stop::Failed(e),
-            };
-            pos += received.used;
-            cx.fanout += received.inflated / INFLATE_UNIT;
-            let Some(event) = received.event else {
-                if received.used == 0 {
-                    break Stop::NeedMore;
+        let mut dropped = 0;
+        let stop = {
+            let parts = AppParts::of(ws, rare, out);
+            let AppParts { queue, mut wire_out, pmd } = parts;
+            let mut acx = app_ctx(cx, who, queue, &mut log.traffic, high, &mut app_close, pmd);
+            loop {
+                let queued = wire_out.as_deref().map_or(acx.out.len(), OutQueue::len);
+                if queued >= high || *acx.fanout >= FANOUT_BUDGET {
+                    break Stop::Held;
                 }
-                continue;
-            };
-            match event {
-                Event::Message(kind, payload) => {
-                    log.traffic.msgs_in += 1;
-                    log.traffic.bytes_in += payload.len() as u64;
-                    let pmd = received.pmd;
-                    let hold = {
-                        let queue = app_queue(recode, rare, out);
-                        let mut acx = app_ctx(cx, who, queue, &mut log.traffic, high, &mut app_close, pmd);
+                // Inflating shares the drive's work budget with fan-out.
+                let budget = INFLATE_BUDGET.saturating_sub(acx.fanout.saturating_mul(INFLATE_UNIT)).max(CHUNK);
+                let Ws { endpoint, app } = &mut *ws;
+                let input = &mut buf[pos..end];
+                let received = match endpoint.receive(input, acx.now, budget, acx.codecs, acx.pmd.as_deref_mut()) {
+                    Ok(r) => r,
+                    Err(e) => break Stop::Failed(e),
+                };
+                pos += received.used;
+                *acx.fanout += received.inflated / INFLATE_UNIT;
+                let Some(event) = received.event else {
+                    if received.used == 0 {
+                        break Stop::NeedMore;
+                    }
+                    continue;
+                };
+                match event {
+                    Event::Message(kind, payload) => {
+                        acx.traffic.msgs_in += 1;
+                        acx.traffic.bytes_in += payload.len() as u64;
                         app.on_message(&mut acx, kind, payload);
-                        acx.hold
-                    };
-                    if recode {
-                        reencode(endpoint, rare, out, cx);
+                        if let Some(wire_out) = wire_out.as_deref_mut() {
+                            dropped += reencode(endpoint, &mut acx, wire_out);
+                        }
+                        if acx.close.is_some() {
+                            break Stop::Held;
+                        }
+                        if acx.hold {
+                            break Stop::Held;
+                        }
                     }
-                    if let Some(why) = app_close.take() {
-                        break Stop::App(why);
+                    // Pongs ride the urgent lane of the client's own queue.
+                    Event::Ping(payload) => {
+                        wire_out.as_deref_mut().unwrap_or(acx.out).push_control(Opcode::Pong, payload)
                     }
-                    if hold {
-                        break Stop::Held;
+                    Event::Pong => {}
+                    Event::CloseBegun { code, reason } => {
+                        break Stop::CloseBegun(code, reason.chars().take(123).collect())
                     }
+                    Event::CloseAnswered(code) => break Stop::Ended(End::Closed { code, reason: String::new() }),
+                    Event::Yield => break Stop::Held,
                 }
-                Event::Ping(payload) => out.push_control(Opcode::Pong, payload),
-                Event::Pong => {}
-                Event::CloseBegun { code, reason } => {
-                    let reason: String = reason.chars().take(123).collect();
-                    // §5.5.1: answer, echoing the code (an empty close gets an empty one).
-                    endpoint.close_reply(out, cx.pools, code);
-                    let mut close = None;
-                    call_app(ws, rare, out, cx, who, high, &mut log.traffic, &mut close, |app, acx| {
-                        app.on_close(acx, code, &reason, false)
-                    });
-                    break Stop::Ended(End::Closed { code, reason });
-                }
-                Event::CloseAnswered(code) => break Stop::Ended(End::Closed { code, reason: String::new() }),
-                Event::Yield => break Stop::Held,
             }
+        };
+        cx.metrics.legacy_dropped += dropped as u64;
+        let stop = match (stop, app_close) {
+            (Stop::Held, Some(why)) => Stop::App(why),
+            (stop, _) => stop,
         };
         self.rstart = pos;
         // After the app closes, what follows (the peer's answer, perhaps) is read on.
@@ -1363,15 +1375,47 @@ impl Connection {
         match stop {
             Stop::Held | Stop::NeedMore => {}
             Stop::Failed(e) => self.protocol_error(cx, e.close_code(), e.reason()),
+            Stop::CloseBegun(code, reason) => {
+                // §5.5.1: answer, echoing the code (an empty close gets an empty one).
+                if let Some(ws) = &self.ws {
+                    ws.endpoint.close_reply(&mut self.out, cx.pools, code);
+                }
+                self.with_app(cx, |app, acx| app.on_close(acx, code, &reason, false));
+                self.close(cx.now, cx.pools, End::Closed { code, reason });
+            }
             Stop::Ended(end) => self.close(cx.now, cx.pools, end),
             Stop::App(why) => self.app_closed(cx, why),
         }
     }
 }
 
-/// The one way an app is called: a context whose queue is the connection's output, or the
-/// scratch queue when what the app queues is re-encoded for the wire after the call
-/// ([`Ws::recodes`]). Returns `f`'s result and whether the app holds input.
+/// What an app call writes to: the queue its context holds (the connection's output, or the
+/// scratch queue when what it queues is re-encoded for the wire), the connection's output in
+/// the second case, and permessage-deflate to compress with.
+struct AppParts<'q> {
+    queue: &'q mut OutQueue,
+    wire_out: Option<&'q mut OutQueue>,
+    pmd: Option<&'q mut PerMessage>,
+}
+
+impl<'q> AppParts<'q> {
+    fn of(ws: &Ws, rare: &'q mut Option<Box<Rare>>, out: &'q mut OutQueue) -> AppParts<'q> {
+        let compressing = rare.as_ref().is_some_and(|r| r.pmd.is_some());
+        if !ws.recodes(compressing) && !compressing {
+            return AppParts { queue: out, wire_out: None, pmd: None };
+        }
+        let Rare { pmd, scratch, .. } = rare.get_or_insert_with(Box::default).as_mut();
+        if ws.recodes(compressing) {
+            AppParts { queue: scratch, wire_out: Some(out), pmd: pmd.as_mut() }
+        } else {
+            AppParts { queue: out, wire_out: None, pmd: pmd.as_mut() }
+        }
+    }
+}
+
+/// The one way an app is called: a context over [`AppParts`], and what the app queued
+/// re-encoded for the wire after the call. Returns `f`'s result and whether the app holds
+/// input. (The frames loop keeps one such context for all the messages of a read.)
 #[allow(clippy::too_many_arguments)]
 fn call_app<R>(
     ws: &mut Ws,
@@ -1384,39 +1428,29 @@ fn call_app<R>(
     close: &mut Option<AppClose>,
     f: impl FnOnce(&mut dyn App, &mut AppCtx<'_>) -> R,
 ) -> (R, bool) {
-    let recode = ws.recodes();
-    let Ws { endpoint, app } = ws;
+    let AppParts { queue, wire_out, pmd } = AppParts::of(ws, rare, out);
+    let mut dropped = 0;
     let (r, hold) = {
-        let queue = app_queue(recode, rare, out);
-        let mut acx = app_ctx(cx, who, queue, traffic, high, close, endpoint.pmd_mut());
-        let r = f(app.as_mut(), &mut acx);
+        let mut acx = app_ctx(cx, who, queue, traffic, high, close, pmd);
+        let r = f(ws.app.as_mut(), &mut acx);
+        if let Some(wire_out) = wire_out {
+            dropped = reencode(&mut ws.endpoint, &mut acx, wire_out);
+        }
         (r, acx.hold)
     };
-    if recode {
-        reencode(endpoint, rare, out, cx);
-    }
+    cx.metrics.legacy_dropped += dropped as u64;
     (r, hold)
 }
 
-/// The queue an app call writes to: the connection's output, or the scratch queue when it
-/// is re-encoded after the call.
-fn app_queue<'q>(recode: bool, rare: &'q mut Option<Box<Rare>>, out: &'q mut OutQueue) -> &'q mut OutQueue {
-    if recode {
-        &mut rare.get_or_insert_with(Box::default).scratch
-    } else {
-        out
+/// What the app queued in the scratch queue (its context's queue) goes out to `wire_out`
+/// re-encoded for the wire. Returns the messages a legacy client could not be sent.
+fn reencode(endpoint: &mut Endpoint, acx: &mut AppCtx<'_>, wire_out: &mut OutQueue) -> usize {
+    if acx.out.is_empty() {
+        return 0;
     }
-}
-
-/// What the app queued in the scratch queue goes out re-encoded for the wire.
-fn reencode(endpoint: &mut Endpoint, rare: &mut Option<Box<Rare>>, out: &mut OutQueue, cx: &mut Ctx<'_>) {
-    let Some(rare) = rare.as_deref_mut() else { return };
-    if rare.scratch.is_empty() {
-        return;
-    }
-    let frames = rare.scratch.to_vec();
-    rare.scratch.release(cx.pools);
-    cx.metrics.legacy_dropped += endpoint.encode_queued(&frames, out, cx.pools, cx.codecs) as u64;
+    let frames = acx.out.to_vec();
+    acx.out.release(acx.pools);
+    endpoint.encode_queued(&frames, wire_out, acx.pools, acx.codecs, acx.pmd.as_deref_mut())
 }
 
 impl OutQueue {

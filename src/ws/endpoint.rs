@@ -6,8 +6,13 @@
 //!
 //! Receiving: [`Endpoint::receive`] takes the unread bytes, the time and a work budget and
 //! returns what the caller must act on ([`Event`]) and the bytes it consumed. Sending: the
-//! caller frames messages with [`Received::pmd`] (compressing) or queues RFC 6455 frames and
-//! has them re-encoded for this wire by [`Endpoint::encode_queued`]. The server's connection,
+//! caller frames messages (compressing with its [`PerMessage`]) or queues RFC 6455 frames and
+//! has them re-encoded for this wire by [`Endpoint::encode_queued`].
+//!
+//! The codecs are lent, not owned: the caller keeps a connection's [`PerMessage`] (what was
+//! agreed, and codecs of its own with context takeover) as it keeps the worker's
+//! [`SharedCodecs`], and passes both to each call, so it can frame its replies with them
+//! while a received message is still borrowed. The server's connection,
 //! a client and the load tools drive the same code; tests drive it with a synthetic clock.
 
 use std::time::Instant;
@@ -77,8 +82,6 @@ pub struct Received<'a> {
     pub used: usize,
     /// Bytes inflated during the call (what it spent of the budget).
     pub inflated: usize,
-    /// permessage-deflate, for framing replies while `event` is borrowed.
-    pub pmd: Option<&'a mut PerMessage>,
 }
 
 /// Every way a peer can fail the connection after the handshake, on any wire.
@@ -134,8 +137,6 @@ pub struct Endpoint {
 
 #[derive(Default)]
 struct Wire {
-    /// permessage-deflate, when negotiated.
-    pmd: Option<PerMessage>,
     /// A peer speaking a legacy draft (hixie-76 / -75).
     legacy: Option<Legacy>,
     /// A large compressed message being inflated over several calls.
@@ -179,14 +180,14 @@ enum Got {
 }
 
 impl Endpoint {
-    /// An endpoint opened at `now` speaking RFC 6455, with permessage-deflate if `pmd`.
-    pub fn new(role: Role, limits: MessageLimits, now: Instant, pmd: Option<PerMessage>) -> Endpoint {
+    /// An endpoint opened at `now` speaking RFC 6455; `compressed`: permessage-deflate was
+    /// agreed (the caller passes its [`PerMessage`] to every call).
+    pub fn new(role: Role, limits: MessageLimits, now: Instant, compressed: bool) -> Endpoint {
         let mut session = Session::new(role, limits, now);
-        if pmd.is_some() {
+        if compressed {
             session.allow_compression();
         }
-        let wire = pmd.map(|pmd| Box::new(Wire { pmd: Some(pmd), ..Wire::default() }));
-        Endpoint { session, wire }
+        Endpoint { session, wire: None }
     }
 
     /// A server endpoint for a client speaking a legacy draft.
@@ -207,14 +208,6 @@ impl Endpoint {
     /// The legacy draft the peer speaks, if any.
     pub fn draft(&self) -> Option<Draft> {
         Some(self.wire.as_ref()?.legacy.as_ref()?.draft)
-    }
-
-    pub fn pmd(&self) -> Option<&PerMessage> {
-        self.wire.as_ref()?.pmd.as_ref()
-    }
-
-    pub fn pmd_mut(&mut self) -> Option<&mut PerMessage> {
-        self.wire.as_mut()?.pmd.as_mut()
     }
 
     /// A large compressed message is being inflated over several calls.
@@ -246,7 +239,7 @@ impl Endpoint {
     }
 
     /// Decodes from `input` (the unread bytes; RFC 6455 unmasks in place). `budget`: bytes it
-    /// may inflate in this call. After our close frame only the peer's close matters (§5.5.1):
+    /// may inflate in this call, with `pmd` (this connection's) and `codecs` (the worker's). After our close frame only the peer's close matters (§5.5.1):
     /// other frames are consumed and dropped, and a message being inflated is abandoned.
     pub fn receive<'a>(
         &'a mut self,
@@ -254,6 +247,7 @@ impl Endpoint {
         now: Instant,
         budget: usize,
         codecs: &mut SharedCodecs,
+        mut pmd: Option<&mut PerMessage>,
     ) -> Result<Received<'a>, WsError> {
         let max = self.session.max_message();
         if let Some(wire) = self.wire.as_deref_mut() {
@@ -261,7 +255,7 @@ impl Endpoint {
                 if self.session.is_closing() {
                     wire.inflating = None;
                 } else {
-                    return self.resume_inflating(max, budget);
+                    return self.resume_inflating(max, budget, pmd);
                 }
             }
             if wire.legacy.is_some() {
@@ -284,18 +278,7 @@ impl Endpoint {
                 None => None,
                 Some(SessionEvent::Message(kind, p)) => Some(Got::Message(kind, at(p), p.len())),
                 Some(SessionEvent::Compressed(kind, p)) => {
-                    let pmd = self.wire.as_deref_mut().and_then(|w| w.pmd.as_mut());
-                    let Some(pmd) = pmd else { return Err(WsError::Inflate(InflateFail::Invalid)) };
-                    let mut out = Vec::new();
-                    match pmd.inflate_within(codecs, p, max, &mut out, budget).map_err(WsError::Inflate)? {
-                        None => {
-                            if kind == MessageKind::Text && super::utf8::validate(&out).is_err() {
-                                return Err(WsError::InflatedUtf8);
-                            }
-                            Some(Got::Inflated(kind, out))
-                        }
-                        Some(done) => Some(Got::Defer(kind, at(p), p.len(), done, out)),
-                    }
+                    Some(inflate(kind, p, at(p), pmd.as_deref_mut(), codecs, max, budget)?)
                 }
                 Some(SessionEvent::Ping(p)) => Some(Got::Ping(at(p), p.len())),
                 Some(SessionEvent::Pong(_)) => Some(Got::Pong),
@@ -320,9 +303,9 @@ impl Endpoint {
                     At::Input(start) => input[start..start + len].to_vec(),
                     At::Decoder => self.session.take_assembled().unwrap_or_default(),
                 };
-                let wire = self.wire.get_or_insert_with(Box::default);
-                if let Some(pmd) = &wire.pmd {
-                    wire.inflating = Some(Inflating { kind, job: pmd.resume(compressed, done, out) });
+                if let Some(pmd) = &pmd {
+                    let job = pmd.resume(compressed, done, out);
+                    self.wire.get_or_insert_with(Box::default).inflating = Some(Inflating { kind, job });
                 }
                 Some(Event::Yield)
             }
@@ -336,15 +319,21 @@ impl Endpoint {
             }
             Some(Got::CloseAnswered(code)) => Some(Event::CloseAnswered(code)),
         };
-        let pmd = self.wire.as_deref_mut().and_then(|w| w.pmd.as_mut());
-        Ok(Received { event, used, inflated, pmd })
+        Ok(Received { event, used, inflated })
     }
 
     /// Goes on with a large compressed message for at most `budget` bytes: the whole message,
     /// or [`Event::Yield`] again.
-    fn resume_inflating(&mut self, max: usize, budget: usize) -> Result<Received<'_>, WsError> {
+    #[cold]
+    #[inline(never)]
+    fn resume_inflating(
+        &mut self,
+        max: usize,
+        budget: usize,
+        pmd: Option<&mut PerMessage>,
+    ) -> Result<Received<'_>, WsError> {
         let Some(wire) = self.wire.as_deref_mut() else { return Err(WsError::Inflate(InflateFail::Invalid)) };
-        let (Some(pmd), Some(inflating)) = (wire.pmd.as_mut(), wire.inflating.as_mut()) else {
+        let (Some(pmd), Some(inflating)) = (pmd, wire.inflating.as_mut()) else {
             return Err(WsError::Inflate(InflateFail::Invalid));
         };
         let before = inflating.job.out.len();
@@ -358,7 +347,7 @@ impl Endpoint {
             }
         };
         if !done {
-            return Ok(Received { event: Some(Event::Yield), used: 0, inflated, pmd: wire.pmd.as_mut() });
+            return Ok(Received { event: Some(Event::Yield), used: 0, inflated });
         }
         let Some(Inflating { kind, job }) = wire.inflating.take() else {
             return Err(WsError::Inflate(InflateFail::Invalid));
@@ -368,30 +357,29 @@ impl Endpoint {
             return Err(WsError::InflatedUtf8);
         }
         let event = Some(Event::Message(kind, Payload::Owned(message)));
-        Ok(Received { event, used: 0, inflated, pmd: wire.pmd.as_mut() })
+        Ok(Received { event, used: 0, inflated })
     }
 
     /// A legacy client's frames: text messages, and its close.
+    #[inline(never)]
     fn receive_legacy<'a>(&'a mut self, input: &'a [u8], now: Instant, max: usize) -> Result<Received<'a>, WsError> {
         let closing = self.session.is_closing();
         let Some(legacy) = self.wire.as_deref_mut().and_then(|w| w.legacy.as_mut()) else {
-            return Ok(Received { event: None, used: 0, inflated: 0, pmd: None });
+            return Ok(Received { event: None, used: 0, inflated: 0 });
         };
         let (frame, used) = legacy.decoder.decode(input, max).map_err(WsError::Hixie)?;
         let len = match frame {
-            None => return Ok(Received { event: None, used, inflated: 0, pmd: None }),
+            None => return Ok(Received { event: None, used, inflated: 0 }),
             Some(hixie::Frame::Close) if closing => {
-                return Ok(Received { event: Some(Event::CloseAnswered(None)), used, inflated: 0, pmd: None });
+                return Ok(Received { event: Some(Event::CloseAnswered(None)), used, inflated: 0 });
             }
             Some(hixie::Frame::Close) => {
                 self.session.close(now);
                 let event = Some(Event::CloseBegun { code: None, reason: "" });
-                return Ok(Received { event, used, inflated: 0, pmd: None });
+                return Ok(Received { event, used, inflated: 0 });
             }
             // After our close only the client's matters.
-            Some(hixie::Frame::Text(_)) if closing => {
-                return Ok(Received { event: None, used, inflated: 0, pmd: None })
-            }
+            Some(hixie::Frame::Text(_)) if closing => return Ok(Received { event: None, used, inflated: 0 }),
             Some(hixie::Frame::Text(text)) => text.len(),
         };
         let payload = match legacy.decoder.take_assembled() {
@@ -400,36 +388,32 @@ impl Endpoint {
             None => Payload::Borrowed(&input[used - 1 - len..used - 1]),
         };
         self.session.note_message(now);
-        Ok(Received { event: Some(Event::Message(MessageKind::Text, payload)), used, inflated: 0, pmd: None })
+        Ok(Received { event: Some(Event::Message(MessageKind::Text, payload)), used, inflated: 0 })
     }
 
     /// Re-encodes RFC 6455 frames an app queued (`frames`, whole frames) for this wire into
-    /// `out`: translated to legacy text frames, or with whole messages compressed. Returns the
-    /// messages that could not be sent (a legacy peer takes text only).
+    /// `out`: translated to legacy text frames, or with whole messages compressed (`pmd`).
+    /// Returns the messages that could not be sent (a legacy peer takes text only).
     pub fn encode_queued(
         &mut self,
         frames: &[u8],
         out: &mut OutQueue,
         pools: &mut Pools,
         codecs: &mut SharedCodecs,
+        pmd: Option<&mut PerMessage>,
     ) -> usize {
         let max = self.session.max_message();
-        match self.wire.as_deref_mut() {
-            Some(Wire { legacy: Some(legacy), .. }) => {
-                let mut text = Vec::with_capacity(frames.len());
-                let done = legacy.translator.translate(frames, max, &mut text);
-                out.push_bytes(pools, &text);
-                done.dropped
-            }
-            Some(Wire { pmd: Some(pmd), .. }) => {
-                out.push_frames_compressing(pools, frames, pmd, codecs);
-                0
-            }
-            _ => {
-                out.push_bytes(pools, frames);
-                0
-            }
+        if let Some(legacy) = self.wire.as_deref_mut().and_then(|w| w.legacy.as_mut()) {
+            let mut text = Vec::with_capacity(frames.len());
+            let done = legacy.translator.translate(frames, max, &mut text);
+            out.push_bytes(pools, &text);
+            return done.dropped;
         }
+        match pmd {
+            Some(pmd) => out.push_frames_compressing(pools, frames, pmd, codecs),
+            None => out.push_bytes(pools, frames),
+        }
+        0
     }
 }
 
@@ -451,6 +435,27 @@ fn bytes<'a>(session: &'a Session, input: &'a [u8], at: At, skip: usize, len: us
     match at {
         At::Input(start) => &input[start..start + len],
         At::Decoder => session.lent(skip, len),
+    }
+}
+
+/// A compressed message, inflated whole within `budget` (and checked, if text), or the work
+/// so far to go on with in later calls. Out of the hot path of plain messages.
+#[inline(never)]
+fn inflate(
+    kind: MessageKind,
+    payload: &[u8],
+    at: At,
+    pmd: Option<&mut PerMessage>,
+    codecs: &mut SharedCodecs,
+    max: usize,
+    budget: usize,
+) -> Result<Got, WsError> {
+    let Some(pmd) = pmd else { return Err(WsError::Inflate(InflateFail::Invalid)) };
+    let mut out = Vec::new();
+    match pmd.inflate_within(codecs, payload, max, &mut out, budget).map_err(WsError::Inflate)? {
+        None if kind == MessageKind::Text && super::utf8::validate(&out).is_err() => Err(WsError::InflatedUtf8),
+        None => Ok(Got::Inflated(kind, out)),
+        Some(done) => Ok(Got::Defer(kind, at, payload.len(), done, out)),
     }
 }
 
@@ -522,13 +527,24 @@ mod tests {
     /// Feeds `bytes` in pieces of `step` bytes, keeping unconsumed ones as a connection does;
     /// returns every event.
     fn feed(e: &mut Endpoint, bytes: &[u8], step: usize, now: Instant, budget: usize) -> Vec<Got> {
+        feed_with(e, None, bytes, step, now, budget)
+    }
+
+    fn feed_with(
+        e: &mut Endpoint,
+        mut pmd: Option<&mut PerMessage>,
+        bytes: &[u8],
+        step: usize,
+        now: Instant,
+        budget: usize,
+    ) -> Vec<Got> {
         let mut codecs = SharedCodecs::default();
         let mut pending: Vec<u8> = Vec::new();
         let mut out = Vec::new();
         for piece in bytes.chunks(step.max(1)) {
             pending.extend_from_slice(piece);
             loop {
-                let r = match e.receive(&mut pending, now, budget, &mut codecs) {
+                let r = match e.receive(&mut pending, now, budget, &mut codecs, pmd.as_deref_mut()) {
                     Ok(r) => r,
                     Err(err) => {
                         out.push(Got::Nothing(usize::from(err.close_code())));
@@ -566,7 +582,7 @@ mod tests {
         close.extend_from_slice(b"bye now");
         stream.extend(frame(Role::Server, 0x88, &close));
         for step in [1, 2, 3, 7, 100, stream.len()] {
-            let mut e = Endpoint::new(Role::Server, limits(), t0, None);
+            let mut e = Endpoint::new(Role::Server, limits(), t0, false);
             let events = feed(&mut e, &stream, step, t0, usize::MAX);
             assert_eq!(
                 events,
@@ -585,10 +601,10 @@ mod tests {
     #[test]
     fn client_role_takes_plain_frames_and_refuses_masked_ones() {
         let t0 = Instant::now();
-        let mut e = Endpoint::new(Role::Client, limits(), t0, None);
+        let mut e = Endpoint::new(Role::Client, limits(), t0, false);
         let stream = [frame(Role::Client, 0x82, &[1, 2, 3]), frame(Role::Client, 0x8A, b"")].concat();
         assert_eq!(feed(&mut e, &stream, 1, t0, usize::MAX), [Got::Binary(3, false), Got::Pong]);
-        let mut e = Endpoint::new(Role::Client, limits(), t0, None);
+        let mut e = Endpoint::new(Role::Client, limits(), t0, false);
         let masked = frame(Role::Server, 0x81, b"x");
         assert_eq!(feed(&mut e, &masked, 100, t0, usize::MAX), [Got::Nothing(usize::from(close::PROTOCOL_ERROR))]);
     }
@@ -597,7 +613,7 @@ mod tests {
     fn our_close_then_only_the_peers_close_matters() {
         let t0 = Instant::now();
         let timing = Timing { idle_timeout: 100 * S, ping_interval: 10 * S, pong_timeout: 5 * S, close_timeout: 3 * S };
-        let mut e = Endpoint::new(Role::Server, limits(), t0, None);
+        let mut e = Endpoint::new(Role::Server, limits(), t0, false);
         assert_eq!(e.session().deadline(&timing), Some(t0 + 10 * S));
         assert!(e.session_mut().close(t0 + S));
         assert_eq!(e.session().deadline(&timing), Some(t0 + 4 * S));
@@ -606,9 +622,9 @@ mod tests {
     }
 
     /// permessage-deflate with context takeover off, as a shared route agrees it.
-    fn compressing(t0: Instant) -> Endpoint {
+    fn compressing(t0: Instant) -> (Endpoint, PerMessage) {
         let agreed = negotiate([&b"permessage-deflate"[..]], Compression::Shared).unwrap();
-        Endpoint::new(Role::Server, limits(), t0, Some(PerMessage::new(agreed, 64, 1, 8)))
+        (Endpoint::new(Role::Server, limits(), t0, true), PerMessage::new(agreed, 64, 1, 8))
     }
 
     fn compressed(to: Role, first: u8, payload: &[u8]) -> Vec<u8> {
@@ -623,18 +639,18 @@ mod tests {
         let text: String = (0..20_000).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect();
         let stream =
             [compressed(Role::Server, 0x81, b"small one"), compressed(Role::Server, 0x81, text.as_bytes())].concat();
-        let mut e = compressing(t0);
-        let events = feed(&mut e, &stream, stream.len(), t0, usize::MAX);
+        let (mut e, mut pmd) = compressing(t0);
+        let events = feed_with(&mut e, Some(&mut pmd), &stream, stream.len(), t0, usize::MAX);
         assert_eq!(events, [Got::Text("small one".into(), true), Got::Text(text.clone(), true)]);
         // A budget smaller than the message: it yields, then goes on with no new bytes.
-        let mut e = compressing(t0);
+        let (mut e, mut pmd) = compressing(t0);
         let mut codecs = SharedCodecs::default();
         let mut bytes = compressed(Role::Server, 0x81, text.as_bytes());
-        let r = e.receive(&mut bytes, t0, 4096, &mut codecs).unwrap();
+        let r = e.receive(&mut bytes, t0, 4096, &mut codecs, Some(&mut pmd)).unwrap();
         assert_eq!((got(r), e.is_inflating()), (Got::Yield, true));
         let mut yields = 0;
         let message = loop {
-            let r = e.receive(&mut [], t0, 4096, &mut codecs).unwrap();
+            let r = e.receive(&mut [], t0, 4096, &mut codecs, Some(&mut pmd)).unwrap();
             match got(r) {
                 Got::Yield => yields += 1,
                 other => break other,
@@ -655,8 +671,9 @@ mod tests {
             (frame(Role::Server, 0xF1, b"rsv"), close::PROTOCOL_ERROR),
         ];
         for (bytes, code) in cases {
-            let mut e = compressing(t0);
-            assert_eq!(feed(&mut e, &bytes, bytes.len(), t0, usize::MAX), [Got::Nothing(usize::from(code))]);
+            let (mut e, mut pmd) = compressing(t0);
+            let events = feed_with(&mut e, Some(&mut pmd), &bytes, bytes.len(), t0, usize::MAX);
+            assert_eq!(events, [Got::Nothing(usize::from(code))]);
         }
         for (bytes, code) in
             [(b"\x00\xc3\x28\xff".to_vec(), close::INVALID_PAYLOAD), (b"\x80\x05hello".to_vec(), close::PROTOCOL_ERROR)]
@@ -702,17 +719,17 @@ mod tests {
         let frames = frames_of(&mut pools, b"to a legacy client");
         let mut e = Endpoint::legacy(Draft::Hixie76, limits(), t0);
         let mut out = OutQueue::default();
-        assert_eq!(e.encode_queued(&frames, &mut out, &mut pools, &mut codecs), 0);
+        assert_eq!(e.encode_queued(&frames, &mut out, &mut pools, &mut codecs, None), 0);
         assert_eq!(out.to_vec(), b"\x00to a legacy client\xff");
         let mut out = OutQueue::default();
         e.close_frame(&mut out, &mut pools, Some(1000), "");
         assert_eq!(out.to_vec(), hixie::CLOSE);
         // Compressing: a whole message over the threshold goes with RSV1.
-        let mut e = compressing(t0);
+        let (mut e, mut pmd) = compressing(t0);
         let text = "compress me ".repeat(20);
         let frames = frames_of(&mut pools, text.as_bytes());
         let mut out = OutQueue::default();
-        e.encode_queued(&frames, &mut out, &mut pools, &mut codecs);
+        e.encode_queued(&frames, &mut out, &mut pools, &mut codecs, Some(&mut pmd));
         let bytes = out.to_vec();
         assert_eq!(bytes[0], 0xC1, "FIN, RSV1, text");
         assert!(bytes.len() < frames.len());
