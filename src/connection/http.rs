@@ -437,7 +437,7 @@ impl Connection {
             Framing::Direct => {
                 self.log.set_status(101);
                 let handoff = HandOffState { backend: Box::new(backend), hello: framed::hello_record(&hello) };
-                self.rare.get_or_insert_with(Box::default).handoff = Some(handoff);
+                self.rare.get_or_insert_with(Box::default).handoff = Some(Box::new(handoff));
                 self.set_phase(Phase::HandingOff { deadline: cx.now + route.limits.write_timeout });
                 false
             }

@@ -182,7 +182,7 @@ impl Ws {
 #[derive(Default)]
 struct Rare {
     /// Direct mode, between the 101 and the hand-off.
-    handoff: Option<HandOffState>,
+    handoff: Option<Box<HandOffState>>,
     /// A protocol error on a route whose app must hear first (framed backend): the close frame
     /// the client is owed, and since when it waits (bounded by `close_timeout`).
     failing: Option<(u16, &'static str, Instant)>,
@@ -424,7 +424,7 @@ impl Connection {
     }
 
     fn handoff_mut(&mut self) -> Option<&mut HandOffState> {
-        self.rare.as_mut()?.handoff.as_mut()
+        self.rare.as_mut()?.handoff.as_deref_mut()
     }
 
     /// The client's socket, for the poller.
