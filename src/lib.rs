@@ -40,6 +40,7 @@ pub mod config;
 pub mod connection;
 pub mod encode;
 pub mod http;
+pub mod limits;
 pub mod logview;
 pub mod metrics;
 pub mod pubsub;

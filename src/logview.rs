@@ -15,8 +15,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::Route;
 use crate::encode::{shared_frame, SharedFrame};
+use crate::route::Route;
 use crate::ws::frame::Opcode;
 
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);

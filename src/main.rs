@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use wsgate::config::{parse_listen, Config, Listener, Route};
+use wsgate::config::{parse_listen, Config, Listener};
+use wsgate::route::Route;
 use wsgate::server::Server;
 use wsgate::sys::rlimit::raise_fd_limit;
 use wsgate::tls::{CertFiles, TlsSettings};

@@ -1,8 +1,185 @@
 //! Request path → what serves it, with the route's handshake policy and limits.
 
-use crate::config::{AppKind, Limits, Route};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::apps::pubsub::Policy as PubSubPolicy;
+use crate::backend::BackendSpec;
+use crate::limits::Limits;
 use crate::ws::handshake::Policy;
 use crate::ws::message::MessageLimits;
+
+/// What serves a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppKind {
+    /// WebSocket: every message comes back to its sender.
+    Echo,
+    /// Plain HTTP: the embedded demo page.
+    Demo,
+    /// WebSocket: the path names a room; every message goes to every member.
+    Chat,
+    /// WebSocket: topics in a JSON protocol (subscribe, unsubscribe, publish).
+    PubSub,
+    /// WebSocket: every message goes to a backend on a UNIX socket (see `Route::backend`).
+    Backend,
+    /// WebSocket: the websockets_pro token broker (messages routed to tokens).
+    Broker,
+    /// WebSocket: lines appended to log files, as they arrive.
+    Logview,
+    /// WebSocket: the admin listener's dashboard feed (not configurable).
+    Dashboard,
+    /// Plain HTTP: the files under a directory (see `Route::files`).
+    Static,
+}
+
+impl AppKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AppKind::Echo => "echo",
+            AppKind::Demo => "demo",
+            AppKind::Chat => "chat",
+            AppKind::PubSub => "pubsub",
+            AppKind::Backend => "backend",
+            AppKind::Broker => "broker",
+            AppKind::Logview => "logview",
+            AppKind::Dashboard => "dashboard",
+            AppKind::Static => "static",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<AppKind, String> {
+        match name {
+            "echo" => Ok(AppKind::Echo),
+            "demo" => Ok(AppKind::Demo),
+            "chat" => Ok(AppKind::Chat),
+            "pubsub" => Ok(AppKind::PubSub),
+            "broker" => Ok(AppKind::Broker),
+            "logview" => Ok(AppKind::Logview),
+            other => Err(format!(
+                "unknown app {other:?} (expected \"echo\", \"chat\", \"pubsub\", \"broker\", \"logview\" or \"demo\")"
+            )),
+        }
+    }
+
+    pub fn is_websocket(self) -> bool {
+        !matches!(self, AppKind::Demo | AppKind::Static)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Shared with the access log of every connection it serves.
+    pub path: Arc<str>,
+    pub app: AppKind,
+    /// Allowed `Origin` values; empty means any.
+    pub origins: Vec<String>,
+    /// Subprotocols offered, in order of preference.
+    pub subprotocols: Vec<String>,
+    /// Shared with every connection the route serves (one pointer each, not a copy).
+    pub limits: Arc<Limits>,
+    /// Set when `app` is [`AppKind::Backend`].
+    pub backend: Option<BackendSpec>,
+    /// Pub/sub policy (chat, pubsub, and backends' SUBSCRIBE records).
+    pub pubsub: Arc<PubSubPolicy>,
+    /// The token broker's policy (broker routes).
+    pub broker: BrokerRoute,
+    /// Set when `app` is [`AppKind::Logview`].
+    pub logview: Option<Arc<LogviewSpec>>,
+    /// permessage-deflate (RFC 7692), off unless configured.
+    pub compression: CompressionSpec,
+    /// The legacy drafts (hixie-76, hixie-75) this route also accepts; none by default.
+    pub legacy: crate::ws::hixie::Drafts,
+    /// Set when `app` is [`AppKind::Static`]: the directory, open.
+    pub files: Option<Arc<crate::http::static_files::StaticDir>>,
+}
+
+/// A route's `compression`, `compression_level`, `compression_threshold`,
+/// `compression_window_bits` and `compression_mem_level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompressionSpec {
+    pub mode: crate::ws::extensions::Compression,
+    /// zlib's level, 0 (stored) to 9.
+    pub level: i32,
+    /// Messages shorter than this go uncompressed.
+    pub threshold: usize,
+    /// Dedicated mode: at most this many connections per worker hold codecs of their own;
+    /// past it, new connections are answered as shared (no context takeover).
+    pub max_dedicated: usize,
+}
+
+impl Default for CompressionSpec {
+    fn default() -> Self {
+        CompressionSpec { mode: crate::ws::extensions::Compression::Off, level: 1, threshold: 64, max_dedicated: 1000 }
+    }
+}
+
+/// A token-broker route's policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokerRoute {
+    /// Clients without a (registered) token are let in as `unregistered`.
+    pub allow_unregistered: bool,
+    /// Clients may route messages to other tokens.
+    pub client_publish: bool,
+}
+
+impl Default for BrokerRoute {
+    fn default() -> Self {
+        BrokerRoute { allow_unregistered: true, client_publish: false }
+    }
+}
+
+/// A log-viewer route: the files it follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogviewSpec {
+    pub files: Vec<PathBuf>,
+    /// Lines a new viewer gets first, per file.
+    pub backlog: usize,
+    /// Viewers must present a management key (`?key=` or `Authorization: Bearer`).
+    pub require_key: bool,
+}
+
+impl Route {
+    pub fn new(path: &str, app: AppKind, limits: Limits) -> Route {
+        Route {
+            path: path.into(),
+            app,
+            origins: Vec::new(),
+            subprotocols: Vec::new(),
+            limits: Arc::new(limits),
+            backend: None,
+            pubsub: Arc::default(),
+            broker: BrokerRoute::default(),
+            logview: None,
+            compression: CompressionSpec::default(),
+            legacy: crate::ws::hixie::Drafts::default(),
+            files: None,
+        }
+    }
+
+    /// A route serving the files under `dir` (`static = DIR`, `--static DIR`).
+    pub fn static_files(path: &str, dir: &Path, limits: Limits) -> Result<Route, String> {
+        let files = crate::http::static_files::StaticDir::open(dir)
+            .map_err(|e| format!("route {path:?}: static {}: {e}", dir.display()))?;
+        Ok(Route { files: Some(Arc::new(files)), ..Route::new(path, AppKind::Static, limits) })
+    }
+
+    /// Parses a CLI route `PATH=TARGET`: an app (`/echo=echo`) or a backend
+    /// (`/app=unix:/run/app.sock`, framing after `#`: `unix:/run/app.sock#framed`).
+    pub fn from_cli(spec: &str, limits: Limits) -> Result<Route, String> {
+        let (path, target) = spec.split_once('=').ok_or_else(|| {
+            format!("--route {spec:?}: expected PATH=TARGET, e.g. /echo=echo or /app=unix:/run/app.sock")
+        })?;
+        if let Some(dir) = target.strip_prefix("static:") {
+            return Route::static_files(path, Path::new(dir), limits).map_err(|e| format!("--route {spec:?}: {e}"));
+        }
+        if target.starts_with("unix:") {
+            let backend = BackendSpec::from_uri(target).map_err(|e| format!("--route {spec:?}: {e}"))?;
+            return Ok(Route { backend: Some(backend), ..Route::new(path, AppKind::Backend, limits) });
+        }
+        let app = AppKind::parse(target).map_err(|e| format!("--route {spec:?}: {e}"))?;
+        Ok(Route::new(path, app, limits))
+    }
+}
 
 /// The routes of one server, looked up by exact path.
 #[derive(Debug, Clone)]

@@ -14,8 +14,10 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::config::{ApiKey, Scope};
+pub mod config;
+
 use crate::http::request::Request as Head;
+use config::{ApiKey, Scope};
 
 /// The largest `max_body` accepted: a request must fit one 64 KiB read buffer with its head.
 pub const MAX_BODY_LIMIT: usize = 48 << 10;

@@ -21,8 +21,8 @@
 use super::pubsub::MAX_ERRORS_IN_A_ROW;
 use super::{App, AppClose, AppCtx, Payload};
 use crate::broker::{check_token, quirks_payload, split_routed, Broker, TokenError, MAX_RECEIVERS_LEN};
-use crate::config::BrokerRoute;
 use crate::encode::shared_frame;
+use crate::route::BrokerRoute;
 use crate::ws::close;
 use crate::ws::message::MessageKind;
 

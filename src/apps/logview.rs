@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use super::{App, AppCtx, Payload};
-use crate::config::LogviewSpec;
 use crate::logview::feed_name;
+use crate::route::LogviewSpec;
 use crate::ws::message::MessageKind;
 
 pub struct Logview {

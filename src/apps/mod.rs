@@ -32,9 +32,9 @@ use std::time::Instant;
 
 use crate::broker::Broker;
 use crate::buffer::{OutQueue, Pools};
-use crate::config::LogviewSpec;
 use crate::encode::SharedFrame;
 use crate::pubsub::{SubscribeError, Topics};
+use crate::route::LogviewSpec;
 use crate::sys::splice::Pipe;
 use crate::ws::deflate::{PerMessage, SharedCodecs};
 use crate::ws::message::MessageKind;

@@ -7,6 +7,7 @@
 //! (websockets_pro's `allowsTokens`: unregistering sets `false`), replaced whole when the list
 //! is loaded again ([`tokens`]).
 
+pub mod config;
 pub mod tokens;
 
 use std::collections::HashMap;

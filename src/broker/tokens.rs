@@ -10,7 +10,7 @@ use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{BrokerConfig, TokenSource};
+use super::config::{BrokerConfig, TokenSource};
 
 /// Token → registered (`true`) or listed as not (`false`).
 pub type TokenSet = HashMap<Box<str>, bool>;

@@ -18,8 +18,8 @@ use mio::{Interest, Registry, Token};
 use redis_protocol::resp2::decode::decode_range;
 use redis_protocol::resp2::types::RangeFrame;
 
+use super::config::RedisAddr;
 use super::wire;
-use crate::config::RedisAddr;
 
 /// Bytes read per readiness event before the link yields to the loop's other sockets.
 const READ_BUDGET: usize = 1 << 20;

@@ -13,6 +13,7 @@
 //! again with backoff and jitter, and resubscribes everything. What was lost is counted:
 //! publishes that could not be sent, and the time the subscription link was down.
 
+pub mod config;
 pub mod link;
 pub mod wire;
 
@@ -22,10 +23,10 @@ use std::time::Instant;
 
 use mio::{Registry, Token};
 
-use crate::config::ClusterConfig;
 use crate::encode::SharedFrame;
 use crate::metrics::ClusterCounters;
 use crate::ws::frame::Opcode;
+use config::ClusterConfig;
 use link::{Link, Reply, Settings};
 
 /// The poll tokens of a worker's two links.

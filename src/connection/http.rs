@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::{Connection, Ctx, End, HandOffState, Phase, SendingFile, Ws};
+use crate::admin::config::Scope;
 use crate::admin::{self, Reply};
 use crate::apps::backend::Backend;
 use crate::apps::broker::{self, BrokerClient};
@@ -17,11 +18,10 @@ use crate::apps::Action;
 use crate::apps::{demo, App};
 use crate::backend::link::BackendLink;
 use crate::backend::{self, framed, Framing};
-use crate::config::Scope;
-use crate::config::{AppKind, Route};
 use crate::http::request::{parse_request, HeadLimits, Request, MAX_HEADERS};
 use crate::http::response::Response;
 use crate::http::static_files::{self, Answer, StaticDir};
+use crate::route::{AppKind, Route};
 use crate::ws::deflate::PerMessage;
 use crate::ws::endpoint::Endpoint;
 use crate::ws::extensions::{Agreed, Compression};

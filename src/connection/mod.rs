@@ -29,17 +29,17 @@ use std::time::Instant;
 
 pub use end::{AccessLog, End, SLOW_CONSUMER_CODE};
 
+use crate::admin::config::AdminConfig;
 use crate::admin::Reply;
 use crate::apps::backend::{Backend, HandOff};
 use crate::apps::{Action, App, AppClose, AppCtx, AppIo, Hold, Traffic};
 use crate::backend::FailureLog;
 use crate::broker::Broker;
 use crate::buffer::{OutQueue, Pools, READ_BUF_SIZE};
-use crate::config::AdminConfig;
-use crate::config::{Limits, OnBackpressure};
 use crate::encode::SharedFrame;
 use crate::http::response::Response;
 use crate::http::static_files::{FileBody, TLS_CHUNK};
+use crate::limits::{Limits, OnBackpressure};
 use crate::metrics::Metrics;
 use crate::pubsub::Topics;
 use crate::route::Routes;
@@ -104,7 +104,7 @@ pub struct Ctx<'a> {
 /// The admin listener's configuration and the route its dashboard WebSocket uses.
 pub struct AdminSettings {
     pub config: AdminConfig,
-    pub route: crate::config::Route,
+    pub route: crate::route::Route,
     /// Every file a log viewer follows (the dashboard shows them too).
     pub log_files: Arc<[std::path::PathBuf]>,
 }

@@ -29,19 +29,22 @@ mod manage;
 pub mod mesh;
 
 use crate::access_log::AccessLogFile;
+use crate::admin::config::AdminListen;
 use crate::apps::dashboard::{ACCESS_FEED, STATS_FEED};
 use crate::apps::Action;
 use crate::broker::tokens::Fetcher;
 use crate::broker::Broker;
 use crate::buffer::Pools;
 use crate::cluster::{Cluster, PUB_TOKEN, SUB_TOKEN};
-use crate::config::{AdminListen, AppKind, Balance, Config, Limits, Route};
+use crate::config::{Balance, Config};
 use crate::connection::{refuse_unadmitted, AdminSettings, Connection, Ctx, Delivered, Progress, Ready, Turn};
 use crate::encode::{shared_frame, SharedFrame};
+use crate::limits::Limits;
 use crate::logview::Tails;
 use crate::metrics::Metrics;
 use crate::pubsub::Topics;
 use crate::route::Routes;
+use crate::route::{AppKind, Route};
 use crate::tls::{build_server_config, TlsSettings};
 use crate::transport::Transport;
 use crate::ws::frame::Opcode;
@@ -1501,7 +1504,7 @@ fn node_id() -> u64 {
 
 /// What every worker knows of the admin listener: its keys, the dashboard's route, the files
 /// the log viewers follow.
-fn admin_settings(config: &Config, admin: &crate::config::AdminConfig) -> AdminSettings {
+fn admin_settings(config: &Config, admin: &crate::admin::config::AdminConfig) -> AdminSettings {
     let mut route = Route::new("/ws", AppKind::Dashboard, config.limits);
     // The dashboard's page connects from the admin listener's own origin.
     route.limits = Arc::new(Limits { idle_timeout: Duration::ZERO, ..config.limits });

@@ -1,0 +1,317 @@
+//! From a file's sections to the domain's types, checking what serde cannot.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::schema::*;
+use crate::admin::config::{AdminConfig, AdminListen, ApiKey, Scope};
+use crate::apps::pubsub::Policy as PubSubPolicy;
+use crate::backend::{BackendSpec, Framing, SocketSource};
+use crate::broker::config::{BrokerConfig, TokenSource};
+use crate::cluster::config::{ClusterConfig, RedisAddr};
+use crate::route::{AppKind, BrokerRoute, CompressionSpec, LogviewSpec};
+use crate::ws::message::MessageKind;
+
+/// A route's target: exactly one of `app`, `backend`, `socket_dir`, `static`, with the backend keys
+/// only where they mean something.
+pub(super) fn route_target(r: &RouteSection, base: &Path) -> Result<(AppKind, Option<BackendSpec>), String> {
+    let targets = [r.app.is_some(), r.backend.is_some(), r.socket_dir.is_some(), r.static_dir.is_some()];
+    if targets.iter().filter(|t| **t).count() != 1 {
+        return Err(format!("route {:?}: set exactly one of app, backend, socket_dir, static", r.path));
+    }
+    let backend_keys =
+        r.framing.is_some() || r.message_type.is_some() || r.allow.is_some() || r.deny.is_some() || r.splice.is_some();
+    if backend_keys && (r.app.is_some() || r.static_dir.is_some()) {
+        return Err(format!("route {:?}: framing, message_type, allow and deny belong to backend routes", r.path));
+    }
+    if r.static_dir.is_some() {
+        return Ok((AppKind::Static, None));
+    }
+    if let Some(app) = &r.app {
+        return AppKind::parse(app).map(|a| (a, None)).map_err(|e| format!("route.app: {e}"));
+    }
+    let framing =
+        r.framing.as_deref().map_or(Ok(Framing::Raw), Framing::parse).map_err(|e| format!("route.framing: {e}"))?;
+    let message_kind = match r.message_type.as_deref() {
+        None | Some("text") => MessageKind::Text,
+        Some("binary") => MessageKind::Binary,
+        Some(other) => return Err(format!("route.message_type: {other:?} (expected \"text\" or \"binary\")")),
+    };
+    let source = if let Some(uri) = &r.backend {
+        if r.allow.is_some() || r.deny.is_some() {
+            return Err(format!("route {:?}: allow and deny belong to socket_dir routes", r.path));
+        }
+        let mut spec = BackendSpec::from_uri(uri).map_err(|e| format!("route.backend: {e}"))?;
+        if let SocketSource::Path(p) = &mut spec.source {
+            *p = base.join(&*p);
+        }
+        spec.source
+    } else {
+        let dir = base.join(r.socket_dir.as_ref().expect("checked above"));
+        let patterns =
+            |key: &str, list: &Option<Vec<String>>, default: &[&str]| -> Result<Vec<glob::Pattern>, String> {
+                let list: Vec<String> = list.clone().unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
+                list.iter().map(|p| glob::Pattern::new(p).map_err(|e| format!("route.{key}: {p:?}: {e}"))).collect()
+            };
+        SocketSource::Dir { dir, allow: patterns("allow", &r.allow, &["*"])?, deny: patterns("deny", &r.deny, &[])? }
+    };
+    let splice = r.splice.unwrap_or(true);
+    Ok((AppKind::Backend, Some(BackendSpec { source, framing, message_kind, splice })))
+}
+
+/// A route's pub/sub keys, each only where it means something.
+pub(super) fn pubsub_policy(r: &RouteSection, app: AppKind) -> Result<PubSubPolicy, String> {
+    let mut policy = PubSubPolicy::default();
+    let chat_or_pubsub = matches!(app, AppKind::Chat | AppKind::PubSub);
+    if r.exclude_sender.is_some() && !chat_or_pubsub {
+        return Err(format!("route {:?}: exclude_sender belongs to chat and pubsub routes", r.path));
+    }
+    if r.client_publish.is_some() && !matches!(app, AppKind::PubSub | AppKind::Broker) {
+        return Err(format!("route {:?}: client_publish belongs to pubsub and broker routes", r.path));
+    }
+    let pubsub_only = r.topics.is_some() || r.max_topic_length.is_some();
+    if pubsub_only && app != AppKind::PubSub {
+        return Err(format!("route {:?}: topics and max_topic_length belong to pubsub routes", r.path));
+    }
+    if r.max_subscriptions.is_some() && !matches!(app, AppKind::PubSub | AppKind::Backend) {
+        return Err(format!("route {:?}: max_subscriptions belongs to pubsub and backend routes", r.path));
+    }
+    if let Some(globs) = &r.topics {
+        policy.topics = globs
+            .iter()
+            .map(|g| glob::Pattern::new(g).map_err(|e| format!("route.topics: {g:?}: {e}")))
+            .collect::<Result<_, _>>()?;
+    }
+    policy.exclude_sender = r.exclude_sender.unwrap_or(policy.exclude_sender);
+    policy.client_publish = r.client_publish.unwrap_or(policy.client_publish);
+    policy.max_subscriptions = r.max_subscriptions.unwrap_or(policy.max_subscriptions);
+    policy.max_topic_length = r.max_topic_length.unwrap_or(policy.max_topic_length);
+    if policy.max_topic_length == 0 || policy.max_topic_length > 1024 {
+        return Err("route.max_topic_length: must be 1..=1024".into());
+    }
+    Ok(policy)
+}
+
+/// A route's `legacy` list. These drafts have no masking, so a route accepts them only with
+/// an origin list that names origins (not `*`); direct mode hands the socket to a backend,
+/// which would have to speak them itself.
+pub(super) fn legacy_drafts(
+    r: &RouteSection,
+    backend: Option<&BackendSpec>,
+) -> Result<crate::ws::hixie::Drafts, String> {
+    use crate::ws::hixie::{Draft, Drafts};
+    let mut drafts = Drafts::default();
+    for name in &r.legacy {
+        match Draft::parse(name) {
+            Some(Draft::Hixie76) => drafts.hixie76 = true,
+            Some(Draft::Hixie75) => drafts.hixie75 = true,
+            None => return Err(format!("route.legacy: {name:?} (expected \"hixie-76\" or \"hixie-75\")")),
+        }
+    }
+    if !drafts.any() {
+        return Ok(drafts);
+    }
+    if r.origins.is_empty() || r.origins.iter().any(|o| o == "*") {
+        return Err("route.legacy: the hixie drafts have no masking (browsers dropped them for that); \
+a route accepts them only with an origins list naming the pages allowed to connect (not \"*\")"
+            .into());
+    }
+    if backend.is_some_and(|b| b.framing == Framing::Direct) {
+        return Err("route.legacy: framing = \"direct\" hands the socket to the backend, which would have to \
+speak the hixie drafts itself (use raw, lines or framed)"
+            .into());
+    }
+    Ok(drafts)
+}
+
+pub(super) fn compression_spec(r: &RouteSection) -> Result<CompressionSpec, String> {
+    use crate::ws::extensions::Compression;
+    let d = CompressionSpec::default();
+    let window_bits = r.compression_window_bits.unwrap_or(15);
+    let mem_level = r.compression_mem_level.unwrap_or(8);
+    let mode = match r.compression.as_deref() {
+        None | Some("off") => Compression::Off,
+        Some("shared") => Compression::Shared,
+        Some("dedicated") => Compression::Dedicated { window_bits, mem_level },
+        Some(other) => {
+            return Err(format!("route.compression: {other:?} (expected \"off\", \"shared\" or \"dedicated\")"))
+        }
+    };
+    if !(9..=15).contains(&window_bits) {
+        return Err("route.compression_window_bits: must be 9..=15 (zlib cannot deflate with a window of 8)".into());
+    }
+    if !(1..=9).contains(&mem_level) {
+        return Err("route.compression_mem_level: must be 1..=9".into());
+    }
+    if (r.compression_window_bits.is_some() || r.compression_mem_level.is_some())
+        && !matches!(mode, Compression::Dedicated { .. })
+    {
+        return Err("route.compression_window_bits / compression_mem_level: only with compression = \"dedicated\" (shared compressors use 15 and 8)".into());
+    }
+    let level = r.compression_level.unwrap_or(d.level);
+    if !(0..=9).contains(&level) {
+        return Err("route.compression_level: must be 0..=9".into());
+    }
+    let threshold = r.compression_threshold.map_or(d.threshold, |b| b.0);
+    if r.compression_max_dedicated.is_some() && !matches!(mode, Compression::Dedicated { .. }) {
+        return Err("route.compression_max_dedicated: only with compression = \"dedicated\"".into());
+    }
+    let max_dedicated = r.compression_max_dedicated.unwrap_or(d.max_dedicated);
+    Ok(CompressionSpec { mode, level, threshold, max_dedicated })
+}
+
+pub(super) fn admin_config(a: AdminSection, base: &Path) -> Result<AdminConfig, String> {
+    let mut keys = Vec::new();
+    for k in a.keys {
+        let scope = match k.scope.as_str() {
+            "read" => Scope::Read,
+            "publish" => Scope::Publish,
+            "admin" => Scope::Admin,
+            other => return Err(format!("admin.key.scope: {other:?} (expected \"read\", \"publish\" or \"admin\")")),
+        };
+        let key = match k.key.strip_prefix("file:") {
+            Some(path) => {
+                let path = base.join(path);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("admin.key: cannot read {}: {e}", path.display()))?;
+                text.lines().next().unwrap_or("").trim().to_string()
+            }
+            None => k.key,
+        };
+        if key.len() < 16 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("admin.key.key: keys must be at least 16 printable ASCII characters, without spaces".into());
+        }
+        if keys.iter().any(|k: &ApiKey| k.key == key) {
+            return Err("admin.key.key: the same key is listed twice".into());
+        }
+        keys.push(ApiKey { key, scope });
+    }
+    let max_body = a.max_body.map_or(crate::admin::DEFAULT_MAX_BODY, |b| b.0);
+    if !(1..=crate::admin::MAX_BODY_LIMIT).contains(&max_body) {
+        return Err(format!("admin.max_body: must be 1 byte to {} KiB", crate::admin::MAX_BODY_LIMIT >> 10));
+    }
+    let listen = match a.listen.strip_prefix("unix:") {
+        Some("") => return Err("admin.listen: unix: needs a path, e.g. \"unix:/run/wsgate/admin.sock\"".into()),
+        Some(path) => AdminListen::Unix(base.join(path)),
+        None => AdminListen::Tcp(parse_listen(&a.listen).map_err(|e| format!("admin.listen: {e}"))?),
+    };
+    Ok(AdminConfig { listen, keys: keys.into(), max_body })
+}
+
+pub(super) fn cluster_config(c: ClusterSection, base: &Path) -> Result<ClusterConfig, String> {
+    let mut redis = RedisAddr::parse(&c.redis).map_err(|e| format!("cluster.redis: {e}"))?;
+    if let Some(p) = c.password {
+        redis.password = Some(match p.strip_prefix("file:") {
+            Some(path) => {
+                let path = base.join(path);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cluster.password: cannot read {}: {e}", path.display()))?;
+                text.lines().next().unwrap_or("").trim_end().to_string()
+            }
+            None => p,
+        });
+    }
+    if let Some(ca) = c.ca {
+        if !redis.tls {
+            return Err("cluster.ca: only for rediss:// (TLS)".into());
+        }
+        redis.ca = Some(base.join(ca));
+    }
+    let config = ClusterConfig {
+        redis,
+        prefix: c.channel_prefix.unwrap_or_else(|| "wsgate:".into()),
+        ping_interval: c.ping_interval.map_or(Duration::from_secs(5), |s| s.0),
+        ping_timeout: c.ping_timeout.map_or(Duration::from_secs(5), |s| s.0),
+        reconnect_min: c.reconnect_min.map_or(Duration::from_millis(100), |s| s.0),
+        reconnect_max: c.reconnect_max.map_or(Duration::from_secs(10), |s| s.0),
+        max_pending: c.max_pending.map_or(8 << 20, |b| b.0),
+    };
+    if config.prefix.len() > 256 || config.prefix.bytes().any(|b| b.is_ascii_control()) {
+        return Err("cluster.channel_prefix: at most 256 bytes, no control characters".into());
+    }
+    if config.ping_interval.is_zero() || config.ping_timeout.is_zero() {
+        return Err("cluster.ping_interval / ping_timeout: must be more than zero".into());
+    }
+    if config.reconnect_min.is_zero() || config.reconnect_max < config.reconnect_min {
+        return Err("cluster.reconnect_min: must be more than zero, and reconnect_max at least as long".into());
+    }
+    if config.max_pending < 64 << 10 {
+        return Err("cluster.max_pending: must be at least 64 KiB".into());
+    }
+    Ok(config)
+}
+
+pub(super) fn broker_config(b: BrokerSection, base: &Path) -> Result<BrokerConfig, String> {
+    let d = BrokerConfig::default();
+    let tokens = match b.tokens {
+        None => None,
+        Some(s) if s.starts_with("http://") || s.starts_with("https://") => Some(TokenSource::Url(s)),
+        Some(s) => match s.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Some(TokenSource::File(base.join(path))),
+            _ => {
+                return Err(format!(
+                    "broker.tokens: {s:?} (expected \"file:/path/tokens.json\" or an http:// or https:// URL)"
+                ))
+            }
+        },
+    };
+    let config = BrokerConfig {
+        tokens,
+        tokens_refresh: b.tokens_refresh.map(|s| s.0).filter(|d| !d.is_zero()),
+        tokens_timeout: b.tokens_timeout.map_or(d.tokens_timeout, |s| s.0),
+        tokens_max_size: b.tokens_max_size.map_or(d.tokens_max_size, |s| s.0),
+        websockets_pro_quirks: b.websockets_pro_quirks.unwrap_or(d.websockets_pro_quirks),
+    };
+    if config.tokens_timeout.is_zero() {
+        return Err("broker.tokens_timeout: must be more than zero".into());
+    }
+    if config.tokens_refresh.is_some_and(|r| r < Duration::from_secs(1)) {
+        return Err("broker.tokens_refresh: must be at least 1s (or 0 for never)".into());
+    }
+    if config.tokens_refresh.is_some() && config.tokens.is_none() {
+        return Err("broker.tokens_refresh: set broker.tokens too".into());
+    }
+    Ok(config)
+}
+
+/// A broker route's keys, only on broker routes.
+pub(super) fn broker_route(r: &RouteSection, app: AppKind) -> Result<BrokerRoute, String> {
+    if app != AppKind::Broker {
+        if r.allow_unregistered.is_some() {
+            return Err(format!("route {:?}: allow_unregistered belongs to broker routes", r.path));
+        }
+        return Ok(BrokerRoute::default());
+    }
+    let d = BrokerRoute::default();
+    Ok(BrokerRoute {
+        allow_unregistered: r.allow_unregistered.unwrap_or(d.allow_unregistered),
+        client_publish: r.client_publish.unwrap_or(d.client_publish),
+    })
+}
+
+/// A log-viewer route's files, only on logview routes.
+pub(super) fn logview_spec(r: &RouteSection, app: AppKind, base: &Path) -> Result<Option<Arc<LogviewSpec>>, String> {
+    if app != AppKind::Logview {
+        if r.files.is_some() || r.backlog.is_some() || r.require_key.is_some() {
+            return Err(format!("route {:?}: files, backlog and require_key belong to logview routes", r.path));
+        }
+        return Ok(None);
+    }
+    let files: Vec<PathBuf> = r.files.clone().unwrap_or_default().into_iter().map(|f| base.join(f)).collect();
+    if files.is_empty() {
+        return Err(format!("route {:?}: a logview route needs files = [\"/path/to/file.log\", ...]", r.path));
+    }
+    if files.len() > 64 {
+        return Err(format!("route {:?}: files: at most 64 per route", r.path));
+    }
+    let backlog = r.backlog.unwrap_or(100);
+    if backlog > 10_000 {
+        return Err(format!("route {:?}: backlog: at most 10000 lines", r.path));
+    }
+    Ok(Some(Arc::new(LogviewSpec { files, backlog, require_key: r.require_key.unwrap_or(false) })))
+}
+
+pub(super) fn is_token_byte(b: u8) -> bool {
+    crate::http::is_tchar(b)
+}
