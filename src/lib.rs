@@ -37,6 +37,7 @@ pub mod broker;
 pub mod buffer;
 pub mod cluster;
 pub mod config;
+pub mod conn_id;
 pub mod connection;
 pub mod encode;
 pub mod http;

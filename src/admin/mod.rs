@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 pub mod config;
+pub mod render;
 
 use crate::http::request::Request as Head;
 use config::{ApiKey, Scope};

@@ -4,27 +4,26 @@
 //!
 //! With several workers a command is a gather: worker 0 (which owns the admin listener) asks
 //! each worker concerned for its part ([`Worker::part`]: its connections, its topics, its
-//! counters) through the mesh, and answers once the last part is in ([`Worker::merge`]).
+//! counters) through the mesh, and answers once the last part is in ([`render::Facts::merge`]).
 //! A command about one connection goes to the worker its id names; the others go to all.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::mesh::{Note, Part, Query};
-use super::{worker_of, Worker};
-use crate::admin::{self, Command, Data, Reply, Target};
+use super::mesh::{Note, Query};
+use super::Worker;
+use crate::admin::render::Part;
+use crate::admin::render::{self, collect_figures, form_ok, message_frame, publish_frames, DASHBOARD};
+use crate::admin::{self, Command, Reply, Target};
 use crate::apps::dashboard::{ACCESS_FEED, STATS_FEED};
 use crate::apps::FEED_PREFIX;
 use crate::broker::{check_token, quirks_payload, split_routed};
+use crate::conn_id::worker_of;
 use crate::connection::Connection;
-use crate::encode::{shared_frame, SharedFrame};
-use crate::metrics::{self, Figures, Snapshot};
+use crate::encode::shared_frame;
+use crate::metrics::{self, Figures};
 use crate::ws::frame::Opcode;
-
-/// The dashboard page: plain HTML and JS, no build step.
-const DASHBOARD: &str = include_str!("../admin/dashboard.html");
 
 /// A command waiting for the other workers' parts.
 pub(super) struct Gather {
@@ -197,7 +196,8 @@ impl Worker {
         let Some(g) = self.gathers.remove(&gather) else { return };
         match g.reply {
             Pending::Admin { key, id, keep_alive, head_only, query } => {
-                let reply = self.merge(&query, g.parts, now);
+                let fds = matches!(*query, Command::Metrics | Command::Info);
+                let reply = self.facts(now, fds).merge(&query, g.parts);
                 // The request's connection may have gone (or its slot been reused) meanwhile.
                 if self.conns.get(key).is_some_and(|e| e.conn.id() == id) {
                     self.answer(key, &reply, keep_alive, head_only, now);
@@ -205,7 +205,7 @@ impl Worker {
             }
             Pending::Stats => {
                 let figures = collect_figures(g.parts);
-                let frame = shared_frame(Opcode::Text, self.stats_json(&figures, now).as_bytes());
+                let frame = shared_frame(Opcode::Text, self.facts(now, false).stats_json(&figures).as_bytes());
                 self.publish(STATS_FEED, &frame, None, &[], now);
             }
         }
@@ -308,129 +308,9 @@ impl Worker {
         }
     }
 
-    /// The answer to a command, from every worker's part.
-    fn merge(&self, command: &Command, parts: Vec<Option<Part>>, now: Instant) -> Reply {
-        let parts = parts.into_iter().flatten();
-        let count = |parts: &mut dyn Iterator<Item = Part>| {
-            parts.map(|p| if let Part::Count(n) = p { n } else { 0 }).sum::<usize>()
-        };
-        let flag = |parts: &mut dyn Iterator<Item = Part>| {
-            parts.filter_map(|p| if let Part::Flag(f) = p { f } else { None }).next()
-        };
-        let mut parts = parts;
-        match command {
-            Command::Metrics => {
-                let figures = collect_figures(parts.map(Some).collect());
-                Reply {
-                    status: 200,
-                    content_type: "text/plain; version=0.0.4; charset=utf-8",
-                    body: self.metrics_text(&figures, now).into_bytes(),
-                    cors: false,
-                }
-            }
-            Command::Info => Reply::json(self.info_json(&collect_figures(parts.map(Some).collect()), now)),
-            Command::Clients { offset, limit } => {
-                let mut out = b"{\"result\":{\"clients\":[".to_vec();
-                let mut total = 0;
-                for part in parts {
-                    if let Part::Clients { total: t, json } = part {
-                        total += t;
-                        if !json.is_empty() {
-                            if out.last() != Some(&b'[') {
-                                out.push(b',');
-                            }
-                            out.extend_from_slice(&json);
-                        }
-                    }
-                }
-                let _ = write!(out, "],\"total\":{total}");
-                if offset.saturating_add(*limit) < total {
-                    let _ = write!(out, ",\"next_offset\":{}", offset + limit);
-                }
-                out.extend_from_slice(b"}}");
-                Reply::json(out)
-            }
-            Command::Topics { offset, limit } => {
-                let mut merged: BTreeMap<String, (usize, u64)> = BTreeMap::new();
-                for part in parts {
-                    if let Part::Topics(list) = part {
-                        for (name, subs, dropped) in list {
-                            let e = merged.entry(name).or_default();
-                            e.0 += subs;
-                            e.1 += dropped;
-                        }
-                    }
-                }
-                #[derive(serde::Serialize)]
-                struct Topic<'a> {
-                    topic: &'a str,
-                    subscribers: usize,
-                    dropped: u64,
-                }
-                let total = merged.len();
-                let topics: Vec<Topic<'_>> = merged
-                    .iter()
-                    .skip(*offset)
-                    .take(*limit)
-                    .map(|(topic, (subscribers, dropped))| Topic {
-                        topic,
-                        subscribers: *subscribers,
-                        dropped: *dropped,
-                    })
-                    .collect();
-                let mut body = b"{\"result\":{\"topics\":".to_vec();
-                let _ = serde_json::to_writer(&mut body, &topics);
-                let _ = write!(body, ",\"total\":{total}");
-                if offset.saturating_add(*limit) < total {
-                    let _ = write!(body, ",\"next_offset\":{}", offset + limit);
-                }
-                body.extend_from_slice(b"}}");
-                Reply::json(body)
-            }
-            Command::Publish { .. } => {
-                let subscribers = count(&mut parts);
-                Reply::json(serde_json::json!({ "result": { "subscribers": subscribers } }).to_string())
-            }
-            Command::Send { .. } => match flag(&mut parts) {
-                Some(queued) => Reply::json(serde_json::json!({ "result": { "queued": queued } }).to_string()),
-                None => Reply::error(404, "no open WebSocket with this id"),
-            },
-            Command::Disconnect { .. } => {
-                let closed = count(&mut parts);
-                Reply::json(serde_json::json!({ "result": { "disconnected": closed } }).to_string())
-            }
-            Command::Subscribe { .. } => match flag(&mut parts) {
-                Some(added) => Reply::json(serde_json::json!({ "result": { "subscribed": added } }).to_string()),
-                None => Reply::error(404, "no open WebSocket with this id"),
-            },
-            Command::Unsubscribe { .. } => match flag(&mut parts) {
-                Some(removed) => Reply::json(serde_json::json!({ "result": { "unsubscribed": removed } }).to_string()),
-                None => Reply::error(404, "no open WebSocket with this id"),
-            },
-            Command::FormClients => {
-                // websockets_pro's get_clients: {"peer address": "token"} for broker clients.
-                let mut map = serde_json::Map::new();
-                for part in parts {
-                    if let Part::Peers(peers) = part {
-                        for (peer, token) in peers {
-                            map.insert(peer, token.into());
-                        }
-                    }
-                }
-                form_ok(serde_json::Value::Object(map).to_string().into_bytes())
-            }
-            Command::FormBroadcast { .. } | Command::FormRegister { .. } | Command::FormUnregister { .. } => {
-                form_ok(Vec::new())
-            }
-            Command::Dashboard | Command::Preflight | Command::FormTokenList => {
-                self.answer_here(command).unwrap_or_else(|| Reply::error(500, "unexpected"))
-            }
-        }
-    }
-
     /// The slab key of the open WebSocket with this id.
     fn open_key(&self, id: u64) -> Option<usize> {
-        let key = super::key_of(id);
+        let key = crate::conn_id::key_of(id);
         self.conns.get(key).filter(|e| e.conn.id() == id && e.conn.is_open()).map(|_| key)
     }
 
@@ -477,41 +357,23 @@ impl Worker {
         }
     }
 
-    /// The process's figures: every worker's summed, with the route names and what the
-    /// process as a whole has (memory, descriptors).
-    fn snapshot<'a>(&'a self, total: &Figures, now: Instant, fds: bool) -> Snapshot<'a> {
-        // A route reloaded unchanged (or changed and changed back) is one series, not two.
-        let mut routes: Vec<(&str, &'static str, u64, crate::apps::Traffic)> = Vec::new();
-        for (i, r) in self.routes.iter().enumerate() {
-            let (open, traffic) = total.routes.get(i).copied().unwrap_or_default();
-            match routes.iter_mut().find(|(p, a, _, _)| *p == &*r.path && *a == r.app.name()) {
-                Some(entry) => {
-                    entry.2 += open;
-                    metrics::add_traffic(&mut entry.3, &traffic);
-                }
-                None => routes.push((&*r.path, r.app.name(), open, traffic)),
-            }
-        }
-        let (open_fds, max_fds) = if fds { self.fd_figures(now) } else { (None, None) };
-        Snapshot {
-            version: env!("CARGO_PKG_VERSION"),
-            uptime: now.saturating_duration_since(self.started),
-            by_state: total.by_state.clone(),
-            routes,
-            topics: total.topics,
-            subscriptions: total.subscriptions,
-            broker_tokens_held: total.tokens_held,
-            broker_tokens_registered: self.broker.registered_count(),
-            rss_bytes: metrics::rss_bytes(),
-            open_fds,
-            max_fds,
-            pool_bytes: total.pool_bytes,
-        }
-    }
-
     /// Descriptor figures, counted at most once a second (counting walks /proc/self/fd, which
     /// takes milliseconds at tens of thousands: a client hammering /metrics must not make
     /// the loop do that for every request).
+    /// What [`render`] needs to know of this process, with the descriptors counted if `fds`.
+    fn facts(&self, now: Instant, fds: bool) -> render::Facts<'_> {
+        render::Facts {
+            routes: &self.routes,
+            limits: &self.limits,
+            max_connections: self.max_connections,
+            started: self.started,
+            tokens_registered: self.broker.registered_count(),
+            cluster_on: self.cluster.is_some(),
+            fds: if fds { self.fd_figures(now) } else { (None, None) },
+            now,
+        }
+    }
+
     fn fd_figures(&self, now: Instant) -> metrics::FdFigures {
         match self.fd_figures_cache.get() {
             Some((at, figures)) if now.saturating_duration_since(at) < std::time::Duration::from_secs(1) => figures,
@@ -521,41 +383,6 @@ impl Worker {
                 figures
             }
         }
-    }
-
-    fn metrics_text(&self, figures: &[Figures], now: Instant) -> String {
-        let total = Figures::sum(figures);
-        metrics::render(&total.metrics, &self.snapshot(&total, now, true), figures, self.cluster_on())
-    }
-
-    fn info_json(&self, figures: &[Figures], now: Instant) -> String {
-        let total = Figures::sum(figures);
-        let s = self.snapshot(&total, now, true);
-        let l = &self.limits;
-        serde_json::json!({ "result": {
-            "version": s.version,
-            "uptime_seconds": s.uptime.as_secs(),
-            "connections": total.connections,
-            "max_connections": self.max_connections,
-            "workers": figures.len(),
-            "topics": s.topics,
-            "subscriptions": s.subscriptions,
-            "broker": { "tokens_held": s.broker_tokens_held, "tokens_registered": s.broker_tokens_registered },
-            "rss_bytes": s.rss_bytes,
-            "open_fds": s.open_fds,
-            "limits": {
-                "max_message_size": l.max_message_size,
-                "max_frame_size": l.max_frame_size,
-                "max_head_size": l.max_head_size,
-                "handshake_timeout_ms": l.handshake_timeout.as_millis() as u64,
-                "idle_timeout_ms": l.idle_timeout.as_millis() as u64,
-                "ping_interval_ms": l.ping_interval.as_millis() as u64,
-                "max_backpressure": l.max_backpressure,
-                "max_queued": l.max_queued,
-            },
-            "routes": self.routes.active().map(|r| serde_json::json!({ "path": &*r.path, "app": r.app.name() })).collect::<Vec<_>>(),
-        }})
-        .to_string()
     }
 
     /// Whether a connection shows in `/api/clients` (admin requests in progress do not).
@@ -611,96 +438,4 @@ impl Worker {
         }
         (total, out)
     }
-
-    /// The dashboard's once-a-second figures.
-    fn stats_json(&self, figures: &[Figures], now: Instant) -> String {
-        let total = Figures::sum(figures);
-        let s = self.snapshot(&total, now, false);
-        let m = &total.metrics;
-        let (mut msgs_in, mut msgs_out, mut bytes_in, mut bytes_out) = (0u64, 0u64, 0u64, 0u64);
-        for (_, _, _, t) in &s.routes {
-            msgs_in += t.msgs_in;
-            msgs_out += t.msgs_out;
-            bytes_in += t.bytes_in;
-            bytes_out += t.bytes_out;
-        }
-        let mut routes: Vec<_> = s.routes.iter().collect();
-        routes.sort_by_key(|r| std::cmp::Reverse(r.2));
-        let routes: Vec<serde_json::Value> = routes
-            .iter()
-            .take(10)
-            .map(|(path, app, open, t)| {
-                serde_json::json!({ "route": path, "app": app, "open": open, "messages_in": t.msgs_in, "messages_out": t.msgs_out })
-            })
-            .collect();
-        let topics: Vec<serde_json::Value> = total
-            .top_topics
-            .iter()
-            .map(|(name, subs, dropped)| serde_json::json!({ "topic": name, "subscribers": subs, "dropped": dropped }))
-            .collect();
-        serde_json::json!({
-            "type": "stats",
-            "version": s.version,
-            "uptime_seconds": s.uptime.as_secs(),
-            "connections": total.connections,
-            "workers": figures.len(),
-            "by_state": s.by_state,
-            "messages_in": msgs_in,
-            "messages_out": msgs_out,
-            "bytes_in": bytes_in,
-            "bytes_out": bytes_out,
-            "deliveries": m.deliveries,
-            "slow_consumer_closes": m.slow_consumer_closes,
-            "dropped": m.dropped,
-            "broker_routed": m.broker_routed,
-            "rss_bytes": s.rss_bytes,
-            "routes": routes,
-            "topics": topics,
-        })
-        .to_string()
-    }
-}
-
-/// websockets_pro's answers: 200, CORS headers, the body as is.
-fn form_ok(body: Vec<u8>) -> Reply {
-    Reply { status: 200, content_type: "application/json", body, cors: true }
-}
-
-/// `/api/send`'s message: a JSON string as its text, other JSON as its text, bytes as binary.
-fn message_frame(data: &Data) -> SharedFrame {
-    match data {
-        Data::Json(json) => match serde_json::from_str::<String>(json) {
-            Ok(text) => shared_frame(Opcode::Text, text.as_bytes()),
-            Err(_) => shared_frame(Opcode::Text, json.as_bytes()),
-        },
-        Data::Binary(bytes) => shared_frame(Opcode::Binary, bytes),
-    }
-}
-
-/// Each worker's figures, in worker order.
-fn collect_figures(parts: Vec<Option<Part>>) -> Vec<Figures> {
-    parts.into_iter().flatten().filter_map(|p| if let Part::Figures(f) = p { Some(*f) } else { None }).collect()
-}
-
-/// `/api/publish`'s messages, framed once for every worker: JSON data wrapped as
-/// `{"topic":…,"data":…}`, bytes as a binary message.
-fn publish_frames(topics: &[String], data: &Data) -> Vec<(Arc<str>, SharedFrame)> {
-    topics
-        .iter()
-        .map(|topic| {
-            let frame = match data {
-                Data::Json(json) => {
-                    let mut body = Vec::with_capacity(json.len() + topic.len() + 24);
-                    body.extend_from_slice(b"{\"topic\":");
-                    let _ = serde_json::to_writer(&mut body, topic);
-                    body.extend_from_slice(b",\"data\":");
-                    body.extend_from_slice(json.as_bytes());
-                    body.push(b'}');
-                    shared_frame(Opcode::Text, &body)
-                }
-                Data::Binary(bytes) => shared_frame(Opcode::Binary, bytes),
-            };
-            (Arc::from(topic.as_str()), frame)
-        })
-        .collect()
 }

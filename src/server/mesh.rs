@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 
+use crate::admin::render::Part;
 use crate::admin::Command;
 use crate::broker::tokens::TokenSet;
 use crate::encode::SharedFrame;
-use crate::metrics::Figures;
 
 /// Publishes and other data notes waiting in one inbox past this many, or past
 /// [`INBOX_BYTES`] of messages, are dropped (and counted): a worker that cannot keep up must
@@ -101,24 +101,6 @@ pub enum Query {
     Publish(Arc<[(Arc<str>, SharedFrame)]>),
     /// The worker's figures, for the dashboard's once-a-second update.
     Figures,
-}
-
-/// One worker's answer to a [`Query`].
-pub enum Part {
-    Figures(Box<Figures>),
-    /// Serialised client objects, comma-separated, and how many this worker lists in all.
-    Clients {
-        total: usize,
-        json: Vec<u8>,
-    },
-    /// Topic name, subscribers, dropped.
-    Topics(Vec<(String, usize, u64)>),
-    Count(usize),
-    /// `None`: the connection named is not open here.
-    Flag(Option<bool>),
-    /// websockets_pro's get_clients: (peer address, token).
-    Peers(Vec<(String, String)>),
-    Nothing,
 }
 
 struct Inbox {

@@ -17,14 +17,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
-use socket2::{Domain, Socket, Type};
 
+mod accept;
+mod fanout;
+mod lifecycle;
 mod manage;
 pub mod mesh;
 
@@ -37,7 +38,8 @@ use crate::broker::Broker;
 use crate::buffer::Pools;
 use crate::cluster::{Cluster, PUB_TOKEN, SUB_TOKEN};
 use crate::config::{Balance, Config};
-use crate::connection::{refuse_unadmitted, AdminSettings, Connection, Ctx, Delivered, Progress, Ready, Turn};
+use crate::conn_id::{self, key_of};
+use crate::connection::{AdminSettings, Connection, Ctx, Progress, Ready, Turn};
 use crate::encode::{shared_frame, SharedFrame};
 use crate::limits::Limits;
 use crate::logview::Tails;
@@ -45,9 +47,10 @@ use crate::metrics::Metrics;
 use crate::pubsub::Topics;
 use crate::route::Routes;
 use crate::route::{AppKind, Route};
-use crate::tls::{build_server_config, TlsSettings};
-use crate::transport::Transport;
+use crate::tls::build_server_config;
 use crate::ws::frame::Opcode;
+use accept::{bind_listener, bind_unix, Accepted, ListenSocket, Listener, ACCEPT_BATCH};
+use lifecycle::HOUSEKEEPING_INTERVAL;
 use mesh::{Mailbox, Mesh, Note};
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
@@ -56,94 +59,8 @@ const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Listener `i` has token `LISTENER_BASE - i`.
 const LISTENER_BASE: usize = usize::MAX - 2;
 const MAX_LISTENERS: usize = 1024;
-/// Connection tokens: slab key in the low 32 bits, generation in bits 32–53, the worker's
-/// index in bits 54–61, bit 62 set for the socket the connection's app owns (a backend link),
-/// bit 63 clear (listener and signal tokens have it set). A connection's id is its token
-/// without bit 62, as a `u64`: unique in the process, and it says which worker serves it.
-const KEY_BITS: u32 = 32;
-const KEY_MASK: usize = (1 << KEY_BITS) - 1;
-const GEN_MASK: usize = 0x3F_FFFF;
-const WORKER_SHIFT: u32 = 54;
-const APP_SOCKET_BIT: usize = 1 << 62;
-
-/// The slab key of the connection with this id.
-pub fn key_of(id: u64) -> usize {
-    (id as usize) & KEY_MASK
-}
-
-/// The index of the worker serving the connection with this id.
-pub fn worker_of(id: u64) -> usize {
-    (id >> WORKER_SHIFT) as usize & 0xFF
-}
-/// Connections accepted per listener per turn, so a flood of connects cannot starve clients.
-const ACCEPT_BATCH: usize = 256;
-/// After EMFILE / ENFILE: how long to stop accepting before trying again.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
-const LISTEN_BACKLOG: i32 = 4096;
-/// How often unused pooled buffers are freed (and freed memory given back to the system).
-const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 /// Most slab entries reserved up front (address space only, a few hundred MiB at most).
 const MAX_RESERVED: usize = 1 << 20;
-
-/// A listening socket: TCP, or the admin listener's UNIX-domain socket (its file is removed
-/// when the listener goes).
-enum ListenSocket {
-    Tcp(TcpListener),
-    Unix { socket: mio::net::UnixListener, path: std::path::PathBuf },
-}
-
-/// A socket just accepted.
-enum Accepted {
-    Tcp(mio::net::TcpStream),
-    Unix(mio::net::UnixStream),
-}
-
-impl ListenSocket {
-    fn accept(&self) -> io::Result<(Accepted, SocketAddr)> {
-        match self {
-            ListenSocket::Tcp(l) => l.accept().map(|(s, peer)| (Accepted::Tcp(s), peer)),
-            // A UNIX peer has no address: it shows as 0.0.0.0:0.
-            ListenSocket::Unix { socket, .. } => {
-                socket.accept().map(|(s, _)| (Accepted::Unix(s), SocketAddr::from(([0, 0, 0, 0], 0))))
-            }
-        }
-    }
-
-    fn source(&mut self) -> &mut dyn mio::event::Source {
-        match self {
-            ListenSocket::Tcp(l) => l,
-            ListenSocket::Unix { socket, .. } => socket,
-        }
-    }
-}
-
-impl Drop for ListenSocket {
-    fn drop(&mut self) {
-        if let ListenSocket::Unix { path, .. } = self {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-impl Accepted {
-    fn source(&mut self) -> &mut dyn mio::event::Source {
-        match self {
-            Accepted::Tcp(s) => s,
-            Accepted::Unix(s) => s,
-        }
-    }
-}
-
-struct Listener {
-    socket: ListenSocket,
-    addr: SocketAddr,
-    /// The TLS settings (re-read on SIGHUP) and the configuration new handshakes use.
-    tls: Option<(TlsSettings, Arc<rustls::ServerConfig>)>,
-    /// Readiness seen and not yet drained (edge-triggered).
-    pending: bool,
-    /// The admin listener (management API, metrics, dashboard).
-    admin: bool,
-}
 
 /// A connection and the loop's bookkeeping for it.
 struct Entry {
@@ -157,9 +74,12 @@ struct Entry {
 }
 
 impl Entry {
-    /// The connection's poll token (its id: slab key and generation).
-    fn token(&self) -> Token {
-        Token(self.conn.id() as usize)
+    /// Queues the connection (slab `key`) for the end-of-turn write, once per turn.
+    fn mark_dirty(&mut self, key: usize, dirty: &mut Vec<usize>) {
+        if !self.dirty {
+            self.dirty = true;
+            dirty.push(key);
+        }
     }
 }
 
@@ -276,9 +196,10 @@ pub struct Worker {
     poll: Poll,
     listeners: Vec<Listener>,
     conns: Slab<Entry>,
-    generation: usize,
+    /// Numbers the occupants of slab slots (see [`conn_id`]).
+    generation: u64,
     /// Min-heap of (when, connection token); stale entries are skipped (see `fire_timers`).
-    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Connections whose read budget ran out: served again next turn.
     busy: Vec<usize>,
     /// Connections that others queued output for this turn.
@@ -609,126 +530,7 @@ impl Worker {
         }
     }
 
-    /// Readiness on a Redis link: what other nodes published goes to this worker's
-    /// subscribers and token holders.
-    fn on_cluster(&mut self, token: Token, now: Instant) {
-        let Some(mut cluster) = self.cluster.take() else { return };
-        cluster.on_ready(token, now, |m| {
-            let frame = shared_frame(m.opcode, m.payload);
-            match m.kind {
-                crate::cluster::wire::Kind::Publish => self.publish(m.topic, &frame, None, &[], now),
-                crate::cluster::wire::Kind::Route => {
-                    let mut keys = std::mem::take(&mut self.scratch_keys);
-                    self.broker.receivers(m.receivers, &mut keys);
-                    self.route_message(&keys, &frame, now);
-                    self.scratch_keys = keys;
-                }
-            }
-        });
-        self.cluster = Some(cluster);
-        self.flush_dirty(now);
-    }
-
-    /// The end of a turn for the Redis links: topics that came or went, timers, writes.
-    fn cluster_turn(&mut self, now: Instant) {
-        let Some(cluster) = &mut self.cluster else { return };
-        for (topic, subscribed) in self.topics.take_changes() {
-            if !topic.starts_with(crate::apps::FEED_PREFIX) {
-                cluster.topic_changed(&topic, subscribed);
-            }
-        }
-        if cluster.busy() {
-            for token in [SUB_TOKEN, PUB_TOKEN] {
-                self.on_cluster(token, now);
-            }
-        }
-        if let Some(cluster) = &mut self.cluster {
-            cluster.turn(now);
-        }
-    }
-
-    /// Whether the links to Redis are configured.
-    pub(super) fn cluster_on(&self) -> bool {
-        self.cluster.is_some()
-    }
-
-    /// What runs on its own clock: the log viewers' files, the dashboard's figures, the
-    /// broker's token refresh.
-    fn periodic(&mut self, now: Instant) {
-        if !self.tails.is_empty() && now >= self.tails_at {
-            let mut lines = Vec::new();
-            let more = self.tails.poll(|feed, frame| {
-                lines.push((feed.to_string(), frame.clone()));
-            });
-            for (feed, frame) in lines {
-                self.publish(&feed, &frame, None, &[], now);
-            }
-            self.flush_dirty(now);
-            self.tails_at = now + if more { Duration::ZERO } else { crate::logview::POLL_INTERVAL };
-        }
-        if now >= self.stats_at {
-            self.stats_at = now + Duration::from_secs(1);
-            if self.mailbox.index == 0 {
-                self.mesh.set_access_watched(self.topics.find(ACCESS_FEED).is_some());
-            }
-            if self.topics.find(STATS_FEED).is_some() && !self.gathers.values().any(manage::Gather::is_stats) {
-                // The figures of every worker: published when the last one has answered (one
-                // update at a time, however slow a worker is to answer).
-                self.gather(manage::Pending::Stats, mesh::Query::Figures, (0..self.mesh.workers()).collect(), now);
-            }
-        }
-        if let (Some(at), Some(every)) = (self.tokens_refresh_at, self.tokens_refresh) {
-            if now >= at {
-                self.tokens_refresh_at = Some(now + every);
-                if let Some(f) = &mut self.token_fetcher {
-                    f.request();
-                }
-            }
-        }
-    }
-
-    /// The token loader finished: the new list replaces the old, or the old one stays.
-    fn tokens_loaded(&mut self) {
-        let Some(fetcher) = &mut self.token_fetcher else { return };
-        while let Some(result) = fetcher.take() {
-            match result {
-                Ok(set) => {
-                    if self.mesh.workers() > 1 {
-                        let shared = Arc::new(set.clone());
-                        self.mesh.post_others(self.mailbox.index, || Note::Tokens(Arc::clone(&shared)));
-                    }
-                    self.broker.replace_registered(set);
-                    log::info!(
-                        "broker: {} registered token(s) from {}",
-                        self.broker.registered_count(),
-                        fetcher.source()
-                    );
-                }
-                Err(e) => log::error!(
-                    "broker: tokens from {}: {e}; keeping the {} token(s) loaded before",
-                    fetcher.source(),
-                    self.broker.registered_count()
-                ),
-            }
-        }
-    }
-
-    /// Frees pooled buffers that went unused for a whole interval, and asks the allocator to
-    /// give memory back once enough was freed (after a crowd leaves, RSS goes back down
-    /// instead of staying at its peak).
-    fn housekeeping(&mut self, now: Instant) {
-        self.housekeeping_at = now + HOUSEKEEPING_INTERVAL;
-        self.gathers.retain(|_, g| g.is_fresh(now));
-        if self.pools.shrink() {
-            if self.trim_memory {
-                let released = crate::sys::memory::trim_heap();
-                log::debug!("buffer pools shrunk; heap trimmed (memory released: {released})");
-            }
-            self.pools.trimmed();
-        }
-    }
-
-    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+    pub(super) fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         if !self.busy.is_empty() || self.mailbox.more || self.cluster.as_ref().is_some_and(Cluster::busy) {
             return Some(Duration::ZERO);
         }
@@ -762,7 +564,7 @@ impl Worker {
 
     /// Runs connection `key` with a context (`f` gets the connection and the context), then
     /// does what the run left for the loop: its actions, its timer, closing.
-    fn run_conn(&mut self, key: usize, now: Instant, f: impl FnOnce(&mut Connection, &mut Ctx<'_>) -> Turn) {
+    pub(super) fn run_conn(&mut self, key: usize, now: Instant, f: impl FnOnce(&mut Connection, &mut Ctx<'_>) -> Turn) {
         let mut actions = std::mem::take(&mut self.actions);
         let Some(entry) = self.conns.get_mut(key) else { return };
         if entry.closed {
@@ -796,11 +598,11 @@ impl Worker {
         self.after_drive(key, turn);
     }
 
-    fn on_ready(&mut self, token: Token, readable: bool, writable: bool, now: Instant) {
-        let key = token.0 & KEY_MASK;
-        let app_socket = token.0 & APP_SOCKET_BIT != 0;
+    pub(super) fn on_ready(&mut self, token: Token, readable: bool, writable: bool, now: Instant) {
+        let (id, app_socket) = conn_id::from_token(token.0);
+        let key = key_of(id);
         let Some(entry) = self.conns.get(key) else { return };
-        if entry.token().0 != token.0 & !APP_SOCKET_BIT {
+        if entry.conn.id() != id {
             return; // stale: the slot's connection is gone
         }
         let ready = if app_socket {
@@ -812,9 +614,9 @@ impl Worker {
     }
 
     /// Does what a connection's app asked for.
-    fn apply(&mut self, key: usize, action: Action, now: Instant) {
-        let Some(token) = self.conns.get(key).map(Entry::token) else { return };
-        let app_token = Token(token.0 | APP_SOCKET_BIT);
+    pub(super) fn apply(&mut self, key: usize, action: Action, now: Instant) {
+        let Some(id) = self.conns.get(key).map(|e| e.conn.id()) else { return };
+        let app_token = Token(conn_id::app_socket_token(id));
         match action {
             Action::Register { fd, interest } => {
                 if let Err(e) = self.poll.registry().register(&mut SourceFd(&fd), app_token, interest) {
@@ -855,43 +657,8 @@ impl Worker {
         }
     }
 
-    /// Delivers `frame` to the connection with id `id`, on whichever worker serves it.
-    fn send_to(&mut self, id: u64, frame: SharedFrame, now: Instant) {
-        if worker_of(id) != self.mailbox.index {
-            self.mesh.post(worker_of(id), Note::SendTo { id, frame });
-            return;
-        }
-        let key = key_of(id);
-        if self.conns.get(key).is_some_and(|e| e.conn.id() == id) {
-            self.deliver(key, &frame, now);
-        }
-    }
-
-    /// A publish made on this worker goes to the other workers' subscribers too.
-    fn spread_publish(&mut self, topic: &Arc<str>, frame: &SharedFrame, exclude_ids: Box<[u64]>) {
-        if self.mesh.workers() > 1 {
-            let exclude_ids: Arc<[u64]> =
-                if exclude_ids.is_empty() { Arc::clone(&self.no_ids) } else { exclude_ids.into() };
-            self.mesh.post_others(self.mailbox.index, || Note::Publish {
-                topic: Arc::clone(topic),
-                frame: frame.clone(),
-                exclude_ids: Arc::clone(&exclude_ids),
-            });
-        }
-    }
-
-    /// A broker message sent on this worker goes to the other workers' token holders too.
-    fn spread_route(&mut self, receivers: Arc<[u8]>, frame: &SharedFrame) {
-        if self.mesh.workers() > 1 {
-            self.mesh.post_others(self.mailbox.index, || Note::Route {
-                receivers: Arc::clone(&receivers),
-                frame: frame.clone(),
-            });
-        }
-    }
-
     /// Takes what other workers sent (a batch per turn), and writes what it queued.
-    fn take_notes(&mut self, now: Instant) {
+    pub(super) fn take_notes(&mut self, now: Instant) {
         let mesh = Arc::clone(&self.mesh);
         let mut notes = Vec::new();
         mesh.take(&mut self.mailbox, |note| notes.push(note));
@@ -901,7 +668,7 @@ impl Worker {
         self.flush_dirty(now);
     }
 
-    fn on_note(&mut self, note: Note, now: Instant) {
+    pub(super) fn on_note(&mut self, note: Note, now: Instant) {
         match note {
             Note::Publish { topic, frame, exclude_ids } => self.publish(&topic, &frame, None, &exclude_ids, now),
             Note::Route { receivers, frame } => {
@@ -930,102 +697,9 @@ impl Worker {
         }
     }
 
-    /// A broker message's deliveries to the connections its receivers named here.
-    fn route_message(&mut self, keys: &[usize], frame: &SharedFrame, now: Instant) {
-        for &key in keys {
-            if self.deliver(key, frame, now) {
-                self.metrics.broker_deliveries += 1;
-            }
-        }
-    }
-
-    /// Queues `frame` on every subscriber of `topic` but `exclude`: encoded once, queued by
-    /// reference, written once per subscriber at the end of the turn.
-    fn publish(&mut self, topic: &str, frame: &SharedFrame, exclude: Option<usize>, exclude_ids: &[u64], now: Instant) {
-        let Some(id) = self.topics.find(topic) else { return };
-        // Ids to slab keys (an id names its key; a stale one names nobody), sorted. Empty,
-        // as it nearly always is, it allocates nothing.
-        let mut excluded: Vec<usize> = exclude_ids
-            .iter()
-            .map(|&id| key_of(id))
-            .filter(|&key| self.conns.get(key).is_some_and(|e| exclude_ids.contains(&e.conn.id())))
-            .collect();
-        excluded.sort_unstable();
-        let mut dropped = 0;
-        // Framed once per form its receivers take (compressed per window, legacy), when the
-        // first of them comes.
-        let mut forms = Forms::new(frame);
-        for key in self.topics.members(id) {
-            if Some(key) == exclude || (!excluded.is_empty() && excluded.binary_search(&key).is_ok()) {
-                continue;
-            }
-            let Some(entry) = self.conns.get_mut(key) else { continue };
-            let Some(frame) = forms.for_conn(&entry.conn, &mut self.codecs) else {
-                self.metrics.legacy_dropped += 1;
-                continue;
-            };
-            let delivered = entry.conn.deliver(now, &mut self.pools, frame);
-            match delivered {
-                Delivered::Queued | Delivered::Closing => {
-                    if !entry.dirty {
-                        entry.dirty = true;
-                        self.dirty.push(key);
-                    }
-                }
-                Delivered::Dropped => dropped += 1,
-                Delivered::NotOpen => {}
-            }
-            self.metrics.deliveries += u64::from(delivered == Delivered::Queued);
-            self.metrics.slow_consumer_closes += u64::from(delivered == Delivered::Closing);
-        }
-        if dropped > 0 {
-            self.topics.note_dropped(id, dropped);
-            self.metrics.dropped += dropped;
-        }
-    }
-
-    /// Queues `frame` for connection `key`; whether it was queued.
-    fn deliver(&mut self, key: usize, frame: &SharedFrame, now: Instant) -> bool {
-        let Some(entry) = self.conns.get_mut(key) else { return false };
-        let mut forms = Forms::new(frame);
-        let Some(frame) = forms.for_conn(&entry.conn, &mut self.codecs) else {
-            self.metrics.legacy_dropped += 1;
-            return false;
-        };
-        let delivered = entry.conn.deliver(now, &mut self.pools, frame);
-        match delivered {
-            Delivered::Queued | Delivered::Closing => self.mark_dirty(key),
-            Delivered::Dropped => self.metrics.dropped += 1,
-            Delivered::NotOpen => {}
-        }
-        self.metrics.slow_consumer_closes += u64::from(delivered == Delivered::Closing);
-        delivered == Delivered::Queued
-    }
-
-    /// The end of the turn: every connection with output queued during it (its own replies,
-    /// what others published to it) writes once. Writing reads nothing, so this ends.
-    fn flush_dirty(&mut self, now: Instant) {
-        while !self.dirty.is_empty() {
-            for key in std::mem::take(&mut self.dirty) {
-                let Some(entry) = self.conns.get_mut(key) else { continue };
-                entry.dirty = false;
-                self.run_conn(key, now, |conn, ctx| conn.drive(ctx, Ready::default()));
-            }
-        }
-    }
-
-    fn mark_dirty(&mut self, key: usize) {
-        if let Some(entry) = self.conns.get_mut(key) {
-            if !entry.dirty {
-                entry.dirty = true;
-                self.dirty.push(key);
-            }
-        }
-    }
-
     /// What the loop does after a connection ran: queue for closing, for another turn, for
     /// the end-of-turn write, and (re)arm its timer.
-    fn after_drive(&mut self, key: usize, Turn { progress, deadline }: Turn) {
+    pub(super) fn after_drive(&mut self, key: usize, Turn { progress, deadline }: Turn) {
         let Some(entry) = self.conns.get_mut(key) else { return };
         if progress == Progress::Closed {
             if !entry.closed {
@@ -1038,35 +712,34 @@ impl Worker {
             self.busy.push(key);
         }
         // Written at the end of this turn (a Busy one too: it read a lot, so queued a lot).
-        if matches!(progress, Progress::Write | Progress::Busy) && !entry.dirty {
-            entry.dirty = true;
-            self.dirty.push(key);
+        if matches!(progress, Progress::Write | Progress::Busy) {
+            entry.mark_dirty(key, &mut self.dirty);
         }
         // One timer entry per connection, at or before its deadline; a deadline that moved
         // later is found when the entry fires and re-armed then.
         if let Some(deadline) = deadline {
             if entry.timer_at.is_none_or(|t| deadline < t) {
                 entry.timer_at = Some(deadline);
-                self.timers.push(Reverse((deadline, entry.token().0)));
+                self.timers.push(Reverse((deadline, entry.conn.id())));
             }
         }
     }
 
-    fn serve_busy(&mut self, now: Instant) {
+    pub(super) fn serve_busy(&mut self, now: Instant) {
         for key in std::mem::take(&mut self.busy) {
             self.run_conn(key, now, |conn, ctx| conn.drive(ctx, Ready { corked: true, ..Ready::default() }));
         }
     }
 
-    fn fire_timers(&mut self, now: Instant) {
-        while let Some(Reverse((when, token))) = self.timers.peek().copied() {
+    pub(super) fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((when, id))) = self.timers.peek().copied() {
             if when > now {
                 break;
             }
             self.timers.pop();
-            let key = token & KEY_MASK;
+            let key = key_of(id);
             let Some(entry) = self.conns.get_mut(key) else { continue };
-            if entry.token().0 != token || entry.timer_at != Some(when) || entry.closed {
+            if entry.conn.id() != id || entry.timer_at != Some(when) || entry.closed {
                 continue; // stale entry
             }
             entry.timer_at = None;
@@ -1078,7 +751,7 @@ impl Worker {
         }
     }
 
-    fn remove_closed(&mut self, now: Instant) {
+    pub(super) fn remove_closed(&mut self, now: Instant) {
         for key in std::mem::take(&mut self.closed) {
             if !self.conns.get(key).is_some_and(|e| e.closed) {
                 continue;
@@ -1126,7 +799,7 @@ impl Worker {
     }
 
     /// What a closed connection adds to the metrics.
-    fn count_closed(&mut self, conn: &mut Connection) {
+    pub(super) fn count_closed(&mut self, conn: &mut Connection) {
         let (sent, received) = conn.log_mut().close_codes();
         if let Some(code) = sent {
             Metrics::count(&mut self.metrics.closes_sent, code);
@@ -1139,357 +812,6 @@ impl Worker {
         }
         self.metrics.add_closed(conn.route(), conn.traffic());
     }
-
-    fn accept(&mut self, now: Instant) {
-        if self.drain_deadline.is_some() {
-            return;
-        }
-        if let Some(until) = self.accept_paused_until {
-            if now < until {
-                return;
-            }
-            self.accept_paused_until = None;
-            for l in &mut self.listeners {
-                l.pending = true;
-            }
-        }
-        for i in 0..self.listeners.len() {
-            if !self.listeners[i].pending {
-                continue;
-            }
-            for _ in 0..ACCEPT_BATCH {
-                match self.listeners[i].socket.accept() {
-                    Ok((stream, peer)) => {
-                        if self.fd_exhausted {
-                            self.fd_exhausted = false;
-                            log::info!("accepting again: file descriptors available");
-                        }
-                        let tls = self.listeners[i].tls.as_ref().map(|(_, config)| config.clone());
-                        let admin = self.listeners[i].admin;
-                        match stream {
-                            Accepted::Tcp(stream) if self.hands_off && !admin => self.hand_off(stream, peer, tls, now),
-                            stream => self.admit(stream, peer, tls, admin, false, now),
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.listeners[i].pending = false;
-                        break;
-                    }
-                    Err(e) if is_fd_exhaustion(&e) => {
-                        self.metrics.refused_fd += 1;
-                        // The pending connection stays in the backlog; polling would report it
-                        // again at once, so stop accepting for a moment instead of spinning.
-                        if !self.fd_exhausted {
-                            self.fd_exhausted = true;
-                            log::warn!(
-                                "accept on {}: {e}; retrying every {ACCEPT_PAUSE:?} until descriptors free up",
-                                self.listeners[i].addr
-                            );
-                        }
-                        self.accept_paused_until = Some(now + ACCEPT_PAUSE);
-                        return;
-                    }
-                    Err(e) => {
-                        // ECONNABORTED and friends concern one connection, not the listener.
-                        log::debug!("accept on {}: {e}", self.listeners[i].addr);
-                    }
-                }
-            }
-        }
-    }
-
-    /// `balance = "handoff"`: passes an accepted socket to the worker with the fewest
-    /// connections (this one included). The process's connection count is taken here, so a
-    /// refusal at `max_connections` is answered at once.
-    fn hand_off(
-        &mut self,
-        stream: mio::net::TcpStream,
-        peer: SocketAddr,
-        tls: Option<Arc<rustls::ServerConfig>>,
-        now: Instant,
-    ) {
-        let to = self.mesh.least_loaded();
-        if to == self.mailbox.index {
-            return self.admit(Accepted::Tcp(stream), peer, tls, false, false, now);
-        }
-        if !self.mesh.admit_one(self.max_connections) {
-            self.metrics.accepted += 1;
-            return self.refuse_capacity(Accepted::Tcp(stream), peer);
-        }
-        if !self.mesh.post(to, Note::Adopt { stream, peer, tls }) {
-            // The worker is gone (draining): the socket was dropped with the note.
-            self.mesh.release_one();
-        }
-    }
-
-    fn refuse_capacity(&mut self, mut stream: Accepted, peer: SocketAddr) {
-        self.metrics.refused_capacity += 1;
-        if self.metrics.refused_capacity.is_power_of_two() {
-            log::warn!(
-                "at max_connections ({}): refusing {peer} with 503 ({} refused so far by worker {})",
-                self.max_connections,
-                self.metrics.refused_capacity,
-                self.mailbox.index
-            );
-        }
-        match &mut stream {
-            Accepted::Tcp(s) => refuse_unadmitted(s, 503, "server at capacity, try again later"),
-            Accepted::Unix(s) => refuse_unadmitted(s, 503, "server at capacity, try again later"),
-        }
-    }
-
-    /// Serves an accepted socket. `counted`: the process's connection count already includes
-    /// it (a socket handed over by worker 0).
-    fn admit(
-        &mut self,
-        mut stream: Accepted,
-        peer: SocketAddr,
-        tls: Option<Arc<rustls::ServerConfig>>,
-        admin: bool,
-        counted: bool,
-        now: Instant,
-    ) {
-        self.metrics.accepted += 1;
-        if !counted && !self.mesh.admit_one(self.max_connections) {
-            return self.refuse_capacity(stream, peer);
-        }
-        if let Accepted::Tcp(s) = &stream {
-            if let Err(e) = s.set_nodelay(true) {
-                log::debug!("{peer}: TCP_NODELAY: {e}");
-            }
-        }
-        self.generation = (self.generation + 1) & GEN_MASK;
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        let token = Token((self.mailbox.index << WORKER_SHIFT) | (self.generation << KEY_BITS) | key);
-        if let Err(e) = self.poll.registry().register(stream.source(), token, Interest::READABLE | Interest::WRITABLE) {
-            log::warn!("{peer}: cannot register: {e}");
-            self.mesh.release_one();
-            return;
-        }
-        let transport = match (stream, tls) {
-            (Accepted::Unix(s), _) => Transport::Local(s),
-            (Accepted::Tcp(s), None) => Transport::Plain(s),
-            (Accepted::Tcp(stream), Some(config)) => match Transport::tls(stream, config) {
-                Ok(t) => t,
-                Err(e) => {
-                    log::warn!("{peer}: TLS session: {e}");
-                    self.mesh.release_one();
-                    return;
-                }
-            },
-        };
-        let conn = Connection::new(token.0 as u64, transport, peer, now, Arc::clone(&self.limits), admin);
-        entry.insert(Entry { conn, timer_at: None, dirty: false, closed: false });
-        log::debug!("{peer} accepted as {key}");
-        // The first drive starts its handshake clock (and reads nothing yet).
-        self.run_conn(key, now, |conn, ctx| conn.drive(ctx, Ready { corked: true, ..Ready::default() }));
-    }
-
-    /// Worker 0's signals, passed on to every worker.
-    fn on_signals(&mut self, now: Instant) {
-        let Some(signals) = &mut self.signals else { return };
-        let received: Vec<i32> = signals.pending().collect();
-        let me = self.mailbox.index;
-        for signal in received {
-            match signal {
-                SIGHUP => {
-                    let fresh = self.read_config();
-                    self.mesh.post_others(me, || Note::Reload(fresh.clone()));
-                    self.reload(fresh);
-                    if let Some(f) = &mut self.token_fetcher {
-                        log::info!("SIGHUP: loading the broker's tokens from {}", f.source());
-                        f.request();
-                    }
-                }
-                _ if self.drain_deadline.is_some() => {
-                    self.mesh.post_others(me, || Note::Exit);
-                    self.exit_now = true;
-                }
-                _ => {
-                    self.mesh.post_others(me, || Note::Drain);
-                    self.start_drain(now);
-                }
-            }
-        }
-    }
-
-    /// SIGHUP on worker 0: the configuration read again, if it can be (a bad one is logged
-    /// and the running one stays).
-    fn read_config(&mut self) -> Option<Arc<Config>> {
-        let reload = self.reload.as_ref()?;
-        match reload() {
-            Ok(fresh) => {
-                for key in restart_only(&self.config, &fresh) {
-                    log::warn!("SIGHUP: {key} changed; that takes a restart (the running value stays)");
-                }
-                log::info!("SIGHUP: configuration reloaded: {} route(s)", fresh.routes.len());
-                Some(Arc::new(fresh))
-            }
-            Err(e) => {
-                log::error!("SIGHUP: configuration not reloaded: {e}; the running one stays");
-                None
-            }
-        }
-    }
-
-    /// SIGHUP, on every worker: the configuration (if it was read again), certificates, the
-    /// access log.
-    fn reload(&mut self, fresh: Option<Arc<Config>>) {
-        if let Some(config) = fresh {
-            self.apply_config(config);
-        }
-        self.reload_certificates();
-        self.reopen_access_log();
-    }
-
-    /// Swaps in a reloaded configuration. New connections get the new routes and limits;
-    /// open ones keep what they were admitted with. What needs a restart keeps its running
-    /// value (see `restart_only`).
-    fn apply_config(&mut self, config: Arc<Config>) {
-        self.routes.replace(config.routes.clone());
-        self.limits = Arc::new(config.limits);
-        self.max_connections = config.max_connections;
-        self.pools.set_max(config.buffer_pool);
-        self.trim_memory = config.trim_memory;
-        self.broker.quirks = config.broker.websockets_pro_quirks;
-        if let (Some(admin), Some(_)) = (&config.admin, &self.admin) {
-            self.admin = Some(admin_settings(&config, admin));
-        }
-        // TLS listeners keep their sockets; their certificate files may have moved (when the
-        // addresses are the same: otherwise the listeners stay as they are until a restart).
-        let addrs = |c: &Config| c.listen.iter().map(|l| (l.addr, l.tls.is_some())).collect::<Vec<_>>();
-        if addrs(&self.config) == addrs(&config) {
-            for (l, new) in self.listeners.iter_mut().filter(|l| !l.admin).zip(&config.listen) {
-                if let (Some((settings, _)), Some(fresh)) = (&mut l.tls, &new.tls) {
-                    *settings = fresh.clone();
-                }
-            }
-        }
-        let files = |c: &Config| {
-            let mut f: Vec<std::path::PathBuf> =
-                c.routes.iter().filter_map(|r| r.logview.as_ref()).flat_map(|l| l.files.clone()).collect();
-            f.sort();
-            f
-        };
-        if files(&self.config) != files(&config) {
-            self.tails = Tails::new(&config.routes);
-        }
-        if config.access_log != self.config.access_log {
-            self.access_file = match &config.access_log {
-                None => None,
-                Some(path) => match AccessLogFile::open(path) {
-                    Ok(f) => Some(f),
-                    Err(e) => {
-                        log::error!("SIGHUP: access_log {}: {e}; access lines go to the log", path.display());
-                        None
-                    }
-                },
-            };
-        }
-        if self.mailbox.index == 0 && config.broker.tokens != self.config.broker.tokens {
-            self.token_fetcher = Fetcher::start(&config.broker, Arc::clone(&self._waker));
-        }
-        if self.mailbox.index == 0 {
-            self.tokens_refresh = config.broker.tokens_refresh;
-            self.tokens_refresh_at = config.broker.tokens_refresh.map(|r| Instant::now() + r);
-        }
-        self.config = config;
-    }
-
-    /// SIGHUP: re-reads every TLS listener's certificates and keys. New handshakes use the new
-    /// ones; established connections keep theirs. A listener whose files fail keeps its old
-    /// configuration.
-    fn reload_certificates(&mut self) {
-        let mut reloaded = 0;
-        for l in &mut self.listeners {
-            let Some((settings, config)) = &mut l.tls else { continue };
-            match build_server_config(settings) {
-                Ok(fresh) => {
-                    *config = fresh;
-                    reloaded += 1;
-                }
-                Err(e) => log::error!("SIGHUP: {}: {e}; keeping the certificates in use", l.addr),
-            }
-        }
-        if reloaded > 0 || self.mailbox.index == 0 {
-            log::info!("SIGHUP: worker {} reloaded certificates for {reloaded} TLS listener(s)", self.mailbox.index);
-        }
-    }
-
-    /// SIGHUP: opens the access log's path again (after `logrotate` renamed the file). If that
-    /// fails (the file's directory not writable after dropping privileges, say), lines keep
-    /// going to the old file.
-    fn reopen_access_log(&mut self) {
-        let Some(file) = &mut self.access_file else { return };
-        match file.reopen() {
-            Ok(()) => log::info!("SIGHUP: reopened the access log {}", file.path().display()),
-            Err(e) => {
-                log::error!("SIGHUP: access log {}: {e}; writing to the file already open", file.path().display())
-            }
-        }
-    }
-
-    fn start_drain(&mut self, now: Instant) {
-        let drain = self.limits.drain_timeout;
-        log::info!(
-            "stop signal: worker {} closing {} connection(s) with 1001, up to {drain:?}",
-            self.mailbox.index,
-            self.conns.len()
-        );
-        self.drain_deadline = Some(now + drain);
-        for l in &mut self.listeners {
-            let _ = self.poll.registry().deregister(l.socket.source());
-        }
-        self.listeners.clear();
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            // The close frame goes out now if the socket takes it.
-            self.run_conn(key, now, |conn, ctx| {
-                conn.drive(ctx, Ready { corked: true, drain: true, ..Ready::default() })
-            });
-        }
-        self.flush_dirty(now);
-        self.remove_closed(now);
-    }
-}
-
-fn is_fd_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
-}
-
-/// The admin listener's UNIX socket: a stale socket file left by a previous run is replaced
-/// (anything else at the path is an error); the socket is owner- and group-only (0660).
-fn bind_unix(path: &std::path::Path) -> io::Result<mio::net::UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket"));
-        }
-        std::fs::remove_file(path)?;
-    }
-    let socket = mio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    Ok(socket)
-}
-
-/// A non-blocking listener with SO_REUSEADDR and a large backlog; IPv6 sockets are v6-only
-/// so `0.0.0.0:P` and `[::]:P` can both be listed. `reuse_port`: one of several workers'
-/// sockets on the same address, among which the kernel spreads connections (`SO_REUSEPORT`,
-/// which only sockets of the same user can join).
-fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    Ok(TcpListener::from_std(socket.into()))
 }
 
 /// This process's id among the nodes of a cluster: random, so two processes on one host (or
@@ -1513,61 +835,4 @@ fn admin_settings(config: &Config, admin: &crate::admin::config::AdminConfig) ->
     log_files.sort();
     log_files.dedup();
     AdminSettings { config: admin.clone(), route, log_files: log_files.into() }
-}
-
-/// The keys a reload cannot change while running (sockets bound, threads started, links made).
-fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
-    let listeners = |c: &Config| c.listen.iter().map(|l| (l.addr, l.tls.is_some())).collect::<Vec<_>>();
-    let mut keys = Vec::new();
-    if listeners(old) != listeners(new) {
-        keys.push("listen / [[listener]] addresses");
-    }
-    if old.workers != new.workers {
-        keys.push("server.workers");
-    }
-    if old.balance != new.balance {
-        keys.push("server.balance");
-    }
-    if old.user != new.user {
-        keys.push("server.user");
-    }
-    if old.admin.as_ref().map(|a| &a.listen) != new.admin.as_ref().map(|a| &a.listen) {
-        keys.push("admin.listen (or adding / removing [admin])");
-    }
-    if format!("{:?}", old.cluster) != format!("{:?}", new.cluster) {
-        keys.push("[cluster]");
-    }
-    keys
-}
-
-/// One published frame in each form its receivers take, made at most once each: as it is,
-/// compressed for a window (the receivers that negotiated permessage-deflate), or framed for
-/// the legacy drafts.
-struct Forms<'f> {
-    frame: &'f SharedFrame,
-    payload_len: usize,
-    compressed: [Option<SharedFrame>; 7],
-    /// `Some(None)`: the payload is not UTF-8, no legacy form.
-    legacy: Option<Option<SharedFrame>>,
-}
-
-impl<'f> Forms<'f> {
-    fn new(frame: &'f SharedFrame) -> Forms<'f> {
-        let payload_len = crate::encode::frame_parts(frame).map_or(0, |(_, p)| p.len());
-        Forms { frame, payload_len, compressed: Default::default(), legacy: None }
-    }
-
-    /// The form `conn` takes; `None` when it can take none (a legacy client, a message that is
-    /// not text).
-    fn for_conn(&mut self, conn: &Connection, codecs: &mut crate::ws::deflate::SharedCodecs) -> Option<&SharedFrame> {
-        let frame = self.frame;
-        if conn.is_legacy() {
-            return self.legacy.get_or_insert_with(|| crate::encode::legacy_twin(frame)).as_ref();
-        }
-        Some(match conn.deflate_params(self.payload_len) {
-            None => frame,
-            Some((window, level)) => self.compressed[usize::from(window.clamp(9, 15) - 9)]
-                .get_or_insert_with(|| crate::encode::compressed_twin(codecs, window, level, frame)),
-        })
-    }
 }
