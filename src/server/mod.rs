@@ -9,6 +9,12 @@
 //! connections (close-after-batch) → accept new ones (accept-after-batch). A slab key is never
 //! freed and reused inside one batch, and every token also carries a generation, so a stale
 //! event can never reach a new connection in a reused slot.
+//!
+//! Where things are: this file has the loop (the turn above, driving connections and doing
+//! what they leave for it); [`seed`](self) starts a worker; `accept` binds and admits;
+//! `fanout` publishes and delivers; `lifecycle` has the clocks, signals, reload and drain;
+//! `manage` executes admin commands (their rendering is `admin::render`); [`mesh`] carries
+//! notes between workers. Connection ids are [`crate::conn_id`].
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -18,8 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use mio::{Events, Poll, Token};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -28,9 +33,9 @@ mod fanout;
 mod lifecycle;
 mod manage;
 pub mod mesh;
+mod seed;
 
 use crate::access_log::AccessLogFile;
-use crate::admin::config::AdminListen;
 use crate::apps::dashboard::{ACCESS_FEED, STATS_FEED};
 use crate::apps::Action;
 use crate::broker::tokens::Fetcher;
@@ -47,11 +52,10 @@ use crate::metrics::Metrics;
 use crate::pubsub::Topics;
 use crate::route::Routes;
 use crate::route::{AppKind, Route};
-use crate::tls::build_server_config;
 use crate::ws::frame::Opcode;
-use accept::{bind_listener, bind_unix, Accepted, ListenSocket, Listener, ACCEPT_BATCH};
-use lifecycle::HOUSEKEEPING_INTERVAL;
+use accept::{Accepted, ListenSocket, Listener};
 use mesh::{Mailbox, Mesh, Note};
+use seed::{Binding, Seed};
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
 /// The token loader thread's wake-ups.
@@ -181,16 +185,6 @@ impl Server {
     }
 }
 
-/// Which addresses a worker listens on.
-enum Binding {
-    /// The configuration's (worker 0).
-    Configured,
-    /// These, already bound by worker 0 (`SO_REUSEPORT`).
-    Same(Vec<SocketAddr>),
-    /// None: worker 0 hands connections over.
-    None,
-}
-
 /// One reactor thread.
 pub struct Worker {
     poll: Poll,
@@ -264,197 +258,6 @@ pub struct Worker {
     reload: Option<Reloader>,
     /// The configuration in force.
     config: Arc<Config>,
-}
-
-impl Seed {
-    fn bind(
-        config: &Arc<Config>,
-        poll: Poll,
-        waker: Arc<mio::Waker>,
-        mailbox: Mailbox,
-        mesh: Arc<Mesh>,
-        binding: Binding,
-        node: u64,
-    ) -> io::Result<Seed> {
-        let first = mailbox.index == 0;
-        if config.listen.len() > MAX_LISTENERS {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many listen addresses"));
-        }
-        let reuse_port = config.workers > 1 && config.balance == Balance::ReusePort;
-        let addrs: Vec<SocketAddr> = match &binding {
-            Binding::Configured => config.listen.iter().map(|l| l.addr).collect(),
-            Binding::Same(addrs) => addrs.clone(),
-            Binding::None => Vec::new(),
-        };
-        let mut listeners = Vec::new();
-        for (i, (listener, addr)) in config.listen.iter().zip(addrs).enumerate() {
-            // Certificates first: a bad file is a configuration error, not a half-started server.
-            let tls = match &listener.tls {
-                Some(settings) => {
-                    let built = build_server_config(settings)
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-                    Some((settings.clone(), built))
-                }
-                None => None,
-            };
-            let mut socket =
-                bind_listener(addr, reuse_port).map_err(|e| io::Error::new(e.kind(), format!("listen {addr}: {e}")))?;
-            let addr = socket.local_addr()?;
-            poll.registry().register(&mut socket, Token(LISTENER_BASE - i), Interest::READABLE)?;
-            listeners.push(Listener { socket: ListenSocket::Tcp(socket), addr, tls, pending: true, admin: false });
-        }
-        // Every worker knows the keys (a `require_key` log viewer checks them); only worker 0
-        // listens for admin requests.
-        let admin = match &config.admin {
-            Some(admin) => {
-                if first {
-                    let at = |e: io::Error| io::Error::new(e.kind(), format!("admin.listen {}: {e}", admin.listen));
-                    let (mut socket, addr) = match &admin.listen {
-                        AdminListen::Tcp(addr) => {
-                            let socket = bind_listener(*addr, false).map_err(at)?;
-                            let addr = socket.local_addr()?;
-                            (ListenSocket::Tcp(socket), addr)
-                        }
-                        AdminListen::Unix(path) => (
-                            ListenSocket::Unix { socket: bind_unix(path).map_err(at)?, path: path.clone() },
-                            SocketAddr::from(([0, 0, 0, 0], 0)),
-                        ),
-                    };
-                    let i = listeners.len();
-                    poll.registry().register(socket.source(), Token(LISTENER_BASE - i), Interest::READABLE)?;
-                    listeners.push(Listener { socket, addr, tls: None, pending: true, admin: true });
-                }
-                Some(admin_settings(config, admin))
-            }
-            None => None,
-        };
-        let signals = if first {
-            let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
-            poll.registry().register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
-            Some(signals)
-        } else {
-            None
-        };
-        let access_file = match &config.access_log {
-            Some(path) => Some(
-                AccessLogFile::open(path)
-                    .map_err(|e| io::Error::new(e.kind(), format!("access_log {}: {e}", path.display())))?,
-            ),
-            None => None,
-        };
-        let cluster = match &config.cluster {
-            Some(c) => {
-                let broker = config.routes.iter().any(|r| r.app == AppKind::Broker);
-                let max_message = config.routes.iter().map(|r| r.limits.max_message_size).max().unwrap_or(0);
-                let max_message = max_message.max(config.limits.max_message_size);
-                let cluster = Cluster::new(poll.registry().try_clone()?, c, node, mailbox.index, broker, max_message)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-                Some(cluster)
-            }
-            None => None,
-        };
-        Ok(Seed {
-            config: Arc::clone(config),
-            poll,
-            waker,
-            mailbox,
-            mesh,
-            listeners,
-            admin,
-            signals,
-            access_file,
-            cluster,
-            reload: None,
-        })
-    }
-}
-
-/// What a worker needs that can fail to get (sockets, files), made before the threads start;
-/// the worker itself is built on its own thread (it is not `Send`: its connections and
-/// topics use `Rc`).
-pub struct Seed {
-    config: Arc<Config>,
-    poll: Poll,
-    waker: Arc<mio::Waker>,
-    mailbox: Mailbox,
-    mesh: Arc<Mesh>,
-    listeners: Vec<Listener>,
-    admin: Option<AdminSettings>,
-    signals: Option<Signals>,
-    access_file: Option<AccessLogFile>,
-    cluster: Option<Cluster>,
-    reload: Option<Reloader>,
-}
-
-impl Seed {
-    fn start(self, tokens: Option<crate::broker::tokens::TokenSet>) -> Worker {
-        let Seed { config, poll, waker, mailbox, mesh, listeners, admin, signals, access_file, cluster, reload } = self;
-        let mut topics = Topics::new();
-        if cluster.is_some() {
-            topics.track_changes();
-        }
-        let first = mailbox.index == 0;
-        let mut broker = Broker::new(config.broker.websockets_pro_quirks);
-        broker.set_spread(config.workers > 1 || config.cluster.is_some());
-        if let Some(set) = tokens {
-            broker.replace_registered(set);
-        }
-        let token_fetcher = if first { Fetcher::start(&config.broker, Arc::clone(&waker)) } else { None };
-        let now = Instant::now();
-        // Room for every admitted connection plus those refused with a 503.
-        let reserve = config.max_connections.saturating_add(ACCEPT_BATCH).min(MAX_RESERVED);
-        let hands_off = first && config.workers > 1 && config.balance == Balance::Handoff;
-        Worker {
-            poll,
-            listeners,
-            // Reserved, not touched: pages become resident as connections arrive, and growing
-            // never copies the slab (a copy leaves the old one's pages resident in the heap).
-            conns: Slab::with_capacity(reserve),
-            generation: 0,
-            timers: BinaryHeap::with_capacity(reserve),
-            busy: Vec::new(),
-            dirty: Vec::new(),
-            closed: Vec::new(),
-            actions: Vec::new(),
-            topics,
-            routes: Routes::new(config.routes.clone()),
-            limits: Arc::new(config.limits),
-            max_connections: config.max_connections,
-            pools: Pools::new(config.buffer_pool),
-            trim_memory: config.trim_memory,
-            access_file,
-            housekeeping_at: Instant::now() + HOUSEKEEPING_INTERVAL,
-            backend_failures: Default::default(),
-            signals,
-            accept_paused_until: None,
-            drain_deadline: None,
-            exit_now: false,
-            broker,
-            token_fetcher,
-            tokens_refresh: config.broker.tokens_refresh.filter(|_| first),
-            tokens_refresh_at: config.broker.tokens_refresh.filter(|_| first).map(|r| now + r),
-            _waker: waker,
-            metrics: Metrics::new(config.routes.len()),
-            admin,
-            tails: Tails::new(&config.routes),
-            tails_at: now,
-            stats_at: now,
-            started: now,
-            scratch_keys: Vec::new(),
-            fd_figures_cache: std::cell::Cell::new(None),
-            fd_exhausted: false,
-            mailbox,
-            mesh,
-            hands_off,
-            gathers: Default::default(),
-            next_gather: 0,
-            no_ids: Arc::from(&[][..]),
-            cluster,
-            reload,
-            config,
-            codecs: Default::default(),
-        }
-    }
 }
 
 impl Worker {
