@@ -36,7 +36,7 @@ impl Connection {
     pub(super) fn process_request(&mut self, buf: &[u8], cx: &mut Ctx<'_>) -> bool {
         let head_limits = HeadLimits { max_head_bytes: cx.limits.max_head_size, max_headers: cx.limits.max_headers };
         let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        match parse_request(&buf[self.rstart..self.rend], &mut storage, &head_limits) {
+        match parse_request(self.input.pending_in(buf), &mut storage, &head_limits) {
             Ok(None) => false,
             Err(e) => {
                 self.close(cx.now, cx.pools, End::Refuse { status: e.status(), reason: e.reason().into() });
@@ -44,7 +44,7 @@ impl Connection {
             }
             Ok(Some((req, head_len))) if self.log.admin => self.admin_request(&req, buf, head_len, cx),
             Ok(Some((req, head_len))) => {
-                self.rstart += head_len;
+                self.input.consume(head_len);
                 self.handle_request(&req, buf, head_len, cx)
             }
         }
@@ -56,7 +56,7 @@ impl Connection {
         let Some(admin) = cx.admin else { return false };
         self.log.path = Some(req.path().chars().take(256).collect::<String>().into());
         if handshake::is_upgrade(req) {
-            self.rstart += head_len;
+            self.input.consume(head_len);
             if req.path() != "/ws" {
                 return self.reply(cx, &Reply::error(404, "the dashboard's WebSocket is at /ws"), false);
             }
@@ -79,7 +79,7 @@ impl Connection {
             };
         }
         if req.header("transfer-encoding").is_some() {
-            self.rstart += head_len;
+            self.input.consume(head_len);
             return self.reply(cx, &Reply::error(411, "send the body with Content-Length, not chunked"), false);
         }
         let length = match req
@@ -89,13 +89,13 @@ impl Connection {
             None => 0,
             Some(Some(n)) => n,
             Some(None) => {
-                self.rstart += head_len;
+                self.input.consume(head_len);
                 return self.reply(cx, &Reply::error(400, "bad Content-Length"), false);
             }
         };
         // The whole request must fit one read buffer; max_body is checked to leave room.
         if length > admin.config.max_body || head_len + length > crate::buffer::READ_BUF_SIZE {
-            self.rstart += head_len;
+            self.input.consume(head_len);
             let message = if length > admin.config.max_body {
                 format!("body larger than max_body ({} bytes)", admin.config.max_body)
             } else {
@@ -103,12 +103,11 @@ impl Connection {
             };
             return self.reply(cx, &Reply::error(413, &message), false);
         }
-        let start = self.rstart + head_len;
-        if self.rend - start < length {
+        let Some(body) = self.input.pending_in(buf).get(head_len..head_len + length) else {
             return false; // the rest of the body is on its way (bounded by handshake_timeout)
-        }
-        let request = admin::Request::new(req, &buf[start..start + length]);
-        self.rstart = start + length;
+        };
+        let request = admin::Request::new(req, body);
+        self.input.consume(head_len + length);
         self.set_phase(Phase::Answering { deadline: cx.now + cx.limits.handshake_timeout });
         cx.actions.push(Action::Admin(Box::new(request)));
         false
@@ -314,12 +313,12 @@ impl Connection {
         };
         let mut key3 = [0u8; 8];
         if draft == Draft::Hixie76 {
-            let Some(bytes) = buf.get(self.rstart..self.rend).and_then(|b| b.get(..8)) else {
-                self.rstart -= head_len;
+            let Some(bytes) = self.input.pending_in(buf).get(..8) else {
+                self.input.unconsume(head_len);
                 return Err(false);
             };
             key3.copy_from_slice(bytes);
-            self.rstart += 8;
+            self.input.consume(8);
         }
         Ok(Opening::Legacy(legacy, key3))
     }

@@ -21,6 +21,7 @@
 
 mod end;
 mod http;
+mod read_buf;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use end::{AccessLog, End, SLOW_CONSUMER_CODE};
+use read_buf::{Filled, ReadBuf};
 
 use crate::admin::config::AdminConfig;
 use crate::admin::Reply;
@@ -35,7 +37,7 @@ use crate::apps::backend::{Backend, HandOff};
 use crate::apps::{Action, App, AppClose, AppCtx, AppIo, Hold, Traffic};
 use crate::backend::FailureLog;
 use crate::broker::Broker;
-use crate::buffer::{OutQueue, Pools, READ_BUF_SIZE};
+use crate::buffer::{OutQueue, Pools};
 use crate::conn_id::key_of;
 use crate::encode::SharedFrame;
 use crate::http::response::Response;
@@ -58,10 +60,6 @@ const READ_BUDGET: usize = 512 * 1024;
 /// delivered: 20-byte messages to a room of 10,000 would otherwise be 230 M deliveries for
 /// one 512 KiB read).
 const FANOUT_BUDGET: usize = 256 * 1024;
-/// A wake-up that read this much keeps its read buffer for the next (a streaming client,
-/// mid-message or with a split frame header pending); one that read less (a trickle, or a
-/// timer) gives it back, keeping only pending bytes in an allocation of their size.
-const KEEP_READ_BUFFER_AFTER: usize = 512;
 /// Output a corked connection may hold before it writes anyway: enough for a turn of small
 /// messages in one write, small enough that bulk data is written while still in cache.
 const CORK_LIMIT: usize = 64 * 1024;
@@ -281,13 +279,7 @@ pub struct Connection {
     /// Set from the upgrade on: kept through `Flushing` so the app can finish its own writes.
     ws: Option<Ws>,
     rare: Option<Box<Rare>>,
-    rbuf: Option<Box<[u8]>>,
-    /// Unconsumed bytes are `rbuf[rstart..rend]`.
-    rstart: usize,
-    rend: usize,
-    /// Frame processing stopped with bytes left that may hold whole frames (backpressure,
-    /// the fan-out budget): they go first when it resumes, whatever their number.
-    input_held: bool,
+    input: ReadBuf,
     out: OutQueue,
     readable: bool,
     writable: bool,
@@ -316,10 +308,7 @@ impl Connection {
             phase: Phase::Unknown,
             ws: None,
             rare: None,
-            rbuf: None,
-            rstart: 0,
-            rend: 0,
-            input_held: false,
+            input: ReadBuf::default(),
             out: OutQueue::default(),
             readable: false,
             writable: false,
@@ -399,7 +388,7 @@ impl Connection {
         if matches!(self.phase, Phase::Answering { .. }) {
             self.set_phase(Phase::Http { deadline: cx.now + cx.limits.handshake_timeout });
             self.send_reply(cx, reply, keep_alive, head_only);
-            if self.rend > self.rstart {
+            if self.input.has_pending() {
                 self.process_input(cx);
             }
         }
@@ -573,7 +562,7 @@ impl Connection {
         let passed = self.deadline().is_some_and(|d| now >= d);
         let end = match &self.phase {
             Phase::Opening { .. } if passed => Some(End::Abort("TLS handshake timeout".into())),
-            Phase::Http { .. } if passed && self.rend == self.rstart && self.log.responses() > 0 => {
+            Phase::Http { .. } if passed && !self.input.has_pending() && self.log.responses() > 0 => {
                 Some(End::KeepAliveTimeout)
             }
             Phase::Unknown | Phase::Http { .. } if passed => Some(End::HeadTimeout),
@@ -687,9 +676,7 @@ impl Connection {
 
     /// Gives back every buffer; the connection is about to be dropped.
     pub fn release(&mut self, pools: &mut Pools) {
-        if let Some(buf) = self.rbuf.take() {
-            pools.put_read(buf);
-        }
+        self.input.release(pools);
         self.out.release(pools);
         if let Some(ws) = &mut self.ws {
             ws.app.release(pools);
@@ -765,7 +752,7 @@ impl Connection {
                 let code = code.unwrap_or(close::NO_STATUS);
                 self.log.note_received_close(code);
                 self.log.note_close(code, reason);
-                self.rstart = self.rend;
+                self.input.discard();
                 self.finish(now);
             }
             End::Fail { code, reason } => {
@@ -778,7 +765,7 @@ impl Connection {
                 }
                 self.set_failing(None);
                 self.log.set_close(code, reason);
-                self.rstart = self.rend;
+                self.input.discard();
                 self.finish(now);
             }
             End::Abort(why) => {
@@ -804,10 +791,7 @@ impl Connection {
         if self.is_closed() {
             // Back to the pool now, not after the batch: when thousands of clients leave in one
             // batch, the next one's read reuses this buffer instead of allocating another.
-            if let Some(buf) = self.rbuf.take() {
-                pools.put_read(buf);
-            }
-            (self.rstart, self.rend) = (0, 0);
+            self.input.release(pools);
         }
     }
 
@@ -914,7 +898,7 @@ impl Connection {
         let may_wait = !closing && self.failing().is_none() && matches!(self.phase, Phase::Connected);
         if hold == Some(Hold::UntilAppCloses) && may_wait {
             self.set_failing(Some((code, reason, cx.now)));
-            self.rstart = self.rend;
+            self.input.discard();
             log::debug!("{} protocol error ({code} {reason}); waiting for the backend's CLOSE", self.peer());
             return;
         }
@@ -941,8 +925,7 @@ impl Connection {
     fn has_unprocessed_input(&self) -> bool {
         // Bytes left because processing was held back; bytes left because a frame is
         // incomplete wait for a read.
-        let held = self.input_held && self.rend > self.rstart;
-        matches!(self.phase, Phase::Connected) && (held || self.is_inflating())
+        matches!(self.phase, Phase::Connected) && (self.input.has_held_input() || self.is_inflating())
     }
 
     fn is_inflating(&self) -> bool {
@@ -951,35 +934,16 @@ impl Connection {
 
     /// One read; processes what arrived. Returns the bytes read.
     fn read_once(&mut self, cx: &mut Ctx<'_>) -> usize {
-        let mut buf = match self.rbuf.take() {
-            Some(pooled) if pooled.len() == READ_BUF_SIZE => pooled,
-            Some(kept) => {
-                // Bytes kept between reads in an allocation of their own size (see `after_io`).
-                let mut pooled = cx.pools.take_read();
-                let n = self.rend - self.rstart;
-                pooled[..n].copy_from_slice(&kept[self.rstart..self.rend]);
-                (self.rstart, self.rend) = (0, n);
-                pooled
-            }
-            None => cx.pools.take_read(),
-        };
-        if self.rend == buf.len() {
-            // Make room: move the unconsumed tail to the front.
-            buf.copy_within(self.rstart..self.rend, 0);
-            self.rend -= self.rstart;
-            self.rstart = 0;
-        }
-        let room = buf.len() - self.rend;
-        let result = self.transport.read(&mut buf[self.rend..], cx.pools);
-        self.rbuf = Some(buf);
+        let Connection { input, transport, .. } = self;
+        let result = input.fill(cx.pools, |room, pools| transport.read(room, pools));
         match result {
-            Ok(0) => {
+            Ok(Filled { bytes: 0, .. }) => {
                 self.readable = false;
                 self.on_eof(cx);
                 0
             }
-            Ok(n) => {
-                if n < room && !self.transport.is_tls() {
+            Ok(Filled { bytes: n, short }) => {
+                if short && !self.transport.is_tls() {
                     // A short read drained the socket. Edge-triggered epoll reports every later
                     // arrival as a new event, so the read that would only say WouldBlock is
                     // skipped: one syscall fewer per wake-up.
@@ -987,11 +951,9 @@ impl Connection {
                 }
                 if matches!(self.phase, Phase::Lingering { .. }) {
                     // Discard: only the peer's FIN matters now.
-                    self.rstart = 0;
-                    self.rend = 0;
+                    self.input.discard();
                     return n;
                 }
-                self.rend += n;
                 if matches!(self.phase, Phase::Opening { .. }) && !self.transport.is_handshaking() {
                     // The request can arrive in the same segment as the client's Finished.
                     self.opened(cx);
@@ -1107,7 +1069,7 @@ impl Connection {
             let keep_alive = sending.keep_alive;
             if keep_alive {
                 self.set_phase(Phase::Http { deadline: cx.now + cx.limits.handshake_timeout });
-                if self.rend > self.rstart {
+                if self.input.has_pending() {
                     self.process_input(cx);
                 }
             } else {
@@ -1145,31 +1107,8 @@ impl Connection {
         if let (Phase::HandingOff { .. }, true) = (&self.phase, self.out.is_empty()) {
             self.hand_off(cx);
         }
-        if self.rstart == self.rend {
-            self.rstart = 0;
-            self.rend = 0;
-            // Mid-message the buffer is kept for the rest, unless this peer sends little: all its
-            // bytes were consumed (the decoder holds the partial message), nothing is lost.
-            let idle =
-                read < KEEP_READ_BUFFER_AFTER || self.ws.as_ref().is_none_or(|ws| ws.endpoint.is_between_messages());
-            if idle {
-                if let Some(buf) = self.rbuf.take() {
-                    cx.pools.put_read(buf);
-                }
-            }
-        } else if !self.input_held && read < KEEP_READ_BUFFER_AFTER {
-            if let Some(pooled) = self.rbuf.take_if(|b| b.len() == READ_BUF_SIZE) {
-                // Bytes wait for more (a request head arriving slowly, a split frame header)
-                // from a peer that sent little: keep only them, in an allocation of their
-                // size, and give the 64 KiB buffer back, so a connection trickling bytes costs
-                // its bytes, not a read buffer. A busy reader keeps its buffer until a wake-up
-                // that reads little (its next timer at the latest).
-                let kept: Box<[u8]> = pooled[self.rstart..self.rend].into();
-                cx.pools.put_read(pooled);
-                (self.rstart, self.rend) = (0, kept.len());
-                self.rbuf = Some(kept);
-            }
-        }
+        let mid_message = self.ws.as_ref().is_some_and(|ws| !ws.endpoint.is_between_messages());
+        self.input.settle(cx.pools, read, mid_message);
         if let (Phase::Flushing { .. }, true) = (&self.phase, self.out.is_empty()) {
             // Our last message is out: TLS close_notify, then FIN, then wait for the peer's.
             self.transport.send_close_notify();
@@ -1200,11 +1139,11 @@ impl Connection {
                 self.set_phase(Phase::Closed);
                 return;
             }
-            Phase::Http { .. } if self.rend == self.rstart && self.log.responses() > 0 => {
+            Phase::Http { .. } if !self.input.has_pending() && self.log.responses() > 0 => {
                 let why = format!("{}; client closed while idle", self.log.served());
                 return self.close(cx.now, cx.pools, End::Abort(why.into()));
             }
-            Phase::Http { .. } if self.rend == self.rstart => "client closed without sending a request",
+            Phase::Http { .. } if !self.input.has_pending() => "client closed without sending a request",
             Phase::Http { .. } => "client closed mid-request",
             Phase::Connected if self.ws.as_ref().is_some_and(|ws| ws.endpoint.session().is_closing()) => {
                 "peer closed without answering close"
@@ -1221,10 +1160,8 @@ impl Connection {
         let Some(mut h) = self.rare.as_mut().and_then(|r| r.handoff.take()) else {
             return self.close(cx.now, cx.pools, End::Abort("nothing to hand off".into()));
         };
-        if let Some(buf) = &self.rbuf {
-            h.hello.extend_from_slice(&buf[self.rstart..self.rend]);
-        }
-        self.rstart = self.rend;
+        h.hello.extend_from_slice(self.input.pending());
+        self.input.discard();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&self.transport.fd());
         let hello = std::mem::take(&mut h.hello);
         match h.backend.hand_off(cx.pools, fd, &hello) {
@@ -1251,7 +1188,7 @@ impl Connection {
     // ---- input ----
 
     fn process_input(&mut self, cx: &mut Ctx<'_>) {
-        let Some(mut buf) = self.rbuf.take() else {
+        let Some(mut bytes) = self.input.detach() else {
             // A large compressed message goes on inflating with no new bytes.
             if matches!(self.phase, Phase::Connected) && self.is_inflating() {
                 self.process_frames(&mut [], cx);
@@ -1261,30 +1198,30 @@ impl Connection {
         loop {
             match self.phase {
                 Phase::Http { .. } => {
-                    if !self.process_request(&buf, cx) {
+                    if !self.process_request(&bytes, cx) {
                         break;
                     }
                 }
                 Phase::Connected => {
-                    self.process_frames(&mut buf, cx);
+                    self.process_frames(&mut bytes, cx);
                     break;
                 }
                 // Pipelined requests wait for the file being sent.
                 Phase::Sending(_) => break,
                 _ => {
-                    self.rstart = self.rend;
+                    self.input.discard();
                     break;
                 }
             }
         }
-        self.rbuf = Some(buf);
+        self.input.attach(bytes);
     }
 
     /// The one frames → app path, for every wire: the endpoint decodes (inflating, or a
     /// legacy draft's frames), the app gets whole messages through one context (the one
     /// [`call_app`] makes), pings are answered, the close handshake ends it. Stops for
     /// backpressure, the fan-out budget, an app that holds input, or a large message's
-    /// inflating budget (`input_held`: the bytes left go first next time).
+    /// inflating budget (the input is then held: what is left goes first next time).
     fn process_frames(&mut self, buf: &mut [u8], cx: &mut Ctx<'_>) {
         /// Why the loop over frames stopped.
         enum Stop {
@@ -1300,13 +1237,11 @@ impl Connection {
         }
         let high = self.limits.backpressure_high;
         let who = self.who();
-        let mut pos = self.rstart;
-        let end = self.rend;
         let failing = self.failing().is_some();
-        let Connection { ws, rare, out, log, .. } = self;
+        let Connection { ws, rare, out, log, input, .. } = self;
         let Some(ws) = ws.as_mut() else { return };
         if failing || !ws.app.accepts_input(high) {
-            self.input_held = true;
+            input.set_held(true);
             return;
         }
         let mut app_close = None;
@@ -1323,12 +1258,12 @@ impl Connection {
                 // Inflating shares the drive's work budget with fan-out.
                 let budget = INFLATE_BUDGET.saturating_sub(acx.fanout.saturating_mul(INFLATE_UNIT)).max(CHUNK);
                 let Ws { endpoint, app } = &mut *ws;
-                let input = &mut buf[pos..end];
-                let received = match endpoint.receive(input, acx.now, budget, acx.codecs, acx.pmd.as_deref_mut()) {
+                let pending = input.pending_in_mut(buf);
+                let received = match endpoint.receive(pending, acx.now, budget, acx.codecs, acx.pmd.as_deref_mut()) {
                     Ok(r) => r,
                     Err(e) => break Stop::Failed(e),
                 };
-                pos += received.used;
+                input.consume(received.used);
                 *acx.fanout += received.inflated / INFLATE_UNIT;
                 let Some(event) = received.event else {
                     if received.used == 0 {
@@ -1369,9 +1304,8 @@ impl Connection {
             (Stop::Held, Some(why)) => Stop::App(why),
             (stop, _) => stop,
         };
-        self.rstart = pos;
         // After the app closes, what follows (the peer's answer, perhaps) is read on.
-        self.input_held = matches!(stop, Stop::Held | Stop::App(_));
+        self.input.set_held(matches!(stop, Stop::Held | Stop::App(_)));
         match stop {
             Stop::Held | Stop::NeedMore => {}
             Stop::Failed(e) => self.protocol_error(cx, e.close_code(), e.reason()),
