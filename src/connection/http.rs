@@ -52,7 +52,13 @@ impl Connection {
 
     /// A request on the admin listener: the dashboard's WebSocket is opened here; anything
     /// else, once its body is in, goes to the loop as an [`Action::Admin`].
-    fn admin_request(&mut self, req: &Request<'_, '_>, buf: &[u8], head_len: usize, cx: &mut Ctx<'_>) -> bool {
+    pub(super) fn admin_request(
+        &mut self,
+        req: &Request<'_, '_>,
+        buf: &[u8],
+        head_len: usize,
+        cx: &mut Ctx<'_>,
+    ) -> bool {
         let Some(admin) = cx.admin else { return false };
         self.log.path = Some(req.path().chars().take(256).collect::<String>().into());
         if handshake::is_upgrade(req) {
@@ -115,7 +121,7 @@ impl Connection {
 
     /// An admin reply, closing the connection unless `keep_alive`; returns whether the next
     /// request may follow.
-    fn reply(&mut self, cx: &mut Ctx<'_>, reply: &Reply, keep_alive: bool) -> bool {
+    pub(super) fn reply(&mut self, cx: &mut Ctx<'_>, reply: &Reply, keep_alive: bool) -> bool {
         self.send_reply(cx, reply, keep_alive, false)
     }
 
@@ -144,7 +150,13 @@ impl Connection {
 
     /// A request on a WebSocket listener (its head, `head_len` bytes, is consumed; `buf`
     /// holds what follows: hixie-76's eight key bytes).
-    fn handle_request(&mut self, req: &Request<'_, '_>, buf: &[u8], head_len: usize, cx: &mut Ctx<'_>) -> bool {
+    pub(super) fn handle_request(
+        &mut self,
+        req: &Request<'_, '_>,
+        buf: &[u8],
+        head_len: usize,
+        cx: &mut Ctx<'_>,
+    ) -> bool {
         let path = req.path();
         let has_body = req.header("transfer-encoding").is_some()
             || req.header("content-length").is_some_and(|v| v != b"0".as_slice());
@@ -453,12 +465,19 @@ impl Connection {
     }
 
     /// A plain error-or-not response; returns whether the next request may follow.
-    fn respond(&mut self, cx: &mut Ctx<'_>, req: &Request<'_, '_>, status: u16, reason: &str, may_keep: bool) -> bool {
+    pub(super) fn respond(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        req: &Request<'_, '_>,
+        status: u16,
+        reason: &str,
+        may_keep: bool,
+    ) -> bool {
         let response = Response { keep_alive: may_keep && req.keep_alive(), ..Response::error(status, reason) };
         self.send_response(cx, &response)
     }
 
-    fn send_response(&mut self, cx: &mut Ctx<'_>, response: &Response<'_>) -> bool {
+    pub(super) fn send_response(&mut self, cx: &mut Ctx<'_>, response: &Response<'_>) -> bool {
         let mut bytes = Vec::with_capacity(256 + response.body.len());
         response.write(&mut bytes);
         self.out.push_bytes(cx.pools, &bytes);
@@ -480,7 +499,7 @@ enum Opening<'p, 'b> {
 }
 
 impl Opening<'_, '_> {
-    fn draft(&self) -> Option<Draft> {
+    pub(super) fn draft(&self) -> Option<Draft> {
         match self {
             Opening::Rfc6455(_) => None,
             Opening::Legacy(legacy, _) => Some(legacy.draft),
@@ -507,7 +526,7 @@ impl Opening<'_, '_> {
     }
 
     /// The 101 response.
-    fn head(&self, subprotocol: Option<&str>, deflate: Option<&Agreed>, tls: bool) -> Vec<u8> {
+    pub(super) fn head(&self, subprotocol: Option<&str>, deflate: Option<&Agreed>, tls: bool) -> Vec<u8> {
         let mut head = Vec::with_capacity(200);
         match self {
             Opening::Rfc6455(accepted) => {

@@ -1,0 +1,316 @@
+//! Socket I/O: reading (into the [`ReadBuf`]), writing the output queue or a file body,
+//! and the bookkeeping after it (buffers back to the pool when idle, the stall clock, the
+//! hand-off, the end of `Flushing`).
+
+use std::io;
+
+use super::read_buf::Filled;
+use super::{Connection, Ctx, End, Phase, Progress, BODY_BUDGET};
+use crate::apps::backend::HandOff;
+use crate::apps::Action;
+use crate::http::static_files::TLS_CHUNK;
+use crate::transport::NotTls;
+use crate::ws::close;
+
+impl Connection {
+    pub(super) fn wants_input(&self) -> bool {
+        match &self.phase {
+            Phase::Opening { .. } => true,
+            Phase::Http { .. } => self.out.len() < self.limits.backpressure_high,
+            Phase::Connected => {
+                let high = self.limits.backpressure_high;
+                self.out.len() < high
+                    && self.failing().is_none()
+                    && self.ws.as_ref().is_some_and(|ws| ws.app.accepts_input(high))
+            }
+            Phase::Lingering { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub(super) fn has_unprocessed_input(&self) -> bool {
+        // Bytes left because processing was held back; bytes left because a frame is
+        // incomplete wait for a read.
+        matches!(self.phase, Phase::Connected) && (self.input.has_held_input() || self.is_inflating())
+    }
+
+    pub(super) fn is_inflating(&self) -> bool {
+        self.ws.as_ref().is_some_and(|ws| ws.endpoint.is_inflating())
+    }
+
+    /// One read; processes what arrived. Returns the bytes read.
+    pub(super) fn read_once(&mut self, cx: &mut Ctx<'_>) -> usize {
+        let Connection { input, transport, .. } = self;
+        let result = input.fill(cx.pools, |room, pools| transport.read(room, pools));
+        match result {
+            Ok(Filled { bytes: 0, .. }) => {
+                self.readable = false;
+                self.on_eof(cx);
+                0
+            }
+            Ok(Filled { bytes: n, short }) => {
+                if short && !self.transport.is_tls() {
+                    // A short read drained the socket. Edge-triggered epoll reports every later
+                    // arrival as a new event, so the read that would only say WouldBlock is
+                    // skipped: one syscall fewer per wake-up.
+                    self.readable = false;
+                }
+                if matches!(self.phase, Phase::Lingering { .. }) {
+                    // Discard: only the peer's FIN matters now.
+                    self.input.discard();
+                    return n;
+                }
+                if matches!(self.phase, Phase::Opening { .. }) && !self.transport.is_handshaking() {
+                    // The request can arrive in the same segment as the client's Finished.
+                    self.opened(cx);
+                }
+                self.process_input(cx);
+                n
+            }
+            // Opening: rustls consumed handshake records and produced no plaintext yet.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && matches!(self.phase, Phase::Opening { .. }) => {
+                self.readable = false;
+                if !self.transport.is_handshaking() {
+                    self.opened(cx);
+                    // Plaintext may already be buffered inside rustls.
+                    self.readable = true;
+                }
+                0
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.readable = false;
+                0
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) if e.get_ref().is_some_and(|inner| inner.is::<NotTls>()) => {
+                self.readable = false;
+                self.not_tls(cx, &e);
+                0
+            }
+            Err(e) => {
+                self.readable = false;
+                self.close(cx.now, cx.pools, End::Io(e));
+                0
+            }
+        }
+    }
+
+    /// The TLS handshake is done: HTTP begins.
+    pub(super) fn opened(&mut self, cx: &mut Ctx<'_>) {
+        cx.metrics.tls_handshakes += 1;
+        self.set_phase(Phase::Http { deadline: cx.now + cx.limits.handshake_timeout });
+    }
+
+    /// A client that does not speak TLS on a TLS port. One that spoke plain HTTP gets a plain
+    /// HTTP 400 saying so; anything else is dropped.
+    pub(super) fn not_tls(&mut self, cx: &mut Ctx<'_>, e: &io::Error) {
+        let plain_http =
+            e.get_ref().and_then(|i| i.downcast_ref::<NotTls>()).is_some_and(|n| matches!(n, NotTls::PlainHttp));
+        self.log.note_end(e.to_string());
+        if !plain_http {
+            return self.close(cx.now, cx.pools, End::Abort("not TLS".into()));
+        }
+        self.transport.fall_back_to_plain();
+        self.close(
+            cx.now,
+            cx.pools,
+            End::Refuse { status: 400, reason: "this port speaks TLS: use https:// or wss://".into() },
+        );
+    }
+
+    /// The end-of-turn write: everything queued this turn goes in one write (or writev).
+    /// Reports `Again` when the write made room for input that backpressure held back.
+    pub(super) fn write_turn(&mut self, cx: &mut Ctx<'_>) -> Progress {
+        let high = self.limits.backpressure_high;
+        let was_full = self.out.len() >= high;
+        if self.writable && self.has_output() {
+            self.flush(cx);
+        }
+        self.after_io(cx, 0);
+        if self.is_closed() {
+            return Progress::Closed;
+        }
+        let input_waits = (self.readable || self.has_unprocessed_input()) && self.wants_input();
+        let room_made = was_full && self.out.len() < high;
+        // A file body that spent this turn's budget with the socket still writable.
+        let body_left = self.writable && matches!(self.phase, Phase::Sending(_));
+        if input_waits || room_made || body_left {
+            Progress::Again
+        } else {
+            Progress::Idle
+        }
+    }
+
+    pub(super) fn flush(&mut self, cx: &mut Ctx<'_>) {
+        let mut body_budget = BODY_BUDGET;
+        while self.has_output() {
+            if let Some(due) = self.out.pipe_due() {
+                let pipe = self.ws.as_mut().and_then(|ws| ws.app.pipe());
+                let Some(pipe) = pipe else {
+                    return self.close(cx.now, cx.pools, End::Abort("spliced data without a pipe".into()));
+                };
+                match pipe.drain_to(&self.transport.fd(), due) {
+                    Ok(0) => return self.close(cx.now, cx.pools, End::Abort("peer stopped accepting data".into())),
+                    Ok(n) => {
+                        self.out.consume_piped(n);
+                        self.stalled_since = Some(cx.now);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.writable = false;
+                        return;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return self.close(cx.now, cx.pools, End::Io(e)),
+                }
+                continue;
+            }
+            let result = if self.out.is_empty() && !self.transport.wants_write() {
+                // Only a file body is left: sendfile, or one chunk through TLS.
+                match self.send_body(cx, &mut body_budget) {
+                    Some(result) => result,
+                    None => return,
+                }
+            } else if self.out.is_empty() {
+                // Only TLS records (handshake, alert, close_notify) are left.
+                self.transport.flush_records().map(|()| 1)
+            } else {
+                self.transport.write_from(&mut self.out, cx.pools)
+            };
+            match result {
+                Ok(0) => return self.close(cx.now, cx.pools, End::Abort("peer stopped accepting data".into())),
+                Ok(_) => self.stalled_since = Some(cx.now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.writable = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.close(cx.now, cx.pools, End::Io(e)),
+            }
+        }
+    }
+
+    /// The next piece of a static file's body: `None` when the budget is spent (or nothing
+    /// is being sent), else what the write gave. The body done, the connection goes on to
+    /// the next request (which may be buffered already) or ends.
+    pub(super) fn send_body(&mut self, cx: &mut Ctx<'_>, budget: &mut usize) -> Option<io::Result<usize>> {
+        let Phase::Sending(sending) = &mut self.phase else { return None };
+        if sending.body.remaining() == 0 {
+            let keep_alive = sending.keep_alive;
+            if keep_alive {
+                self.set_phase(Phase::Http { deadline: cx.now + cx.limits.handshake_timeout });
+                if self.input.has_pending() {
+                    self.process_input(cx);
+                }
+            } else {
+                self.close(cx.now, cx.pools, End::Answered);
+            }
+            return Some(Ok(1));
+        }
+        if *budget == 0 {
+            return None;
+        }
+        let result = if self.transport.is_tls() {
+            // One chunk at a time, only once the last is out: a client that stops reading
+            // holds one chunk (and its records), never the file.
+            let mut chunk = cx.pools.take_read();
+            let read = sending.body.read_chunk(&mut chunk[..TLS_CHUNK]);
+            if let Ok(n) = read {
+                self.out.push_bytes(cx.pools, &chunk[..n]);
+            }
+            cx.pools.put_read(chunk);
+            read
+        } else {
+            sending.body.sendfile(self.transport.fd())
+        };
+        if let Ok(n) = result {
+            *budget = budget.saturating_sub(n);
+            self.log.traffic.bytes_out += n as u64;
+        }
+        Some(result)
+    }
+
+    /// Bookkeeping after any activity: buffers back to the pool when idle, the hand-off, the
+    /// end of `Flushing`, the stall clock.
+    /// `read`: bytes read in this wake-up (a busy reader keeps its read buffer for the next).
+    pub(super) fn after_io(&mut self, cx: &mut Ctx<'_>, read: usize) {
+        if let (Phase::HandingOff { .. }, true) = (&self.phase, self.out.is_empty()) {
+            self.hand_off(cx);
+        }
+        let mid_message = self.ws.as_ref().is_some_and(|ws| !ws.endpoint.is_between_messages());
+        self.input.settle(cx.pools, read, mid_message);
+        if let (Phase::Flushing { .. }, true) = (&self.phase, self.out.is_empty()) {
+            // Our last message is out: TLS close_notify, then FIN, then wait for the peer's.
+            self.transport.send_close_notify();
+            if self.writable {
+                let _ = self.transport.flush_records();
+            }
+            if !self.transport.wants_write() {
+                match self.transport.shutdown_write() {
+                    Ok(()) => self.set_phase(Phase::Lingering { deadline: cx.now + self.limits.close_timeout }),
+                    Err(e) => self.close(cx.now, cx.pools, End::Io(e)),
+                }
+            }
+        }
+        if !self.has_output() {
+            self.stalled_since = None;
+        } else if self.stalled_since.is_none() {
+            self.stalled_since = Some(cx.now);
+        }
+        if matches!(self.phase, Phase::Connected) && self.out.len() > self.limits.max_queued {
+            self.log.set_end("output queue over max_queued");
+            self.close(cx.now, cx.pools, End::Fail { code: close::POLICY_VIOLATION, reason: "too much queued output" });
+        }
+    }
+
+    pub(super) fn on_eof(&mut self, cx: &mut Ctx<'_>) {
+        let why: &'static str = match &self.phase {
+            Phase::Lingering { .. } => {
+                self.set_phase(Phase::Closed);
+                return;
+            }
+            Phase::Http { .. } if !self.input.has_pending() && self.log.responses() > 0 => {
+                let why = format!("{}; client closed while idle", self.log.served());
+                return self.close(cx.now, cx.pools, End::Abort(why.into()));
+            }
+            Phase::Http { .. } if !self.input.has_pending() => "client closed without sending a request",
+            Phase::Http { .. } => "client closed mid-request",
+            Phase::Connected if self.ws.as_ref().is_some_and(|ws| ws.endpoint.session().is_closing()) => {
+                "peer closed without answering close"
+            }
+            Phase::Connected => "peer closed without a close frame (1006)",
+            _ => "peer closed",
+        };
+        self.close(cx.now, cx.pools, End::Abort(why.into()));
+    }
+
+    /// Direct mode, once the 101 is out: the socket (with the HELLO and any bytes read past
+    /// the request) goes to the backend, and this connection ends without touching it.
+    pub(super) fn hand_off(&mut self, cx: &mut Ctx<'_>) {
+        let Some(mut h) = self.rare.as_mut().and_then(|r| r.handoff.take()) else {
+            return self.close(cx.now, cx.pools, End::Abort("nothing to hand off".into()));
+        };
+        h.hello.extend_from_slice(self.input.pending());
+        self.input.discard();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.transport.fd());
+        let hello = std::mem::take(&mut h.hello);
+        match h.backend.hand_off(cx.pools, fd, &hello) {
+            Ok(HandOff::Done) => {
+                self.rare.get_or_insert_with(Box::default).handoff = Some(h);
+                self.close(cx.now, cx.pools, End::HandedOff)
+            }
+            Ok(HandOff::Pending) => {
+                // The rest of the HELLO goes when the backend reads; the client's socket is
+                // the backend's now and is not read or written again.
+                let deadline = cx.now + self.limits.write_timeout;
+                let fd = h.backend.link_fd();
+                cx.actions.push(Action::Register { fd, interest: mio::Interest::WRITABLE });
+                self.rare.get_or_insert_with(Box::default).handoff = Some(h);
+                self.set_phase(Phase::HandedOff { deadline });
+            }
+            Err(e) => {
+                self.rare.get_or_insert_with(Box::default).handoff = Some(h);
+                self.close(cx.now, cx.pools, End::HandOffFailed(e))
+            }
+        }
+    }
+}

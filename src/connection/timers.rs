@@ -1,0 +1,105 @@
+//! Deadlines: when each phase must have moved on, and what happens when it has not.
+
+use std::time::Instant;
+
+use super::{Connection, Ctx, End, Phase};
+use crate::ws::frame::Opcode;
+use crate::ws::session::{Due, Timing};
+
+impl Connection {
+    /// The earliest time at which a timer has something to do.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        let phase = match &self.phase {
+            Phase::Unknown => Some(self.accepted + self.limits.handshake_timeout),
+            Phase::Opening { deadline }
+            | Phase::Http { deadline }
+            | Phase::Answering { deadline }
+            | Phase::HandingOff { deadline }
+            | Phase::HandedOff { deadline }
+            | Phase::Flushing { deadline }
+            | Phase::Lingering { deadline } => Some(*deadline),
+            Phase::Connected => match self.ws.as_ref() {
+                Some(_) if self.failing().is_some() => self.failing().map(|f| f.2 + self.limits.close_timeout),
+                Some(ws) => ws.endpoint.session().deadline(&self.timing()),
+                None => None,
+            },
+            Phase::Sending(_) | Phase::Closed => None,
+        };
+        let stall = self.stalled_since.map(|t| t + self.limits.write_timeout);
+        match (phase, stall) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Acts on every deadline that has passed.
+    pub(super) fn on_timer(&mut self, cx: &mut Ctx<'_>) {
+        let now = cx.now;
+        if self.stalled_since.is_some_and(|t| now >= t + self.limits.write_timeout) {
+            return self.close(cx.now, cx.pools, End::Abort("write timeout: peer is not reading".into()));
+        }
+        let passed = self.deadline().is_some_and(|d| now >= d);
+        let end = match &self.phase {
+            Phase::Opening { .. } if passed => Some(End::Abort("TLS handshake timeout".into())),
+            Phase::Http { .. } if passed && !self.input.has_pending() && self.log.responses() > 0 => {
+                Some(End::KeepAliveTimeout)
+            }
+            Phase::Unknown | Phase::Http { .. } if passed => Some(End::HeadTimeout),
+            Phase::Flushing { .. } | Phase::Lingering { .. } if passed => {
+                Some(End::Abort("peer did not finish closing in time".into()))
+            }
+            Phase::Answering { .. } if passed => {
+                // A worker did not give its part in time (it is stuck, or draining).
+                self.set_phase(Phase::Http { deadline: now + cx.limits.handshake_timeout });
+                let reply = crate::admin::Reply::error(503, "the workers did not all answer in time");
+                self.send_reply(cx, &reply, false, false);
+                None
+            }
+            Phase::HandingOff { .. } if passed => Some(End::Abort("101 not accepted in time for the hand-off".into())),
+            Phase::HandedOff { .. } if passed => Some(End::Abort("backend did not take the hand-off in time".into())),
+            Phase::Connected => self.ws_timer(now),
+            _ => None,
+        };
+        if matches!(&end, Some(End::Close { reason, .. }) if reason == crate::ws::session::PING_TIMEOUT) {
+            cx.metrics.ping_timeouts += 1;
+        }
+        if let Some(end) = end {
+            self.close(cx.now, cx.pools, end);
+        }
+        self.after_io(cx, 0);
+    }
+
+    pub(super) fn ws_timer(&mut self, now: Instant) -> Option<End> {
+        if let Some(&(code, reason, since)) = self.failing() {
+            if now < since + self.limits.close_timeout {
+                return None;
+            }
+            log::debug!("{} backend did not answer CLOSE in time", self.peer());
+            return Some(End::Fail { code, reason });
+        }
+        let timing = self.timing();
+        let ws = self.ws.as_mut()?;
+        match ws.endpoint.session_mut().on_timer(now, &timing)? {
+            Due::Ping => {
+                // Pings ride the urgent lane: a peer slow to read still gets them promptly.
+                self.out.push_control(Opcode::Ping, b"");
+                None
+            }
+            Due::Close(code, reason) => Some(End::Close { code, reason: reason.into() }),
+            Due::Abort(why) => Some(End::Abort(why.into())),
+        }
+    }
+
+    /// The WebSocket session's timers, from the route's limits.
+    pub(super) fn timing(&self) -> Timing {
+        let l = &self.limits;
+        // The legacy drafts have no pings: a legacy client is held by idle_timeout alone.
+        let legacy = self.is_legacy();
+        Timing {
+            idle_timeout: l.idle_timeout,
+            ping_interval: if legacy { std::time::Duration::ZERO } else { l.ping_interval },
+            pong_timeout: l.pong_timeout,
+            close_timeout: l.close_timeout,
+        }
+    }
+}
