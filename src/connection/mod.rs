@@ -162,6 +162,41 @@ pub enum Delivered {
     NotOpen,
 }
 
+/// The form in which a connection takes a frame published to it ([`Connection::frame_form`]):
+/// the loop frames each message once per form among its receivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameForm {
+    /// RFC 6455, as published.
+    Plain,
+    /// permessage-deflate, with this window and level (the message is worth compressing).
+    Compressed { window_bits: u8, level: i32 },
+    /// A hixie draft's frame (text only).
+    Legacy,
+    /// None: not an open WebSocket, or one being failed.
+    Nothing,
+}
+
+/// What the loop counts and logs when a connection goes ([`Connection::depart`]).
+#[derive(Debug)]
+pub struct Departure {
+    pub access_line: String,
+    pub close_sent: Option<u16>,
+    pub close_received: Option<u16>,
+    /// A TLS client that never finished its handshake.
+    pub tls_failed: bool,
+    pub route: Option<usize>,
+    pub traffic: Traffic,
+}
+
+/// An HTTP response a connection queued ([`Connection::take_response`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    /// On a WebSocket listener: a refused handshake, a static file, the demo page...
+    Handshake(u16),
+    /// On the admin listener.
+    Admin(u16),
+}
+
 /// The open WebSocket: the protocol endpoint and the app behind it.
 struct Ws {
     endpoint: Endpoint,
@@ -338,10 +373,6 @@ impl Connection {
         (self.log.route != NO_ROUTE).then_some(usize::from(self.log.route))
     }
 
-    pub fn is_admin(&self) -> bool {
-        self.log.admin
-    }
-
     /// When it was accepted.
     pub fn accepted(&self) -> Instant {
         self.accepted
@@ -364,16 +395,6 @@ impl Connection {
     /// The broker token its app holds.
     pub fn token(&self) -> Option<&str> {
         self.ws.as_ref().and_then(|ws| ws.app.token())
-    }
-
-    /// The access log's record (the loop counts what it says when the connection goes).
-    pub fn log_mut(&mut self) -> &mut AccessLog {
-        &mut self.log
-    }
-
-    /// A TLS client that never finished its handshake.
-    pub fn failed_tls_handshake(&self) -> bool {
-        self.transport.tls_failed()
     }
 
     /// Closes an open WebSocket with `code` (the admin API's disconnect).
@@ -505,25 +526,21 @@ impl Connection {
         }
     }
 
-    /// Queues a message published by someone else, under the route's backpressure policy.
-    /// Nothing more is queued once the connection is closing.
-    /// Whether this connection keeps compression context (counted against the route's
-    /// `compression_max_dedicated`).
-    pub fn keeps_compression_context(&self) -> bool {
-        self.pmd().is_some_and(PerMessage::keeps_context)
-    }
-
-    /// With permessage-deflate negotiated and a message of `payload_len` bytes worth
-    /// compressing: the window and level its compressed form must use.
-    pub fn deflate_params(&self, payload_len: usize) -> Option<(u8, i32)> {
-        let pmd = self.pmd().filter(|_| self.ws.is_some())?;
-        pmd.wants(payload_len).then(|| (pmd.agreed.server_max_window_bits, pmd.level()))
-    }
-
-    /// A legacy (hixie) client: what is delivered to it must be its frames
-    /// ([`crate::encode::legacy_twin`]).
-    pub fn is_legacy(&self) -> bool {
-        self.ws.as_ref().and_then(|ws| ws.endpoint.draft()).is_some()
+    /// The form in which this connection takes a frame published to it, for a payload of
+    /// `payload_len` bytes.
+    pub fn frame_form(&self, payload_len: usize) -> FrameForm {
+        let Some(ws) = self.ws.as_ref().filter(|_| self.is_open() && self.failing().is_none()) else {
+            return FrameForm::Nothing;
+        };
+        if ws.endpoint.draft().is_some() {
+            return FrameForm::Legacy;
+        }
+        match self.pmd() {
+            Some(pmd) if pmd.wants(payload_len) => {
+                FrameForm::Compressed { window_bits: pmd.agreed.server_max_window_bits, level: pmd.level() }
+            }
+            _ => FrameForm::Plain,
+        }
     }
 
     /// Queues a frame published by someone else (already in this client's framing: RFC 6455,
@@ -553,8 +570,13 @@ impl Connection {
         Delivered::Queued
     }
 
-    /// Gives back every buffer; the connection is about to be dropped.
-    pub fn release(&mut self, pools: &mut Pools) {
+    /// The connection is being removed: every buffer goes back, and the loop gets what it
+    /// must count and log. `codecs`: the worker's, whose count of connections holding
+    /// compression contexts of their own this one leaves.
+    pub fn depart(&mut self, now: Instant, pools: &mut Pools, codecs: &mut SharedCodecs) -> Departure {
+        if self.pmd().is_some_and(PerMessage::keeps_context) {
+            codecs.dedicated = codecs.dedicated.saturating_sub(1);
+        }
         self.input.release(pools);
         self.out.release(pools);
         if let Some(ws) = &mut self.ws {
@@ -566,11 +588,26 @@ impl Connection {
         if let Some(rare) = &mut self.rare {
             rare.scratch.release(pools);
         }
+        let (close_sent, close_received) = self.log.close_codes();
+        Departure {
+            access_line: self.log.line(self.peer(), self.id, self.accepted, now),
+            close_sent,
+            close_received,
+            tls_failed: self.transport.tls_failed(),
+            route: self.route(),
+            traffic: self.log.traffic,
+        }
     }
 
-    /// The access log line.
-    pub fn access_line(&self, now: Instant) -> String {
-        self.log.line(self.peer(), self.id, self.accepted, now)
+    /// The status of an HTTP response queued since the last call (each is counted once).
+    pub fn take_response(&mut self) -> Option<Answered> {
+        let status = self.log.take_fresh_status()?;
+        Some(if self.log.admin { Answered::Admin(status) } else { Answered::Handshake(status) })
+    }
+
+    /// Shown in `/api/clients` (an admin request in progress is not a client).
+    pub fn is_listed(&self) -> bool {
+        !(self.log.admin && self.route().is_none() && !self.is_open())
     }
 
     /// Bytes wait to go out: queued plaintext or, on TLS, encrypted records.

@@ -94,7 +94,7 @@ impl Connection {
     pub(super) fn timing(&self) -> Timing {
         let l = &self.limits;
         // The legacy drafts have no pings: a legacy client is held by idle_timeout alone.
-        let legacy = self.is_legacy();
+        let legacy = self.ws.as_ref().is_some_and(|ws| ws.endpoint.draft().is_some());
         Timing {
             idle_timeout: l.idle_timeout,
             ping_interval: if legacy { std::time::Duration::ZERO } else { l.ping_interval },

@@ -12,8 +12,9 @@ use super::mesh::Note;
 use super::Worker;
 use crate::cluster::{PUB_TOKEN, SUB_TOKEN};
 use crate::conn_id::{key_of, worker_of};
-use crate::connection::{Connection, Delivered, Ready};
+use crate::connection::{Delivered, FrameForm, Ready};
 use crate::encode::{shared_frame, SharedFrame};
+use crate::ws::deflate::SharedCodecs;
 
 impl Worker {
     /// Readiness on a Redis link: what other nodes published goes to this worker's
@@ -126,7 +127,11 @@ impl Worker {
                 continue;
             }
             let Some(entry) = self.conns.get_mut(key) else { continue };
-            let Some(frame) = forms.for_conn(&entry.conn, &mut self.codecs) else {
+            let form = entry.conn.frame_form(forms.payload_len);
+            if form == FrameForm::Nothing {
+                continue;
+            }
+            let Some(frame) = forms.get(form, &mut self.codecs) else {
                 self.metrics.legacy_dropped += 1;
                 continue;
             };
@@ -149,7 +154,11 @@ impl Worker {
     pub(super) fn deliver(&mut self, key: usize, frame: &SharedFrame, now: Instant) -> bool {
         let Some(entry) = self.conns.get_mut(key) else { return false };
         let mut forms = Forms::new(frame);
-        let Some(frame) = forms.for_conn(&entry.conn, &mut self.codecs) else {
+        let form = entry.conn.frame_form(forms.payload_len);
+        if form == FrameForm::Nothing {
+            return false;
+        }
+        let Some(frame) = forms.get(form, &mut self.codecs) else {
             self.metrics.legacy_dropped += 1;
             return false;
         };
@@ -199,21 +208,16 @@ impl<'f> Forms<'f> {
         Forms { frame, payload_len, compressed: Default::default(), legacy: None }
     }
 
-    /// The form `conn` takes; `None` when it can take none (a legacy client, a message that is
-    /// not text).
-    pub(super) fn for_conn(
-        &mut self,
-        conn: &Connection,
-        codecs: &mut crate::ws::deflate::SharedCodecs,
-    ) -> Option<&SharedFrame> {
+    /// The frame in `form`, framed on first use; `None` for a form that takes none of this
+    /// message (a legacy client and a message that is not text, or not an open WebSocket).
+    pub(super) fn get(&mut self, form: FrameForm, codecs: &mut SharedCodecs) -> Option<&SharedFrame> {
         let frame = self.frame;
-        if conn.is_legacy() {
-            return self.legacy.get_or_insert_with(|| crate::encode::legacy_twin(frame)).as_ref();
-        }
-        Some(match conn.deflate_params(self.payload_len) {
-            None => frame,
-            Some((window, level)) => self.compressed[usize::from(window.clamp(9, 15) - 9)]
-                .get_or_insert_with(|| crate::encode::compressed_twin(codecs, window, level, frame)),
+        Some(match form {
+            FrameForm::Nothing => return None,
+            FrameForm::Plain => frame,
+            FrameForm::Legacy => return self.legacy.get_or_insert_with(|| crate::encode::legacy_twin(frame)).as_ref(),
+            FrameForm::Compressed { window_bits, level } => self.compressed[usize::from(window_bits.clamp(9, 15) - 9)]
+                .get_or_insert_with(|| crate::encode::compressed_twin(codecs, window_bits, level, frame)),
         })
     }
 }

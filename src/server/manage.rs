@@ -20,7 +20,6 @@ use crate::apps::dashboard::{ACCESS_FEED, STATS_FEED};
 use crate::apps::FEED_PREFIX;
 use crate::broker::{check_token, quirks_payload, split_routed};
 use crate::conn_id::worker_of;
-use crate::connection::Connection;
 use crate::encode::shared_frame;
 use crate::metrics::{self, Figures};
 use crate::ws::frame::Opcode;
@@ -385,14 +384,9 @@ impl Worker {
         }
     }
 
-    /// Whether a connection shows in `/api/clients` (admin requests in progress do not).
-    fn listed(c: &Connection) -> bool {
-        !(c.is_admin() && c.route().is_none() && !c.is_open())
-    }
-
     /// How many of this worker's connections `/api/clients` lists.
     fn listed_clients(&self) -> usize {
-        self.conns.iter().filter(|(_, e)| Self::listed(&e.conn)).count()
+        self.conns.iter().filter(|(_, e)| e.conn.is_listed()).count()
     }
 
     /// This worker's part of a page of `/api/clients`: how many it lists, and the objects of
@@ -414,7 +408,7 @@ impl Worker {
         }
         let total = self.listed_clients();
         let mut out = Vec::with_capacity(limit.min(total) * 220);
-        let page = self.conns.iter().filter(|(_, e)| Self::listed(&e.conn)).skip(offset).take(limit);
+        let page = self.conns.iter().filter(|(_, e)| e.conn.is_listed()).skip(offset).take(limit);
         for (i, (key, e)) in page.enumerate() {
             let c = &e.conn;
             if i > 0 {

@@ -44,7 +44,7 @@ use crate::buffer::Pools;
 use crate::cluster::{Cluster, PUB_TOKEN, SUB_TOKEN};
 use crate::config::{Balance, Config};
 use crate::conn_id::{self, key_of};
-use crate::connection::{AdminSettings, Connection, Ctx, Progress, Ready, Turn};
+use crate::connection::{AdminSettings, Answered, Connection, Ctx, Departure, Progress, Ready, Turn};
 use crate::encode::{shared_frame, SharedFrame};
 use crate::limits::Limits;
 use crate::logview::Tails;
@@ -389,10 +389,10 @@ impl Worker {
             fanout: 0,
         };
         let turn = f(&mut entry.conn, &mut ctx);
-        if let Some(status) = entry.conn.log_mut().take_fresh_status() {
-            let counts =
-                if entry.conn.is_admin() { &mut self.metrics.admin_requests } else { &mut self.metrics.handshakes };
-            Metrics::count(counts, status);
+        match entry.conn.take_response() {
+            Some(Answered::Handshake(status)) => Metrics::count(&mut self.metrics.handshakes, status),
+            Some(Answered::Admin(status)) => Metrics::count(&mut self.metrics.admin_requests, status),
+            None => {}
         }
         for action in actions.drain(..) {
             self.apply(key, action, now);
@@ -567,12 +567,9 @@ impl Worker {
             self.topics.remove_connection(key);
             self.broker.release(key);
             self.mesh.release_one();
-            if entry.conn.keeps_compression_context() {
-                self.codecs.dedicated = self.codecs.dedicated.saturating_sub(1);
-            }
-            entry.conn.release(&mut self.pools);
-            self.count_closed(&mut entry.conn);
-            let line = entry.conn.access_line(now);
+            let departure = entry.conn.depart(now, &mut self.pools, &mut self.codecs);
+            self.count_closed(&departure);
+            let line = departure.access_line;
             // The dashboard (on worker 0) shows every worker's access lines.
             let watched_here = self.topics.find(ACCESS_FEED).is_some();
             if watched_here || (self.mailbox.index != 0 && self.mesh.access_watched()) {
@@ -602,18 +599,15 @@ impl Worker {
     }
 
     /// What a closed connection adds to the metrics.
-    pub(super) fn count_closed(&mut self, conn: &mut Connection) {
-        let (sent, received) = conn.log_mut().close_codes();
-        if let Some(code) = sent {
+    pub(super) fn count_closed(&mut self, departure: &Departure) {
+        if let Some(code) = departure.close_sent {
             Metrics::count(&mut self.metrics.closes_sent, code);
         }
-        if let Some(code) = received {
+        if let Some(code) = departure.close_received {
             Metrics::count(&mut self.metrics.closes_received, code);
         }
-        if conn.failed_tls_handshake() {
-            self.metrics.tls_failures += 1;
-        }
-        self.metrics.add_closed(conn.route(), conn.traffic());
+        self.metrics.tls_failures += u64::from(departure.tls_failed);
+        self.metrics.add_closed(departure.route, &departure.traffic);
     }
 }
 
