@@ -2,6 +2,7 @@
 //! websockets_pro form API, bad input (400, 404, 405, 411, 413), `/metrics` parsed by the
 //! Prometheus client library's own parser and moving with traffic, and the configurations
 //! refused at start.
+#![allow(clippy::disallowed_methods)] // tests time real servers; the rule is for the server's code
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Backend routes end to end: the real gateway, a Python backend (stdlib only), tungstenite.
+#![allow(clippy::disallowed_methods)] // tests time real servers; the rule is for the server's code
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The demo page in a real browser (Debian's headless Chromium): its echo panel and its chat
 //! panel work against the real server. The page's `?selftest` mode echoes a message and
 //! reports what came back in the chat room, where this test listens.
+#![allow(clippy::disallowed_methods)] // tests time real servers; the rule is for the server's code
 
 mod common;
 

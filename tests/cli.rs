@@ -1,4 +1,5 @@
 //! The command line: --version, --check-config, config errors, -l and --route.
+#![allow(clippy::disallowed_methods)] // tests time real servers; the rule is for the server's code
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! `[cluster]`: two wsgate nodes and one real Redis (Debian's `redis-server`, started here on
 //! a loopback port): pub/sub, chat and the broker across nodes, Redis going away and coming
 //! back, a Redis that stops answering, AUTH and TLS.
+#![allow(clippy::disallowed_methods)] // tests time real servers; the rule is for the server's code
 
 mod common;
 

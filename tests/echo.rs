@@ -1,4 +1,5 @@
 //! The echo app end to end, through the real binary, with tungstenite as the client.
+#![allow(clippy::disallowed_methods)] // tests time real servers; the rule is for the server's code
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The example backends behind the real gateway (chat with -w commands, JSON-RPC). The
 //! measuring peers are tested in bench/tests/peers.rs.
+#![allow(clippy::disallowed_methods)] // tests time real servers; the rule is for the server's code
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Handshake refusals, plain HTTP, timeouts, limits, backpressure and shutdown.
+#![allow(clippy::disallowed_methods)] // tests time real servers; the rule is for the server's code
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The log viewer (`app = "logview"`) against the real binary and real files: the backlog, new
 //! lines, rotation (the file renamed and replaced), truncation, a file that appears later,
 //! and `require_key`.
+#![allow(clippy::disallowed_methods)] // tests time real servers; the rule is for the server's code
 
 mod common;
 

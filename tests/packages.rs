@@ -1,6 +1,7 @@
 //! Every Debian package the tests use is there, installing the missing ones (root or
 //! passwordless sudo), or fails with the command that installs them. Run alone, it provisions
 //! a machine ahead of the other tests: `cargo test --test packages`.
+#![allow(clippy::disallowed_methods)] // tests time real servers; the rule is for the server's code
 
 mod common;
 

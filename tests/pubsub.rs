@@ -1,5 +1,6 @@
 //! Fan-out end to end through the real binary: chat rooms, the pubsub JSON protocol, slow
 //! consumers under both policies, and delivery to many subscribers exactly once.
+#![allow(clippy::disallowed_methods)] // tests time real servers; the rule is for the server's code
 
 mod common;
 

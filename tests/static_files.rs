@@ -2,6 +2,7 @@
 //! validators and their 304s, index.html, keep-alive with pipelining, every traversal form,
 //! symlinks, large files to readers that stop (plain: sendfile; TLS: one chunk), and a page
 //! in headless Chromium that opens a WebSocket to a chat room of the same server.
+#![allow(clippy::disallowed_methods)] // tests time real servers; the rule is for the server's code
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! wss:// end to end: rustls client + tungstenite against the real binary.
+#![allow(clippy::disallowed_methods)] // tests time real servers; the rule is for the server's code
 
 mod common;
 

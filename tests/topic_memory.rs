@@ -1,5 +1,6 @@
 //! Memory per subscription, counted by the allocator (not timed): at most 32 bytes each at a
 //! million subscriptions, however they are spread over topics and connections.
+#![allow(clippy::disallowed_methods)] // tests time real servers; the rule is for the server's code
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};

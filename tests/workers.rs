@@ -1,5 +1,6 @@
 //! `workers = N`: echo, chat, pub/sub, the broker and the admin API across reactor threads,
 //! both ways of spreading connections, the per-process connection limit, and the drain.
+#![allow(clippy::disallowed_methods)] // tests time real servers; the rule is for the server's code
 
 mod common;
 

@@ -99,7 +99,14 @@ pub struct Settings {
 }
 
 impl Link {
-    pub fn new(name: &'static str, token: Token, client_name: &str, addr: &RedisAddr, max_reply: usize) -> Link {
+    pub fn new(
+        name: &'static str,
+        token: Token,
+        client_name: &str,
+        addr: &RedisAddr,
+        max_reply: usize,
+        now: Instant,
+    ) -> Link {
         let mut hello = Vec::new();
         let mut hello_replies = 0;
         if let Some(password) = &addr.password {
@@ -111,7 +118,6 @@ impl Link {
         }
         wire::command(&mut hello, &[b"CLIENT", b"SETNAME", client_name.as_bytes()]);
         hello_replies += 1;
-        let now = Instant::now();
         Link {
             name,
             token,

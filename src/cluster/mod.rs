@@ -76,6 +76,7 @@ impl Cluster {
         worker: usize,
         broker: bool,
         max_message: usize,
+        now: Instant,
     ) -> Result<Cluster, String> {
         let tls = if config.redis.tls { Some(client_tls(config)?) } else { None };
         let settings = Settings {
@@ -90,8 +91,8 @@ impl Cluster {
         let name = |role: &str| format!("wsgate-{node:016x}-w{worker}-{role}");
         Ok(Cluster {
             registry,
-            sub: Link::new("subscription", SUB_TOKEN, &name("sub"), &config.redis, max_reply),
-            publ: Link::new("publish", PUB_TOKEN, &name("pub"), &config.redis, 64 << 10),
+            sub: Link::new("subscription", SUB_TOKEN, &name("sub"), &config.redis, max_reply, now),
+            publ: Link::new("publish", PUB_TOKEN, &name("pub"), &config.redis, 64 << 10, now),
             settings,
             prefix: config.prefix.clone(),
             node,
@@ -101,7 +102,7 @@ impl Cluster {
             to_subscribe: Vec::new(),
             to_unsubscribe: Vec::new(),
             counters: ClusterCounters::default(),
-            down_since: Some(Instant::now()),
+            down_since: Some(now),
         })
     }
 

@@ -132,7 +132,7 @@ impl Worker {
                 SIGHUP => {
                     let fresh = self.read_config();
                     self.mesh.post_others(me, || Note::Reload(fresh.clone()));
-                    self.reload(fresh);
+                    self.reload(fresh, now);
                     if let Some(f) = &mut self.token_fetcher {
                         log::info!("SIGHUP: loading the broker's tokens from {}", f.source());
                         f.request();
@@ -171,9 +171,9 @@ impl Worker {
 
     /// SIGHUP, on every worker: the configuration (if it was read again), certificates, the
     /// access log.
-    pub(super) fn reload(&mut self, fresh: Option<Arc<Config>>) {
+    pub(super) fn reload(&mut self, fresh: Option<Arc<Config>>, now: Instant) {
         if let Some(config) = fresh {
-            self.apply_config(config);
+            self.apply_config(config, now);
         }
         self.reload_certificates();
         self.reopen_access_log();
@@ -182,7 +182,7 @@ impl Worker {
     /// Swaps in a reloaded configuration. New connections get the new routes and limits;
     /// open ones keep what they were admitted with. What needs a restart keeps its running
     /// value (see `restart_only`).
-    pub(super) fn apply_config(&mut self, config: Arc<Config>) {
+    pub(super) fn apply_config(&mut self, config: Arc<Config>, now: Instant) {
         self.routes.replace(config.routes.clone());
         self.limits = Arc::new(config.limits);
         self.max_connections = config.max_connections;
@@ -228,7 +228,7 @@ impl Worker {
         }
         if self.mailbox.index == 0 {
             self.tokens_refresh = config.broker.tokens_refresh;
-            self.tokens_refresh_at = config.broker.tokens_refresh.map(|r| Instant::now() + r);
+            self.tokens_refresh_at = config.broker.tokens_refresh.map(|r| now + r);
         }
         self.config = config;
     }

@@ -214,7 +214,7 @@ impl Worker {
     /// This worker's part of a command.
     pub(super) fn part(&mut self, query: &Query, now: Instant) -> Part {
         let command = match query {
-            Query::Figures => return Part::Figures(Box::new(self.figures())),
+            Query::Figures => return Part::Figures(Box::new(self.figures(now))),
             Query::Publish(frames) => {
                 let mut subscribers = 0;
                 for (topic, frame) in frames.iter() {
@@ -226,7 +226,7 @@ impl Worker {
             Query::Admin(command) => command,
         };
         match &**command {
-            Command::Metrics | Command::Info => Part::Figures(Box::new(self.figures())),
+            Command::Metrics | Command::Info => Part::Figures(Box::new(self.figures(now))),
             Command::Clients { offset, limit } => {
                 let (total, json) = self.clients_page(now, *offset, *limit);
                 Part::Clients { total, json }
@@ -314,7 +314,7 @@ impl Worker {
     }
 
     /// This worker's figures: its counters, and what only a walk of its connections gives.
-    pub(super) fn figures(&self) -> Figures {
+    pub(super) fn figures(&self, now: Instant) -> Figures {
         let mut by_state = BTreeMap::new();
         let mut routes: Vec<(u64, crate::apps::Traffic)> =
             self.metrics.closed_traffic.iter().map(|t| (0, *t)).collect();
@@ -338,7 +338,7 @@ impl Worker {
         top.sort_by_key(|t| std::cmp::Reverse(t.1));
         let mut metrics = self.metrics.clone();
         if let Some(cluster) = &self.cluster {
-            metrics.cluster = cluster.counters(Instant::now());
+            metrics.cluster = cluster.counters(now);
         }
         Figures {
             worker: self.mailbox.index,

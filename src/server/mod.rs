@@ -262,6 +262,7 @@ pub struct Worker {
 
 impl Worker {
     /// Runs until a SIGTERM / SIGINT drain completes.
+    #[allow(clippy::disallowed_methods)] // the loop's edge: each turn reads the time once
     fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut woke = Instant::now();
@@ -490,7 +491,7 @@ impl Worker {
             }
             Note::Answer { gather, worker, part } => self.gathered(gather, worker, part, now),
             Note::Tokens(set) => self.broker.replace_registered((*set).clone()),
-            Note::Reload(fresh) => self.reload(fresh),
+            Note::Reload(fresh) => self.reload(fresh, now),
             Note::Drain => {
                 if self.drain_deadline.is_none() {
                     self.start_drain(now);

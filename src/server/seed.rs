@@ -42,6 +42,7 @@ pub(super) enum Binding {
 }
 
 impl Seed {
+    #[allow(clippy::disallowed_methods)] // binding, before the loop: its edge
     pub(super) fn bind(
         config: &Arc<Config>,
         poll: Poll,
@@ -122,8 +123,16 @@ impl Seed {
                 let broker = config.routes.iter().any(|r| r.app == AppKind::Broker);
                 let max_message = config.routes.iter().map(|r| r.limits.max_message_size).max().unwrap_or(0);
                 let max_message = max_message.max(config.limits.max_message_size);
-                let cluster = Cluster::new(poll.registry().try_clone()?, c, node, mailbox.index, broker, max_message)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                let cluster = Cluster::new(
+                    poll.registry().try_clone()?,
+                    c,
+                    node,
+                    mailbox.index,
+                    broker,
+                    max_message,
+                    Instant::now(),
+                )
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
                 Some(cluster)
             }
             None => None,
@@ -162,6 +171,7 @@ pub struct Seed {
 }
 
 impl Seed {
+    #[allow(clippy::disallowed_methods)] // a worker's start is the loop's edge
     pub(super) fn start(self, tokens: Option<crate::broker::tokens::TokenSet>) -> Worker {
         let Seed { config, poll, waker, mailbox, mesh, listeners, admin, signals, access_file, cluster, reload } = self;
         let mut topics = Topics::new();

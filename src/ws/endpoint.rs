@@ -460,6 +460,7 @@ fn inflate(
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a synthetic clock starting from any instant
 mod tests {
     use super::*;
     use crate::ws::deflate::Deflater;

@@ -218,6 +218,7 @@ impl Session {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a synthetic clock starting from any instant
 mod tests {
     use super::*;
     use crate::ws::frame::{encode_header, Opcode, MAX_HEADER_LEN};
