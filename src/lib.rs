@@ -3,10 +3,13 @@
 //! Data flows through the modules in this order:
 //!
 //! - [`server`]: the reactors (one mio `Poll` per worker: listeners, `Slab<Connection>`,
-//!   timers, signals), applying what connections ask for; [`pubsub`]: their topics;
+//!   timers, signals), applying what connections ask for, split by job (starting, accepting,
+//!   fan-out, lifecycle, admin commands); [`conn_id`]: a connection's id, which says where it
+//!   is; [`pubsub`]: their topics;
 //!   [`cluster`]: topics across nodes through Redis;
-//! - [`connection`]: one connection's phases, buffers and readiness; one close path, and the
-//!   access line that says how it ended; [`access_log`]: that line's file;
+//! - [`connection`]: one connection's phases, read buffer and readiness; one frames → app
+//!   path, one close path, and the access line that says how it ended; [`access_log`]: that
+//!   line's file;
 //! - [`apps`]: what serves an open WebSocket (echo, chat, pubsub, broker, logview, dashboard,
 //!   backend) behind one trait; [`broker`]: the token broker's index and token lists;
 //!   [`logview`]: following log files for the log viewers;
@@ -16,13 +19,16 @@
 //!   (frames, masking, UTF-8, messages, close, handshake, permessage-deflate, the hixie
 //!   drafts, and the endpoint of either role that drives them), pure functions on byte
 //!   slices, fuzzed and benchmarked;
-//! - [`route`]: request path → app, backend or directory, with the route's policy and limits;
+//! - [`route`]: a route and the table, request path → app, backend or directory, with the
+//!   route's policy and [`limits`];
 //! - [`backend`]: UNIX-socket backends: framings (raw, lines, framed, direct), links, hand-off;
 //! - [`buffer`]: pooled read buffers and the vectored output queue; [`encode`]: frames onto
 //!   it, encoded once and shared for fan-out;
-//! - [`admin`]: the admin listener's API (keys, scopes, commands) and dashboard;
+//! - [`admin`]: the admin listener's API (keys, scopes, commands, their rendering) and
+//!   dashboard;
 //!   [`metrics`]: the counters and their Prometheus text;
-//! - [`config`]: TOML → validated [`config::Config`], the embedded default;
+//! - [`config`]: TOML → validated [`config::Config`] (parsing and validation only: the
+//!   types it builds live with the modules that use them), the embedded default;
 //! - [`sys`]: the system calls std does not wrap (splice, fd passing, privileges, rlimit,
 //!   memory, openat2 and sendfile), the only place with `unsafe` besides the SIMD unmask;
 //! - `fuzzing` (hidden): the fuzz targets' entry points.
