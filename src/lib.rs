@@ -47,6 +47,7 @@ pub mod conn_id;
 pub mod connection;
 pub mod encode;
 pub mod http;
+pub mod io_step;
 pub mod limits;
 pub mod logview;
 pub mod metrics;

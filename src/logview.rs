@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::encode::{shared_frame, SharedFrame};
+use crate::io_step::IoStep;
 use crate::route::Route;
 use crate::ws::frame::Opcode;
 
@@ -273,11 +274,11 @@ impl Tail {
 fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
-        match file.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        match IoStep::of(file.read(&mut buf[n..])) {
+            IoStep::End => break,
+            IoStep::Done(k) => n += k,
+            IoStep::WouldBlock | IoStep::Retry => {}
+            IoStep::Failed(e) => return Err(e),
         }
     }
     Ok(n)

@@ -15,6 +15,7 @@ use super::{App, AppClose, AppCtx, AppIo, Hold, Payload};
 use crate::backend::codec::Command;
 use crate::backend::link::{BackendEnd, BackendError, BackendLink, Pumped};
 use crate::buffer::Pools;
+use crate::io_step::IoStep;
 use crate::sys::splice::{readable_bytes, Pipe, SPLICE_MIN};
 use crate::ws::close;
 use crate::ws::message::MessageKind;
@@ -106,17 +107,17 @@ impl Backend {
         if pipe.held == pipe.capacity {
             return None;
         }
-        match pipe.fill_from(&self.link.sock, available) {
-            Ok(0) => None,
-            Ok(n) => {
+        match IoStep::of(pipe.fill_from(&self.link.sock, available)) {
+            IoStep::End | IoStep::Retry => None,
+            IoStep::Done(n) => {
                 cx.out.push_piped_frame(cx.pools, n);
                 Some(Pumped::Bytes(n))
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            IoStep::WouldBlock => {
                 self.link.readable = false;
                 Some(Pumped::WouldBlock)
             }
-            Err(e) => Some(Pumped::Ended(BackendEnd::Failed(BackendError::Splice(e)))),
+            IoStep::Failed(e) => Some(Pumped::Ended(BackendEnd::Failed(BackendError::Splice(e)))),
         }
     }
 

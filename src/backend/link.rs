@@ -15,6 +15,7 @@ use super::codec::{CodecError, Command, Ended, Reassembler};
 use super::framed::{self, RecordType};
 use super::Framing;
 use crate::buffer::{OutQueue, Pools};
+use crate::io_step::IoStep;
 use crate::ws::message::MessageKind;
 
 /// How a backend failed (the client is closed with 1011; this goes to the log).
@@ -127,15 +128,14 @@ impl BackendLink {
     /// Writes queued bytes to the backend until done or the socket is full.
     pub fn flush(&mut self, pools: &mut Pools) -> Result<(), BackendError> {
         while self.writable && !self.out.is_empty() {
-            match self.out.write_to(&mut self.sock, pools) {
-                Ok(0) => return Err(BackendError::Write(io::ErrorKind::WriteZero.into())),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            match IoStep::of(self.out.write_to(&mut self.sock, pools)) {
+                IoStep::End => return Err(BackendError::Write(io::ErrorKind::WriteZero.into())),
+                IoStep::Done(_) | IoStep::Retry => {}
+                IoStep::WouldBlock => {
                     self.writable = false;
                     return Ok(());
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(BackendError::Write(e)),
+                IoStep::Failed(e) => return Err(BackendError::Write(e)),
             }
         }
         Ok(())
@@ -146,15 +146,15 @@ impl BackendLink {
     pub fn pump(&mut self, pools: &mut Pools, client: &mut OutQueue, commands: &mut Vec<Command>) -> Pumped {
         let mut buf = pools.take_read();
         let result = self.sock.read(&mut buf);
-        let pumped = match result {
-            Ok(0) => {
+        let pumped = match IoStep::of(result) {
+            IoStep::End => {
                 self.readable = false;
                 Pumped::Ended(match self.codec.end_of_stream() {
                     Ok(()) => BackendEnd::Closed,
                     Err(e) => BackendEnd::Failed(BackendError::Codec(e)),
                 })
             }
-            Ok(n) => {
+            IoStep::Done(n) => {
                 self.bulk = n >= crate::sys::splice::SPLICE_MIN;
                 if n < buf.len() {
                     // Short read: drained (edge-triggered; a later arrival is a new event).
@@ -166,12 +166,12 @@ impl BackendLink {
                     Err(e) => Pumped::Ended(BackendEnd::Failed(BackendError::Codec(e))),
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            IoStep::WouldBlock => {
                 self.readable = false;
                 Pumped::WouldBlock
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Pumped::Bytes(0),
-            Err(e) => {
+            IoStep::Retry => Pumped::Bytes(0),
+            IoStep::Failed(e) => {
                 self.readable = false;
                 Pumped::Ended(BackendEnd::Failed(BackendError::Read(e)))
             }

@@ -20,6 +20,7 @@ use redis_protocol::resp2::types::RangeFrame;
 
 use super::config::RedisAddr;
 use super::wire;
+use crate::io_step::{would_block, IoStep};
 
 /// Bytes read per readiness event before the link yields to the loop's other sockets.
 const READ_BUDGET: usize = 1 << 20;
@@ -279,14 +280,14 @@ impl Link {
         match stream {
             Stream::Plain(tcp) => {
                 while !self.wbuf.is_empty() {
-                    match tcp.write(&self.wbuf) {
-                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(n) => {
+                    match IoStep::of(tcp.write(&self.wbuf)) {
+                        IoStep::End => return Err(io::ErrorKind::WriteZero.into()),
+                        IoStep::Done(n) => {
                             self.wbuf.drain(..n);
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
+                        IoStep::WouldBlock => break,
+                        IoStep::Retry => {}
+                        IoStep::Failed(e) => return Err(e),
                     }
                 }
             }
@@ -297,11 +298,10 @@ impl Link {
                     self.wbuf.drain(..n);
                 }
                 while tls.wants_write() {
-                    match tls.write_tls(tcp) {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
+                    match IoStep::of(tls.write_tls(tcp)) {
+                        IoStep::End | IoStep::Done(_) | IoStep::Retry => {}
+                        IoStep::WouldBlock => break,
+                        IoStep::Failed(e) => return Err(e),
                     }
                 }
             }
@@ -330,12 +330,12 @@ impl Link {
                 self.busy = true;
                 break Ok(());
             }
-            match read_some(stream, &mut self.rbuf) {
-                Ok(0) => break Err("closed by Redis".to_string()),
-                Ok(n) => budget = budget.saturating_sub(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(format!("read: {e}")),
+            match IoStep::of(read_some(stream, &mut self.rbuf)) {
+                IoStep::End => break Err("closed by Redis".to_string()),
+                IoStep::Done(n) => budget = budget.saturating_sub(n),
+                IoStep::WouldBlock => break Ok(()),
+                IoStep::Retry => {}
+                IoStep::Failed(e) => break Err(format!("read: {e}")),
             }
             if self.rbuf.len() > self.max_reply {
                 break Err(format!("a reply larger than {} bytes", self.max_reply));
@@ -433,7 +433,7 @@ fn read_some(stream: &mut Stream, rbuf: &mut Vec<u8>) -> io::Result<usize> {
                     return Ok(n);
                 }
                 Ok(_) => return Ok(0),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if would_block(&e) => {}
                 Err(e) => return Err(e),
             }
             let n = tls.read_tls(tcp)?;

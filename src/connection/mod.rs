@@ -437,8 +437,8 @@ impl Connection {
         self.rare.as_mut()?.handoff.as_deref_mut()
     }
 
-    /// The client's socket, for the poller.
-    pub fn source_mut(&mut self) -> &mut dyn mio::event::Source {
+    /// The client's socket, for the poller (`None` for an in-memory transport).
+    pub fn source_mut(&mut self) -> Option<&mut dyn mio::event::Source> {
         self.transport.source_mut()
     }
 

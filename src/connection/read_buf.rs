@@ -39,6 +39,12 @@ pub(super) struct Filled {
     pub short: bool,
 }
 
+impl crate::io_step::Moved for Filled {
+    fn is_end(&self) -> bool {
+        self.bytes == 0
+    }
+}
+
 impl ReadBuf {
     fn range(&self) -> std::ops::Range<usize> {
         self.start as usize..self.end as usize

@@ -9,6 +9,7 @@ use super::{Connection, Ctx, End, Phase, Progress, BODY_BUDGET};
 use crate::apps::backend::HandOff;
 use crate::apps::Action;
 use crate::http::static_files::TLS_CHUNK;
+use crate::io_step::IoStep;
 use crate::transport::NotTls;
 use crate::ws::close;
 
@@ -42,13 +43,13 @@ impl Connection {
     pub(super) fn read_once(&mut self, cx: &mut Ctx<'_>) -> usize {
         let Connection { input, transport, .. } = self;
         let result = input.fill(cx.pools, |room, pools| transport.read(room, pools));
-        match result {
-            Ok(Filled { bytes: 0, .. }) => {
+        match IoStep::of(result) {
+            IoStep::End => {
                 self.readable = false;
                 self.on_eof(cx);
                 0
             }
-            Ok(Filled { bytes: n, short }) => {
+            IoStep::Done(Filled { bytes: n, short }) => {
                 if short && !self.transport.is_tls() {
                     // A short read drained the socket. Edge-triggered epoll reports every later
                     // arrival as a new event, so the read that would only say WouldBlock is
@@ -67,29 +68,23 @@ impl Connection {
                 self.process_input(cx);
                 n
             }
-            // Opening: rustls consumed handshake records and produced no plaintext yet.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && matches!(self.phase, Phase::Opening { .. }) => {
+            IoStep::WouldBlock => {
                 self.readable = false;
-                if !self.transport.is_handshaking() {
+                if matches!(self.phase, Phase::Opening { .. }) && !self.transport.is_handshaking() {
+                    // rustls consumed handshake records and produced no plaintext yet, but
+                    // the handshake is done; plaintext may already be buffered inside it.
                     self.opened(cx);
-                    // Plaintext may already be buffered inside rustls.
                     self.readable = true;
                 }
                 0
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            IoStep::Retry => 0,
+            IoStep::Failed(e) => {
                 self.readable = false;
-                0
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-            Err(e) if e.get_ref().is_some_and(|inner| inner.is::<NotTls>()) => {
-                self.readable = false;
-                self.not_tls(cx, &e);
-                0
-            }
-            Err(e) => {
-                self.readable = false;
-                self.close(cx.now, cx.pools, End::Io(e));
+                match self.transport.not_tls() {
+                    Some(why) => self.not_tls(cx, why),
+                    None => self.close(cx.now, cx.pools, End::Io(e)),
+                }
                 0
             }
         }
@@ -103,11 +98,9 @@ impl Connection {
 
     /// A client that does not speak TLS on a TLS port. One that spoke plain HTTP gets a plain
     /// HTTP 400 saying so; anything else is dropped.
-    pub(super) fn not_tls(&mut self, cx: &mut Ctx<'_>, e: &io::Error) {
-        let plain_http =
-            e.get_ref().and_then(|i| i.downcast_ref::<NotTls>()).is_some_and(|n| matches!(n, NotTls::PlainHttp));
-        self.log.note_end(e.to_string());
-        if !plain_http {
+    pub(super) fn not_tls(&mut self, cx: &mut Ctx<'_>, why: NotTls) {
+        self.log.note_end(why.to_string());
+        if why != NotTls::PlainHttp {
             return self.close(cx.now, cx.pools, End::Abort("not TLS".into()));
         }
         self.transport.fall_back_to_plain();
@@ -149,18 +142,21 @@ impl Connection {
                 let Some(pipe) = pipe else {
                     return self.close(cx.now, cx.pools, End::Abort("spliced data without a pipe".into()));
                 };
-                match pipe.drain_to(&self.transport.fd(), due) {
-                    Ok(0) => return self.close(cx.now, cx.pools, End::Abort("peer stopped accepting data".into())),
-                    Ok(n) => {
+                let drained = self.transport.fd().and_then(|fd| pipe.drain_to(&fd, due));
+                match IoStep::of(drained) {
+                    IoStep::End => {
+                        return self.close(cx.now, cx.pools, End::Abort("peer stopped accepting data".into()))
+                    }
+                    IoStep::Done(n) => {
                         self.out.consume_piped(n);
                         self.stalled_since = Some(cx.now);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    IoStep::WouldBlock => {
                         self.writable = false;
                         return;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return self.close(cx.now, cx.pools, End::Io(e)),
+                    IoStep::Retry => {}
+                    IoStep::Failed(e) => return self.close(cx.now, cx.pools, End::Io(e)),
                 }
                 continue;
             }
@@ -176,15 +172,15 @@ impl Connection {
             } else {
                 self.transport.write_from(&mut self.out, cx.pools)
             };
-            match result {
-                Ok(0) => return self.close(cx.now, cx.pools, End::Abort("peer stopped accepting data".into())),
-                Ok(_) => self.stalled_since = Some(cx.now),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            match IoStep::of(result) {
+                IoStep::End => return self.close(cx.now, cx.pools, End::Abort("peer stopped accepting data".into())),
+                IoStep::Done(_) => self.stalled_since = Some(cx.now),
+                IoStep::WouldBlock => {
                     self.writable = false;
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.close(cx.now, cx.pools, End::Io(e)),
+                IoStep::Retry => {}
+                IoStep::Failed(e) => return self.close(cx.now, cx.pools, End::Io(e)),
             }
         }
     }
@@ -220,7 +216,7 @@ impl Connection {
             cx.pools.put_read(chunk);
             read
         } else {
-            sending.body.sendfile(self.transport.fd())
+            self.transport.fd().and_then(|fd| sending.body.sendfile(fd))
         };
         if let Ok(n) = result {
             *budget = budget.saturating_sub(n);
@@ -291,7 +287,13 @@ impl Connection {
         };
         h.hello.extend_from_slice(self.input.pending());
         self.input.discard();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.transport.fd());
+        let fd = match self.transport.fd() {
+            Ok(fd) => std::os::fd::AsRawFd::as_raw_fd(&fd),
+            Err(e) => {
+                self.rare.get_or_insert_with(Box::default).handoff = Some(h);
+                return self.close(cx.now, cx.pools, End::Io(e));
+            }
+        };
         let hello = std::mem::take(&mut h.hello);
         match h.backend.hand_off(cx.pools, fd, &hello) {
             Ok(HandOff::Done) => {

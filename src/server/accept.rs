@@ -14,6 +14,7 @@ use super::mesh::Note;
 use super::{Entry, Worker};
 use crate::conn_id;
 use crate::connection::{refuse_unadmitted, Connection, Ready};
+use crate::io_step::IoStep;
 use crate::tls::TlsSettings;
 use crate::transport::Transport;
 
@@ -142,8 +143,8 @@ impl Worker {
                 continue;
             }
             for _ in 0..ACCEPT_BATCH {
-                match self.listeners[i].socket.accept() {
-                    Ok((stream, peer)) => {
+                match IoStep::of(self.listeners[i].socket.accept()) {
+                    IoStep::Done((stream, peer)) => {
                         if self.fd_exhausted {
                             self.fd_exhausted = false;
                             log::info!("accepting again: file descriptors available");
@@ -155,11 +156,12 @@ impl Worker {
                             stream => self.admit(stream, peer, tls, admin, false, now),
                         }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    IoStep::WouldBlock | IoStep::End => {
                         self.listeners[i].pending = false;
                         break;
                     }
-                    Err(e) if is_fd_exhaustion(&e) => {
+                    IoStep::Retry => {}
+                    IoStep::Failed(e) if is_fd_exhaustion(&e) => {
                         self.metrics.refused_fd += 1;
                         // The pending connection stays in the backlog; polling would report it
                         // again at once, so stop accepting for a moment instead of spinning.
@@ -173,7 +175,7 @@ impl Worker {
                         self.accept_paused_until = Some(now + ACCEPT_PAUSE);
                         return;
                     }
-                    Err(e) => {
+                    IoStep::Failed(e) => {
                         // ECONNABORTED and friends concern one connection, not the listener.
                         log::debug!("accept on {}: {e}", self.listeners[i].addr);
                     }

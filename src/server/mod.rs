@@ -46,6 +46,7 @@ use crate::config::{Balance, Config};
 use crate::conn_id::{self, key_of};
 use crate::connection::{AdminSettings, Answered, Connection, Ctx, Departure, Progress, Ready, Turn};
 use crate::encode::{shared_frame, SharedFrame};
+use crate::io_step::IoStep;
 use crate::limits::Limits;
 use crate::logview::Tails;
 use crate::metrics::Metrics;
@@ -289,11 +290,10 @@ impl Worker {
                 }
             }
             let timeout = self.poll_timeout(now);
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
+            match IoStep::of(self.poll.poll(&mut events, timeout)) {
+                IoStep::Done(()) | IoStep::End => {}
+                IoStep::Retry | IoStep::WouldBlock => continue,
+                IoStep::Failed(e) => return Err(e),
             }
             let now = Instant::now();
             woke = now;
@@ -564,7 +564,9 @@ impl Worker {
             // The client socket may now be shared with a backend (direct hand-off): epoll
             // keys on the open file, so it must be deregistered, not just closed. The app's
             // own socket is closed when the app is dropped, which removes it.
-            let _ = self.poll.registry().deregister(entry.conn.source_mut());
+            if let Some(source) = entry.conn.source_mut() {
+                let _ = self.poll.registry().deregister(source);
+            }
             self.topics.remove_connection(key);
             self.broker.release(key);
             self.mesh.release_one();

@@ -18,6 +18,9 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedS
 use rustls::ServerConfig;
 
 use crate::buffer::{OutQueue, Pools, READ_BUF_SIZE};
+use crate::io_step::{would_block, IoStep};
+
+pub mod memory;
 
 /// Most plaintext encrypted ahead of what the socket has taken, on top of the connection's
 /// output queue.
@@ -32,6 +35,8 @@ pub enum Transport {
     Tls(Box<TlsStream>),
     /// A UNIX-domain stream (the admin listener's `unix:` socket).
     Local(mio::net::UnixStream),
+    /// No socket (the connection fuzz target, tests): see [`memory`].
+    Memory(Box<memory::MemoryStream>),
 }
 
 pub struct TlsStream {
@@ -48,6 +53,8 @@ pub struct TlsStream {
     plaintext: Vec<u8>,
     /// The first bytes have been checked to look like TLS.
     checked_first_byte: bool,
+    /// They did not: why (read by the connection after the read that failed).
+    not_tls: Option<NotTls>,
     close_notify_sent: bool,
     /// The peer sent close_notify: the end of the stream, once `plaintext` is taken.
     peer_closed: bool,
@@ -59,7 +66,7 @@ pub struct TlsStream {
 }
 
 /// Why a TLS read failed in a way the connection handles specially.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotTls {
     /// The client spoke plain HTTP to a TLS port.
     PlainHttp,
@@ -89,6 +96,7 @@ impl Transport {
             outgoing_sent: 0,
             plaintext: Vec::new(),
             checked_first_byte: false,
+            not_tls: None,
             close_notify_sent: false,
             peer_closed: false,
             plain: false,
@@ -96,22 +104,40 @@ impl Transport {
         })))
     }
 
-    /// The socket, for the poller.
-    pub fn source_mut(&mut self) -> &mut dyn mio::event::Source {
+    /// The socket, for the poller (`None`: there is none).
+    pub fn source_mut(&mut self) -> Option<&mut dyn mio::event::Source> {
         match self {
-            Transport::Plain(s) => s,
-            Transport::Tls(t) => &mut t.sock,
-            Transport::Local(s) => s,
+            Transport::Plain(s) => Some(s),
+            Transport::Tls(t) => Some(&mut t.sock),
+            Transport::Local(s) => Some(s),
+            Transport::Memory(_) => None,
         }
     }
 
-    /// The socket's descriptor (splice, the direct hand-off).
-    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    /// The socket's descriptor (`sendfile`, splice, the direct hand-off).
+    pub fn fd(&self) -> io::Result<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
         match self {
-            Transport::Plain(s) => s.as_fd(),
-            Transport::Tls(t) => t.sock.as_fd(),
-            Transport::Local(s) => s.as_fd(),
+            Transport::Plain(s) => Ok(s.as_fd()),
+            Transport::Tls(t) => Ok(t.sock.as_fd()),
+            Transport::Local(s) => Ok(s.as_fd()),
+            Transport::Memory(_) => Err(io::Error::new(io::ErrorKind::Unsupported, "no descriptor")),
+        }
+    }
+
+    /// The in-memory stream, if this is one.
+    pub fn memory_mut(&mut self) -> Option<&mut memory::MemoryStream> {
+        match self {
+            Transport::Memory(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Why the last read failed, when it failed because the client does not speak TLS.
+    pub fn not_tls(&self) -> Option<NotTls> {
+        match self {
+            Transport::Tls(t) => t.not_tls,
+            _ => None,
         }
     }
 
@@ -122,7 +148,7 @@ impl Transport {
     /// A TLS handshake is still in progress.
     pub fn is_handshaking(&self) -> bool {
         match self {
-            Transport::Plain(_) | Transport::Local(_) => false,
+            Transport::Plain(_) | Transport::Local(_) | Transport::Memory(_) => false,
             Transport::Tls(t) => !t.plain && t.conn.is_handshaking(),
         }
     }
@@ -131,7 +157,7 @@ impl Transport {
     /// client that spoke plain HTTP).
     pub fn tls_failed(&self) -> bool {
         match self {
-            Transport::Plain(_) | Transport::Local(_) => false,
+            Transport::Plain(_) | Transport::Local(_) | Transport::Memory(_) => false,
             Transport::Tls(t) => t.plain || t.conn.is_handshaking(),
         }
     }
@@ -139,24 +165,25 @@ impl Transport {
     /// TLS records wait to be written.
     pub fn wants_write(&self) -> bool {
         match self {
-            Transport::Plain(_) | Transport::Local(_) => false,
+            Transport::Plain(_) | Transport::Local(_) | Transport::Memory(_) => false,
             Transport::Tls(t) => !t.plain && t.outgoing_sent < t.outgoing.len(),
         }
     }
 
     /// Reads plaintext. `Ok(0)` is the end of the stream (FIN, or TLS close_notify).
-    /// A TLS error is `InvalidData`; a client that does not speak TLS at all is
-    /// `InvalidData` wrapping [`NotTls`].
+    /// A TLS error is `InvalidData`; so is a client that does not speak TLS at all, and
+    /// then [`Transport::not_tls`] says which way.
     pub fn read(&mut self, buf: &mut [u8], pools: &mut Pools) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => s.read(buf),
             Transport::Local(s) => s.read(buf),
+            Transport::Memory(m) => m.read(buf),
             Transport::Tls(t) => {
                 let result = t.read(buf, pools);
                 // `WouldBlock` is a drained socket too (the `drained` flag is spent by then):
                 // a partial record from a peer that paused keeps only its bytes, whichever
                 // read saw the pause.
-                let drained = t.drained || result.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock);
+                let drained = t.drained || result.as_ref().is_err_and(would_block);
                 t.incoming.settle(pools, drained);
                 result
             }
@@ -170,6 +197,7 @@ impl Transport {
         match self {
             Transport::Plain(s) => out.write_to(s, pools),
             Transport::Local(s) => out.write_to(s, pools),
+            Transport::Memory(m) => out.write_to(&mut **m, pools),
             Transport::Tls(t) if t.plain => out.write_to(&mut t.sock, pools),
             Transport::Tls(t) => t.write_from(out, pools),
         }
@@ -178,7 +206,7 @@ impl Transport {
     /// Writes pending TLS records (handshake messages, alerts).
     pub fn flush_records(&mut self) -> io::Result<()> {
         match self {
-            Transport::Plain(_) | Transport::Local(_) => Ok(()),
+            Transport::Plain(_) | Transport::Local(_) | Transport::Memory(_) => Ok(()),
             Transport::Tls(t) => t.flush_records(),
         }
     }
@@ -193,11 +221,15 @@ impl Transport {
         }
     }
 
-    pub fn shutdown_write(&self) -> io::Result<()> {
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
         match self {
             Transport::Plain(s) => s.shutdown(Shutdown::Write),
             Transport::Tls(t) => t.sock.shutdown(Shutdown::Write),
             Transport::Local(s) => s.shutdown(Shutdown::Write),
+            Transport::Memory(m) => {
+                m.shutdown_write();
+                Ok(())
+            }
         }
     }
 
@@ -301,7 +333,8 @@ impl TlsStream {
                     // 0x16: a TLS handshake record, the only way a TLS client can begin.
                     if first[0] != 0x16 {
                         let why = if first[0].is_ascii_uppercase() { NotTls::PlainHttp } else { NotTls::Garbage };
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, why));
+                        self.not_tls = Some(why);
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, why.to_string()));
                     }
                 }
                 Err(e) => return Err(e),
@@ -492,7 +525,7 @@ impl TlsStream {
         }
         self.incoming.settle(pools, self.drained);
         match self.flush_records() {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && taken > 0 => Ok(taken),
+            Err(e) if would_block(&e) && taken > 0 => Ok(taken),
             Err(e) => Err(e),
             Ok(()) => Ok(taken),
         }
@@ -515,11 +548,12 @@ impl TlsStream {
 
     fn flush_records(&mut self) -> io::Result<()> {
         while !self.plain && self.outgoing_sent < self.outgoing.len() {
-            match self.sock.write(&self.outgoing[self.outgoing_sent..]) {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "peer stopped accepting data")),
-                Ok(n) => self.outgoing_sent += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            match IoStep::of(self.sock.write(&self.outgoing[self.outgoing_sent..])) {
+                IoStep::End => return Err(io::Error::new(io::ErrorKind::WriteZero, "peer stopped accepting data")),
+                IoStep::Done(n) => self.outgoing_sent += n,
+                IoStep::Retry => {}
+                IoStep::WouldBlock => return Err(io::ErrorKind::WouldBlock.into()),
+                IoStep::Failed(e) => return Err(e),
             }
         }
         // All written: an idle connection keeps no buffer.
