@@ -442,6 +442,16 @@ impl Connection {
         self.transport.source_mut()
     }
 
+    /// The in-memory stream under it, if it has one (the connection fuzz target, tests).
+    pub fn memory_mut(&mut self) -> Option<&mut crate::transport::memory::MemoryStream> {
+        self.transport.memory_mut()
+    }
+
+    /// What it holds in its buffers: queued output bytes and unconsumed input bytes.
+    pub fn buffered(&self) -> (usize, usize) {
+        (self.out.len(), self.input.pending().len())
+    }
+
     fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)
     }

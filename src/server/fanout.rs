@@ -194,7 +194,7 @@ impl Worker {
 /// One published frame in each form its receivers take, made at most once each: as it is,
 /// compressed for a window (the receivers that negotiated permessage-deflate), or framed for
 /// the legacy drafts.
-struct Forms<'f> {
+pub(crate) struct Forms<'f> {
     frame: &'f SharedFrame,
     payload_len: usize,
     compressed: [Option<SharedFrame>; 7],
@@ -203,14 +203,19 @@ struct Forms<'f> {
 }
 
 impl<'f> Forms<'f> {
-    fn new(frame: &'f SharedFrame) -> Forms<'f> {
+    pub(crate) fn new(frame: &'f SharedFrame) -> Forms<'f> {
         let payload_len = crate::encode::frame_parts(frame).map_or(0, |(_, p)| p.len());
         Forms { frame, payload_len, compressed: Default::default(), legacy: None }
     }
 
+    /// The message's length, which decides whether a receiver takes it compressed.
+    pub(crate) fn payload_len(&self) -> usize {
+        self.payload_len
+    }
+
     /// The frame in `form`, framed on first use; `None` for a form that takes none of this
     /// message (a legacy client and a message that is not text, or not an open WebSocket).
-    pub(super) fn get(&mut self, form: FrameForm, codecs: &mut SharedCodecs) -> Option<&SharedFrame> {
+    pub(crate) fn get(&mut self, form: FrameForm, codecs: &mut SharedCodecs) -> Option<&SharedFrame> {
         let frame = self.frame;
         Some(match form {
             FrameForm::Nothing => return None,

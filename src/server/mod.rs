@@ -29,7 +29,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 mod accept;
-mod fanout;
+pub(crate) mod fanout;
 mod lifecycle;
 mod manage;
 pub mod mesh;

@@ -99,6 +99,9 @@ pub fn validate<'b>(req: &Request<'b, '_>, draft: Draft, origins: &[String]) -> 
         return Err(HixieError::MissingConnectionUpgrade);
     }
     let host = req.header("host").filter(|h| !h.is_empty()).ok_or(HixieError::MissingHost)?;
+    if !host.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b)) {
+        return Err(HixieError::BadHost);
+    }
     let origin = req.header("origin").filter(|o| !o.is_empty()).ok_or(HixieError::MissingOrigin)?;
     if !origins.iter().any(|o| o.as_bytes().eq_ignore_ascii_case(origin)) {
         return Err(HixieError::OriginNotAllowed);
@@ -146,6 +149,9 @@ pub enum HixieError {
     MethodNotGet,
     MissingConnectionUpgrade,
     MissingHost,
+    /// A `Host` that is not a host and port (RFC 3986's characters): it is echoed in the
+    /// Location header, so it must be one.
+    BadHost,
     /// These drafts' only protection is the origin check: no `Origin`, no connection.
     MissingOrigin,
     OriginNotAllowed,
@@ -179,6 +185,7 @@ impl HixieError {
             HixieError::MethodNotGet => "WebSocket upgrade requires GET",
             HixieError::MissingConnectionUpgrade => "Connection header must include Upgrade",
             HixieError::MissingHost => "missing Host header",
+            HixieError::BadHost => "Host is not a host name or address",
             HixieError::MissingOrigin => "a legacy (hixie) WebSocket client must send Origin",
             HixieError::OriginNotAllowed => "origin not allowed",
             HixieError::MissingKey => "hixie-76 needs both Sec-WebSocket-Key1 and Sec-WebSocket-Key2",
@@ -598,6 +605,8 @@ WebSocket-Origin: https://ok.example\r\nWebSocket-Location: wss://h:8080/chat?x=
         let cases: &[(&[u8], HixieError)] = &[
             (b"GET / HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\nHost: h\r\n\r\n", HixieError::MissingOrigin),
             (b"GET / HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\nOrigin: https://ok.example\r\n\r\n", HixieError::MissingHost),
+            (b"GET / HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\nHost: h\xa3\r\nOrigin: https://ok.example\r\n\r\n", HixieError::BadHost),
+            (b"GET / HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\nHost: h/x?\r\nOrigin: https://ok.example\r\n\r\n", HixieError::BadHost),
             (b"POST / HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\nHost: h\r\n\r\n", HixieError::MethodNotGet),
             (b"GET / HTTP/1.1\r\nUpgrade: WebSocket\r\nHost: h\r\nOrigin: https://ok.example\r\n\r\n", HixieError::MissingConnectionUpgrade),
             (b"GET / HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\nHost: h\r\nOrigin: https://ok.example\r\nSec-WebSocket-Key1: 1 2\r\n\r\n", HixieError::MissingKey),

@@ -1,6 +1,10 @@
 //! Fuzz entry points. Each `fuzz/fuzz_targets/*.rs` calls exactly one of these; they assert
 //! the invariants the protocol core promises, so a violation is a crash the fuzzer reports.
 
+mod connection;
+
+pub use connection::connection;
+
 use crate::http::request::HeadLimits;
 use crate::ws::close::parse_close_payload;
 use crate::ws::frame::{encode_header, parse_header, FrameLimits, MAX_HEADER_LEN};
@@ -597,7 +601,7 @@ mod tests {
     fn committed_corpus_replays_clean() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
         type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 13] = [
+        let targets: [Target; 14] = [
             ("frame_header", super::frame_header),
             ("handshake", super::handshake),
             ("message_assembly", super::message_assembly),
@@ -611,6 +615,7 @@ mod tests {
             ("hixie", super::hixie),
             ("static_path", super::static_path),
             ("endpoint", super::endpoint),
+            ("connection", super::connection),
         ];
         let mut replayed = 0;
         for (name, run) in targets {
