@@ -416,6 +416,24 @@ impl OutQueue {
         }
     }
 
+    /// Lends every queued byte to `f` as one slice, then empties the queue (its chunks back
+    /// to the pool). No copy when the queue is one chunk, as one app call's output nearly
+    /// always is; several are gathered into one allocation first.
+    pub fn drain_contiguous<R>(&mut self, pools: &mut Pools, f: impl FnOnce(&[u8], &mut Pools) -> R) -> R {
+        let result = if self.chunks.len() <= 1 {
+            let bytes = self.chunks.front().map_or(&[][..], |c| &c.as_slice()[self.front_written..]);
+            f(bytes, pools)
+        } else {
+            let mut all = Vec::with_capacity(self.queued);
+            for (i, c) in self.chunks.iter().enumerate() {
+                all.extend_from_slice(if i == 0 { &c.as_slice()[self.front_written..] } else { c.as_slice() });
+            }
+            f(&all, pools)
+        };
+        self.release(pools);
+        result
+    }
+
     /// Every queued byte, in order (for tests and the fuzzer).
     #[doc(hidden)]
     pub fn to_vec(&self) -> Vec<u8> {
@@ -520,6 +538,25 @@ mod tests {
         assert_eq!(pools.free_counts(), (1, 0));
         pools.shrink();
         assert_eq!(pools.free_counts(), (0, 0), "unused: everything goes");
+    }
+
+    #[test]
+    fn drain_contiguous_lends_everything_once_and_empties_the_queue() {
+        let mut pools = Pools::new(DEFAULT_POOL_BYTES);
+        let mut q = OutQueue::default();
+        assert_eq!(q.drain_contiguous(&mut pools, |b, _| b.len()), 0);
+        q.push_bytes(&mut pools, b"one chunk");
+        assert_eq!(q.drain_contiguous(&mut pools, |b, _| b.to_vec()), b"one chunk");
+        assert!(q.is_empty());
+        // Past one chunk: gathered, in order.
+        let mut want = Vec::new();
+        for i in 0..3 * CHUNK_SIZE / 100 {
+            let piece = vec![(i % 251) as u8; 100];
+            q.push_bytes(&mut pools, &piece);
+            want.extend_from_slice(&piece);
+        }
+        assert_eq!(q.drain_contiguous(&mut pools, |b, _| b.to_vec()), want);
+        assert!(q.is_empty());
     }
 
     #[test]

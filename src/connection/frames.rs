@@ -253,9 +253,10 @@ pub(super) fn reencode(endpoint: &mut Endpoint, acx: &mut AppCtx<'_>, wire_out: 
     if acx.out.is_empty() {
         return 0;
     }
-    let frames = acx.out.to_vec();
-    acx.out.release(acx.pools);
-    endpoint.encode_queued(&frames, wire_out, acx.pools, acx.codecs, acx.pmd.as_deref_mut())
+    let AppCtx { out: scratch, pools, codecs, pmd, .. } = acx;
+    scratch.drain_contiguous(pools, |frames, pools| {
+        endpoint.encode_queued(frames, wire_out, pools, codecs, pmd.as_deref_mut())
+    })
 }
 
 /// The context an app gets for one call: the connection's id, key and peer, its output queue
