@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::{Connection, Ctx, End, Phase, SLOW_CONSUMER_CODE};
-use crate::apps::{AppClose, Hold};
+use crate::apps::{App, AppClose, Hold};
 use crate::buffer::{OutQueue, Pools};
 use crate::http::response::Response;
 use crate::ws::close;
@@ -17,6 +17,11 @@ impl Connection {
     pub fn close(&mut self, now: Instant, pools: &mut Pools, end: End) {
         if self.is_closed() {
             return;
+        }
+        if let Phase::HandingOff { handoff, .. } | Phase::HandedOff { handoff, .. } = &mut self.phase {
+            // Whatever the ending, the hand-off's backend link goes with its phase: its
+            // buffers back to the pool first.
+            handoff.backend.release(pools);
         }
         match end {
             End::Refuse { status, reason } => {
@@ -54,11 +59,11 @@ impl Connection {
                 self.finish(now);
             }
             End::Fail { code, reason } => {
-                let already_sent = self.ws.as_ref().is_some_and(|ws| ws.endpoint.session().is_closing());
+                let already_sent = self.phase.ws().is_some_and(|ws| ws.endpoint.session().is_closing());
                 if !already_sent {
                     self.push_close_frame(pools, Some(code), reason);
                 }
-                if let Some(ws) = &mut self.ws {
+                if let Some(ws) = self.phase.ws_mut() {
                     ws.endpoint.session_mut().close(now);
                 }
                 self.set_failing(None);
@@ -68,22 +73,22 @@ impl Connection {
             }
             End::Abort(why) => {
                 self.log.note_end(why);
-                self.set_phase(Phase::Closed);
+                self.set_phase(Phase::closed());
             }
             End::Io(e) => {
                 if !self.log.has_end() {
                     self.log.set_end(format!("I/O error: {e}"));
                 }
-                self.set_phase(Phase::Closed);
+                self.set_phase(Phase::closed());
             }
             End::HandedOff => {
                 self.log.set_end("handed off to the backend");
-                self.set_phase(Phase::Closed);
+                self.set_phase(Phase::closed());
             }
             End::HandOffFailed(e) => {
                 log::warn!("{}: hand-off to the backend failed: {e}", self.peer());
                 self.log.set_end(format!("hand-off failed: {e}"));
-                self.set_phase(Phase::Closed);
+                self.set_phase(Phase::closed());
             }
         }
         if self.is_closed() {
@@ -105,7 +110,7 @@ impl Connection {
         if let Some(&(code, reason, _)) = self.failing() {
             return self.close(now, pools, End::Fail { code, reason });
         }
-        let Some(ws) = self.ws.as_mut().filter(|_| matches!(self.phase, Phase::Connected)) else {
+        let Phase::Connected(ws) = &mut self.phase else {
             return self.finish(now);
         };
         if ws.endpoint.session_mut().close(now) {
@@ -121,7 +126,7 @@ impl Connection {
 
     /// Our close frame, as the client's wire has it ([`Endpoint::close_frame`]).
     pub(super) fn push_close_frame(&mut self, pools: &mut Pools, code: Option<u16>, reason: &str) {
-        match &self.ws {
+        match self.phase.ws() {
             Some(ws) => ws.endpoint.close_frame(&mut self.out, pools, code, reason),
             None => self.out.push_close(pools, code, reason),
         }
@@ -129,7 +134,7 @@ impl Connection {
 
     /// Writes what is queued, then FIN, then waits for the peer's FIN (bounded).
     pub(super) fn finish(&mut self, now: Instant) {
-        self.set_phase(Phase::Flushing { deadline: now + self.limits.close_timeout });
+        self.set_phase(Phase::flushing(now + self.limits.close_timeout));
     }
 
     /// The client broke the protocol (§7.1.7). An app that must hear first (a framed
@@ -140,8 +145,7 @@ impl Connection {
         if self.is_closed() {
             return;
         }
-        let closing = self.ws.as_ref().is_none_or(|ws| ws.endpoint.session().is_closing());
-        let may_wait = !closing && self.failing().is_none() && matches!(self.phase, Phase::Connected);
+        let may_wait = self.is_open() && self.failing().is_none();
         if hold == Some(Hold::UntilAppCloses) && may_wait {
             self.set_failing(Some((code, reason, cx.now)));
             self.input.discard();
@@ -168,7 +172,7 @@ impl Connection {
             Phase::Unknown | Phase::Opening { .. } | Phase::Http { .. } => {
                 Some(End::Abort("server shutting down".into()))
             }
-            Phase::Connected => Some(End::Close { code: close::GOING_AWAY, reason: "server shutting down".into() }),
+            Phase::Connected(_) => Some(End::Close { code: close::GOING_AWAY, reason: "server shutting down".into() }),
             _ => None,
         };
         if let Some(end) = end {

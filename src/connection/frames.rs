@@ -22,8 +22,8 @@ impl Connection {
     ) -> Option<R> {
         let who = self.who();
         let high = self.limits.backpressure_high;
-        let Connection { ws, rare, out, log, .. } = self;
-        let ws = ws.as_mut()?;
+        let Connection { phase, rare, out, log, .. } = self;
+        let ws = phase.ws_mut()?;
         let mut close = None;
         let (r, _) = call_app(ws, rare, out, cx, who, high, &mut log.traffic, &mut close, f);
         if let Some(why) = close {
@@ -35,9 +35,8 @@ impl Connection {
     /// The app's own I/O (its backend socket). `Some(bytes read)` when it read and may
     /// read again.
     pub(super) fn app_io(&mut self, cx: &mut Ctx<'_>) -> Option<usize> {
-        if let Phase::HandedOff { .. } = self.phase {
-            let who = self.who();
-            let h = self.rare.as_mut()?.handoff.as_mut()?;
+        let who = self.who();
+        if let Phase::HandedOff { handoff: h, .. } = &mut self.phase {
             let mut close = None;
             let mut traffic = Traffic::default();
             let mut acx = app_ctx(cx, who, &mut self.out, &mut traffic, 0, &mut close, None);
@@ -49,9 +48,7 @@ impl Connection {
             }
             return None;
         }
-        let may_read = matches!(self.phase, Phase::Connected)
-            && self.out.len() < self.limits.backpressure_high
-            && self.ws.as_ref().is_some_and(|ws| !ws.endpoint.session().is_closing());
+        let may_read = self.is_open() && self.out.len() < self.limits.backpressure_high;
         match self.with_app(cx, |app, acx| app.on_io(acx, may_read))? {
             AppIo::Read(n) if !self.is_closed() => Some(n),
             _ => None,
@@ -61,7 +58,7 @@ impl Connection {
     pub(super) fn process_input(&mut self, cx: &mut Ctx<'_>) {
         let Some(mut bytes) = self.input.detach() else {
             // A large compressed message goes on inflating with no new bytes.
-            if matches!(self.phase, Phase::Connected) && self.is_inflating() {
+            if matches!(self.phase, Phase::Connected(_)) && self.is_inflating() {
                 self.process_frames(&mut [], cx);
             }
             return;
@@ -73,7 +70,7 @@ impl Connection {
                         break;
                     }
                 }
-                Phase::Connected => {
+                Phase::Connected(_) => {
                     self.process_frames(&mut bytes, cx);
                     break;
                 }
@@ -109,8 +106,8 @@ impl Connection {
         let high = self.limits.backpressure_high;
         let who = self.who();
         let failing = self.failing().is_some();
-        let Connection { ws, rare, out, log, input, .. } = self;
-        let Some(ws) = ws.as_mut() else { return };
+        let Connection { phase, rare, out, log, input, .. } = self;
+        let Some(ws) = phase.ws_mut() else { return };
         if failing || !ws.app.accepts_input(high) {
             input.set_held(true);
             return;
@@ -182,7 +179,7 @@ impl Connection {
             Stop::Failed(e) => self.protocol_error(cx, e.close_code(), e.reason()),
             Stop::CloseBegun(code, reason) => {
                 // §5.5.1: answer, echoing the code (an empty close gets an empty one).
-                if let Some(ws) = &self.ws {
+                if let Some(ws) = self.phase.ws() {
                     ws.endpoint.close_reply(&mut self.out, cx.pools, code);
                 }
                 self.with_app(cx, |app, acx| app.on_close(acx, code, &reason, false));

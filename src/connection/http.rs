@@ -367,8 +367,7 @@ impl Connection {
         if pmd.is_some() {
             self.rare.get_or_insert_with(Box::default).pmd = pmd;
         }
-        self.ws = Some(Ws { endpoint, app });
-        self.set_phase(Phase::Connected);
+        self.set_phase(Phase::Connected(Ws { endpoint, app }));
         self.with_app(cx, |app, acx| app.on_open(acx));
     }
 
@@ -447,9 +446,9 @@ impl Connection {
         match spec.framing {
             Framing::Direct => {
                 self.log.set_status(101);
-                let handoff = HandOffState { backend: Box::new(backend), hello: framed::hello_record(&hello) };
-                self.rare.get_or_insert_with(Box::default).handoff = Some(Box::new(handoff));
-                self.set_phase(Phase::HandingOff { deadline: cx.now + route.limits.write_timeout });
+                let handoff =
+                    Box::new(HandOffState { backend: Box::new(backend), hello: framed::hello_record(&hello) });
+                self.set_phase(Phase::HandingOff { deadline: cx.now + route.limits.write_timeout, handoff });
                 false
             }
             Framing::Framed => {

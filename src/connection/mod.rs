@@ -4,7 +4,10 @@
 //! `Sending` a static file's body) → `Connected` (a [`ws::endpoint::Endpoint`](Endpoint) and
 //! an [`App`]) → `Flushing` (last bytes out, then FIN) →
 //! `Lingering` (waiting for the peer's FIN) → `Closed`; direct hand-off goes `HandingOff` →
-//! `HandedOff`. Every phase has a deadline.
+//! `HandedOff`. Every phase has a deadline, and holds what only it needs: `Connected` the
+//! WebSocket (endpoint and app, which the phases after it inherit until the connection
+//! departs), the hand-off phases the backend and the HELLO, `Sending` the open file.
+//! `Connection::set_phase` moves between them by taking the old phase out.
 //!
 //! The connection never touches the poller, the slab or other connections. The loop calls
 //! [`Connection::drive`] with the readiness it saw (a passed deadline and the drain are
@@ -214,8 +217,6 @@ impl Ws {
 /// What few connections have, boxed together: every connection carries the pointer.
 #[derive(Default)]
 struct Rare {
-    /// Direct mode, between the 101 and the hand-off.
-    handoff: Option<Box<HandOffState>>,
     /// A protocol error on a route whose app must hear first (framed backend): the close frame
     /// the client is owed, and since when it waits (bounded by `close_timeout`).
     failing: Option<(u16, &'static str, Instant)>,
@@ -227,7 +228,6 @@ struct Rare {
     scratch: OutQueue,
 }
 
-#[derive(Debug)]
 enum Phase {
     /// Accepted; the first drive moves it on.
     Unknown,
@@ -248,29 +248,82 @@ enum Phase {
     /// A static file's body is being sent (after its head); then the next request, or the
     /// end. No deadline of its own: `write_timeout` ends a client that stops reading.
     Sending(Box<SendingFile>),
-    /// Frames flow (`Connection::ws` is set).
-    Connected,
+    /// Frames flow: the protocol endpoint and the app.
+    Connected(Ws),
     /// Direct mode: the 101 is being written; then the socket goes to the backend.
     HandingOff {
         deadline: Instant,
+        handoff: Box<HandOffState>,
     },
     /// Direct mode: the socket went; the rest of the HELLO is being written to the backend.
     HandedOff {
         deadline: Instant,
+        handoff: Box<HandOffState>,
     },
     /// The last bytes (an error response, a close frame) are being written; then FIN.
+    /// `ws`: the WebSocket's, kept so the app can finish its own writes (a splice).
     Flushing {
         deadline: Instant,
+        ws: Option<Ws>,
     },
     /// FIN sent; reading and discarding until the peer's FIN, so our last bytes are not
-    /// destroyed by a reset.
+    /// destroyed by a reset. `ws` (and in `Closed`) waits for [`Connection::depart`] to give
+    /// the app's buffers back.
     Lingering {
         deadline: Instant,
+        ws: Option<Ws>,
     },
-    Closed,
+    Closed(Option<Ws>),
 }
 
 impl Phase {
+    /// The phases after `Connected`, built empty: [`Connection::set_phase`] moves the open
+    /// WebSocket (if any) from the phase it leaves into them.
+    fn flushing(deadline: Instant) -> Phase {
+        Phase::Flushing { deadline, ws: None }
+    }
+
+    fn lingering(deadline: Instant) -> Phase {
+        Phase::Lingering { deadline, ws: None }
+    }
+
+    fn closed() -> Phase {
+        Phase::Closed(None)
+    }
+
+    /// The WebSocket, from the upgrade on.
+    fn ws(&self) -> Option<&Ws> {
+        match self {
+            Phase::Connected(ws) => Some(ws),
+            Phase::Flushing { ws, .. } | Phase::Lingering { ws, .. } | Phase::Closed(ws) => ws.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn ws_mut(&mut self) -> Option<&mut Ws> {
+        match self {
+            Phase::Connected(ws) => Some(ws),
+            Phase::Flushing { ws, .. } | Phase::Lingering { ws, .. } | Phase::Closed(ws) => ws.as_mut(),
+            _ => None,
+        }
+    }
+
+    /// Where a phase after `Connected` keeps the WebSocket it inherits.
+    fn inherited_ws(&mut self) -> Option<&mut Option<Ws>> {
+        match self {
+            Phase::Flushing { ws, .. } | Phase::Lingering { ws, .. } | Phase::Closed(ws) => Some(ws),
+            _ => None,
+        }
+    }
+
+    fn into_ws(self) -> Option<Ws> {
+        match self {
+            Phase::Connected(ws) => Some(ws),
+            Phase::Flushing { ws, .. } | Phase::Lingering { ws, .. } | Phase::Closed(ws) => ws,
+            _ => None,
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Phase::Unknown => "unknown",
@@ -278,12 +331,12 @@ impl Phase {
             Phase::Http { .. } => "handshaking",
             Phase::Answering { .. } => "handshaking",
             Phase::Sending(_) => "sending",
-            Phase::Connected => "connected",
+            Phase::Connected(_) => "connected",
             Phase::HandingOff { .. } => "handing-off",
             Phase::HandedOff { .. } => "handed-off",
             Phase::Flushing { .. } => "flushing",
             Phase::Lingering { .. } => "lingering",
-            Phase::Closed => "closed",
+            Phase::Closed(_) => "closed",
         }
     }
 }
@@ -311,8 +364,6 @@ pub struct Connection {
     peer_port: u16,
     accepted: Instant,
     phase: Phase,
-    /// Set from the upgrade on: kept through `Flushing` so the app can finish its own writes.
-    ws: Option<Ws>,
     rare: Option<Box<Rare>>,
     input: ReadBuf,
     out: OutQueue,
@@ -341,7 +392,6 @@ impl Connection {
             peer_port: peer.port(),
             accepted: now,
             phase: Phase::Unknown,
-            ws: None,
             rare: None,
             input: ReadBuf::default(),
             out: OutQueue::default(),
@@ -385,7 +435,7 @@ impl Connection {
 
     /// An open WebSocket (not closing).
     pub fn is_open(&self) -> bool {
-        matches!(self.phase, Phase::Connected) && self.ws.as_ref().is_some_and(|ws| !ws.endpoint.session().is_closing())
+        matches!(&self.phase, Phase::Connected(ws) if !ws.endpoint.session().is_closing())
     }
 
     pub fn traffic(&self) -> &Traffic {
@@ -394,7 +444,7 @@ impl Connection {
 
     /// The broker token its app holds.
     pub fn token(&self) -> Option<&str> {
-        self.ws.as_ref().and_then(|ws| ws.app.token())
+        self.phase.ws().and_then(|ws| ws.app.token())
     }
 
     /// Closes an open WebSocket with `code` (the admin API's disconnect).
@@ -433,10 +483,6 @@ impl Connection {
         self.rare.as_ref()?.pmd.as_ref()
     }
 
-    fn handoff_mut(&mut self) -> Option<&mut HandOffState> {
-        self.rare.as_mut()?.handoff.as_deref_mut()
-    }
-
     /// The client's socket, for the poller (`None` for an in-memory transport).
     pub fn source_mut(&mut self) -> Option<&mut dyn mio::event::Source> {
         self.transport.source_mut()
@@ -453,7 +499,7 @@ impl Connection {
     }
 
     fn is_closed(&self) -> bool {
-        matches!(self.phase, Phase::Closed)
+        matches!(self.phase, Phase::Closed(_))
     }
 
     /// Does all the I/O the readiness allows (after acting on passed deadlines, if `timer`),
@@ -474,11 +520,11 @@ impl Connection {
         self.readable |= ready.readable;
         self.writable |= ready.writable;
         if ready.app_readable || ready.app_writable {
-            if let Some(ws) = &mut self.ws {
+            if let Some(ws) = self.phase.ws_mut() {
                 ws.app.on_ready(ready.app_readable, ready.app_writable);
             }
-            if let Some(h) = self.handoff_mut() {
-                h.backend.on_ready(ready.app_readable, ready.app_writable);
+            if let Phase::HandingOff { handoff, .. } | Phase::HandedOff { handoff, .. } = &mut self.phase {
+                handoff.backend.on_ready(ready.app_readable, ready.app_writable);
             }
         }
         if let Phase::Unknown = self.phase {
@@ -539,7 +585,7 @@ impl Connection {
     /// The form in which this connection takes a frame published to it, for a payload of
     /// `payload_len` bytes.
     pub fn frame_form(&self, payload_len: usize) -> FrameForm {
-        let Some(ws) = self.ws.as_ref().filter(|_| self.is_open() && self.failing().is_none()) else {
+        let Some(ws) = self.phase.ws().filter(|_| self.is_open() && self.failing().is_none()) else {
             return FrameForm::Nothing;
         };
         if ws.endpoint.draft().is_some() {
@@ -556,10 +602,7 @@ impl Connection {
     /// Queues a frame published by someone else (already in this client's framing: RFC 6455,
     /// compressed or not, or legacy), under the route's backpressure policy.
     pub fn deliver(&mut self, now: Instant, pools: &mut Pools, frame: &SharedFrame) -> Delivered {
-        let open = matches!(self.phase, Phase::Connected)
-            && self.failing().is_none()
-            && self.ws.as_ref().is_some_and(|ws| !ws.endpoint.session().is_closing());
-        if !open {
+        if !self.is_open() || self.failing().is_some() {
             return Delivered::NotOpen;
         }
         if self.out.footprint() + frame.len() > self.limits.max_backpressure {
@@ -589,11 +632,8 @@ impl Connection {
         }
         self.input.release(pools);
         self.out.release(pools);
-        if let Some(ws) = &mut self.ws {
+        if let Some(ws) = self.phase.ws_mut() {
             ws.app.release(pools);
-        }
-        if let Some(h) = self.handoff_mut() {
-            h.backend.release(pools);
         }
         if let Some(rare) = &mut self.rare {
             rare.scratch.release(pools);
@@ -625,9 +665,15 @@ impl Connection {
         !self.out.is_empty() || self.transport.wants_write() || matches!(self.phase, Phase::Sending(_))
     }
 
-    fn set_phase(&mut self, phase: Phase) {
-        log::debug!("{} {} -> {}", self.peer(), self.phase.name(), phase.name());
-        self.phase = phase;
+    /// Moves to `next`, taking the old phase out: what the new one inherits (the open
+    /// WebSocket, into the phases after `Connected`) moves with it, the rest is dropped.
+    fn set_phase(&mut self, mut next: Phase) {
+        log::debug!("{} {} -> {}", self.peer(), self.phase.name(), next.name());
+        let old = std::mem::replace(&mut self.phase, Phase::Unknown);
+        if let Some(slot) = next.inherited_ws().filter(|slot| slot.is_none()) {
+            *slot = old.into_ws();
+        }
+        self.phase = next;
     }
 }
 

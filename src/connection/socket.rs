@@ -18,11 +18,9 @@ impl Connection {
         match &self.phase {
             Phase::Opening { .. } => true,
             Phase::Http { .. } => self.out.len() < self.limits.backpressure_high,
-            Phase::Connected => {
+            Phase::Connected(ws) => {
                 let high = self.limits.backpressure_high;
-                self.out.len() < high
-                    && self.failing().is_none()
-                    && self.ws.as_ref().is_some_and(|ws| ws.app.accepts_input(high))
+                self.out.len() < high && self.failing().is_none() && ws.app.accepts_input(high)
             }
             Phase::Lingering { .. } => true,
             _ => false,
@@ -32,11 +30,11 @@ impl Connection {
     pub(super) fn has_unprocessed_input(&self) -> bool {
         // Bytes left because processing was held back; bytes left because a frame is
         // incomplete wait for a read.
-        matches!(self.phase, Phase::Connected) && (self.input.has_held_input() || self.is_inflating())
+        matches!(self.phase, Phase::Connected(_)) && (self.input.has_held_input() || self.is_inflating())
     }
 
     pub(super) fn is_inflating(&self) -> bool {
-        self.ws.as_ref().is_some_and(|ws| ws.endpoint.is_inflating())
+        self.phase.ws().is_some_and(|ws| ws.endpoint.is_inflating())
     }
 
     /// One read; processes what arrived. Returns the bytes read.
@@ -138,7 +136,7 @@ impl Connection {
         let mut body_budget = BODY_BUDGET;
         while self.has_output() {
             if let Some(due) = self.out.pipe_due() {
-                let pipe = self.ws.as_mut().and_then(|ws| ws.app.pipe());
+                let pipe = self.phase.ws_mut().and_then(|ws| ws.app.pipe());
                 let Some(pipe) = pipe else {
                     return self.close(cx.now, cx.pools, End::Abort("spliced data without a pipe".into()));
                 };
@@ -232,7 +230,7 @@ impl Connection {
         if let (Phase::HandingOff { .. }, true) = (&self.phase, self.out.is_empty()) {
             self.hand_off(cx);
         }
-        let mid_message = self.ws.as_ref().is_some_and(|ws| !ws.endpoint.is_between_messages());
+        let mid_message = self.phase.ws().is_some_and(|ws| !ws.endpoint.is_between_messages());
         self.input.settle(cx.pools, read, mid_message);
         if let (Phase::Flushing { .. }, true) = (&self.phase, self.out.is_empty()) {
             // Our last message is out: TLS close_notify, then FIN, then wait for the peer's.
@@ -242,7 +240,7 @@ impl Connection {
             }
             if !self.transport.wants_write() {
                 match self.transport.shutdown_write() {
-                    Ok(()) => self.set_phase(Phase::Lingering { deadline: cx.now + self.limits.close_timeout }),
+                    Ok(()) => self.set_phase(Phase::lingering(cx.now + self.limits.close_timeout)),
                     Err(e) => self.close(cx.now, cx.pools, End::Io(e)),
                 }
             }
@@ -252,7 +250,7 @@ impl Connection {
         } else if self.stalled_since.is_none() {
             self.stalled_since = Some(cx.now);
         }
-        if matches!(self.phase, Phase::Connected) && self.out.len() > self.limits.max_queued {
+        if matches!(self.phase, Phase::Connected(_)) && self.out.len() > self.limits.max_queued {
             self.log.set_end("output queue over max_queued");
             self.close(cx.now, cx.pools, End::Fail { code: close::POLICY_VIOLATION, reason: "too much queued output" });
         }
@@ -261,7 +259,7 @@ impl Connection {
     pub(super) fn on_eof(&mut self, cx: &mut Ctx<'_>) {
         let why: &'static str = match &self.phase {
             Phase::Lingering { .. } => {
-                self.set_phase(Phase::Closed);
+                self.set_phase(Phase::closed());
                 return;
             }
             Phase::Http { .. } if !self.input.has_pending() && self.log.responses() > 0 => {
@@ -270,10 +268,8 @@ impl Connection {
             }
             Phase::Http { .. } if !self.input.has_pending() => "client closed without sending a request",
             Phase::Http { .. } => "client closed mid-request",
-            Phase::Connected if self.ws.as_ref().is_some_and(|ws| ws.endpoint.session().is_closing()) => {
-                "peer closed without answering close"
-            }
-            Phase::Connected => "peer closed without a close frame (1006)",
+            Phase::Connected(ws) if ws.endpoint.session().is_closing() => "peer closed without answering close",
+            Phase::Connected(_) => "peer closed without a close frame (1006)",
             _ => "peer closed",
         };
         self.close(cx.now, cx.pools, End::Abort(why.into()));
@@ -282,37 +278,31 @@ impl Connection {
     /// Direct mode, once the 101 is out: the socket (with the HELLO and any bytes read past
     /// the request) goes to the backend, and this connection ends without touching it.
     pub(super) fn hand_off(&mut self, cx: &mut Ctx<'_>) {
-        let Some(mut h) = self.rare.as_mut().and_then(|r| r.handoff.take()) else {
-            return self.close(cx.now, cx.pools, End::Abort("nothing to hand off".into()));
-        };
+        let Phase::HandingOff { handoff: h, .. } = &mut self.phase else { return };
         h.hello.extend_from_slice(self.input.pending());
         self.input.discard();
-        let fd = match self.transport.fd() {
-            Ok(fd) => std::os::fd::AsRawFd::as_raw_fd(&fd),
-            Err(e) => {
-                self.rare.get_or_insert_with(Box::default).handoff = Some(h);
-                return self.close(cx.now, cx.pools, End::Io(e));
+        let handed = match self.transport.fd() {
+            Ok(fd) => {
+                let hello = std::mem::take(&mut h.hello);
+                h.backend.hand_off(cx.pools, std::os::fd::AsRawFd::as_raw_fd(&fd), &hello)
             }
+            Err(e) => Err(e),
         };
-        let hello = std::mem::take(&mut h.hello);
-        match h.backend.hand_off(cx.pools, fd, &hello) {
-            Ok(HandOff::Done) => {
-                self.rare.get_or_insert_with(Box::default).handoff = Some(h);
-                self.close(cx.now, cx.pools, End::HandedOff)
-            }
-            Ok(HandOff::Pending) => {
-                // The rest of the HELLO goes when the backend reads; the client's socket is
-                // the backend's now and is not read or written again.
-                let deadline = cx.now + self.limits.write_timeout;
-                let fd = h.backend.link_fd();
-                cx.actions.push(Action::Register { fd, interest: mio::Interest::WRITABLE });
-                self.rare.get_or_insert_with(Box::default).handoff = Some(h);
-                self.set_phase(Phase::HandedOff { deadline });
-            }
-            Err(e) => {
-                self.rare.get_or_insert_with(Box::default).handoff = Some(h);
-                self.close(cx.now, cx.pools, End::HandOffFailed(e))
-            }
+        if let Ok(HandOff::Pending) = handed {
+            // The rest of the HELLO goes when the backend reads; the client's socket is the
+            // backend's now and is not read or written again.
+            cx.actions.push(Action::Register { fd: h.backend.link_fd(), interest: mio::Interest::WRITABLE });
+            let deadline = cx.now + self.limits.write_timeout;
+            let Phase::HandingOff { handoff, .. } = std::mem::replace(&mut self.phase, Phase::closed()) else {
+                unreachable!("matched above")
+            };
+            log::debug!("{} handing-off -> handed-off", self.peer());
+            self.phase = Phase::HandedOff { deadline, handoff };
+            return;
+        }
+        match handed {
+            Ok(_) => self.close(cx.now, cx.pools, End::HandedOff),
+            Err(e) => self.close(cx.now, cx.pools, End::HandOffFailed(e)),
         }
     }
 }

@@ -14,16 +14,15 @@ impl Connection {
             Phase::Opening { deadline }
             | Phase::Http { deadline }
             | Phase::Answering { deadline }
-            | Phase::HandingOff { deadline }
-            | Phase::HandedOff { deadline }
-            | Phase::Flushing { deadline }
-            | Phase::Lingering { deadline } => Some(*deadline),
-            Phase::Connected => match self.ws.as_ref() {
-                Some(_) if self.failing().is_some() => self.failing().map(|f| f.2 + self.limits.close_timeout),
-                Some(ws) => ws.endpoint.session().deadline(&self.timing()),
-                None => None,
+            | Phase::HandingOff { deadline, .. }
+            | Phase::HandedOff { deadline, .. }
+            | Phase::Flushing { deadline, .. }
+            | Phase::Lingering { deadline, .. } => Some(*deadline),
+            Phase::Connected(ws) => match self.failing() {
+                Some(&(_, _, since)) => Some(since + self.limits.close_timeout),
+                None => ws.endpoint.session().deadline(&self.timing()),
             },
-            Phase::Sending(_) | Phase::Closed => None,
+            Phase::Sending(_) | Phase::Closed(_) => None,
         };
         let stall = self.stalled_since.map(|t| t + self.limits.write_timeout);
         match (phase, stall) {
@@ -57,7 +56,7 @@ impl Connection {
             }
             Phase::HandingOff { .. } if passed => Some(End::Abort("101 not accepted in time for the hand-off".into())),
             Phase::HandedOff { .. } if passed => Some(End::Abort("backend did not take the hand-off in time".into())),
-            Phase::Connected => self.ws_timer(now),
+            Phase::Connected(_) => self.ws_timer(now),
             _ => None,
         };
         if matches!(&end, Some(End::Close { reason, .. }) if reason == crate::ws::session::PING_TIMEOUT) {
@@ -78,7 +77,7 @@ impl Connection {
             return Some(End::Fail { code, reason });
         }
         let timing = self.timing();
-        let ws = self.ws.as_mut()?;
+        let ws = self.phase.ws_mut()?;
         match ws.endpoint.session_mut().on_timer(now, &timing)? {
             Due::Ping => {
                 // Pings ride the urgent lane: a peer slow to read still gets them promptly.
@@ -94,7 +93,7 @@ impl Connection {
     pub(super) fn timing(&self) -> Timing {
         let l = &self.limits;
         // The legacy drafts have no pings: a legacy client is held by idle_timeout alone.
-        let legacy = self.ws.as_ref().is_some_and(|ws| ws.endpoint.draft().is_some());
+        let legacy = self.phase.ws().is_some_and(|ws| ws.endpoint.draft().is_some());
         Timing {
             idle_timeout: l.idle_timeout,
             ping_interval: if legacy { std::time::Duration::ZERO } else { l.ping_interval },
