@@ -32,7 +32,7 @@ const INITIAL_TAIL: u64 = 256 << 10;
 
 /// The feed (topic) a file's lines are published to.
 pub fn feed_name(path: &Path) -> String {
-    format!("{}log:{}", crate::apps::FEED_PREFIX, path.display())
+    format!("{}log:{}", crate::pubsub::FEED_PREFIX, path.display())
 }
 
 struct Tail {

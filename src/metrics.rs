@@ -10,7 +10,14 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
-use crate::apps::Traffic;
+/// Counters the access line reports.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Traffic {
+    pub msgs_in: u64,
+    pub bytes_in: u64,
+    pub msgs_out: u64,
+    pub bytes_out: u64,
+}
 
 /// Counters kept by the loop.
 #[derive(Debug, Default, Clone)]

@@ -34,6 +34,33 @@ struct Sub {
     next: u32,
 }
 
+/// Topics whose names start with this are the server's own feeds (the log viewer's files, the
+/// dashboard): apps and backends can neither subscribe nor publish to them by name.
+pub const FEED_PREFIX: char = '\0';
+
+/// A route's pub/sub policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Topics a client may subscribe to (and publish to).
+    pub topics: Vec<glob::Pattern>,
+    pub client_publish: bool,
+    pub max_subscriptions: usize,
+    pub max_topic_length: usize,
+    pub exclude_sender: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            topics: vec![glob::Pattern::new("*").expect("a valid glob")],
+            client_publish: true,
+            max_subscriptions: 64,
+            max_topic_length: 128,
+            exclude_sender: false,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Topics {
     by_name: HashMap<Rc<str>, TopicId>,

@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::apps::pubsub::Policy as PubSubPolicy;
 use crate::backend::BackendSpec;
 use crate::limits::Limits;
+use crate::pubsub::Policy as PubSubPolicy;
 use crate::ws::handshake::Policy;
 use crate::ws::message::MessageLimits;
 

@@ -202,7 +202,7 @@ impl<'a> Facts<'a> {
     fn snapshot(&self, total: &Figures, fds: bool) -> Snapshot<'a> {
         let now = self.now;
         // A route reloaded unchanged (or changed and changed back) is one series, not two.
-        let mut routes: Vec<(&str, &'static str, u64, crate::apps::Traffic)> = Vec::new();
+        let mut routes: Vec<(&str, &'static str, u64, crate::metrics::Traffic)> = Vec::new();
         for (i, r) in self.routes.iter().enumerate() {
             let (open, traffic) = total.routes.get(i).copied().unwrap_or_default();
             match routes.iter_mut().find(|(p, a, _, _)| *p == &*r.path && *a == r.app.name()) {

@@ -61,10 +61,6 @@ pub enum Action {
     Admin(Box<crate::admin::Request>),
 }
 
-/// Topics whose names start with this are the server's own feeds (the log viewer's files, the
-/// dashboard): apps and backends can neither subscribe nor publish to them by name.
-pub const FEED_PREFIX: char = '\0';
-
 /// A received message's payload (the endpoint's): borrowed, or owned when large.
 pub use crate::ws::endpoint::Payload;
 
@@ -95,14 +91,8 @@ pub enum AppIo {
     Read(usize),
 }
 
-/// Counters the access line reports.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Traffic {
-    pub msgs_in: u64,
-    pub bytes_in: u64,
-    pub msgs_out: u64,
-    pub bytes_out: u64,
-}
+pub use crate::metrics::Traffic;
+pub use crate::pubsub::FEED_PREFIX;
 
 /// What an app may use during one call.
 pub struct AppCtx<'a> {

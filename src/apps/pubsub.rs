@@ -30,28 +30,7 @@ use crate::ws::message::MessageKind;
 /// Consecutive refused requests after which the client is closed (1008).
 pub const MAX_ERRORS_IN_A_ROW: u32 = 10;
 
-/// A route's pub/sub policy.
-#[derive(Debug, Clone)]
-pub struct Policy {
-    /// Topics a client may subscribe to (and publish to).
-    pub topics: Vec<glob::Pattern>,
-    pub client_publish: bool,
-    pub max_subscriptions: usize,
-    pub max_topic_length: usize,
-    pub exclude_sender: bool,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            topics: vec![glob::Pattern::new("*").expect("a valid glob")],
-            client_publish: true,
-            max_subscriptions: 64,
-            max_topic_length: 128,
-            exclude_sender: false,
-        }
-    }
-}
+pub use crate::pubsub::Policy;
 
 pub struct PubSub {
     policy: Arc<Policy>,

@@ -15,6 +15,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::sys::files::is_plain_name;
 use crate::ws::message::MessageKind;
 
 /// How messages travel on the backend connection.
@@ -136,15 +137,6 @@ impl ResolveError {
             ResolveError::Missing => "no such backend",
         }
     }
-}
-
-/// A name that can only ever denote an entry of the directory itself: no separators, no dot
-/// segments, no percent-encoding (it is never decoded), no control characters.
-pub fn is_plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// The socket a request goes to, and (when the subprotocol named it) the subprotocol to accept.

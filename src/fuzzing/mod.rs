@@ -589,7 +589,7 @@ pub fn static_path(data: &[u8]) {
     for component in wanted.rel.components() {
         let Component::Normal(name) = component else { panic!("{path:?} -> {wanted:?}: {component:?}") };
         let name = name.to_str().expect("decoded names are UTF-8");
-        assert!(crate::backend::is_plain_name(name), "{path:?} -> {name:?}");
+        assert!(crate::sys::files::is_plain_name(name), "{path:?} -> {name:?}");
     }
 }
 

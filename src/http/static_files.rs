@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use super::request::Request;
 use super::response::{push_header, push_status_line};
-use crate::backend::is_plain_name;
+use crate::sys::files::is_plain_name;
 
 /// What a route with `static = DIR` serves from: the directory, open for the route's life.
 #[derive(Debug)]

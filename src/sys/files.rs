@@ -6,6 +6,15 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+/// A name that can only ever denote an entry of the directory itself: no separators, no dot
+/// segments, no percent-encoding (it is never decoded), no control characters.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// Opens `rel` (a relative path) for reading, beneath the directory `dir`: `..`, absolute
 /// symlinks and symlinks leading out of it fail (`EXDEV`), whatever a component resolves to;
 /// symlinks that stay inside are followed. `O_NONBLOCK`, so a FIFO put there cannot stall
