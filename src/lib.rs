@@ -13,7 +13,8 @@
 //! - [`apps`]: what serves an open WebSocket (echo, chat, pubsub, broker, logview, dashboard,
 //!   backend) behind one trait; [`broker`]: the token broker's index and token lists;
 //!   [`logview`]: following log files for the log viewers;
-//! - [`transport`]: plain TCP or TLS (rustls, driven by hand) behind one interface;
+//! - [`transport`]: plain TCP or TLS (rustls, driven by hand) behind one interface, or an
+//!   in-memory stream for the fuzzer; [`io_step`]: the one reading of an I/O call's result;
 //!   [`tls`]: certificates, SNI and the rustls configuration;
 //! - [`http`]: request heads, responses and static files; [`ws`]: the RFC 6455 protocol core
 //!   (frames, masking, UTF-8, messages, close, handshake, permessage-deflate, the hixie
@@ -31,7 +32,11 @@
 //!   types it builds live with the modules that use them), the embedded default;
 //! - [`sys`]: the system calls std does not wrap (splice, fd passing, privileges, rlimit,
 //!   memory, openat2 and sendfile), the only place with `unsafe` besides the SIMD unmask;
-//! - `fuzzing` (hidden): the fuzz targets' entry points.
+//! - `fuzzing` (hidden): the fuzz targets' entry points, a whole connection among them.
+//!
+//! The modules form layers, with no import circle: `sys`, `buffer`, `ws`, `http`, `backend`,
+//! `pubsub`, `metrics` and `route` below `apps`, `admin` and `logview`, and `connection` and
+//! `server` on top.
 
 #![deny(unsafe_code)]
 
