@@ -354,8 +354,11 @@ fn check_topic(t: &str) -> Result<(), Reply> {
     Ok(())
 }
 
+/// The codes the disconnect command may close with: those that say why a server ends a
+/// connection, and the registered and private ranges.
 fn sendable_close_code(code: u16) -> bool {
-    matches!(code, 1000 | 1001 | 1008 | 1011 | 3000..=4999)
+    use crate::ws::close::{GOING_AWAY, INTERNAL_ERROR, NORMAL, POLICY_VIOLATION};
+    matches!(code, NORMAL | GOING_AWAY | POLICY_VIOLATION | INTERNAL_ERROR | 3000..=4999)
 }
 
 fn data(body: &Body<'_>) -> Result<Data, Reply> {
