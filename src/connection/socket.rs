@@ -79,7 +79,7 @@ impl Connection {
             IoStep::Retry => 0,
             IoStep::Failed(e) => {
                 self.readable = false;
-                match self.transport.not_tls() {
+                match self.transport.take_not_tls() {
                     Some(why) => self.not_tls(cx, why),
                     None => self.close(cx.now, cx.pools, End::Io(e)),
                 }

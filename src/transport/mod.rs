@@ -133,10 +133,11 @@ impl Transport {
         }
     }
 
-    /// Why the last read failed, when it failed because the client does not speak TLS.
-    pub fn not_tls(&self) -> Option<NotTls> {
+    /// Why the last read failed, when it failed because the client does not speak TLS; said
+    /// once, so a later failure of the same socket is an I/O error again.
+    pub fn take_not_tls(&mut self) -> Option<NotTls> {
         match self {
-            Transport::Tls(t) => t.not_tls,
+            Transport::Tls(t) => t.not_tls.take(),
             _ => None,
         }
     }
@@ -172,7 +173,7 @@ impl Transport {
 
     /// Reads plaintext. `Ok(0)` is the end of the stream (FIN, or TLS close_notify).
     /// A TLS error is `InvalidData`; so is a client that does not speak TLS at all, and
-    /// then [`Transport::not_tls`] says which way.
+    /// then [`Transport::take_not_tls`] says which way.
     pub fn read(&mut self, buf: &mut [u8], pools: &mut Pools) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => s.read(buf),
