@@ -213,7 +213,23 @@ impl OutQueue {
         if !fits {
             self.chunks.push_back(Chunk { bytes: Bytes::Owned(pools.take_chunk()), role });
         }
-        self.chunks.back_mut().and_then(Chunk::coalescing).expect("a pooled chunk was just ensured")
+        match self.chunks.back_mut().map(|c| &mut c.bytes) {
+            Some(Bytes::Owned(v)) => v,
+            // Unreachable: a coalescing chunk is last, found or just pushed.
+            _ => unreachable!("a pooled chunk was just ensured"),
+        }
+    }
+
+    /// Queues one small frame, its header and payload copied into the tail chunk: the echo
+    /// and small-message path (no parts list, one unit).
+    #[inline]
+    pub fn push_small_frame(&mut self, pools: &mut Pools, head: &[u8], payload: &[u8]) {
+        let total = head.len() + payload.len();
+        debug_assert!(total <= CHUNK_SIZE);
+        let tail = self.tail(pools, total, Role::Frames);
+        tail.extend_from_slice(head);
+        tail.extend_from_slice(payload);
+        self.count(total);
     }
 
     fn count(&mut self, n: usize) {

@@ -88,13 +88,18 @@ impl OutQueue {
     /// Queues one frame (a fragment when `fin` is false), copying the payload once.
     #[inline]
     pub fn push_frame_fin(&mut self, pools: &mut Pools, opcode: Opcode, fin: bool, payload: &[u8]) {
+        if payload.len() < 126 {
+            // The common small message: a two-byte header (§5.2), built in place.
+            let head = [(u8::from(fin) << 7) | opcode as u8, payload.len() as u8];
+            return self.push_small_frame(pools, &head, payload);
+        }
         let mut head = [0u8; MAX_HEADER_LEN];
         let n = encode_header(&mut head, fin, opcode, payload.len(), None);
         if payload.len() >= OWN_CHUNK_MIN {
             self.push_parts(pools, &[&head[..n]]);
             self.push_owned_continuation(payload.to_vec());
         } else {
-            self.push_parts(pools, &[&head[..n], payload]);
+            self.push_small_frame(pools, &head[..n], payload);
         }
     }
 

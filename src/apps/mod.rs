@@ -121,6 +121,7 @@ pub struct AppCtx<'a> {
 
 impl AppCtx<'_> {
     /// Sends one message to this client.
+    #[inline]
     pub fn send(&mut self, kind: MessageKind, payload: &[u8]) {
         match self.pmd.as_deref_mut().and_then(|pmd| pmd.compress(self.codecs, payload)) {
             Some(compressed) => self.out.push_compressed_frame(self.pools, kind.opcode(), compressed),
@@ -139,6 +140,7 @@ impl AppCtx<'_> {
         self.count_out(len);
     }
 
+    #[inline]
     pub fn count_out(&mut self, bytes: usize) {
         self.traffic.msgs_out += 1;
         self.traffic.bytes_out += bytes as u64;

@@ -32,6 +32,34 @@ pub fn unmask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     unmask_blocks(buf, key)
 }
 
+/// Unmasks like [`unmask`] from payload position 0, and says whether every unmasked byte is
+/// ASCII: a text payload that is needs no UTF-8 validation, and the check rides on the pass
+/// that brings the bytes into registers anyway (most small text messages are ASCII).
+#[inline(always)]
+pub fn unmask_ascii(buf: &mut [u8], key: [u8; 4]) -> bool {
+    if buf.len() < BLOCK {
+        unmask_tail_ascii(buf, key)
+    } else {
+        unmask_blocks_ascii_dispatch(buf, key)
+    }
+}
+
+#[inline(never)]
+fn unmask_blocks_ascii_dispatch(buf: &mut [u8], key: [u8; 4]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU reports AVX-512F, the only feature the function is compiled for.
+            return unsafe { unmask_ascii_avx512(buf, key) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU reports AVX2, the only feature the function is compiled for.
+            return unsafe { unmask_ascii_avx2(buf, key) };
+        }
+    }
+    unmask_blocks_ascii(buf, key)
+}
+
 /// The reference: one byte at a time. The fast path is tested against it.
 pub fn unmask_naive(buf: &mut [u8], key: [u8; 4], offset: usize) {
     for (i, byte) in buf.iter_mut().enumerate() {
@@ -65,6 +93,54 @@ fn unmask_blocks(buf: &mut [u8], key: [u8; 4]) {
 }
 
 #[inline(always)]
+fn unmask_blocks_ascii(buf: &mut [u8], key: [u8; 4]) -> bool {
+    let mut wide = [0u8; BLOCK];
+    for (i, b) in wide.iter_mut().enumerate() {
+        *b = key[i % 4];
+    }
+    let mut high = [0u8; BLOCK];
+    let mut blocks = buf.chunks_exact_mut(BLOCK);
+    for block in &mut blocks {
+        for ((b, k), h) in block.iter_mut().zip(wide.iter()).zip(high.iter_mut()) {
+            *b ^= *k;
+            *h |= *b;
+        }
+    }
+    let tail_ascii = unmask_tail_ascii(blocks.into_remainder(), key);
+    tail_ascii && high.iter().fold(0, |acc, h| acc | h) < 0x80
+}
+
+/// Eight bytes at a time (a short message is two or three words), then the last few.
+#[inline(always)]
+fn unmask_tail_ascii(buf: &mut [u8], key: [u8; 4]) -> bool {
+    let k4 = u32::from_ne_bytes(key);
+    let k8 = u64::from(k4) | (u64::from(k4) << 32);
+    let mut high = 0u64;
+    let mut words = buf.chunks_exact_mut(8);
+    for w in &mut words {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(w);
+        let v = u64::from_ne_bytes(word) ^ k8;
+        high |= v;
+        w.copy_from_slice(&v.to_ne_bytes());
+    }
+    // 8 is a multiple of 4: the rest starts at key phase 0.
+    let mut rest = words.into_remainder();
+    if rest.len() >= 4 {
+        let (w, more) = rest.split_at_mut(4);
+        let v = u32::from_ne_bytes([w[0], w[1], w[2], w[3]]) ^ k4;
+        high |= u64::from(v);
+        w.copy_from_slice(&v.to_ne_bytes());
+        rest = more;
+    }
+    for (b, k) in rest.iter_mut().zip(key) {
+        *b ^= k;
+        high |= u64::from(*b);
+    }
+    high & 0x8080_8080_8080_8080 == 0
+}
+
+#[inline(always)]
 fn unmask_tail(buf: &mut [u8], key: [u8; 4]) {
     let mut words = buf.chunks_exact_mut(4);
     let k = u32::from_ne_bytes(key);
@@ -89,6 +165,18 @@ unsafe fn unmask_avx512(buf: &mut [u8], key: [u8; 4]) {
     unmask_blocks(buf, key)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn unmask_ascii_avx2(buf: &mut [u8], key: [u8; 4]) -> bool {
+    unmask_blocks_ascii(buf, key)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn unmask_ascii_avx512(buf: &mut [u8], key: [u8; 4]) -> bool {
+    unmask_blocks_ascii(buf, key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +193,37 @@ mod tests {
                     unmask(&mut fast[align..align + len], key, offset);
                     unmask_naive(&mut naive[align..align + len], key, offset);
                     assert_eq!(fast, naive, "len {len} align {align} offset {offset}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unmask_ascii_matches_naive_and_finds_every_high_byte() {
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        for len in 0..=200 {
+            for align in 0..9 {
+                let plain: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+                let mut masked = vec![0u8; align];
+                masked.extend_from_slice(&plain);
+                unmask_naive(&mut masked[align..], key, 0);
+                let mut got = masked.clone();
+                assert!(unmask_ascii(&mut got[align..], key), "len {len} align {align}");
+                assert_eq!(&got[align..], &plain[..]);
+                let mut portable = masked.clone();
+                assert!(unmask_blocks_ascii(&mut portable[align..], key));
+                assert_eq!(portable, got);
+                // One byte with its high bit set, anywhere, is found.
+                for at in 0..len {
+                    let mut one = plain.clone();
+                    one[at] = 0xc3;
+                    let mut m = vec![0u8; align];
+                    m.extend_from_slice(&one);
+                    unmask_naive(&mut m[align..], key, 0);
+                    let mut portable = m.clone();
+                    assert!(!unmask_ascii(&mut m[align..], key), "len {len} align {align} at {at}");
+                    assert_eq!(&m[align..], &one[..]);
+                    assert!(!unmask_blocks_ascii(&mut portable[align..], key));
                 }
             }
         }

@@ -13,7 +13,7 @@
 
 use super::close::{parse_close_payload, CloseFrame};
 use super::frame::{parse_header, FrameLimits, Header, Opcode};
-use super::mask::unmask;
+use super::mask::{unmask, unmask_ascii};
 use super::utf8::Utf8Validator;
 use super::ProtocolError;
 
@@ -34,6 +34,7 @@ impl Default for MessageLimits {
 
 /// Whether a data message is text (UTF-8 validated) or binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
 pub enum MessageKind {
     Text,
     Binary,
@@ -193,11 +194,18 @@ impl Decoder {
                 if whole && buf.len() >= frame_end {
                     // Fast path: the whole frame is here; hand out its payload in place.
                     let frame = &mut buf[header_len..frame_end];
-                    if let Some(key) = header.mask {
-                        unmask(frame, key, 0);
-                    }
+                    let text = header.opcode == Opcode::Text && !compressed;
+                    let ascii = match header.mask {
+                        Some(key) if text => unmask_ascii(frame, key),
+                        Some(key) => {
+                            unmask(frame, key, 0);
+                            false
+                        }
+                        None => false,
+                    };
                     let event = match data_kind(header.opcode) {
                         Some(kind) if compressed => Event::Compressed(kind, frame),
+                        Some(MessageKind::Text) if ascii => Event::Message(MessageKind::Text, frame),
                         _ => complete_in_place(header.opcode, frame)?,
                     };
                     return Ok((Some(event), frame_end));
