@@ -59,6 +59,7 @@ pub mod metrics;
 pub mod pubsub;
 pub mod route;
 pub mod server;
+pub mod stamp;
 // Every `unsafe` block of the crate is in `sys` (and the SIMD unmask in `ws::mask`), each with
 // a `// SAFETY:` comment; elsewhere `unsafe` does not compile.
 #[allow(unsafe_code)]

@@ -54,6 +54,28 @@ pub struct Config {
 
 /// Most workers: a worker's index lives in 8 bits of every connection id.
 pub const MAX_WORKERS: usize = 256;
+/// The longest timeout: a connection keeps its deadlines as 32-bit millisecond stamps
+/// ([`crate::stamp`]), exact within 24 days of now.
+pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20 * 86_400);
+
+/// The first of `l`'s connection timeouts longer than [`MAX_TIMEOUT`], by its key.
+fn too_long_timeout(l: &Limits) -> Option<&'static str> {
+    [
+        ("handshake_timeout", l.handshake_timeout),
+        ("tls_handshake_timeout", l.tls_handshake_timeout),
+        ("idle_timeout", l.idle_timeout),
+        ("ping_interval", l.ping_interval),
+        ("pong_timeout", l.pong_timeout),
+        ("close_timeout", l.close_timeout),
+        ("write_timeout", l.write_timeout),
+    ]
+    .into_iter()
+    .find(|(_, d)| *d > MAX_TIMEOUT)
+    .map(|(key, _)| key)
+}
+
+/// The largest `max_connections` (per worker): the loop's timers keep a slab key in 24 bits.
+pub const MAX_CONNECTIONS: usize = (1 << 24) - 1024;
 
 /// How accepted connections are spread over the workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,6 +343,11 @@ which cannot work on TLS listener {} (use raw, lines or framed there)",
         if self.max_connections == 0 {
             return err("server.max_connections: must be at least 1".into());
         }
+        if self.max_connections > MAX_CONNECTIONS {
+            return err(format!(
+                "server.max_connections: at most {MAX_CONNECTIONS} (per worker, the timers' key space)"
+            ));
+        }
         if !(1..=MAX_WORKERS).contains(&self.workers) {
             return err(format!("server.workers: must be 1..={MAX_WORKERS} (or \"auto\")"));
         }
@@ -365,9 +392,15 @@ set require_key = true or an origins list",
         if l.handshake_timeout.is_zero() {
             return err("limits.handshake_timeout: must be more than zero (it guards against slowloris)".into());
         }
+        if let Some(key) = too_long_timeout(l) {
+            return err(format!("limits.{key}: at most {} days", MAX_TIMEOUT.as_secs() / 86_400));
+        }
         for r in &self.routes {
             let l = &r.limits;
             let at = |key: &str| format!("route {:?}: {key}", r.path);
+            if let Some(key) = too_long_timeout(l) {
+                return err(at(&format!("{key}: at most {} days", MAX_TIMEOUT.as_secs() / 86_400)));
+            }
             if l.max_message_size == 0 || l.max_frame_size == 0 {
                 return err(at("max_message_size / max_frame_size: must be more than zero"));
             }

@@ -77,6 +77,9 @@ fn errors_name_the_key_and_line() {
         ("[[route]]\npath = \"x\"\napp = \"echo\"\n", "route.path", "line 1"),
         ("[limits]\nhandshake_timeout = 0\n", "handshake_timeout", ""),
         ("[limits]\nmax_head_size = \"1MiB\"\n", "max_head_size", ""),
+        ("[limits]\nidle_timeout = \"720h\"\n", "idle_timeout: at most 20 days", ""),
+        ("[[route]]\npath = \"/x\"\napp = \"echo\"\nwrite_timeout = \"600h\"\n", "write_timeout: at most", ""),
+        ("[server]\nmax_connections = 20000000\n", "max_connections: at most", ""),
         ("[[route]]\npath = \"/x\"\napp = \"echo\"\nbogus = 1\n", "bogus", "line"),
     ];
     for (text, key, line) in cases {

@@ -22,6 +22,7 @@ use crate::http::request::{parse_request, HeadLimits, Request, MAX_HEADERS};
 use crate::http::response::Response;
 use crate::http::static_files::{self, Answer, StaticDir};
 use crate::route::{AppKind, Route};
+use crate::stamp::Stamp;
 use crate::ws::deflate::PerMessage;
 use crate::ws::endpoint::Endpoint;
 use crate::ws::extensions::{Agreed, Compression};
@@ -114,7 +115,7 @@ impl Connection {
         };
         let request = admin::Request::new(req, body);
         self.input.consume(head_len + length);
-        self.set_phase(Phase::Answering { deadline: cx.now + cx.limits.handshake_timeout });
+        self.set_phase(Phase::Answering { deadline: Stamp::at(cx.now + cx.limits.handshake_timeout) });
         cx.actions.push(Action::Admin(Box::new(request)));
         false
     }
@@ -284,7 +285,7 @@ impl Connection {
                         false
                     }
                     None if keep_alive => {
-                        self.set_phase(Phase::Http { deadline: cx.now + cx.limits.handshake_timeout });
+                        self.set_phase(Phase::Http { deadline: Stamp::at(cx.now + cx.limits.handshake_timeout) });
                         true
                     }
                     None => {
@@ -448,7 +449,7 @@ impl Connection {
                 self.log.set_status(101);
                 let handoff =
                     Box::new(HandOffState { backend: Box::new(backend), hello: framed::hello_record(&hello) });
-                self.set_phase(Phase::HandingOff { deadline: cx.now + route.limits.write_timeout, handoff });
+                self.set_phase(Phase::HandingOff { deadline: Stamp::at(cx.now + route.limits.write_timeout), handoff });
                 false
             }
             Framing::Framed => {
@@ -482,7 +483,7 @@ impl Connection {
         self.out.push_bytes(cx.pools, &bytes);
         self.log.set_status(response.status);
         if response.keep_alive {
-            self.set_phase(Phase::Http { deadline: cx.now + cx.limits.handshake_timeout });
+            self.set_phase(Phase::Http { deadline: Stamp::at(cx.now + cx.limits.handshake_timeout) });
             true
         } else {
             self.close(cx.now, cx.pools, End::Answered);

@@ -53,6 +53,7 @@ use crate::limits::{Limits, OnBackpressure};
 use crate::metrics::Metrics;
 use crate::pubsub::Topics;
 use crate::route::Routes;
+use crate::stamp::Stamp;
 use crate::transport::Transport;
 use crate::ws::deflate::{PerMessage, SharedCodecs};
 use crate::ws::endpoint::Endpoint;
@@ -233,17 +234,17 @@ enum Phase {
     Unknown,
     /// The TLS handshake (TLS listeners only).
     Opening {
-        deadline: Instant,
+        deadline: Stamp,
     },
     /// Reading request heads (one, or several with keep-alive).
     Http {
-        deadline: Instant,
+        deadline: Stamp,
     },
     /// Admin listener: a request is with the loop, which answers it ([`Connection::answer`])
     /// right after this drive, or once every worker concerned has given its part; nothing
     /// more is read until then. Past the deadline the client gets a 503.
     Answering {
-        deadline: Instant,
+        deadline: Stamp,
     },
     /// A static file's body is being sent (after its head); then the next request, or the
     /// end. No deadline of its own: `write_timeout` ends a client that stops reading.
@@ -252,25 +253,25 @@ enum Phase {
     Connected(Ws),
     /// Direct mode: the 101 is being written; then the socket goes to the backend.
     HandingOff {
-        deadline: Instant,
+        deadline: Stamp,
         handoff: Box<HandOffState>,
     },
     /// Direct mode: the socket went; the rest of the HELLO is being written to the backend.
     HandedOff {
-        deadline: Instant,
+        deadline: Stamp,
         handoff: Box<HandOffState>,
     },
     /// The last bytes (an error response, a close frame) are being written; then FIN.
     /// `ws`: the WebSocket's, kept so the app can finish its own writes (a splice).
     Flushing {
-        deadline: Instant,
+        deadline: Stamp,
         ws: Option<Ws>,
     },
     /// FIN sent; reading and discarding until the peer's FIN, so our last bytes are not
     /// destroyed by a reset. `ws` (and in `Closed`) waits for [`Connection::depart`] to give
     /// the app's buffers back.
     Lingering {
-        deadline: Instant,
+        deadline: Stamp,
         ws: Option<Ws>,
     },
     Closed(Option<Ws>),
@@ -280,11 +281,11 @@ impl Phase {
     /// The phases after `Connected`, built empty: [`Connection::set_phase`] moves the open
     /// WebSocket (if any) from the phase it leaves into them.
     fn flushing(deadline: Instant) -> Phase {
-        Phase::Flushing { deadline, ws: None }
+        Phase::Flushing { deadline: Stamp::at(deadline), ws: None }
     }
 
     fn lingering(deadline: Instant) -> Phase {
-        Phase::Lingering { deadline, ws: None }
+        Phase::Lingering { deadline: Stamp::at(deadline), ws: None }
     }
 
     fn closed() -> Phase {
@@ -370,7 +371,7 @@ pub struct Connection {
     readable: bool,
     writable: bool,
     /// Since when queued output has made no progress.
-    stalled_since: Option<Instant>,
+    stalled_since: Option<Stamp>,
     /// Limits in force: the server's until a route is chosen, then the route's.
     limits: Arc<Limits>,
     log: AccessLog,
@@ -457,7 +458,7 @@ impl Connection {
     /// connection goes on (the next request, if one is already buffered).
     pub fn answer(&mut self, cx: &mut Ctx<'_>, reply: &Reply, keep_alive: bool, head_only: bool) -> Turn {
         if matches!(self.phase, Phase::Answering { .. }) {
-            self.set_phase(Phase::Http { deadline: cx.now + cx.limits.handshake_timeout });
+            self.set_phase(Phase::Http { deadline: Stamp::at(cx.now + cx.limits.handshake_timeout) });
             self.send_reply(cx, reply, keep_alive, head_only);
             if self.input.has_pending() {
                 self.process_input(cx);
@@ -512,7 +513,7 @@ impl Connection {
             self.start_drain(cx);
         }
         let progress = self.run(cx, ready);
-        let deadline = if progress == Progress::Closed { None } else { self.deadline() };
+        let deadline = if progress == Progress::Closed { None } else { self.deadline(cx.now) };
         Turn { progress, deadline }
     }
 
@@ -529,9 +530,9 @@ impl Connection {
         }
         if let Phase::Unknown = self.phase {
             let next = if self.transport.is_tls() {
-                Phase::Opening { deadline: self.accepted + cx.limits.tls_handshake_timeout }
+                Phase::Opening { deadline: Stamp::at(self.accepted + cx.limits.tls_handshake_timeout) }
             } else {
-                Phase::Http { deadline: self.accepted + cx.limits.handshake_timeout }
+                Phase::Http { deadline: Stamp::at(self.accepted + cx.limits.handshake_timeout) }
             };
             self.set_phase(next);
         }

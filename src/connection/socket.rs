@@ -10,6 +10,7 @@ use crate::apps::backend::HandOff;
 use crate::apps::Action;
 use crate::http::static_files::TLS_CHUNK;
 use crate::io_step::IoStep;
+use crate::stamp::Stamp;
 use crate::transport::NotTls;
 use crate::ws::close;
 
@@ -91,7 +92,7 @@ impl Connection {
     /// The TLS handshake is done: HTTP begins.
     pub(super) fn opened(&mut self, cx: &mut Ctx<'_>) {
         cx.metrics.tls_handshakes += 1;
-        self.set_phase(Phase::Http { deadline: cx.now + cx.limits.handshake_timeout });
+        self.set_phase(Phase::Http { deadline: Stamp::at(cx.now + cx.limits.handshake_timeout) });
     }
 
     /// A client that does not speak TLS on a TLS port. One that spoke plain HTTP gets a plain
@@ -147,7 +148,7 @@ impl Connection {
                     }
                     IoStep::Done(n) => {
                         self.out.consume_piped(n);
-                        self.stalled_since = Some(cx.now);
+                        self.stalled_since = Some(Stamp::at(cx.now));
                     }
                     IoStep::WouldBlock => {
                         self.writable = false;
@@ -172,7 +173,7 @@ impl Connection {
             };
             match IoStep::of(result) {
                 IoStep::End => return self.close(cx.now, cx.pools, End::Abort("peer stopped accepting data".into())),
-                IoStep::Done(_) => self.stalled_since = Some(cx.now),
+                IoStep::Done(_) => self.stalled_since = Some(Stamp::at(cx.now)),
                 IoStep::WouldBlock => {
                     self.writable = false;
                     return;
@@ -191,7 +192,7 @@ impl Connection {
         if sending.body.remaining() == 0 {
             let keep_alive = sending.keep_alive;
             if keep_alive {
-                self.set_phase(Phase::Http { deadline: cx.now + cx.limits.handshake_timeout });
+                self.set_phase(Phase::Http { deadline: Stamp::at(cx.now + cx.limits.handshake_timeout) });
                 if self.input.has_pending() {
                     self.process_input(cx);
                 }
@@ -248,7 +249,7 @@ impl Connection {
         if !self.has_output() {
             self.stalled_since = None;
         } else if self.stalled_since.is_none() {
-            self.stalled_since = Some(cx.now);
+            self.stalled_since = Some(Stamp::at(cx.now));
         }
         if matches!(self.phase, Phase::Connected(_)) && self.out.len() > self.limits.max_queued {
             self.log.set_end("output queue over max_queued");
@@ -292,7 +293,7 @@ impl Connection {
             // The rest of the HELLO goes when the backend reads; the client's socket is the
             // backend's now and is not read or written again.
             cx.actions.push(Action::Register { fd: h.backend.link_fd(), interest: mio::Interest::WRITABLE });
-            let deadline = cx.now + self.limits.write_timeout;
+            let deadline = Stamp::at(cx.now + self.limits.write_timeout);
             let Phase::HandingOff { handoff, .. } = std::mem::replace(&mut self.phase, Phase::closed()) else {
                 unreachable!("matched above")
             };

@@ -3,12 +3,13 @@
 use std::time::Instant;
 
 use super::{Connection, Ctx, End, Phase};
+use crate::stamp::Stamp;
 use crate::ws::frame::Opcode;
 use crate::ws::session::{Due, Timing};
 
 impl Connection {
     /// The earliest time at which a timer has something to do.
-    pub(super) fn deadline(&self) -> Option<Instant> {
+    pub(super) fn deadline(&self, now: Instant) -> Option<Instant> {
         let phase = match &self.phase {
             Phase::Unknown => Some(self.accepted + self.limits.handshake_timeout),
             Phase::Opening { deadline }
@@ -17,14 +18,14 @@ impl Connection {
             | Phase::HandingOff { deadline, .. }
             | Phase::HandedOff { deadline, .. }
             | Phase::Flushing { deadline, .. }
-            | Phase::Lingering { deadline, .. } => Some(*deadline),
+            | Phase::Lingering { deadline, .. } => Some(deadline.instant(now)),
             Phase::Connected(ws) => match self.failing() {
                 Some(&(_, _, since)) => Some(since + self.limits.close_timeout),
-                None => ws.endpoint.session().deadline(&self.timing()),
+                None => ws.endpoint.session().deadline(now, &self.timing()),
             },
             Phase::Sending(_) | Phase::Closed(_) => None,
         };
-        let stall = self.stalled_since.map(|t| t + self.limits.write_timeout);
+        let stall = self.stalled_since.map(|t| t.instant(now) + self.limits.write_timeout);
         match (phase, stall) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -34,10 +35,10 @@ impl Connection {
     /// Acts on every deadline that has passed.
     pub(super) fn on_timer(&mut self, cx: &mut Ctx<'_>) {
         let now = cx.now;
-        if self.stalled_since.is_some_and(|t| now >= t + self.limits.write_timeout) {
+        if self.stalled_since.is_some_and(|t| now >= t.instant(now) + self.limits.write_timeout) {
             return self.close(cx.now, cx.pools, End::Abort("write timeout: peer is not reading".into()));
         }
-        let passed = self.deadline().is_some_and(|d| now >= d);
+        let passed = self.deadline(now).is_some_and(|d| now >= d);
         let end = match &self.phase {
             Phase::Opening { .. } if passed => Some(End::Abort("TLS handshake timeout".into())),
             Phase::Http { .. } if passed && !self.input.has_pending() && self.log.responses() > 0 => {
@@ -49,7 +50,7 @@ impl Connection {
             }
             Phase::Answering { .. } if passed => {
                 // A worker did not give its part in time (it is stuck, or draining).
-                self.set_phase(Phase::Http { deadline: now + cx.limits.handshake_timeout });
+                self.set_phase(Phase::Http { deadline: Stamp::at(now + cx.limits.handshake_timeout) });
                 let reply = crate::admin::Reply::error(503, "the workers did not all answer in time");
                 self.send_reply(cx, &reply, false, false);
                 None

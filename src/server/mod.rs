@@ -16,8 +16,6 @@
 //! `manage` executes admin commands (their rendering is `admin::render`); [`mesh`] carries
 //! notes between workers. Connection ids are [`crate::conn_id`].
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +32,7 @@ mod lifecycle;
 mod manage;
 pub mod mesh;
 mod seed;
+mod timers;
 
 use crate::access_log::AccessLogFile;
 use crate::apps::dashboard::{ACCESS_FEED, STATS_FEED};
@@ -64,14 +63,16 @@ const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Listener `i` has token `LISTENER_BASE - i`.
 const LISTENER_BASE: usize = usize::MAX - 2;
 const MAX_LISTENERS: usize = 1024;
+// Every slab key (admitted connections and those being refused) fits the timers' key bits.
+const _: () = assert!(crate::config::MAX_CONNECTIONS + 2 * accept::ACCEPT_BATCH <= timers::MAX_KEYS);
 /// Most slab entries reserved up front (address space only, a few hundred MiB at most).
 const MAX_RESERVED: usize = 1 << 20;
 
 /// A connection and the loop's bookkeeping for it.
 struct Entry {
     conn: Connection,
-    /// When the loop's timer entry for this connection fires.
-    timer_at: Option<Instant>,
+    /// The timer armed for this connection (see [`timers`]), 0 when none.
+    timer_at: timers::Armed,
     /// Others queued output for it this turn; it is flushed once, after the events.
     dirty: bool,
     /// Its last drive said it is done: removed after the batch, never driven again.
@@ -193,8 +194,8 @@ pub struct Worker {
     conns: Slab<Entry>,
     /// Numbers the occupants of slab slots (see [`conn_id`]).
     generation: u64,
-    /// Min-heap of (when, connection token); stale entries are skipped (see `fire_timers`).
-    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// One entry per armed connection; stale entries are skipped (see `fire_timers`).
+    timers: timers::Timers,
     /// Connections whose read budget ran out: served again next turn.
     busy: Vec<usize>,
     /// Connections that others queued output for this turn.
@@ -338,7 +339,7 @@ impl Worker {
         if !self.busy.is_empty() || self.mailbox.more || self.cluster.as_ref().is_some_and(Cluster::busy) {
             return Some(Duration::ZERO);
         }
-        let mut next = self.timers.peek().map(|Reverse((t, _))| *t);
+        let mut next = self.timers.next();
         if let Some(t) = self.accept_paused_until {
             next = Some(next.map_or(t, |n| n.min(t)));
         }
@@ -522,10 +523,7 @@ impl Worker {
         // One timer entry per connection, at or before its deadline; a deadline that moved
         // later is found when the entry fires and re-armed then.
         if let Some(deadline) = deadline {
-            if entry.timer_at.is_none_or(|t| deadline < t) {
-                entry.timer_at = Some(deadline);
-                self.timers.push(Reverse((deadline, entry.conn.id())));
-            }
+            entry.timer_at = self.timers.arm(key, deadline, entry.timer_at);
         }
     }
 
@@ -536,17 +534,12 @@ impl Worker {
     }
 
     pub(super) fn fire_timers(&mut self, now: Instant) {
-        while let Some(Reverse((when, id))) = self.timers.peek().copied() {
-            if when > now {
-                break;
-            }
-            self.timers.pop();
-            let key = key_of(id);
+        while let Some((key, armed)) = self.timers.pop_due(now) {
             let Some(entry) = self.conns.get_mut(key) else { continue };
-            if entry.conn.id() != id || entry.timer_at != Some(when) || entry.closed {
+            if entry.timer_at != armed || entry.closed {
                 continue; // stale entry
             }
-            entry.timer_at = None;
+            entry.timer_at = 0;
             // Whatever the timer queued (a ping, a close frame, a 408) goes out at the end of
             // the turn.
             self.run_conn(key, now, |conn, ctx| {

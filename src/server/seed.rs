@@ -2,7 +2,6 @@
 //! (so a bad address or certificate stops the start), then the [`Worker`] built on its own
 //! thread.
 
-use std::collections::BinaryHeap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -196,7 +195,7 @@ impl Seed {
             // never copies the slab (a copy leaves the old one's pages resident in the heap).
             conns: Slab::with_capacity(reserve),
             generation: 0,
-            timers: BinaryHeap::with_capacity(reserve),
+            timers: super::timers::Timers::new(now, reserve),
             busy: Vec::new(),
             dirty: Vec::new(),
             closed: Vec::new(),

@@ -571,7 +571,7 @@ mod tests {
 
     #[test]
     fn server_role_messages_in_any_chunking() {
-        let t0 = Instant::now();
+        let t0 = crate::stamp::round_up(Instant::now());
         let big = vec![7u8; 10_000];
         let mut stream = frame(Role::Server, 0x81, b"hello");
         stream.extend(frame(Role::Server, 0x01, b"frag"));
@@ -601,7 +601,7 @@ mod tests {
 
     #[test]
     fn client_role_takes_plain_frames_and_refuses_masked_ones() {
-        let t0 = Instant::now();
+        let t0 = crate::stamp::round_up(Instant::now());
         let mut e = Endpoint::new(Role::Client, limits(), t0, false);
         let stream = [frame(Role::Client, 0x82, &[1, 2, 3]), frame(Role::Client, 0x8A, b"")].concat();
         assert_eq!(feed(&mut e, &stream, 1, t0, usize::MAX), [Got::Binary(3, false), Got::Pong]);
@@ -612,12 +612,12 @@ mod tests {
 
     #[test]
     fn our_close_then_only_the_peers_close_matters() {
-        let t0 = Instant::now();
+        let t0 = crate::stamp::round_up(Instant::now());
         let timing = Timing { idle_timeout: 100 * S, ping_interval: 10 * S, pong_timeout: 5 * S, close_timeout: 3 * S };
         let mut e = Endpoint::new(Role::Server, limits(), t0, false);
-        assert_eq!(e.session().deadline(&timing), Some(t0 + 10 * S));
+        assert_eq!(e.session().deadline(t0, &timing), Some(t0 + 10 * S));
         assert!(e.session_mut().close(t0 + S));
-        assert_eq!(e.session().deadline(&timing), Some(t0 + 4 * S));
+        assert_eq!(e.session().deadline(t0, &timing), Some(t0 + 4 * S));
         let stream = [frame(Role::Server, 0x81, b"late"), frame(Role::Server, 0x88, &1000u16.to_be_bytes())].concat();
         assert_eq!(feed(&mut e, &stream, 5, t0 + 2 * S, usize::MAX), [Got::CloseAnswered(Some(1000))]);
     }
@@ -636,7 +636,7 @@ mod tests {
 
     #[test]
     fn compressed_messages_inflate_whole_or_over_several_calls() {
-        let t0 = Instant::now();
+        let t0 = crate::stamp::round_up(Instant::now());
         let text: String = (0..20_000).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect();
         let stream =
             [compressed(Role::Server, 0x81, b"small one"), compressed(Role::Server, 0x81, text.as_bytes())].concat();
@@ -663,7 +663,7 @@ mod tests {
 
     #[test]
     fn every_failure_maps_to_its_close_code() {
-        let t0 = Instant::now();
+        let t0 = crate::stamp::round_up(Instant::now());
         let bomb = vec![0u8; 2 << 20];
         let cases: [(Vec<u8>, u16); 4] = [
             (compressed(Role::Server, 0x82, &bomb), close::MESSAGE_TOO_BIG),
@@ -689,7 +689,7 @@ mod tests {
 
     #[test]
     fn legacy_frames_messages_and_close() {
-        let t0 = Instant::now();
+        let t0 = crate::stamp::round_up(Instant::now());
         let long: Vec<u8> = [&[0u8][..], &vec![b'z'; 5000], &[0xFF]].concat();
         let stream = [&b"\x00hi\xff"[..], &long, b"\xff\x00"].concat();
         for step in [1, 4096, stream.len()] {
@@ -714,7 +714,7 @@ mod tests {
 
     #[test]
     fn the_send_side_encodes_for_the_wire() {
-        let t0 = Instant::now();
+        let t0 = crate::stamp::round_up(Instant::now());
         let mut pools = Pools::new(1 << 20);
         let mut codecs = SharedCodecs::default();
         let frames = frames_of(&mut pools, b"to a legacy client");

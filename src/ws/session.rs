@@ -9,6 +9,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::stamp::Stamp;
+
 use super::close::{self, CloseFrame};
 use super::frame::Role;
 use super::message::{Decoder, Event, MessageKind, MessageLimits};
@@ -59,9 +61,9 @@ pub enum Due {
 pub struct Session {
     decoder: Decoder,
     /// Last data message from the peer (idle timeout).
-    last_message: Instant,
+    last_message: Stamp,
     /// Last frame of any kind from the peer (ping schedule).
-    last_read: Instant,
+    last_read: Stamp,
     /// What we wait for from the peer, and since when.
     awaiting: Awaiting,
 }
@@ -72,9 +74,9 @@ pub struct Session {
 enum Awaiting {
     Nothing,
     /// A pong to the ping sent then (any frame will do).
-    Pong(Instant),
+    Pong(Stamp),
     /// The peer's close frame, ours having been queued then.
-    Close(Instant),
+    Close(Stamp),
 }
 
 /// §5.5.1: the close frame that answers `frame`, echoing its status code (an empty close
@@ -91,6 +93,7 @@ impl Session {
             Role::Server => Decoder::server(limits),
             Role::Client => Decoder::client(limits),
         };
+        let now = Stamp::at(now);
         Session { decoder, last_message: now, last_read: now, awaiting: Awaiting::Nothing }
     }
 
@@ -106,6 +109,7 @@ impl Session {
         let (event, used) = self.decoder.decode(buf)?;
         let Some(event) = event else { return Ok((None, used)) };
         // Any frame proves the peer alive, not only a pong.
+        let now = Stamp::at(now);
         self.last_read = now;
         if !closing {
             self.awaiting = Awaiting::Nothing;
@@ -133,6 +137,7 @@ impl Session {
 
     /// A message arrived by other means than [`Session::receive`] (a legacy draft's frame).
     pub fn note_message(&mut self, now: Instant) {
+        let now = Stamp::at(now);
         self.last_message = now;
         self.last_read = now;
     }
@@ -147,7 +152,7 @@ impl Session {
         if self.is_closing() {
             return false;
         }
-        self.awaiting = Awaiting::Close(now);
+        self.awaiting = Awaiting::Close(Stamp::at(now));
         true
     }
 
@@ -156,15 +161,16 @@ impl Session {
         matches!(self.awaiting, Awaiting::Close(_))
     }
 
-    /// The next time [`Session::on_timer`] has something to do.
-    pub fn deadline(&self, t: &Timing) -> Option<Instant> {
+    /// The next time [`Session::on_timer`] has something to do (read at `now`).
+    pub fn deadline(&self, now: Instant, t: &Timing) -> Option<Instant> {
+        let at = |s: Stamp| s.instant(now);
         if let Awaiting::Close(sent) = self.awaiting {
-            return Some(sent + t.close_timeout);
+            return Some(at(sent) + t.close_timeout);
         }
-        let idle = (!t.idle_timeout.is_zero()).then(|| self.last_message + t.idle_timeout);
+        let idle = (!t.idle_timeout.is_zero()).then(|| at(self.last_message) + t.idle_timeout);
         let ping = match self.awaiting {
-            Awaiting::Pong(pinged) => Some(pinged + t.pong_timeout),
-            _ if !t.ping_interval.is_zero() => Some(self.last_read + t.ping_interval),
+            Awaiting::Pong(pinged) => Some(at(pinged) + t.pong_timeout),
+            _ if !t.ping_interval.is_zero() => Some(at(self.last_read) + t.ping_interval),
             _ => None,
         };
         match (idle, ping) {
@@ -175,19 +181,20 @@ impl Session {
 
     /// What the deadlines passed by `now` ask for, if anything. A `Ping` is recorded as sent.
     pub fn on_timer(&mut self, now: Instant, t: &Timing) -> Option<Due> {
+        let at = |s: Stamp| s.instant(now);
         if let Awaiting::Close(sent) = self.awaiting {
-            return (now >= sent + t.close_timeout).then_some(Due::Abort("close handshake timed out"));
+            return (now >= at(sent) + t.close_timeout).then_some(Due::Abort("close handshake timed out"));
         }
-        if !t.idle_timeout.is_zero() && now >= self.last_message + t.idle_timeout {
+        if !t.idle_timeout.is_zero() && now >= at(self.last_message) + t.idle_timeout {
             return Some(Due::Close(close::GOING_AWAY, "idle timeout"));
         }
         match self.awaiting {
-            Awaiting::Pong(pinged) if now >= pinged + t.pong_timeout => {
+            Awaiting::Pong(pinged) if now >= at(pinged) + t.pong_timeout => {
                 Some(Due::Close(close::GOING_AWAY, PING_TIMEOUT))
             }
             Awaiting::Pong(_) => None,
-            _ if !t.ping_interval.is_zero() && now >= self.last_read + t.ping_interval => {
-                self.awaiting = Awaiting::Pong(now);
+            _ if !t.ping_interval.is_zero() && now >= at(self.last_read) + t.ping_interval => {
+                self.awaiting = Awaiting::Pong(Stamp::at(now));
                 Some(Due::Ping)
             }
             _ => None,
@@ -245,36 +252,36 @@ mod tests {
 
     #[test]
     fn silent_peer_is_pinged_then_closed() {
-        let t0 = Instant::now();
+        let t0 = crate::stamp::round_up(Instant::now());
         let mut s = server(t0);
-        assert_eq!(s.deadline(&timing()), Some(t0 + 10 * S));
+        assert_eq!(s.deadline(t0, &timing()), Some(t0 + 10 * S));
         assert_eq!(s.on_timer(t0 + 9 * S, &timing()), None);
         assert_eq!(s.on_timer(t0 + 10 * S, &timing()), Some(Due::Ping));
-        assert_eq!(s.deadline(&timing()), Some(t0 + 15 * S));
+        assert_eq!(s.deadline(t0, &timing()), Some(t0 + 15 * S));
         assert_eq!(s.on_timer(t0 + 12 * S, &timing()), None);
         assert_eq!(s.on_timer(t0 + 15 * S, &timing()), Some(Due::Close(close::GOING_AWAY, "ping timeout")));
     }
 
     #[test]
     fn any_frame_answers_a_ping_and_resets_the_schedule() {
-        let t0 = Instant::now();
+        let t0 = crate::stamp::round_up(Instant::now());
         let mut s = server(t0);
         assert_eq!(s.on_timer(t0 + 10 * S, &timing()), Some(Due::Ping));
         let mut bytes = frame(Opcode::Pong, b"");
         let (ev, used) = s.receive(&mut bytes, t0 + 11 * S).unwrap();
         assert_eq!((ev, used), (Some(Received::Pong(b"")), 2 + 4));
-        assert_eq!(s.deadline(&timing()), Some(t0 + 21 * S));
+        assert_eq!(s.deadline(t0, &timing()), Some(t0 + 21 * S));
         assert_eq!(s.on_timer(t0 + 16 * S, &timing()), None);
     }
 
     #[test]
     fn idle_timeout_counts_messages_not_pongs() {
-        let t0 = Instant::now();
+        let t0 = crate::stamp::round_up(Instant::now());
         let mut s = Session::new(Role::Server, MessageLimits::default(), t0);
         let no_pings = Timing { ping_interval: Duration::ZERO, ..timing() };
         let mut pong = frame(Opcode::Pong, b"");
         s.receive(&mut pong, t0 + 50 * S).unwrap();
-        assert_eq!(s.deadline(&no_pings), Some(t0 + 100 * S));
+        assert_eq!(s.deadline(t0, &no_pings), Some(t0 + 100 * S));
         let mut msg = frame(Opcode::Text, b"hi");
         assert_eq!(s.receive(&mut msg, t0 + 60 * S).unwrap().0, Some(Received::Message(MessageKind::Text, b"hi")));
         assert_eq!(s.on_timer(t0 + 100 * S, &no_pings), None);
@@ -283,11 +290,11 @@ mod tests {
 
     #[test]
     fn close_handshake_ignores_data_and_times_out() {
-        let t0 = Instant::now();
+        let t0 = crate::stamp::round_up(Instant::now());
         let mut s = server(t0);
         assert!(s.close(t0));
         assert!(!s.close(t0 + S), "one close frame only");
-        assert_eq!(s.deadline(&timing()), Some(t0 + 3 * S));
+        assert_eq!(s.deadline(t0, &timing()), Some(t0 + 3 * S));
         let mut msg = frame(Opcode::Text, b"late");
         let len = msg.len();
         let (ev, used) = s.receive(&mut msg, t0 + S).unwrap();
@@ -300,7 +307,7 @@ mod tests {
 
     #[test]
     fn peer_initiated_close_is_reported_with_its_code() {
-        let t0 = Instant::now();
+        let t0 = crate::stamp::round_up(Instant::now());
         let mut s = server(t0);
         let mut payload = 4000u16.to_be_bytes().to_vec();
         payload.extend_from_slice(b"bye");
@@ -312,7 +319,7 @@ mod tests {
 
     #[test]
     fn client_role_refuses_masked_frames() {
-        let t0 = Instant::now();
+        let t0 = crate::stamp::round_up(Instant::now());
         let mut s = Session::new(Role::Client, MessageLimits::default(), t0);
         let mut masked = frame(Opcode::Text, b"x");
         assert!(s.receive(&mut masked, t0).is_err());

@@ -1,0 +1,118 @@
+//! Compact timestamps: what every connection stores of time (when it was last heard from,
+//! when a phase's deadline falls) in 4 bytes instead of an `Instant`'s 16.
+//!
+//! A [`Stamp`] is a millisecond count from a process-wide epoch, rounded up (a deadline kept
+//! as a stamp is never earlier than the instant it came from, and at most 1 ms later), in 32
+//! bits that wrap. It is only ever read back against the current time ([`Stamp::instant`]),
+//! as a signed distance from it, so it is exact for instants within [`Stamp::SPAN`] of now:
+//! about 24 days, past every timeout a connection keeps (the configuration refuses longer
+//! ones). Time is still passed around as `Instant`; stamps are only how it is stored.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp(u32);
+
+/// The process's epoch: the first instant stamped. Instants before it are fine (offsets are
+/// signed), so a synthetic clock in tests may start anywhere.
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// `t`'s offset from the epoch in whole milliseconds (floor) and the nanoseconds past that.
+fn offset(t: Instant) -> (i64, u32) {
+    let epoch = *EPOCH.get_or_init(|| t);
+    match t.checked_duration_since(epoch) {
+        Some(d) => (d.as_millis() as i64, d.subsec_nanos() % 1_000_000),
+        None => {
+            let d = epoch - t;
+            let (ms, sub) = (d.as_millis() as i64, d.subsec_nanos() % 1_000_000);
+            if sub == 0 {
+                (-ms, 0)
+            } else {
+                (-ms - 1, 1_000_000 - sub)
+            }
+        }
+    }
+}
+
+impl Stamp {
+    /// How far from now a stamp reads back exactly (2^31 ms, 24.8 days).
+    pub const SPAN: Duration = Duration::from_millis(i32::MAX as u64);
+
+    /// `t`, rounded up to the millisecond.
+    pub fn at(t: Instant) -> Stamp {
+        let (ms, sub) = offset(t);
+        Stamp((ms + i64::from(sub > 0)) as u32)
+    }
+
+    /// The instant this stamp stands for, read against `now` (which must be within
+    /// [`Stamp::SPAN`] of it).
+    pub fn instant(self, now: Instant) -> Instant {
+        let (ms, sub) = offset(now);
+        // Milliseconds from the stamp to the last whole millisecond at or before `now`.
+        let back = (ms as u32).wrapping_sub(self.0) as i32;
+        let since_whole = Duration::from_nanos(u64::from(sub));
+        if back >= 0 {
+            let d = Duration::from_millis(back as u64) + since_whole;
+            now.checked_sub(d).unwrap_or(now)
+        } else {
+            let ahead = Duration::from_millis(u64::from(back.unsigned_abs()));
+            (now + ahead).checked_sub(since_whole).unwrap_or(now)
+        }
+    }
+
+    /// Whether `now` is at or past this stamp (a deadline).
+    pub fn passed(self, now: Instant) -> bool {
+        now >= self.instant(now)
+    }
+}
+
+/// `t` rounded up to what a stamp keeps of it: a synthetic clock that starts there (tests,
+/// the fuzz targets) sees deadlines exactly where it puts them.
+pub fn round_up(t: Instant) -> Instant {
+    Stamp::at(t).instant(t)
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a synthetic clock starting from any instant
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_back_within_a_millisecond_never_earlier() {
+        let t0 = Instant::now();
+        for step_us in [0u64, 1, 999, 1000, 1001, 123_456, 86_400_000_000, 20 * 86_400_000_000] {
+            let t = t0 + Duration::from_micros(step_us);
+            let s = Stamp::at(t);
+            for later_us in [0u64, 1, 500, 3_000_000, 10 * 86_400_000_000] {
+                let now = t + Duration::from_micros(later_us);
+                let back = s.instant(now);
+                assert!(back >= t && back - t < Duration::from_millis(1), "step {step_us} later {later_us}");
+            }
+        }
+    }
+
+    #[test]
+    fn deadlines_ahead_of_now_and_before_the_epoch() {
+        let now = Instant::now() + Duration::from_secs(100);
+        let deadline = now + Duration::from_secs(30);
+        let s = Stamp::at(deadline);
+        assert!(!s.passed(now));
+        assert!(!s.passed(deadline - Duration::from_micros(1)));
+        assert!(s.passed(deadline + Duration::from_millis(1)));
+        let early = now - Duration::from_secs(90);
+        let e = Stamp::at(early);
+        let back = e.instant(now);
+        assert!(back >= early && back - early < Duration::from_millis(1));
+    }
+
+    #[test]
+    fn wraps_without_losing_nearby_instants() {
+        // 2^32 ms is 49.7 days: a stamp 50 days in reads back exactly against a now near it.
+        let t = Instant::now() + Duration::from_secs(50 * 86_400);
+        let s = Stamp::at(t);
+        let now = t + Duration::from_secs(3600);
+        let back = s.instant(now);
+        assert!(back >= t && back - t < Duration::from_millis(1));
+    }
+}
