@@ -36,6 +36,8 @@ const TRIM_AFTER: usize = 1024 * 1024;
 pub struct Pools {
     reads: Vec<Box<[u8]>>,
     chunks: Vec<Vec<u8>>,
+    /// Empty chunk lists of drained queues, with their capacity.
+    lists: Vec<Box<ChunkList>>,
     /// Most bytes of free buffers kept.
     max_bytes: usize,
     /// Fewest free buffers of each kind since the last tick: that many were never needed.
@@ -47,7 +49,15 @@ pub struct Pools {
 
 impl Pools {
     pub fn new(max_bytes: usize) -> Pools {
-        Pools { reads: Vec::new(), chunks: Vec::new(), max_bytes, reads_low: 0, chunks_low: 0, freed: 0 }
+        Pools {
+            reads: Vec::new(),
+            chunks: Vec::new(),
+            lists: Vec::new(),
+            max_bytes,
+            reads_low: 0,
+            chunks_low: 0,
+            freed: 0,
+        }
     }
 
     /// A new most bytes to keep (a reloaded `buffer_pool`); what is over it goes at the next
@@ -78,6 +88,18 @@ impl Pools {
             self.reads.push(buf);
         } else {
             self.freed += buf.len();
+        }
+    }
+
+    fn take_list(&mut self) -> Box<ChunkList> {
+        self.lists.pop().unwrap_or_default()
+    }
+
+    /// Takes back an emptied chunk list (its chunks already recycled).
+    fn put_list(&mut self, list: Box<ChunkList>) {
+        debug_assert!(list.chunks.is_empty());
+        if self.lists.len() < MAX_POOLED_LISTS && list.chunks.capacity() <= MAX_POOLED_LIST_CAPACITY {
+            self.lists.push(list);
         }
     }
 
@@ -115,6 +137,8 @@ impl Pools {
         self.chunks.truncate(self.chunks.len() - chunks);
         self.reads.shrink_to_fit();
         self.chunks.shrink_to_fit();
+        // Chunk lists are small (at most 256 of a few hundred bytes): rebuilt from the next turn's.
+        self.lists = Vec::new();
         self.freed += reads * READ_BUF_SIZE + chunks * CHUNK_SIZE;
         (self.reads_low, self.chunks_low) = (self.reads.len(), self.chunks.len());
         self.freed >= TRIM_AFTER || (self.freed > 0 && !self.has_spare())
@@ -180,16 +204,44 @@ impl Chunk {
 /// stops there; the connection then splices the pipe bytes, and the stream goes on.
 ///
 /// [`write_to`]: OutQueue::write_to
+///
+/// An empty queue is a byte count and a null pointer (16 bytes on every connection); the
+/// chunk list lives in a box taken when output is queued and given back to the pools
+/// (with its list's capacity) when the queue drains, so an idle connection holds none of it
+/// and a busy one allocates nothing per turn.
 #[derive(Debug, Default)]
 pub struct OutQueue {
+    /// Bytes waiting, piped ones included.
+    queued: usize,
+    list: Option<Box<ChunkList>>,
+}
+
+/// The chunks of a queue that holds any.
+#[derive(Debug, Default)]
+struct ChunkList {
     chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     front_written: usize,
-    /// Bytes waiting, piped ones included.
-    queued: usize,
 }
 
+/// Chunk lists kept by the pools at most (each keeps a list's capacity, a few hundred bytes).
+const MAX_POOLED_LISTS: usize = 256;
+/// A chunk list whose capacity grew past this goes back to the allocator, not the pool.
+const MAX_POOLED_LIST_CAPACITY: usize = 16;
+
 impl OutQueue {
+    /// The chunk list where no pool is at hand (rarer pushes).
+    fn list_unpooled(&mut self) -> &mut ChunkList {
+        self.list.get_or_insert_with(Box::default)
+    }
+
+    /// The queue drained: its list goes back to the pool.
+    fn drop_list(&mut self, pools: &mut Pools) {
+        if let Some(list) = self.list.take() {
+            pools.put_list(list);
+        }
+    }
+
     /// Bytes waiting.
     pub fn len(&self) -> usize {
         self.queued
@@ -203,17 +255,18 @@ impl OutQueue {
     /// backpressure limits count, so a peer that never reads cannot pin memory with many
     /// tiny shared frames either.
     pub fn footprint(&self) -> usize {
-        self.queued + self.chunks.len() * CHUNK_OVERHEAD
+        self.queued + self.list.as_ref().map_or(0, |l| l.chunks.len()) * CHUNK_OVERHEAD
     }
 
     /// The last chunk if `extra` more bytes fit in it, else a new pooled chunk.
     #[inline]
     fn tail(&mut self, pools: &mut Pools, extra: usize, role: Role) -> &mut Vec<u8> {
-        let fits = self.chunks.back_mut().and_then(Chunk::coalescing).is_some_and(|c| c.len() + extra <= CHUNK_SIZE);
+        let list = self.list.get_or_insert_with(|| pools.take_list());
+        let fits = list.chunks.back_mut().and_then(Chunk::coalescing).is_some_and(|c| c.len() + extra <= CHUNK_SIZE);
         if !fits {
-            self.chunks.push_back(Chunk { bytes: Bytes::Owned(pools.take_chunk()), role });
+            list.chunks.push_back(Chunk { bytes: Bytes::Owned(pools.take_chunk()), role });
         }
-        match self.chunks.back_mut().map(|c| &mut c.bytes) {
+        match list.chunks.back_mut().map(|c| &mut c.bytes) {
             Some(Bytes::Owned(v)) => v,
             // Unreachable: a coalescing chunk is last, found or just pushed.
             _ => unreachable!("a pooled chunk was just ensured"),
@@ -247,7 +300,7 @@ impl OutQueue {
             rest = later;
         }
         // Bytes coalesced into a chunk of frames pin it too.
-        if let Some(last) = self.chunks.back_mut() {
+        if let Some(last) = self.list.as_mut().and_then(|l| l.chunks.back_mut()) {
             last.role = Role::Fixed;
         }
         self.count(bytes.len());
@@ -283,7 +336,7 @@ impl OutQueue {
         if n == 0 {
             return;
         }
-        self.chunks.push_back(Chunk { bytes: Bytes::Owned(bytes), role: Role::Continues });
+        self.list_unpooled().chunks.push_back(Chunk { bytes: Bytes::Owned(bytes), role: Role::Continues });
         self.count(n);
     }
 
@@ -293,50 +346,55 @@ impl OutQueue {
         if n == 0 {
             return;
         }
-        self.chunks.push_back(Chunk { bytes: Bytes::Shared(bytes), role: Role::Frames });
+        self.list_unpooled().chunks.push_back(Chunk { bytes: Bytes::Shared(bytes), role: Role::Frames });
         self.count(n);
     }
 
     /// Where a unit may enter ahead of queued data: after the chunk being written and what
     /// continues it (never inside another frame), after earlier urgent units (they keep
     /// their order) and after raw bytes (the 101 response). `None` when it can only go last.
-    fn urgent_slot(&self) -> Option<usize> {
-        let mut at = usize::from(self.front_written > 0);
-        while self.chunks.get(at).is_some_and(|c| c.role != Role::Frames) {
+    fn urgent_slot(list: &ChunkList) -> Option<usize> {
+        let mut at = usize::from(list.front_written > 0);
+        while list.chunks.get(at).is_some_and(|c| c.role != Role::Frames) {
             at += 1;
         }
-        (at < self.chunks.len()).then_some(at)
+        (at < list.chunks.len()).then_some(at)
     }
 
     /// Queues a small unit (a ping or pong) ahead of queued data, so it never waits behind a
     /// full queue (after the unit being written, never inside a frame; see `urgent_slot`).
     pub fn push_urgent(&mut self, bytes: &[u8]) {
         // Its own chunk even at the end, so a later urgent unit queues behind it.
-        let at = self.urgent_slot().unwrap_or(self.chunks.len());
-        self.chunks.insert(at, Chunk { bytes: Bytes::Owned(bytes.to_vec()), role: Role::Urgent });
+        let list = self.list_unpooled();
+        let at = OutQueue::urgent_slot(list).unwrap_or(list.chunks.len());
+        list.chunks.insert(at, Chunk { bytes: Bytes::Owned(bytes.to_vec()), role: Role::Urgent });
         self.count(bytes.len());
     }
 
     /// Drops every queued unit not yet begun (urgent ones stay): for a peer that will get a
     /// close frame next and nothing after it. Returns the bytes dropped.
     pub fn discard_unstarted(&mut self, pools: &mut Pools) -> usize {
+        let Some(list) = self.list.as_deref_mut() else { return 0 };
         // Piped bytes cannot be taken back out of the pipe: with some queued, nothing goes.
-        if self.chunks.iter().any(|c| matches!(c.bytes, Bytes::Piped(_))) {
+        if list.chunks.iter().any(|c| matches!(c.bytes, Bytes::Piped(_))) {
             return 0;
         }
-        let Some(mut at) = self.urgent_slot() else { return 0 };
+        let Some(mut at) = OutQueue::urgent_slot(list) else { return 0 };
         let mut dropped = 0;
-        while at < self.chunks.len() {
-            if matches!(self.chunks[at].role, Role::Urgent | Role::Fixed) {
+        while at < list.chunks.len() {
+            if matches!(list.chunks[at].role, Role::Urgent | Role::Fixed) {
                 at += 1;
                 continue;
             }
-            if let Some(c) = self.chunks.remove(at) {
+            if let Some(c) = list.chunks.remove(at) {
                 dropped += c.as_slice().len();
                 recycle(c, pools);
             }
         }
         self.queued -= dropped;
+        if self.queued == 0 {
+            self.drop_list(pools);
+        }
         dropped
     }
 
@@ -346,13 +404,13 @@ impl OutQueue {
         if len == 0 {
             return;
         }
-        self.chunks.push_back(Chunk { bytes: Bytes::Piped(len), role: Role::Continues });
+        self.list_unpooled().chunks.push_back(Chunk { bytes: Bytes::Piped(len), role: Role::Continues });
         self.count(len);
     }
 
     /// Bytes to splice from the pipe now, if the stream has reached piped bytes.
     pub fn pipe_due(&self) -> Option<usize> {
-        match self.chunks.front()?.bytes {
+        match self.list.as_ref()?.chunks.front()?.bytes {
             Bytes::Piped(left) => Some(left),
             _ => None,
         }
@@ -360,25 +418,27 @@ impl OutQueue {
 
     /// Records `n` bytes spliced from the pipe (the front piped chunk).
     pub fn consume_piped(&mut self, n: usize) {
-        let Some(Chunk { bytes: Bytes::Piped(left), .. }) = self.chunks.front_mut() else { return };
+        let Some(list) = self.list.as_deref_mut() else { return };
+        let Some(Chunk { bytes: Bytes::Piped(left), .. }) = list.chunks.front_mut() else { return };
         let n = n.min(*left);
         *left -= n;
         if *left == 0 {
-            self.chunks.pop_front();
+            list.chunks.pop_front();
         }
         self.queued -= n;
         if self.queued == 0 {
-            self.chunks = VecDeque::new();
+            self.list = None;
         }
     }
 
     /// One `writev` of as much as is queued (up to 256 chunks). Returns the bytes written.
     pub fn write_to<W: Write>(&mut self, w: &mut W, pools: &mut Pools) -> io::Result<usize> {
-        if self.chunks.len() == 1 {
+        let Some(list) = self.list.as_deref() else { return Ok(0) };
+        if list.chunks.len() == 1 {
             // The common case (one wake-up's replies fit one chunk): a plain write, which
             // spares the kernel importing an iovec array. (A piped chunk's slice is empty:
             // nothing is written before it is spliced.)
-            let bytes = &self.chunks[0].as_slice()[self.front_written..];
+            let bytes = &list.chunks[0].as_slice()[list.front_written..];
             if bytes.is_empty() {
                 return Ok(0);
             }
@@ -389,11 +449,11 @@ impl OutQueue {
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         let mut count = 0;
         // Up to the first piped chunk, whose bytes are in the pipe.
-        for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
+        for (i, chunk) in list.chunks.iter().take(MAX_IOVECS).enumerate() {
             if matches!(chunk.bytes, Bytes::Piped(_)) {
                 break;
             }
-            let start = if i == 0 { self.front_written } else { 0 };
+            let start = if i == 0 { list.front_written } else { 0 };
             slices[i] = IoSlice::new(&chunk.as_slice()[start..]);
             count += 1;
         }
@@ -407,28 +467,23 @@ impl OutQueue {
 
     fn consume(&mut self, mut n: usize, pools: &mut Pools) {
         self.queued -= n;
+        let Some(list) = self.list.as_deref_mut() else { return };
         while n > 0 {
-            let Some(front) = self.chunks.front() else { break };
-            let left = front.as_slice().len() - self.front_written;
+            let Some(front) = list.chunks.front() else { break };
+            let left = front.as_slice().len() - list.front_written;
             if n < left {
-                self.front_written += n;
+                list.front_written += n;
                 return;
             }
             n -= left;
-            self.front_written = 0;
-            if let Some(done) = self.chunks.pop_front() {
+            list.front_written = 0;
+            if let Some(done) = list.chunks.pop_front() {
                 recycle(done, pools);
             }
         }
-        // Drop emptied bookkeeping so an idle queue holds nothing.
+        // An idle queue holds nothing: its list goes back to the pool.
         if self.queued == 0 {
-            while let Some(c) = self.chunks.pop_front() {
-                recycle(c, pools);
-            }
-            self.front_written = 0;
-            // An idle connection holds no queue either (a tcache malloc per busy turn is
-            // cheaper than 144 bytes on every idle connection).
-            self.chunks = VecDeque::new();
+            self.release(pools);
         }
     }
 
@@ -436,15 +491,13 @@ impl OutQueue {
     /// to the pool). No copy when the queue is one chunk, as one app call's output nearly
     /// always is; several are gathered into one allocation first.
     pub fn drain_contiguous<R>(&mut self, pools: &mut Pools, f: impl FnOnce(&[u8], &mut Pools) -> R) -> R {
-        let result = if self.chunks.len() <= 1 {
-            let bytes = self.chunks.front().map_or(&[][..], |c| &c.as_slice()[self.front_written..]);
-            f(bytes, pools)
-        } else {
-            let mut all = Vec::with_capacity(self.queued);
-            for (i, c) in self.chunks.iter().enumerate() {
-                all.extend_from_slice(if i == 0 { &c.as_slice()[self.front_written..] } else { c.as_slice() });
+        let result = match self.list.as_deref() {
+            None => f(&[], pools),
+            Some(list) if list.chunks.len() <= 1 => {
+                let bytes = list.chunks.front().map_or(&[][..], |c| &c.as_slice()[list.front_written..]);
+                f(bytes, pools)
             }
-            f(&all, pools)
+            Some(list) => f(&list.gather(self.queued), pools),
         };
         self.release(pools);
         result
@@ -453,21 +506,31 @@ impl OutQueue {
     /// Every queued byte, in order (for tests and the fuzzer).
     #[doc(hidden)]
     pub fn to_vec(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.queued);
-        for (i, c) in self.chunks.iter().enumerate() {
-            out.extend_from_slice(if i == 0 { &c.as_slice()[self.front_written..] } else { c.as_slice() });
-        }
-        out
+        self.list.as_deref().map_or_else(Vec::new, |list| list.gather(self.queued))
     }
 
-    /// Returns every chunk to the pool (the connection is going away).
+    /// Returns every chunk and the list to the pool (the queue drained, or the connection is
+    /// going away).
     pub fn release(&mut self, pools: &mut Pools) {
-        for c in self.chunks.drain(..) {
-            recycle(c, pools);
+        if let Some(list) = self.list.as_deref_mut() {
+            for c in list.chunks.drain(..) {
+                recycle(c, pools);
+            }
+            list.front_written = 0;
         }
         self.queued = 0;
-        self.front_written = 0;
-        self.chunks = VecDeque::new();
+        self.drop_list(pools);
+    }
+}
+
+impl ChunkList {
+    /// Every byte not yet written, in order, in one buffer of `queued` bytes' capacity.
+    fn gather(&self, queued: usize) -> Vec<u8> {
+        let mut all = Vec::with_capacity(queued);
+        for (i, c) in self.chunks.iter().enumerate() {
+            all.extend_from_slice(if i == 0 { &c.as_slice()[self.front_written..] } else { c.as_slice() });
+        }
+        all
     }
 }
 

@@ -8,19 +8,20 @@
 //! about 24 days, past every timeout a connection keeps (the configuration refuses longer
 //! ones). Time is still passed around as `Instant`; stamps are only how it is stored.
 
+use std::num::NonZeroU32;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp(u32);
+pub struct Stamp(NonZeroU32);
 
-/// The process's epoch: the first instant stamped. Instants before it are fine (offsets are
-/// signed), so a synthetic clock in tests may start anywhere.
+/// The process's epoch: a second before the first instant stamped. Instants before it are
+/// fine (offsets are signed), so a synthetic clock in tests may start anywhere.
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
 /// `t`'s offset from the epoch in whole milliseconds (floor) and the nanoseconds past that.
 fn offset(t: Instant) -> (i64, u32) {
-    let epoch = *EPOCH.get_or_init(|| t);
+    let epoch = *EPOCH.get_or_init(|| t.checked_sub(Duration::from_secs(1)).unwrap_or(t));
     match t.checked_duration_since(epoch) {
         Some(d) => (d.as_millis() as i64, d.subsec_nanos() % 1_000_000),
         None => {
@@ -39,10 +40,12 @@ impl Stamp {
     /// How far from now a stamp reads back exactly (2^31 ms, 24.8 days).
     pub const SPAN: Duration = Duration::from_millis(i32::MAX as u64);
 
-    /// `t`, rounded up to the millisecond.
+    /// `t`, rounded up to the millisecond. (Once every 49.7 days the count passes 0, which
+    /// is kept as 1, a millisecond later: so `Option<Stamp>` is 4 bytes too.)
     pub fn at(t: Instant) -> Stamp {
         let (ms, sub) = offset(t);
-        Stamp((ms + i64::from(sub > 0)) as u32)
+        let count = (ms + i64::from(sub > 0)) as u32;
+        Stamp(NonZeroU32::new(count).unwrap_or(NonZeroU32::MIN))
     }
 
     /// The instant this stamp stands for, read against `now` (which must be within
@@ -50,7 +53,7 @@ impl Stamp {
     pub fn instant(self, now: Instant) -> Instant {
         let (ms, sub) = offset(now);
         // Milliseconds from the stamp to the last whole millisecond at or before `now`.
-        let back = (ms as u32).wrapping_sub(self.0) as i32;
+        let back = (ms as u32).wrapping_sub(self.0.get()) as i32;
         let since_whole = Duration::from_nanos(u64::from(sub));
         if back >= 0 {
             let d = Duration::from_millis(back as u64) + since_whole;
@@ -64,6 +67,29 @@ impl Stamp {
     /// Whether `now` is at or past this stamp (a deadline).
     pub fn passed(self, now: Instant) -> bool {
         now >= self.instant(now)
+    }
+}
+
+/// A stamp for what may be held for months (when a connection was accepted): the same
+/// millisecond count in 64 bits, exact at any distance from now, in 8 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LongStamp(i64);
+
+impl LongStamp {
+    pub fn at(t: Instant) -> LongStamp {
+        let (ms, sub) = offset(t);
+        LongStamp(ms + i64::from(sub > 0))
+    }
+
+    pub fn instant(self, now: Instant) -> Instant {
+        let (ms, sub) = offset(now);
+        let back = ms - self.0;
+        let since_whole = Duration::from_nanos(u64::from(sub));
+        if back >= 0 {
+            now.checked_sub(Duration::from_millis(back as u64) + since_whole).unwrap_or(now)
+        } else {
+            (now + Duration::from_millis(back.unsigned_abs())).checked_sub(since_whole).unwrap_or(now)
+        }
     }
 }
 
@@ -104,6 +130,16 @@ mod tests {
         let e = Stamp::at(early);
         let back = e.instant(now);
         assert!(back >= early && back - early < Duration::from_millis(1));
+    }
+
+    #[test]
+    fn long_stamps_read_back_at_any_distance() {
+        let t = Instant::now();
+        let s = LongStamp::at(t);
+        for later in [0, 1, 60, 90 * 86_400, 3 * 365 * 86_400] {
+            let back = s.instant(t + Duration::from_secs(later));
+            assert!(back >= t && back - t < Duration::from_millis(1), "{later}");
+        }
     }
 
     #[test]

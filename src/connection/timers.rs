@@ -11,7 +11,7 @@ impl Connection {
     /// The earliest time at which a timer has something to do.
     pub(super) fn deadline(&self, now: Instant) -> Option<Instant> {
         let phase = match &self.phase {
-            Phase::Unknown => Some(self.accepted + self.limits.handshake_timeout),
+            Phase::Unknown => Some(self.accepted(now) + self.limits.handshake_timeout),
             Phase::Opening { deadline }
             | Phase::Http { deadline }
             | Phase::Answering { deadline }

@@ -422,7 +422,7 @@ impl Worker {
                 state: c.state(),
                 token: c.token(),
                 topics: self.topics.of(key).filter(|t| !t.starts_with(FEED_PREFIX)).collect(),
-                connected_seconds: now.saturating_duration_since(c.accepted()).as_secs_f64(),
+                connected_seconds: now.saturating_duration_since(c.accepted(now)).as_secs_f64(),
                 messages_in: t.msgs_in,
                 bytes_in: t.bytes_in,
                 messages_out: t.msgs_out,

@@ -72,33 +72,57 @@ enum FrameState {
 }
 
 /// One direction of one connection's message stream.
+///
+/// Between messages a decoder is its limits and an empty box pointer: whatever a frame or
+/// message that spans reads needs (where the frame is, the message so far, the UTF-8 state)
+/// lives in [`Partial`], allocated when such a frame starts and dropped when the stream is
+/// between messages again, so an idle connection holds none of it.
 #[derive(Debug)]
 pub struct Decoder {
     frame_limits: FrameLimits,
     max_message: usize,
+    partial: Option<Box<Partial>>,
+}
+
+/// A frame or message in progress across reads (see [`Decoder`]).
+#[derive(Debug)]
+struct Partial {
     state: FrameState,
     /// The data message in progress (set between its first frame and its FIN frame).
     message: Option<MessageKind>,
     /// That message is compressed.
     compressed: bool,
-    /// Payload of the message in progress. Empty (no allocation) unless a message spans
-    /// frames or reads.
+    /// Payload of the message in progress, when it spans frames or reads.
     assembly: Vec<u8>,
-    /// A control frame's payload while it arrives in pieces (at most 125 bytes, §5.5).
-    /// Allocated only then (a ping split across reads is rare), and dropped at the next
-    /// frame, so a decoder between frames holds no buffer.
+    /// A control frame's payload while it arrives in pieces (at most 125 bytes, §5.5),
+    /// dropped at the next frame.
     control: Option<Box<[u8; 125]>>,
     utf8: Utf8Validator,
     /// A completed assembled message is still lent out; clear before the next one.
     lent: bool,
 }
 
+impl Partial {
+    fn new() -> Box<Partial> {
+        Box::new(Partial {
+            state: FrameState::Header,
+            message: None,
+            compressed: false,
+            assembly: Vec::new(),
+            control: None,
+            utf8: Utf8Validator::new(),
+            lent: false,
+        })
+    }
+
+    /// Nothing in progress and nothing lent: the box can go.
+    fn is_done(&self) -> bool {
+        matches!(self.state, FrameState::Header) && self.message.is_none() && !self.lent
+    }
+}
+
 /// The RSV1 bit of a frame's first byte: permessage-deflate's "compressed" mark.
 const RSV1: u8 = 0x40;
-
-/// Assembly buffers above this capacity are released once their message is delivered, so a
-/// connection that once received a large message does not keep that memory while idle.
-const KEEP_ASSEMBLY_CAPACITY: usize = 64 * 1024;
 
 impl Decoder {
     /// A decoder for frames sent by a client (masked), as a server reads them.
@@ -112,17 +136,7 @@ impl Decoder {
     }
 
     fn new(frame_limits: FrameLimits, max_message: usize) -> Decoder {
-        Decoder {
-            frame_limits,
-            max_message,
-            state: FrameState::Header,
-            message: None,
-            compressed: false,
-            assembly: Vec::new(),
-            control: None,
-            utf8: Utf8Validator::new(),
-            lent: false,
-        }
+        Decoder { frame_limits, max_message, partial: None }
     }
 
     /// permessage-deflate was negotiated: RSV1 may mark a data message's first frame.
@@ -133,7 +147,7 @@ impl Decoder {
     /// True when no frame or message is partly received: nothing would be lost by dropping
     /// the read buffer.
     pub fn is_between_messages(&self) -> bool {
-        matches!(self.state, FrameState::Header) && self.message.is_none()
+        self.partial.as_deref().is_none_or(|p| matches!(p.state, FrameState::Header) && p.message.is_none())
     }
 
     /// The largest message accepted.
@@ -145,24 +159,23 @@ impl Decoder {
     /// an assembled message, or a control frame's payload that arrived in pieces. Empty when
     /// there is no such event.
     pub fn lent(&self, start: usize, len: usize) -> &[u8] {
-        let buf: &[u8] = if self.lent { &self.assembly } else { self.control.as_deref().map_or(&[], |c| &c[..]) };
+        let Some(p) = self.partial.as_deref() else { return &[] };
+        let buf: &[u8] = if p.lent { &p.assembly } else { p.control.as_deref().map_or(&[], |c| &c[..]) };
         start.checked_add(len).and_then(|end| buf.get(start..end)).unwrap_or(&[])
     }
 
     /// Bytes held by the decoder's own buffer.
     pub fn buffered_capacity(&self) -> usize {
-        self.assembly.capacity()
+        self.partial.as_deref().map_or(0, |p| p.assembly.capacity())
     }
 
     /// Takes the message just returned by [`Decoder::decode`] if it was assembled in the
     /// decoder's own buffer (it spanned frames or reads), so the caller can keep it without
     /// copying. `None` if the last message was handed out in place from the read buffer.
     pub fn take_assembled(&mut self) -> Option<Vec<u8>> {
-        if !self.lent {
-            return None;
-        }
-        self.lent = false;
-        Some(std::mem::take(&mut self.assembly))
+        let p = self.partial.as_deref_mut().filter(|p| p.lent)?;
+        p.lent = false;
+        Some(std::mem::take(&mut p.assembly))
     }
 
     /// Decodes from `buf`, the unread bytes of the read buffer.
@@ -172,18 +185,22 @@ impl Decoder {
     /// received whole) or from the decoder (an assembled message); it must be handled
     /// before the next call.
     pub fn decode<'a>(&'a mut self, buf: &'a mut [u8]) -> Result<(Option<Event<'a>>, usize), ProtocolError> {
-        if self.lent {
-            self.lent = false;
-            self.assembly.clear();
-            if self.assembly.capacity() > KEEP_ASSEMBLY_CAPACITY {
-                self.assembly = Vec::new();
+        if let Some(p) = self.partial.as_deref_mut() {
+            if p.lent {
+                p.lent = false;
+                p.assembly = Vec::new();
+            }
+            if p.is_done() {
+                self.partial = None;
             }
         }
         let mut consumed = 0;
-        let (header, done) = match self.state {
-            FrameState::Payload { header, done } => (header, done),
-            FrameState::Header => {
-                self.control = None;
+        let (header, done) = match self.partial.as_deref().map(|p| p.state) {
+            Some(FrameState::Payload { header, done }) => (header, done),
+            _ => {
+                if let Some(p) = self.partial.as_deref_mut() {
+                    p.control = None;
+                }
                 let Some((header, header_len)) = parse_header(buf, &self.frame_limits)? else {
                     return Ok((None, 0));
                 };
@@ -210,14 +227,16 @@ impl Decoder {
                     };
                     return Ok((Some(event), frame_end));
                 }
+                let p = self.partial.get_or_insert_with(Partial::new);
                 if let Some(kind) = data_kind(header.opcode) {
-                    self.message = Some(kind);
-                    self.compressed = compressed;
+                    p.message = Some(kind);
+                    p.compressed = compressed;
                 }
                 consumed = header_len;
                 (header, 0)
             }
         };
+        let p = self.partial.get_or_insert_with(Partial::new);
         let (_, rest) = buf.split_at_mut(consumed);
         let available = rest.len().min(header.payload_len - done);
         let piece = &mut rest[..available];
@@ -227,10 +246,10 @@ impl Decoder {
         consumed += available;
         let done = done + available;
         let finished = done == header.payload_len;
-        self.state = if finished { FrameState::Header } else { FrameState::Payload { header, done } };
+        p.state = if finished { FrameState::Header } else { FrameState::Payload { header, done } };
 
         if header.opcode.is_control() {
-            let control = self.control.get_or_insert_with(|| Box::new([0; 125]));
+            let control = p.control.get_or_insert_with(|| Box::new([0; 125]));
             control[done - available..done].copy_from_slice(piece);
             if !finished {
                 return Ok((None, consumed));
@@ -241,24 +260,24 @@ impl Decoder {
         }
 
         // A data frame (first fragment or continuation).
-        let kind = self.message.unwrap_or(MessageKind::Binary);
-        let validate = kind == MessageKind::Text && !self.compressed;
+        let kind = p.message.unwrap_or(MessageKind::Binary);
+        let validate = kind == MessageKind::Text && !p.compressed;
         if validate {
-            self.utf8.feed(piece).map_err(|_| ProtocolError::InvalidUtf8)?;
+            p.utf8.feed(piece).map_err(|_| ProtocolError::InvalidUtf8)?;
         }
-        self.assembly.extend_from_slice(piece);
+        p.assembly.extend_from_slice(piece);
         if !(finished && header.fin) {
             return Ok((None, consumed));
         }
         if validate {
-            self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+            p.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
         }
-        self.message = None;
-        self.lent = true;
-        if std::mem::take(&mut self.compressed) {
-            return Ok((Some(Event::Compressed(kind, &self.assembly)), consumed));
+        p.message = None;
+        p.lent = true;
+        if std::mem::take(&mut p.compressed) {
+            return Ok((Some(Event::Compressed(kind, &p.assembly)), consumed));
         }
-        Ok((Some(Event::Message(kind, &self.assembly)), consumed))
+        Ok((Some(Event::Message(kind, &p.assembly)), consumed))
     }
 
     /// Checks a new frame against the message in progress and the size limit (§5.4).
@@ -273,13 +292,14 @@ impl Decoder {
         if header.opcode.is_control() {
             return Ok(());
         }
-        match (header.opcode, self.message) {
+        let (message, assembled) = self.partial.as_deref().map_or((None, 0), |p| (p.message, p.assembly.len()));
+        match (header.opcode, message) {
             (Opcode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
             (Opcode::Text | Opcode::Binary, Some(_)) => return Err(ProtocolError::ExpectedContinuation),
             _ => {}
         }
         // Checked on the declared length, before any of the payload is accepted.
-        let total = self.assembly.len().checked_add(header.payload_len);
+        let total = assembled.checked_add(header.payload_len);
         match total {
             Some(total) if total <= self.max_message => Ok(()),
             _ => Err(ProtocolError::MessageTooBig),
