@@ -36,7 +36,9 @@ const TRIM_AFTER: usize = 1024 * 1024;
 pub struct Pools {
     reads: Vec<Box<[u8]>>,
     chunks: Vec<Vec<u8>>,
-    /// Empty chunk lists of drained queues, with their capacity.
+    /// Empty chunk lists of drained queues, with their capacity. Boxed: a queue holds its list
+    /// by box, so a pooled box is an allocation saved.
+    #[allow(clippy::vec_box)]
     lists: Vec<Box<ChunkList>>,
     /// Most bytes of free buffers kept.
     max_bytes: usize,
