@@ -3,7 +3,6 @@
 use std::borrow::Cow;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use crate::apps::Traffic;
@@ -43,19 +42,24 @@ pub enum End {
 /// The close code a slow consumer gets (§7.4.1: a policy violation).
 pub const SLOW_CONSUMER_CODE: u16 = crate::ws::close::POLICY_VIOLATION;
 
+/// `status` was set and not yet counted in the metrics.
+const FRESH_STATUS: u8 = 1;
+/// Accepted on the admin listener.
+const ADMIN: u8 = 2;
+/// The request's path is its route's own (kept nowhere else, then: an idle connection on an
+/// exact route carries no path); other paths are kept in [`Rare`].
+const PATH_IS_ROUTE: u8 = 4;
+
 /// What the access line says about one connection.
 #[derive(Debug, Default)]
 pub struct AccessLog {
-    /// The route's own path when it is the request's (no allocation), else a copy.
-    pub path: Option<Arc<str>>,
     /// The last response's status (0: none yet).
     status: u16,
     /// HTTP responses sent on this connection (keep-alive), saturating; a 101 is not one.
     responses: u16,
-    /// `status` was set and not yet counted in the metrics.
-    fresh_status: bool,
-    /// Accepted on the admin listener.
-    pub admin: bool,
+    /// [`FRESH_STATUS`], [`ADMIN`], [`PATH_IS_ROUTE`]: one byte, as every open connection
+    /// carries this struct.
+    flags: u8,
     /// The route serving it (an index in the routes; `u16::MAX`: none yet).
     pub route: u16,
     pub traffic: Traffic,
@@ -66,6 +70,9 @@ pub struct AccessLog {
 
 #[derive(Debug, Default)]
 struct Rare {
+    /// The request's path when it is not its route's own (a prefix route, a 404, the admin
+    /// listener), at most 256 characters.
+    path: Option<Box<str>>,
     /// Messages from others not delivered because this client was too slow (drop policy).
     dropped: u64,
     /// Close code (sent or received) and reason.
@@ -79,7 +86,16 @@ struct Rare {
 
 impl AccessLog {
     pub fn new(admin: bool) -> AccessLog {
-        AccessLog { admin, route: u16::MAX, ..AccessLog::default() }
+        AccessLog { flags: if admin { ADMIN } else { 0 }, route: u16::MAX, ..AccessLog::default() }
+    }
+
+    fn set_flag(&mut self, flag: u8, on: bool) {
+        self.flags = if on { self.flags | flag } else { self.flags & !flag };
+    }
+
+    /// Accepted on the admin listener.
+    pub fn is_admin(&self) -> bool {
+        self.flags & ADMIN != 0
     }
 
     fn rare(&mut self) -> &mut Rare {
@@ -134,7 +150,7 @@ impl AccessLog {
     /// Records the status of a response just queued (counted by the loop once).
     pub fn set_status(&mut self, status: u16) {
         self.status = status;
-        self.fresh_status = true;
+        self.set_flag(FRESH_STATUS, true);
         if status != 101 {
             self.responses = self.responses.saturating_add(1);
         }
@@ -142,7 +158,9 @@ impl AccessLog {
 
     /// A status set since the last call.
     pub fn take_fresh_status(&mut self) -> Option<u16> {
-        (std::mem::take(&mut self.fresh_status) && self.status != 0).then_some(self.status)
+        let fresh = self.flags & FRESH_STATUS != 0;
+        self.set_flag(FRESH_STATUS, false);
+        (fresh && self.status != 0).then_some(self.status)
     }
 
     /// HTTP responses sent so far (a 101 is not one).
@@ -163,8 +181,27 @@ impl AccessLog {
         self.rare().close.get_or_insert_with(|| (code, reason.into()));
     }
 
+    /// The request's path: `route_path` is the path of the route that serves it, if any.
+    pub fn set_path(&mut self, path: &str, route_path: Option<&str>) {
+        let is_route = route_path == Some(path);
+        self.set_flag(PATH_IS_ROUTE, is_route);
+        if is_route {
+            if let Some(rare) = &mut self.rare {
+                rare.path = None;
+            }
+        } else {
+            self.rare().path = Some(path.chars().take(256).collect());
+        }
+    }
+
     /// One line: peer, id, path, status, duration, messages and bytes each way, close.
-    pub fn line(&self, peer: SocketAddr, id: u64, accepted: Instant, now: Instant) -> String {
+    /// `route_path`: the path of the route that served it, if any.
+    pub fn line(&self, peer: SocketAddr, id: u64, accepted: Instant, now: Instant, route_path: Option<&str>) -> String {
+        let path = match (self.flags & PATH_IS_ROUTE != 0, self.rare.as_deref()) {
+            (true, _) => route_path,
+            (false, Some(rare)) => rare.path.as_deref(),
+            (false, None) => None,
+        };
         let (close, end) = self.rare.as_deref().map_or((&None, &None), |e| (&e.close, &e.end));
         let close = match (close, end) {
             (Some((code, reason)), _) if reason.is_empty() => format!("close={code}"),
@@ -181,7 +218,7 @@ impl AccessLog {
         };
         format!(
             "{peer} id={id} {} status={} {:.3}s in={}msg/{}B out={}msg/{}B{dropped} {close}",
-            self.path.as_deref().unwrap_or("-"),
+            path.unwrap_or("-"),
             if self.status == 0 { "-".to_string() } else { self.status.to_string() },
             now.saturating_duration_since(accepted).as_secs_f64(),
             t.msgs_in,

@@ -43,7 +43,7 @@ impl Connection {
                 self.close(cx.now, cx.pools, End::Refuse { status: e.status(), reason: e.reason().into() });
                 false
             }
-            Ok(Some((req, head_len))) if self.log.admin => self.admin_request(&req, buf, head_len, cx),
+            Ok(Some((req, head_len))) if self.log.is_admin() => self.admin_request(&req, buf, head_len, cx),
             Ok(Some((req, head_len))) => {
                 self.input.consume(head_len);
                 self.handle_request(&req, buf, head_len, cx)
@@ -61,7 +61,7 @@ impl Connection {
         cx: &mut Ctx<'_>,
     ) -> bool {
         let Some(admin) = cx.admin else { return false };
-        self.log.path = Some(req.path().chars().take(256).collect::<String>().into());
+        self.log.set_path(req.path(), None);
         if handshake::is_upgrade(req) {
             self.input.consume(head_len);
             if req.path() != "/ws" {
@@ -165,10 +165,7 @@ impl Connection {
         if let Some(id) = route_id {
             self.log.route = u16::try_from(id).unwrap_or(super::NO_ROUTE);
         }
-        self.log.path = Some(match route_id.map(|id| &cx.routes.get(id).path) {
-            Some(route_path) if **route_path == *path => Arc::clone(route_path),
-            _ => path.chars().take(256).collect::<String>().into(),
-        });
+        self.log.set_path(path, route_id.map(|id| &*cx.routes.get(id).path));
         let Some(route_id) = route_id else {
             // A refused upgrade closes: the client has nothing more to say on this connection.
             let may_keep = !has_body && !handshake::is_upgrade(req);

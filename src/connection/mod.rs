@@ -627,7 +627,8 @@ impl Connection {
     /// The connection is being removed: every buffer goes back, and the loop gets what it
     /// must count and log. `codecs`: the worker's, whose count of connections holding
     /// compression contexts of their own this one leaves.
-    pub fn depart(&mut self, now: Instant, pools: &mut Pools, codecs: &mut SharedCodecs) -> Departure {
+    /// `routes`: the worker's (the access line names the route's path).
+    pub fn depart(&mut self, now: Instant, pools: &mut Pools, codecs: &mut SharedCodecs, routes: &Routes) -> Departure {
         if self.pmd().is_some_and(PerMessage::keeps_context) {
             codecs.dedicated = codecs.dedicated.saturating_sub(1);
         }
@@ -641,7 +642,13 @@ impl Connection {
         }
         let (close_sent, close_received) = self.log.close_codes();
         Departure {
-            access_line: self.log.line(self.peer(), self.id, self.accepted(now), now),
+            access_line: self.log.line(
+                self.peer(),
+                self.id,
+                self.accepted(now),
+                now,
+                self.route().map(|id| &*routes.get(id).path),
+            ),
             close_sent,
             close_received,
             tls_failed: self.transport.tls_failed(),
@@ -653,12 +660,12 @@ impl Connection {
     /// The status of an HTTP response queued since the last call (each is counted once).
     pub fn take_response(&mut self) -> Option<Answered> {
         let status = self.log.take_fresh_status()?;
-        Some(if self.log.admin { Answered::Admin(status) } else { Answered::Handshake(status) })
+        Some(if self.log.is_admin() { Answered::Admin(status) } else { Answered::Handshake(status) })
     }
 
     /// Shown in `/api/clients` (an admin request in progress is not a client).
     pub fn is_listed(&self) -> bool {
-        !(self.log.admin && self.route().is_none() && !self.is_open())
+        !(self.log.is_admin() && self.route().is_none() && !self.is_open())
     }
 
     /// Bytes wait to go out: queued plaintext or, on TLS, encrypted records.

@@ -24,13 +24,15 @@ pub(super) struct ReadBuf {
     bytes: Option<Box<[u8]>>,
     /// 32 bits: a read buffer is far smaller, and every connection carries these.
     start: u32,
-    end: u32,
-    /// Processing stopped with input left that may hold whole frames (backpressure, the
-    /// fan-out budget, an app that holds input): it goes first when processing resumes,
-    /// whatever its size. Otherwise what is left is an incomplete frame or head, and waits
-    /// for a read.
-    held: bool,
+    /// The end of the unread bytes, and in the top bit [`HELD`]: 24 bytes in all, not 32.
+    end_held: u32,
 }
+
+/// Processing stopped with input left that may hold whole frames (backpressure, the fan-out
+/// budget, an app that holds input): it goes first when processing resumes, whatever its
+/// size. Otherwise what is left is an incomplete frame or head, and waits for a read.
+const HELD: u32 = 1 << 31;
+const _: () = assert!(READ_BUF_SIZE < HELD as usize);
 
 /// What one read brought.
 pub(super) struct Filled {
@@ -46,13 +48,25 @@ impl crate::io_step::Moved for Filled {
 }
 
 impl ReadBuf {
+    fn end(&self) -> u32 {
+        self.end_held & !HELD
+    }
+
+    fn set_end(&mut self, end: u32) {
+        self.end_held = (self.end_held & HELD) | end;
+    }
+
+    fn held(&self) -> bool {
+        self.end_held & HELD != 0
+    }
+
     fn range(&self) -> std::ops::Range<usize> {
-        self.start as usize..self.end as usize
+        self.start as usize..self.end() as usize
     }
 
     /// Bytes read and not consumed.
     pub fn has_pending(&self) -> bool {
-        self.end > self.start
+        self.end() > self.start
     }
 
     /// The unconsumed input (empty while the buffer is detached).
@@ -72,7 +86,7 @@ impl ReadBuf {
 
     /// `n` bytes of the input were used.
     pub fn consume(&mut self, n: usize) {
-        assert!(n <= (self.end - self.start) as usize, "consumed past the input");
+        assert!(n <= (self.end() - self.start) as usize, "consumed past the input");
         self.start += n as u32;
     }
 
@@ -85,16 +99,16 @@ impl ReadBuf {
 
     /// Drops whatever input is left (a closing connection's, or a lingering one's).
     pub fn discard(&mut self) {
-        self.start = self.end;
+        self.start = self.end();
     }
 
     pub fn set_held(&mut self, held: bool) {
-        self.held = held;
+        self.end_held = if held { self.end_held | HELD } else { self.end_held & !HELD };
     }
 
     /// Held input that processing must resume with before reading more.
     pub fn has_held_input(&self) -> bool {
-        self.held && self.has_pending()
+        self.held() && self.has_pending()
     }
 
     /// Takes the buffer out to lend its bytes; [`ReadBuf::attach`] puts it back.
@@ -103,7 +117,7 @@ impl ReadBuf {
     }
 
     pub fn attach(&mut self, bytes: Box<[u8]>) {
-        debug_assert!(self.end as usize <= bytes.len());
+        debug_assert!(self.end() as usize <= bytes.len());
         self.bytes = Some(bytes);
     }
 
@@ -122,21 +136,22 @@ impl ReadBuf {
                 let mut pooled = pools.take_read();
                 let n = self.range().len();
                 pooled[..n].copy_from_slice(&kept[self.range()]);
-                (self.start, self.end) = (0, n as u32);
+                self.start = 0;
+                self.set_end(n as u32);
                 pooled
             }
             None => pools.take_read(),
         };
-        if self.end as usize == buf.len() {
+        if self.end() as usize == buf.len() {
             buf.copy_within(self.range(), 0);
-            self.end -= self.start;
+            self.set_end(self.end() - self.start);
             self.start = 0;
         }
-        let room = buf.len() - self.end as usize;
-        let result = read(&mut buf[self.end as usize..], pools);
+        let room = buf.len() - self.end() as usize;
+        let result = read(&mut buf[self.end() as usize..], pools);
         self.bytes = Some(buf);
         let n = result?;
-        self.end += n.min(room) as u32;
+        self.set_end(self.end() + n.min(room) as u32);
         Ok(Filled { bytes: n, short: n < room })
     }
 
@@ -145,20 +160,22 @@ impl ReadBuf {
     /// pending bytes move to an allocation of their size, so a connection trickling bytes
     /// costs its bytes, not a read buffer.
     pub fn settle(&mut self, pools: &mut Pools, read: usize, mid_message: bool) {
-        if self.start == self.end {
-            (self.start, self.end) = (0, 0);
+        if self.start == self.end() {
+            self.start = 0;
+            self.set_end(0);
             if read < KEEP_READ_BUFFER_AFTER || !mid_message {
                 if let Some(buf) = self.bytes.take() {
                     pools.put_read(buf);
                 }
             }
-        } else if !self.held && read < KEEP_READ_BUFFER_AFTER {
+        } else if !self.held() && read < KEEP_READ_BUFFER_AFTER {
             if let Some(pooled) = self.bytes.take_if(|b| b.len() == READ_BUF_SIZE) {
                 // A busy reader keeps its buffer until a wake-up that reads little (its next
                 // timer at the latest).
                 let kept: Box<[u8]> = pooled[self.range()].into();
                 pools.put_read(pooled);
-                (self.start, self.end) = (0, kept.len() as u32);
+                self.start = 0;
+                self.set_end(kept.len() as u32);
                 self.bytes = Some(kept);
             }
         }
@@ -169,7 +186,7 @@ impl ReadBuf {
         if let Some(buf) = self.bytes.take() {
             pools.put_read(buf);
         }
-        (self.start, self.end, self.held) = (0, 0, false);
+        (self.start, self.end_held) = (0, 0);
     }
 }
 
@@ -222,7 +239,7 @@ mod tests {
         assert_eq!(input.pending_in(&bytes), &[7, 7, 7, b'a', b'b', b'c']);
         input.attach(bytes);
         input.release(&mut pools);
-        assert!(!input.has_pending() && !input.held);
+        assert!(!input.has_pending() && !input.held());
     }
 
     #[test]

@@ -243,7 +243,7 @@ impl<'s> Run<'s> {
             }
         }
         assert!(self.closed, "the connection did not end (state {}, deadline {:?})", self.conn.state(), self.deadline);
-        let departure = self.conn.depart(self.now, &mut self.pools, &mut self.codecs);
+        let departure = self.conn.depart(self.now, &mut self.pools, &mut self.codecs, &self.server.routes);
         if let Some(code) = departure.close_sent {
             assert!(crate::ws::close::is_valid_code(code), "close code {code} sent");
         }

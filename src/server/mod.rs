@@ -563,7 +563,7 @@ impl Worker {
             self.topics.remove_connection(key);
             self.broker.release(key);
             self.mesh.release_one();
-            let departure = entry.conn.depart(now, &mut self.pools, &mut self.codecs);
+            let departure = entry.conn.depart(now, &mut self.pools, &mut self.codecs, &self.routes);
             self.count_closed(&departure);
             let line = departure.access_line;
             // The dashboard (on worker 0) shows every worker's access lines.

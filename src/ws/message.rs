@@ -12,7 +12,7 @@
 //! - Control frames may arrive between fragments; they are returned as they complete.
 
 use super::close::{parse_close_payload, CloseFrame};
-use super::frame::{parse_header, FrameLimits, Header, Opcode};
+use super::frame::{parse_header, FrameLimits, Header, Opcode, Role};
 use super::mask::{unmask, unmask_ascii};
 use super::utf8::Utf8Validator;
 use super::ProtocolError;
@@ -79,8 +79,13 @@ enum FrameState {
 /// between messages again, so an idle connection holds none of it.
 #[derive(Debug)]
 pub struct Decoder {
-    frame_limits: FrameLimits,
-    max_message: usize,
+    /// The limits in 32 bits (a message is at most 4 GiB - 1, as in uWebSockets): every
+    /// open connection carries them.
+    max_frame: u32,
+    max_message: u32,
+    /// RSV bits a negotiated extension defines (see [`FrameLimits`]).
+    allowed_rsv: u8,
+    role: Role,
     partial: Option<Box<Partial>>,
 }
 
@@ -127,21 +132,27 @@ const RSV1: u8 = 0x40;
 impl Decoder {
     /// A decoder for frames sent by a client (masked), as a server reads them.
     pub fn server(limits: MessageLimits) -> Decoder {
-        Decoder::new(FrameLimits::server(limits.max_frame.min(limits.max_message) as u64), limits.max_message)
+        Decoder::new(Role::Server, limits)
     }
 
     /// A decoder for frames sent by a server (unmasked), as a client reads them.
     pub fn client(limits: MessageLimits) -> Decoder {
-        Decoder::new(FrameLimits::client(limits.max_frame.min(limits.max_message) as u64), limits.max_message)
+        Decoder::new(Role::Client, limits)
     }
 
-    fn new(frame_limits: FrameLimits, max_message: usize) -> Decoder {
-        Decoder { frame_limits, max_message, partial: None }
+    fn new(role: Role, limits: MessageLimits) -> Decoder {
+        let max_message = u32::try_from(limits.max_message).unwrap_or(u32::MAX);
+        let max_frame = u32::try_from(limits.max_frame).unwrap_or(u32::MAX).min(max_message);
+        Decoder { max_frame, max_message, allowed_rsv: 0, role, partial: None }
+    }
+
+    fn frame_limits(&self) -> FrameLimits {
+        FrameLimits { max_payload: u64::from(self.max_frame), allowed_rsv: self.allowed_rsv, role: self.role }
     }
 
     /// permessage-deflate was negotiated: RSV1 may mark a data message's first frame.
     pub fn allow_compression(&mut self) {
-        self.frame_limits.allowed_rsv |= RSV1;
+        self.allowed_rsv |= RSV1;
     }
 
     /// True when no frame or message is partly received: nothing would be lost by dropping
@@ -152,7 +163,7 @@ impl Decoder {
 
     /// The largest message accepted.
     pub fn max_message(&self) -> usize {
-        self.max_message
+        self.max_message as usize
     }
 
     /// Bytes `start..start + len` of the event just returned from the decoder's own buffers:
@@ -201,7 +212,7 @@ impl Decoder {
                 if let Some(p) = self.partial.as_deref_mut() {
                     p.control = None;
                 }
-                let Some((header, header_len)) = parse_header(buf, &self.frame_limits)? else {
+                let Some((header, header_len)) = parse_header(buf, &self.frame_limits())? else {
                     return Ok((None, 0));
                 };
                 self.check_sequence(&header)?;
@@ -301,7 +312,7 @@ impl Decoder {
         // Checked on the declared length, before any of the payload is accepted.
         let total = assembled.checked_add(header.payload_len);
         match total {
-            Some(total) if total <= self.max_message => Ok(()),
+            Some(total) if total <= self.max_message as usize => Ok(()),
             _ => Err(ProtocolError::MessageTooBig),
         }
     }
