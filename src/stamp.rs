@@ -8,6 +8,7 @@
 //! about 24 days, past every timeout a connection keeps (the configuration refuses longer
 //! ones). Time is still passed around as `Instant`; stamps are only how it is stored.
 
+use std::cell::Cell;
 use std::num::NonZeroU32;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -19,8 +20,26 @@ pub struct Stamp(NonZeroU32);
 /// fine (offsets are signed), so a synthetic clock in tests may start anywhere.
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
+thread_local! {
+    /// The last instant converted and its offset: a loop turn converts the same `now` many
+    /// times (every message stamps it, every deadline is read against it).
+    static LAST: Cell<Option<(Instant, i64, u32)>> = const { Cell::new(None) };
+}
+
 /// `t`'s offset from the epoch in whole milliseconds (floor) and the nanoseconds past that.
+#[inline]
 fn offset(t: Instant) -> (i64, u32) {
+    if let Some((last, ms, sub)) = LAST.get() {
+        if last == t {
+            return (ms, sub);
+        }
+    }
+    let (ms, sub) = compute_offset(t);
+    LAST.set(Some((t, ms, sub)));
+    (ms, sub)
+}
+
+fn compute_offset(t: Instant) -> (i64, u32) {
     let epoch = *EPOCH.get_or_init(|| t.checked_sub(Duration::from_secs(1)).unwrap_or(t));
     match t.checked_duration_since(epoch) {
         Some(d) => (d.as_millis() as i64, d.subsec_nanos() % 1_000_000),
