@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use super::{Connection, Ctx, End, Phase, Rare, Ws, FANOUT_BUDGET, INFLATE_BUDGET, INFLATE_UNIT};
 use crate::apps::{App, AppClose, AppCtx, AppIo, Traffic};
 use crate::buffer::OutQueue;
+use crate::stamp::Stamp;
 use crate::ws::deflate::{PerMessage, CHUNK};
 use crate::ws::endpoint::{Endpoint, Event, WsError};
 use crate::ws::frame::Opcode;
@@ -118,6 +119,7 @@ impl Connection {
             let parts = AppParts::of(ws, rare, out);
             let AppParts { queue, mut wire_out, pmd } = parts;
             let mut acx = app_ctx(cx, who, queue, &mut log.traffic, high, &mut app_close, pmd);
+            let now = Stamp::at(acx.now);
             loop {
                 let queued = wire_out.as_deref().map_or(acx.out.len(), OutQueue::len);
                 if queued >= high || *acx.fanout >= FANOUT_BUDGET {
@@ -127,7 +129,7 @@ impl Connection {
                 let budget = INFLATE_BUDGET.saturating_sub(acx.fanout.saturating_mul(INFLATE_UNIT)).max(CHUNK);
                 let Ws { endpoint, app } = &mut *ws;
                 let pending = input.pending_in_mut(buf);
-                let received = match endpoint.receive(pending, acx.now, budget, acx.codecs, acx.pmd.as_deref_mut()) {
+                let received = match endpoint.receive(pending, now, budget, acx.codecs, acx.pmd.as_deref_mut()) {
                     Ok(r) => r,
                     Err(e) => break Stop::Failed(e),
                 };

@@ -521,7 +521,7 @@ pub fn endpoint(data: &[u8]) {
         for piece in bytes.chunks(step) {
             pending.extend_from_slice(piece);
             loop {
-                let r = match e.receive(&mut pending, Instant::now(), budget, &mut codecs, pmd.as_mut()) {
+                let r = match e.receive(&mut pending, crate::stamp::Stamp::at(Instant::now()), budget, &mut codecs, pmd.as_mut()) {
                     Ok(r) => r,
                     Err(err) => return (events, Some(err)),
                 };
@@ -554,7 +554,7 @@ pub fn endpoint(data: &[u8]) {
         }
         // A message left inflating goes on with no new bytes.
         while e.is_inflating() {
-            match e.receive(&mut [], Instant::now(), budget, &mut codecs, pmd.as_mut()) {
+            match e.receive(&mut [], crate::stamp::Stamp::at(Instant::now()), budget, &mut codecs, pmd.as_mut()) {
                 Ok(r) => {
                     if let Some(Event::Message(kind, p)) = r.event {
                         events.push((kind as u8, p.as_slice().to_vec()));

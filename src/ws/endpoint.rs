@@ -24,6 +24,7 @@ use super::hixie::{self, Draft, HixieError};
 use super::message::{MessageKind, MessageLimits};
 use super::session::{Received as SessionEvent, Session};
 use super::ProtocolError;
+use crate::stamp::Stamp;
 use crate::buffer::{OutQueue, Pools};
 
 /// Messages at least this large that were assembled in the decoder are handed over as owned
@@ -244,7 +245,7 @@ impl Endpoint {
     pub fn receive<'a>(
         &'a mut self,
         input: &'a mut [u8],
-        now: Instant,
+        now: Stamp,
         budget: usize,
         codecs: &mut SharedCodecs,
         mut pmd: Option<&mut PerMessage>,
@@ -362,7 +363,7 @@ impl Endpoint {
 
     /// A legacy client's frames: text messages, and its close.
     #[inline(never)]
-    fn receive_legacy<'a>(&'a mut self, input: &'a [u8], now: Instant, max: usize) -> Result<Received<'a>, WsError> {
+    fn receive_legacy<'a>(&'a mut self, input: &'a [u8], now: Stamp, max: usize) -> Result<Received<'a>, WsError> {
         let closing = self.session.is_closing();
         let Some(legacy) = self.wire.as_deref_mut().and_then(|w| w.legacy.as_mut()) else {
             return Ok(Received { event: None, used: 0, inflated: 0 });
@@ -374,7 +375,7 @@ impl Endpoint {
                 return Ok(Received { event: Some(Event::CloseAnswered(None)), used, inflated: 0 });
             }
             Some(hixie::Frame::Close) => {
-                self.session.close(now);
+                self.session.close_at(now);
                 let event = Some(Event::CloseBegun { code: None, reason: "" });
                 return Ok(Received { event, used, inflated: 0 });
             }
@@ -545,7 +546,7 @@ mod tests {
         for piece in bytes.chunks(step.max(1)) {
             pending.extend_from_slice(piece);
             loop {
-                let r = match e.receive(&mut pending, now, budget, &mut codecs, pmd.as_deref_mut()) {
+                let r = match e.receive(&mut pending, Stamp::at(now), budget, &mut codecs, pmd.as_deref_mut()) {
                     Ok(r) => r,
                     Err(err) => {
                         out.push(Got::Nothing(usize::from(err.close_code())));
@@ -647,11 +648,11 @@ mod tests {
         let (mut e, mut pmd) = compressing(t0);
         let mut codecs = SharedCodecs::default();
         let mut bytes = compressed(Role::Server, 0x81, text.as_bytes());
-        let r = e.receive(&mut bytes, t0, 4096, &mut codecs, Some(&mut pmd)).unwrap();
+        let r = e.receive(&mut bytes, Stamp::at(t0), 4096, &mut codecs, Some(&mut pmd)).unwrap();
         assert_eq!((got(r), e.is_inflating()), (Got::Yield, true));
         let mut yields = 0;
         let message = loop {
-            let r = e.receive(&mut [], t0, 4096, &mut codecs, Some(&mut pmd)).unwrap();
+            let r = e.receive(&mut [], Stamp::at(t0), 4096, &mut codecs, Some(&mut pmd)).unwrap();
             match got(r) {
                 Got::Yield => yields += 1,
                 other => break other,

@@ -103,13 +103,12 @@ impl Session {
     pub fn receive<'a>(
         &'a mut self,
         buf: &'a mut [u8],
-        now: Instant,
+        now: Stamp,
     ) -> Result<(Option<Received<'a>>, usize), ProtocolError> {
         let closing = self.is_closing();
         let (event, used) = self.decoder.decode(buf)?;
         let Some(event) = event else { return Ok((None, used)) };
         // Any frame proves the peer alive, not only a pong.
-        let now = Stamp::at(now);
         self.last_read = now;
         if !closing {
             self.awaiting = Awaiting::Nothing;
@@ -136,8 +135,7 @@ impl Session {
     }
 
     /// A message arrived by other means than [`Session::receive`] (a legacy draft's frame).
-    pub fn note_message(&mut self, now: Instant) {
-        let now = Stamp::at(now);
+    pub fn note_message(&mut self, now: Stamp) {
         self.last_message = now;
         self.last_read = now;
     }
@@ -149,10 +147,15 @@ impl Session {
 
     /// Marks our close frame as sent. Returns `false` if it already was (send nothing).
     pub fn close(&mut self, now: Instant) -> bool {
+        self.close_at(Stamp::at(now))
+    }
+
+    /// [`Session::close`] with the time already stamped.
+    pub fn close_at(&mut self, now: Stamp) -> bool {
         if self.is_closing() {
             return false;
         }
-        self.awaiting = Awaiting::Close(Stamp::at(now));
+        self.awaiting = Awaiting::Close(now);
         true
     }
 
@@ -268,7 +271,7 @@ mod tests {
         let mut s = server(t0);
         assert_eq!(s.on_timer(t0 + 10 * S, &timing()), Some(Due::Ping));
         let mut bytes = frame(Opcode::Pong, b"");
-        let (ev, used) = s.receive(&mut bytes, t0 + 11 * S).unwrap();
+        let (ev, used) = s.receive(&mut bytes, Stamp::at(t0 + 11 * S)).unwrap();
         assert_eq!((ev, used), (Some(Received::Pong(b"")), 2 + 4));
         assert_eq!(s.deadline(t0, &timing()), Some(t0 + 21 * S));
         assert_eq!(s.on_timer(t0 + 16 * S, &timing()), None);
@@ -280,10 +283,10 @@ mod tests {
         let mut s = Session::new(Role::Server, MessageLimits::default(), t0);
         let no_pings = Timing { ping_interval: Duration::ZERO, ..timing() };
         let mut pong = frame(Opcode::Pong, b"");
-        s.receive(&mut pong, t0 + 50 * S).unwrap();
+        s.receive(&mut pong, Stamp::at(t0 + 50 * S)).unwrap();
         assert_eq!(s.deadline(t0, &no_pings), Some(t0 + 100 * S));
         let mut msg = frame(Opcode::Text, b"hi");
-        assert_eq!(s.receive(&mut msg, t0 + 60 * S).unwrap().0, Some(Received::Message(MessageKind::Text, b"hi")));
+        assert_eq!(s.receive(&mut msg, Stamp::at(t0 + 60 * S)).unwrap().0, Some(Received::Message(MessageKind::Text, b"hi")));
         assert_eq!(s.on_timer(t0 + 100 * S, &no_pings), None);
         assert_eq!(s.on_timer(t0 + 160 * S, &no_pings), Some(Due::Close(close::GOING_AWAY, "idle timeout")));
     }
@@ -297,12 +300,12 @@ mod tests {
         assert_eq!(s.deadline(t0, &timing()), Some(t0 + 3 * S));
         let mut msg = frame(Opcode::Text, b"late");
         let len = msg.len();
-        let (ev, used) = s.receive(&mut msg, t0 + S).unwrap();
+        let (ev, used) = s.receive(&mut msg, Stamp::at(t0 + S)).unwrap();
         assert_eq!((ev, used), (None, len));
         assert_eq!(s.on_timer(t0 + 2 * S, &timing()), None);
         assert_eq!(s.on_timer(t0 + 3 * S, &timing()), Some(Due::Abort("close handshake timed out")));
         let mut answer = frame(Opcode::Close, &1000u16.to_be_bytes());
-        assert_eq!(s.receive(&mut answer, t0 + 2 * S).unwrap().0, Some(Received::CloseAnswered(Some(1000))));
+        assert_eq!(s.receive(&mut answer, Stamp::at(t0 + 2 * S)).unwrap().0, Some(Received::CloseAnswered(Some(1000))));
     }
 
     #[test]
@@ -312,7 +315,7 @@ mod tests {
         let mut payload = 4000u16.to_be_bytes().to_vec();
         payload.extend_from_slice(b"bye");
         let mut bytes = frame(Opcode::Close, &payload);
-        let (ev, _) = s.receive(&mut bytes, t0).unwrap();
+        let (ev, _) = s.receive(&mut bytes, Stamp::at(t0)).unwrap();
         let Some(Received::CloseBegun(f)) = ev else { panic!("{ev:?}") };
         assert_eq!((reply_code(&f), f.reason), (Some(4000), "bye"));
     }
@@ -322,9 +325,9 @@ mod tests {
         let t0 = crate::stamp::round_up(Instant::now());
         let mut s = Session::new(Role::Client, MessageLimits::default(), t0);
         let mut masked = frame(Opcode::Text, b"x");
-        assert!(s.receive(&mut masked, t0).is_err());
+        assert!(s.receive(&mut masked, Stamp::at(t0)).is_err());
         let mut s = Session::new(Role::Client, MessageLimits::default(), t0);
         let mut plain = vec![0x81, 1, b'x'];
-        assert_eq!(s.receive(&mut plain, t0).unwrap().0, Some(Received::Message(MessageKind::Text, b"x")));
+        assert_eq!(s.receive(&mut plain, Stamp::at(t0)).unwrap().0, Some(Received::Message(MessageKind::Text, b"x")));
     }
 }
