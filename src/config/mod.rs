@@ -74,8 +74,8 @@ fn too_long_timeout(l: &Limits) -> Option<&'static str> {
     .map(|(key, _)| key)
 }
 
-/// The largest message or frame a route may accept (the decoder keeps its limits in 32 bits).
-pub const MAX_MESSAGE_SIZE: usize = u32::MAX as usize;
+/// The largest message or frame a route may accept (the decoder keeps its limits in 30 bits).
+pub const MAX_MESSAGE_SIZE: usize = crate::ws::message::MAX_LIMIT as usize;
 
 /// The largest `max_connections` (per worker): the loop's timers keep a slab key in 24 bits.
 pub const MAX_CONNECTIONS: usize = (1 << 24) - 1024;
@@ -408,7 +408,7 @@ set require_key = true or an origins list",
                 return err(at("max_message_size / max_frame_size: must be more than zero"));
             }
             if l.max_message_size > MAX_MESSAGE_SIZE || l.max_frame_size > MAX_MESSAGE_SIZE {
-                return err(at("max_message_size / max_frame_size: at most 4 GiB - 1"));
+                return err(at("max_message_size / max_frame_size: at most 1 GiB - 1"));
             }
             if l.close_timeout.is_zero() || l.write_timeout.is_zero() {
                 return err(at("close_timeout / write_timeout: must be more than zero"));

@@ -521,7 +521,13 @@ pub fn endpoint(data: &[u8]) {
         for piece in bytes.chunks(step) {
             pending.extend_from_slice(piece);
             loop {
-                let r = match e.receive(&mut pending, crate::stamp::Stamp::at(Instant::now()), budget, &mut codecs, pmd.as_mut()) {
+                let r = match e.receive(
+                    &mut pending,
+                    crate::stamp::Stamp::at(Instant::now()),
+                    budget,
+                    &mut codecs,
+                    pmd.as_mut(),
+                ) {
                     Ok(r) => r,
                     Err(err) => return (events, Some(err)),
                 };

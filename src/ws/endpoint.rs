@@ -24,8 +24,8 @@ use super::hixie::{self, Draft, HixieError};
 use super::message::{MessageKind, MessageLimits};
 use super::session::{Received as SessionEvent, Session};
 use super::ProtocolError;
-use crate::stamp::Stamp;
 use crate::buffer::{OutQueue, Pools};
+use crate::stamp::Stamp;
 
 /// Messages at least this large that were assembled in the decoder are handed over as owned
 /// buffers (no copy); smaller ones are borrowed.

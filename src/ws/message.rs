@@ -79,13 +79,10 @@ enum FrameState {
 /// between messages again, so an idle connection holds none of it.
 #[derive(Debug)]
 pub struct Decoder {
-    /// The limits in 32 bits (a message is at most 4 GiB - 1, as in uWebSockets): every
-    /// open connection carries them.
-    max_frame: u32,
+    /// The largest frame payload, and in the top bits [`CLIENT_FRAMES`] and [`RSV1_ALLOWED`]:
+    /// the limits and flags in 8 bytes (every open connection carries them).
+    max_frame_and_flags: u32,
     max_message: u32,
-    /// RSV bits a negotiated extension defines (see [`FrameLimits`]).
-    allowed_rsv: u8,
-    role: Role,
     partial: Option<Box<Partial>>,
 }
 
@@ -129,6 +126,14 @@ impl Partial {
 /// The RSV1 bit of a frame's first byte: permessage-deflate's "compressed" mark.
 const RSV1: u8 = 0x40;
 
+/// The largest message or frame a decoder accepts: 1 GiB - 1 (the limits share their 32 bits
+/// with two flags).
+pub const MAX_LIMIT: u32 = (1 << 30) - 1;
+/// Frames as a client reads them (from a server: unmasked).
+const CLIENT_FRAMES: u32 = 1 << 31;
+/// permessage-deflate was agreed: RSV1 may be set.
+const RSV1_ALLOWED: u32 = 1 << 30;
+
 impl Decoder {
     /// A decoder for frames sent by a client (masked), as a server reads them.
     pub fn server(limits: MessageLimits) -> Decoder {
@@ -141,18 +146,24 @@ impl Decoder {
     }
 
     fn new(role: Role, limits: MessageLimits) -> Decoder {
-        let max_message = u32::try_from(limits.max_message).unwrap_or(u32::MAX);
+        let max_message = u32::try_from(limits.max_message).unwrap_or(u32::MAX).min(MAX_LIMIT);
         let max_frame = u32::try_from(limits.max_frame).unwrap_or(u32::MAX).min(max_message);
-        Decoder { max_frame, max_message, allowed_rsv: 0, role, partial: None }
+        let role = if role == Role::Client { CLIENT_FRAMES } else { 0 };
+        Decoder { max_frame_and_flags: max_frame | role, max_message, partial: None }
     }
 
     fn frame_limits(&self) -> FrameLimits {
-        FrameLimits { max_payload: u64::from(self.max_frame), allowed_rsv: self.allowed_rsv, role: self.role }
+        let f = self.max_frame_and_flags;
+        FrameLimits {
+            max_payload: u64::from(f & MAX_LIMIT),
+            allowed_rsv: if f & RSV1_ALLOWED != 0 { RSV1 } else { 0 },
+            role: if f & CLIENT_FRAMES != 0 { Role::Client } else { Role::Server },
+        }
     }
 
     /// permessage-deflate was negotiated: RSV1 may mark a data message's first frame.
     pub fn allow_compression(&mut self) {
-        self.allowed_rsv |= RSV1;
+        self.max_frame_and_flags |= RSV1_ALLOWED;
     }
 
     /// True when no frame or message is partly received: nothing would be lost by dropping

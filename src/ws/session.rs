@@ -286,7 +286,10 @@ mod tests {
         s.receive(&mut pong, Stamp::at(t0 + 50 * S)).unwrap();
         assert_eq!(s.deadline(t0, &no_pings), Some(t0 + 100 * S));
         let mut msg = frame(Opcode::Text, b"hi");
-        assert_eq!(s.receive(&mut msg, Stamp::at(t0 + 60 * S)).unwrap().0, Some(Received::Message(MessageKind::Text, b"hi")));
+        assert_eq!(
+            s.receive(&mut msg, Stamp::at(t0 + 60 * S)).unwrap().0,
+            Some(Received::Message(MessageKind::Text, b"hi"))
+        );
         assert_eq!(s.on_timer(t0 + 100 * S, &no_pings), None);
         assert_eq!(s.on_timer(t0 + 160 * S, &no_pings), Some(Due::Close(close::GOING_AWAY, "idle timeout")));
     }

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Side by side with uWebSockets on one core each (step 12's set): server pinned to core 0, load
+# (wsload, and tcpkali when built) on core 1, the servers alternating in every round, so only
+# the ratios within one run are compared (machines differ 2x from one session to the next).
+#
+# usage: scripts/bench-vs-uws.sh [SECONDS] [ROUNDS]
+#   PEERS=dir with uws_echo and uws_room (default /tmp/peers/bin: ../shared/tools/build-peers.sh
+#         builds them; without them only wsgate runs)
+#   BASE_WSGATE=path/to/another/wsgate: the same runs against that build too (before/after)
+#
+# Prints one line per run: messages (or deliveries) per second, the server's user and system
+# microseconds per message (from /proc, over the measured window), and messages per server
+# CPU-second. Loopback only; every server stops when the script ends.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-5}
+rounds=${2:-3}
+peers=${PEERS:-/tmp/peers/bin}
+src=${LOADTOOLS_SRC:-../shared/tools}
+tools=$(bash "$src/build-load-tools.sh" /tmp/loadtools | tail -1)
+wsload=${tools%% *}
+cargo build --release --quiet
+tmp=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+
+start_wsgate() { # name binary port
+  cat >"$tmp/$1.toml" <<EOF
+[server]
+listen = ["127.0.0.1:$3"]
+max_connections = 20000
+[[route]]
+path = "/echo"
+app = "echo"
+# tcpkali asks for "/".
+[[route]]
+path = "/"
+app = "echo"
+[[route]]
+path = "/chat"
+app = "chat"
+exclude_sender = false
+EOF
+  taskset -c 0 "$2" -c "$tmp/$1.toml" -q &
+  pids+=($!)
+  eval "pid_$1=$!; port_$1=$3"
+}
+
+servers=(wsgate)
+start_wsgate wsgate ./target/release/wsgate 18300
+if [ -n "${BASE_WSGATE:-}" ]; then
+  start_wsgate base "$BASE_WSGATE" 18301
+  servers+=(base)
+fi
+if [ -x "$peers/uws_echo" ] && [ -x "$peers/uws_room" ]; then
+  taskset -c 0 "$peers/uws_echo" 18302 >/dev/null &
+  pids+=($!); pid_uws=$!; port_uws=18302
+  taskset -c 0 "$peers/uws_room" 18303 >/dev/null &
+  pids+=($!); pid_uwsroom=$!; port_uwsroom=18303
+  servers+=(uws)
+else
+  echo "no uWebSockets peers in $peers (../shared/tools/build-peers.sh): wsgate only" >&2
+fi
+sleep 0.5
+
+# run NAME LABEL wsload-args... : one measured window against server NAME.
+run() {
+  local name=$1 label=$2; shift 2
+  local pid port path=/echo
+  pid=$(eval echo "\$pid_$name"); port=$(eval echo "\$port_$name")
+  if [ "$name" = uws ] && [[ "$*" == *"-p /chat"* ]]; then
+    pid=$pid_uwsroom; port=$port_uwsroom
+  fi
+  local out
+  out=$(taskset -c 1 "$wsload" -d "$secs" -w 1 "$@" --pid "$pid" 127.0.0.1 "$port" 2>&1 | tr '\n' ' ')
+  local rate usr sys cpu
+  rate=$(grep -o 'deliveries_per_s=[0-9]*' <<<"$out" | cut -d= -f2 || true)
+  [ -n "$rate" ] || rate=$(grep -o 'msgs_per_s=[0-9]*' <<<"$out" | cut -d= -f2)
+  usr=$(grep -o 'server_usr_us_per_msg=[0-9.]*' <<<"$out" | cut -d= -f2)
+  sys=$(grep -o 'server_sys_us_per_msg=[0-9.]*' <<<"$out" | cut -d= -f2)
+  cpu=$(grep -o 'server_cpu_pct=[0-9.]*' <<<"$out" | cut -d= -f2)
+  printf '  %-7s %-24s %12s /s  usr %6.1f ns  sys %6.1f ns  %6.2f M msg per CPU-s\n' "$name" "$label" "$rate" \
+    "$(echo "$usr * 1000" | bc -l)" "$(echo "$sys * 1000" | bc -l)" "$(echo "$rate / ($cpu / 100) / 1000000" | bc -l)"
+}
+
+tcpkali_run() { # name: flood 100 x 20 B text with tcpkali --ws (to "/"), messages per second
+  local name=$1 port bytes
+  port=$(eval echo "\$port_$name")
+  bytes=$(taskset -c 1 "$peers/tcpkali" --ws -c100 -m aaaaaaaaaaaaaaaaaaaa -T"${secs}s" "127.0.0.1:$port" 2>&1 |
+    grep -o 'Total data received: .*(\([0-9]*\) bytes)' | grep -o '([0-9]*' | tr -d '(' || true)
+  # Each echoed message is a 22-byte frame (2-byte header, 20 bytes).
+  if [ -n "$bytes" ]; then printf '  %-7s %-24s %12d /s\n' "$name" "tcpkali flood 100x20B" $((bytes / 22 / secs)); fi
+}
+
+command -v bc >/dev/null || { echo "bc is needed (apt-get install bc)" >&2; exit 1; }
+for r in $(seq "$rounds"); do
+  echo "round $r"
+  for s in "${servers[@]}"; do
+    run "$s" "flood 100x20B text" -m flood -t -c 100 -s 20 -p /echo
+    run "$s" "flood 100x20B binary" -m flood -c 100 -s 20 -p /echo
+    run "$s" "closed 100x20B" -c 100 -s 20 -p /echo
+    run "$s" "closed 1000x20B" -c 1000 -s 20 -p /echo
+    run "$s" "chat echo 1x20B" -m fanout -c 1 -s 20 -p /chat
+    run "$s" "flood 100x16KiB" -m flood -c 100 -s 16384 -p /echo
+    run "$s" "fanout 500x20B" -m fanout -c 500 -s 20 -p /chat
+    if [ -x "$peers/tcpkali" ]; then tcpkali_run "$s"; fi
+  done
+done
