@@ -62,6 +62,13 @@ pub fn unmask_vs_naive(data: &[u8]) {
     unmask(&mut fast[start..], key, usize::from(*offset));
     unmask_naive(&mut naive[start..], key, usize::from(*offset));
     assert_eq!(fast, naive);
+    // The fused pass (from payload position 0) unmasks the same and finds every high bit.
+    let mut fused = rest.to_vec();
+    let ascii = crate::ws::mask::unmask_ascii(&mut fused[start..], key);
+    let mut naive0 = rest.to_vec();
+    unmask_naive(&mut naive0[start..], key, 0);
+    assert_eq!(fused, naive0);
+    assert_eq!(ascii, naive0[start..].is_ascii());
 }
 
 /// Owned copy of an event, to compare decodings.
