@@ -52,11 +52,21 @@ if [ -n "${BASE_WSGATE:-}" ]; then
   start_wsgate base "$BASE_WSGATE" 18301
   servers+=(base)
 fi
+# uws_echo dies of SIGPIPE when a flooding client goes with frames in flight (the end of every
+# 16 KiB flood): it is started again whenever it is gone.
+start_uws() {
+  if [ -z "${pid_uws:-}" ] || ! kill -0 "$pid_uws" 2>/dev/null; then
+    taskset -c 0 "$peers/uws_echo" 18302 >/dev/null 2>&1 &
+    pids+=($!); pid_uws=$!; port_uws=18302
+  fi
+  if [ -z "${pid_uwsroom:-}" ] || ! kill -0 "$pid_uwsroom" 2>/dev/null; then
+    taskset -c 0 "$peers/uws_room" 18303 >/dev/null 2>&1 &
+    pids+=($!); pid_uwsroom=$!; port_uwsroom=18303
+  fi
+  sleep 0.3
+}
 if [ -x "$peers/uws_echo" ] && [ -x "$peers/uws_room" ]; then
-  taskset -c 0 "$peers/uws_echo" 18302 >/dev/null &
-  pids+=($!); pid_uws=$!; port_uws=18302
-  taskset -c 0 "$peers/uws_room" 18303 >/dev/null &
-  pids+=($!); pid_uwsroom=$!; port_uwsroom=18303
+  start_uws
   servers+=(uws)
 else
   echo "no uWebSockets peers in $peers (../shared/tools/build-peers.sh): wsgate only" >&2
@@ -72,13 +82,17 @@ run() {
     pid=$pid_uwsroom; port=$port_uwsroom
   fi
   local out
-  out=$(taskset -c 1 "$wsload" -d "$secs" -w 1 "$@" --pid "$pid" 127.0.0.1 "$port" 2>&1 | tr '\n' ' ')
+  out=$(taskset -c 1 "$wsload" -d "$secs" -w 1 "$@" --pid "$pid" 127.0.0.1 "$port" 2>&1 | tr '\n' ' ' || true)
   local rate usr sys cpu
   rate=$(grep -o 'deliveries_per_s=[0-9]*' <<<"$out" | cut -d= -f2 || true)
-  [ -n "$rate" ] || rate=$(grep -o 'msgs_per_s=[0-9]*' <<<"$out" | cut -d= -f2)
-  usr=$(grep -o 'server_usr_us_per_msg=[0-9.]*' <<<"$out" | cut -d= -f2)
-  sys=$(grep -o 'server_sys_us_per_msg=[0-9.]*' <<<"$out" | cut -d= -f2)
-  cpu=$(grep -o 'server_cpu_pct=[0-9.]*' <<<"$out" | cut -d= -f2)
+  [ -n "$rate" ] || rate=$(grep -o 'msgs_per_s=[0-9]*' <<<"$out" | cut -d= -f2 || true)
+  usr=$(grep -o 'server_usr_us_per_msg=[0-9.]*' <<<"$out" | cut -d= -f2 || true)
+  sys=$(grep -o 'server_sys_us_per_msg=[0-9.]*' <<<"$out" | cut -d= -f2 || true)
+  cpu=$(grep -o 'server_cpu_pct=[0-9.]*' <<<"$out" | cut -d= -f2 || true)
+  if [ -z "$rate" ] || [ -z "$usr" ] || [ -z "$cpu" ] || ! kill -0 "$pid" 2>/dev/null; then
+    printf '  %-7s %-24s failed (server gone?): %s\n' "$name" "$label" "$(tail -c 200 <<<"$out")"
+    return 0
+  fi
   printf '  %-7s %-24s %12s /s  usr %6.1f ns  sys %6.1f ns  %6.2f M msg per CPU-s\n' "$name" "$label" "$rate" \
     "$(echo "$usr * 1000" | bc -l)" "$(echo "$sys * 1000" | bc -l)" "$(echo "$rate / ($cpu / 100) / 1000000" | bc -l)"
 }
@@ -96,13 +110,14 @@ command -v bc >/dev/null || { echo "bc is needed (apt-get install bc)" >&2; exit
 for r in $(seq "$rounds"); do
   echo "round $r"
   for s in "${servers[@]}"; do
+    if [ "$s" = uws ]; then start_uws; fi
     run "$s" "flood 100x20B text" -m flood -t -c 100 -s 20 -p /echo
     run "$s" "flood 100x20B binary" -m flood -c 100 -s 20 -p /echo
     run "$s" "closed 100x20B" -c 100 -s 20 -p /echo
     run "$s" "closed 1000x20B" -c 1000 -s 20 -p /echo
     run "$s" "chat echo 1x20B" -m fanout -c 1 -s 20 -p /chat
-    run "$s" "flood 100x16KiB" -m flood -c 100 -s 16384 -p /echo
     run "$s" "fanout 500x20B" -m fanout -c 500 -s 20 -p /chat
     if [ -x "$peers/tcpkali" ]; then tcpkali_run "$s"; fi
+    run "$s" "flood 100x16KiB" -m flood -c 100 -s 16384 -p /echo
   done
 done
