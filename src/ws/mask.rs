@@ -11,25 +11,15 @@
 
 /// Unmasks (or masks: the operation is its own inverse) `buf` in place, continuing `key` at
 /// payload position `offset`.
-#[inline]
+#[inline(always)]
 pub fn unmask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     let key = rotate_key(key, offset);
-    // Below one block the dispatch costs more than it saves.
+    // Below one block the dispatch costs more than it saves: small frames stay inline.
     if buf.len() < BLOCK {
-        return unmask_tail(buf, key);
+        unmask_short(buf, key);
+    } else {
+        unmask_long(buf, key);
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU reports AVX-512F, the only feature the function is compiled for.
-            return unsafe { unmask_avx512(buf, key) };
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU reports AVX2, the only feature the function is compiled for.
-            return unsafe { unmask_avx2(buf, key) };
-        }
-    }
-    unmask_blocks(buf, key)
 }
 
 /// Unmasks like [`unmask`] from payload position 0, and says whether every unmasked byte is
@@ -38,26 +28,10 @@ pub fn unmask(buf: &mut [u8], key: [u8; 4], offset: usize) {
 #[inline(always)]
 pub fn unmask_ascii(buf: &mut [u8], key: [u8; 4]) -> bool {
     if buf.len() < BLOCK {
-        unmask_tail_ascii(buf, key)
+        unmask_short(buf, key)
     } else {
-        unmask_blocks_ascii_dispatch(buf, key)
+        unmask_long(buf, key)
     }
-}
-
-#[inline(never)]
-fn unmask_blocks_ascii_dispatch(buf: &mut [u8], key: [u8; 4]) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU reports AVX-512F, the only feature the function is compiled for.
-            return unsafe { unmask_ascii_avx512(buf, key) };
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU reports AVX2, the only feature the function is compiled for.
-            return unsafe { unmask_ascii_avx2(buf, key) };
-        }
-    }
-    unmask_blocks_ascii(buf, key)
 }
 
 /// The reference: one byte at a time. The fast path is tested against it.
@@ -76,24 +50,28 @@ fn rotate_key(key: [u8; 4], offset: usize) -> [u8; 4] {
     [key[s], key[(s + 1) % 4], key[(s + 2) % 4], key[(s + 3) % 4]]
 }
 
-#[inline(always)]
-fn unmask_blocks(buf: &mut [u8], key: [u8; 4]) {
-    let mut wide = [0u8; BLOCK];
-    for (i, b) in wide.iter_mut().enumerate() {
-        *b = key[i % 4];
-    }
-    let mut blocks = buf.chunks_exact_mut(BLOCK);
-    for block in &mut blocks {
-        for (b, k) in block.iter_mut().zip(wide.iter()) {
-            *b ^= *k;
+/// A block or more: the widest vectors the CPU has. Returns whether all of it is ASCII (the
+/// OR that tells costs one vector operation per block, in registers already).
+#[inline(never)]
+fn unmask_long(buf: &mut [u8], key: [u8; 4]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU reports AVX-512F, the only feature the function is compiled for.
+            return unsafe { unmask_avx512(buf, key) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU reports AVX2, the only feature the function is compiled for.
+            return unsafe { unmask_avx2(buf, key) };
         }
     }
-    // BLOCK is a multiple of 4, so the tail starts at key phase 0.
-    unmask_tail(blocks.into_remainder(), key);
+    unmask_blocks(buf, key)
 }
 
+/// 64-byte blocks against the key spread over 64 bytes (the compiler vectorises both loops
+/// for whatever the function is compiled for), then the rest.
 #[inline(always)]
-fn unmask_blocks_ascii(buf: &mut [u8], key: [u8; 4]) -> bool {
+fn unmask_blocks(buf: &mut [u8], key: [u8; 4]) -> bool {
     let mut wide = [0u8; BLOCK];
     for (i, b) in wide.iter_mut().enumerate() {
         *b = key[i % 4];
@@ -106,13 +84,15 @@ fn unmask_blocks_ascii(buf: &mut [u8], key: [u8; 4]) -> bool {
             *h |= *b;
         }
     }
-    let tail_ascii = unmask_tail_ascii(blocks.into_remainder(), key);
-    tail_ascii && high.iter().fold(0, |acc, h| acc | h) < 0x80
+    // BLOCK is a multiple of 4, so the rest starts at key phase 0.
+    let rest_ascii = unmask_short(blocks.into_remainder(), key);
+    rest_ascii && high.iter().fold(0, |acc, h| acc | h) < 0x80
 }
 
 /// Eight bytes at a time (a short message is two or three words), then the last few.
+/// Returns whether all of it is ASCII.
 #[inline(always)]
-fn unmask_tail_ascii(buf: &mut [u8], key: [u8; 4]) -> bool {
+fn unmask_short(buf: &mut [u8], key: [u8; 4]) -> bool {
     let k4 = u32::from_ne_bytes(key);
     let k8 = u64::from(k4) | (u64::from(k4) << 32);
     let mut high = 0u64;
@@ -140,41 +120,16 @@ fn unmask_tail_ascii(buf: &mut [u8], key: [u8; 4]) -> bool {
     high & 0x8080_8080_8080_8080 == 0
 }
 
-#[inline(always)]
-fn unmask_tail(buf: &mut [u8], key: [u8; 4]) {
-    let mut words = buf.chunks_exact_mut(4);
-    let k = u32::from_ne_bytes(key);
-    for w in &mut words {
-        let v = u32::from_ne_bytes([w[0], w[1], w[2], w[3]]) ^ k;
-        w.copy_from_slice(&v.to_ne_bytes());
-    }
-    for (b, k) in words.into_remainder().iter_mut().zip(key) {
-        *b ^= k;
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn unmask_avx2(buf: &mut [u8], key: [u8; 4]) {
+unsafe fn unmask_avx2(buf: &mut [u8], key: [u8; 4]) -> bool {
     unmask_blocks(buf, key)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn unmask_avx512(buf: &mut [u8], key: [u8; 4]) {
+unsafe fn unmask_avx512(buf: &mut [u8], key: [u8; 4]) -> bool {
     unmask_blocks(buf, key)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn unmask_ascii_avx2(buf: &mut [u8], key: [u8; 4]) -> bool {
-    unmask_blocks_ascii(buf, key)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn unmask_ascii_avx512(buf: &mut [u8], key: [u8; 4]) -> bool {
-    unmask_blocks_ascii(buf, key)
 }
 
 #[cfg(test)]
@@ -211,7 +166,7 @@ mod tests {
                 assert!(unmask_ascii(&mut got[align..], key), "len {len} align {align}");
                 assert_eq!(&got[align..], &plain[..]);
                 let mut portable = masked.clone();
-                assert!(unmask_blocks_ascii(&mut portable[align..], key));
+                assert!(unmask_blocks(&mut portable[align..], key));
                 assert_eq!(portable, got);
                 // One byte with its high bit set, anywhere, is found.
                 for at in 0..len {
@@ -223,7 +178,7 @@ mod tests {
                     let mut portable = m.clone();
                     assert!(!unmask_ascii(&mut m[align..], key), "len {len} align {align} at {at}");
                     assert_eq!(&m[align..], &one[..]);
-                    assert!(!unmask_blocks_ascii(&mut portable[align..], key));
+                    assert!(!unmask_blocks(&mut portable[align..], key));
                 }
             }
         }
