@@ -87,6 +87,53 @@ impl Stamp {
     pub fn passed(self, now: Instant) -> bool {
         now >= self.instant(now)
     }
+
+    /// `d` after this stamp, rounded up to the millisecond (a deadline from a stamp: never
+    /// early, at most 1 ms late). `d` must be under [`Stamp::SPAN`].
+    #[inline]
+    pub fn after(self, d: Duration) -> Stamp {
+        let ms = d.as_secs() * 1000 + u64::from(d.subsec_nanos().div_ceil(1_000_000));
+        let count = self.0.get().wrapping_add(ms as u32);
+        Stamp(NonZeroU32::new(count).unwrap_or(NonZeroU32::MIN))
+    }
+
+    /// The earlier of two stamps within [`Stamp::SPAN`] of each other.
+    #[inline]
+    pub fn earlier(self, other: Stamp) -> Stamp {
+        if (other.0.get().wrapping_sub(self.0.get()) as i32) >= 0 {
+            self
+        } else {
+            other
+        }
+    }
+
+    /// The stamp's 32 bits, as the loop's timers remember them.
+    pub fn bits(self) -> u32 {
+        self.0.get()
+    }
+
+    /// Milliseconds from the epoch, read against `now_ms` (from [`millis`]; within
+    /// [`Stamp::SPAN`] of it).
+    pub fn unwrap(self, now_ms: i64) -> i64 {
+        now_ms + i64::from(self.0.get().wrapping_sub(now_ms as u32) as i32)
+    }
+}
+
+/// `t` in whole milliseconds from the epoch, rounded down: a stamp of `m` has passed at `t`
+/// when `m <= millis(t)`.
+pub fn millis(t: Instant) -> i64 {
+    offset(t).0
+}
+
+/// The instant `ms` milliseconds from the epoch (the inverse of [`millis`] at whole ms).
+pub fn instant_of(ms: i64, now: Instant) -> Instant {
+    let (now_ms, sub) = offset(now);
+    let whole = now.checked_sub(Duration::from_nanos(u64::from(sub))).unwrap_or(now);
+    if ms >= now_ms {
+        whole + Duration::from_millis((ms - now_ms) as u64)
+    } else {
+        whole.checked_sub(Duration::from_millis((now_ms - ms) as u64)).unwrap_or(whole)
+    }
 }
 
 /// A stamp for what may be held for months (when a connection was accepted): the same
@@ -98,6 +145,11 @@ impl LongStamp {
     pub fn at(t: Instant) -> LongStamp {
         let (ms, sub) = offset(t);
         LongStamp(ms + i64::from(sub > 0))
+    }
+
+    /// The same instant as a (wrapping) [`Stamp`].
+    pub fn short(self) -> Stamp {
+        Stamp(NonZeroU32::new(self.0 as u32).unwrap_or(NonZeroU32::MIN))
     }
 
     pub fn instant(self, now: Instant) -> Instant {
@@ -159,6 +211,30 @@ mod tests {
             let back = s.instant(t + Duration::from_secs(later));
             assert!(back >= t && back - t < Duration::from_millis(1), "{later}");
         }
+    }
+
+    #[test]
+    fn deadlines_in_stamp_space_match_instants() {
+        let t = Instant::now() + Duration::from_micros(1234);
+        let s = Stamp::at(t);
+        let d = s.after(Duration::from_micros(30_000_001));
+        // Never early, at most 2 ms late (the stamp's rounding and the duration's).
+        let back = d.instant(t);
+        let exact = t + Duration::from_micros(30_000_001);
+        assert!(back >= exact && back - exact < Duration::from_millis(2));
+        assert_eq!(s.earlier(d), s);
+        assert_eq!(d.earlier(s), s);
+        let now_ms = millis(t);
+        assert_eq!(d.unwrap(now_ms), now_ms + 1 + 30_001);
+        assert!(d.unwrap(now_ms) > millis(exact));
+        assert_eq!(instant_of(d.unwrap(now_ms), t), back);
+        assert_eq!(LongStamp::at(t).short(), s);
+        // Across the 32-bit wrap, against a now on either side of it.
+        let late = Stamp(NonZeroU32::new(u32::MAX - 5).unwrap()).after(Duration::from_millis(10));
+        assert_eq!(late.bits(), 4);
+        let now_ms = (1i64 << 32) - 3;
+        assert_eq!(late.unwrap(now_ms), (1i64 << 32) + 4);
+        assert_eq!(Stamp(NonZeroU32::new(u32::MAX - 5).unwrap()).earlier(late).bits(), u32::MAX - 5);
     }
 
     #[test]

@@ -20,7 +20,9 @@
 //! Readiness is edge-triggered and tracked here: `readable` / `writable` stay set until an
 //! operation returns `WouldBlock`. Backpressure is "do not read while too much output is
 //! queued", which needs no re-registration. Writes are corked for the event batch: one write
-//! per connection per turn, at its end ([`Ready::corked`]).
+//! per connection per turn, at its end ([`Ready::corked`]), except that a connection nobody
+//! else wrote to writes its own output as its drive ends ([`Ready::write_after`]): an echo
+//! is one drive per event, not two.
 
 mod closing;
 mod end;
@@ -124,6 +126,10 @@ pub struct Ready {
     /// nothing. So a connection that many others publish to in one turn gets one write for
     /// all of it.
     pub corked: bool,
+    /// Corked, but nothing else has queued output for it this turn: unless the drive
+    /// published to others (who may publish back before the turn ends), write what it queued
+    /// before returning. An echo then costs one drive, not a corked one and an uncorked one.
+    pub write_after: bool,
     /// A deadline the connection asked for has passed.
     pub timer: bool,
     /// The server is shutting down.
@@ -135,7 +141,7 @@ pub struct Ready {
 pub struct Turn {
     pub progress: Progress,
     /// When the connection next needs a [`Ready::timer`] drive (`None`: never).
-    pub deadline: Option<Instant>,
+    pub deadline: Option<Stamp>,
 }
 
 /// What [`Connection::drive`] leaves the loop to do.
@@ -513,7 +519,7 @@ impl Connection {
             self.start_drain(cx);
         }
         let progress = self.run(cx, ready);
-        let deadline = if progress == Progress::Closed { None } else { self.deadline(cx.now) };
+        let deadline = if progress == Progress::Closed { None } else { self.due() };
         Turn { progress, deadline }
     }
 
@@ -574,6 +580,9 @@ impl Connection {
             budget = budget.saturating_sub(self.read_once(cx));
         }
         self.after_io(cx, READ_BUDGET - budget);
+        if ready.write_after && cx.fanout == 0 && self.writable && self.has_output() && !self.is_closed() {
+            return self.write_turn(cx);
+        }
         if self.is_closed() {
             Progress::Closed
         } else if self.writable && self.has_output() {

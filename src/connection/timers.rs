@@ -10,24 +10,30 @@ use crate::ws::session::{Due, Timing};
 impl Connection {
     /// The earliest time at which a timer has something to do.
     pub(super) fn deadline(&self, now: Instant) -> Option<Instant> {
+        self.due().map(|s| s.instant(now))
+    }
+
+    /// [`Connection::deadline`] as a stamp, without reading the clock: what the loop arms
+    /// after every drive.
+    pub(super) fn due(&self) -> Option<Stamp> {
         let phase = match &self.phase {
-            Phase::Unknown => Some(self.accepted(now) + self.limits.handshake_timeout),
+            Phase::Unknown => Some(self.accepted.short().after(self.limits.handshake_timeout)),
             Phase::Opening { deadline }
             | Phase::Http { deadline }
             | Phase::Answering { deadline }
             | Phase::HandingOff { deadline, .. }
             | Phase::HandedOff { deadline, .. }
             | Phase::Flushing { deadline, .. }
-            | Phase::Lingering { deadline, .. } => Some(deadline.instant(now)),
+            | Phase::Lingering { deadline, .. } => Some(*deadline),
             Phase::Connected(ws) => match self.failing() {
-                Some(&(_, _, since)) => Some(since + self.limits.close_timeout),
-                None => ws.endpoint.session().deadline(now, &self.timing()),
+                Some(&(_, _, since)) => Some(Stamp::at(since + self.limits.close_timeout)),
+                None => ws.endpoint.session().due(&self.timing()),
             },
             Phase::Sending(_) | Phase::Closed(_) => None,
         };
-        let stall = self.stalled_since.map(|t| t.instant(now) + self.limits.write_timeout);
+        let stall = self.stalled_since.map(|t| t.after(self.limits.write_timeout));
         match (phase, stall) {
-            (Some(a), Some(b)) => Some(a.min(b)),
+            (Some(a), Some(b)) => Some(a.earlier(b)),
             (a, b) => a.or(b),
         }
     }

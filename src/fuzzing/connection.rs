@@ -277,7 +277,7 @@ impl<'s> Run<'s> {
         }
         self.closed = progress == Progress::Closed;
         self.again = matches!(progress, Progress::Busy | Progress::Again) || turn.progress == Progress::Busy;
-        self.deadline = deadline;
+        self.deadline = deadline.map(|d| d.instant(self.now));
         let output = self.memory().take_output();
         self.written.extend_from_slice(&output);
         let (queued, unread) = self.conn.buffered();

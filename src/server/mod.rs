@@ -339,7 +339,7 @@ impl Worker {
         if !self.busy.is_empty() || self.mailbox.more || self.cluster.as_ref().is_some_and(Cluster::busy) {
             return Some(Duration::ZERO);
         }
-        let mut next = self.timers.next();
+        let mut next = self.timers.next(now);
         if let Some(t) = self.accept_paused_until {
             next = Some(next.map_or(t, |n| n.min(t)));
         }
@@ -400,7 +400,7 @@ impl Worker {
             self.apply(key, action, now);
         }
         self.actions = actions;
-        self.after_drive(key, turn);
+        self.after_drive(key, turn, now);
     }
 
     pub(super) fn on_ready(&mut self, token: Token, readable: bool, writable: bool, now: Instant) {
@@ -410,10 +410,12 @@ impl Worker {
         if entry.conn.id() != id {
             return; // stale: the slot's connection is gone
         }
+        // Nothing queued for it by others yet this turn: its own output goes out at once.
+        let write_after = !entry.dirty;
         let ready = if app_socket {
-            Ready { app_readable: readable, app_writable: writable, corked: true, ..Ready::default() }
+            Ready { app_readable: readable, app_writable: writable, corked: true, write_after, ..Ready::default() }
         } else {
-            Ready { readable, writable, corked: true, ..Ready::default() }
+            Ready { readable, writable, corked: true, write_after, ..Ready::default() }
         };
         self.run_conn(key, now, |conn, ctx| conn.drive(ctx, ready));
     }
@@ -504,7 +506,7 @@ impl Worker {
 
     /// What the loop does after a connection ran: queue for closing, for another turn, for
     /// the end-of-turn write, and (re)arm its timer.
-    pub(super) fn after_drive(&mut self, key: usize, Turn { progress, deadline }: Turn) {
+    pub(super) fn after_drive(&mut self, key: usize, Turn { progress, deadline }: Turn, now: Instant) {
         let Some(entry) = self.conns.get_mut(key) else { return };
         if progress == Progress::Closed {
             if !entry.closed {
@@ -523,7 +525,7 @@ impl Worker {
         // One timer entry per connection, at or before its deadline; a deadline that moved
         // later is found when the entry fires and re-armed then.
         if let Some(deadline) = deadline {
-            entry.timer_at = self.timers.arm(key, deadline, entry.timer_at);
+            entry.timer_at = self.timers.arm(key, deadline, entry.timer_at, now);
         }
     }
 

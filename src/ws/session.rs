@@ -166,18 +166,23 @@ impl Session {
 
     /// The next time [`Session::on_timer`] has something to do (read at `now`).
     pub fn deadline(&self, now: Instant, t: &Timing) -> Option<Instant> {
-        let at = |s: Stamp| s.instant(now);
+        self.due(t).map(|s| s.instant(now))
+    }
+
+    /// [`Session::deadline`] as a stamp (rounded up to the millisecond): what the server's
+    /// loop arms, computed without reading the clock.
+    pub fn due(&self, t: &Timing) -> Option<Stamp> {
         if let Awaiting::Close(sent) = self.awaiting {
-            return Some(at(sent) + t.close_timeout);
+            return Some(sent.after(t.close_timeout));
         }
-        let idle = (!t.idle_timeout.is_zero()).then(|| at(self.last_message) + t.idle_timeout);
+        let idle = (!t.idle_timeout.is_zero()).then(|| self.last_message.after(t.idle_timeout));
         let ping = match self.awaiting {
-            Awaiting::Pong(pinged) => Some(at(pinged) + t.pong_timeout),
-            _ if !t.ping_interval.is_zero() => Some(at(self.last_read) + t.ping_interval),
+            Awaiting::Pong(pinged) => Some(pinged.after(t.pong_timeout)),
+            _ if !t.ping_interval.is_zero() => Some(self.last_read.after(t.ping_interval)),
             _ => None,
         };
         match (idle, ping) {
-            (Some(a), Some(b)) => Some(a.min(b)),
+            (Some(a), Some(b)) => Some(a.earlier(b)),
             (a, b) => a.or(b),
         }
     }
