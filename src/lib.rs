@@ -46,6 +46,7 @@ pub mod apps;
 pub mod backend;
 pub mod broker;
 pub mod buffer;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod conn_id;

@@ -1,0 +1,588 @@
+//! A blocking WebSocket client on the server's own protocol code: the same sans-I/O
+//! [`Endpoint`] (in [`Role::Client`]) decodes what the server sends, answers its pings and
+//! keeps the close handshake, so the client is as strict as the server (a server that sends
+//! masked frames, bad UTF-8 or a bad close code is failed with the close code RFC 6455 asks
+//! for).
+//!
+//! Shaped like NaviServer's `ws::client` API: [`Client::open`] a URL, [`Client::send_text`] /
+//! [`Client::send_binary`], [`Client::receive`] the next message with a timeout, and
+//! [`Client::close`] with a code and reason, waiting for the server's close with a deadline.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use wsgate::client::{Client, Message, Options};
+//!
+//! let mut ws = Client::open("ws://127.0.0.1:8080/echo", &Options::default())?;
+//! ws.send_text("hello")?;
+//! match ws.receive(Some(Duration::from_secs(5)))? {
+//!     Message::Text(text) => println!("{text}"),
+//!     Message::Binary(bytes) => println!("{} bytes", bytes.len()),
+//! }
+//! ws.close(1000, "bye")?;
+//! # Ok::<(), wsgate::client::ClientError>(())
+//! ```
+//!
+//! `wss://` uses rustls with the webpki roots, or the CAs of [`Options::ca_file`], and sends
+//! the host as SNI; `ws+unix:/path.sock:/resource` talks to a UNIX-domain socket (see
+//! [`url`]).
+
+pub mod handshake;
+pub mod url;
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use self::handshake::{Agreed, HandshakeError, Offer};
+use self::url::{Address, Target, UrlError};
+use crate::stamp::Stamp;
+use crate::ws::close::{self, encode_close_payload};
+use crate::ws::deflate::SharedCodecs;
+use crate::ws::endpoint::{Endpoint, Event, WsError};
+use crate::ws::frame::{encode_header, Opcode, Role, MAX_HEADER_LEN};
+use crate::ws::message::{MessageKind, MessageLimits};
+use crate::ws::session::{Due, Timing};
+
+/// How to connect and what to allow.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Subprotocols to offer, in order of preference.
+    pub protocols: Vec<String>,
+    pub origin: Option<String>,
+    /// Extra request headers (`Authorization`, cookies...).
+    pub headers: Vec<(String, String)>,
+    /// PEM file of the CAs to trust for `wss://` instead of the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    /// The largest message accepted from the server (its frames too).
+    pub max_message: usize,
+    /// TCP connect, per address tried.
+    pub connect_timeout: Duration,
+    /// TLS and the upgrade, from the connection to the 101.
+    pub handshake_timeout: Duration,
+    /// How long [`Client::close`] waits for the server's close frame.
+    pub close_timeout: Duration,
+    /// Ping the server after this long without hearing from it (zero: never) ...
+    pub ping_interval: Duration,
+    /// ... and give up on it if the pong takes longer than this.
+    pub pong_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            protocols: Vec::new(),
+            origin: None,
+            headers: Vec::new(),
+            ca_file: None,
+            max_message: 64 << 20,
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            ping_interval: Duration::ZERO,
+            pong_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A received message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+/// How a client operation failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// The URL or an option cannot be used.
+    Url(UrlError),
+    /// No connection: refused, unreachable, the name did not resolve, or the connect timed out.
+    Connect(io::Error),
+    /// TLS failed (the certificate, the handshake).
+    Tls(String),
+    /// The server's answer to the upgrade was not a valid 101.
+    Handshake(HandshakeError),
+    /// Nothing came within the timeout (the connection is still usable after a
+    /// [`Client::receive`] timeout).
+    Timeout,
+    /// The connection broke (reset, or ended without a close frame: 1006).
+    Io(io::Error),
+    /// The server broke the protocol; we sent this close code and dropped the connection.
+    Protocol { code: u16, reason: &'static str },
+    /// The connection is closed: the code and reason of the server's close frame (`None`:
+    /// it had none), after the close handshake.
+    Closed { code: Option<u16>, reason: String },
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Url(e) => write!(f, "{e}"),
+            ClientError::Connect(e) => write!(f, "cannot connect: {e}"),
+            ClientError::Tls(e) => write!(f, "TLS: {e}"),
+            ClientError::Handshake(e) => write!(f, "handshake failed: {e}"),
+            ClientError::Timeout => write!(f, "timed out"),
+            ClientError::Io(e) => write!(f, "connection lost: {e}"),
+            ClientError::Protocol { code, reason } => write!(f, "server broke the protocol ({code} {reason})"),
+            ClientError::Closed { code: Some(code), reason } => write!(f, "closed by the server: {code} {reason}"),
+            ClientError::Closed { code: None, .. } => write!(f, "closed by the server (no status)"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<HandshakeError> for ClientError {
+    fn from(e: HandshakeError) -> Self {
+        ClientError::Handshake(e)
+    }
+}
+
+/// The byte stream under the WebSocket.
+enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Tls(s) => s.sock.set_read_timeout(t),
+            Stream::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(t),
+            Stream::Tls(s) => s.sock.set_write_timeout(t),
+            Stream::Unix(s) => s.set_write_timeout(t),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
+        }
+    }
+}
+
+/// An open WebSocket connection (blocking).
+pub struct Client {
+    stream: Stream,
+    endpoint: Endpoint,
+    codecs: SharedCodecs,
+    /// Bytes read and not yet decoded: `input[start..]`.
+    input: Vec<u8>,
+    start: usize,
+    agreed: Agreed,
+    timing: Timing,
+    /// The close handshake is over or the connection failed: nothing more to read or send.
+    done: bool,
+}
+
+/// What is read at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+impl Client {
+    /// Connects to `url` and completes the opening handshake.
+    pub fn open(url: &str, options: &Options) -> Result<Client, ClientError> {
+        let target = Target::parse(url).map_err(ClientError::Url)?;
+        check_headers(options)?;
+        let deadline = now() + options.handshake_timeout;
+        let mut stream = connect(&target, options)?;
+        let key = handshake::new_key().map_err(ClientError::Connect)?;
+        let offer =
+            Offer { protocols: &options.protocols, origin: options.origin.as_deref(), headers: &options.headers };
+        let request = handshake::request(&target, &key, &offer);
+        stream.set_write_timeout(Some(options.handshake_timeout)).map_err(ClientError::Io)?;
+        stream.write_all(&request).map_err(|e| handshake_io(e, &target))?;
+        stream.flush().map_err(|e| handshake_io(e, &target))?;
+        let mut input = Vec::with_capacity(READ_CHUNK);
+        let (agreed, used) = loop {
+            if let Some(done) = handshake::check_response(&input, &key, &offer)? {
+                break done;
+            }
+            let left = deadline.saturating_duration_since(now());
+            if left.is_zero() {
+                return Err(ClientError::Timeout);
+            }
+            stream.set_read_timeout(Some(left)).map_err(ClientError::Io)?;
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk) {
+                Ok(0) => return Err(HandshakeError::Eof.into()),
+                Ok(n) => input.extend_from_slice(&chunk[..n]),
+                Err(e) if is_timeout(&e) => return Err(ClientError::Timeout),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(handshake_io(e, &target)),
+            }
+        };
+        stream.set_write_timeout(None).map_err(ClientError::Io)?;
+        let limits = MessageLimits { max_message: options.max_message, max_frame: options.max_message };
+        let timing = Timing {
+            idle_timeout: Duration::ZERO,
+            ping_interval: options.ping_interval,
+            pong_timeout: options.pong_timeout,
+            close_timeout: options.close_timeout,
+        };
+        Ok(Client {
+            stream,
+            endpoint: Endpoint::new(Role::Client, limits, now(), false),
+            codecs: SharedCodecs::default(),
+            input,
+            start: used,
+            agreed,
+            timing,
+            done: false,
+        })
+    }
+
+    /// The subprotocol the server chose, if any.
+    pub fn protocol(&self) -> Option<&str> {
+        self.agreed.protocol.as_deref()
+    }
+
+    pub fn send_text(&mut self, text: &str) -> Result<(), ClientError> {
+        self.send_frame(Opcode::Text, text.as_bytes())
+    }
+
+    pub fn send_binary(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.send_frame(Opcode::Binary, bytes)
+    }
+
+    /// Sends a ping (its pong is taken inside [`Client::receive`]).
+    pub fn ping(&mut self, payload: &[u8]) -> Result<(), ClientError> {
+        if payload.len() > 125 {
+            return Err(ClientError::Url(UrlError("a ping carries at most 125 bytes".into())));
+        }
+        self.send_frame(Opcode::Ping, payload)
+    }
+
+    /// The next message, waiting at most `timeout` (`None`: as long as it takes). Pings are
+    /// answered and pongs taken on the way. After the server's close frame (answered here)
+    /// it returns [`ClientError::Closed`].
+    pub fn receive(&mut self, timeout: Option<Duration>) -> Result<Message, ClientError> {
+        let deadline = timeout.map(|t| now() + t);
+        loop {
+            if self.done {
+                return Err(ClientError::Closed { code: Some(close::ABNORMAL), reason: "connection is closed".into() });
+            }
+            if let Some(message) = self.decode()? {
+                return Ok(message);
+            }
+            self.read_more(deadline)?;
+        }
+    }
+
+    /// Closes with `code` and `reason` (at most 123 bytes), waits up to the close timeout for
+    /// the server's close frame (messages that arrive meanwhile are dropped), and ends the
+    /// connection. Returns the server's code.
+    pub fn close(mut self, code: u16, reason: &str) -> Result<Option<u16>, ClientError> {
+        if self.done {
+            return Ok(None);
+        }
+        if !close::is_valid_code(code) || reason.len() > 123 {
+            return Err(ClientError::Url(UrlError(format!(
+                "cannot close with code {code} and a {}-byte reason",
+                reason.len()
+            ))));
+        }
+        self.send_close(code, reason)?;
+        let deadline = Some(now() + self.timing.close_timeout);
+        loop {
+            match self.decode() {
+                Ok(_) => {}
+                Err(ClientError::Closed { code, .. }) => return Ok(code),
+                Err(e) => return Err(e),
+            }
+            match self.read_more(deadline) {
+                Ok(()) => {}
+                Err(ClientError::Timeout) => return Err(ClientError::Timeout),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Decodes what is buffered: a message, or `None` when more bytes are needed.
+    fn decode(&mut self) -> Result<Option<Message>, ClientError> {
+        loop {
+            let at = Stamp::at(now());
+            let received =
+                match self.endpoint.receive(&mut self.input[self.start..], at, usize::MAX, &mut self.codecs, None) {
+                    Ok(r) => r,
+                    Err(e) => return Err(self.fail(e)),
+                };
+            let used = received.used;
+            let mut reply: Option<(Opcode, Vec<u8>)> = None;
+            let mut outcome = None;
+            match received.event {
+                None if used == 0 => {
+                    self.compact();
+                    return Ok(None);
+                }
+                None | Some(Event::Pong) | Some(Event::Yield) => {}
+                Some(Event::Message(kind, payload)) => {
+                    let bytes = payload.as_slice().to_vec();
+                    outcome = Some(Ok(match kind {
+                        // The endpoint checked the UTF-8; this cannot fail.
+                        MessageKind::Text => Message::Text(String::from_utf8_lossy(&bytes).into_owned()),
+                        _ => Message::Binary(bytes),
+                    }));
+                }
+                Some(Event::Ping(payload)) => reply = Some((Opcode::Pong, payload.to_vec())),
+                Some(Event::CloseBegun { code, reason }) => {
+                    let mut body = [0u8; 125];
+                    let n = code.map_or(0, |c| encode_close_payload(&mut body, c, ""));
+                    reply = Some((Opcode::Close, body[..n].to_vec()));
+                    outcome = Some(Err(ClientError::Closed { code, reason: reason.to_string() }));
+                }
+                Some(Event::CloseAnswered(code)) => {
+                    outcome = Some(Err(ClientError::Closed { code, reason: String::new() }));
+                }
+            }
+            self.start += used;
+            if let Some((opcode, payload)) = reply {
+                // Our close answer may meet a connection the server already shut: the close
+                // handshake is complete either way.
+                let sent = self.write_frame(opcode, &payload);
+                if opcode != Opcode::Close {
+                    sent?;
+                }
+            }
+            if let Some(outcome) = outcome {
+                if outcome.is_err() {
+                    self.done = true;
+                }
+                return outcome.map(Some);
+            }
+        }
+    }
+
+    /// Reads more input, by `deadline` (and the session's ping schedule).
+    fn read_more(&mut self, deadline: Option<Instant>) -> Result<(), ClientError> {
+        loop {
+            let now = now();
+            let session_due = self.endpoint.session().deadline(now, &self.timing);
+            if session_due.is_some_and(|d| now >= d) {
+                match self.endpoint.session_mut().on_timer(now, &self.timing) {
+                    Some(Due::Ping) => self.write_frame(Opcode::Ping, b"")?,
+                    Some(Due::Close(code, reason)) => {
+                        let _ = self.send_close(code, reason);
+                        self.done = true;
+                        return Err(ClientError::Protocol { code, reason });
+                    }
+                    Some(Due::Abort(why)) => {
+                        self.done = true;
+                        return Err(ClientError::Protocol { code: close::ABNORMAL, reason: why });
+                    }
+                    None => {}
+                }
+                continue;
+            }
+            let wait = [deadline, session_due].into_iter().flatten().min().map(|d| d.saturating_duration_since(now));
+            if wait.is_some_and(|w| w.is_zero()) {
+                return Err(ClientError::Timeout);
+            }
+            if self.input.len() == self.input.capacity() {
+                self.input.reserve(READ_CHUNK);
+            }
+            let end = self.input.len();
+            self.input.resize(self.input.capacity().max(end + READ_CHUNK).min(end + READ_CHUNK * 4), 0);
+            self.stream.set_read_timeout(wait).map_err(ClientError::Io)?;
+            let read = self.stream.read(&mut self.input[end..]);
+            self.input.truncate(end + *read.as_ref().unwrap_or(&0));
+            match read {
+                Ok(0) => {
+                    self.done = true;
+                    return Err(ClientError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "server ended the connection without a close frame",
+                    )));
+                }
+                Ok(_) => return Ok(()),
+                Err(e) if is_timeout(&e) => {
+                    if deadline.is_some_and(|d| self::now() >= d) {
+                        return Err(ClientError::Timeout);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.done = true;
+                    return Err(ClientError::Io(e));
+                }
+            }
+        }
+    }
+
+    /// Moves the undecoded bytes to the front, so the buffer holds at most one message.
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.input.drain(..self.start);
+            self.start = 0;
+        }
+    }
+
+    /// The server broke the protocol: our close frame with the code it asks for, then done.
+    fn fail(&mut self, e: WsError) -> ClientError {
+        let code = e.close_code();
+        let _ = self.send_close(code, e.reason());
+        self.done = true;
+        ClientError::Protocol { code, reason: e.reason() }
+    }
+
+    fn send_close(&mut self, code: u16, reason: &str) -> Result<(), ClientError> {
+        if !self.endpoint.session_mut().close(now()) {
+            return Ok(());
+        }
+        let mut body = [0u8; 125];
+        let n = encode_close_payload(&mut body, code, reason);
+        self.write_frame(Opcode::Close, &body[..n])
+    }
+
+    fn send_frame(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), ClientError> {
+        if self.done || self.endpoint.session().is_closing() {
+            return Err(ClientError::Closed { code: None, reason: "the connection is closing".into() });
+        }
+        self.write_frame(opcode, payload)
+    }
+
+    /// One masked frame, written whole.
+    fn write_frame(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), ClientError> {
+        let mut key = [0u8; 4];
+        getrandom::getrandom(&mut key).map_err(|e| ClientError::Io(io::Error::other(e)))?;
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut head, true, opcode, payload.len(), Some(key));
+        let mut frame = Vec::with_capacity(n + payload.len());
+        frame.extend_from_slice(&head[..n]);
+        frame.extend_from_slice(payload);
+        crate::ws::mask::unmask(&mut frame[n..], key, 0);
+        let written = self.stream.write_all(&frame).and_then(|()| self.stream.flush());
+        written.map_err(|e| {
+            self.done = true;
+            ClientError::Io(e)
+        })
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // a blocking client's own clock
+fn now() -> Instant {
+    Instant::now()
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+/// A failure while the upgrade is under way: TLS errors said as such.
+fn handshake_io(e: io::Error, target: &Target) -> ClientError {
+    if target.tls && e.kind() == io::ErrorKind::InvalidData {
+        return ClientError::Tls(e.to_string());
+    }
+    if is_timeout(&e) {
+        return ClientError::Timeout;
+    }
+    ClientError::Io(e)
+}
+
+/// Header names and values that would break the request (or smuggle another) are refused.
+fn check_headers(options: &Options) -> Result<(), ClientError> {
+    let token =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let value = |s: &str| !s.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0);
+    for (name, v) in &options.headers {
+        if !token(name) || !value(v) {
+            return Err(ClientError::Url(UrlError(format!("header {name:?}: not a valid header name and value"))));
+        }
+    }
+    for p in &options.protocols {
+        if !token(p) {
+            return Err(ClientError::Url(UrlError(format!("subprotocol {p:?}: not a token"))));
+        }
+    }
+    if options.origin.as_deref().is_some_and(|o| !value(o)) {
+        return Err(ClientError::Url(UrlError("origin: line breaks are not allowed".into())));
+    }
+    Ok(())
+}
+
+fn connect(target: &Target, options: &Options) -> Result<Stream, ClientError> {
+    let (host, port) = match &target.address {
+        Address::Unix(path) => return UnixStream::connect(path).map(Stream::Unix).map_err(ClientError::Connect),
+        Address::Tcp { host, port } => (host, *port),
+    };
+    let addrs = (host.as_str(), port).to_socket_addrs().map_err(ClientError::Connect)?;
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
+    let mut tcp = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, options.connect_timeout) {
+            Ok(s) => {
+                tcp = Some(s);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let tcp = tcp.ok_or(ClientError::Connect(last))?;
+    let _ = tcp.set_nodelay(true);
+    if !target.tls {
+        return Ok(Stream::Tcp(tcp));
+    }
+    let config = tls_config(options)?;
+    let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
+    let conn = rustls::ClientConnection::new(config, name).map_err(|e| ClientError::Tls(e.to_string()))?;
+    Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))))
+}
+
+fn tls_config(options: &Options) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    match &options.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
+                roots.add(cert).map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
+            }
+            if roots.is_empty() {
+                return Err(ClientError::Tls(format!("{}: no certificate in the file", path.display())));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,186 @@
+//! `wsgate::client` against the real binary (ws://, wss://) and against hand-written servers
+//! that answer the upgrade wrongly or break the protocol after it.
+#![allow(clippy::disallowed_methods)] // tests time real servers; the rule is for the server's code
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
+use std::time::Duration;
+
+use common::*;
+use wsgate::client::handshake::HandshakeError;
+use wsgate::client::{Client, ClientError, Message, Options};
+
+const WAIT: Option<Duration> = Some(Duration::from_secs(10));
+
+#[test]
+fn echoes_text_binary_and_large_messages_then_closes_cleanly() {
+    let server = Server::start(&[]);
+    let mut ws = Client::open(&server.url("/echo"), &Options::default()).unwrap();
+    ws.send_text("héllo").unwrap();
+    assert_eq!(ws.receive(WAIT).unwrap(), Message::Text("héllo".into()));
+    ws.send_binary(&[0, 1, 2, 255]).unwrap();
+    assert_eq!(ws.receive(WAIT).unwrap(), Message::Binary(vec![0, 1, 2, 255]));
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7) as u8).collect();
+    ws.send_binary(&big).unwrap();
+    assert_eq!(ws.receive(WAIT).unwrap(), Message::Binary(big));
+    ws.ping(b"p").unwrap();
+    ws.send_text("after the ping").unwrap();
+    assert_eq!(ws.receive(WAIT).unwrap(), Message::Text("after the ping".into()));
+    // Nothing comes: a timeout, and the connection is still good.
+    assert!(matches!(ws.receive(Some(Duration::from_millis(100))), Err(ClientError::Timeout)));
+    ws.send_text("still here").unwrap();
+    assert_eq!(ws.receive(WAIT).unwrap(), Message::Text("still here".into()));
+    assert_eq!(ws.close(1000, "done").unwrap(), Some(1000));
+}
+
+#[test]
+fn handshake_failures_say_what_was_wrong() {
+    let server = Server::start(&[]);
+    match Client::open(&server.url("/no-such-route"), &Options::default()) {
+        Err(ClientError::Handshake(HandshakeError::Status { code: 404, .. })) => {}
+        other => panic!("{:?}", other.err()),
+    }
+    // A closed port: refused.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    assert!(matches!(
+        Client::open(&format!("ws://127.0.0.1:{port}/"), &Options::default()),
+        Err(ClientError::Connect(_))
+    ));
+    assert!(matches!(Client::open("http://127.0.0.1/", &Options::default()), Err(ClientError::Url(_))));
+    let smuggling = Options { headers: vec![("X".into(), "a\r\nHost: evil".into())], ..Options::default() };
+    assert!(matches!(Client::open(&server.url("/echo"), &smuggling), Err(ClientError::Url(_))));
+
+    // Servers that answer wrongly, one connection each.
+    for (answer, expected) in [
+        ("HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n", HandshakeError::WrongAccept),
+        ("HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: chat\r\n\r\n", HandshakeError::UnofferedProtocol("chat".into())),
+        ("HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n", HandshakeError::UnofferedExtension("permessage-deflate".into())),
+        ("HTTP/1.1 101 OK\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n", HandshakeError::MissingUpgrade),
+        ("HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", HandshakeError::Status { code: 503, reason: "Busy".into() }),
+        ("HTTP/1.1 101 OK\r\nUpgr", HandshakeError::Eof),
+    ] {
+        let url = fake_server(answer.to_string(), Vec::new());
+        match Client::open(&url, &Options::default()) {
+            Err(ClientError::Handshake(e)) => assert_eq!(e, expected),
+            other => panic!("{answer}: {:?}", other.err()),
+        }
+    }
+}
+
+#[test]
+fn a_server_that_breaks_the_protocol_is_failed_with_its_close_code() {
+    let ok = "HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n";
+    // A masked frame from a server (§5.1): 1002.
+    let url = fake_server(ok.into(), vec![0x81, 0x81, 1, 2, 3, 4, b'x' ^ 1]);
+    let mut ws = Client::open(&url, &Options::default()).unwrap();
+    assert!(matches!(ws.receive(WAIT), Err(ClientError::Protocol { code: 1002, .. })));
+    // Invalid UTF-8 in a text frame: 1007.
+    let url = fake_server(ok.into(), vec![0x81, 0x02, 0xC3, 0x28]);
+    let mut ws = Client::open(&url, &Options::default()).unwrap();
+    assert!(matches!(ws.receive(WAIT), Err(ClientError::Protocol { code: 1007, .. })));
+    // A message over the client's limit: 1009.
+    let url = fake_server(ok.into(), [&[0x82u8, 126, 0x04, 0x00][..], &[0u8; 1024]].concat());
+    let options = Options { max_message: 1000, ..Options::default() };
+    let mut ws = Client::open(&url, &options).unwrap();
+    assert!(matches!(ws.receive(WAIT), Err(ClientError::Protocol { code: 1009, .. })));
+    // A frame that came with the 101, then the server's close: the message, then Closed.
+    let url = fake_server(ok.into(), vec![0x81, 0x02, b'h', b'i', 0x88, 0x02, 0x03, 0xE9]);
+    let mut ws = Client::open(&url, &Options::default()).unwrap();
+    assert_eq!(ws.receive(WAIT).unwrap(), Message::Text("hi".into()));
+    assert!(matches!(ws.receive(WAIT), Err(ClientError::Closed { code: Some(1001), .. })));
+    // The connection just ends: an I/O error (1006), not a hang.
+    let url = fake_server(ok.into(), Vec::new());
+    let mut ws = Client::open(&url, &Options::default()).unwrap();
+    assert!(matches!(ws.receive(WAIT), Err(ClientError::Io(_))));
+}
+
+#[test]
+fn wss_with_a_ca_file_and_sni() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("wsgate-client-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("c.pem"), dir.join("c.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let server = Server::start(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let url = format!("wss://localhost:{}/echo", server.addr.port());
+    let options = Options { ca_file: Some(cert.clone()), ..Options::default() };
+    let mut ws = Client::open(&url, &options).unwrap();
+    ws.send_text("over TLS").unwrap();
+    assert_eq!(ws.receive(WAIT).unwrap(), Message::Text("over TLS".into()));
+    assert_eq!(ws.close(1000, "").unwrap(), Some(1000));
+    // Not trusted without the CA: a TLS error, not a panic or a hang.
+    match Client::open(&url, &Options::default()) {
+        Err(ClientError::Tls(why)) => assert!(why.contains("certificate"), "{why}"),
+        other => panic!("{:?}", other.err()),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ws_over_a_unix_socket() {
+    let path = std::env::temp_dir().join(format!("wsgate-client-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let request = read_head(&mut s);
+        assert!(request.starts_with("GET /feed?x=1 HTTP/1.1\r\nHost: localhost\r\n"), "{request}");
+        let answer = ok_answer(&request);
+        s.write_all(answer.as_bytes()).unwrap();
+        s.write_all(&[0x82, 0x03, 7, 8, 9]).unwrap();
+        // The client's close, masked: answered.
+        let mut frame = [0u8; 2 + 4 + 2];
+        s.read_exact(&mut frame).unwrap();
+        assert_eq!(frame[0..2], [0x88, 0x82]);
+        s.write_all(&[0x88, 0x02, 0x03, 0xE8]).unwrap();
+    });
+    let mut ws = Client::open(&format!("ws+unix:{}:/feed?x=1", path.display()), &Options::default()).unwrap();
+    assert_eq!(ws.receive(WAIT).unwrap(), Message::Binary(vec![7, 8, 9]));
+    assert_eq!(ws.close(1000, "").unwrap(), Some(1000));
+    server.join().unwrap();
+    let _ = std::fs::remove_file(&path);
+}
+
+fn read_head(s: &mut impl Read) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+fn ok_answer(request: &str) -> String {
+    let key = request.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).unwrap();
+    let accept = wsgate::ws::handshake::accept_key(key.trim().as_bytes());
+    format!(
+        "HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        std::str::from_utf8(&accept).unwrap()
+    )
+}
+
+/// A one-connection server that answers the upgrade with `answer` (`{accept}` replaced by the
+/// right accept value), then sends `after` and closes.
+fn fake_server(answer: String, after: Vec<u8>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://127.0.0.1:{}/", listener.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let request = read_head(&mut s);
+        let key = request.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).unwrap_or("").trim().to_string();
+        let accept = wsgate::ws::handshake::accept_key(key.as_bytes());
+        let answer = answer.replace("{accept}", std::str::from_utf8(&accept).unwrap());
+        let _ = s.write_all(answer.as_bytes());
+        let _ = s.write_all(&after);
+        // Long enough for the client to read and answer.
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    url
+}
