@@ -15,8 +15,10 @@ use wsgate::tls::{CertFiles, TlsSettings};
 /// With no config file and no flags it serves 127.0.0.1:8080 with the echo app at /echo and
 /// a demo page at /. Flags override the file.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "wsgate", version, about, long_about = None)]
+#[command(name = "wsgate", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Config file (TOML); see conf/wsgate.toml and wsgate.toml(5).
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -56,8 +58,19 @@ struct Cli {
     quiet: u8,
 }
 
+/// Besides serving (the default).
+#[derive(clap::Subcommand, Debug, Clone)]
+enum Command {
+    /// A WebSocket client on standard input and output: each line is sent as a message and
+    /// each message received is printed as a line (see wsgate(1)).
+    Client(wsgate::client::terminal::ClientArgs),
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Client(args)) = &cli.command {
+        return ExitCode::from(wsgate::client::terminal::run(args));
+    }
     init_logging(&cli);
     let config = match build_config(&cli) {
         Ok(c) => c,

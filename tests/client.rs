@@ -184,3 +184,94 @@ fn fake_server(answer: String, after: Vec<u8>) -> String {
     });
     url
 }
+
+/// `wsgate client ARGS` with `input` on its standard input: (exit status, stdout, stderr).
+fn terminal(args: &[&str], input: &[u8]) -> (i32, String, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .arg("client")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn terminal_client_pipes_lines_both_ways() {
+    let server = Server::start(&[]);
+    let url = server.url("/echo");
+    let input: String = (1..=1000).map(|i| format!("{i}\n")).collect();
+    let (status, out, err) = terminal(&[&url], input.as_bytes());
+    assert_eq!(status, 0, "{err}");
+    assert_eq!(out, input, "every line echoed, in order");
+    // -n: exits after N messages, without waiting for the rest of the input.
+    let (status, out, _) = terminal(&[&url, "-n", "3"], input.as_bytes());
+    assert_eq!((status, out.as_str()), (0, "1\n2\n3\n"));
+    // --jsonl: one object per message.
+    let (status, out, _) = terminal(&[&url, "--jsonl", "--linger", "0.2"], "héllo\n".as_bytes());
+    assert_eq!(status, 0);
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (line["type"].as_str(), line["size"].as_u64(), line["data"].as_str()),
+        (Some("text"), Some(6), Some("héllo"))
+    );
+    assert!(line["time"].as_f64().unwrap() > 1.6e9);
+    // --binary: binary messages, printed as they are.
+    let (status, out, _) = terminal(&[&url, "--binary", "--jsonl", "--linger", "0.2"], b"\x00\xff\n");
+    assert_eq!(status, 0);
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((line["type"].as_str(), line["data"].as_str()), (Some("binary"), Some("AP8=")));
+}
+
+#[test]
+fn terminal_client_exit_status_says_how_it_ended() {
+    let server = Server::start(&[]);
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (status, _, err) = terminal(&[&format!("ws://127.0.0.1:{port}/")], b"");
+    assert_eq!(status, 3, "refused: {err}");
+    let (status, _, err) = terminal(&[&server.url("/nope")], b"");
+    assert_eq!(status, 4, "handshake: {err}");
+    assert!(err.contains("404"), "{err}");
+    let (status, _, _) = terminal(&["ftp://x/"], b"");
+    assert_eq!(status, 2);
+    // The server fails the connection (a frame without the mask bit): 1002, status 5.
+    let ok = "HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n";
+    let url = fake_server(ok.into(), vec![0x81, 0x81, 1, 2, 3, 4, b'x' ^ 1]);
+    let (status, _, err) = terminal(&[&url], b"");
+    assert_eq!(status, 5, "{err}");
+    // It just goes away: status 6.
+    let url = fake_server(ok.into(), Vec::new());
+    let (status, _, err) = terminal(&[&url, "--linger", "5"], b"");
+    assert_eq!(status, 6, "{err}");
+}
+
+#[test]
+fn terminal_client_reconnects_until_the_server_is_there() {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("ws://127.0.0.1:{port}/echo");
+    let client = std::thread::spawn(move || {
+        // Waits for input while the first attempts are refused; the input is sent once
+        // connected (the pipe holds it).
+        terminal(&[&url, "--reconnect", "-n", "1"], b"again\n")
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let listen = format!("127.0.0.1:{port}");
+    let _server = Server::start(&["-l", &listen]);
+    let (status, out, err) = client.join().unwrap();
+    assert_eq!((status, out.as_str()), (0, "again\n"), "{err}");
+    assert!(err.contains("connecting again"), "{err}");
+}

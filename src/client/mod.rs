@@ -27,11 +27,13 @@
 //! [`url`]).
 
 pub mod handshake;
+pub mod terminal;
 pub mod url;
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -386,58 +388,110 @@ impl Client {
         }
     }
 
+    /// The socket, for a caller that waits on it with others (`poll(2)`): when it is
+    /// readable, call [`Client::receive_ready`]; at [`Client::next_deadline`], [`Client::on_timer`].
+    pub fn fd(&self) -> RawFd {
+        match &self.stream {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Tls(s) => s.sock.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// The next message if one is buffered or can be read without waiting; `None` when the
+    /// socket has nothing more for now.
+    pub fn receive_ready(&mut self) -> Result<Option<Message>, ClientError> {
+        loop {
+            if self.done {
+                return Err(ClientError::Closed { code: Some(close::ABNORMAL), reason: "connection is closed".into() });
+            }
+            if let Some(message) = self.decode()? {
+                return Ok(Some(message));
+            }
+            self.set_nonblocking(true)?;
+            let read = self.read_chunk();
+            self.set_nonblocking(false)?;
+            match read {
+                Ok(()) => {}
+                Err(ClientError::Timeout) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// When [`Client::on_timer`] has something to do (a ping to send, a pong overdue).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.endpoint.session().deadline(now(), &self.timing)
+    }
+
+    /// Sends the ping that is due, or fails the connection whose pong is overdue.
+    pub fn on_timer(&mut self) -> Result<(), ClientError> {
+        let now = now();
+        match self.endpoint.session_mut().on_timer(now, &self.timing) {
+            Some(Due::Ping) => self.write_frame(Opcode::Ping, b""),
+            Some(Due::Close(code, reason)) => {
+                let _ = self.send_close(code, reason);
+                self.done = true;
+                Err(ClientError::Protocol { code, reason })
+            }
+            Some(Due::Abort(why)) => {
+                self.done = true;
+                Err(ClientError::Protocol { code: close::ABNORMAL, reason: why })
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn set_nonblocking(&self, on: bool) -> Result<(), ClientError> {
+        let set = match &self.stream {
+            Stream::Tcp(s) => s.set_nonblocking(on),
+            Stream::Tls(s) => s.sock.set_nonblocking(on),
+            Stream::Unix(s) => s.set_nonblocking(on),
+        };
+        set.map_err(ClientError::Io)
+    }
+
+    /// One read into the buffer: `Timeout` when the socket had nothing (or the read timed out).
+    fn read_chunk(&mut self) -> Result<(), ClientError> {
+        let end = self.input.len();
+        self.input.resize(end + READ_CHUNK, 0);
+        let read = self.stream.read(&mut self.input[end..]);
+        self.input.truncate(end + *read.as_ref().unwrap_or(&0));
+        match read {
+            Ok(0) => {
+                self.done = true;
+                Err(ClientError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "server ended the connection without a close frame",
+                )))
+            }
+            Ok(_) => Ok(()),
+            Err(e) if is_timeout(&e) => Err(ClientError::Timeout),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            Err(e) => {
+                self.done = true;
+                Err(ClientError::Io(e))
+            }
+        }
+    }
+
     /// Reads more input, by `deadline` (and the session's ping schedule).
     fn read_more(&mut self, deadline: Option<Instant>) -> Result<(), ClientError> {
         loop {
             let now = now();
             let session_due = self.endpoint.session().deadline(now, &self.timing);
             if session_due.is_some_and(|d| now >= d) {
-                match self.endpoint.session_mut().on_timer(now, &self.timing) {
-                    Some(Due::Ping) => self.write_frame(Opcode::Ping, b"")?,
-                    Some(Due::Close(code, reason)) => {
-                        let _ = self.send_close(code, reason);
-                        self.done = true;
-                        return Err(ClientError::Protocol { code, reason });
-                    }
-                    Some(Due::Abort(why)) => {
-                        self.done = true;
-                        return Err(ClientError::Protocol { code: close::ABNORMAL, reason: why });
-                    }
-                    None => {}
-                }
+                self.on_timer()?;
                 continue;
             }
             let wait = [deadline, session_due].into_iter().flatten().min().map(|d| d.saturating_duration_since(now));
             if wait.is_some_and(|w| w.is_zero()) {
                 return Err(ClientError::Timeout);
             }
-            if self.input.len() == self.input.capacity() {
-                self.input.reserve(READ_CHUNK);
-            }
-            let end = self.input.len();
-            self.input.resize(self.input.capacity().max(end + READ_CHUNK).min(end + READ_CHUNK * 4), 0);
             self.stream.set_read_timeout(wait).map_err(ClientError::Io)?;
-            let read = self.stream.read(&mut self.input[end..]);
-            self.input.truncate(end + *read.as_ref().unwrap_or(&0));
-            match read {
-                Ok(0) => {
-                    self.done = true;
-                    return Err(ClientError::Io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "server ended the connection without a close frame",
-                    )));
-                }
-                Ok(_) => return Ok(()),
-                Err(e) if is_timeout(&e) => {
-                    if deadline.is_some_and(|d| self::now() >= d) {
-                        return Err(ClientError::Timeout);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.done = true;
-                    return Err(ClientError::Io(e));
-                }
+            match self.read_chunk() {
+                Err(ClientError::Timeout) if deadline.is_none_or(|d| self::now() < d) => {}
+                other => return other,
             }
         }
     }

@@ -52,6 +52,31 @@ pub fn handshake(data: &[u8]) {
     }
 }
 
+/// The client's URL parsing, upgrade request and check of the server's answer. The input is a
+/// URL line, then a response head. Never panics; a URL that parses gives a request that is
+/// one complete, well-formed HTTP/1.1 head (no header smuggled in through the URL); a
+/// response accepted took no more than it was given and agreed to nothing not offered.
+pub fn client_handshake(data: &[u8]) {
+    use crate::client::handshake::{check_response, request, Offer};
+    use crate::client::url::Target;
+    let split = memchr::memchr(b'\n', data).unwrap_or(data.len());
+    let (url, response) = (&data[..split], data.get(split + 1..).unwrap_or(&[]));
+    if let Ok(target) = Target::parse(&String::from_utf8_lossy(url)) {
+        assert!(target.resource.starts_with('/'));
+        let req = request(&target, "dGhlIHNhbXBsZSBub25jZQ==", &Offer::default());
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut parsed = httparse::Request::new(&mut headers);
+        assert_eq!(parsed.parse(&req), Ok(httparse::Status::Complete(req.len())), "{target:?}");
+        assert_eq!(parsed.headers.len(), 5, "{target:?}");
+    }
+    let protocols = ["chat".to_string()];
+    let offer = Offer { protocols: &protocols, ..Offer::default() };
+    if let Ok(Some((agreed, used))) = check_response(response, "dGhlIHNhbXBsZSBub25jZQ==", &offer) {
+        assert!(used <= response.len());
+        assert!(agreed.protocol.is_none_or(|p| p == "chat"));
+    }
+}
+
 /// Unmasking: the fast path equals the byte loop at the offset and alignment the input picks.
 pub fn unmask_vs_naive(data: &[u8]) {
     let [k0, k1, k2, k3, offset, align, rest @ ..] = data else { return };
@@ -614,7 +639,7 @@ mod tests {
     fn committed_corpus_replays_clean() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
         type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 14] = [
+        let targets: [Target; 15] = [
             ("frame_header", super::frame_header),
             ("handshake", super::handshake),
             ("message_assembly", super::message_assembly),
@@ -629,6 +654,7 @@ mod tests {
             ("static_path", super::static_path),
             ("endpoint", super::endpoint),
             ("connection", super::connection),
+            ("client_handshake", super::client_handshake),
         ];
         let mut replayed = 0;
         for (name, run) in targets {

@@ -6,11 +6,13 @@
 //! - [`privileges`]: dropping root to a named user;
 //! - [`rlimit`]: raising the open-file limit;
 //! - [`memory`]: giving freed heap memory back to the system;
-//! - [`files`]: opening files strictly beneath a directory, and `sendfile(2)` (static routes).
+//! - [`files`]: opening files strictly beneath a directory, and `sendfile(2)` (static routes);
+//! - [`poll`]: `poll(2)` on a socket and standard input (the terminal client).
 
 pub mod fdpass;
 pub mod files;
 pub mod memory;
+pub mod poll;
 pub mod privileges;
 pub mod rlimit;
 pub mod splice;
