@@ -333,6 +333,21 @@ impl Client {
         }
     }
 
+    /// After the close handshake, waits up to `timeout` for the server to close the TCP
+    /// connection first, as RFC 6455 §7.1.1 asks of a client, then closes it.
+    pub fn finish(mut self, timeout: Duration) {
+        let deadline = now() + timeout;
+        self.done = false;
+        while now() < deadline {
+            self.input.clear();
+            self.start = 0;
+            match self.read_more(Some(deadline)) {
+                Ok(()) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Decodes what is buffered: a message, or `None` when more bytes are needed.
     fn decode(&mut self) -> Result<Option<Message>, ClientError> {
         loop {
