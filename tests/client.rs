@@ -95,6 +95,64 @@ fn a_server_that_breaks_the_protocol_is_failed_with_its_close_code() {
     let url = fake_server(ok.into(), Vec::new());
     let mut ws = Client::open(&url, &Options::default()).unwrap();
     assert!(matches!(ws.receive(WAIT), Err(ClientError::Io(_))));
+    // A frame claiming 2^63 bytes: refused from its header, nothing allocated.
+    let url = fake_server(ok.into(), vec![0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3]);
+    let mut ws = Client::open(&url, &Options::default()).unwrap();
+    assert!(matches!(ws.receive(WAIT), Err(ClientError::Protocol { code: 1002 | 1009, .. })));
+    // A compressed frame (RSV1) when no compression was agreed: 1002.
+    let url = fake_server(ok.into(), vec![0xC1, 0x03, 0xF2, 0x48, 0x05]);
+    let mut ws = Client::open(&url, &Options::default()).unwrap();
+    assert!(matches!(ws.receive(WAIT), Err(ClientError::Protocol { code: 1002, .. })));
+    // A server that never answers our close: close gives up after close_timeout.
+    let url = fake_server(ok.into(), Vec::new());
+    let options = Options { close_timeout: Duration::from_millis(100), ..Options::default() };
+    let ws = Client::open(&url, &options).unwrap();
+    let started = std::time::Instant::now();
+    assert!(matches!(ws.close(1000, ""), Err(ClientError::Timeout | ClientError::Io(_))));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn talks_to_python_websockets_server() {
+    use std::process::{Command, Stdio};
+    require(&PYTHON3_WEBSOCKETS);
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let script = format!(
+        r#"
+import asyncio, websockets
+async def echo(ws, *path):
+    async for message in ws:
+        await ws.send(message)
+async def main():
+    async with websockets.serve(echo, "127.0.0.1", {port}, subprotocols=["v1"]):
+        print("ready", flush=True)
+        await asyncio.sleep(30)
+asyncio.run(main())
+"#
+    );
+    let mut child = Command::new(PYTHON)
+        .arg("-c")
+        .arg(&script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 (Debian's)");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let options = Options { protocols: vec!["v2".into(), "v1".into()], ..Options::default() };
+    let mut ws = Client::open(&format!("ws://127.0.0.1:{port}/"), &options).unwrap();
+    assert_eq!(ws.protocol(), Some("v1"));
+    let big = "x".repeat(500_000);
+    for text in ["hi", "héllo", big.as_str()] {
+        ws.send_text(text).unwrap();
+        assert_eq!(ws.receive(WAIT).unwrap(), Message::Text(text.into()));
+    }
+    ws.send_binary(&[1, 2, 3]).unwrap();
+    assert_eq!(ws.receive(WAIT).unwrap(), Message::Binary(vec![1, 2, 3]));
+    assert_eq!(ws.close(1000, "bye").unwrap(), Some(1000));
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]
@@ -274,4 +332,19 @@ fn terminal_client_reconnects_until_the_server_is_there() {
     let (status, out, err) = client.join().unwrap();
     assert_eq!((status, out.as_str()), (0, "again\n"), "{err}");
     assert!(err.contains("connecting again"), "{err}");
+}
+
+#[test]
+fn chat_room_members_hear_each_other() {
+    let server = Server::start(&[]);
+    let mut members: Vec<Client> =
+        (0..3).map(|_| Client::open(&server.url("/chat/lobby"), &Options::default()).unwrap()).collect();
+    // Joined in order: a message after the last join reaches all three, the sender too.
+    members[1].send_text("from one").unwrap();
+    for m in &mut members {
+        assert_eq!(m.receive(WAIT).unwrap(), Message::Text("from one".into()));
+    }
+    for m in members {
+        assert_eq!(m.close(1000, "").unwrap(), Some(1000));
+    }
 }
