@@ -64,12 +64,16 @@ enum Command {
     /// A WebSocket client on standard input and output: each line is sent as a message and
     /// each message received is printed as a line (see wsgate(1)).
     Client(wsgate::client::terminal::ClientArgs),
+    /// A load generator: closed-loop or pipelined echo over N connections, every echo checked.
+    Bench(wsgate::client::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Client(args)) = &cli.command {
-        return ExitCode::from(wsgate::client::terminal::run(args));
+    match &cli.command {
+        Some(Command::Client(args)) => return ExitCode::from(wsgate::client::terminal::run(args)),
+        Some(Command::Bench(args)) => return ExitCode::from(wsgate::client::bench::run(args)),
+        None => {}
     }
     init_logging(&cli);
     let config = match build_config(&cli) {

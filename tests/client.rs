@@ -348,3 +348,42 @@ fn chat_room_members_hear_each_other() {
         assert_eq!(m.close(1000, "").unwrap(), Some(1000));
     }
 }
+
+/// `wsgate bench ARGS`: (exit status, stdout, stderr).
+fn bench(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate")).arg("bench").args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn bench_runs_closed_and_flood_and_checks_every_echo() {
+    let server = Server::start(&[]);
+    let url = server.url("/echo");
+    let pid = server.child.id().to_string();
+    for mode in [&["-m", "closed"][..], &["-m", "flood", "-q", "8", "-t", "-s", "3000"][..]] {
+        let mut args = vec![url.as_str(), "-c", "10", "--threads", "2", "-d", "0.5", "-w", "0.2", "--json"];
+        args.extend_from_slice(&["--server-pid", &pid]);
+        args.extend_from_slice(mode);
+        let (status, out, err) = bench(&args);
+        assert_eq!(status, 0, "{mode:?}: {err}");
+        let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(summary["ok"], true);
+        assert!(summary["messages"].as_u64().unwrap() > 0, "{out}");
+        assert_eq!(summary["connections"], 10);
+        assert!(summary["server"]["user_ns_per_msg"].is_number(), "{out}");
+    }
+    // A server that answers with something else than the echo: the run fails and says so.
+    let ok = "HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n";
+    let mut wrong = vec![0x82, 20];
+    wrong.extend_from_slice(&[b'x'; 20]);
+    let url = fake_server(ok.into(), wrong);
+    let (status, _, err) = bench(&[&url, "-c", "1", "-d", "1", "-w", "0"]);
+    assert_eq!(status, 1, "{err}");
+    assert!(err.contains("differs"), "{err}");
+    let (status, _, err) = bench(&["wss://127.0.0.1:1/", "-d", "1"]);
+    assert_eq!(status, 2, "{err}");
+}

@@ -26,6 +26,7 @@
 //! the host as SNI; `ws+unix:/path.sock:/resource` talks to a UNIX-domain socket (see
 //! [`url`]).
 
+pub mod bench;
 pub mod handshake;
 pub mod terminal;
 pub mod url;

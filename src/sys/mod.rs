@@ -7,8 +7,10 @@
 //! - [`rlimit`]: raising the open-file limit;
 //! - [`memory`]: giving freed heap memory back to the system;
 //! - [`files`]: opening files strictly beneath a directory, and `sendfile(2)` (static routes);
-//! - [`poll`]: `poll(2)` on a socket and standard input (the terminal client).
+//! - [`poll`]: `poll(2)` on a socket and standard input (the terminal client);
+//! - [`cpu`]: a process's CPU time (the load generator's figures).
 
+pub mod cpu;
 pub mod fdpass;
 pub mod files;
 pub mod memory;
