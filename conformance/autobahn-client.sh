@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The Autobahn TestSuite as the referee for wsgate's client: wstest -m fuzzingserver runs cases
-# 1-7, 9 and 10 against examples/autobahn-client.rs (wsgate::client echoing every message),
-# then the same check as the server's agents: every case OK but the informational ones.
-# Cases 12 and 13 (permessage-deflate) wait for the client's compression.
+# 1-7, 9, 10, 12 and 13 against examples/autobahn-client.rs (wsgate::client echoing every
+# message, offering permessage-deflate), then the same check as the server's agents: every
+# case OK but the informational ones.
 # usage: conformance/autobahn-client.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use wsgate::client::{Client, ClientError, Message, Options};
+use wsgate::ws::extensions::DeflateOffer;
 
 /// The longest a case may leave the client waiting for its next frame.
 const CASE_WAIT: Duration = Duration::from_secs(60);
@@ -14,7 +15,9 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let base = args.next().unwrap_or_else(|| "ws://127.0.0.1:9011".into());
     let agent = args.next().unwrap_or_else(|| "wsgate".into());
-    let options = Options { max_message: 64 << 20, ..Options::default() };
+    // permessage-deflate offered on every case: cases 12 and 13 accept it (with the server
+    // asking for our context takeover off and our window at 9 or 15), the others decline it.
+    let options = Options { max_message: 64 << 20, compress: Some(DeflateOffer::default()), ..Options::default() };
     let count = {
         let mut ws = Client::open(&format!("{base}/getCaseCount"), &options).expect("getCaseCount");
         match ws.receive(Some(CASE_WAIT)) {

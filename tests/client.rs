@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::*;
 use wsgate::client::handshake::HandshakeError;
 use wsgate::client::{Client, ClientError, Message, Options};
+use wsgate::ws::extensions::DeflateOffer;
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(10));
 
@@ -178,6 +179,92 @@ fn wss_with_a_ca_file_and_sni() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Against Python's `websockets` over TLS with `ssl` asking for a client certificate: the
+/// server's self-signed certificate taken with `insecure`, ours presented from PEM files, and
+/// permessage-deflate agreed with an implementation that is not ours.
+#[test]
+fn wss_insecure_with_a_client_certificate_and_compression_against_python() {
+    use std::process::{Command, Stdio};
+    require(&PYTHON3_WEBSOCKETS);
+    let dir = std::env::temp_dir().join(format!("wsgate-client-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write_pair = |name: &str, host: &str| {
+        let ck = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+        let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+        (cert, key)
+    };
+    let (server_cert, server_key) = write_pair("server", "localhost");
+    let (client_cert, client_key) = write_pair("client", "client.example");
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let script = format!(
+        r#"
+import asyncio, ssl, websockets
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain("{}", "{}")
+ctx.verify_mode = ssl.CERT_REQUIRED
+ctx.load_verify_locations("{}")
+async def echo(ws, *path):
+    async for message in ws:
+        await ws.send(message)
+async def main():
+    async with websockets.serve(echo, "127.0.0.1", {port}, ssl=ctx):
+        print("ready", flush=True)
+        await asyncio.sleep(30)
+asyncio.run(main())
+"#,
+        server_cert.display(),
+        server_key.display(),
+        client_cert.display()
+    );
+    let mut child = Command::new(PYTHON)
+        .arg("-c")
+        .arg(&script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 (Debian's)");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let url = format!("wss://localhost:{port}/");
+    let options = Options {
+        insecure: true,
+        client_cert: Some((client_cert.clone(), client_key.clone())),
+        compress: Some(DeflateOffer::default()),
+        ..Options::default()
+    };
+    let mut ws = Client::open(&url, &options).unwrap();
+    assert!(ws.compression().is_some(), "websockets accepts permessage-deflate by default");
+    let text: String = (0..3000).map(|n| format!("line {n} of a repetitive text\n")).collect();
+    for _ in 0..3 {
+        ws.send_text(&text).unwrap();
+        assert_eq!(ws.receive(WAIT).unwrap(), Message::Text(text.clone()));
+    }
+    assert_eq!(ws.close(1000, "").unwrap(), Some(1000));
+    // Without our certificate the server refuses the TLS session: an error, not a hang.
+    let without = Options { insecure: true, ..Options::default() };
+    let refused = Client::open(&url, &without).and_then(|mut ws| ws.receive(WAIT).map(|_| ()));
+    assert!(
+        matches!(refused, Err(ClientError::Tls(_) | ClientError::Io(_) | ClientError::Handshake(HandshakeError::Eof))),
+        "{refused:?}"
+    );
+    // Nor does the server's certificate pass without --insecure.
+    let strict = Options { client_cert: options.client_cert.clone(), ..Options::default() };
+    assert!(matches!(Client::open(&url, &strict), Err(ClientError::Tls(_))));
+    // A key file that is not a key: a TLS setup error naming the file.
+    let bad =
+        Options { client_cert: Some((client_cert.clone(), client_cert.clone())), insecure: true, ..Options::default() };
+    match Client::open(&url, &bad) {
+        Err(ClientError::Tls(why)) => assert!(why.contains("client.pem"), "{why}"),
+        other => panic!("{:?}", other.err()),
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn ws_over_a_unix_socket() {
     let path = std::env::temp_dir().join(format!("wsgate-client-{}.sock", std::process::id()));
@@ -201,6 +288,119 @@ fn ws_over_a_unix_socket() {
     assert_eq!(ws.close(1000, "").unwrap(), Some(1000));
     server.join().unwrap();
     let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn compresses_both_ways_with_wsgate_routes() {
+    let routes = "[[route]]\npath = \"/shared\"\napp = \"echo\"\ncompression = \"shared\"\n\
+        [[route]]\npath = \"/dedicated\"\napp = \"echo\"\ncompression = \"dedicated\"\n\
+        [[route]]\npath = \"/plain\"\napp = \"echo\"\n";
+    let server = Server::with_config(routes, &[]);
+    let json: String = (0..2000).map(|n| format!("{{\"n\":{},\"name\":\"item-{}\"}},", n, n % 17)).collect();
+    let offers = [
+        DeflateOffer::default(),
+        DeflateOffer { server_max_window_bits: 10, client_max_window_bits: 11, ..DeflateOffer::default() },
+        DeflateOffer { server_no_context_takeover: true, client_no_context_takeover: true, ..DeflateOffer::default() },
+    ];
+    for path in ["/shared", "/dedicated"] {
+        for offer in offers {
+            let options = Options { compress: Some(offer), ..Options::default() };
+            let mut ws = Client::open(&server.url(path), &options).unwrap();
+            let agreed = *ws.compression().expect("permessage-deflate agreed");
+            assert!(agreed.server_max_window_bits <= offer.server_max_window_bits, "{path} {offer:?}: {agreed:?}");
+            if offer.server_no_context_takeover {
+                assert!(agreed.server_no_context_takeover);
+            }
+            // Repeated messages (context kept between them where agreed), small and large.
+            for _ in 0..3 {
+                for text in ["hi", "x".repeat(100).as_str(), json.as_str()] {
+                    ws.send_text(text).unwrap();
+                    assert_eq!(ws.receive(WAIT).unwrap(), Message::Text(text.into()), "{path} {offer:?}");
+                }
+            }
+            let bytes: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+            ws.send_binary(&bytes).unwrap();
+            assert_eq!(ws.receive(WAIT).unwrap(), Message::Binary(bytes));
+            assert_eq!(ws.close(1000, "").unwrap(), Some(1000));
+        }
+    }
+    // The terminal client with --compress (and its window and context-takeover options).
+    let lines: String = (0..200).map(|n| format!("{json:.200}{n}\n")).collect();
+    for extra in [&[][..], &["--compress-window", "9", "--no-context-takeover"][..]] {
+        let url = server.url("/dedicated");
+        let args: Vec<&str> = ["--compress"].iter().chain(extra).copied().chain([url.as_str()]).collect();
+        let (status, out, err) = terminal(&args, lines.as_bytes());
+        assert_eq!((status, out.as_str()), (0, lines.as_str()), "{args:?}: {err}");
+    }
+    // A route without compression declines the offer; the client goes on uncompressed.
+    let options = Options { compress: Some(DeflateOffer::default()), ..Options::default() };
+    let mut ws = Client::open(&server.url("/plain"), &options).unwrap();
+    assert!(ws.compression().is_none());
+    ws.send_text(&json).unwrap();
+    assert_eq!(ws.receive(WAIT).unwrap(), Message::Text(json.clone()));
+}
+
+#[test]
+fn sends_compressed_frames_and_refuses_a_compressed_bomb() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://127.0.0.1:{}/", listener.local_addr().unwrap().port());
+    let message = "abcdefgh".repeat(1000);
+    let expected = message.clone();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let request = read_head(&mut s);
+        assert!(
+            request.contains("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"),
+            "{request}"
+        );
+        let answer = ok_answer(&request).replace(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover; client_max_window_bits=9\r\n\r\n",
+        );
+        s.write_all(answer.as_bytes()).unwrap();
+        // The client's message: one frame, RSV1 set, masked, inflating to what it sent.
+        let mut head = [0u8; 4];
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(head[0], 0xC1, "FIN + RSV1 + text");
+        // Short frames carry two bytes of the key in `head`, longer ones their length.
+        let long = head[1] & 0x7F == 126;
+        let len = if long { u16::from_be_bytes([head[2], head[3]]) as usize } else { (head[1] & 0x7F) as usize };
+        let mut rest = vec![0u8; if long { 4 + len } else { 2 + len }];
+        s.read_exact(&mut rest).unwrap();
+        let (key, mut payload) = if long {
+            ([rest[0], rest[1], rest[2], rest[3]], rest[4..].to_vec())
+        } else {
+            ([head[2], head[3], rest[0], rest[1]], rest[2..].to_vec())
+        };
+        wsgate::ws::mask::unmask(&mut payload, key, 0);
+        assert!(payload.len() < expected.len() / 10, "compressed to {} bytes", payload.len());
+        let mut out = Vec::new();
+        wsgate::ws::deflate::Inflater::new().inflate(&payload, true, usize::MAX, &mut out).unwrap();
+        assert_eq!(out, expected.as_bytes());
+        // Then a bomb: 8 MiB of zeros, about 8 KiB compressed.
+        let mut bomb = Vec::new();
+        wsgate::ws::deflate::Deflater::new(15, 8, 1, false).compress(&vec![0u8; 8 << 20], &mut bomb);
+        let mut frame = vec![0xC2, 127];
+        frame.extend_from_slice(&(bomb.len() as u64).to_be_bytes());
+        frame.extend_from_slice(&bomb);
+        let _ = s.write_all(&frame);
+        // The client's close (1009) arrives before it drops the connection.
+        let mut close = [0u8; 8];
+        let _ = s.read_exact(&mut close);
+        assert_eq!(close[0], 0x88);
+        let mut code = [close[6], close[7]];
+        wsgate::ws::mask::unmask(&mut code, [close[2], close[3], close[4], close[5]], 0);
+        u16::from_be_bytes(code)
+    });
+    let options = Options { compress: Some(DeflateOffer::default()), max_message: 64 << 10, ..Options::default() };
+    let mut ws = Client::open(&url, &options).unwrap();
+    assert_eq!(ws.compression().unwrap().client_max_window_bits, Some(9));
+    ws.send_text(&message).unwrap();
+    match ws.receive(WAIT) {
+        Err(ClientError::Protocol { code: 1009, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(server.join().unwrap(), 1009);
 }
 
 fn read_head(s: &mut impl Read) -> String {

@@ -8,6 +8,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
 use super::url::Target;
+use crate::ws::extensions::{self, AnswerError, DeflateOffer};
 use crate::ws::handshake::accept_key;
 
 /// The most a server's response head may take (status line and headers).
@@ -24,6 +25,8 @@ pub struct Offer<'a> {
     pub origin: Option<&'a str>,
     /// Extra header lines, `("Name", "value")`.
     pub headers: &'a [(String, String)],
+    /// permessage-deflate, offered when set.
+    pub deflate: Option<DeflateOffer>,
 }
 
 /// How a server's answer to the upgrade failed it.
@@ -50,6 +53,8 @@ pub enum HandshakeError {
     UnofferedProtocol(String),
     /// An extension we did not offer.
     UnofferedExtension(String),
+    /// permessage-deflate accepted with parameters our offer does not allow.
+    BadExtension(String),
 }
 
 impl fmt::Display for HandshakeError {
@@ -65,6 +70,7 @@ impl fmt::Display for HandshakeError {
             HandshakeError::WrongAccept => write!(f, "Sec-WebSocket-Accept does not match the key sent"),
             HandshakeError::UnofferedProtocol(p) => write!(f, "server chose subprotocol {p:?}, which was not offered"),
             HandshakeError::UnofferedExtension(e) => write!(f, "server chose extension {e:?}, which was not offered"),
+            HandshakeError::BadExtension(why) => write!(f, "server's permessage-deflate answer: {why}"),
         }
     }
 }
@@ -97,6 +103,11 @@ pub fn request(target: &Target, key: &str, offer: &Offer<'_>) -> Vec<u8> {
         out.extend_from_slice(origin.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    if let Some(deflate) = &offer.deflate {
+        out.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+        deflate.write_offer(&mut out);
+        out.extend_from_slice(b"\r\n");
+    }
     for (name, value) in offer.headers {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
@@ -111,6 +122,8 @@ pub fn request(target: &Target, key: &str, offer: &Offer<'_>) -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Agreed {
     pub protocol: Option<String>,
+    /// permessage-deflate as the server accepted it (its own view of the sides).
+    pub deflate: Option<extensions::Agreed>,
 }
 
 /// Checks a response head (`head`: the bytes read so far). `Ok(None)`: incomplete, read more.
@@ -157,11 +170,18 @@ pub fn check_response(head: &[u8], key: &str, offer: &Offer<'_>) -> Result<Optio
         }
         protocol = Some(chosen.to_string());
     }
-    // No extension is offered yet: any the server names is one we did not ask for.
-    if let Some(extension) = values("sec-websocket-extensions").next() {
-        return Err(HandshakeError::UnofferedExtension(extension.to_string()));
-    }
-    Ok(Some((Agreed { protocol }, used)))
+    let lines = response.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"));
+    let deflate = match &offer.deflate {
+        Some(ours) => ours.check_answer(lines.map(|h| h.value)).map_err(|e| match e {
+            AnswerError::Unoffered(name) => HandshakeError::UnofferedExtension(name),
+            AnswerError::Invalid(why) => HandshakeError::BadExtension(why),
+        })?,
+        None => match values("sec-websocket-extensions").next() {
+            Some(extension) => return Err(HandshakeError::UnofferedExtension(extension.to_string())),
+            None => None,
+        },
+    };
+    Ok(Some((Agreed { protocol, deflate }, used)))
 }
 
 #[cfg(test)]
@@ -213,6 +233,22 @@ mod tests {
             Err(HandshakeError::UnofferedExtension("permessage-deflate".into()))
         );
         assert!(matches!(check("HTTP/1.1 1O1 x\r\n\r\n"), Err(HandshakeError::Malformed(_))));
+        // With permessage-deflate offered: the answer is checked against the offer.
+        let offered = Offer { deflate: Some(DeflateOffer::default()), ..Offer::default() };
+        let check = |head: &str| check_response(head.as_bytes(), KEY, &offered);
+        let (agreed, _) = check(&answer("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=9\r\n"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(agreed.deflate.unwrap().client_max_window_bits, Some(9));
+        assert_eq!(check(&answer("")).unwrap().unwrap().0.deflate, None);
+        assert!(matches!(
+            check(&answer("Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits\r\n")),
+            Err(HandshakeError::BadExtension(_))
+        ));
+        assert_eq!(
+            check(&answer("Sec-WebSocket-Extensions: x-foo\r\n")),
+            Err(HandshakeError::UnofferedExtension("x-foo".into()))
+        );
         let huge = format!("HTTP/1.1 101 OK\r\nX: {}", "a".repeat(MAX_RESPONSE_HEAD));
         assert_eq!(check(&huge), Err(HandshakeError::TooLarge));
     }
@@ -222,7 +258,12 @@ mod tests {
         let target = Target::parse("ws://example.com:8080/chat?room=1").unwrap();
         let protocols = ["v2".to_string(), "v1".to_string()];
         let headers = [("Authorization".to_string(), "Bearer x".to_string())];
-        let offer = Offer { protocols: &protocols, origin: Some("https://example.com"), headers: &headers };
+        let offer = Offer {
+            protocols: &protocols,
+            origin: Some("https://example.com"),
+            headers: &headers,
+            deflate: Some(DeflateOffer::default()),
+        };
         let text = String::from_utf8(request(&target, KEY, &offer)).unwrap();
         assert!(text.starts_with("GET /chat?room=1 HTTP/1.1\r\nHost: example.com:8080\r\n"), "{text}");
         for line in [
@@ -231,6 +272,7 @@ mod tests {
             "Sec-WebSocket-Protocol: v2, v1\r\n",
             "Origin: https://example.com\r\n",
             "Authorization: Bearer x\r\n",
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

@@ -20,6 +20,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
 use super::{Client, ClientError, Message, Options};
+use crate::ws::extensions::DeflateOffer;
 
 pub const EXIT_OK: u8 = 0;
 /// Bad arguments (clap's own status).
@@ -54,6 +55,26 @@ pub struct ClientArgs {
     /// CA certificates (PEM) to trust for wss:// instead of the public roots.
     #[arg(long = "ca", value_name = "FILE")]
     pub ca: Option<PathBuf>,
+    /// Accept any server certificate (wss:// without knowing who the server is; a warning
+    /// says so on every connection).
+    #[arg(long, conflicts_with = "ca")]
+    pub insecure: bool,
+    /// Client certificate chain (PEM), for servers that ask for one; with --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Offer permessage-deflate (RFC 7692).
+    #[arg(long)]
+    pub compress: bool,
+    /// With --compress: ask the server to compress with at most this window (9-15).
+    #[arg(long, value_name = "BITS", requires = "compress", value_parser = clap::value_parser!(u8).range(9..=15))]
+    pub compress_window: Option<u8>,
+    /// With --compress: both sides reset their compressor after every message (less memory
+    /// on both, less compression).
+    #[arg(long, requires = "compress")]
+    pub no_context_takeover: bool,
     /// Ping the server after this many seconds of silence (0: never); a pong overdue by
     /// --pong-timeout ends the connection.
     #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
@@ -94,6 +115,14 @@ impl ClientArgs {
             origin: self.origin.clone(),
             headers,
             ca_file: self.ca.clone(),
+            insecure: self.insecure,
+            client_cert: self.cert.clone().zip(self.key.clone()),
+            compress: self.compress.then(|| DeflateOffer {
+                server_no_context_takeover: self.no_context_takeover,
+                client_no_context_takeover: self.no_context_takeover,
+                server_max_window_bits: self.compress_window.unwrap_or(15),
+                client_max_window_bits: 15,
+            }),
             max_message: self.max_message,
             connect_timeout: timeout,
             handshake_timeout: timeout,
@@ -116,6 +145,9 @@ pub fn run(args: &ClientArgs) -> u8 {
     let mut session =
         Session { args, input: Input::new(), received: 0, backoff: Duration::from_millis(500), heard: None };
     loop {
+        if args.insecure && args.url.starts_with("wss:") {
+            eprintln!("wsgate client: WARNING: --insecure: the server's certificate is not checked; anyone on the path can read and change this connection");
+        }
         let ended = match Client::open(&args.url, &options) {
             Ok(client) => {
                 session.backoff = Duration::from_millis(500);

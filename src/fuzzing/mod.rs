@@ -59,6 +59,8 @@ pub fn handshake(data: &[u8]) {
 pub fn client_handshake(data: &[u8]) {
     use crate::client::handshake::{check_response, request, Offer};
     use crate::client::url::Target;
+    use crate::ws::deflate::PerMessage;
+    use crate::ws::extensions::DeflateOffer;
     let split = memchr::memchr(b'\n', data).unwrap_or(data.len());
     let (url, response) = (&data[..split], data.get(split + 1..).unwrap_or(&[]));
     if let Ok(target) = Target::parse(&String::from_utf8_lossy(url)) {
@@ -70,10 +72,30 @@ pub fn client_handshake(data: &[u8]) {
         assert_eq!(parsed.headers.len(), 5, "{target:?}");
     }
     let protocols = ["chat".to_string()];
-    let offer = Offer { protocols: &protocols, ..Offer::default() };
-    if let Ok(Some((agreed, used))) = check_response(response, "dGhlIHNhbXBsZSBub25jZQ==", &offer) {
-        assert!(used <= response.len());
-        assert!(agreed.protocol.is_none_or(|p| p == "chat"));
+    // The response is checked against an offer without compression and one with a
+    // restrictive permessage-deflate offer: whatever is agreed stays within it.
+    let deflate = DeflateOffer {
+        server_no_context_takeover: true,
+        client_no_context_takeover: false,
+        server_max_window_bits: 12,
+        client_max_window_bits: 10,
+    };
+    for deflate in [None, Some(deflate)] {
+        let offer = Offer { protocols: &protocols, deflate, ..Offer::default() };
+        if let Ok(Some((agreed, used))) = check_response(response, "dGhlIHNhbXBsZSBub25jZQ==", &offer) {
+            assert!(used <= response.len());
+            assert!(agreed.protocol.is_none_or(|p| p == "chat"));
+            match (deflate, agreed.deflate) {
+                (None, Some(_)) => panic!("compression agreed without an offer"),
+                (Some(_), Some(a)) => {
+                    assert!(a.server_no_context_takeover && a.server_max_window_bits <= 12);
+                    assert!(a.client_max_window_bits.is_none_or(|b| (8..=10).contains(&b)));
+                    let ours = PerMessage::for_client(a, 0, 1, 8);
+                    assert!(ours.agreed.server_max_window_bits <= 10);
+                }
+                _ => {}
+            }
+        }
     }
 }
 

@@ -244,6 +244,15 @@ impl PerMessage {
         PerMessage { agreed, threshold, level, mem_level, inflater: None, deflater: None }
     }
 
+    /// A client's, from the server's answer (as the server states it). Asked to compress
+    /// with a window of 8 bits, which zlib cannot deflate raw, it sends every message
+    /// uncompressed (RFC 7692 §6 lets either side leave any message so).
+    pub fn for_client(answer: Agreed, threshold: usize, level: i32, mem_level: u8) -> PerMessage {
+        let agreed = answer.seen_from_client();
+        let threshold = if agreed.server_max_window_bits < 9 { usize::MAX } else { threshold };
+        PerMessage::new(agreed, threshold, level, mem_level)
+    }
+
     /// Inflates a compressed message into `out` (at most `max` bytes) if it takes no more
     /// than about `budget`: `Ok(None)`. Otherwise `Ok(Some(used))`: the message goes on in
     /// a job ([`PerMessage::resume`]) from input byte `used`. With context takeover that is

@@ -131,6 +131,159 @@ impl Agreed {
     }
 }
 
+/// What a client offers (RFC 7692 §7.1). It always says `client_max_window_bits`, so a
+/// server may limit our window (we honour 9–15; asked for 8, which zlib cannot deflate raw,
+/// we send every message uncompressed, which §6 allows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeflateOffer {
+    /// Ask the server to reset its compressor after every message: our inflater then holds
+    /// nothing between messages.
+    pub server_no_context_takeover: bool,
+    /// Promise to reset ours after every message: the server's inflater holds nothing.
+    pub client_no_context_takeover: bool,
+    /// Ask the server for at most this window (9–15; 15 asks nothing).
+    pub server_max_window_bits: u8,
+    /// Our compressor's window (9–15), said as the `client_max_window_bits` hint when under 15.
+    pub client_max_window_bits: u8,
+}
+
+impl Default for DeflateOffer {
+    fn default() -> Self {
+        DeflateOffer {
+            server_no_context_takeover: false,
+            client_no_context_takeover: false,
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+        }
+    }
+}
+
+impl DeflateOffer {
+    /// The offer's header value.
+    pub fn write_offer(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"permessage-deflate");
+        if self.server_no_context_takeover {
+            out.extend_from_slice(b"; server_no_context_takeover");
+        }
+        if self.client_no_context_takeover {
+            out.extend_from_slice(b"; client_no_context_takeover");
+        }
+        if self.server_max_window_bits < 15 {
+            out.extend_from_slice(format!("; server_max_window_bits={}", self.server_max_window_bits).as_bytes());
+        }
+        match self.client_max_window_bits {
+            15.. => out.extend_from_slice(b"; client_max_window_bits"),
+            bits => out.extend_from_slice(format!("; client_max_window_bits={bits}").as_bytes()),
+        }
+    }
+
+    /// Checks the server's `Sec-WebSocket-Extensions` lines against this offer (§7.1): `None`
+    /// when it accepted no extension, or what it agreed to (as the server states it; a client
+    /// uses [`Agreed::seen_from_client`]). Anything we did not offer, a parameter twice, a
+    /// value out of range or above what we asked, or a parameter we asked for and the server
+    /// left out, fails the connection (§7.2.2: "the client MUST _Fail the WebSocket Connection_").
+    pub fn check_answer<'a>(&self, lines: impl IntoIterator<Item = &'a [u8]>) -> Result<Option<Agreed>, AnswerError> {
+        let mut agreed = None;
+        for line in lines {
+            let list = parse(line).map_err(|_| AnswerError::Invalid("the extensions header does not parse".into()))?;
+            for ext in list {
+                if !ext.name.eq_ignore_ascii_case(b"permessage-deflate") {
+                    return Err(AnswerError::Unoffered(String::from_utf8_lossy(ext.name).into_owned()));
+                }
+                if agreed.is_some() {
+                    return Err(AnswerError::Invalid("permessage-deflate accepted twice".into()));
+                }
+                agreed = Some(self.check_params(&ext)?);
+            }
+        }
+        Ok(agreed)
+    }
+
+    fn check_params(&self, ext: &Extension<'_>) -> Result<Agreed, AnswerError> {
+        let bad = |why: String| Err(AnswerError::Invalid(why));
+        let mut seen = [false; 4];
+        let mut agreed = Agreed {
+            server_no_context_takeover: false,
+            client_no_context_takeover: false,
+            server_max_window_bits: 15,
+            server_window_in_response: false,
+            client_max_window_bits: None,
+        };
+        for (name, value) in &ext.params {
+            let text = String::from_utf8_lossy(name).into_owned();
+            let slot = match &name.to_ascii_lowercase()[..] {
+                b"server_no_context_takeover" => 0,
+                b"client_no_context_takeover" => 1,
+                b"server_max_window_bits" => 2,
+                b"client_max_window_bits" => 3,
+                _ => return bad(format!("unknown parameter {text}")),
+            };
+            if std::mem::replace(&mut seen[slot], true) {
+                return bad(format!("{text} twice"));
+            }
+            let bits = match (slot, value) {
+                (0 | 1, None) => 0,
+                (0 | 1, Some(_)) => return bad(format!("{text} with a value")),
+                (_, None) => return bad(format!("{text} without a value")),
+                (_, Some(v)) => match window_bits(v) {
+                    Some(bits) => bits,
+                    None => return bad(format!("{text}={}", String::from_utf8_lossy(v))),
+                },
+            };
+            match slot {
+                0 => agreed.server_no_context_takeover = true,
+                1 => agreed.client_no_context_takeover = true,
+                2 if bits > self.server_max_window_bits => {
+                    return bad(format!(
+                        "server_max_window_bits={bits}, above the {} offered",
+                        self.server_max_window_bits
+                    ))
+                }
+                2 => {
+                    agreed.server_max_window_bits = bits;
+                    agreed.server_window_in_response = true;
+                }
+                _ if bits > self.client_max_window_bits => {
+                    return bad(format!("client_max_window_bits={bits}, above our {}", self.client_max_window_bits))
+                }
+                _ => agreed.client_max_window_bits = Some(bits),
+            }
+        }
+        if self.server_no_context_takeover && !agreed.server_no_context_takeover {
+            return bad("server_no_context_takeover was asked for and not agreed".into());
+        }
+        if self.server_max_window_bits < 15 && !agreed.server_window_in_response {
+            return bad("server_max_window_bits was asked for and not agreed".into());
+        }
+        agreed.client_no_context_takeover |= self.client_no_context_takeover;
+        Ok(agreed)
+    }
+}
+
+/// How a server's answer to our offer fails the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnswerError {
+    /// An extension we did not offer.
+    Unoffered(String),
+    /// permessage-deflate with parameters the offer does not allow.
+    Invalid(String),
+}
+
+impl Agreed {
+    /// The agreement as a client applies it. [`PerMessage`](super::deflate::PerMessage) names
+    /// the sides as the server sees them (`server_*`: the sender's compressor, `client_*`: the
+    /// receiver's inflater); for a client the sender is the client, so the sides swap.
+    pub fn seen_from_client(&self) -> Agreed {
+        Agreed {
+            server_no_context_takeover: self.client_no_context_takeover,
+            client_no_context_takeover: self.server_no_context_takeover,
+            server_max_window_bits: self.client_max_window_bits.unwrap_or(15),
+            server_window_in_response: false,
+            client_max_window_bits: Some(self.server_max_window_bits),
+        }
+    }
+}
+
 /// One extension of the list: its name and parameters (a quoted value unquoted).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Extension<'a> {
@@ -312,6 +465,64 @@ mod tests {
         for (offer, ours, want) in table {
             assert_eq!(answer(offer, *ours).as_deref(), *want, "{offer} with {ours:?}");
         }
+    }
+
+    #[test]
+    fn a_clients_offer_and_the_answers_it_takes() {
+        let plain = DeflateOffer::default();
+        let strict = DeflateOffer {
+            server_no_context_takeover: true,
+            client_no_context_takeover: false,
+            server_max_window_bits: 12,
+            client_max_window_bits: 10,
+        };
+        let text = |o: &DeflateOffer| {
+            let mut out = Vec::new();
+            o.write_offer(&mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(text(&plain), "permessage-deflate; client_max_window_bits");
+        assert_eq!(
+            text(&strict),
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=12; client_max_window_bits=10"
+        );
+        let check = |o: &DeflateOffer, answer: &str| o.check_answer([answer.as_bytes()]);
+        // Autobahn 13.x's answers, and what a client then does.
+        let a =
+            check(&plain, "permessage-deflate; client_no_context_takeover; client_max_window_bits=9").unwrap().unwrap();
+        let ours = a.seen_from_client();
+        assert!(ours.server_no_context_takeover && !ours.client_no_context_takeover);
+        assert_eq!((ours.server_max_window_bits, ours.client_max_window_bits), (9, Some(15)));
+        let a = check(&plain, "permessage-deflate; server_no_context_takeover; server_max_window_bits=10")
+            .unwrap()
+            .unwrap();
+        let ours = a.seen_from_client();
+        assert!(!ours.server_no_context_takeover && ours.client_no_context_takeover);
+        assert_eq!(ours.server_max_window_bits, 15);
+        assert_eq!(check(&plain, ""), Ok(None));
+        assert!(check(&strict, "permessage-deflate; server_no_context_takeover; server_max_window_bits=9").is_ok());
+        // What fails the connection.
+        let invalid = |o: &DeflateOffer, answer: &str| {
+            assert!(matches!(check(o, answer), Err(AnswerError::Invalid(_))), "{answer}");
+        };
+        assert_eq!(
+            check(&plain, "x-webkit-deflate-frame"),
+            Err(AnswerError::Unoffered("x-webkit-deflate-frame".into()))
+        );
+        invalid(&plain, "permessage-deflate, permessage-deflate");
+        invalid(&plain, "permessage-deflate; foo");
+        invalid(&plain, "permessage-deflate; client_max_window_bits");
+        invalid(&plain, "permessage-deflate; client_max_window_bits=16");
+        invalid(&plain, "permessage-deflate; server_no_context_takeover=1");
+        invalid(&plain, "permessage-deflate; server_no_context_takeover; server_no_context_takeover");
+        invalid(&plain, "permessage-deflate; =");
+        invalid(&strict, "permessage-deflate; server_max_window_bits=12"); // context takeover kept
+        invalid(&strict, "permessage-deflate; server_no_context_takeover"); // window not agreed
+        invalid(&strict, "permessage-deflate; server_no_context_takeover; server_max_window_bits=13");
+        invalid(
+            &strict,
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=12; client_max_window_bits=11",
+        );
     }
 
     #[test]
