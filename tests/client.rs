@@ -560,21 +560,47 @@ fn bench(args: &[&str]) -> (i32, String, String) {
 }
 
 #[test]
-fn bench_runs_closed_and_flood_and_checks_every_echo() {
-    let server = Server::start(&[]);
-    let url = server.url("/echo");
+fn bench_runs_every_mode_and_checks_every_echo() {
+    let routes = "[[route]]\npath = \"/echo\"\napp = \"echo\"\n\
+        [[route]]\npath = \"/zecho\"\napp = \"echo\"\ncompression = \"dedicated\"\ncompression_threshold = 0\n\
+        [[route]]\npath = \"/chat/*\"\napp = \"chat\"\n";
+    let server = Server::with_config(routes, &[]);
     let pid = server.child.id().to_string();
-    for mode in [&["-m", "closed"][..], &["-m", "flood", "-q", "8", "-t", "-s", "3000"][..]] {
-        let mut args = vec![url.as_str(), "-c", "10", "--threads", "2", "-d", "0.5", "-w", "0.2", "--json"];
+    let (echo, zecho, room) = (server.url("/echo"), server.url("/zecho"), server.url("/chat/bench"));
+    let runs: &[(&str, &[&str])] = &[
+        (&echo, &["-m", "closed"]),
+        (&echo, &["-m", "flood", "-q", "8", "-t", "-s", "3000"]),
+        (&echo, &["-m", "rate", "-r", "2000"]),
+        (&zecho, &["-m", "flood", "-q", "4", "-t", "-s", "1000", "--compress"]),
+        (&room, &["-m", "fanout", "-t", "--publishers", "3"]),
+    ];
+    for (url, mode) in runs {
+        let mut args = vec![*url, "-c", "10", "--threads", "2", "-d", "0.5", "-w", "0.2", "--json"];
         args.extend_from_slice(&["--server-pid", &pid]);
         args.extend_from_slice(mode);
         let (status, out, err) = bench(&args);
         assert_eq!(status, 0, "{mode:?}: {err}");
         let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         assert_eq!(summary["ok"], true);
-        assert!(summary["messages"].as_u64().unwrap() > 0, "{out}");
         assert_eq!(summary["connections"], 10);
         assert!(summary["server"]["user_ns_per_msg"].is_number(), "{out}");
+        match mode[1] {
+            "rate" => {
+                assert!(summary["msgs"].as_u64().unwrap() > 0, "{out}");
+                let latency = &summary["latency"];
+                assert!(latency["samples"].as_u64().unwrap() > 0, "{out}");
+                assert!(latency["p50_us"].as_u64().unwrap() <= latency["max_us"].as_u64().unwrap(), "{out}");
+            }
+            "fanout" => {
+                // Every round is 3 messages to each of the 10 connections.
+                assert!(summary["rounds"].as_u64().unwrap() > 0, "{out}");
+                assert!(summary["deliveries"].as_u64().unwrap() > 0, "{out}");
+                assert_eq!(summary["publishers"], 3);
+            }
+            _ => assert!(summary["msgs"].as_u64().unwrap() > 0, "{out}"),
+        }
+        let compress = mode.contains(&"--compress");
+        assert_eq!(summary["compressed_connections"], if compress { 10 } else { 0 }, "{out}");
     }
     // A server that answers with something else than the echo: the run fails and says so.
     let ok = "HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n";
@@ -584,6 +610,35 @@ fn bench_runs_closed_and_flood_and_checks_every_echo() {
     let (status, _, err) = bench(&[&url, "-c", "1", "-d", "1", "-w", "0"]);
     assert_eq!(status, 1, "{err}");
     assert!(err.contains("differs"), "{err}");
-    let (status, _, err) = bench(&["wss://127.0.0.1:1/", "-d", "1"]);
-    assert_eq!(status, 2, "{err}");
+    // Nothing listening: a failure; options that do not fit: a usage error.
+    let (status, _, err) = bench(&["ws://127.0.0.1:1/", "-d", "1"]);
+    assert_eq!(status, 1, "{err}");
+    for wrong in [&["-m", "rate"][..], &["-r", "10"], &["-m", "fanout", "-c", "2", "--publishers", "3"]] {
+        let (status, _, err) = bench(&[[echo.as_str()].as_slice(), wrong].concat());
+        assert_eq!(status, 2, "{wrong:?}: {err}");
+    }
+}
+
+#[test]
+fn bench_over_wss() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("wsgate-bench-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("c.pem"), dir.join("c.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let server = Server::start(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let url = format!("wss://localhost:{}/echo", server.addr.port());
+    for extra in [&["--ca", cert.to_str().unwrap()][..], &["--insecure", "-m", "flood", "-s", "20000", "-q", "4"]] {
+        let args = [&[url.as_str(), "-c", "4", "-d", "0.5", "-w", "0.2", "--json"][..], extra].concat();
+        let (status, out, err) = bench(&args);
+        assert_eq!(status, 0, "{extra:?}: {err}");
+        let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert!(summary["msgs"].as_u64().unwrap() > 0, "{out}");
+    }
+    // Without the CA, the certificate is refused before any load.
+    let (status, _, err) = bench(&[url.as_str(), "-c", "1", "-d", "0.5"]);
+    assert_eq!(status, 1, "{err}");
+    assert!(err.contains("certificate"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

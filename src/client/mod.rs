@@ -240,9 +240,21 @@ impl Client {
     /// Connects to `url` and completes the opening handshake.
     pub fn open(url: &str, options: &Options) -> Result<Client, ClientError> {
         let target = Target::parse(url).map_err(ClientError::Url)?;
+        let tls = if target.tls { Some(tls_config(options)?) } else { None };
+        Client::open_target(&target, options, tls)
+    }
+
+    /// [`Client::open`] for a parsed target, with the TLS configuration made once for many
+    /// connections (`wsgate bench`).
+    fn open_target(
+        target: &Target,
+        options: &Options,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Client, ClientError> {
+        let target = target.clone();
         check_headers(options)?;
         let deadline = now() + options.handshake_timeout;
-        let mut stream = connect(&target, options)?;
+        let mut stream = connect(&target, options, tls)?;
         let key = handshake::new_key().map_err(ClientError::Connect)?;
         let offer = Offer {
             protocols: &options.protocols,
@@ -293,6 +305,13 @@ impl Client {
             timing,
             done: false,
         })
+    }
+
+    /// What this client is made of, for a caller that drives the connection itself: the
+    /// stream, the endpoint, its permessage-deflate, and the bytes read after the 101.
+    fn into_parts(mut self) -> (Stream, Endpoint, Option<PerMessage>, Vec<u8>) {
+        self.input.drain(..self.start);
+        (self.stream, self.endpoint, self.pmd, self.input)
     }
 
     /// The subprotocol the server chose, if any.
@@ -652,7 +671,7 @@ fn check_headers(options: &Options) -> Result<(), ClientError> {
     Ok(())
 }
 
-fn connect(target: &Target, options: &Options) -> Result<Stream, ClientError> {
+fn connect(target: &Target, options: &Options, tls: Option<Arc<rustls::ClientConfig>>) -> Result<Stream, ClientError> {
     let (host, port) = match &target.address {
         Address::Unix(path) => return UnixStream::connect(path).map(Stream::Unix).map_err(ClientError::Connect),
         Address::Tcp { host, port } => (host, *port),
@@ -671,10 +690,7 @@ fn connect(target: &Target, options: &Options) -> Result<Stream, ClientError> {
     }
     let tcp = tcp.ok_or(ClientError::Connect(last))?;
     let _ = tcp.set_nodelay(true);
-    if !target.tls {
-        return Ok(Stream::Tcp(tcp));
-    }
-    let config = tls_config(options)?;
+    let Some(config) = tls.filter(|_| target.tls) else { return Ok(Stream::Tcp(tcp)) };
     let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
     let conn = rustls::ClientConnection::new(config, name).map_err(|e| ClientError::Tls(e.to_string()))?;
     Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))))

@@ -540,7 +540,7 @@ pub fn hixie(data: &[u8]) {
 }
 
 /// One WebSocket endpoint (`ws::Endpoint`) over arbitrary bytes, in the wire the first byte
-/// picks (a server with or without permessage-deflate, a client, a hixie-76 server):
+/// picks (a server or a client, each with or without permessage-deflate, a hixie-76 server):
 /// - never panics; every failure maps to a close code a server may send (§7.4.1);
 /// - the messages, control events and outcome are the same whether the bytes come at once
 ///   with an unbounded budget, or in pieces (sizes from the second byte) with a small
@@ -550,20 +550,26 @@ pub fn hixie(data: &[u8]) {
 pub fn endpoint(data: &[u8]) {
     use crate::ws::deflate::{PerMessage, SharedCodecs};
     use crate::ws::endpoint::{Endpoint, Event, WsError};
-    use crate::ws::extensions::{negotiate, Compression};
+    use crate::ws::extensions::{negotiate, Compression, DeflateOffer};
     use crate::ws::frame::Role;
     use std::time::Instant;
     const MAX: usize = 1 << 16;
     let [mode, split, bytes @ ..] = data else { return };
     let limits = MessageLimits { max_message: MAX, max_frame: MAX };
     let t0 = Instant::now();
-    let make = || match mode % 4 {
+    let make = || match mode % 5 {
         0 => (Endpoint::new(Role::Server, limits, t0, false), None),
         1 => {
             let agreed = negotiate([&b"permessage-deflate"[..]], Compression::Shared);
             (Endpoint::new(Role::Server, limits, t0, true), agreed.map(|a| PerMessage::new(a, 64, 1, 8)))
         }
         2 => (Endpoint::new(Role::Client, limits, t0, false), None),
+        // The client with compression, the server keeping its context: the client's own inflater.
+        3 => {
+            let answer = DeflateOffer::default().check_answer([&b"permessage-deflate"[..]]);
+            let pmd = answer.ok().flatten().map(|a| PerMessage::for_client(a, 64, 1, 8));
+            (Endpoint::new(Role::Client, limits, t0, true), pmd)
+        }
         _ => (Endpoint::legacy(crate::ws::hixie::Draft::Hixie76, limits, t0), None),
     };
     /// Feeds `bytes` in pieces of `step`, keeping what is not consumed; the events (owned,
