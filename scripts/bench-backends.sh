@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Round trips client -> proxy -> UNIX echo backend -> client, side by side, in issue 5's layout:
-# the proxy pinned to core 0, the backend and wsload to core 1, closed loop 100 x 20 B and
+# the proxy pinned to core 0, the backend and the load (`wsgate bench`) to core 1, closed loop 100 x 20 B and
 # 500 x 1 KiB. Contenders, each measured in every round so drift hits them all alike:
 #   wsgate raw (binary) and lines (text, -t) routes  -> unix-echo
 #   unix-relay (epoll) and uring-relay (io_uring)    -> unix-echo   (the floor: bytes only)
@@ -111,28 +111,35 @@ else
 fi
 
 # One measurement: prints msg/s and the proxy's CPU (of its main process) per message.
+# WebSocket contenders are loaded by `wsgate bench` (every echo checked); the byte relays
+# speak no WebSocket, so the raw floor is loaded by wsload --raw.
 run() {
-  local pid=$1 port=$2
-  shift 2
-  taskset -c 1 "$wsload" -d "$secs" -w 1 --pid "$pid" "$@" 127.0.0.1 "$port" 2>&1 | tr '\n' ' ' |
-    grep -o 'msgs_per_s=[0-9]*\|server_cpu_pct=[0-9.]*\|failed=[1-9][0-9]*\|mismatches=[1-9][0-9]*' | tr '\n' ' '
+  local pid=$1 port=$2 path=$3
+  shift 3
+  if [ "$path" = --raw ]; then
+    taskset -c 1 "$wsload" -d "$secs" -w 1 --pid "$pid" --raw "$@" 127.0.0.1 "$port" 2>&1 | tr '\n' ' ' |
+      grep -o 'msgs_per_s=[0-9]*\|server_cpu_pct=[0-9.]*\|failed=[1-9][0-9]*\|mismatches=[1-9][0-9]*' | tr '\n' ' '
+    return
+  fi
+  taskset -c 1 ./target/release/wsgate bench -d "$secs" -w 1 --server-pid "$pid" "$@" "ws://127.0.0.1:$port$path" 2>&1 |
+    tr '\n' ' ' | grep -o 'msgs_per_s=[0-9]*\|server_cpu_pct=[0-9.]*\|result=failed\|connection [0-9]*: [^.]*' | tr '\n' ' '
 }
-both() { # both NAME PID PORT WSLOAD-ARGS...
+both() { # both NAME PID PORT PATH|--raw BENCH-ARGS...
   local name=$1 pid=$2 port=$3
   shift 3
   [ -n "$pid" ] || return 0
-  printf '  %-22s 100x20B:  %s\n' "$name" "$(run "$pid" "$port" -c 100 -s 20 "$@")"
-  printf '  %-22s 500x1KiB: %s\n' "$name" "$(run "$pid" "$port" -c 500 -s 1024 "$@")"
+  printf '  %-22s 100x20B:  %s\n' "$name" "$(run "$pid" "$port" "$@" -c 100 -s 20)"
+  printf '  %-22s 500x1KiB: %s\n' "$name" "$(run "$pid" "$port" "$@" -c 500 -s 1024)"
 }
 for i in $(seq "$repeats"); do
   echo "round $i"
-  both "wsgate raw" "$wsgate" 18600 -p /raw
-  both "wsgate lines (text)" "$wsgate" 18600 -p /lines -t
-  both "base raw" "$base" 18606 -p /raw
-  both "base lines (text)" "$base" 18606 -p /lines -t
+  both "wsgate raw" "$wsgate" 18600 /raw
+  both "wsgate lines (text)" "$wsgate" 18600 /lines -t
+  both "base raw" "$base" 18606 /raw
+  both "base lines (text)" "$base" 18606 /lines -t
   both "unix-relay (floor)" "$relay" 18601 --raw
   both "uring-relay" "$uring" 18602 --raw
-  both "nginx" "$nginx" 18603 -p /app
-  both "websockify" "$websockify" 18604 -p /app
-  both "websocketd (text)" "$websocketd" 18605 -p /app -t
+  both "nginx" "$nginx" 18603 /app
+  both "websockify" "$websockify" 18604 /app
+  both "websocketd (text)" "$websocketd" 18605 /app -t
 done

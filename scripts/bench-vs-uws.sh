@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side by side with uWebSockets on one core each (step 12's set): server pinned to core 0, load
-# (wsload, and tcpkali when built) on core 1, the servers alternating in every round, so only
+# (`wsgate bench`, and tcpkali when built) on core 1, the servers alternating in every round, so only
 # the ratios within one run are compared (machines differ 2x from one session to the next).
 #
 # usage: scripts/bench-vs-uws.sh [SECONDS] [ROUNDS]
@@ -16,10 +16,8 @@ cd "$(dirname "$0")/.."
 secs=${1:-5}
 rounds=${2:-3}
 peers=${PEERS:-/tmp/peers/bin}
-src=${LOADTOOLS_SRC:-../shared/tools}
-tools=$(bash "$src/build-load-tools.sh" /tmp/loadtools | tail -1)
-wsload=${tools%% *}
 cargo build --release --quiet
+bench=./target/release/wsgate
 tmp=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
@@ -73,28 +71,27 @@ else
 fi
 sleep 0.5
 
-# run NAME LABEL wsload-args... : one measured window against server NAME.
+# run NAME LABEL PATH bench-args... : one measured window of `wsgate bench` against server NAME.
 run() {
-  local name=$1 label=$2; shift 2
-  local pid port path=/echo
+  local name=$1 label=$2 path=$3; shift 3
+  local pid port
   pid=$(eval echo "\$pid_$name"); port=$(eval echo "\$port_$name")
-  if [ "$name" = uws ] && [[ "$*" == *"-p /chat"* ]]; then
+  if [ "$name" = uws ] && [ "$path" = /chat ]; then
     pid=$pid_uwsroom; port=$port_uwsroom
   fi
   local out
-  out=$(taskset -c 1 "$wsload" -d "$secs" -w 1 "$@" --pid "$pid" 127.0.0.1 "$port" 2>&1 | tr '\n' ' ' || true)
-  local rate usr sys cpu
+  out=$(taskset -c 1 "$bench" bench -d "$secs" -w 1 "$@" --server-pid "$pid" "ws://127.0.0.1:$port$path" 2>&1 | tr '\n' ' ' || true)
+  local rate usr sys
   rate=$(grep -o 'deliveries_per_s=[0-9]*' <<<"$out" | cut -d= -f2 || true)
   [ -n "$rate" ] || rate=$(grep -o 'msgs_per_s=[0-9]*' <<<"$out" | cut -d= -f2 || true)
-  usr=$(grep -o 'server_usr_us_per_msg=[0-9.]*' <<<"$out" | cut -d= -f2 || true)
-  sys=$(grep -o 'server_sys_us_per_msg=[0-9.]*' <<<"$out" | cut -d= -f2 || true)
-  cpu=$(grep -o 'server_cpu_pct=[0-9.]*' <<<"$out" | cut -d= -f2 || true)
-  if [ -z "$rate" ] || [ -z "$usr" ] || [ -z "$cpu" ] || ! kill -0 "$pid" 2>/dev/null; then
+  usr=$(grep -o 'server_usr_ns_per_msg=[0-9.]*' <<<"$out" | cut -d= -f2 || true)
+  sys=$(grep -o 'server_sys_ns_per_msg=[0-9.]*' <<<"$out" | cut -d= -f2 || true)
+  if [ -z "$rate" ] || [ -z "$usr" ] || [[ "$out" == *result=failed* ]] || ! kill -0 "$pid" 2>/dev/null; then
     printf '  %-7s %-24s failed (server gone?): %s\n' "$name" "$label" "$(tail -c 200 <<<"$out")"
     return 0
   fi
   printf '  %-7s %-24s %12s /s  usr %6.1f ns  sys %6.1f ns  %6.2f M msg per CPU-s\n' "$name" "$label" "$rate" \
-    "$(echo "$usr * 1000" | bc -l)" "$(echo "$sys * 1000" | bc -l)" "$(echo "$rate / ($cpu / 100) / 1000000" | bc -l)"
+    "$usr" "$sys" "$(echo "1000 / ($usr + $sys)" | bc -l)"
 }
 
 tcpkali_run() { # name: flood 100 x 20 B text with tcpkali --ws (to "/"), messages per second
@@ -111,13 +108,13 @@ for r in $(seq "$rounds"); do
   echo "round $r"
   for s in "${servers[@]}"; do
     if [ "$s" = uws ]; then start_uws; fi
-    run "$s" "flood 100x20B text" -m flood -t -c 100 -s 20 -p /echo
-    run "$s" "flood 100x20B binary" -m flood -c 100 -s 20 -p /echo
-    run "$s" "closed 100x20B" -c 100 -s 20 -p /echo
-    run "$s" "closed 1000x20B" -c 1000 -s 20 -p /echo
-    run "$s" "chat echo 1x20B" -m fanout -c 1 -s 20 -p /chat
-    run "$s" "fanout 500x20B" -m fanout -c 500 -s 20 -p /chat
+    run "$s" "flood 100x20B text" /echo -m flood -t -c 100 -s 20
+    run "$s" "flood 100x20B binary" /echo -m flood -c 100 -s 20
+    run "$s" "closed 100x20B" /echo -c 100 -s 20
+    run "$s" "closed 1000x20B" /echo -c 1000 -s 20
+    run "$s" "chat echo 1x20B" /chat -m fanout -t -c 1 -s 20
+    run "$s" "fanout 500x20B" /chat -m fanout -t -c 500 -s 20
     if [ -x "$peers/tcpkali" ]; then tcpkali_run "$s"; fi
-    run "$s" "flood 100x16KiB" -m flood -c 100 -s 16384 -p /echo
+    run "$s" "flood 100x16KiB" /echo -m flood -c 100 -s 16384
   done
 done

@@ -2,7 +2,7 @@
 # Scale-out figures (docs/performance.md, "More workers, more nodes"):
 #   1. echo closed loop and flood, workers = 1 (server on core 0, load on core 1) and
 #      workers = 2 (server and load sharing both cores);
-#   2. fan-out (wsload -m fanout, N = 500 in one chat room), workers = 1 and 2;
+#   2. fan-out (wsgate bench -m fanout, N = 500 in one chat room), workers = 1 and 2;
 #   3. connections per worker after 10,000 connects, balance = reuseport and handoff;
 #   4. publish -> delivery latency through the admin API: same node, and across two nodes
 #      through Redis (redis-server started here on a loopback port).
@@ -12,9 +12,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
 repeats=${2:-3}
-src=${LOADTOOLS_SRC:-../shared/tools}
-tools=$(bash "$src/build-load-tools.sh" /tmp/loadtools | tail -1)
-wsload=${tools%% *}
 cargo build --release --quiet
 cargo build --release --quiet -p wsgate-bench
 bin=./target/release/wsgate
@@ -33,7 +30,12 @@ start() {
   sleep 0.7
 }
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
-run() { taskset -c "$1" "$wsload" -d "$secs" -w 1 "${@:2}" 2>&1 | tr '\n' ' ' | grep -o 'msgs_per_s=[0-9]*\|deliveries_per_s=[0-9]*\|server_[a-z_]*=[0-9.]*' | tr '\n' ' '; echo; }
+# run CPUS PID URL BENCH-ARGS...: one measured window of `wsgate bench` on CPUS.
+run() {
+  taskset -c "$1" "$bin" bench -d "$secs" -w 1 --server-pid "$2" "${@:4}" "$3" 2>&1 | tr '\n' ' ' |
+    grep -o 'msgs_per_s=[0-9]*\|deliveries_per_s=[0-9]*\|server_[a-z_]*=[0-9.]*\|result=failed' | tr '\n' ' '
+  echo
+}
 routes='[[route]]
 path = "/echo"
 app = "echo"
@@ -52,9 +54,9 @@ listen = [\"127.0.0.1:18180\"]
 workers = 1
 $routes"
   w1=$pid
-  echo "  workers=1 closed 100x20B:   $(run 1 -c 100 -s 20 -p /echo --pid $w1 127.0.0.1 18180)"
-  echo "  workers=1 flood  100x20B:   $(run 1 -m flood -c 100 -s 20 -p /echo --pid $w1 127.0.0.1 18180)"
-  echo "  workers=1 fanout 500x20B:   $(run 1 -m fanout -c 500 -s 20 -p /chat --pid $w1 127.0.0.1 18180)"
+  echo "  workers=1 closed 100x20B:   $(run 1 $w1 ws://127.0.0.1:18180/echo -c 100 -s 20)"
+  echo "  workers=1 flood  100x20B:   $(run 1 $w1 ws://127.0.0.1:18180/echo -m flood -c 100 -s 20)"
+  echo "  workers=1 fanout 500x20B:   $(run 1 $w1 ws://127.0.0.1:18180/chat -m fanout -c 500 -s 20 -t)"
   stop $w1
   start w2 0,1 "[server]
 listen = [\"127.0.0.1:18181\"]
@@ -62,18 +64,18 @@ workers = 2
 balance = \"handoff\"
 $routes"
   w2=$pid
-  echo "  workers=2 closed 100x20B:   $(run 0,1 -c 100 -s 20 -p /echo --pid $w2 127.0.0.1 18181)"
-  echo "  workers=2 flood  100x20B:   $(run 0,1 -m flood -c 100 -s 20 -p /echo --pid $w2 127.0.0.1 18181)"
-  echo "  workers=2 fanout 500x20B:   $(run 0,1 -m fanout -c 500 -s 20 -p /chat --pid $w2 127.0.0.1 18181)"
+  echo "  workers=2 closed 100x20B:   $(run 0,1 $w2 ws://127.0.0.1:18181/echo -c 100 -s 20)"
+  echo "  workers=2 flood  100x20B:   $(run 0,1 $w2 ws://127.0.0.1:18181/echo -m flood -c 100 -s 20)"
+  echo "  workers=2 fanout 500x20B:   $(run 0,1 $w2 ws://127.0.0.1:18181/chat -m fanout -c 500 -s 20 -t)"
   stop $w2
   if [ -n "${BASE_WSGATE:-}" ]; then
     start base 0 "[server]
 listen = [\"127.0.0.1:18182\"]
 $routes" "$BASE_WSGATE"
     b=$pid
-    echo "  base      closed 100x20B:   $(run 1 -c 100 -s 20 -p /echo --pid $b 127.0.0.1 18182)"
-    echo "  base      flood  100x20B:   $(run 1 -m flood -c 100 -s 20 -p /echo --pid $b 127.0.0.1 18182)"
-    echo "  base      fanout 500x20B:   $(run 1 -m fanout -c 500 -s 20 -p /chat --pid $b 127.0.0.1 18182)"
+    echo "  base      closed 100x20B:   $(run 1 $b ws://127.0.0.1:18182/echo -c 100 -s 20)"
+    echo "  base      flood  100x20B:   $(run 1 $b ws://127.0.0.1:18182/echo -m flood -c 100 -s 20)"
+    echo "  base      fanout 500x20B:   $(run 1 $b ws://127.0.0.1:18182/chat -m fanout -c 500 -s 20 -t)"
     stop $b
   fi
 done
@@ -90,7 +92,7 @@ max_connections = 20000
 listen = \"127.0.0.1:18184\"
 $routes"
     s=$pid
-    taskset -c 0,1 "$wsload" -c 10000 -s 20 -d 6 -w 1 -p /echo 127.0.0.1 18183 >/dev/null 2>&1 &
+    taskset -c 0,1 "$bin" bench -c 10000 -s 20 -d 6 -w 1 ws://127.0.0.1:18183/echo >/dev/null 2>&1 &
     load=$!
     sleep 4
     counts=$(curl -s http://127.0.0.1:18184/metrics | grep '^wsgate_worker_connections_open' | sed 's/.*worker="\([0-9]*\)"} /w\1=/' | tr '\n' ' ')

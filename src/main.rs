@@ -72,7 +72,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Client(args)) => return ExitCode::from(wsgate::client::terminal::run(args)),
-        Some(Command::Bench(args)) => return ExitCode::from(wsgate::client::bench::run(args)),
+        Some(Command::Bench(args)) => {
+            // Thousands of connections need as many descriptors as the hard limit allows.
+            raise_fd_limit();
+            return ExitCode::from(wsgate::client::bench::run(args));
+        }
         None => {}
     }
     init_logging(&cli);

@@ -1,4 +1,4 @@
-//! Shared by the load generators (`wssload`, `raw-throughput`, `brokerload`): the server's CPU
+//! Shared by the load generators (`raw-throughput`, `brokerload`, `zload`): the server's CPU
 //! time, read from /proc, to report CPU per message; a blocking WebSocket upgrade.
 
 /// utime + stime of process `pid`, in clock ticks (0 if it cannot be read).
@@ -11,7 +11,7 @@ pub fn cpu_ticks(pid: u32) -> u64 {
 }
 
 /// Connects to `addr` and upgrades `path` to a WebSocket (blocking; panics unless 101).
-// Each tool includes this file as its own module; wssload (TLS) has no use for this one.
+// Each tool includes this file as its own module; not every tool upgrades.
 #[allow(dead_code)]
 pub fn upgrade(addr: impl std::net::ToSocketAddrs, path: &str) -> std::net::TcpStream {
     use std::io::{Read, Write};

@@ -383,7 +383,8 @@ impl Summary<'_> {
             println!("client_usr_ns_per_msg={u:.0} client_sys_ns_per_msg={s:.0}");
         }
         if let Some((u, s)) = self.server {
-            println!("server_usr_ns_per_msg={u:.0} server_sys_ns_per_msg={s:.0}");
+            let cpu_pct = (u + s) * self.msgs as f64 / self.secs / 1e7;
+            println!("server_usr_ns_per_msg={u:.0} server_sys_ns_per_msg={s:.0} server_cpu_pct={cpu_pct:.1}");
         }
         if !self.ok {
             println!("result=failed (the reason is on standard error)");
