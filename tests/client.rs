@@ -115,7 +115,6 @@ fn a_server_that_breaks_the_protocol_is_failed_with_its_close_code() {
 
 #[test]
 fn talks_to_python_websockets_server() {
-    use std::process::{Command, Stdio};
     require(&PYTHON3_WEBSOCKETS);
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let script = format!(
@@ -131,16 +130,7 @@ async def main():
 asyncio.run(main())
 "#
     );
-    let mut child = Command::new(PYTHON)
-        .arg("-c")
-        .arg(&script)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("python3 (Debian's)");
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
+    let mut child = python_server(&script);
     let options = Options { protocols: vec!["v2".into(), "v1".into()], ..Options::default() };
     let mut ws = Client::open(&format!("ws://127.0.0.1:{port}/"), &options).unwrap();
     assert_eq!(ws.protocol(), Some("v1"));
@@ -184,7 +174,6 @@ fn wss_with_a_ca_file_and_sni() {
 /// permessage-deflate agreed with an implementation that is not ours.
 #[test]
 fn wss_insecure_with_a_client_certificate_and_compression_against_python() {
-    use std::process::{Command, Stdio};
     require(&PYTHON3_WEBSOCKETS);
     let dir = std::env::temp_dir().join(format!("wsgate-client-mtls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -218,16 +207,7 @@ asyncio.run(main())
         server_key.display(),
         client_cert.display()
     );
-    let mut child = Command::new(PYTHON)
-        .arg("-c")
-        .arg(&script)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 (Debian's)");
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
+    let mut child = python_server(&script);
     let url = format!("wss://localhost:{port}/");
     let options = Options {
         insecure: true,
@@ -401,6 +381,22 @@ fn sends_compressed_frames_and_refuses_a_compressed_bomb() {
         other => panic!("{other:?}"),
     }
     assert_eq!(server.join().unwrap(), 1009);
+}
+
+/// Runs a Python server `script` (Debian's python3 with websockets) until it prints "ready".
+fn python_server(script: &str) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(PYTHON)
+        .arg("-c")
+        .arg(script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 (Debian's)");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    child
 }
 
 fn read_head(s: &mut impl Read) -> String {
