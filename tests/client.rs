@@ -491,6 +491,35 @@ fn terminal_client_pipes_lines_both_ways() {
     assert_eq!((line["type"].as_str(), line["data"].as_str()), (Some("binary"), Some("AP8=")));
 }
 
+/// Interactive use: standard input and output are a terminal (util-linux `script` gives the
+/// client a pseudo-terminal). The terminal echoes what is typed; the client's messages come
+/// after, each a line; the end of input (^D, which `script` sends at the end of its input)
+/// closes normally.
+#[test]
+fn terminal_client_works_in_a_pseudo_terminal() {
+    use std::process::{Command, Stdio};
+    let server = Server::start(&[]);
+    let client = format!("{} client {}", env!("CARGO_BIN_EXE_wsgate"), server.url("/echo"));
+    let mut child = Command::new("script")
+        .args(["-qec", &client, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux, in every Debian)");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"typed one\ntyped two\n").unwrap();
+    // The input ends after the answers had time to come, as a person's would.
+    std::thread::sleep(Duration::from_millis(500));
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    // Each line twice: the terminal's echo of the typing, then the server's echo.
+    assert_eq!(text.matches("typed one\r\n").count(), 2, "{text:?}");
+    assert_eq!(text.matches("typed two\r\n").count(), 2, "{text:?}");
+}
+
 #[test]
 fn terminal_client_exit_status_says_how_it_ended() {
     let server = Server::start(&[]);
