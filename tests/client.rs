@@ -148,13 +148,7 @@ asyncio.run(main())
 
 #[test]
 fn wss_with_a_ca_file_and_sni() {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let dir = std::env::temp_dir().join(format!("wsgate-client-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("c.pem"), dir.join("c.key"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
-    let server = Server::start(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let (server, cert, dir) = tls_server("client");
     let url = format!("wss://localhost:{}/echo", server.addr.port());
     let options = Options { ca_file: Some(cert.clone()), ..Options::default() };
     let mut ws = Client::open(&url, &options).unwrap();
@@ -397,6 +391,19 @@ fn python_server(script: &str) -> std::process::Child {
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
     assert_eq!(line.trim(), "ready");
     child
+}
+
+/// A wsgate serving wss:// with a fresh self-signed certificate for "localhost": the server,
+/// the certificate's PEM file (the CA to trust), and the directory to remove.
+fn tls_server(tag: &str) -> (Server, std::path::PathBuf, std::path::PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("wsgate-{tag}-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("c.pem"), dir.join("c.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let server = Server::start(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    (server, cert, dir)
 }
 
 fn read_head(s: &mut impl Read) -> String {
@@ -646,13 +653,7 @@ fn bench_runs_every_mode_and_checks_every_echo() {
 
 #[test]
 fn bench_over_wss() {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let dir = std::env::temp_dir().join(format!("wsgate-bench-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("c.pem"), dir.join("c.key"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
-    let server = Server::start(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let (server, cert, dir) = tls_server("bench");
     let url = format!("wss://localhost:{}/echo", server.addr.port());
     for extra in [&["--ca", cert.to_str().unwrap()][..], &["--insecure", "-m", "flood", "-s", "20000", "-q", "4"]] {
         let args = [&[url.as_str(), "-c", "4", "-d", "0.5", "-w", "0.2", "--json"][..], extra].concat();
