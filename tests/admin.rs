@@ -11,7 +11,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tungstenite::Message;
 
 const READ: &str = "read-key-0123456789abcdef";
 const PUBLISH: &str = "publish-key-0123456789abcdef";
@@ -150,13 +149,10 @@ fn bad_requests_get_json_errors() {
 }
 
 /// A connected pubsub client subscribed to `topic`.
-fn subscriber(
-    server: &Server,
-    topic: &str,
-) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>> {
-    let mut ws = client(&server.url("/pubsub"));
-    ws.send(Message::text(format!(r#"{{"op":"subscribe","topic":"{topic}"}}"#))).unwrap();
-    assert_eq!(read_text(&mut ws), format!(r#"{{"op":"subscribed","topic":"{topic}"}}"#));
+fn subscriber(server: &Server, topic: &str) -> Ws {
+    let mut ws = ws_open(&server.url("/pubsub"));
+    ws.send_text(&format!(r#"{{"op":"subscribe","topic":"{topic}"}}"#)).unwrap();
+    assert_eq!(ws_text(&mut ws), format!(r#"{{"op":"subscribed","topic":"{topic}"}}"#));
     ws
 }
 
@@ -167,17 +163,17 @@ fn json_api_methods() {
     let mut sport = subscriber(&server, "sport");
     let (status, body) = post_json(&server, "/api/publish", PUBLISH, r#"{"topic":"news","data":{"headline":"hi"}}"#);
     assert_eq!((status, body["result"]["subscribers"].as_u64()), (200, Some(1)));
-    assert_eq!(read_text(&mut news), r#"{"topic":"news","data":{"headline":"hi"}}"#);
+    assert_eq!(ws_text(&mut news), r#"{"topic":"news","data":{"headline":"hi"}}"#);
     post_json(&server, "/api/broadcast", PUBLISH, r#"{"topics":["news","sport"],"data":"both"}"#);
-    assert_eq!(read_text(&mut news), r#"{"topic":"news","data":"both"}"#);
-    assert_eq!(read_text(&mut sport), r#"{"topic":"sport","data":"both"}"#);
+    assert_eq!(ws_text(&mut news), r#"{"topic":"news","data":"both"}"#);
+    assert_eq!(ws_text(&mut sport), r#"{"topic":"sport","data":"both"}"#);
     post_json(&server, "/api/publish", PUBLISH, r#"{"topic":"news","b64data":"AAEC"}"#);
-    assert_eq!(news.read().unwrap(), Message::binary(vec![0u8, 1, 2]));
+    assert_eq!(ws_next(&mut news), WsMessage::Binary(vec![0u8, 1, 2]));
 
     // Clients: ids, peers, routes, topics, counters.
-    let mut broker = client(&server.url("/ws?RegisterToken=abc1"));
-    broker.send(Message::text("Echo:x")).unwrap();
-    assert_eq!(read_text(&mut broker), "x");
+    let mut broker = ws_open(&server.url("/ws?RegisterToken=abc1"));
+    broker.send_text("Echo:x").unwrap();
+    assert_eq!(ws_text(&mut broker), "x");
     let clients = get_json(&server, "/api/clients", READ);
     let list = clients["result"]["clients"].as_array().unwrap();
     assert_eq!(list.len(), 3, "{clients}");
@@ -192,9 +188,9 @@ fn json_api_methods() {
 
     // Send to one connection: a JSON string as text, other JSON as its text.
     post_json(&server, "/api/send", PUBLISH, &format!(r#"{{"client":"{broker_id}","data":"direct"}}"#));
-    assert_eq!(read_text(&mut broker), "direct");
+    assert_eq!(ws_text(&mut broker), "direct");
     post_json(&server, "/api/send", PUBLISH, &format!(r#"{{"client":{broker_id},"data":{{"a":1}}}}"#));
-    assert_eq!(read_text(&mut broker), r#"{"a":1}"#);
+    assert_eq!(ws_text(&mut broker), r#"{"a":1}"#);
     let (status, _) = post_json(&server, "/api/send", PUBLISH, r#"{"client":"12345678","data":1}"#);
     assert_eq!(status, 404);
 
@@ -202,8 +198,8 @@ fn json_api_methods() {
     let (_, r) = post_json(&server, "/api/subscribe", ADMIN, &format!(r#"{{"client":"{news_id}","topic":"sport"}}"#));
     assert_eq!(r["result"]["subscribed"], true);
     post_json(&server, "/api/publish", PUBLISH, r#"{"topic":"sport","data":2}"#);
-    assert_eq!(read_text(&mut news), r#"{"topic":"sport","data":2}"#);
-    assert_eq!(read_text(&mut sport), r#"{"topic":"sport","data":2}"#);
+    assert_eq!(ws_text(&mut news), r#"{"topic":"sport","data":2}"#);
+    assert_eq!(ws_text(&mut sport), r#"{"topic":"sport","data":2}"#);
     let topics = get_json(&server, "/api/topics", READ);
     assert_eq!(topics["result"]["total"], 2);
     let page = get_json(&server, "/api/topics?limit=1", READ);
@@ -221,16 +217,10 @@ fn json_api_methods() {
     // Disconnect by token, by topic, by id; the client sees the code and reason.
     let (_, r) = post_json(&server, "/api/disconnect", ADMIN, r#"{"token":"abc1","code":4000,"reason":"bye"}"#);
     assert_eq!(r["result"]["disconnected"], 1);
-    match broker.read() {
-        Ok(Message::Close(Some(frame))) => {
-            assert_eq!(u16::from(frame.code), 4000);
-            assert_eq!(&*frame.reason, "bye");
-        }
-        other => panic!("expected a close frame, got {other:?}"),
-    }
+    assert_eq!(ws_closed(&mut broker), (Some(4000), "bye".into()));
     let (_, r) = post_json(&server, "/api/disconnect", ADMIN, r#"{"topic":"sport"}"#);
     assert_eq!(r["result"]["disconnected"], 1);
-    assert!(matches!(sport.read(), Ok(Message::Close(Some(f))) if u16::from(f.code) == 1000));
+    assert_eq!(ws_closed(&mut sport).0, Some(1000));
     let (_, r) = post_json(&server, "/api/disconnect", ADMIN, &format!(r#"{{"client":"{news_id}","code":1008}}"#));
     assert_eq!(r["result"]["disconnected"], 1);
 
@@ -259,20 +249,20 @@ fn websockets_pro_form_api() {
     // As websockets_pro: an unregistered token is listed as false.
     assert_eq!(form("method=registeredTokenList"), (200, r#"{"abc1":false,"group/item1":true}"#.to_string()));
     assert_eq!(form("method=registerToken&token=abc1"), (200, String::new()));
-    let mut a = client(&server.url("/ws?RegisterToken=abc1"));
-    let mut g = client(&server.url("/ws?RegisterToken=group/item1"));
+    let mut a = ws_open(&server.url("/ws?RegisterToken=abc1"));
+    let mut g = ws_open(&server.url("/ws?RegisterToken=group/item1"));
     for ws in [&mut a, &mut g] {
-        ws.send(Message::text("Echo:ready")).unwrap();
-        assert_eq!(read_text(ws), "ready");
+        ws.send_text("Echo:ready").unwrap();
+        assert_eq!(ws_text(ws), "ready");
     }
     assert_eq!(form("method=broadcast&message=abc1,group/|from the API"), (200, String::new()));
-    assert_eq!(read_text(&mut a), "from the API");
-    assert_eq!(read_text(&mut g), "from the API");
+    assert_eq!(ws_text(&mut a), "from the API");
+    assert_eq!(ws_text(&mut g), "from the API");
     // The same as a query string.
     let (status, _) =
         http("GET", &server.admin_url(&format!("/?method=broadcast&message=abc1%7Cq&key={ADMIN}")), &[], None);
     assert_eq!(status, 200);
-    assert_eq!(read_text(&mut a), "q");
+    assert_eq!(ws_text(&mut a), "q");
     let (status, clients) = form("method=get_clients");
     assert_eq!(status, 200);
     let clients: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&clients).unwrap();
@@ -335,17 +325,17 @@ fn metrics_parse_and_move() {
     let before = scrape();
     let echo_in = "wsgate_messages_received_total{app=echo,route=/echo}";
     assert_eq!(value(&before, echo_in), 0.0);
-    let mut ws = client(&server.url("/echo"));
+    let mut ws = ws_open(&server.url("/echo"));
     for i in 0..10 {
-        ws.send(Message::text(format!("m{i}"))).unwrap();
-        read_text(&mut ws);
+        ws.send_text(&format!("m{i}")).unwrap();
+        ws_text(&mut ws);
     }
     let mut news = subscriber(&server, "news");
     // A dashboard watching: its feeds are not pub/sub topics.
-    let mut dashboard = client(&format!("ws://{}/ws?key={READ}", server.admin.unwrap()));
-    assert!(read_text(&mut dashboard).contains("\"type\":\"stats\""));
+    let mut dashboard = ws_open(&format!("ws://{}/ws?key={READ}", server.admin.unwrap()));
+    assert!(ws_text(&mut dashboard).contains("\"type\":\"stats\""));
     post_json(&server, "/api/publish", PUBLISH, r#"{"topic":"news","data":1}"#);
-    read_text(&mut news);
+    ws_text(&mut news);
     let during = scrape();
     assert_eq!(value(&during, "wsgate_pubsub_subscriptions{}"), 1.0);
     assert_eq!(value(&during, echo_in), 10.0);
@@ -360,8 +350,7 @@ fn metrics_parse_and_move() {
     assert!(value(&during, "process_resident_memory_bytes{}") > 1e6);
     assert!(value(&during, "process_open_fds{}") >= 4.0);
     assert!(value(&during, "wsgate_loop_iterations_total{}") > value(&before, "wsgate_loop_iterations_total{}"));
-    ws.close(Some(tungstenite::protocol::CloseFrame { code: 1000.into(), reason: "".into() })).unwrap();
-    while ws.read().is_ok() {}
+    ws.close(1000, "").unwrap();
     let _ = http_exchange(server.addr, b"GET /missing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let start = Instant::now();
     loop {

@@ -11,26 +11,21 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
-
-type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
-
 const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
 
 fn send(ws: &mut Ws, text: &str) {
-    ws.send(Message::text(text)).unwrap();
+    ws.send_text(text).unwrap();
 }
 
 /// Asserts the next message `ws` gets is `want` (an Echo marker proves nothing came before).
 fn expect_next(ws: &mut Ws, want: &str) {
-    assert_eq!(read_text(ws), want);
+    assert_eq!(ws_text(ws), want);
 }
 
 /// Proves `ws` received nothing so far: its own echo comes back first.
 fn expect_nothing(ws: &mut Ws) {
     send(ws, "Echo:marker");
-    assert_eq!(read_text(ws), "marker");
+    assert_eq!(ws_text(ws), "marker");
 }
 
 fn tokens_file(name: &str, json: &str) -> std::path::PathBuf {
@@ -42,14 +37,14 @@ fn tokens_file(name: &str, json: &str) -> std::path::PathBuf {
 #[test]
 fn receivers_exact_group_and_echo() {
     let server = Server::with_config("[[route]]\npath = \"/ws\"\napp = \"broker\"\nclient_publish = true\n", &[]);
-    let mut a = client(&server.url("/ws?RegisterToken=abc1"));
-    let mut b = client(&server.url("/ws"));
+    let mut a = ws_open(&server.url("/ws?RegisterToken=abc1"));
+    let mut b = ws_open(&server.url("/ws"));
     send(&mut b, "RegisterToken:abc3");
-    let mut c = client(&server.url("/ws?RegisterToken=group%2Fitem1"));
-    let mut d = client(&server.url("/ws?RegisterToken=group/item2"));
-    let mut e = client(&server.url("/ws"));
-    let mut f = client(&server.url("/ws?RegisterToken=groupie"));
-    let mut a2 = client(&server.url("/ws?RegisterToken=abc1"));
+    let mut c = ws_open(&server.url("/ws?RegisterToken=group%2Fitem1"));
+    let mut d = ws_open(&server.url("/ws?RegisterToken=group/item2"));
+    let mut e = ws_open(&server.url("/ws"));
+    let mut f = ws_open(&server.url("/ws?RegisterToken=groupie"));
+    let mut a2 = ws_open(&server.url("/ws?RegisterToken=abc1"));
     // Every registration has been processed once each client's echo is back.
     for ws in [&mut a, &mut b, &mut c, &mut d, &mut e, &mut f, &mut a2] {
         expect_nothing(ws);
@@ -63,8 +58,8 @@ fn receivers_exact_group_and_echo() {
     // The unregistered client has a token too, and a binary message stays binary.
     send(&mut a, "unregistered|to the anonymous");
     expect_next(&mut e, "to the anonymous");
-    a.send(Message::binary(b"groupie|\x00\x01".to_vec())).unwrap();
-    assert_eq!(f.read().unwrap(), Message::binary(vec![0u8, 1]));
+    a.send_binary(b"groupie|\x00\x01").unwrap();
+    assert_eq!(ws_next(&mut f), WsMessage::Binary(vec![0u8, 1]));
     // A receiver listed twice, or by name and by group, gets the message once.
     send(&mut a, "group/item1,group/,group/item1|once");
     expect_next(&mut c, "once");
@@ -83,10 +78,10 @@ fn receivers_exact_group_and_echo() {
     expect_next(&mut a, "a:b");
     // A bad token is refused with a message, not a close.
     send(&mut a, "RegisterToken:a,b");
-    assert!(read_text(&mut a).starts_with("Error:"));
+    assert!(ws_text(&mut a).starts_with("Error:"));
     // A receivers part over 16 KiB is refused: resolving a message is bounded work.
     send(&mut a, &format!("{}|x", "abc1,".repeat(4000)));
-    assert_eq!(read_text(&mut a), "Error:receivers list too long");
+    assert_eq!(ws_text(&mut a), "Error:receivers list too long");
     // Disconnected clients leave their token.
     drop(d);
     std::thread::sleep(Duration::from_millis(100));
@@ -97,9 +92,9 @@ fn receivers_exact_group_and_echo() {
 #[test]
 fn client_publish_is_off_by_default() {
     let server = Server::with_config("[[route]]\npath = \"/ws\"\napp = \"broker\"\n", &[]);
-    let mut a = client(&server.url("/ws?RegisterToken=abc1"));
+    let mut a = ws_open(&server.url("/ws?RegisterToken=abc1"));
     send(&mut a, "abc1|Hello");
-    assert_eq!(read_text(&mut a), "Error:routing messages is not allowed on this route");
+    assert_eq!(ws_text(&mut a), "Error:routing messages is not allowed on this route");
     send(&mut a, "Echo:still here");
     expect_next(&mut a, "still here");
 }
@@ -120,9 +115,9 @@ fn registered_tokens_only() {
         let head = http_exchange_head(server.addr, &upgrade_request(&format!("/ws{query}"), ""));
         assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{query}: {head}");
     }
-    let mut a = client(&server.url("/ws?RegisterToken=abc1"));
+    let mut a = ws_open(&server.url("/ws?RegisterToken=abc1"));
     send(&mut a, "RegisterToken:nope");
-    assert_eq!(read_text(&mut a), "Error:token not registered");
+    assert_eq!(ws_text(&mut a), "Error:token not registered");
     send(&mut a, "RegisterToken:abc2");
     send(&mut a, "abc2|moved");
     expect_next(&mut a, "moved");
@@ -134,7 +129,7 @@ fn registered_tokens_only() {
         Some(("application/x-www-form-urlencoded", b"method=registerToken&token=fresh")),
     );
     assert_eq!(status, 200);
-    let mut fresh = client(&server.url("/ws?RegisterToken=fresh"));
+    let mut fresh = ws_open(&server.url("/ws?RegisterToken=fresh"));
     expect_nothing(&mut fresh);
     let _ = std::fs::remove_file(tokens);
 }
@@ -145,34 +140,34 @@ fn websockets_pro_quirks() {
         "[broker]\nwebsockets_pro_quirks = true\n[[route]]\npath = \"/ws\"\napp = \"broker\"\nclient_publish = true\n",
         &[],
     );
-    let mut a = client(&server.url("/ws?RegisterToken=abc1"));
-    let mut g = client(&server.url("/ws?RegisterToken=group/item1"));
-    let mut x = client(&server.url("/ws?RegisterToken=bc"));
+    let mut a = ws_open(&server.url("/ws?RegisterToken=abc1"));
+    let mut g = ws_open(&server.url("/ws?RegisterToken=group/item1"));
+    let mut x = ws_open(&server.url("/ws?RegisterToken=bc"));
     send(&mut a, "Echo:hi:there");
-    assert_eq!(read_text(&mut a), "\"hithere\"\n");
+    assert_eq!(ws_text(&mut a), "\"hithere\"\n");
     send(&mut g, "Echo:ready");
-    assert_eq!(read_text(&mut g), "\"ready\"\n");
+    assert_eq!(ws_text(&mut g), "\"ready\"\n");
     send(&mut x, "Echo:ready");
-    assert_eq!(read_text(&mut x), "\"ready\"\n");
+    assert_eq!(ws_text(&mut x), "\"ready\"\n");
     // Substring matching: "bc" occurs in "abc1"; "group/item1" does not occur in "group/".
     send(&mut a, "abc1,group/|<b>&");
-    assert_eq!(read_text(&mut a), "\"\\u003cb\\u003e\\u0026\"\n");
-    assert_eq!(read_text(&mut x), "\"\\u003cb\\u003e\\u0026\"\n");
+    assert_eq!(ws_text(&mut a), "\"\\u003cb\\u003e\\u0026\"\n");
+    assert_eq!(ws_text(&mut x), "\"\\u003cb\\u003e\\u0026\"\n");
     send(&mut g, "Echo:nothing before this");
-    assert_eq!(read_text(&mut g), "\"nothing before this\"\n");
+    assert_eq!(ws_text(&mut g), "\"nothing before this\"\n");
     // RegisterToken takes the text up to the next colon.
     send(&mut x, "RegisterToken:zz:ignored");
     send(&mut a, "zz|to zz");
-    assert_eq!(read_text(&mut x), "\"to zz\"\n");
+    assert_eq!(ws_text(&mut x), "\"to zz\"\n");
     // A message without '|' is routed too: the whole text is the receivers part and the payload.
     send(&mut a, "hey zz");
-    assert_eq!(read_text(&mut x), "\"hey zz\"\n");
+    assert_eq!(ws_text(&mut x), "\"hey zz\"\n");
     // A client without a token holds websockets_pro's "unregstered".
-    let mut u = client(&server.url("/ws"));
+    let mut u = ws_open(&server.url("/ws"));
     send(&mut u, "Echo:ready");
-    assert_eq!(read_text(&mut u), "\"ready\"\n");
+    assert_eq!(ws_text(&mut u), "\"ready\"\n");
     send(&mut a, "unregstered|to the anonymous");
-    assert_eq!(read_text(&mut u), "\"to the anonymous\"\n");
+    assert_eq!(ws_text(&mut u), "\"to the anonymous\"\n");
 }
 
 /// Python's http.server serving `dir` on a free loopback port.
@@ -264,7 +259,7 @@ fn tokens_from_a_url_reload_on_sighup_and_failures_keep_the_old_list() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(token_list(&server), r#"{"abc1":true,"abc2":true}"#);
-    let mut a = client(&server.url("/ws?RegisterToken=abc2"));
+    let mut a = ws_open(&server.url("/ws?RegisterToken=abc2"));
     expect_nothing(&mut a);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -317,6 +312,6 @@ fn a_token_url_that_never_answers_times_out_and_the_list_in_use_stays() {
     assert!(started.elapsed() < WAIT);
     assert_eq!(token_list(&server), r#"{"abc7":true}"#);
     // The loop went on serving while the loader waited.
-    let mut a = client(&server.url("/ws?RegisterToken=abc7"));
+    let mut a = ws_open(&server.url("/ws?RegisterToken=abc7"));
     expect_nothing(&mut a);
 }

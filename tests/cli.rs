@@ -6,7 +6,6 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use tungstenite::Message;
 
 fn wsgate(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_wsgate")).args(args).output().unwrap()
@@ -50,9 +49,9 @@ fn config_errors_name_key_and_line_and_exit_2() {
 #[test]
 fn cli_routes_and_ipv6() {
     let server = Server::start(&["-l", "[::1]:0", "--route", "/other=echo"]);
-    let mut ws = client(&server.url("/other"));
-    ws.send(Message::text("via --route")).unwrap();
-    assert_eq!(ws.read().unwrap(), Message::text("via --route"));
+    let mut ws = ws_open(&server.url("/other"));
+    ws.send_text("via --route").unwrap();
+    assert_eq!(ws_text(&mut ws), "via --route");
     let line = server.wait_log("listening on");
     assert!(line.contains("[::1]:"), "{line}");
 }

@@ -12,9 +12,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use tungstenite::Message;
-
-type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
 
 /// A redis-server of our own, killed on drop.
 struct Redis {
@@ -169,28 +166,15 @@ fn wait_subscribed(redis: &Redis, nodes: &[&Server], channel: &str) {
     }
 }
 
-fn next_data(ws: &mut Ws) -> Message {
-    loop {
-        match ws.read().unwrap() {
-            Message::Ping(_) | Message::Pong(_) => continue,
-            m => return m,
-        }
-    }
-}
-
-fn text(ws: &mut Ws) -> String {
-    next_data(ws).into_text().unwrap().to_string()
-}
-
 fn subscribe(server: &Server, topic: &str) -> Ws {
-    let mut ws = client(&server.url("/ps"));
-    ws.send(Message::text(format!(r#"{{"op":"subscribe","topic":"{topic}"}}"#))).unwrap();
-    assert!(text(&mut ws).contains("subscribed"));
+    let mut ws = ws_open(&server.url("/ps"));
+    ws.send_text(&format!(r#"{{"op":"subscribe","topic":"{topic}"}}"#)).unwrap();
+    assert!(ws_text(&mut ws).contains("subscribed"));
     ws
 }
 
 fn publish(ws: &mut Ws, topic: &str, data: &str) {
-    ws.send(Message::text(format!(r#"{{"op":"publish","topic":"{topic}","data":"{data}"}}"#))).unwrap();
+    ws.send_text(&format!(r#"{{"op":"publish","topic":"{topic}","data":"{data}"}}"#)).unwrap();
 }
 
 fn published(topic: &str, data: &str) -> String {
@@ -207,34 +191,34 @@ fn pubsub_and_chat_span_nodes_without_duplicates_or_echo() {
     let mut subs: Vec<Ws> =
         (0..3).map(|_| subscribe(&a, "news")).chain((0..3).map(|_| subscribe(&b, "news"))).collect();
     wait_subscribed(&redis, &[&a, &b], "wsgate:t:news");
-    let mut pub_a = client(&a.url("/ps"));
-    let mut pub_b = client(&b.url("/ps"));
+    let mut pub_a = ws_open(&a.url("/ps"));
+    let mut pub_b = ws_open(&b.url("/ps"));
     for k in 0..30 {
         publish(&mut pub_a, "news", &format!("a{k}"));
     }
     // Each subscriber, on either node, gets A's messages once each and in order.
     for s in &mut subs {
         for k in 0..30 {
-            assert_eq!(text(s), published("news", &format!("a{k}")));
+            assert_eq!(ws_text(s), published("news", &format!("a{k}")));
         }
     }
     publish(&mut pub_b, "news", "from b");
     publish(&mut pub_a, "news", "end");
     for s in &mut subs {
-        let mut got = vec![text(s), text(s)];
+        let mut got = vec![ws_text(s), ws_text(s)];
         got.sort();
         assert_eq!(got, [published("news", "end"), published("news", "from b")]);
     }
 
     // A chat room with members on both nodes.
     let mut members: Vec<Ws> =
-        (0..3).map(|_| client(&a.url("/chat/lobby"))).chain((0..3).map(|_| client(&b.url("/chat/lobby")))).collect();
+        (0..3).map(|_| ws_open(&a.url("/chat/lobby"))).chain((0..3).map(|_| ws_open(&b.url("/chat/lobby")))).collect();
     wait_subscribed(&redis, &[&a, &b], "wsgate:t:/chat/lobby");
     for (i, m) in members.iter_mut().enumerate() {
-        m.send(Message::text(format!("hi from {i}"))).unwrap();
+        m.send_text(&format!("hi from {i}")).unwrap();
     }
     for m in &mut members {
-        let mut got: Vec<String> = (0..6).map(|_| text(m)).collect();
+        let mut got: Vec<String> = (0..6).map(|_| ws_text(m)).collect();
         got.sort();
         let want: Vec<String> = (0..6).map(|i| format!("hi from {i}")).collect();
         assert_eq!(got, want);
@@ -260,23 +244,23 @@ fn broker_messages_span_nodes() {
     for n in [&a, &b] {
         wait_metric(n, LINKS_UP, |v| v == 4.0);
     }
-    let mut sender = client(&a.url("/broker?RegisterToken=abc1"));
-    let mut near = client(&a.url("/broker?RegisterToken=group/near"));
+    let mut sender = ws_open(&a.url("/broker?RegisterToken=abc1"));
+    let mut near = ws_open(&a.url("/broker?RegisterToken=group/near"));
     let mut far: Vec<Ws> =
-        ["abc2", "group/x", "group/y"].iter().map(|t| client(&b.url(&format!("/broker?RegisterToken={t}")))).collect();
+        ["abc2", "group/x", "group/y"].iter().map(|t| ws_open(&b.url(&format!("/broker?RegisterToken={t}")))).collect();
     // Registration is synchronous on B's side; one echo round trip each makes sure.
     for ws in &mut far {
-        ws.send(Message::text("Echo:ready")).unwrap();
-        assert_eq!(text(ws), "ready");
+        ws.send_text("Echo:ready").unwrap();
+        assert_eq!(ws_text(ws), "ready");
     }
-    sender.send(Message::text("abc2,group/|hello")).unwrap();
-    assert_eq!(text(&mut near), "hello");
+    sender.send_text("abc2,group/|hello").unwrap();
+    assert_eq!(ws_text(&mut near), "hello");
     for ws in &mut far {
-        assert_eq!(text(ws), "hello");
+        assert_eq!(ws_text(ws), "hello");
     }
     // The sender holds abc1, not named: nothing for it (its next message is its own echo).
-    sender.send(Message::text("Echo:x")).unwrap();
-    assert_eq!(text(&mut sender), "x");
+    sender.send_text("Echo:x").unwrap();
+    assert_eq!(ws_text(&mut sender), "x");
 }
 
 #[test]
@@ -289,10 +273,10 @@ fn redis_restarted_mid_session() {
     let mut on_a = subscribe(&a, "t");
     let mut on_b = subscribe(&b, "t");
     wait_subscribed(&redis, &[&a, &b], "wsgate:t:t");
-    let mut publisher = client(&a.url("/ps"));
+    let mut publisher = ws_open(&a.url("/ps"));
     publish(&mut publisher, "t", "before");
-    assert_eq!(text(&mut on_a), published("t", "before"));
-    assert_eq!(text(&mut on_b), published("t", "before"));
+    assert_eq!(ws_text(&mut on_a), published("t", "before"));
+    assert_eq!(ws_text(&mut on_b), published("t", "before"));
 
     redis.kill();
     for n in [&a, &b] {
@@ -300,7 +284,7 @@ fn redis_restarted_mid_session() {
     }
     // Local delivery goes on; what would have crossed is lost, and counted.
     publish(&mut publisher, "t", "during");
-    assert_eq!(text(&mut on_a), published("t", "during"));
+    assert_eq!(ws_text(&mut on_a), published("t", "during"));
     wait_metric(&a, "wsgate_cluster_publish_dropped_total", |v| v >= 1.0);
 
     redis.spawn();
@@ -309,9 +293,9 @@ fn redis_restarted_mid_session() {
     }
     wait_subscribed(&redis, &[&a, &b], "wsgate:t:t");
     publish(&mut publisher, "t", "after");
-    assert_eq!(text(&mut on_a), published("t", "after"));
+    assert_eq!(ws_text(&mut on_a), published("t", "after"));
     // B missed "during" (at-most-once) and gets "after".
-    assert_eq!(text(&mut on_b), published("t", "after"));
+    assert_eq!(ws_text(&mut on_b), published("t", "after"));
     for n in [&a, &b] {
         assert!(metric(n, "wsgate_cluster_reconnects_total") >= 2.0);
         assert!(metric(n, "wsgate_cluster_unsubscribed_seconds_total") > 0.0);
@@ -368,21 +352,16 @@ fn auth_and_tls() {
     }
     let mut sub = subscribe(&b, "secure");
     // No NUMSUB in clear here: publish until B's subscription is in place.
-    let mut publisher = client(&a.url("/ps"));
+    let mut publisher = ws_open(&a.url("/ps"));
     let start = Instant::now();
     loop {
         publish(&mut publisher, "secure", "hello");
-        if let tungstenite::stream::MaybeTlsStream::Plain(s) = sub.get_mut() {
-            s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        }
-        match sub.read() {
-            Ok(Message::Text(t)) => {
-                assert_eq!(t.as_str(), published("secure", "hello"));
+        match sub.receive(Some(Duration::from_millis(200))) {
+            Ok(WsMessage::Text(t)) => {
+                assert_eq!(t, published("secure", "hello"));
                 break;
             }
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Ok(_) | Err(wsgate::client::ClientError::Timeout) => {}
             Err(e) => panic!("{e}"),
         }
         assert!(start.elapsed() < WAIT, "nothing crossed over TLS");
@@ -458,12 +437,12 @@ reconnect_max = \"100ms\"\n[[route]]\npath = \"/echo\"\napp = \"echo\"\n"
         ),
         &[],
     );
-    let mut echo = client(&server.url("/echo"));
+    let mut echo = ws_open(&server.url("/echo"));
     for (m, why) in [(0, "not RESP2"), (1, "no answer to the hello within 300ms"), (2, "a reply larger than")] {
         mode.store(m, Ordering::Relaxed);
         server.wait_log(why);
-        echo.send(Message::text(why)).unwrap();
-        assert_eq!(text(&mut echo), why);
+        echo.send_text(why).unwrap();
+        assert_eq!(ws_text(&mut echo), why);
     }
     assert_eq!(metric(&server, LINKS_UP), 0.0);
 }

@@ -107,14 +107,14 @@ fn dashboard_loads_connects_and_moves_in_chromium() {
         let stop = stop.clone();
         let url = server.url("/echo");
         load.push(std::thread::spawn(move || {
-            let mut ws = client(&url);
+            let mut ws = ws_open(&url);
             while !stop.load(Ordering::Relaxed) {
-                ws.send(Message::text("load")).unwrap();
-                read_text(&mut ws);
+                ws.send_text("load").unwrap();
+                ws_text(&mut ws);
             }
         }));
     }
-    let _members: Vec<_> = (0..3).map(|_| client(&server.url("/chat"))).collect();
+    let _members: Vec<_> = (0..3).map(|_| ws_open(&server.url("/chat"))).collect();
     dt.wait_for("connections", "document.getElementById('connections').textContent", |s| {
         s.parse::<u32>().is_ok_and(|n| n >= 7)
     });

@@ -9,7 +9,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use tungstenite::Message;
 
 /// The example's binary: `cargo test` builds examples next to the test binaries
 /// (target/<profile>/examples); a filtered run (`--test examples`) may not, so build it then.
@@ -79,42 +78,32 @@ fn gateway(route: &str) -> Server {
     Server::start(&args)
 }
 
-fn text(ws: &mut tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>) -> String {
-    loop {
-        match ws.read().unwrap() {
-            Message::Text(t) => return t.to_string(),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("{other:?}"),
-        }
-    }
-}
-
 #[test]
 fn chat_broadcasts_and_answers_commands() {
     let (_backend, socket) = start_backend("backend-chat", &["-w", "-f", "framed"]);
     let server = gateway(&format!("/chat=unix:{}#framed", socket.display()));
-    let mut alice = client(&server.url("/chat"));
-    let mut bob = client(&server.url("/chat"));
-    alice.send(Message::text("WSHello alice")).unwrap();
-    assert_eq!(text(&mut alice), "WSWelcome alice");
-    bob.send(Message::text("WSHello bob")).unwrap();
-    assert_eq!(text(&mut bob), "WSWelcome bob");
-    bob.send(Message::text("hi all")).unwrap();
-    assert_eq!(text(&mut alice), "hi all");
-    alice.send(Message::text("WSPrivate bob just for you")).unwrap();
-    assert_eq!(text(&mut bob), "just for you");
-    alice.send(Message::text("WSWhois bob")).unwrap();
-    let whois = text(&mut alice);
+    let mut alice = ws_open(&server.url("/chat"));
+    let mut bob = ws_open(&server.url("/chat"));
+    alice.send_text("WSHello alice").unwrap();
+    assert_eq!(ws_text(&mut alice), "WSWelcome alice");
+    bob.send_text("WSHello bob").unwrap();
+    assert_eq!(ws_text(&mut bob), "WSWelcome bob");
+    bob.send_text("hi all").unwrap();
+    assert_eq!(ws_text(&mut alice), "hi all");
+    alice.send_text("WSPrivate bob just for you").unwrap();
+    assert_eq!(ws_text(&mut bob), "just for you");
+    alice.send_text("WSWhois bob").unwrap();
+    let whois = ws_text(&mut alice);
     assert!(whois.starts_with("WSIs bob 127.0.0.1:"), "{whois}");
-    alice.send(Message::text("WSWhois carol")).unwrap();
-    assert_eq!(text(&mut alice), "WSUnknown carol");
+    alice.send_text("WSWhois carol").unwrap();
+    assert_eq!(ws_text(&mut alice), "WSUnknown carol");
 }
 
 #[test]
 fn jsonrpc_over_lines() {
     let (_backend, socket) = start_backend("backend-jsonrpc", &["-f", "lines"]);
     let server = gateway(&format!("/rpc=unix:{}#lines", socket.display()));
-    let mut ws = client(&server.url("/rpc"));
+    let mut ws = ws_open(&server.url("/rpc"));
     let cases = [
         (
             r#"{"jsonrpc":"2.0","method":"add","params":[1,2,3.5],"id":1}"#,
@@ -161,15 +150,15 @@ fn jsonrpc_over_lines() {
         ),
     ];
     for (request, want) in cases {
-        ws.send(Message::text(request)).unwrap();
+        ws.send_text(request).unwrap();
         if let Some(want) = want {
-            assert_eq!(text(&mut ws), want, "{request}");
+            assert_eq!(ws_text(&mut ws), want, "{request}");
         }
     }
     // Hostile nesting is a parse error, not a crash.
-    ws.send(Message::text("[".repeat(100_000))).unwrap();
-    assert!(text(&mut ws).contains("-32700"));
+    ws.send_text(&"[".repeat(100_000)).unwrap();
+    assert!(ws_text(&mut ws).contains("-32700"));
     // The notification above got no reply: the next reply is for the next request.
-    ws.send(Message::text(r#"{"jsonrpc":"2.0","method":"add","params":[40,2],"id":1}"#)).unwrap();
-    assert_eq!(text(&mut ws), r#"{"jsonrpc":"2.0","result":42,"id":1}"#);
+    ws.send_text(r#"{"jsonrpc":"2.0","method":"add","params":[40,2],"id":1}"#).unwrap();
+    assert_eq!(ws_text(&mut ws), r#"{"jsonrpc":"2.0","result":42,"id":1}"#);
 }

@@ -12,7 +12,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use tungstenite::Message;
 
 const ORIGIN: &str = "http://example.com";
 
@@ -282,23 +281,23 @@ fn legacy_and_rfc6455_clients_share_a_chat_room() {
     let server = server();
     let (mut old76, _) = Legacy::connect76(server.addr, "/room/lobby", false);
     let (mut old75, _) = Legacy::connect75(server.addr, "/room/lobby");
-    let mut modern = client(&server.url("/room/lobby"));
+    let mut modern = ws_open(&server.url("/room/lobby"));
     // Everyone is in the room before anyone speaks: each one's own message comes back too.
-    modern.send(Message::text("from rfc6455")).unwrap();
-    assert_eq!(read_text(&mut modern), "from rfc6455");
+    modern.send_text("from rfc6455").unwrap();
+    assert_eq!(ws_text(&mut modern), "from rfc6455");
     assert_eq!(old76.expect_text(), "from rfc6455");
     assert_eq!(old75.expect_text(), "from rfc6455");
     old76.send("from hixie-76");
-    assert_eq!(read_text(&mut modern), "from hixie-76");
+    assert_eq!(ws_text(&mut modern), "from hixie-76");
     assert_eq!(old76.expect_text(), "from hixie-76");
     assert_eq!(old75.expect_text(), "from hixie-76");
     old75.send("from hixie-75");
-    assert_eq!(read_text(&mut modern), "from hixie-75");
+    assert_eq!(ws_text(&mut modern), "from hixie-75");
     assert_eq!(old76.expect_text(), "from hixie-75");
     assert_eq!(old75.expect_text(), "from hixie-75");
     // Binary: UTF-8 goes to legacy clients as text; anything else cannot, and is counted.
-    modern.send(Message::binary(b"\xff\xfe not text".to_vec())).unwrap();
-    modern.send(Message::binary(b"utf-8 in binary".to_vec())).unwrap();
+    modern.send_binary(b"\xff\xfe not text").unwrap();
+    modern.send_binary(b"utf-8 in binary").unwrap();
     assert_eq!(old76.expect_text(), "utf-8 in binary");
     assert_eq!(old75.expect_text(), "utf-8 in binary");
     assert_eq!(metric(&server, "wsgate_legacy_dropped_total"), 2);
@@ -457,14 +456,14 @@ fn legacy_clients_on_every_worker_share_a_room() {
     let server = Server::with_config(&config, &[]);
     // Handoff spreads them: two per worker.
     let mut clients: Vec<Legacy> = (0..4).map(|_| Legacy::connect76(server.addr, "/room/w", false).0).collect();
-    let mut modern = client(&server.url("/room/w"));
-    modern.send(Message::text("to every worker")).unwrap();
-    assert_eq!(read_text(&mut modern), "to every worker");
+    let mut modern = ws_open(&server.url("/room/w"));
+    modern.send_text("to every worker").unwrap();
+    assert_eq!(ws_text(&mut modern), "to every worker");
     for c in &mut clients {
         assert_eq!(c.expect_text(), "to every worker");
     }
     clients[3].send("from the last one");
-    assert_eq!(read_text(&mut modern), "from the last one");
+    assert_eq!(ws_text(&mut modern), "from the last one");
     for c in &mut clients {
         assert_eq!(c.expect_text(), "from the last one");
     }

@@ -45,20 +45,20 @@ fn backlog_new_lines_rotation_truncation_and_late_files() {
     );
     let a_name = a.display().to_string();
     let b_name = b.display().to_string();
-    let mut viewer = client(&server.url("/logs"));
+    let mut viewer = ws_open(&server.url("/logs"));
     for want in ["three", "four", "five"] {
-        assert_eq!(line(&read_text(&mut viewer)), (a_name.clone(), want.to_string()));
+        assert_eq!(line(&ws_text(&mut viewer)), (a_name.clone(), want.to_string()));
     }
     append(&a, "six\nseven");
-    assert_eq!(line(&read_text(&mut viewer)), (a_name.clone(), "six".to_string()));
+    assert_eq!(line(&ws_text(&mut viewer)), (a_name.clone(), "six".to_string()));
     // "seven" has no newline yet: it comes when the line is complete.
     append(&a, " and a half\n");
-    assert_eq!(line(&read_text(&mut viewer)), (a_name.clone(), "seven and a half".to_string()));
+    assert_eq!(line(&ws_text(&mut viewer)), (a_name.clone(), "seven and a half".to_string()));
 
     // A second viewer gets the backlog too (one reader for both).
-    let mut second = client(&server.url("/logs"));
+    let mut second = ws_open(&server.url("/logs"));
     for want in ["five", "six", "seven and a half"] {
-        assert_eq!(line(&read_text(&mut second)), (a_name.clone(), want.to_string()));
+        assert_eq!(line(&ws_text(&mut second)), (a_name.clone(), want.to_string()));
     }
 
     // Rotation: renamed, a last line written to the old file, then a new file.
@@ -68,27 +68,27 @@ fn backlog_new_lines_rotation_truncation_and_late_files() {
     std::thread::sleep(std::time::Duration::from_millis(400));
     append(&a, "first of the new\n");
     for ws in [&mut viewer, &mut second] {
-        assert_eq!(line(&read_text(ws)), (a_name.clone(), "last of the old".to_string()));
-        assert_eq!(line(&read_text(ws)), (a_name.clone(), "first of the new".to_string()));
+        assert_eq!(line(&ws_text(ws)), (a_name.clone(), "last of the old".to_string()));
+        assert_eq!(line(&ws_text(ws)), (a_name.clone(), "first of the new".to_string()));
     }
 
     // Truncation: read again from the start.
     append(&a, "filler line to make the file longer\n");
-    assert_eq!(line(&read_text(&mut viewer)).1, "filler line to make the file longer");
+    assert_eq!(line(&ws_text(&mut viewer)).1, "filler line to make the file longer");
     std::fs::write(&a, "").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(400));
     append(&a, "after truncation\n");
-    assert_eq!(line(&read_text(&mut viewer)), (a_name.clone(), "after truncation".to_string()));
+    assert_eq!(line(&ws_text(&mut viewer)), (a_name.clone(), "after truncation".to_string()));
 
     // A file that did not exist is waited for.
     append(&b, "b appears\n");
-    assert_eq!(line(&read_text(&mut viewer)), (b_name.clone(), "b appears".to_string()));
+    assert_eq!(line(&ws_text(&mut viewer)), (b_name.clone(), "b appears".to_string()));
 
     // A very long line is cut (16 KiB pieces), not buffered without bound.
     append(&a, &format!("{}\n", "x".repeat(40_000)));
     let mut total = 0;
     while total < 40_000 {
-        let (_, l) = line(&read_text(&mut viewer));
+        let (_, l) = line(&ws_text(&mut viewer));
         assert!(l.len() <= 16 << 10);
         total += l.len();
     }

@@ -9,66 +9,45 @@ use std::net::TcpStream;
 use std::time::Instant;
 
 use common::*;
-use tungstenite::Message;
-
-type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
-
-/// The next data message (pings and pongs skipped).
-fn next(ws: &mut Ws) -> Message {
-    loop {
-        match ws.read().unwrap() {
-            Message::Ping(_) | Message::Pong(_) => continue,
-            m => return m,
-        }
-    }
-}
-
-fn text(ws: &mut Ws) -> String {
-    match next(ws) {
-        Message::Text(t) => t.as_str().to_string(),
-        other => panic!("expected text, got {other:?}"),
-    }
-}
-
 #[test]
 fn chat_reaches_every_member_of_the_room_sender_included() {
     let server = Server::start(&[]);
-    let mut members: Vec<Ws> = (0..3).map(|_| client(&server.url("/chat"))).collect();
-    members[0].send(Message::text("hello room")).unwrap();
-    members[1].send(Message::binary(vec![1u8, 2, 3])).unwrap();
+    let mut members: Vec<Ws> = (0..3).map(|_| ws_open(&server.url("/chat"))).collect();
+    members[0].send_text("hello room").unwrap();
+    members[1].send_binary(&[1u8, 2, 3]).unwrap();
     for m in &mut members {
-        assert_eq!(next(m), Message::text("hello room"));
-        assert_eq!(next(m), Message::binary(vec![1u8, 2, 3]));
+        assert_eq!(ws_next(m), WsMessage::Text("hello room".into()));
+        assert_eq!(ws_next(m), WsMessage::Binary(vec![1u8, 2, 3]));
     }
 }
 
 #[test]
 fn chat_with_exclude_sender() {
     let server = Server::with_config("[[route]]\npath = \"/room/*\"\napp = \"chat\"\nexclude_sender = true\n", &[]);
-    let mut a = client(&server.url("/room/x"));
-    let mut b = client(&server.url("/room/x"));
-    let mut c = client(&server.url("/room/x"));
-    a.send(Message::text("from a")).unwrap();
-    assert_eq!(text(&mut b), "from a");
-    assert_eq!(text(&mut c), "from a");
-    b.send(Message::text("from b")).unwrap();
+    let mut a = ws_open(&server.url("/room/x"));
+    let mut b = ws_open(&server.url("/room/x"));
+    let mut c = ws_open(&server.url("/room/x"));
+    a.send_text("from a").unwrap();
+    assert_eq!(ws_text(&mut b), "from a");
+    assert_eq!(ws_text(&mut c), "from a");
+    b.send_text("from b").unwrap();
     // a's first message is b's, not its own.
-    assert_eq!(text(&mut a), "from b");
-    assert_eq!(text(&mut c), "from b");
+    assert_eq!(ws_text(&mut a), "from b");
+    assert_eq!(ws_text(&mut c), "from b");
 }
 
 #[test]
 fn rooms_are_isolated() {
     let server = Server::start(&[]);
-    let mut a1 = client(&server.url("/chat/a"));
-    let mut b1 = client(&server.url("/chat/b"));
-    let mut lobby = client(&server.url("/chat"));
-    a1.send(Message::text("in a")).unwrap();
-    assert_eq!(text(&mut a1), "in a");
-    b1.send(Message::text("in b")).unwrap();
-    assert_eq!(text(&mut b1), "in b", "b did not hear room a");
-    lobby.send(Message::text("in lobby")).unwrap();
-    assert_eq!(text(&mut lobby), "in lobby", "the lobby heard neither");
+    let mut a1 = ws_open(&server.url("/chat/a"));
+    let mut b1 = ws_open(&server.url("/chat/b"));
+    let mut lobby = ws_open(&server.url("/chat"));
+    a1.send_text("in a").unwrap();
+    assert_eq!(ws_text(&mut a1), "in a");
+    b1.send_text("in b").unwrap();
+    assert_eq!(ws_text(&mut b1), "in b", "b did not hear room a");
+    lobby.send_text("in lobby").unwrap();
+    assert_eq!(ws_text(&mut lobby), "in lobby", "the lobby heard neither");
     // `/chat/` names no room.
     let r = http_exchange(server.addr, upgrade_request("/chat/", "").as_bytes());
     assert!(r.starts_with("HTTP/1.1 404 "), "{r}");
@@ -87,33 +66,33 @@ app = \"pubsub\"
 client_publish = false
 ";
 
-fn json(ws: &mut Ws) -> serde_json::Value {
-    serde_json::from_str(&text(ws)).unwrap()
-}
-
 #[test]
 fn pubsub_subscribe_publish_unsubscribe() {
     let server = Server::with_config(PUBSUB, &[]);
-    let mut sub = client(&server.url("/ps"));
-    let mut publisher = client(&server.url("/ps"));
-    sub.send(Message::text(r#"{"op":"subscribe","topic":"news"}"#)).unwrap();
-    assert_eq!(json(&mut sub), serde_json::json!({"op":"subscribed","topic":"news"}));
-    publisher.send(Message::text(r#"{"op":"publish","topic":"news","data":{"n":[1,2,"\u00e9"]}}"#)).unwrap();
-    assert_eq!(json(&mut sub), serde_json::json!({"topic":"news","data":{"n":[1,2,"é"]}}));
-    sub.send(Message::text(r#"{"op":"unsubscribe","topic":"news"}"#)).unwrap();
-    assert_eq!(json(&mut sub), serde_json::json!({"op":"unsubscribed","topic":"news"}));
-    publisher.send(Message::text(r#"{"op":"publish","topic":"news","data":"gone"}"#)).unwrap();
-    sub.send(Message::text(r#"{"op":"subscribe","topic":"sport/ski"}"#)).unwrap();
-    assert_eq!(json(&mut sub), serde_json::json!({"op":"subscribed","topic":"sport/ski"}), "nothing after unsubscribe");
+    let mut sub = ws_open(&server.url("/ps"));
+    let mut publisher = ws_open(&server.url("/ps"));
+    sub.send_text(r#"{"op":"subscribe","topic":"news"}"#).unwrap();
+    assert_eq!(ws_json(&mut sub), serde_json::json!({"op":"subscribed","topic":"news"}));
+    publisher.send_text(r#"{"op":"publish","topic":"news","data":{"n":[1,2,"\u00e9"]}}"#).unwrap();
+    assert_eq!(ws_json(&mut sub), serde_json::json!({"topic":"news","data":{"n":[1,2,"é"]}}));
+    sub.send_text(r#"{"op":"unsubscribe","topic":"news"}"#).unwrap();
+    assert_eq!(ws_json(&mut sub), serde_json::json!({"op":"unsubscribed","topic":"news"}));
+    publisher.send_text(r#"{"op":"publish","topic":"news","data":"gone"}"#).unwrap();
+    sub.send_text(r#"{"op":"subscribe","topic":"sport/ski"}"#).unwrap();
+    assert_eq!(
+        ws_json(&mut sub),
+        serde_json::json!({"op":"subscribed","topic":"sport/ski"}),
+        "nothing after unsubscribe"
+    );
 }
 
 #[test]
 fn pubsub_refusals_are_errors_then_1008() {
     let server = Server::with_config(PUBSUB, &[]);
-    let mut ws = client(&server.url("/ps"));
+    let mut ws = ws_open(&server.url("/ps"));
     let expect_error = |ws: &mut Ws, request: &str, code: u16| {
-        ws.send(Message::text(request.to_string())).unwrap();
-        let reply = json(ws);
+        ws.send_text(request).unwrap();
+        let reply = ws_json(ws);
         assert_eq!(
             (reply["op"].as_str(), reply["code"].as_u64()),
             (Some("error"), Some(u64::from(code))),
@@ -125,15 +104,15 @@ fn pubsub_refusals_are_errors_then_1008() {
     expect_error(&mut ws, r#"{"op":"subscribe"}"#, 400);
     expect_error(&mut ws, r#"{"op":"dance","topic":"news"}"#, 400);
     expect_error(&mut ws, r#"{"op":"subscribe","topic":"sport/this-is-far-too-long"}"#, 413);
-    ws.send(Message::text(r#"{"op":"subscribe","topic":"news"}"#)).unwrap();
-    assert_eq!(json(&mut ws)["op"], "subscribed");
-    ws.send(Message::text(r#"{"op":"subscribe","topic":"sport/a"}"#)).unwrap();
-    assert_eq!(json(&mut ws)["op"], "subscribed");
+    ws.send_text(r#"{"op":"subscribe","topic":"news"}"#).unwrap();
+    assert_eq!(ws_json(&mut ws)["op"], "subscribed");
+    ws.send_text(r#"{"op":"subscribe","topic":"sport/a"}"#).unwrap();
+    assert_eq!(ws_json(&mut ws)["op"], "subscribed");
     expect_error(&mut ws, r#"{"op":"subscribe","topic":"sport/b"}"#, 429);
-    ws.send(Message::binary(vec![0u8; 3])).unwrap();
-    assert_eq!(json(&mut ws)["code"], 400);
+    ws.send_binary(&[0u8; 3]).unwrap();
+    assert_eq!(ws_json(&mut ws)["code"], 400);
     // Publishing refused on a read-only route.
-    let mut ro = client(&server.url("/ro"));
+    let mut ro = ws_open(&server.url("/ro"));
     expect_error(&mut ro, r#"{"op":"publish","topic":"x","data":1}"#, 405);
     // A client that keeps sending garbage is closed with 1008.
     let mut raw = Raw::connect(server.addr, "/ps");
@@ -171,30 +150,30 @@ fn slow_config(policy: &str) -> String {
 fn slow_consumer_is_closed_with_1008() {
     let server = Server::with_config(&slow_config("close"), &[]);
     let _slow = slow_subscriber(&server, "/chat");
-    let mut fast = client(&server.url("/chat"));
+    let mut fast = ws_open(&server.url("/chat"));
     // 16 MiB: more than the kernel buffers of a loopback connection hold (tcp_wmem's 4 MiB).
     let payload = vec![b'x'; 16 * 1024];
     for _ in 0..1000 {
-        fast.send(Message::binary(payload.clone())).unwrap();
-        assert_eq!(next(&mut fast), Message::binary(payload.clone()));
+        fast.send_binary(&payload).unwrap();
+        assert_eq!(ws_next(&mut fast), WsMessage::Binary(payload.clone()));
     }
     let line = server.wait_log("close=1008 (slow consumer");
     assert!(line.contains("/chat status=101"), "{line}");
     // The fast member was never held back by the slow one.
-    fast.send(Message::text("still here")).unwrap();
-    assert_eq!(text(&mut fast), "still here");
+    fast.send_text("still here").unwrap();
+    assert_eq!(ws_text(&mut fast), "still here");
 }
 
 #[test]
 fn slow_consumer_loses_counted_messages_but_pongs_get_through() {
     let server = Server::with_config(&slow_config("drop"), &[]);
     let mut slow = slow_subscriber(&server, "/chat");
-    let mut fast = client(&server.url("/chat"));
+    let mut fast = ws_open(&server.url("/chat"));
     let payload = vec![b'y'; 16 * 1024];
     let sent = 1000;
     for _ in 0..sent {
-        fast.send(Message::binary(payload.clone())).unwrap();
-        assert_eq!(next(&mut fast), Message::binary(payload.clone()));
+        fast.send_binary(&payload).unwrap();
+        assert_eq!(ws_next(&mut fast), WsMessage::Binary(payload.clone()));
     }
     // The slow client pings: the pong jumps the queued messages.
     slow.write_all(&masked_frame(0x89, b"are you there")).unwrap();
@@ -239,22 +218,21 @@ fn fan_out_to_ten_thousand_subscribers_delivers_each_message_once() {
     const MESSAGES: usize = 5;
     assert!(raise_nofile(N as u64 + 200), "need {} descriptors", N + 200);
     let server = Server::with_config("[server]\nmax_connections = 20000\n", &[]);
-    let mut subs: Vec<Raw> = (0..N).map(|_| Raw::connect(server.addr, "/chat/big")).collect();
-    let mut publisher = client(&server.url("/chat/big"));
+    let url = server.url("/chat/big");
+    let mut subs: Vec<Ws> = (0..N).map(|_| ws_open(&url)).collect();
+    let mut publisher = ws_open(&server.url("/chat/big"));
     for i in 0..MESSAGES {
-        publisher.send(Message::text(format!("m{i}"))).unwrap();
+        publisher.send_text(&format!("m{i}")).unwrap();
     }
-    publisher.send(Message::text("end")).unwrap();
+    publisher.send_text("end").unwrap();
     for (n, s) in subs.iter_mut().enumerate() {
         for i in 0..MESSAGES {
-            let f = s.recv().expect("a delivery");
-            assert_eq!((f.opcode, f.payload), (1, format!("m{i}").into_bytes()), "subscriber {n}");
+            assert_eq!(ws_next(s), WsMessage::Text(format!("m{i}")), "subscriber {n}");
         }
-        let f = s.recv().expect("the end marker");
-        assert_eq!(f.payload, b"end", "subscriber {n}: exactly once");
+        assert_eq!(ws_text(s), "end", "subscriber {n}: exactly once");
     }
     for i in 0..MESSAGES {
-        assert_eq!(text(&mut publisher), format!("m{i}"));
+        assert_eq!(ws_text(&mut publisher), format!("m{i}"));
     }
 }
 
@@ -272,9 +250,9 @@ fn flooding_a_big_room_delivers_everything_in_order() {
     let burst: Vec<u8> = (0..MESSAGES).flat_map(|i| masked_frame(0x81, format!("{i:05}").as_bytes())).collect();
     publisher.send_raw(&burst);
     // Meanwhile the loop still serves others.
-    let mut echo = client(&server.url("/echo"));
-    echo.send(Message::text("served")).unwrap();
-    assert_eq!(text(&mut echo), "served");
+    let mut echo = ws_open(&server.url("/echo"));
+    echo.send_text("served").unwrap();
+    assert_eq!(ws_text(&mut echo), "served");
     for (n, m) in members.iter_mut().chain(std::iter::once(&mut publisher)).enumerate() {
         for i in 0..MESSAGES {
             let f = m.recv().expect("a delivery");

@@ -8,7 +8,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tungstenite::Message;
 
 fn config(routes: &str, workers: usize) -> String {
     format!("[server]\nworkers = {workers}\nbalance = \"handoff\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{routes}")
@@ -34,8 +33,8 @@ fn wait_for(what: impl Fn() -> bool, why: &str) {
 #[test]
 fn sighup_swaps_routes_and_limits_on_every_worker() {
     let server = Server::with_config(&config(BEFORE, 2), &[]);
-    let mut old = client(&server.url("/old"));
-    let mut echo = client(&server.url("/echo"));
+    let mut old = ws_open(&server.url("/old"));
+    let mut echo = ws_open(&server.url("/echo"));
     assert_eq!(status(&server, "/new"), "404");
 
     std::fs::write(server.config_path(), config(AFTER, 2)).unwrap();
@@ -47,18 +46,15 @@ fn sighup_swaps_routes_and_limits_on_every_worker() {
         assert_eq!(status(&server, "/old"), "404");
     }
     // The open connections keep their route and limits.
-    old.send(Message::text("still here")).unwrap();
-    assert_eq!(old.read().unwrap(), Message::text("still here"));
+    old.send_text("still here").unwrap();
+    assert_eq!(ws_text(&mut old), "still here");
     let long = "x".repeat(1000);
-    echo.send(Message::text(long.clone())).unwrap();
-    assert_eq!(echo.read().unwrap(), Message::text(long.clone()));
+    echo.send_text(&long).unwrap();
+    assert_eq!(ws_text(&mut echo), long);
     // A new connection gets the new limit: 1009 past 100 bytes.
-    let mut fresh = client(&server.url("/echo"));
-    fresh.send(Message::text(long)).unwrap();
-    match fresh.read() {
-        Ok(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1009),
-        other => panic!("expected 1009, got {other:?}"),
-    }
+    let mut fresh = ws_open(&server.url("/echo"));
+    fresh.send_text(&long).unwrap();
+    assert_eq!(ws_closed(&mut fresh).0, Some(1009));
 
     // Metrics keep one series per route, old and new.
     let (_, text) = http("GET", &server.admin_url("/metrics"), &[], None);

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tungstenite::Message;
 
 /// A directory of files for one test, removed on drop.
 struct Site(PathBuf);
@@ -179,9 +178,9 @@ fn files_heads_types_validators_and_errors() {
     assert_eq!((r.status, r.body.as_slice()), (200, b"body{color:red}\n".as_slice()));
 
     // The WebSocket routes still work next to the files.
-    let mut ws = client(&server.url("/echo"));
-    ws.send(Message::text("hi")).unwrap();
-    assert_eq!(read_text(&mut ws), "hi");
+    let mut ws = ws_open(&server.url("/echo"));
+    ws.send_text("hi").unwrap();
+    assert_eq!(ws_text(&mut ws), "hi");
 }
 
 /// Every way out of the directory, in every encoding, is refused; nothing outside is read.
@@ -275,9 +274,9 @@ fn config_key_prefix_route_and_errors() {
     assert_eq!(simple(server.addr, "GET", "/site/", "").status, 200);
     assert_eq!(simple(server.addr, "GET", "/site", "").header("location"), Some("/site/"));
     assert_eq!(simple(server.addr, "GET", "/sitex/style.css", "").status, 404, "a prefix ends at a segment");
-    let mut ws = client(&server.url("/site/ws"));
-    ws.send(Message::text("x")).unwrap();
-    assert_eq!(read_text(&mut ws), "x");
+    let mut ws = ws_open(&server.url("/site/ws"));
+    ws.send_text("x").unwrap();
+    assert_eq!(ws_text(&mut ws), "x");
 
     let check = |text: &str| {
         let path = std::env::temp_dir().join(format!("wsgate-static-check-{}.toml", std::process::id()));
@@ -412,14 +411,14 @@ fn chromium_loads_a_page_that_talks_to_a_chat_route() {
 ws.onopen = () => ws.send(`hello from ${document.title}`);\n",
     );
     let server = Server::start(&["--static", &site.www()]);
-    let mut room = client(&server.url("/chat/static"));
+    let mut room = ws_open(&server.url("/chat/static"));
     let _browser = Browser::launch("static", &format!("http://{}/", server.addr), &[], false);
     let started = Instant::now();
     loop {
         assert!(started.elapsed() < WAIT * 3, "the page did not say hello");
-        match room.read() {
-            Ok(Message::Text(t)) if t.as_str() == "hello from wsgate static" => break,
-            Ok(_) => {}
+        match room.receive(Some(WAIT)) {
+            Ok(WsMessage::Text(t)) if t == "hello from wsgate static" => break,
+            Ok(_) | Err(wsgate::client::ClientError::Timeout) => {}
             Err(e) => panic!("chat: {e}"),
         }
     }

@@ -8,9 +8,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tungstenite::Message;
-
-type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
 
 const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
 
@@ -55,26 +52,17 @@ fn wait_open(server: &Server, n: u64) -> Vec<u64> {
     }
 }
 
-fn next_data(ws: &mut Ws) -> Message {
-    loop {
-        match ws.read().unwrap() {
-            Message::Ping(_) | Message::Pong(_) => continue,
-            m => return m,
-        }
-    }
-}
-
 #[test]
 fn echo_chat_and_pubsub_across_1_2_and_4_workers() {
     for workers in [1, 2, 4] {
         let server = start(workers, "reuseport", "");
         // Echo on many connections (the kernel spreads them over the workers).
-        let mut echoes: Vec<Ws> = (0..24).map(|_| client(&server.url("/echo"))).collect();
+        let mut echoes: Vec<Ws> = (0..24).map(|_| ws_open(&server.url("/echo"))).collect();
         for (i, ws) in echoes.iter_mut().enumerate() {
-            ws.send(Message::text(format!("echo {i}"))).unwrap();
+            ws.send_text(&format!("echo {i}")).unwrap();
         }
         for (i, ws) in echoes.iter_mut().enumerate() {
-            assert_eq!(next_data(ws), Message::text(format!("echo {i}")));
+            assert_eq!(ws_next(ws), WsMessage::Text(format!("echo {i}")));
         }
         let counts = wait_open(&server, 24);
         assert_eq!(counts.len(), workers, "{counts:?}");
@@ -85,13 +73,13 @@ fn echo_chat_and_pubsub_across_1_2_and_4_workers() {
         drop(echoes);
 
         // Chat: every member gets every message exactly once, its own included.
-        let mut members: Vec<Ws> = (0..12).map(|_| client(&server.url("/chat/room"))).collect();
+        let mut members: Vec<Ws> = (0..12).map(|_| ws_open(&server.url("/chat/room"))).collect();
         wait_open(&server, 12);
         for (i, m) in members.iter_mut().enumerate() {
-            m.send(Message::text(format!("from {i}"))).unwrap();
+            m.send_text(&format!("from {i}")).unwrap();
         }
         for (j, m) in members.iter_mut().enumerate() {
-            let mut got: Vec<String> = (0..12).map(|_| next_data(m).into_text().unwrap().to_string()).collect();
+            let mut got: Vec<String> = (0..12).map(|_| ws_text(m)).collect();
             got.sort();
             let mut want: Vec<String> = (0..12).map(|i| format!("from {i}")).collect();
             want.sort();
@@ -100,26 +88,26 @@ fn echo_chat_and_pubsub_across_1_2_and_4_workers() {
         drop(members);
 
         // Pub/sub: one publisher's messages arrive once each and in order at every subscriber.
-        let mut subs: Vec<Ws> = (0..12).map(|_| client(&server.url("/ps"))).collect();
+        let mut subs: Vec<Ws> = (0..12).map(|_| ws_open(&server.url("/ps"))).collect();
         for s in &mut subs {
-            s.send(Message::text(r#"{"op":"subscribe","topic":"news"}"#)).unwrap();
-            let ack = next_data(s).into_text().unwrap().to_string();
+            s.send_text(r#"{"op":"subscribe","topic":"news"}"#).unwrap();
+            let ack = ws_text(s);
             assert!(ack.contains("subscribed"), "{ack}");
         }
-        let mut publisher = client(&server.url("/ps"));
+        let mut publisher = ws_open(&server.url("/ps"));
         for k in 0..50 {
-            publisher.send(Message::text(format!(r#"{{"op":"publish","topic":"news","data":{k}}}"#))).unwrap();
+            publisher.send_text(&format!(r#"{{"op":"publish","topic":"news","data":{k}}}"#)).unwrap();
         }
         for s in &mut subs {
             for k in 0..50 {
-                let msg = next_data(s).into_text().unwrap().to_string();
+                let msg = ws_text(s);
                 assert!(msg.contains(&format!("\"data\":{k}}}")), "want {k}, got {msg}");
             }
         }
         // Nothing more: exactly once.
-        publisher.send(Message::text(r#"{"op":"publish","topic":"news","data":"end"}"#)).unwrap();
+        publisher.send_text(r#"{"op":"publish","topic":"news","data":"end"}"#).unwrap();
         for s in &mut subs {
-            let msg = next_data(s).into_text().unwrap().to_string();
+            let msg = ws_text(s);
             assert!(msg.contains("\"end\""), "a duplicate before the end marker: {msg}");
         }
     }
@@ -128,7 +116,7 @@ fn echo_chat_and_pubsub_across_1_2_and_4_workers() {
 #[test]
 fn handoff_spreads_connections_evenly() {
     let server = start(4, "handoff", "");
-    let clients: Vec<Ws> = (0..40).map(|_| client(&server.url("/echo"))).collect();
+    let clients: Vec<Ws> = (0..40).map(|_| ws_open(&server.url("/echo"))).collect();
     let counts = wait_open(&server, 40);
     // 41 with the scrape (on worker 0, the admin listener's): at most one apart.
     let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
@@ -139,10 +127,10 @@ fn handoff_spreads_connections_evenly() {
 #[test]
 fn admin_api_sees_and_reaches_every_worker() {
     let server = start(4, "handoff", "");
-    let mut subs: Vec<Ws> = (0..8).map(|_| client(&server.url("/ps"))).collect();
+    let mut subs: Vec<Ws> = (0..8).map(|_| ws_open(&server.url("/ps"))).collect();
     for s in &mut subs {
-        s.send(Message::text(r#"{"op":"subscribe","topic":"t"}"#)).unwrap();
-        next_data(s);
+        s.send_text(r#"{"op":"subscribe","topic":"t"}"#).unwrap();
+        ws_next(s);
     }
     // Every client listed, paged across workers without gaps or repeats.
     let mut ids = Vec::new();
@@ -179,7 +167,7 @@ fn admin_api_sees_and_reaches_every_worker() {
     );
     assert_eq!((status, body.as_str()), (200, r#"{"result":{"subscribers":8}}"#));
     for s in &mut subs {
-        assert_eq!(next_data(s), Message::text(r#"{"topic":"t","data":"hi"}"#));
+        assert_eq!(ws_next(s), WsMessage::Text(r#"{"topic":"t","data":"hi"}"#.into()));
     }
 
     // Send by id reaches a client whichever worker serves it.
@@ -189,7 +177,7 @@ fn admin_api_sees_and_reaches_every_worker() {
             http("POST", &server.admin_url("/api/send"), &[], Some(("application/json", body.as_bytes())));
         assert_eq!((status, reply.as_str()), (200, r#"{"result":{"queued":true}}"#));
     }
-    let mut got: Vec<String> = subs.iter_mut().map(|s| next_data(s).into_text().unwrap().to_string()).collect();
+    let mut got: Vec<String> = subs.iter_mut().map(ws_text).collect();
     got.sort();
     let mut want: Vec<String> = (0..8).map(|i| format!("to {i}")).collect();
     want.sort();
@@ -217,10 +205,7 @@ fn admin_api_sees_and_reaches_every_worker() {
     );
     assert_eq!((status, body.as_str()), (200, r#"{"result":{"disconnected":8}}"#));
     for s in &mut subs {
-        match next_data(s) {
-            Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 4001),
-            other => panic!("expected close, got {other:?}"),
-        }
+        assert_eq!(ws_closed(s), (Some(4001), "bye".into()));
     }
     // An id no worker has.
     let (status, _) = http(
@@ -237,18 +222,18 @@ fn broker_messages_reach_token_holders_on_every_worker() {
     let server = start(4, "handoff", "");
     let mut holders: HashMap<String, Ws> = HashMap::new();
     for name in ["abc1", "abc2", "group/a", "group/b", "group/c", "other"] {
-        holders.insert(name.into(), client(&server.url(&format!("/broker?RegisterToken={name}"))));
+        holders.insert(name.into(), ws_open(&server.url(&format!("/broker?RegisterToken={name}"))));
     }
     wait_open(&server, 6);
     let sender = holders.get_mut("abc1").unwrap();
-    sender.send(Message::text("abc2,group/|hello")).unwrap();
+    sender.send_text("abc2,group/|hello").unwrap();
     for name in ["abc2", "group/a", "group/b", "group/c"] {
-        assert_eq!(next_data(holders.get_mut(name).unwrap()), Message::text("hello"), "{name}");
+        assert_eq!(ws_next(holders.get_mut(name).unwrap()), WsMessage::Text("hello".into()), "{name}");
     }
     // `other` got nothing: its next message is this echo.
     let other = holders.get_mut("other").unwrap();
-    other.send(Message::text("Echo:ping")).unwrap();
-    assert_eq!(next_data(other), Message::text("ping"));
+    other.send_text("Echo:ping").unwrap();
+    assert_eq!(ws_next(other), WsMessage::Text("ping".into()));
     // The form API's broadcast too.
     let (status, _) = http(
         "POST",
@@ -258,7 +243,7 @@ fn broker_messages_reach_token_holders_on_every_worker() {
     );
     assert_eq!(status, 200);
     for name in ["group/a", "group/b", "group/c"] {
-        assert_eq!(next_data(holders.get_mut(name).unwrap()), Message::text("all"), "{name}");
+        assert_eq!(ws_next(holders.get_mut(name).unwrap()), WsMessage::Text("all".into()), "{name}");
     }
 }
 
@@ -272,7 +257,7 @@ fn max_connections_is_per_process() {
     );
     let mut open = Vec::new();
     for _ in 0..10 {
-        open.push(client(&server.url("/echo")));
+        open.push(ws_open(&server.url("/echo")));
     }
     for _ in 0..4 {
         let head = http_exchange_head(server.addr, &upgrade_request("/echo", ""));
@@ -294,14 +279,11 @@ fn max_connections_is_per_process() {
 #[test]
 fn sigterm_drains_every_worker() {
     let mut server = start(4, "handoff", "");
-    let mut clients: Vec<Ws> = (0..16).map(|_| client(&server.url("/echo"))).collect();
+    let mut clients: Vec<Ws> = (0..16).map(|_| ws_open(&server.url("/echo"))).collect();
     wait_open(&server, 16);
     server.signal(libc::SIGTERM);
     for ws in &mut clients {
-        match next_data(ws) {
-            Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001),
-            other => panic!("expected 1001, got {other:?}"),
-        }
+        assert_eq!(ws_closed(ws).0, Some(1001));
     }
     drop(clients);
     assert_eq!(server.wait_exit(), Some(0));
@@ -328,12 +310,12 @@ fn bad_worker_counts_are_refused() {
 #[test]
 fn the_dashboard_feed_sums_every_worker() {
     let server = start(2, "handoff", "");
-    let _clients: Vec<Ws> = (0..6).map(|_| client(&server.url("/echo"))).collect();
+    let _clients: Vec<Ws> = (0..6).map(|_| ws_open(&server.url("/echo"))).collect();
     wait_open(&server, 6);
-    let (mut feed, _) = tungstenite::connect(format!("ws://{}/ws", server.admin.unwrap())).unwrap();
+    let mut feed = ws_open(&format!("ws://{}/ws", server.admin.unwrap()));
     let start = Instant::now();
     loop {
-        let text = next_data(&mut feed).into_text().unwrap().to_string();
+        let text = ws_text(&mut feed);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         if v["type"] == "stats" && v["workers"] == 2 && v["by_state"]["connected"] == 7 {
             break; // six clients and the feed itself, on two workers

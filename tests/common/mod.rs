@@ -1,5 +1,7 @@
-//! Test harness: starts the real `wsgate` binary on an ephemeral loopback port and offers a
-//! raw client for the hostile cases (tungstenite is the independent client for the rest).
+//! Test harness: starts the real `wsgate` binary on an ephemeral loopback port. The apps'
+//! tests talk to it through wsgate's own client library (`ws`); tungstenite (`client`) stays
+//! the independent referee of the protocol tests (echo, TLS, compression, lifecycle), and
+//! `Raw` writes the hostile bytes neither client would send.
 #![allow(dead_code)]
 
 mod packages;
@@ -402,6 +404,47 @@ pub fn client(url: &str) -> tungstenite::WebSocket<tungstenite::stream::MaybeTls
         s.set_read_timeout(Some(WAIT)).unwrap();
     }
     ws
+}
+
+/// A connection made with wsgate's own client library (`wsgate::client`).
+pub type Ws = wsgate::client::Client;
+pub use wsgate::client::Message as WsMessage;
+
+/// Opens `url` with the client library; panics with its error (which says what was wrong).
+pub fn ws_open(url: &str) -> Ws {
+    ws_open_with(url, &wsgate::client::Options::default())
+}
+
+pub fn ws_open_with(url: &str, options: &wsgate::client::Options) -> Ws {
+    Ws::open(url, options).unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
+/// The next message (pings answered and pongs taken inside), within `WAIT`.
+pub fn ws_next(ws: &mut Ws) -> WsMessage {
+    ws.receive(Some(WAIT)).unwrap_or_else(|e| panic!("receive: {e}"))
+}
+
+/// The next message, which must be text.
+pub fn ws_text(ws: &mut Ws) -> String {
+    match ws_next(ws) {
+        WsMessage::Text(t) => t,
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+/// The next message as JSON.
+pub fn ws_json(ws: &mut Ws) -> serde_json::Value {
+    let text = ws_text(ws);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// Reads the server's close frame (answered inside): its code and reason. A message before it
+/// is a failure.
+pub fn ws_closed(ws: &mut Ws) -> (Option<u16>, String) {
+    match ws.receive(Some(WAIT)) {
+        Err(wsgate::client::ClientError::Closed { code, reason }) => (code, reason),
+        other => panic!("expected the server's close, got {other:?}"),
+    }
 }
 
 /// Waits (bounded) for a channel message; for tests that run clients on threads.
