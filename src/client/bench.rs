@@ -535,6 +535,8 @@ struct Reactor {
     codecs: SharedCodecs,
     /// Payloads, built and checked in place.
     scratch: Vec<u8>,
+    /// The header of an uncompressed message (its key written per frame) and its length.
+    head: ([u8; MAX_HEADER_LEN], usize),
     latency: Option<Histogram<u64>>,
     late: u64,
     /// Fan-out: the round under way and the deliveries it still waits for.
@@ -596,6 +598,12 @@ impl Reactor {
             mask_state: u64::from_le_bytes(seed) | 1,
             codecs: SharedCodecs::default(),
             scratch: pattern(plan.size),
+            head: {
+                let mut head = [0u8; MAX_HEADER_LEN];
+                let opcode = if plan.text { Opcode::Text } else { Opcode::Binary };
+                let n = encode_header(&mut head, true, opcode, plan.size, Some([0; 4]));
+                (head, n)
+            },
             latency,
             late: 0,
             round: 0,
@@ -791,17 +799,16 @@ impl Reactor {
         self.mask_state ^= self.mask_state << 17;
         let key = (self.mask_state as u32).to_le_bytes();
         let c = &mut self.conns[i];
-        let compressed = c.pmd.as_mut().and_then(|pmd| pmd.compress(&mut self.codecs, &self.scratch));
-        let payload = compressed.as_deref().unwrap_or(&self.scratch);
-        let mut head = [0u8; MAX_HEADER_LEN];
-        let n = encode_header(&mut head, true, opcode, payload.len(), Some(key));
-        if compressed.is_some() {
-            head[0] |= super::RSV1;
+        match c.pmd.as_mut().and_then(|pmd| pmd.compress(&mut self.codecs, &self.scratch)) {
+            Some(compressed) => {
+                let mut head = [0u8; MAX_HEADER_LEN];
+                let n = encode_header(&mut head, true, opcode, compressed.len(), Some(key));
+                head[0] |= super::RSV1;
+                crate::ws::mask::frame_into(&mut c.output, &head, n, &compressed, key);
+            }
+            // Every uncompressed frame has the same header but for the key.
+            None => crate::ws::mask::frame_into(&mut c.output, &self.head.0, self.head.1, &self.scratch, key),
         }
-        c.output.extend_from_slice(&head[..n]);
-        let start = c.output.len();
-        c.output.extend_from_slice(payload);
-        crate::ws::mask::unmask(&mut c.output[start..], key, 0);
     }
 
     fn flush(&mut self, i: usize) -> Result<(), String> {
@@ -892,8 +899,7 @@ impl Reactor {
                                 return Err(format!("connection {name}: message of {sender} delivered twice"));
                             }
                             c.heard_from[word] |= bit;
-                            fill_tag(&mut self.scratch, fanout_tag(sender, self.round));
-                            if payload != self.scratch.as_slice() {
+                            if !is_tagged_pattern(payload, fanout_tag(sender, self.round), &self.scratch) {
                                 return Err(format!(
                                     "connection {name}: delivery from {sender} differs from what was sent"
                                 ));
@@ -902,8 +908,7 @@ impl Reactor {
                         }
                         _ => {
                             let seq = c.echoed;
-                            fill_tag(&mut self.scratch, echo_tag(seq, name));
-                            if payload != self.scratch.as_slice() {
+                            if !is_tagged_pattern(payload, echo_tag(seq, name), &self.scratch) {
                                 return Err(format!(
                                     "connection {name}: echo of message {seq} differs from what was sent"
                                 ));
@@ -954,10 +959,55 @@ fn parse_fanout_tag(payload: &[u8]) -> Option<(usize, u32)> {
 /// Writes `tag` as the first eight bytes of `buf` (hex: ASCII, so text frames carry it too),
 /// whose bytes past the eighth already hold the fixed pattern ([`pattern`]).
 fn fill_tag(buf: &mut [u8], tag: u32) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (k, b) in buf.iter_mut().take(8).enumerate() {
-        *b = HEX[((tag >> (28 - 4 * k)) & 0xF) as usize];
+    let hex = tag_hex(tag);
+    match buf.first_chunk_mut::<8>() {
+        // One 8-byte store: the masking pass that reads the payload a word at a time right
+        // after would stall on eight byte stores (no store-to-load forwarding).
+        Some(word) => *word = hex,
+        None => buf.iter_mut().zip(hex).for_each(|(b, h)| *b = h),
     }
+}
+
+/// `tag` as eight hex digits, most significant first, built in a register.
+fn tag_hex(tag: u32) -> [u8; 8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut word = 0u64;
+    for k in 0..8 {
+        word |= u64::from(HEX[((tag >> (28 - 4 * k)) & 0xF) as usize]) << (8 * k);
+    }
+    word.to_le_bytes()
+}
+
+/// Whether `payload` is the message tagged `tag`: the tag's hex, then `pattern`'s bytes past
+/// the eighth. Compared a word at a time in registers: for the small messages a flood
+/// checks millions of, a call to `memcmp` per message cost more than the comparison.
+fn is_tagged_pattern(payload: &[u8], tag: u32, pattern: &[u8]) -> bool {
+    if payload.len() != pattern.len() {
+        return false;
+    }
+    let hex = tag_hex(tag);
+    let head = payload.len().min(8);
+    if let Ok(word) = <[u8; 8]>::try_from(&payload[..head]) {
+        if word != hex {
+            return false;
+        }
+    } else if payload.iter().zip(hex).any(|(a, b)| *a != b) {
+        return false;
+    }
+    let (rest, want) = (&payload[head..], &pattern[head..]);
+    let mut diff = 0u64;
+    let mut got_words = rest.chunks_exact(8);
+    let mut want_words = want.chunks_exact(8);
+    for (g, w) in (&mut got_words).zip(&mut want_words) {
+        let (mut a, mut b) = ([0u8; 8], [0u8; 8]);
+        a.copy_from_slice(g);
+        b.copy_from_slice(w);
+        diff |= u64::from_ne_bytes(a) ^ u64::from_ne_bytes(b);
+    }
+    for (g, w) in got_words.remainder().iter().zip(want_words.remainder()) {
+        diff |= u64::from(g ^ w);
+    }
+    diff == 0
 }
 
 /// The payload of `size` bytes with the pattern after its first eight.
@@ -984,5 +1034,24 @@ mod tests {
         assert_ne!(echo_tag(1, 2), echo_tag(2, 2));
         assert_eq!(parse_fanout_tag(b"zz"), None);
         assert_eq!(parse_fanout_tag(b"0000000g"), None);
+    }
+
+    #[test]
+    fn the_check_finds_every_changed_byte_and_wrong_length() {
+        for size in 0..40 {
+            let pattern = pattern(size);
+            let mut sent = pattern.clone();
+            fill_tag(&mut sent, 0xdead_beef);
+            assert!(is_tagged_pattern(&sent, 0xdead_beef, &pattern), "size {size}");
+            if size > 0 {
+                assert!(!is_tagged_pattern(&sent, 0xdead_beee, &pattern) || size < 8, "size {size}");
+                assert!(!is_tagged_pattern(&sent[..size - 1], 0xdead_beef, &pattern));
+            }
+            for at in 0..size {
+                let mut changed = sent.clone();
+                changed[at] ^= 0x20;
+                assert!(!is_tagged_pattern(&changed, 0xdead_beef, &pattern), "size {size} at {at}");
+            }
+        }
     }
 }

@@ -224,7 +224,21 @@ pub struct Client {
     timing: Timing,
     /// The close handshake is over or the connection failed: nothing more to read or send.
     done: bool,
+    /// The socket's read timeout as last set (setting it costs a system call; see `read_more`).
+    read_timeout: Option<Duration>,
+    /// Masking keys from the OS's CSPRNG, fetched 64 at a time (a `getrandom` call per frame
+    /// cost more than the frame), and how many are used.
+    mask_keys: [u8; MASK_KEY_BATCH * 4],
+    mask_keys_used: usize,
+    /// The frame being written, kept between sends (released when a big one made it large).
+    out: Vec<u8>,
 }
+
+/// Masking keys fetched per `getrandom` call.
+const MASK_KEY_BATCH: usize = 64;
+
+/// A send buffer that grew past this for a big message is released after it.
+const OUT_KEEP: usize = 64 * 1024;
 
 /// What is read at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -286,6 +300,7 @@ impl Client {
             }
         };
         stream.set_write_timeout(None).map_err(ClientError::Io)?;
+        stream.set_read_timeout(None).map_err(ClientError::Io)?;
         let limits = MessageLimits { max_message: options.max_message, max_frame: options.max_message };
         let timing = Timing {
             idle_timeout: Duration::ZERO,
@@ -304,6 +319,10 @@ impl Client {
             agreed,
             timing,
             done: false,
+            read_timeout: None,
+            mask_keys: [0; MASK_KEY_BATCH * 4],
+            mask_keys_used: MASK_KEY_BATCH,
+            out: Vec::new(),
         })
     }
 
@@ -560,12 +579,41 @@ impl Client {
             if wait.is_some_and(|w| w.is_zero()) {
                 return Err(ClientError::Timeout);
             }
-            self.stream.set_read_timeout(wait).map_err(ClientError::Io)?;
+            self.wait_at_most(wait)?;
             match self.read_chunk() {
                 Err(ClientError::Timeout) if deadline.is_none_or(|d| self::now() < d) => {}
                 other => return other,
             }
         }
+    }
+
+    /// Makes the next read wait no longer than `wait` (`None`: forever). The timeout is set
+    /// again only when the one set would wait too long, or less than three quarters of `wait`:
+    /// a read that returns data (the usual case) then costs no `setsockopt`, and one that
+    /// times out early only goes round `read_more`'s loop.
+    fn wait_at_most(&mut self, wait: Option<Duration>) -> Result<(), ClientError> {
+        let keep = match (self.read_timeout, wait) {
+            (None, None) => true,
+            (Some(set), Some(wait)) => set <= wait && set >= wait * 3 / 4,
+            _ => false,
+        };
+        if !keep {
+            let next = wait.map(|w| if w > Duration::from_millis(4) { w * 7 / 8 } else { w });
+            self.stream.set_read_timeout(next).map_err(ClientError::Io)?;
+            self.read_timeout = next;
+        }
+        Ok(())
+    }
+
+    /// The next masking key.
+    fn mask_key(&mut self) -> Result<[u8; 4], ClientError> {
+        if self.mask_keys_used == MASK_KEY_BATCH {
+            getrandom::getrandom(&mut self.mask_keys).map_err(|e| ClientError::Io(io::Error::other(e)))?;
+            self.mask_keys_used = 0;
+        }
+        let at = self.mask_keys_used * 4;
+        self.mask_keys_used += 1;
+        Ok([self.mask_keys[at], self.mask_keys[at + 1], self.mask_keys[at + 2], self.mask_keys[at + 3]])
     }
 
     /// Moves the undecoded bytes to the front, so the buffer holds at most one message.
@@ -603,8 +651,7 @@ impl Client {
     /// One masked frame, written whole; a data frame compressed (RSV1) when that was agreed
     /// and the message is worth it.
     fn write_frame(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), ClientError> {
-        let mut key = [0u8; 4];
-        getrandom::getrandom(&mut key).map_err(|e| ClientError::Io(io::Error::other(e)))?;
+        let key = self.mask_key()?;
         let compressed = match &mut self.pmd {
             Some(pmd) if !opcode.is_control() => pmd.compress(&mut self.codecs, payload),
             _ => None,
@@ -615,11 +662,13 @@ impl Client {
         if compressed.is_some() {
             head[0] |= RSV1;
         }
-        let mut frame = Vec::with_capacity(n + payload.len());
-        frame.extend_from_slice(&head[..n]);
-        frame.extend_from_slice(payload);
-        crate::ws::mask::unmask(&mut frame[n..], key, 0);
+        let mut frame = std::mem::take(&mut self.out);
+        crate::ws::mask::frame_into(&mut frame, &head, n, payload, key);
         let written = self.stream.write_all(&frame).and_then(|()| self.stream.flush());
+        frame.clear();
+        if frame.capacity() <= OUT_KEEP {
+            self.out = frame;
+        }
         written.map_err(|e| {
             self.done = true;
             ClientError::Io(e)
