@@ -604,7 +604,9 @@ fn bench_runs_every_mode_and_checks_every_echo() {
         (&echo, &["-m", "flood", "-q", "8", "-t", "-s", "3000"]),
         (&echo, &["-m", "rate", "-r", "2000"]),
         (&zecho, &["-m", "flood", "-q", "4", "-t", "-s", "1000", "--compress"]),
+        (&zecho, &["-m", "closed", "-t", "-s", "1000", "--compress", "--payload", "json"]),
         (&room, &["-m", "fanout", "-t", "--publishers", "3"]),
+        (&room, &["-m", "fanout", "-t", "--publishers", "1", "--payload", "json", "-s", "300"]),
     ];
     for (url, mode) in runs {
         let mut args = vec![*url, "-c", "10", "--threads", "2", "-d", "0.5", "-w", "0.2", "--json"];
@@ -624,15 +626,27 @@ fn bench_runs_every_mode_and_checks_every_echo() {
                 assert!(latency["p50_us"].as_u64().unwrap() <= latency["max_us"].as_u64().unwrap(), "{out}");
             }
             "fanout" => {
-                // Every round is 3 messages to each of the 10 connections.
+                // Every round is one message of each publisher to each of the 10 connections.
+                let publishers: u64 = mode[mode.iter().position(|a| *a == "--publishers").unwrap() + 1].parse().unwrap();
                 assert!(summary["rounds"].as_u64().unwrap() > 0, "{out}");
                 assert!(summary["deliveries"].as_u64().unwrap() > 0, "{out}");
-                assert_eq!(summary["publishers"], 3);
+                assert_eq!(summary["publishers"], publishers);
             }
             _ => assert!(summary["msgs"].as_u64().unwrap() > 0, "{out}"),
         }
         let compress = mode.contains(&"--compress");
         assert_eq!(summary["compressed_connections"], if compress { 10 } else { 0 }, "{out}");
+        // What went over the wire, frame headers included: far less than the payloads when
+        // JSON is compressed, about as much otherwise (the two counts are sampled a read
+        // apart at the window's edges).
+        let (payload, wire_in) = (summary["bytes"].as_f64().unwrap(), summary["wire_in_bytes"].as_f64().unwrap());
+        if mode.contains(&"json") && compress {
+            assert!(wire_in < payload / 2.0, "{out}");
+        } else if !compress {
+            let frames = summary["msgs"].as_f64().or(summary["deliveries"].as_f64()).unwrap();
+            assert!(wire_in > payload * 0.95 && wire_in < (payload + frames * 14.0) * 1.05, "{out}");
+        }
+        assert_eq!(summary["payload"], if mode.contains(&"json") { "json" } else { "pattern" }, "{out}");
     }
     // A server that answers with something else than the echo: the run fails and says so.
     let ok = "HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n";

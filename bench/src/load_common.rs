@@ -1,4 +1,4 @@
-//! Shared by the load generators (`raw-throughput`, `brokerload`, `zload`): the server's CPU
+//! Shared by the load generators (`raw-throughput`, `brokerload`): the server's CPU
 //! time, read from /proc, to report CPU per message; a blocking WebSocket upgrade.
 
 /// utime + stime of process `pid`, in clock ticks (0 if it cannot be read).

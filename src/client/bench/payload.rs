@@ -1,0 +1,277 @@
+//! What the bench sends, and the check of what comes back: every message carries a 32-bit
+//! tag (connection and sequence number, or sender and round) as eight hex digits, so an echo
+//! or a delivery that is out of order, duplicated, misrouted or damaged is found.
+//!
+//! Two kinds of payload: `pattern` (the tag, then a fixed run of letters: the cheapest to
+//! build and check, for measuring the server's per-message cost) and `json` (a JSON object
+//! like an application's, whose numbers change with every message: what permessage-deflate
+//! meets in production, for measuring compression).
+
+use std::io::Write;
+
+/// Which payload the messages carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PayloadKind {
+    Pattern,
+    Json,
+}
+
+/// Builds the messages to send and checks those that come back.
+pub(super) struct Payloads {
+    kind: PayloadKind,
+    size: usize,
+    /// The message being sent (pattern: its bytes past the tag are the pattern for good,
+    /// and the check compares against them).
+    message: Vec<u8>,
+    /// Json: the message a tag stands for, rebuilt to check an echo.
+    expected: Vec<u8>,
+}
+
+impl Payloads {
+    pub(super) fn new(kind: PayloadKind, size: usize) -> Payloads {
+        let message = match kind {
+            PayloadKind::Pattern => pattern(size),
+            PayloadKind::Json => Vec::with_capacity(Payloads::max_len(kind, size)),
+        };
+        Payloads { kind, size, message, expected: Vec::new() }
+    }
+
+    /// The longest message for `size` (json objects end on a whole item).
+    pub(super) fn max_len(kind: PayloadKind, size: usize) -> usize {
+        match kind {
+            PayloadKind::Pattern => size,
+            PayloadKind::Json => size + JSON_ITEM_MAX + JSON_MIN,
+        }
+    }
+
+    /// The length of every message, when they all have one (the frame header is then the
+    /// same for all).
+    pub(super) fn fixed_len(&self) -> Option<usize> {
+        (self.kind == PayloadKind::Pattern).then_some(self.size)
+    }
+
+    /// Makes the message tagged `tag` the current one.
+    pub(super) fn build(&mut self, tag: u32) {
+        match self.kind {
+            PayloadKind::Pattern => fill_tag(&mut self.message, tag),
+            PayloadKind::Json => json_message(&mut self.message, tag, self.size),
+        }
+    }
+
+    /// The message last built.
+    pub(super) fn current(&self) -> &[u8] {
+        &self.message
+    }
+
+    /// Whether `payload` is, byte for byte, the message tagged `tag`.
+    pub(super) fn matches(&mut self, payload: &[u8], tag: u32) -> bool {
+        match self.kind {
+            PayloadKind::Pattern => is_tagged_pattern(payload, tag, &self.message),
+            PayloadKind::Json => {
+                json_message(&mut self.expected, tag, self.size);
+                payload == self.expected.as_slice()
+            }
+        }
+    }
+
+    /// The tag a message carries, if it carries one.
+    pub(super) fn tag_of(&self, payload: &[u8]) -> Option<u32> {
+        let at = match self.kind {
+            PayloadKind::Pattern => 0,
+            PayloadKind::Json => JSON_TAG_AT,
+        };
+        let hex = std::str::from_utf8(payload.get(at..at + 8)?).ok()?;
+        u32::from_str_radix(hex, 16).ok()
+    }
+}
+
+/// Where a json message's tag is: after `{"tag":"`.
+const JSON_TAG_AT: usize = 8;
+
+/// The shortest json message (`{"tag":"XXXXXXXX"}`) and an upper bound on one item.
+const JSON_MIN: usize = 18;
+const JSON_ITEM_MAX: usize = 128;
+
+/// The json message tagged `tag`, of about `size` bytes: the tag, then items (id, name,
+/// price, stock, tags) until the size is reached, their numbers drawn from the tag so that
+/// every message differs and an echo can be rebuilt to check it.
+fn json_message(out: &mut Vec<u8>, tag: u32, size: usize) {
+    out.clear();
+    out.extend_from_slice(b"{\"tag\":\"");
+    out.extend_from_slice(&tag_hex(tag));
+    out.push(b'"');
+    let mut x = tag.wrapping_mul(0x9E37_79B9) | 1;
+    let mut item = 0u32;
+    while out.len() + 2 < size {
+        out.extend_from_slice(if item == 0 { b",\"items\":[" } else { b"," });
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            out,
+            "{{\"id\":{},\"name\":\"item-{item}\",\"price\":{}.{:02},\"in_stock\":{},\"tags\":[\"new\",\"sale\"]}}",
+            x % 1_000_000,
+            (x >> 8) % 1000,
+            x % 100,
+            x & 1 == 1,
+        );
+        item += 1;
+    }
+    if item > 0 {
+        out.push(b']');
+    }
+    out.push(b'}');
+}
+
+/// The tag of message `seq` of connection `conn`: the two mixed into 32 bits, so an echo that
+/// comes back out of order, twice, or on another connection differs.
+pub(super) fn echo_tag(seq: u64, conn: usize) -> u32 {
+    (seq as u32) ^ (conn as u32).rotate_left(16)
+}
+
+/// The tag of publisher `sender`'s message in round `round`: the sender in the high 16 bits,
+/// the round's low 16 bits in the low ones.
+pub(super) fn fanout_tag(sender: usize, round: u64) -> u32 {
+    ((sender as u32) << 16) | (round as u32 & 0xFFFF)
+}
+
+/// The sender and round (its low 16 bits) of a fan-out tag.
+pub(super) fn split_fanout_tag(tag: u32) -> (usize, u32) {
+    ((tag >> 16) as usize, tag & 0xFFFF)
+}
+
+/// Writes `tag` as the first eight bytes of `buf` (hex: ASCII, so text frames carry it too),
+/// whose bytes past the eighth already hold the fixed pattern ([`pattern`]).
+fn fill_tag(buf: &mut [u8], tag: u32) {
+    let hex = tag_hex(tag);
+    match buf.first_chunk_mut::<8>() {
+        // One 8-byte store: the masking pass that reads the payload a word at a time right
+        // after would stall on eight byte stores (no store-to-load forwarding).
+        Some(word) => *word = hex,
+        None => buf.iter_mut().zip(hex).for_each(|(b, h)| *b = h),
+    }
+}
+
+/// `tag` as eight hex digits, most significant first, computed in one register (a table
+/// lookup per digit cost more than the rest of the check).
+fn tag_hex(tag: u32) -> [u8; 8] {
+    // Spread the eight nibbles over eight bytes, nibble k in byte k...
+    let mut x = u64::from(tag);
+    x = (x | (x << 16)) & 0x0000_FFFF_0000_FFFF;
+    x = (x | (x << 8)) & 0x00FF_00FF_00FF_00FF;
+    x = (x | (x << 4)) & 0x0F0F_0F0F_0F0F_0F0F;
+    // ... add '0' to each, and 'a' - '0' - 10 more to those above 9 ...
+    let above_nine = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    x += 0x3030_3030_3030_3030 + above_nine * 0x27;
+    // ... most significant first.
+    x.swap_bytes().to_le_bytes()
+}
+
+/// Whether `payload` is the message tagged `tag`: the tag's hex, then `pattern`'s bytes past
+/// the eighth. Compared a word at a time in registers: for the small messages a flood
+/// checks millions of, a call to `memcmp` per message cost more than the comparison.
+fn is_tagged_pattern(payload: &[u8], tag: u32, pattern: &[u8]) -> bool {
+    if payload.len() != pattern.len() {
+        return false;
+    }
+    let hex = tag_hex(tag);
+    let head = payload.len().min(8);
+    if let Ok(word) = <[u8; 8]>::try_from(&payload[..head]) {
+        if word != hex {
+            return false;
+        }
+    } else if payload.iter().zip(hex).any(|(a, b)| *a != b) {
+        return false;
+    }
+    let (rest, want) = (&payload[head..], &pattern[head..]);
+    let mut diff = 0u64;
+    let mut got_words = rest.chunks_exact(8);
+    let mut want_words = want.chunks_exact(8);
+    for (g, w) in (&mut got_words).zip(&mut want_words) {
+        let (mut a, mut b) = ([0u8; 8], [0u8; 8]);
+        a.copy_from_slice(g);
+        b.copy_from_slice(w);
+        diff |= u64::from_ne_bytes(a) ^ u64::from_ne_bytes(b);
+    }
+    for (g, w) in got_words.remainder().iter().zip(want_words.remainder()) {
+        diff |= u64::from(g ^ w);
+    }
+    diff == 0
+}
+
+/// The payload of `size` bytes with the pattern after its first eight.
+fn pattern(size: usize) -> Vec<u8> {
+    (0..size).map(|j| b'a' + (j % 26) as u8).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_round_trip_and_differ() {
+        for kind in [PayloadKind::Pattern, PayloadKind::Json] {
+            let mut p = Payloads::new(kind, 200);
+            p.build(fanout_tag(513, 70_000));
+            let tag = p.tag_of(p.current()).expect("a tag");
+            assert_eq!(split_fanout_tag(tag), (513, 70_000 & 0xFFFF));
+            assert_eq!(p.tag_of(b"zz"), None);
+            assert_eq!(p.tag_of(b"{\"tag\":\"0000000g\"}"), None);
+            assert_eq!(p.tag_of(b"0000000g and more"), None);
+        }
+        assert_eq!(&Payloads::new(PayloadKind::Pattern, 20).current()[8..], &pattern(20)[8..]);
+        assert_ne!(echo_tag(1, 0), echo_tag(0, 1));
+        assert_ne!(echo_tag(1, 2), echo_tag(2, 2));
+    }
+
+    #[test]
+    fn tag_hex_is_lowercase_hex() {
+        for tag in [0, 1, 9, 10, 15, 0xdead_beef, 0x0123_4567, 0x89ab_cdef, u32::MAX] {
+            assert_eq!(tag_hex(tag), *format!("{tag:08x}").as_bytes(), "{tag:x}");
+        }
+    }
+
+    #[test]
+    fn json_messages_are_json_of_about_the_size_and_differ() {
+        for size in [8, 19, 64, 200, 1024, 16_384] {
+            let mut p = Payloads::new(PayloadKind::Json, size);
+            p.build(7);
+            let first = p.current().to_vec();
+            let v: serde_json::Value = serde_json::from_slice(&first).expect("valid JSON");
+            assert_eq!(v["tag"], "00000007");
+            assert!(first.len() <= Payloads::max_len(PayloadKind::Json, size), "{size}: {}", first.len());
+            assert!(first.len() >= size.min(JSON_MIN), "{size}: {}", first.len());
+            assert!(p.matches(&first, 7));
+            p.build(8);
+            assert!(!p.matches(&first, 8));
+            if size >= 64 {
+                assert_ne!(&first[20..], &p.current()[20..], "the numbers change with the tag");
+            }
+            let mut damaged = first.clone();
+            let last = damaged.len() - 2;
+            damaged[last] ^= 1;
+            assert!(!p.matches(&damaged, 7));
+        }
+    }
+
+    #[test]
+    fn the_check_finds_every_changed_byte_and_wrong_length() {
+        for size in 0..40 {
+            let pattern = pattern(size);
+            let mut sent = pattern.clone();
+            fill_tag(&mut sent, 0xdead_beef);
+            assert!(is_tagged_pattern(&sent, 0xdead_beef, &pattern), "size {size}");
+            if size > 0 {
+                assert!(!is_tagged_pattern(&sent, 0xdead_beee, &pattern) || size < 8, "size {size}");
+                assert!(!is_tagged_pattern(&sent[..size - 1], 0xdead_beef, &pattern));
+            }
+            for at in 0..size {
+                let mut changed = sent.clone();
+                changed[at] ^= 0x20;
+                assert!(!is_tagged_pattern(&changed, 0xdead_beef, &pattern), "size {size} at {at}");
+            }
+        }
+    }
+}
+
