@@ -627,7 +627,8 @@ fn bench_runs_every_mode_and_checks_every_echo() {
             }
             "fanout" => {
                 // Every round is one message of each publisher to each of the 10 connections.
-                let publishers: u64 = mode[mode.iter().position(|a| *a == "--publishers").unwrap() + 1].parse().unwrap();
+                let publishers: u64 =
+                    mode[mode.iter().position(|a| *a == "--publishers").unwrap() + 1].parse().unwrap();
                 assert!(summary["rounds"].as_u64().unwrap() > 0, "{out}");
                 assert!(summary["deliveries"].as_u64().unwrap() > 0, "{out}");
                 assert_eq!(summary["publishers"], publishers);

@@ -217,9 +217,14 @@ pub struct Client {
     /// permessage-deflate, when the server accepted our offer.
     pmd: Option<PerMessage>,
     codecs: SharedCodecs,
-    /// Bytes read and not yet decoded: `input[start..]`.
+    /// Bytes read and not yet decoded: `input[start..filled]`. The buffer past `filled` is
+    /// room for the next read, zeroed once when it grows, not before every read.
     input: Vec<u8>,
     start: usize,
+    filled: usize,
+    /// Whether the socket is non-blocking now ([`Client::receive_ready`] makes it so, the
+    /// blocking calls undo it): switched only when the mode changes, not around every read.
+    nonblocking: bool,
     agreed: Agreed,
     timing: Timing,
     /// The close handshake is over or the connection failed: nothing more to read or send.
@@ -233,6 +238,9 @@ pub struct Client {
     /// The frame being written, kept between sends (released when a big one made it large).
     out: Vec<u8>,
 }
+
+/// An input buffer that grew past this for a big message is shrunk after it.
+const INPUT_KEEP: usize = 256 * 1024;
 
 /// Masking keys fetched per `getrandom` call.
 const MASK_KEY_BATCH: usize = 64;
@@ -314,8 +322,10 @@ impl Client {
             endpoint: Endpoint::new(Role::Client, limits, now(), pmd.is_some()),
             pmd,
             codecs: SharedCodecs::default(),
+            filled: input.len(),
             input,
             start: used,
+            nonblocking: false,
             agreed,
             timing,
             done: false,
@@ -329,6 +339,7 @@ impl Client {
     /// What this client is made of, for a caller that drives the connection itself: the
     /// stream, the endpoint, its permessage-deflate, and the bytes read after the 101.
     fn into_parts(mut self) -> (Stream, Endpoint, Option<PerMessage>, Vec<u8>) {
+        self.input.truncate(self.filled);
         self.input.drain(..self.start);
         (self.stream, self.endpoint, self.pmd, self.input)
     }
@@ -410,7 +421,7 @@ impl Client {
         let deadline = now() + timeout;
         self.done = false;
         while now() < deadline {
-            self.input.clear();
+            self.filled = 0;
             self.start = 0;
             match self.read_more(Some(deadline)) {
                 Ok(()) => {}
@@ -424,7 +435,7 @@ impl Client {
         loop {
             let at = Stamp::at(now());
             let received = match self.endpoint.receive(
-                &mut self.input[self.start..],
+                &mut self.input[self.start..self.filled],
                 at,
                 usize::MAX,
                 &mut self.codecs,
@@ -500,9 +511,7 @@ impl Client {
                 return Ok(Some(message));
             }
             self.set_nonblocking(true)?;
-            let read = self.read_chunk();
-            self.set_nonblocking(false)?;
-            match read {
+            match self.read_chunk() {
                 Ok(()) => {}
                 Err(ClientError::Timeout) => return Ok(None),
                 Err(e) => return Err(e),
@@ -533,21 +542,26 @@ impl Client {
         }
     }
 
-    fn set_nonblocking(&self, on: bool) -> Result<(), ClientError> {
+    fn set_nonblocking(&mut self, on: bool) -> Result<(), ClientError> {
+        if self.nonblocking == on {
+            return Ok(());
+        }
         let set = match &self.stream {
             Stream::Tcp(s) => s.set_nonblocking(on),
             Stream::Tls(s) => s.sock.set_nonblocking(on),
             Stream::Unix(s) => s.set_nonblocking(on),
         };
-        set.map_err(ClientError::Io)
+        set.map_err(ClientError::Io)?;
+        self.nonblocking = on;
+        Ok(())
     }
 
     /// One read into the buffer: `Timeout` when the socket had nothing (or the read timed out).
     fn read_chunk(&mut self) -> Result<(), ClientError> {
-        let end = self.input.len();
-        self.input.resize(end + READ_CHUNK, 0);
-        let read = self.stream.read(&mut self.input[end..]);
-        self.input.truncate(end + *read.as_ref().unwrap_or(&0));
+        if self.input.len() < self.filled + READ_CHUNK {
+            self.input.resize(self.filled + READ_CHUNK, 0);
+        }
+        let read = self.stream.read(&mut self.input[self.filled..]);
         match read {
             Ok(0) => {
                 self.done = true;
@@ -556,7 +570,10 @@ impl Client {
                     "server ended the connection without a close frame",
                 )))
             }
-            Ok(_) => Ok(()),
+            Ok(n) => {
+                self.filled += n;
+                Ok(())
+            }
             Err(e) if is_timeout(&e) => Err(ClientError::Timeout),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
             Err(e) => {
@@ -568,6 +585,7 @@ impl Client {
 
     /// Reads more input, by `deadline` (and the session's ping schedule).
     fn read_more(&mut self, deadline: Option<Instant>) -> Result<(), ClientError> {
+        self.set_nonblocking(false)?;
         loop {
             let now = now();
             let session_due = self.endpoint.session().deadline(now, &self.timing);
@@ -619,8 +637,14 @@ impl Client {
     /// Moves the undecoded bytes to the front, so the buffer holds at most one message.
     fn compact(&mut self) {
         if self.start > 0 {
-            self.input.drain(..self.start);
+            self.input.copy_within(self.start..self.filled, 0);
+            self.filled -= self.start;
             self.start = 0;
+        }
+        // A big message grew the buffer: give the memory back once it is decoded.
+        if self.input.len() > INPUT_KEEP && self.filled < INPUT_KEEP / 2 {
+            self.input.truncate(INPUT_KEEP / 2);
+            self.input.shrink_to_fit();
         }
     }
 
@@ -651,6 +675,8 @@ impl Client {
     /// One masked frame, written whole; a data frame compressed (RSV1) when that was agreed
     /// and the message is worth it.
     fn write_frame(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), ClientError> {
+        // Sends block (a frame is written whole), also between non-blocking reads.
+        self.set_nonblocking(false)?;
         let key = self.mask_key()?;
         let compressed = match &mut self.pmd {
             Some(pmd) if !opcode.is_control() => pmd.compress(&mut self.codecs, payload),

@@ -10,11 +10,13 @@
 //! topic `lat`; COUNT times, `POST /api/publish` on a keep-alive connection to ADMIN_ADDR and
 //! wait for the delivery; prints p50 / p90 / p99 / max of publish → delivery.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use wsgate::client::{Client, ClientError, Options};
 
 #[path = "../load_common.rs"]
 mod load_common;
@@ -42,69 +44,24 @@ fn main() {
     }
 }
 
-fn masked_text(payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() < 126);
-    let key = [1u8, 2, 3, 4];
-    let mut f = vec![0x81, 0x80 | payload.len() as u8];
-    f.extend_from_slice(&key);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    f
-}
-
-/// Counts whole server frames in `buf[..]`, keeping a partial one; returns frames seen.
-fn count_frames(buf: &mut Vec<u8>) -> u64 {
-    let mut n = 0;
-    let mut pos = 0;
-    loop {
-        let rest = &buf[pos..];
-        if rest.len() < 2 {
-            break;
-        }
-        let (len, off) = match rest[1] & 0x7F {
-            126 if rest.len() >= 4 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
-            126 => break,
-            127 if rest.len() >= 10 => (u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize, 10),
-            127 => break,
-            l => (l as usize, 2),
-        };
-        if rest.len() < off + len {
-            break;
-        }
-        pos += off + len;
-        n += 1;
-    }
-    buf.drain(..pos);
-    n
-}
-
 fn fanout(addr: SocketAddr, n: usize, secs: u64, pid: Option<u32>) {
     let mut poll = Poll::new().unwrap();
     let mut receivers = Vec::with_capacity(n);
     for i in 0..n {
         let token = if n == 1 { "solo".to_string() } else { format!("group/r{i}") };
-        let s = load_common::upgrade(addr, &format!("/ws?RegisterToken={token}"));
-        s.set_nonblocking(true).unwrap();
-        let mut s = mio::net::TcpStream::from_std(s);
-        poll.registry().register(&mut s, Token(i), Interest::READABLE).unwrap();
-        receivers.push((s, Vec::<u8>::new()));
+        let receiver = open(&format!("ws://{addr}/ws?RegisterToken={token}"));
+        // The client's non-blocking form: the loop waits on its socket, `receive_ready`
+        // takes what arrived.
+        poll.registry().register(&mut SourceFd(&receiver.fd()), Token(i), Interest::READABLE).unwrap();
+        receivers.push(receiver);
     }
-    let mut sender = load_common::upgrade(addr, "/ws?RegisterToken=sender");
+    let mut sender = open(&format!("ws://{addr}/ws?RegisterToken=sender"));
     // Every receiver's token is held once its connection is open: a round trip proves it.
-    sender.write_all(&masked_text(b"Echo:ready")).unwrap();
-    let mut scratch = [0u8; 64];
-    let _ = sender.read(&mut scratch).unwrap();
-    let message = if n == 1 {
-        b"solo|0123456789abcdef0123456789abcdef".to_vec()
-    } else {
-        b"group/|0123456789abcdef0123456789abcdef".to_vec()
-    };
-    let frame = masked_text(&message);
-    let mut batch = Vec::new();
-    for _ in 0..WINDOW {
-        batch.extend_from_slice(&frame);
-    }
+    sender.send_text("Echo:ready").unwrap();
+    sender.receive(Some(Duration::from_secs(10))).expect("the sender's echo");
+    let message =
+        if n == 1 { "solo|0123456789abcdef0123456789abcdef" } else { "group/|0123456789abcdef0123456789abcdef" };
     let mut events = Events::with_capacity(1024);
-    let mut buf = vec![0u8; 256 * 1024];
     let (mut sent, mut received) = (0u64, 0u64);
     let cpu0 = pid.map(load_common::cpu_ticks);
     let start = Instant::now();
@@ -112,21 +69,19 @@ fn fanout(addr: SocketAddr, n: usize, secs: u64, pid: Option<u32>) {
     while Instant::now() < end {
         // Keep WINDOW messages in flight, counted at the average receiver.
         if sent - received / n as u64 <= WINDOW {
-            sender.write_all(&batch).unwrap();
+            for _ in 0..WINDOW {
+                sender.send_text(message).unwrap();
+            }
             sent += WINDOW;
         }
         poll.poll(&mut events, Some(Duration::from_millis(1))).unwrap();
         for ev in events.iter() {
-            let (s, pending) = &mut receivers[ev.token().0];
+            let i = ev.token().0;
             loop {
-                match s.read(&mut buf) {
-                    Ok(0) => panic!("receiver {} closed (a slow consumer?)", ev.token().0),
-                    Ok(k) => {
-                        pending.extend_from_slice(&buf[..k]);
-                        received += count_frames(pending);
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) => panic!("{e}"),
+                match receivers[i].receive_ready() {
+                    Ok(Some(_)) => received += 1,
+                    Ok(None) => break,
+                    Err(e) => panic!("receiver {i}: {e} (a slow consumer?)"),
                 }
             }
         }
@@ -142,6 +97,11 @@ fn fanout(addr: SocketAddr, n: usize, secs: u64, pid: Option<u32>) {
     println!();
 }
 
+/// A connection by wsgate's client library; panics with its error.
+fn open(url: &str) -> Client {
+    Client::open(url, &Options::default()).unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
 /// The API's answer (read so the keep-alive connection stays in step).
 fn read_answer(api: &mut TcpStream, buf: &mut [u8]) {
     let mut answer = Vec::new();
@@ -153,10 +113,10 @@ fn read_answer(api: &mut TcpStream, buf: &mut [u8]) {
 }
 
 fn latency(ws: SocketAddr, admin: SocketAddr, count: usize) {
-    let mut sub = load_common::upgrade(ws, "/pubsub");
-    sub.write_all(&masked_text(br#"{"op":"subscribe","topic":"lat"}"#)).unwrap();
+    let mut sub = open(&format!("ws://{ws}/pubsub"));
+    sub.send_text(r#"{"op":"subscribe","topic":"lat"}"#).unwrap();
+    sub.receive(Some(Duration::from_secs(10))).expect("the subscription's answer");
     let mut buf = vec![0u8; 4096];
-    let _ = sub.read(&mut buf).unwrap();
     let mut api = TcpStream::connect(admin).unwrap();
     api.set_nodelay(true).unwrap();
     let body = br#"{"topic":"lat","data":1}"#;
@@ -165,47 +125,24 @@ fn latency(ws: SocketAddr, admin: SocketAddr, count: usize) {
         body.len(),
         std::str::from_utf8(body).unwrap()
     );
-    let mut pending = Vec::new();
     // Warm up until a publish arrives: with the subscriber on another node, its subscription
     // reaches Redis a moment after the subscriber's own acknowledgement.
-    sub.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     loop {
         api.write_all(request.as_bytes()).unwrap();
         read_answer(&mut api, &mut buf);
-        match sub.read(&mut buf) {
-            Ok(0) => panic!("subscriber closed"),
-            Ok(k) => {
-                pending.extend_from_slice(&buf[..k]);
-                if count_frames(&mut pending) > 0 {
-                    break;
-                }
-            }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+        match sub.receive(Some(Duration::from_millis(200))) {
+            Ok(_) => break,
+            Err(ClientError::Timeout) => {}
             Err(e) => panic!("subscriber: {e}"),
         }
     }
     // Anything still in flight from the warm-up.
-    std::thread::sleep(Duration::from_millis(300));
-    while let Ok(k) = sub.read(&mut buf) {
-        if k == 0 {
-            break;
-        }
-    }
-    pending.clear();
-    sub.set_read_timeout(None).unwrap();
+    while sub.receive(Some(Duration::from_millis(300))).is_ok() {}
     let mut times = Vec::with_capacity(count);
     for _ in 0..count {
         let t0 = Instant::now();
         api.write_all(request.as_bytes()).unwrap();
-        // The delivery.
-        loop {
-            let k = sub.read(&mut buf).unwrap();
-            assert!(k > 0, "subscriber closed");
-            pending.extend_from_slice(&buf[..k]);
-            if count_frames(&mut pending) > 0 {
-                break;
-            }
-        }
+        sub.receive(Some(Duration::from_secs(10))).expect("the delivery");
         times.push(t0.elapsed());
         read_answer(&mut api, &mut buf);
     }

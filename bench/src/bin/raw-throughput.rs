@@ -9,8 +9,9 @@
 #[path = "../load_common.rs"]
 mod load;
 use load::cpu_ticks;
+use wsgate::client::{Client, Message, Options};
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
@@ -37,17 +38,15 @@ fn main() {
         while conn.write_all(&chunk).is_ok() {}
     });
 
-    let mut s = load::upgrade(addr.as_str(), path);
+    let url = format!("ws://{addr}{path}");
+    let mut ws = Client::open(&url, &Options::default()).unwrap_or_else(|e| panic!("{url}: {e}"));
 
     let reference: Vec<u8> = (0..251 * 64).map(pattern).collect();
-    let mut buf = vec![0u8; 1 << 20];
-    let (mut have, mut pos) = (0usize, 0usize);
     let mut seen = 0u64; // payload bytes checked
     let mut frames = 0u64;
     let start = Instant::now();
     let warmup = Duration::from_secs(1);
     let mut window: Option<(Instant, u64, u64)> = None;
-    let mut payload_left = 0usize;
     loop {
         if window.is_none() && start.elapsed() >= warmup {
             window = Some((Instant::now(), seen, pid.map_or(0, cpu_ticks)));
@@ -69,58 +68,20 @@ fn main() {
                 return;
             }
         }
-        if pos == have {
-            pos = 0;
-            have = s.read(&mut buf).expect("read");
-            assert!(have > 0, "the gateway closed the connection");
-        }
-        if payload_left == 0 {
-            // A frame header; make sure all of it is buffered.
-            if have - pos < 10 {
-                buf.copy_within(pos..have, 0);
-                have -= pos;
-                pos = 0;
-                while have < 2 || have < header_len(&buf) {
-                    let n = s.read(&mut buf[have..]).expect("read");
-                    assert!(n > 0, "closed");
-                    have += n;
-                }
-            }
-            assert_eq!(buf[pos], 0x82, "expected a binary frame");
-            let len7 = (buf[pos + 1] & 0x7F) as usize;
-            let (len, hl) = match len7 {
-                126 => (u16::from_be_bytes([buf[pos + 2], buf[pos + 3]]) as usize, 4),
-                127 => (u64::from_be_bytes(buf[pos + 2..pos + 10].try_into().unwrap()) as usize, 10),
-                n => (n, 2),
-            };
-            pos += hl;
-            payload_left = len;
-            frames += 1;
-            continue;
-        }
-        let take = payload_left.min(have - pos);
-        // Compare against the pattern at the right phase (memcmp, not a byte loop).
+        let payload = match ws.receive(Some(Duration::from_secs(10))) {
+            Ok(Message::Binary(b)) => b,
+            Ok(Message::Text(_)) => panic!("expected binary frames"),
+            Err(e) => panic!("{url}: {e}"),
+        };
+        frames += 1;
+        // Compare against the pattern at the right phase (slices: memcmp, not a byte loop).
         let mut checked = 0;
-        while checked < take {
+        while checked < payload.len() {
             let phase = ((seen + checked as u64) % 251) as usize;
-            let n = (take - checked).min(reference.len() - phase);
-            assert!(
-                buf[pos + checked..pos + checked + n] == reference[phase..phase + n],
-                "payload wrong near byte {}",
-                seen
-            );
+            let n = (payload.len() - checked).min(reference.len() - phase);
+            assert!(payload[checked..checked + n] == reference[phase..phase + n], "payload wrong near byte {seen}");
             checked += n;
         }
-        seen += take as u64;
-        pos += take;
-        payload_left -= take;
-    }
-}
-
-fn header_len(buf: &[u8]) -> usize {
-    match buf[1] & 0x7F {
-        126 => 4,
-        127 => 10,
-        _ => 2,
+        seen += payload.len() as u64;
     }
 }

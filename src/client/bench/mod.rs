@@ -236,7 +236,8 @@ pub fn run(args: &BenchArgs) -> u8 {
         c.iter().fold((0, 0), |(m, b), c| (m + c.received.load(Ordering::Relaxed), b + c.bytes.load(Ordering::Relaxed)))
     };
     let wire = |c: &[Arc<Counters>]| -> (u64, u64) {
-        c.iter().fold((0, 0), |(i, o), c| (i + c.wire_in.load(Ordering::Relaxed), o + c.wire_out.load(Ordering::Relaxed)))
+        c.iter()
+            .fold((0, 0), |(i, o), c| (i + c.wire_in.load(Ordering::Relaxed), o + c.wire_out.load(Ordering::Relaxed)))
     };
     let failed = |handles: &[std::thread::JoinHandle<Result<Report, String>>]| handles.iter().any(|h| h.is_finished());
     // The warm-up counts from the first message, not from the first connection opening.
