@@ -338,7 +338,9 @@ fn data_kind(opcode: Opcode) -> Option<MessageKind> {
 }
 
 /// Builds the event for a frame whose (unmasked) payload is complete and not fragmented.
-#[inline]
+// Always inlined: called, its result came back through memory and the caller's loads of it
+// stalled (no store-to-load forwarding): 4 ns of a 20-byte message's 30 in a client's flood.
+#[inline(always)]
 fn complete_in_place(opcode: Opcode, payload: &mut [u8]) -> Result<Event<'_>, ProtocolError> {
     let payload = &*payload;
     Ok(match opcode {
