@@ -3,7 +3,8 @@
 //! or a delivery that is out of order, duplicated, misrouted or damaged is found.
 //!
 //! Two kinds of payload: `pattern` (the tag, then a fixed run of letters: the cheapest to
-//! build and check, for measuring the server's per-message cost) and `json` (a JSON object
+//! build and check, for measuring the server's per-message cost; in binary frames the tag is
+//! its four bytes and their complement instead of hex, one store and one compare) and `json` (a JSON object
 //! like an application's, whose numbers change with every message: what permessage-deflate
 //! meets in production, for measuring compression).
 
@@ -19,6 +20,8 @@ pub(super) enum PayloadKind {
 /// Builds the messages to send and checks those that come back.
 pub(super) struct Payloads {
     kind: PayloadKind,
+    /// Pattern in binary frames: the tag as raw bytes rather than hex.
+    raw_tags: bool,
     size: usize,
     /// The message being sent (pattern: its bytes past the tag are the pattern for good,
     /// and the check compares against them).
@@ -28,12 +31,12 @@ pub(super) struct Payloads {
 }
 
 impl Payloads {
-    pub(super) fn new(kind: PayloadKind, size: usize) -> Payloads {
+    pub(super) fn new(kind: PayloadKind, size: usize, text: bool) -> Payloads {
         let message = match kind {
             PayloadKind::Pattern => pattern(size),
             PayloadKind::Json => Vec::with_capacity(Payloads::max_len(kind, size)),
         };
-        Payloads { kind, size, message, expected: Vec::new() }
+        Payloads { kind, raw_tags: kind == PayloadKind::Pattern && !text, size, message, expected: Vec::new() }
     }
 
     /// The longest message for `size` (json objects end on a whole item).
@@ -51,22 +54,28 @@ impl Payloads {
     }
 
     /// Makes the message tagged `tag` the current one.
+    #[inline]
     pub(super) fn build(&mut self, tag: u32) {
         match self.kind {
-            PayloadKind::Pattern => fill_tag(&mut self.message, tag),
+            PayloadKind::Pattern => {
+                let head = self.tag_head(tag);
+                fill_tag(&mut self.message, head);
+            }
             PayloadKind::Json => json_message(&mut self.message, tag, self.size),
         }
     }
 
     /// The message last built.
+    #[inline]
     pub(super) fn current(&self) -> &[u8] {
         &self.message
     }
 
     /// Whether `payload` is, byte for byte, the message tagged `tag`.
+    #[inline]
     pub(super) fn matches(&mut self, payload: &[u8], tag: u32) -> bool {
         match self.kind {
-            PayloadKind::Pattern => is_tagged_pattern(payload, tag, &self.message),
+            PayloadKind::Pattern => is_tagged_pattern(payload, self.tag_head(tag), &self.message),
             PayloadKind::Json => {
                 json_message(&mut self.expected, tag, self.size);
                 payload == self.expected.as_slice()
@@ -74,8 +83,24 @@ impl Payloads {
         }
     }
 
+    /// The eight bytes that carry `tag`: hex digits, or (raw) the tag and its complement,
+    /// little-endian, so that damage to either half shows.
+    #[inline]
+    fn tag_head(&self, tag: u32) -> [u8; 8] {
+        if self.raw_tags {
+            (u64::from(tag) | (u64::from(!tag) << 32)).to_le_bytes()
+        } else {
+            tag_hex(tag)
+        }
+    }
+
     /// The tag a message carries, if it carries one.
     pub(super) fn tag_of(&self, payload: &[u8]) -> Option<u32> {
+        if self.raw_tags {
+            let word = u64::from_le_bytes(*payload.first_chunk::<8>()?);
+            let (tag, check) = (word as u32, (word >> 32) as u32);
+            return (check == !tag).then_some(tag);
+        }
         let at = match self.kind {
             PayloadKind::Pattern => 0,
             PayloadKind::Json => JSON_TAG_AT,
@@ -141,20 +166,21 @@ pub(super) fn split_fanout_tag(tag: u32) -> (usize, u32) {
     ((tag >> 16) as usize, tag & 0xFFFF)
 }
 
-/// Writes `tag` as the first eight bytes of `buf` (hex: ASCII, so text frames carry it too),
-/// whose bytes past the eighth already hold the fixed pattern ([`pattern`]).
-fn fill_tag(buf: &mut [u8], tag: u32) {
-    let hex = tag_hex(tag);
+/// Writes a tag's eight bytes ([`Payloads::tag_head`]) at the start of `buf`, whose bytes
+/// past the eighth already hold the fixed pattern ([`pattern`]).
+#[inline]
+fn fill_tag(buf: &mut [u8], head: [u8; 8]) {
     match buf.first_chunk_mut::<8>() {
         // One 8-byte store: the masking pass that reads the payload a word at a time right
         // after would stall on eight byte stores (no store-to-load forwarding).
-        Some(word) => *word = hex,
-        None => buf.iter_mut().zip(hex).for_each(|(b, h)| *b = h),
+        Some(word) => *word = head,
+        None => buf.iter_mut().zip(head).for_each(|(b, h)| *b = h),
     }
 }
 
 /// `tag` as eight hex digits, most significant first, computed in one register (a table
 /// lookup per digit cost more than the rest of the check).
+#[inline]
 fn tag_hex(tag: u32) -> [u8; 8] {
     // Spread the eight nibbles over eight bytes, nibble k in byte k...
     let mut x = u64::from(tag);
@@ -171,20 +197,20 @@ fn tag_hex(tag: u32) -> [u8; 8] {
 /// Whether `payload` is the message tagged `tag`: the tag's hex, then `pattern`'s bytes past
 /// the eighth. Compared a word at a time in registers: for the small messages a flood
 /// checks millions of, a call to `memcmp` per message cost more than the comparison.
-fn is_tagged_pattern(payload: &[u8], tag: u32, pattern: &[u8]) -> bool {
+#[inline]
+fn is_tagged_pattern(payload: &[u8], head: [u8; 8], pattern: &[u8]) -> bool {
     if payload.len() != pattern.len() {
         return false;
     }
-    let hex = tag_hex(tag);
-    let head = payload.len().min(8);
-    if let Ok(word) = <[u8; 8]>::try_from(&payload[..head]) {
-        if word != hex {
+    let tagged = payload.len().min(8);
+    if let Ok(word) = <[u8; 8]>::try_from(&payload[..tagged]) {
+        if word != head {
             return false;
         }
-    } else if payload.iter().zip(hex).any(|(a, b)| *a != b) {
+    } else if payload.iter().zip(head).any(|(a, b)| *a != b) {
         return false;
     }
-    let (rest, want) = (&payload[head..], &pattern[head..]);
+    let (rest, want) = (&payload[tagged..], &pattern[tagged..]);
     let mut diff = 0u64;
     let mut got_words = rest.chunks_exact(8);
     let mut want_words = want.chunks_exact(8);
@@ -211,16 +237,20 @@ mod tests {
 
     #[test]
     fn tags_round_trip_and_differ() {
-        for kind in [PayloadKind::Pattern, PayloadKind::Json] {
-            let mut p = Payloads::new(kind, 200);
+        for (kind, text) in [(PayloadKind::Pattern, true), (PayloadKind::Pattern, false), (PayloadKind::Json, true)] {
+            let mut p = Payloads::new(kind, 200, text);
             p.build(fanout_tag(513, 70_000));
             let tag = p.tag_of(p.current()).expect("a tag");
             assert_eq!(split_fanout_tag(tag), (513, 70_000 & 0xFFFF));
             assert_eq!(p.tag_of(b"zz"), None);
             assert_eq!(p.tag_of(b"{\"tag\":\"0000000g\"}"), None);
             assert_eq!(p.tag_of(b"0000000g and more"), None);
+            let mut damaged = p.current().to_vec();
+            damaged[if kind == PayloadKind::Json { 15 } else { 6 }] ^= 1;
+            assert_ne!(p.tag_of(&damaged), Some(fanout_tag(513, 70_000)));
+            assert!(!p.matches(&damaged, fanout_tag(513, 70_000)));
         }
-        assert_eq!(&Payloads::new(PayloadKind::Pattern, 20).current()[8..], &pattern(20)[8..]);
+        assert_eq!(&Payloads::new(PayloadKind::Pattern, 20, false).current()[8..], &pattern(20)[8..]);
         assert_ne!(echo_tag(1, 0), echo_tag(0, 1));
         assert_ne!(echo_tag(1, 2), echo_tag(2, 2));
     }
@@ -235,7 +265,7 @@ mod tests {
     #[test]
     fn json_messages_are_json_of_about_the_size_and_differ() {
         for size in [8, 19, 64, 200, 1024, 16_384] {
-            let mut p = Payloads::new(PayloadKind::Json, size);
+            let mut p = Payloads::new(PayloadKind::Json, size, true);
             p.build(7);
             let first = p.current().to_vec();
             let v: serde_json::Value = serde_json::from_slice(&first).expect("valid JSON");
@@ -260,16 +290,16 @@ mod tests {
         for size in 0..40 {
             let pattern = pattern(size);
             let mut sent = pattern.clone();
-            fill_tag(&mut sent, 0xdead_beef);
-            assert!(is_tagged_pattern(&sent, 0xdead_beef, &pattern), "size {size}");
+            fill_tag(&mut sent, tag_hex(0xdead_beef));
+            assert!(is_tagged_pattern(&sent, tag_hex(0xdead_beef), &pattern), "size {size}");
             if size > 0 {
-                assert!(!is_tagged_pattern(&sent, 0xdead_beee, &pattern) || size < 8, "size {size}");
-                assert!(!is_tagged_pattern(&sent[..size - 1], 0xdead_beef, &pattern));
+                assert!(!is_tagged_pattern(&sent, tag_hex(0xdead_beee), &pattern) || size < 8, "size {size}");
+                assert!(!is_tagged_pattern(&sent[..size - 1], tag_hex(0xdead_beef), &pattern));
             }
             for at in 0..size {
                 let mut changed = sent.clone();
                 changed[at] ^= 0x20;
-                assert!(!is_tagged_pattern(&changed, 0xdead_beef, &pattern), "size {size} at {at}");
+                assert!(!is_tagged_pattern(&changed, tag_hex(0xdead_beef), &pattern), "size {size} at {at}");
             }
         }
     }

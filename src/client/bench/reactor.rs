@@ -107,7 +107,7 @@ impl Reactor {
                 heard_from: if fanout { vec![0; plan.publishers.div_ceil(64)] } else { Vec::new() },
             });
         }
-        let payloads = Payloads::new(plan.payload, plan.size);
+        let payloads = Payloads::new(plan.payload, plan.size, plan.text);
         let head = payloads.fixed_len().map(|len| {
             let mut head = [0u8; MAX_HEADER_LEN];
             let n = encode_header(&mut head, true, plan.opcode(), len, Some([0; 4]));
@@ -410,13 +410,14 @@ impl Reactor {
         let (mut messages, mut bytes) = (0u64, 0u64);
         let mut start = 0;
         let at = now();
+        let stamp = Stamp::at(at);
         let name = self.first + i;
         loop {
             let c = &mut self.conns[i];
             let filled = c.filled;
             let received = c
                 .endpoint
-                .receive(&mut c.input[start..filled], Stamp::at(at), usize::MAX, &mut self.codecs, c.pmd.as_mut())
+                .receive(&mut c.input[start..filled], stamp, usize::MAX, &mut self.codecs, c.pmd.as_mut())
                 .map_err(|e| format!("connection {name}: the server broke the protocol: {}", e.reason()))?;
             let used = received.used;
             match received.event {
