@@ -116,6 +116,18 @@ pub fn unmask_vs_naive(data: &[u8]) {
     unmask_naive(&mut naive0[start..], key, 0);
     assert_eq!(fused, naive0);
     assert_eq!(ascii, naive0[start..].is_ascii());
+    // A client frame written in one pass equals the header, the key, and the payload copied and
+    // masked, after whatever the buffer held (the offset picks how much, and the header size).
+    let head_len = [6, 8, 14][usize::from(*offset) % 3];
+    let mut head = [0u8; crate::ws::frame::MAX_HEADER_LEN];
+    head.iter_mut().enumerate().for_each(|(i, b)| *b = k0.wrapping_add(i as u8));
+    let mut framed = rest[..start].to_vec();
+    crate::ws::mask::frame_into(&mut framed, &head, head_len, &rest[start..], key);
+    let mut want = rest[..start].to_vec();
+    want.extend_from_slice(&head[..head_len - 4]);
+    want.extend_from_slice(&key);
+    want.extend_from_slice(&naive0[start..]);
+    assert_eq!(framed, want);
 }
 
 /// Owned copy of an event, to compare decodings.
