@@ -402,9 +402,8 @@ fn direct_mode_hands_the_socket_to_the_backend() {
     let dir = SockDir::new("direct");
     let backend = dir.backend("app", "direct");
     let server = gateway(&[route("/app", &backend.socket, "direct")]);
-    let mut raw = Raw::connect(server.addr, "/app");
-    let frame = raw.recv().expect("a frame from the backend");
-    assert_eq!((frame.opcode, frame.payload.as_slice()), (1, &b"from the backend, directly"[..]));
+    let mut ws = ws_open(&server.url("/app"));
+    assert_eq!(ws_text(&mut ws), "from the backend, directly");
     let line = wait_for_file_line(&backend.log, "DIRECT 1 wsgate-hello 2");
     assert!(line.contains("|path: /app|"), "{line}");
     server.wait_log("handed off to the backend");
