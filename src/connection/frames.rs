@@ -11,7 +11,7 @@ use crate::apps::{App, AppClose, AppCtx, AppIo, Traffic};
 use crate::buffer::OutQueue;
 use crate::stamp::Stamp;
 use crate::ws::deflate::{PerMessage, CHUNK};
-use crate::ws::endpoint::{Endpoint, Event, WsError};
+use crate::ws::endpoint::{Endpoint, Event, Payload, WsError};
 use crate::ws::frame::Opcode;
 
 impl Connection {
@@ -125,47 +125,55 @@ impl Connection {
                 if queued >= high || *acx.fanout >= FANOUT_BUDGET {
                     break Stop::Held;
                 }
-                // Inflating shares the drive's work budget with fan-out.
-                let budget = INFLATE_BUDGET.saturating_sub(acx.fanout.saturating_mul(INFLATE_UNIT)).max(CHUNK);
                 let Ws { endpoint, app } = &mut *ws;
                 let pending = input.pending_in_mut(buf);
-                let received = match endpoint.receive(pending, now, budget, acx.codecs, acx.pmd.as_deref_mut()) {
-                    Ok(r) => r,
-                    Err(e) => break Stop::Failed(e),
+                // The common frame first (a whole small message), then the general path.
+                let (kind, payload) = if let Some(got) = endpoint.receive_message(&mut *pending, now) {
+                    match got {
+                        Ok((kind, payload, used)) => {
+                            input.consume(used);
+                            (kind, Payload::Borrowed(payload))
+                        }
+                        Err(e) => break Stop::Failed(e),
+                    }
+                } else {
+                    // Inflating shares the drive's work budget with fan-out.
+                    let budget = INFLATE_BUDGET.saturating_sub(acx.fanout.saturating_mul(INFLATE_UNIT)).max(CHUNK);
+                    let received = match endpoint.receive(pending, now, budget, acx.codecs, acx.pmd.as_deref_mut()) {
+                        Ok(r) => r,
+                        Err(e) => break Stop::Failed(e),
+                    };
+                    input.consume(received.used);
+                    *acx.fanout += received.inflated / INFLATE_UNIT;
+                    let Some(event) = received.event else {
+                        if received.used == 0 {
+                            break Stop::NeedMore;
+                        }
+                        continue;
+                    };
+                    match event {
+                        Event::Message(kind, payload) => (kind, payload),
+                        // Pongs ride the urgent lane of the client's own queue.
+                        Event::Ping(payload) => {
+                            wire_out.as_deref_mut().unwrap_or(acx.out).push_control(Opcode::Pong, payload);
+                            continue;
+                        }
+                        Event::Pong => continue,
+                        Event::CloseBegun { code, reason } => {
+                            break Stop::CloseBegun(code, reason.chars().take(123).collect())
+                        }
+                        Event::CloseAnswered(code) => break Stop::Ended(End::Closed { code, reason: String::new() }),
+                        Event::Yield => break Stop::Held,
+                    }
                 };
-                input.consume(received.used);
-                *acx.fanout += received.inflated / INFLATE_UNIT;
-                let Some(event) = received.event else {
-                    if received.used == 0 {
-                        break Stop::NeedMore;
-                    }
-                    continue;
-                };
-                match event {
-                    Event::Message(kind, payload) => {
-                        acx.traffic.msgs_in += 1;
-                        acx.traffic.bytes_in += payload.len() as u64;
-                        app.on_message(&mut acx, kind, payload);
-                        if let Some(wire_out) = wire_out.as_deref_mut() {
-                            dropped += reencode(endpoint, &mut acx, wire_out);
-                        }
-                        if acx.close.is_some() {
-                            break Stop::Held;
-                        }
-                        if acx.hold {
-                            break Stop::Held;
-                        }
-                    }
-                    // Pongs ride the urgent lane of the client's own queue.
-                    Event::Ping(payload) => {
-                        wire_out.as_deref_mut().unwrap_or(acx.out).push_control(Opcode::Pong, payload)
-                    }
-                    Event::Pong => {}
-                    Event::CloseBegun { code, reason } => {
-                        break Stop::CloseBegun(code, reason.chars().take(123).collect())
-                    }
-                    Event::CloseAnswered(code) => break Stop::Ended(End::Closed { code, reason: String::new() }),
-                    Event::Yield => break Stop::Held,
+                acx.traffic.msgs_in += 1;
+                acx.traffic.bytes_in += payload.len() as u64;
+                app.on_message(&mut acx, kind, payload);
+                if let Some(wire_out) = wire_out.as_deref_mut() {
+                    dropped += reencode(endpoint, &mut acx, wire_out);
+                }
+                if acx.close.is_some() || acx.hold {
+                    break Stop::Held;
                 }
             }
         };

@@ -142,7 +142,9 @@ enum Seen {
 const FUZZ_MAX_MESSAGE: usize = 1000;
 
 /// Feeds `stream` to a server decoder `chunk` bytes at a time, like a connection would.
-fn decode_stream(stream: &[u8], chunk: usize) -> (Vec<Seen>, Option<crate::ws::ProtocolError>) {
+/// `fast`: each frame is offered to [`Decoder::decode_message`] first, as the server's loop
+/// does; its answers must be the general path's.
+fn decode_stream(stream: &[u8], chunk: usize, fast: bool) -> (Vec<Seen>, Option<crate::ws::ProtocolError>) {
     let limits = MessageLimits { max_message: FUZZ_MAX_MESSAGE, max_frame: 600 };
     let mut decoder = Decoder::server(limits);
     let mut seen = Vec::new();
@@ -151,6 +153,17 @@ fn decode_stream(stream: &[u8], chunk: usize) -> (Vec<Seen>, Option<crate::ws::P
         rbuf.extend_from_slice(piece);
         let mut pos = 0;
         loop {
+            if fast {
+                match decoder.decode_message(&mut rbuf[pos..]) {
+                    Some(Ok((kind, payload, used))) => {
+                        seen.push(Seen::Message(kind, payload.to_vec()));
+                        pos += used;
+                        continue;
+                    }
+                    Some(Err(e)) => return (seen, Some(e)),
+                    None => {}
+                }
+            }
             let (event, used) = match decoder.decode(&mut rbuf[pos..]) {
                 Ok(r) => r,
                 Err(e) => return (seen, Some(e)),
@@ -222,9 +235,12 @@ pub fn message_assembly(data: &[u8]) {
         unmask(&mut stream[start..], key, 0);
         rest = tail;
     }
-    let whole = decode_stream(&stream, stream.len());
-    let split = decode_stream(&stream, usize::from(*chunk % 17) + 1);
+    let whole = decode_stream(&stream, stream.len(), false);
+    let split = decode_stream(&stream, usize::from(*chunk % 17) + 1, false);
     assert_eq!(whole, split);
+    // The fast lane (whole, and with frames split across reads) agrees with the general path.
+    assert_eq!(decode_stream(&stream, stream.len(), true), whole, "fast lane, whole");
+    assert_eq!(decode_stream(&stream, usize::from(*chunk % 17) + 1, true), whole, "fast lane, split");
     for seen in &whole.0 {
         if let Seen::Close(Some(code), reason) = seen {
             assert!(crate::ws::close::is_valid_code(*code));
@@ -232,7 +248,8 @@ pub fn message_assembly(data: &[u8]) {
         }
     }
     // Raw bytes, not built by us, must never panic either.
-    let _ = decode_stream(frames, usize::from(*chunk % 5) + 1);
+    let raw = decode_stream(frames, usize::from(*chunk % 5) + 1, false);
+    assert_eq!(decode_stream(frames, usize::from(*chunk % 5) + 1, true), raw, "fast lane, raw bytes");
     let _ = parse_close_payload(frames);
 }
 
@@ -587,12 +604,32 @@ pub fn endpoint(data: &[u8]) {
     /// Feeds `bytes` in pieces of `step`, keeping what is not consumed; the events (owned,
     /// yields left out) and the error that ended it.
     type Made = (Endpoint, Option<PerMessage>);
-    fn run((mut e, mut pmd): Made, bytes: &[u8], step: usize, budget: usize) -> (Vec<(u8, Vec<u8>)>, Option<WsError>) {
+    /// `fast`: [`Endpoint::receive_message`] is tried first for every frame, as the server's
+    /// loop does.
+    fn run(
+        (mut e, mut pmd): Made,
+        bytes: &[u8],
+        step: usize,
+        budget: usize,
+        fast: bool,
+    ) -> (Vec<(u8, Vec<u8>)>, Option<WsError>) {
         let mut codecs = SharedCodecs::default();
         let (mut pending, mut events) = (Vec::new(), Vec::new());
         for piece in bytes.chunks(step) {
             pending.extend_from_slice(piece);
             loop {
+                if fast {
+                    match e.receive_message(&mut pending, crate::stamp::Stamp::at(Instant::now())) {
+                        Some(Ok((kind, p, used))) => {
+                            assert!(p.len() <= MAX);
+                            events.push((kind as u8, p.to_vec()));
+                            pending.drain(..used);
+                            continue;
+                        }
+                        Some(Err(err)) => return (events, Some(err)),
+                        None => {}
+                    }
+                }
                 let r = match e.receive(
                     &mut pending,
                     crate::stamp::Stamp::at(Instant::now()),
@@ -643,9 +680,10 @@ pub fn endpoint(data: &[u8]) {
         }
         (events, None)
     }
-    let whole = run(make(), bytes, bytes.len().max(1), usize::MAX);
+    let whole = run(make(), bytes, bytes.len().max(1), usize::MAX, false);
     let budget = (1 + usize::from(*split) * 16).max(crate::ws::deflate::CHUNK);
-    let pieces = run(make(), bytes, 1 + usize::from(*split) % 97, budget);
+    let pieces = run(make(), bytes, 1 + usize::from(*split) % 97, budget, true);
+    assert_eq!(run(make(), bytes, bytes.len().max(1), usize::MAX, true), whole, "the fast lane, at once");
     if let Some(err) = whole.1 {
         let code = err.close_code();
         assert!(crate::ws::close::is_valid_code(code) && !err.reason().is_empty(), "{err:?}");

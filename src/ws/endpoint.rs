@@ -21,7 +21,7 @@ use super::close::{self, CloseFrame};
 use super::deflate::{InflateFail, InflateJob, PerMessage, SharedCodecs};
 use super::frame::Role;
 use super::hixie::{self, Draft, HixieError};
-use super::message::{MessageKind, MessageLimits};
+use super::message::{MessageKind, MessageLimits, WholeMessage};
 use super::session::{Received as SessionEvent, Session};
 use super::ProtocolError;
 use crate::buffer::{OutQueue, Pools};
@@ -321,6 +321,23 @@ impl Endpoint {
             Some(Got::CloseAnswered(code)) => Some(Event::CloseAnswered(code)),
         };
         Ok(Received { event, used, inflated })
+    }
+
+    /// The fast lane of [`Endpoint::receive`]: on an RFC 6455 wire with no large message
+    /// being inflated, a whole, unfragmented, uncompressed data message at the start of
+    /// `input` (see [`Session::receive_message`]). Returns its kind, payload and the bytes
+    /// used; `None`, with nothing touched, when [`Endpoint::receive`] must decide. Callers
+    /// try this first for each frame: it is what a flood of small messages consists of.
+    #[inline(always)]
+    pub fn receive_message<'a>(
+        &mut self,
+        input: &'a mut [u8],
+        now: Stamp,
+    ) -> Option<Result<WholeMessage<'a>, WsError>> {
+        if self.wire.as_deref().is_some_and(|w| w.legacy.is_some() || w.inflating.is_some()) {
+            return None;
+        }
+        Some(self.session.receive_message(input, now)?.map_err(WsError::Protocol))
     }
 
     /// Goes on with a large compressed message for at most `budget` bytes: the whole message,

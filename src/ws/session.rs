@@ -13,7 +13,7 @@ use crate::stamp::Stamp;
 
 use super::close::{self, CloseFrame};
 use super::frame::Role;
-use super::message::{Decoder, Event, MessageKind, MessageLimits};
+use super::message::{Decoder, Event, MessageKind, MessageLimits, WholeMessage};
 use super::ProtocolError;
 
 /// The close reason of a peer that did not answer a ping in time.
@@ -132,6 +132,27 @@ impl Session {
             Event::Pong(p) => Received::Pong(p),
         };
         Ok((Some(received), used))
+    }
+
+    /// [`Session::receive`] for the common frame ([`Decoder::decode_message`]): a whole,
+    /// unfragmented, uncompressed data message while open. `None`, with nothing touched,
+    /// for everything else (call [`Session::receive`]).
+    #[inline(always)]
+    pub fn receive_message<'a>(
+        &mut self,
+        buf: &'a mut [u8],
+        now: Stamp,
+    ) -> Option<Result<WholeMessage<'a>, ProtocolError>> {
+        if self.is_closing() {
+            return None;
+        }
+        let got = self.decoder.decode_message(buf)?;
+        if got.is_ok() {
+            self.last_read = now;
+            self.last_message = now;
+            self.awaiting = Awaiting::Nothing;
+        }
+        Some(got)
     }
 
     /// A message arrived by other means than [`Session::receive`] (a legacy draft's frame).

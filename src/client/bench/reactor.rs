@@ -18,7 +18,7 @@ use crate::client::url::Target;
 use crate::client::{Client, Options};
 use crate::stamp::Stamp;
 use crate::ws::deflate::{PerMessage, SharedCodecs};
-use crate::ws::endpoint::{Endpoint, Event};
+use crate::ws::endpoint::{Endpoint, Event, Payload, WsError};
 use crate::ws::frame::{encode_header, MAX_HEADER_LEN};
 
 /// One bench connection.
@@ -415,60 +415,64 @@ impl Reactor {
         loop {
             let c = &mut self.conns[i];
             let filled = c.filled;
-            let received = c
-                .endpoint
-                .receive(&mut c.input[start..filled], stamp, usize::MAX, &mut self.codecs, c.pmd.as_mut())
-                .map_err(|e| format!("connection {name}: the server broke the protocol: {}", e.reason()))?;
-            let used = received.used;
-            match received.event {
-                None if used == 0 => break,
-                Some(Event::Message(_, payload)) => {
-                    let payload = payload.as_slice();
-                    match self.plan.mode {
-                        Mode::Fanout => {
-                            let Some((sender, round)) = self.payloads.tag_of(payload).map(split_fanout_tag) else {
-                                return Err(format!("connection {name}: a delivery without a sender's tag"));
-                            };
-                            if sender >= self.plan.publishers || round != self.round as u32 & 0xFFFF {
-                                return Err(format!(
-                                    "connection {name}: delivery from {sender} of round {round} during round {}",
-                                    self.round
-                                ));
-                            }
-                            let (word, bit) = (sender / 64, 1u64 << (sender % 64));
-                            if c.heard_from[word] & bit != 0 {
-                                return Err(format!("connection {name}: message of {sender} delivered twice"));
-                            }
-                            c.heard_from[word] |= bit;
-                            if !self.payloads.matches(payload, fanout_tag(sender, self.round)) {
-                                return Err(format!(
-                                    "connection {name}: delivery from {sender} differs from what was sent"
-                                ));
-                            }
-                            self.owed -= 1;
-                        }
-                        _ => {
-                            let seq = c.echoed;
-                            if !self.payloads.matches(payload, echo_tag(seq, name)) {
-                                return Err(format!(
-                                    "connection {name}: echo of message {seq} differs from what was sent"
-                                ));
-                            }
-                            if let (Some(h), Some(sent)) = (&mut self.latency, c.sent_at.pop_front()) {
-                                let us = at.saturating_duration_since(sent).as_micros() as u64;
-                                h.saturating_record(us.clamp(1, LATENCY_MAX_US));
-                            }
-                        }
+            let input = &mut c.input[start..filled];
+            let broke = |e: WsError| format!("connection {name}: the server broke the protocol: {}", e.reason());
+            // The common frame first (a whole small message), then the general path.
+            let (payload, used) = if let Some(got) = c.endpoint.receive_message(&mut *input, stamp) {
+                let (_, payload, used) = got.map_err(broke)?;
+                (Payload::Borrowed(payload), used)
+            } else {
+                let received =
+                    c.endpoint.receive(input, stamp, usize::MAX, &mut self.codecs, c.pmd.as_mut()).map_err(broke)?;
+                let used = received.used;
+                match received.event {
+                    None if used == 0 => break,
+                    Some(Event::Message(_, payload)) => (payload, used),
+                    Some(Event::CloseBegun { code, reason }) => {
+                        return Err(format!("connection {name}: the server closed ({code:?} {reason})"))
                     }
-                    c.echoed += 1;
-                    messages += 1;
-                    bytes += payload.len() as u64;
+                    _ => {
+                        start += used;
+                        continue;
+                    }
                 }
-                Some(Event::CloseBegun { code, reason }) => {
-                    return Err(format!("connection {name}: the server closed ({code:?} {reason})"))
+            };
+            let payload = payload.as_slice();
+            match self.plan.mode {
+                Mode::Fanout => {
+                    let Some((sender, round)) = self.payloads.tag_of(payload).map(split_fanout_tag) else {
+                        return Err(format!("connection {name}: a delivery without a sender's tag"));
+                    };
+                    if sender >= self.plan.publishers || round != self.round as u32 & 0xFFFF {
+                        return Err(format!(
+                            "connection {name}: delivery from {sender} of round {round} during round {}",
+                            self.round
+                        ));
+                    }
+                    let (word, bit) = (sender / 64, 1u64 << (sender % 64));
+                    if c.heard_from[word] & bit != 0 {
+                        return Err(format!("connection {name}: message of {sender} delivered twice"));
+                    }
+                    c.heard_from[word] |= bit;
+                    if !self.payloads.matches(payload, fanout_tag(sender, self.round)) {
+                        return Err(format!("connection {name}: delivery from {sender} differs from what was sent"));
+                    }
+                    self.owed -= 1;
                 }
-                _ => {}
+                _ => {
+                    let seq = c.echoed;
+                    if !self.payloads.matches(payload, echo_tag(seq, name)) {
+                        return Err(format!("connection {name}: echo of message {seq} differs from what was sent"));
+                    }
+                    if let (Some(h), Some(sent)) = (&mut self.latency, c.sent_at.pop_front()) {
+                        let us = at.saturating_duration_since(sent).as_micros() as u64;
+                        h.saturating_record(us.clamp(1, LATENCY_MAX_US));
+                    }
+                }
             }
+            c.echoed += 1;
+            messages += 1;
+            bytes += payload.len() as u64;
             start += used;
         }
         let c = &mut self.conns[i];
