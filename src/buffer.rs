@@ -170,9 +170,10 @@ struct Chunk {
 }
 
 /// What a chunk is to the frames around it, for [`OutQueue::push_urgent`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Role {
     /// Starts with a frame (and holds whole frames, perhaps the header of a large one).
+    #[default]
     Frames,
     /// Starts inside the frame the previous chunk began (a large payload).
     Continues,
@@ -188,13 +189,6 @@ impl Chunk {
             Bytes::Owned(v) => v,
             Bytes::Shared(s) => s,
             Bytes::Piped(_) => &[],
-        }
-    }
-
-    fn coalescing(&mut self) -> Option<&mut Vec<u8>> {
-        match &mut self.bytes {
-            Bytes::Owned(v) if v.capacity() == CHUNK_SIZE => Some(v),
-            _ => None,
         }
     }
 }
@@ -218,11 +212,22 @@ pub struct OutQueue {
     list: Option<Box<ChunkList>>,
 }
 
-/// The chunks of a queue that holds any.
+/// The chunks of a queue that holds any: `chunks`, then the open chunk.
+///
+/// The open chunk is the pooled one that small frames and bytes are copied into. It is held
+/// here rather than as the deque's last entry so the per-message path reaches it in one load
+/// from the list (not through the deque's buffer, another cache line, and its wrapping
+/// index); anything queued by other means seals it into the deque first, which keeps order.
 #[derive(Debug, Default)]
 struct ChunkList {
     chunks: VecDeque<Chunk>,
-    /// Bytes of the front chunk already written.
+    /// After `chunks`: a pooled chunk (capacity [`CHUNK_SIZE`]) or nothing (capacity 0). It
+    /// may be empty (written and kept for the next bytes).
+    open: Vec<u8>,
+    /// The open chunk's role, set when its first byte is copied.
+    open_role: Role,
+    /// Bytes of the front chunk (the deque's first, or the open chunk when the deque is
+    /// empty) already written.
     front_written: usize,
 }
 
@@ -237,9 +242,18 @@ impl OutQueue {
         self.list.get_or_insert_with(Box::default)
     }
 
-    /// The queue drained: its list goes back to the pool.
+    /// The chunk list with the open chunk sealed into the deque: for pushes that queue by
+    /// other means than copying, and for the rare paths that reorder or drop chunks.
+    fn list_sealed(&mut self) -> &mut ChunkList {
+        let list = self.list_unpooled();
+        list.seal();
+        list
+    }
+
+    /// The queue drained: its list goes back to the pool (and its open chunk).
     fn drop_list(&mut self, pools: &mut Pools) {
-        if let Some(list) = self.list.take() {
+        if let Some(mut list) = self.list.take() {
+            list.recycle_open(pools);
             pools.put_list(list);
         }
     }
@@ -257,33 +271,41 @@ impl OutQueue {
     /// backpressure limits count, so a peer that never reads cannot pin memory with many
     /// tiny shared frames either.
     pub fn footprint(&self) -> usize {
-        self.queued + self.list.as_ref().map_or(0, |l| l.chunks.len()) * CHUNK_OVERHEAD
+        self.queued + self.list.as_ref().map_or(0, |l| l.count()) * CHUNK_OVERHEAD
     }
 
-    /// The last chunk if `extra` more bytes fit in it, else a new pooled chunk.
+    /// The open chunk if `extra` more bytes fit in it, else a new one (the full one sealed).
+    /// `role` is the chunk's if these are its first bytes.
     #[inline]
     fn tail(&mut self, pools: &mut Pools, extra: usize, role: Role) -> &mut Vec<u8> {
         let list = self.list.get_or_insert_with(|| pools.take_list());
-        let fits = list.chunks.back_mut().and_then(Chunk::coalescing).is_some_and(|c| c.len() + extra <= CHUNK_SIZE);
-        if !fits {
-            list.chunks.push_back(Chunk { bytes: Bytes::Owned(pools.take_chunk()), role });
+        if list.open.capacity() == 0 || list.open.len() + extra > CHUNK_SIZE {
+            list.seal();
+            if list.open.capacity() == 0 {
+                list.open = pools.take_chunk();
+            }
         }
-        match list.chunks.back_mut().map(|c| &mut c.bytes) {
-            Some(Bytes::Owned(v)) => v,
-            // Unreachable: a coalescing chunk is last, found or just pushed.
-            _ => unreachable!("a pooled chunk was just ensured"),
+        if list.open.is_empty() {
+            list.open_role = role;
         }
+        &mut list.open
     }
 
-    /// Queues one small frame, its header and payload copied into the tail chunk: the echo
-    /// and small-message path (no parts list, one unit).
-    #[inline]
+    /// Queues one small frame, its header and payload copied into the open chunk: the echo
+    /// and small-message path (no parts list, one unit). The common case, the open chunk
+    /// there with room, is checked inline; the rest is [`OutQueue::tail`]'s.
+    #[inline(always)]
     pub fn push_small_frame(&mut self, pools: &mut Pools, head: &[u8], payload: &[u8]) {
         let total = head.len() + payload.len();
         debug_assert!(total <= CHUNK_SIZE);
-        let tail = self.tail(pools, total, Role::Frames);
-        tail.extend_from_slice(head);
-        tail.extend_from_slice(payload);
+        // A pooled open chunk has capacity CHUNK_SIZE, none has 0: one comparison covers
+        // both (a frame is never empty). An empty open chunk's role is set by `tail`.
+        let open = match self.list.as_deref_mut() {
+            Some(list) if !list.open.is_empty() && list.open.len() + total <= list.open.capacity() => &mut list.open,
+            _ => self.tail(pools, total, Role::Frames),
+        };
+        open.extend_from_slice(head);
+        open.extend_from_slice(payload);
         self.count(total);
     }
 
@@ -301,9 +323,10 @@ impl OutQueue {
             tail.extend_from_slice(now);
             rest = later;
         }
-        // Bytes coalesced into a chunk of frames pin it too.
-        if let Some(last) = self.list.as_mut().and_then(|l| l.chunks.back_mut()) {
-            last.role = Role::Fixed;
+        // Bytes coalesced into a chunk of frames pin it too (`tail` left them in the open
+        // chunk).
+        if let Some(list) = self.list.as_deref_mut() {
+            list.open_role = Role::Fixed;
         }
         self.count(bytes.len());
     }
@@ -338,7 +361,7 @@ impl OutQueue {
         if n == 0 {
             return;
         }
-        self.list_unpooled().chunks.push_back(Chunk { bytes: Bytes::Owned(bytes), role: Role::Continues });
+        self.list_sealed().chunks.push_back(Chunk { bytes: Bytes::Owned(bytes), role: Role::Continues });
         self.count(n);
     }
 
@@ -348,7 +371,7 @@ impl OutQueue {
         if n == 0 {
             return;
         }
-        self.list_unpooled().chunks.push_back(Chunk { bytes: Bytes::Shared(bytes), role: Role::Frames });
+        self.list_sealed().chunks.push_back(Chunk { bytes: Bytes::Shared(bytes), role: Role::Frames });
         self.count(n);
     }
 
@@ -367,7 +390,7 @@ impl OutQueue {
     /// full queue (after the unit being written, never inside a frame; see `urgent_slot`).
     pub fn push_urgent(&mut self, bytes: &[u8]) {
         // Its own chunk even at the end, so a later urgent unit queues behind it.
-        let list = self.list_unpooled();
+        let list = self.list_sealed();
         let at = OutQueue::urgent_slot(list).unwrap_or(list.chunks.len());
         list.chunks.insert(at, Chunk { bytes: Bytes::Owned(bytes.to_vec()), role: Role::Urgent });
         self.count(bytes.len());
@@ -377,6 +400,7 @@ impl OutQueue {
     /// close frame next and nothing after it. Returns the bytes dropped.
     pub fn discard_unstarted(&mut self, pools: &mut Pools) -> usize {
         let Some(list) = self.list.as_deref_mut() else { return 0 };
+        list.seal();
         // Piped bytes cannot be taken back out of the pipe: with some queued, nothing goes.
         if list.chunks.iter().any(|c| matches!(c.bytes, Bytes::Piped(_))) {
             return 0;
@@ -406,7 +430,7 @@ impl OutQueue {
         if len == 0 {
             return;
         }
-        self.list_unpooled().chunks.push_back(Chunk { bytes: Bytes::Piped(len), role: Role::Continues });
+        self.list_sealed().chunks.push_back(Chunk { bytes: Bytes::Piped(len), role: Role::Continues });
         self.count(len);
     }
 
@@ -436,11 +460,11 @@ impl OutQueue {
     /// One `writev` of as much as is queued (up to 256 chunks). Returns the bytes written.
     pub fn write_to<W: Write>(&mut self, w: &mut W, pools: &mut Pools) -> io::Result<usize> {
         let Some(list) = self.list.as_deref() else { return Ok(0) };
-        if list.chunks.len() == 1 {
+        if list.count() == 1 {
             // The common case (one wake-up's replies fit one chunk): a plain write, which
             // spares the kernel importing an iovec array. (A piped chunk's slice is empty:
             // nothing is written before it is spliced.)
-            let bytes = &list.chunks[0].as_slice()[list.front_written..];
+            let bytes = &list.front()[list.front_written..];
             if bytes.is_empty() {
                 return Ok(0);
             }
@@ -451,12 +475,19 @@ impl OutQueue {
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         let mut count = 0;
         // Up to the first piped chunk, whose bytes are in the pipe.
+        let mut piped = false;
         for (i, chunk) in list.chunks.iter().take(MAX_IOVECS).enumerate() {
             if matches!(chunk.bytes, Bytes::Piped(_)) {
+                piped = true;
                 break;
             }
             let start = if i == 0 { list.front_written } else { 0 };
             slices[i] = IoSlice::new(&chunk.as_slice()[start..]);
+            count += 1;
+        }
+        if !piped && count < MAX_IOVECS && !list.open.is_empty() {
+            let start = if count == 0 { list.front_written } else { 0 };
+            slices[count] = IoSlice::new(&list.open[start..]);
             count += 1;
         }
         if count == 0 {
@@ -471,7 +502,17 @@ impl OutQueue {
         self.queued -= n;
         let Some(list) = self.list.as_deref_mut() else { return };
         while n > 0 {
-            let Some(front) = list.chunks.front() else { break };
+            let Some(front) = list.chunks.front() else {
+                // The open chunk: kept, emptied, once all of it is written.
+                let left = list.open.len() - list.front_written;
+                if n < left {
+                    list.front_written += n;
+                    return;
+                }
+                list.open.clear();
+                list.front_written = 0;
+                break;
+            };
             let left = front.as_slice().len() - list.front_written;
             if n < left {
                 list.front_written += n;
@@ -495,10 +536,7 @@ impl OutQueue {
     pub fn drain_contiguous<R>(&mut self, pools: &mut Pools, f: impl FnOnce(&[u8], &mut Pools) -> R) -> R {
         let result = match self.list.as_deref() {
             None => f(&[], pools),
-            Some(list) if list.chunks.len() <= 1 => {
-                let bytes = list.chunks.front().map_or(&[][..], |c| &c.as_slice()[list.front_written..]);
-                f(bytes, pools)
-            }
+            Some(list) if list.count() <= 1 => f(&list.front()[list.front_written..], pools),
             Some(list) => f(&list.gather(self.queued), pools),
         };
         self.release(pools);
@@ -518,6 +556,7 @@ impl OutQueue {
             for c in list.chunks.drain(..) {
                 recycle(c, pools);
             }
+            list.recycle_open(pools);
             list.front_written = 0;
         }
         self.queued = 0;
@@ -526,11 +565,39 @@ impl OutQueue {
 }
 
 impl ChunkList {
+    /// Chunks holding bytes (or piped bytes), the open one included.
+    fn count(&self) -> usize {
+        self.chunks.len() + usize::from(!self.open.is_empty())
+    }
+
+    /// The front chunk's bytes (written ones included): the deque's first, else the open one.
+    fn front(&self) -> &[u8] {
+        self.chunks.front().map_or(&self.open[..], Chunk::as_slice)
+    }
+
+    /// Moves the open chunk, if it holds bytes, to the end of the deque (it stops being
+    /// copied into).
+    fn seal(&mut self) {
+        if !self.open.is_empty() {
+            let bytes = Bytes::Owned(std::mem::take(&mut self.open));
+            self.chunks.push_back(Chunk { bytes, role: self.open_role });
+        }
+    }
+
+    /// The open chunk back to the pool (the queue drained or going away).
+    fn recycle_open(&mut self, pools: &mut Pools) {
+        if self.open.capacity() != 0 {
+            pools.put_chunk(std::mem::take(&mut self.open));
+        }
+    }
+
     /// Every byte not yet written, in order, in one buffer of `queued` bytes' capacity.
     fn gather(&self, queued: usize) -> Vec<u8> {
         let mut all = Vec::with_capacity(queued);
-        for (i, c) in self.chunks.iter().enumerate() {
-            all.extend_from_slice(if i == 0 { &c.as_slice()[self.front_written..] } else { c.as_slice() });
+        let mut first = true;
+        for c in self.chunks.iter().map(Chunk::as_slice).chain([&self.open[..]]) {
+            all.extend_from_slice(if first { &c[self.front_written.min(c.len())..] } else { c });
+            first = false;
         }
         all
     }
@@ -648,6 +715,31 @@ mod tests {
         assert_eq!(pools.take_read().len(), READ_BUF_SIZE);
         pools.put_read(vec![0u8; READ_BUF_SIZE].into_boxed_slice());
         assert_eq!(pools.free_counts().0, 1);
+    }
+
+    #[test]
+    fn small_frames_share_the_open_chunk_and_what_follows_an_urgent_frame_stays_behind_it() {
+        let mut pools = Pools::new(DEFAULT_POOL_BYTES);
+        let mut q = OutQueue::default();
+        q.push_frame(&mut pools, Opcode::Text, b"one");
+        q.push_frame(&mut pools, Opcode::Text, b"two");
+        assert_eq!(q.footprint(), q.len() + CHUNK_OVERHEAD, "one chunk for both");
+        let mut w = Trickle { got: Vec::new(), limit: 2 };
+        q.write_to(&mut w, &mut pools).unwrap();
+        // A pong goes after the chunk being written (frames share it), before what follows.
+        q.push_control(Opcode::Pong, b"p");
+        q.push_frame(&mut pools, Opcode::Binary, b"three");
+        w.limit = 1000;
+        while !q.is_empty() {
+            q.write_to(&mut w, &mut pools).unwrap();
+        }
+        assert_eq!(w.got, b"\x81\x03one\x81\x03two\x8a\x01p\x82\x05three");
+        // Drained: the chunks and the list went back to the pools, and the queue reuses them.
+        assert!(pools.free_counts().1 >= 1);
+        q.push_frame(&mut pools, Opcode::Text, b"again");
+        assert_eq!(q.to_vec(), b"\x81\x05again");
+        q.release(&mut pools);
+        assert!(q.is_empty());
     }
 
     #[test]

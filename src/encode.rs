@@ -86,13 +86,21 @@ impl OutQueue {
     }
 
     /// Queues one frame (a fragment when `fin` is false), copying the payload once.
-    #[inline]
+    // Always inlined, the small case: an app's send of a small message is this, a few
+    // moves and a copy into the open chunk, and a call per message cost more than that.
+    #[inline(always)]
     pub fn push_frame_fin(&mut self, pools: &mut Pools, opcode: Opcode, fin: bool, payload: &[u8]) {
         if payload.len() < 126 {
             // The common small message: a two-byte header (§5.2), built in place.
             let head = [(u8::from(fin) << 7) | opcode as u8, payload.len() as u8];
             return self.push_small_frame(pools, &head, payload);
         }
+        self.push_large_frame(pools, opcode, fin, payload)
+    }
+
+    /// [`OutQueue::push_frame_fin`] for payloads of 126 bytes and more.
+    #[inline(never)]
+    fn push_large_frame(&mut self, pools: &mut Pools, opcode: Opcode, fin: bool, payload: &[u8]) {
         let mut head = [0u8; MAX_HEADER_LEN];
         let n = encode_header(&mut head, fin, opcode, payload.len(), None);
         if payload.len() >= OWN_CHUNK_MIN {

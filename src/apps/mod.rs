@@ -121,7 +121,8 @@ pub struct AppCtx<'a> {
 
 impl AppCtx<'_> {
     /// Sends one message to this client.
-    #[inline]
+    // Inlined into the app: the echo of a small message is this and a copy.
+    #[inline(always)]
     pub fn send(&mut self, kind: MessageKind, payload: &[u8]) {
         match self.pmd.as_deref_mut().and_then(|pmd| pmd.compress(self.codecs, payload)) {
             Some(compressed) => self.out.push_compressed_frame(self.pools, kind.opcode(), compressed),
