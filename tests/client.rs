@@ -171,15 +171,8 @@ fn wss_insecure_with_a_client_certificate_and_compression_against_python() {
     require(&PYTHON3_WEBSOCKETS);
     let dir = std::env::temp_dir().join(format!("wsgate-client-mtls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let write_pair = |name: &str, host: &str| {
-        let ck = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
-        let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
-        std::fs::write(&cert, ck.cert.pem()).unwrap();
-        std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
-        (cert, key)
-    };
-    let (server_cert, server_key) = write_pair("server", "localhost");
-    let (client_cert, client_key) = write_pair("client", "client.example");
+    let (server_cert, server_key) = self_signed(&dir, "server", "localhost");
+    let (client_cert, client_key) = self_signed(&dir, "client", "client.example");
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let script = format!(
         r#"
@@ -396,12 +389,9 @@ fn python_server(script: &str) -> std::process::Child {
 /// A wsgate serving wss:// with a fresh self-signed certificate for "localhost": the server,
 /// the certificate's PEM file (the CA to trust), and the directory to remove.
 fn tls_server(tag: &str) -> (Server, std::path::PathBuf, std::path::PathBuf) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let dir = std::env::temp_dir().join(format!("wsgate-{tag}-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("c.pem"), dir.join("c.key"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let (cert, key) = self_signed(&dir, "c", "localhost");
     let server = Server::start(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
     (server, cert, dir)
 }

@@ -319,10 +319,7 @@ fn a_silent_redis_is_found_by_the_probe() {
 fn auth_and_tls() {
     let dir = std::env::temp_dir().join(format!("wsgate-redis-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert, key): (PathBuf, PathBuf) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let (cert, key): (PathBuf, PathBuf) = self_signed(&dir, "cert", "localhost");
     let port = free_port();
     let args: Vec<String> = [
         "--port",

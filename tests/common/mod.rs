@@ -192,6 +192,16 @@ impl Drop for Server {
     }
 }
 
+/// A fresh self-signed certificate for `host`, written to `dir` as `NAME.pem` and `NAME.key`:
+/// the certificate's path (also the CA a client trusts) and the key's.
+pub fn self_signed(dir: &std::path::Path, name: &str, host: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    (cert, key)
+}
+
 pub fn tcp(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
