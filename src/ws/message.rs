@@ -268,7 +268,9 @@ impl Decoder {
             None => false,
         };
         let payload = &*payload;
-        if kind == MessageKind::Text && !ascii && !payload.is_ascii() && super::utf8::validate(payload).is_err() {
+        // (The validator has its own ASCII fast path: a client's unmasked text is not scanned
+        // twice, nor a server's that the unmasking pass already found non-ASCII.)
+        if kind == MessageKind::Text && !ascii && super::utf8::validate(payload).is_err() {
             return Some(Err(ProtocolError::InvalidUtf8));
         }
         Some(Ok((kind, payload, end)))
