@@ -57,12 +57,14 @@ pub mod io_step;
 pub mod limits;
 pub mod logview;
 pub mod metrics;
+pub mod plugin;
 pub mod pubsub;
 pub mod route;
 pub mod server;
 pub mod stamp;
-// Every `unsafe` block of the crate is in `sys` (and the SIMD unmask in `ws::mask`), each with
-// a `// SAFETY:` comment; elsewhere `unsafe` does not compile.
+// Every `unsafe` block of the crate is in `sys` (and the SIMD unmask in `ws::mask`, and the
+// calls into C plugins in `plugin`), each with a `// SAFETY:` comment; elsewhere `unsafe` does
+// not compile.
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tls;

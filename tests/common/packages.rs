@@ -37,9 +37,12 @@ pub const REDIS_SERVER: Package =
     Package { name: "redis-server", present: Presence::Executable(&["/usr/bin/redis-server"]) };
 pub const CHROMIUM: Package = Package { name: "chromium", present: Presence::Executable(&["/usr/bin/chromium"]) };
 
+/// The C compiler the plugin tests build their plugins with.
+pub const GCC: Package = Package { name: "gcc", present: Presence::Executable(&["/usr/bin/gcc"]) };
+
 /// Every package any test uses.
 pub const PACKAGES: &[&Package] =
-    &[&PYTHON3, &PYTHON3_WEBSOCKETS, &PYTHON3_PROMETHEUS_CLIENT, &REDIS_SERVER, &CHROMIUM];
+    &[&PYTHON3, &PYTHON3_WEBSOCKETS, &PYTHON3_PROMETHEUS_CLIENT, &REDIS_SERVER, &CHROMIUM, &GCC];
 
 /// How long an install waits for another `apt-get`/`dpkg` holding the dpkg lock (seconds).
 const DPKG_LOCK_TIMEOUT: u32 = 600;
