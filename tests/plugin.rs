@@ -1,5 +1,6 @@
 //! C plugins: built here with the system's C compiler against `include/wsgate_plugin.h`, then
 //! loaded the way a route loads them.
+#![allow(clippy::disallowed_methods)] // tests/common times real servers; the rule is for the server's code
 
 mod common;
 
