@@ -53,6 +53,9 @@ pub struct Metrics {
     pub legacy_opens: [u64; 2],
     /// Messages a legacy client could not be sent (not UTF-8: these drafts carry text only).
     pub legacy_dropped: u64,
+    /// Plugin routes' upgrades whose `on_connect` did not return within the handshake
+    /// timeout (answered 503).
+    pub plugin_timeouts: u64,
     pub loop_iterations: u64,
     /// Time from the end of one poll to the start of the next.
     pub busy: Duration,

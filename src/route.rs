@@ -26,6 +26,8 @@ pub enum AppKind {
     Broker,
     /// WebSocket: lines appended to log files, as they arrive.
     Logview,
+    /// WebSocket: a C plugin's callbacks (see `Route::plugin`).
+    Plugin,
     /// WebSocket: the admin listener's dashboard feed (not configurable).
     Dashboard,
     /// Plain HTTP: the files under a directory (see `Route::files`).
@@ -42,6 +44,7 @@ impl AppKind {
             AppKind::Backend => "backend",
             AppKind::Broker => "broker",
             AppKind::Logview => "logview",
+            AppKind::Plugin => "plugin",
             AppKind::Dashboard => "dashboard",
             AppKind::Static => "static",
         }
@@ -55,8 +58,9 @@ impl AppKind {
             "pubsub" => Ok(AppKind::PubSub),
             "broker" => Ok(AppKind::Broker),
             "logview" => Ok(AppKind::Logview),
+            "plugin" => Ok(AppKind::Plugin),
             other => Err(format!(
-                "unknown app {other:?} (expected \"echo\", \"chat\", \"pubsub\", \"broker\", \"logview\" or \"demo\")"
+                "unknown app {other:?} (expected \"echo\", \"chat\", \"pubsub\", \"broker\", \"logview\", \"plugin\" or \"demo\")"
             )),
         }
     }
@@ -91,6 +95,8 @@ pub struct Route {
     pub legacy: crate::ws::hixie::Drafts,
     /// Set when `app` is [`AppKind::Static`]: the directory, open.
     pub files: Option<Arc<crate::http::static_files::StaticDir>>,
+    /// Set when `app` is [`AppKind::Plugin`]: the plugin, loaded.
+    pub plugin: Option<Arc<crate::plugin::Loaded>>,
 }
 
 /// A route's `compression`, `compression_level`, `compression_threshold`,
@@ -153,6 +159,7 @@ impl Route {
             compression: CompressionSpec::default(),
             legacy: crate::ws::hixie::Drafts::default(),
             files: None,
+            plugin: None,
         }
     }
 
@@ -172,11 +179,22 @@ impl Route {
         if let Some(dir) = target.strip_prefix("static:") {
             return Route::static_files(path, Path::new(dir), limits).map_err(|e| format!("--route {spec:?}: {e}"));
         }
+        if let Some(plugin) = target.strip_prefix("plugin:") {
+            let (library, init) = plugin.split_once('#').ok_or_else(|| {
+                format!("--route {spec:?}: expected plugin:LIBRARY#INIT, e.g. /echo=plugin:/usr/lib/wsgate/echo.so#echo_init")
+            })?;
+            let loaded = crate::plugin::load(Path::new(library), init)
+                .map_err(|e| format!("--route {spec:?}: plugin {library}: {e}"))?;
+            return Ok(Route { plugin: Some(loaded), ..Route::new(path, AppKind::Plugin, limits) });
+        }
         if target.starts_with("unix:") {
             let backend = BackendSpec::from_uri(target).map_err(|e| format!("--route {spec:?}: {e}"))?;
             return Ok(Route { backend: Some(backend), ..Route::new(path, AppKind::Backend, limits) });
         }
         let app = AppKind::parse(target).map_err(|e| format!("--route {spec:?}: {e}"))?;
+        if app == AppKind::Plugin {
+            return Err(format!("--route {spec:?}: a plugin route names its library: PATH=plugin:LIBRARY#INIT"));
+        }
         Ok(Route::new(path, app, limits))
     }
 }

@@ -12,6 +12,7 @@
 //! - [`backend`]: every message to a backend on a UNIX socket and back;
 //! - [`broker`]: the websockets_pro token broker (messages routed to tokens);
 //! - [`logview`]: lines appended to log files, live;
+//! - [`plugin`]: a C plugin's callbacks, on a thread of their own;
 //! - [`dashboard`]: the admin listener's live feed of the server's figures;
 //! - [`demo`]: the plain-HTTP demo page (no WebSocket).
 
@@ -22,6 +23,7 @@ pub mod dashboard;
 pub mod demo;
 pub mod echo;
 pub mod logview;
+pub mod plugin;
 pub mod pubsub;
 
 use std::borrow::Cow;

@@ -259,6 +259,7 @@ impl Config {
             let pubsub = pubsub_policy(&r, app).map_err(at)?;
             let broker = broker_route(&r, app).map_err(at)?;
             let logview = logview_spec(&r, app, base).map_err(at)?;
+            let plugin = plugin_spec(&r, app, base).map_err(at)?;
             let compression = compression_spec(&r).map_err(at)?;
             let legacy = legacy_drafts(&r, backend.as_ref()).map_err(at)?;
             let files = match &r.static_dir {
@@ -278,6 +279,7 @@ impl Config {
                 compression,
                 legacy,
                 files,
+                plugin,
             };
             config.add_route(route).map_err(|message| ConfigError::Route { line, message })?;
         }

@@ -219,6 +219,8 @@ pub(super) struct RouteSection {
     pub(super) files: Option<Vec<PathBuf>>,
     pub(super) backlog: Option<usize>,
     pub(super) require_key: Option<bool>,
+    pub(super) plugin: Option<PathBuf>,
+    pub(super) init: Option<String>,
     pub(super) compression: Option<String>,
     pub(super) compression_level: Option<i32>,
     pub(super) compression_threshold: Option<ByteSize>,

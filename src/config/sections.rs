@@ -290,6 +290,35 @@ pub(super) fn broker_route(r: &RouteSection, app: AppKind) -> Result<BrokerRoute
     })
 }
 
+/// A plugin route's library, loaded and checked now (so `--check-config` finds every
+/// mistake): only on plugin routes, which speak RFC 6455 only.
+pub(super) fn plugin_spec(
+    r: &RouteSection,
+    app: AppKind,
+    base: &Path,
+) -> Result<Option<Arc<crate::plugin::Loaded>>, String> {
+    if app != AppKind::Plugin {
+        if r.plugin.is_some() || r.init.is_some() {
+            return Err(format!("route {:?}: plugin and init belong to plugin routes (app = \"plugin\")", r.path));
+        }
+        return Ok(None);
+    }
+    let (Some(library), Some(init)) = (&r.plugin, &r.init) else {
+        return Err(format!(
+            "route {:?}: a plugin route needs plugin = \"/path/to/plugin.so\" and init = \"its_init_function\"",
+            r.path
+        ));
+    };
+    if !r.legacy.is_empty() {
+        return Err("route.legacy: plugin routes speak RFC 6455 only".into());
+    }
+    let library = base.join(library);
+    crate::plugin::load(&library, init).map(Some).map_err(|e| {
+        let key = if matches!(e, crate::plugin::load::LoadError::Open(_)) { "plugin" } else { "init" };
+        format!("route.{key}: {} ({init}): {e}", library.display())
+    })
+}
+
 /// A log-viewer route's files, only on logview routes.
 pub(super) fn logview_spec(r: &RouteSection, app: AppKind, base: &Path) -> Result<Option<Arc<LogviewSpec>>, String> {
     if app != AppKind::Logview {

@@ -234,6 +234,12 @@ impl Connection {
                 let log_files = cx.admin.map(|a| Arc::clone(&a.log_files)).unwrap_or_else(|| Arc::from([]));
                 Box::new(Dashboard { log_files })
             }
+            AppKind::Plugin => {
+                return match &opening {
+                    Opening::Rfc6455(accepted) => self.consult_plugin(cx, req, route_id, route, accepted),
+                    Opening::Legacy(..) => self.respond(cx, req, 426, "plugin routes speak RFC 6455 only", false),
+                };
+            }
             AppKind::Backend | AppKind::Demo | AppKind::Static => {
                 let Some((backend, named)) = self.connect_backend(cx, req, route) else { return false };
                 return self.upgrade_to_backend(cx, req, route, &opening, named.as_deref(), backend);
@@ -334,7 +340,7 @@ impl Connection {
     }
 
     /// The 101 is queued: the WebSocket is open, the app starts.
-    fn open(
+    pub(super) fn open(
         &mut self,
         cx: &mut Ctx<'_>,
         route: &Route,
@@ -536,7 +542,7 @@ impl Opening<'_, '_> {
 }
 
 /// The permessage-deflate the client offered and the route can do (RFC 7692 §7), if any.
-fn negotiate_deflate(req: &Request<'_, '_>, route: &Route, dedicated_open: usize) -> Option<Agreed> {
+pub(super) fn negotiate_deflate(req: &Request<'_, '_>, route: &Route, dedicated_open: usize) -> Option<Agreed> {
     let mode = match route.compression.mode {
         Compression::Off => return None,
         // Past the route's cap, a dedicated route answers as a shared one: codecs of their

@@ -28,6 +28,7 @@ mod closing;
 mod end;
 mod frames;
 mod http;
+mod plugin;
 mod read_buf;
 mod socket;
 mod timers;
@@ -95,6 +96,8 @@ pub struct Ctx<'a> {
     pub metrics: &'a mut Metrics,
     /// The admin listener's settings (keys also guard `require_key` log viewers).
     pub admin: Option<&'a AdminSettings>,
+    /// The worker's plugin threads (none where there are no workers: the fuzz targets).
+    pub plugins: Option<&'a mut crate::plugin::Hosts>,
     /// Where the connection's app records what the loop must do.
     pub actions: &'a mut Vec<Action>,
     /// The worker's compressors and decompressor for connections without context takeover.
@@ -252,6 +255,13 @@ enum Phase {
     Answering {
         deadline: Stamp,
     },
+    /// A plugin route's `on_connect` is deciding, on the plugin's thread; its answer comes
+    /// through the loop ([`Connection::plugin_answered`]). Nothing more is read until then.
+    /// Past the deadline the client gets a 503.
+    Consulting {
+        deadline: Stamp,
+        opening: Box<PluginOpening>,
+    },
     /// A static file's body is being sent (after its head); then the next request, or the
     /// end. No deadline of its own: `write_timeout` ends a client that stops reading.
     Sending(Box<SendingFile>),
@@ -336,7 +346,7 @@ impl Phase {
             Phase::Unknown => "unknown",
             Phase::Opening { .. } => "opening",
             Phase::Http { .. } => "handshaking",
-            Phase::Answering { .. } => "handshaking",
+            Phase::Answering { .. } | Phase::Consulting { .. } => "handshaking",
             Phase::Sending(_) => "sending",
             Phase::Connected(_) => "connected",
             Phase::HandingOff { .. } => "handing-off",
@@ -353,6 +363,13 @@ impl Phase {
 struct SendingFile {
     body: FileBody,
     keep_alive: bool,
+}
+
+/// A plugin route's upgrade while its plugin decides: what the 101 will need.
+struct PluginOpening {
+    attachment: crate::plugin::Attachment,
+    accept: [u8; 28],
+    deflate: Option<crate::ws::extensions::Agreed>,
 }
 
 /// Direct mode, between the 101 and the hand-off: the backend and what goes with the socket.

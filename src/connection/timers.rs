@@ -21,6 +21,7 @@ impl Connection {
             Phase::Opening { deadline }
             | Phase::Http { deadline }
             | Phase::Answering { deadline }
+            | Phase::Consulting { deadline, .. }
             | Phase::HandingOff { deadline, .. }
             | Phase::HandedOff { deadline, .. }
             | Phase::Flushing { deadline, .. }
@@ -59,6 +60,13 @@ impl Connection {
                 self.set_phase(Phase::Http { deadline: Stamp::at(now + cx.limits.handshake_timeout) });
                 let reply = crate::admin::Reply::error(503, "the workers did not all answer in time");
                 self.send_reply(cx, &reply, false, false);
+                None
+            }
+            Phase::Consulting { .. } if passed => {
+                cx.metrics.plugin_timeouts += 1;
+                self.log.set_end("the plugin's on_connect did not return in time");
+                let response = crate::http::response::Response::error(503, "the plugin did not answer in time");
+                self.send_response(cx, &crate::http::response::Response { keep_alive: false, ..response });
                 None
             }
             Phase::HandingOff { .. } if passed => Some(End::Abort("101 not accepted in time for the hand-off".into())),

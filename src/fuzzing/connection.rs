@@ -300,6 +300,7 @@ impl<'s> Run<'s> {
             broker: &mut self.broker,
             metrics: &mut self.metrics,
             admin: None,
+            plugins: None,
             actions: &mut self.actions,
             codecs: &mut self.codecs,
             fanout: 0,

@@ -6,6 +6,7 @@ use std::fmt;
 use std::mem::size_of;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::abi::{Init, Plugin, PLUGIN_VERSION_0};
@@ -15,6 +16,8 @@ pub struct Loaded {
     pub path: PathBuf,
     pub init: String,
     plugin: NonNull<Plugin>,
+    /// Its plugin threads still running (`destroy` waits for none).
+    pub(super) threads: AtomicUsize,
     _library: libloading::Library,
 }
 
@@ -76,7 +79,6 @@ impl fmt::Display for LoadError {
 /// library is opened and its init function called once per process, whatever the number of
 /// routes, workers and reloads naming it.
 pub fn load(path: &Path, init: &str) -> Result<Arc<Loaded>, LoadError> {
-    static LOADED: Mutex<Vec<Arc<Loaded>>> = Mutex::new(Vec::new());
     let mut loaded = LOADED.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(known) = loaded.iter().find(|l| l.path == path && l.init == init) {
         return Ok(Arc::clone(known));
@@ -103,7 +105,37 @@ pub fn load(path: &Path, init: &str) -> Result<Arc<Loaded>, LoadError> {
     if unsafe { plugin.as_ref() }.on_message.is_none() {
         return Err(LoadError::NoOnMessage);
     }
-    let new = Arc::new(Loaded { path: path.to_path_buf(), init: init.to_string(), plugin, _library: library });
+    let new = Arc::new(Loaded {
+        path: path.to_path_buf(),
+        init: init.to_string(),
+        plugin,
+        threads: AtomicUsize::new(0),
+        _library: library,
+    });
     loaded.push(Arc::clone(&new));
     Ok(new)
+}
+
+/// Every plugin this process loaded.
+static LOADED: Mutex<Vec<Arc<Loaded>>> = Mutex::new(Vec::new());
+
+/// The process is exiting: each plugin's `destroy`, once, unless one of its threads is still
+/// in a callback (then the plugin may still be running, and is left as it is). The libraries
+/// stay loaded to the end.
+pub fn destroy_all() {
+    let loaded = std::mem::take(&mut *LOADED.lock().unwrap_or_else(PoisonError::into_inner));
+    for l in loaded {
+        if l.threads.load(Ordering::Acquire) > 0 {
+            log::warn!("{l:?}: a callback is still running; not calling its destroy");
+            std::mem::forget(l);
+            continue;
+        }
+        if let Some(destroy) = l.plugin().destroy {
+            // SAFETY: the plugin's own function, called once, with its own structure, after
+            // every callback returned.
+            unsafe { destroy(l.plugin.as_ptr()) };
+        }
+        // Never unloaded: a thread the plugin started may still run its code.
+        std::mem::forget(l);
+    }
 }

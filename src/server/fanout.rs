@@ -154,10 +154,12 @@ impl Worker {
     pub(super) fn deliver(&mut self, key: usize, frame: &SharedFrame, now: Instant) -> bool {
         let Some(entry) = self.conns.get_mut(key) else { return false };
         let mut forms = Forms::new(frame);
-        let form = entry.conn.frame_form(forms.payload_len);
-        if form == FrameForm::Nothing {
-            return false;
-        }
+        let form = match entry.conn.frame_form(forms.payload_len) {
+            // A control frame (a plugin's ping or pong) is never compressed.
+            FrameForm::Compressed { .. } if frame.first().is_some_and(|b| b & 0x08 != 0) => FrameForm::Plain,
+            FrameForm::Nothing => return false,
+            form => form,
+        };
         let Some(frame) = forms.get(form, &mut self.codecs) else {
             self.metrics.legacy_dropped += 1;
             return false;

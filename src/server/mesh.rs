@@ -52,6 +52,21 @@ pub enum Note {
         id: u64,
         frame: SharedFrame,
     },
+    /// A plugin's `on_connect` answered for connection `id` (`None`: declined).
+    PluginOpened {
+        id: u64,
+        answer: crate::plugin::host::Answer,
+    },
+    /// A plugin asked for connection `id` to close.
+    PluginClose {
+        id: u64,
+        code: u16,
+        reason: String,
+    },
+    /// A plugin has caught up with connection `id`'s messages: read from it again.
+    PluginResume {
+        id: u64,
+    },
     /// `balance = "handoff"`: serve this accepted socket.
     Adopt {
         stream: mio::net::TcpStream,

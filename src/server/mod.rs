@@ -192,6 +192,9 @@ pub struct Worker {
     poll: Poll,
     listeners: Vec<Listener>,
     conns: Slab<Entry>,
+    /// The plugin routes' threads. Declared after `conns`, so dropped after them: a stopping
+    /// worker's connections post their disconnects before the threads are waited for.
+    plugins: crate::plugin::Hosts,
     /// Numbers the occupants of slab slots (see [`conn_id`]).
     generation: u64,
     /// One entry per armed connection; stale entries are skipped (see `fire_timers`).
@@ -386,6 +389,7 @@ impl Worker {
             broker: &mut self.broker,
             metrics: &mut self.metrics,
             admin: self.admin.as_ref(),
+            plugins: Some(&mut self.plugins),
             actions: &mut actions,
             codecs: &mut self.codecs,
             fanout: 0,
@@ -401,6 +405,14 @@ impl Worker {
         }
         self.actions = actions;
         self.after_drive(key, turn, now);
+    }
+
+    /// Runs the connection with id `id`, if it is still there.
+    fn run_by_id(&mut self, id: u64, now: Instant, f: impl FnOnce(&mut Connection, &mut Ctx<'_>) -> Turn) {
+        let key = key_of(id);
+        if self.conns.get(key).is_some_and(|e| e.conn.id() == id) {
+            self.run_conn(key, now, f);
+        }
     }
 
     pub(super) fn on_ready(&mut self, token: Token, readable: bool, writable: bool, now: Instant) {
@@ -485,6 +497,15 @@ impl Worker {
                 self.scratch_keys = keys;
             }
             Note::SendTo { id, frame } => self.send_to(id, frame, now),
+            Note::PluginOpened { id, answer } => {
+                self.run_by_id(id, now, |conn, ctx| conn.plugin_answered(ctx, answer));
+            }
+            Note::PluginClose { id, code, reason } => {
+                self.run_by_id(id, now, |conn, ctx| conn.disconnect(ctx, code, reason));
+            }
+            Note::PluginResume { id } => {
+                self.run_by_id(id, now, |conn, ctx| conn.drive(ctx, Ready { corked: true, ..Ready::default() }));
+            }
             // A socket handed over as this worker began draining: closed, never served.
             Note::Adopt { .. } if self.drain_deadline.is_some() => self.mesh.release_one(),
             Note::Adopt { stream, peer, tls } => self.admit(Accepted::Tcp(stream), peer, tls, false, true, now),

@@ -194,6 +194,7 @@ impl Seed {
             // Reserved, not touched: pages become resident as connections arrive, and growing
             // never copies the slab (a copy leaves the old one's pages resident in the heap).
             conns: Slab::with_capacity(reserve),
+            plugins: crate::plugin::Hosts::new(Arc::clone(&mesh), mailbox.index),
             generation: 0,
             timers: super::timers::Timers::new(now, reserve),
             busy: Vec::new(),
