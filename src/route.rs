@@ -95,8 +95,22 @@ pub struct Route {
     pub legacy: crate::ws::hixie::Drafts,
     /// Set when `app` is [`AppKind::Static`]: the directory, open.
     pub files: Option<Arc<crate::http::static_files::StaticDir>>,
-    /// Set when `app` is [`AppKind::Plugin`]: the plugin, loaded.
-    pub plugin: Option<Arc<crate::plugin::Loaded>>,
+    /// Set when `app` is [`AppKind::Plugin`]: the plugin, loaded, and its threads.
+    pub plugin: Option<PluginSpec>,
+}
+
+/// A plugin route's plugin and how many threads run its callbacks on each worker.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    pub loaded: Arc<crate::plugin::Loaded>,
+    /// `plugin_threads`: a connection's callbacks all run on one of them (so in order); a
+    /// callback that blocks delays only the connections of its thread.
+    pub threads: usize,
+}
+
+impl PluginSpec {
+    pub const DEFAULT_THREADS: usize = 4;
+    pub const MAX_THREADS: usize = 1024;
 }
 
 /// A route's `compression`, `compression_level`, `compression_threshold`,
@@ -185,7 +199,8 @@ impl Route {
             })?;
             let loaded = crate::plugin::load(Path::new(library), init)
                 .map_err(|e| format!("--route {spec:?}: plugin {library}: {e}"))?;
-            return Ok(Route { plugin: Some(loaded), ..Route::new(path, AppKind::Plugin, limits) });
+            let plugin = PluginSpec { loaded, threads: PluginSpec::DEFAULT_THREADS };
+            return Ok(Route { plugin: Some(plugin), ..Route::new(path, AppKind::Plugin, limits) });
         }
         if target.starts_with("unix:") {
             let backend = BackendSpec::from_uri(target).map_err(|e| format!("--route {spec:?}: {e}"))?;

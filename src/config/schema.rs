@@ -221,6 +221,7 @@ pub(super) struct RouteSection {
     pub(super) require_key: Option<bool>,
     pub(super) plugin: Option<PathBuf>,
     pub(super) init: Option<String>,
+    pub(super) plugin_threads: Option<usize>,
     pub(super) compression: Option<String>,
     pub(super) compression_level: Option<i32>,
     pub(super) compression_threshold: Option<ByteSize>,

@@ -10,7 +10,7 @@ use crate::apps::pubsub::Policy as PubSubPolicy;
 use crate::backend::{BackendSpec, Framing, SocketSource};
 use crate::broker::config::{BrokerConfig, TokenSource};
 use crate::cluster::config::{ClusterConfig, RedisAddr};
-use crate::route::{AppKind, BrokerRoute, CompressionSpec, LogviewSpec};
+use crate::route::{AppKind, BrokerRoute, CompressionSpec, LogviewSpec, PluginSpec};
 use crate::ws::message::MessageKind;
 
 /// A route's target: exactly one of `app`, `backend`, `socket_dir`, `static`, with the backend keys
@@ -291,15 +291,14 @@ pub(super) fn broker_route(r: &RouteSection, app: AppKind) -> Result<BrokerRoute
 }
 
 /// A plugin route's library, loaded and checked now (so `--check-config` finds every
-/// mistake): only on plugin routes, which speak RFC 6455 only.
-pub(super) fn plugin_spec(
-    r: &RouteSection,
-    app: AppKind,
-    base: &Path,
-) -> Result<Option<Arc<crate::plugin::Loaded>>, String> {
+/// mistake), and its threads: only on plugin routes, which speak RFC 6455 only.
+pub(super) fn plugin_spec(r: &RouteSection, app: AppKind, base: &Path) -> Result<Option<PluginSpec>, String> {
     if app != AppKind::Plugin {
-        if r.plugin.is_some() || r.init.is_some() {
-            return Err(format!("route {:?}: plugin and init belong to plugin routes (app = \"plugin\")", r.path));
+        if r.plugin.is_some() || r.init.is_some() || r.plugin_threads.is_some() {
+            return Err(format!(
+                "route {:?}: plugin, init and plugin_threads belong to plugin routes (app = \"plugin\")",
+                r.path
+            ));
         }
         return Ok(None);
     }
@@ -312,11 +311,16 @@ pub(super) fn plugin_spec(
     if !r.legacy.is_empty() {
         return Err("route.legacy: plugin routes speak RFC 6455 only".into());
     }
+    let threads = r.plugin_threads.unwrap_or(PluginSpec::DEFAULT_THREADS);
+    if !(1..=PluginSpec::MAX_THREADS).contains(&threads) {
+        return Err(format!("route.plugin_threads: {threads} (must be 1..={})", PluginSpec::MAX_THREADS));
+    }
     let library = base.join(library);
-    crate::plugin::load(&library, init).map(Some).map_err(|e| {
+    let loaded = crate::plugin::load(&library, init).map_err(|e| {
         let key = if matches!(e, crate::plugin::load::LoadError::Open(_)) { "plugin" } else { "init" };
         format!("route.{key}: {} ({init}): {e}", library.display())
-    })
+    })?;
+    Ok(Some(PluginSpec { loaded, threads }))
 }
 
 /// A log-viewer route's files, only on logview routes.

@@ -629,10 +629,26 @@ impl Connection {
     /// Queues a frame published by someone else (already in this client's framing: RFC 6455,
     /// compressed or not, or legacy), under the route's backpressure policy.
     pub fn deliver(&mut self, now: Instant, pools: &mut Pools, frame: &SharedFrame) -> Delivered {
+        self.deliver_with_slack(now, pools, frame, 0)
+    }
+
+    /// [`Connection::deliver`] with `slack` bytes more than `max_backpressure` allowed: a
+    /// plugin's own messages, which may follow up to `backpressure_high` of client messages
+    /// still in the plugin's queue when the client stopped being read. An empty queue takes
+    /// one message whatever its size (a message larger than the limit would never go
+    /// otherwise).
+    pub fn deliver_with_slack(
+        &mut self,
+        now: Instant,
+        pools: &mut Pools,
+        frame: &SharedFrame,
+        slack: usize,
+    ) -> Delivered {
         if !self.is_open() || self.failing().is_some() {
             return Delivered::NotOpen;
         }
-        if self.out.footprint() + frame.len() > self.limits.max_backpressure {
+        let queued = self.out.footprint();
+        if queued > 0 && queued + frame.len() > self.limits.max_backpressure.saturating_add(slack) {
             return match self.limits.on_backpressure {
                 OnBackpressure::Drop => {
                     self.log.note_dropped();

@@ -268,7 +268,9 @@ unsafe extern "C" fn protocol_set(server: *const Server, protocol: *const c_char
     let id = h.id;
     h.with_connecting(|c| match c.protocols.iter().position(|p| p.as_bytes() == protocol.as_bytes()) {
         Some(i) => c.protocol = Some(i),
-        None => log::warn!("plugin on connection {id:x}: protocol_set({protocol:?}) ignored: the client did not offer it"),
+        None => {
+            log::warn!("plugin on connection {id:x}: protocol_set({protocol:?}) ignored: the client did not offer it")
+        }
     });
 }
 
@@ -310,7 +312,7 @@ fn send_payload(h: &Handle, kind: c_int, payload: &[u8]) -> bool {
         return false;
     }
     let frame = shared_frame(opcode, payload);
-    let sent = h.outlet.post(Note::SendTo { id: h.id, frame });
+    let sent = h.outlet.post(Note::PluginSend { id: h.id, frame });
     h.outlet.stats.count_send(sent);
     sent
 }

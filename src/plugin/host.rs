@@ -3,9 +3,11 @@
 //! The reactor never calls into a plugin: a callback may block (dumb-increment's
 //! `on_disconnect` joins a thread that sleeps 50 ms), and a worker that waited would stall
 //! every other connection it serves. The worker posts jobs (connect, message, disconnect) to
-//! the route's plugin thread; the thread runs them in order, so the callbacks of one
-//! connection are never concurrent and come in the order their events did. What comes back
-//! (the answer to `on_connect`, `send`, `close`) goes to the worker as mesh notes.
+//! one of the route's plugin threads (`plugin_threads` per route and worker), always the same
+//! one for a connection: each thread runs its jobs in order, so the callbacks of one
+//! connection are never concurrent and come in the order their events did, while different
+//! connections' callbacks may run at once on different threads (as Apache runs them). What
+//! comes back (the answer to `on_connect`, `send`, `close`) goes to the worker as mesh notes.
 //!
 //! Memory stays bounded without bounding the queue: a connection's messages count against
 //! the route's `backpressure_high` until `on_message` has returned (past it the worker stops
@@ -166,7 +168,14 @@ impl Drop for Attachment {
 pub struct Hosts {
     mesh: Arc<Mesh>,
     worker: usize,
-    by_route: HashMap<RouteId, (Arc<Link>, JoinHandle<()>)>,
+    by_route: HashMap<RouteId, Pool>,
+}
+
+/// A route's threads on one worker: a connection's jobs all go to one of them.
+struct Pool {
+    links: Vec<Arc<Link>>,
+    threads: Vec<JoinHandle<()>>,
+    stats: Arc<Stats>,
 }
 
 impl Hosts {
@@ -174,41 +183,27 @@ impl Hosts {
         Hosts { mesh, worker, by_route: HashMap::new() }
     }
 
-    /// Gives connection `id` to route `route_id`'s plugin: `on_connect` runs on the plugin
-    /// thread, whose answer comes back as a [`Note::PluginOpened`]. Fails only when the
-    /// thread cannot be started.
-    pub fn connect(&mut self, route_id: RouteId, route: &Route, id: u64, request: Connecting) -> io::Result<Attachment> {
-        let Some(loaded) = &route.plugin else { return Err(io::Error::other("not a plugin route")) };
-        let link = match self.by_route.get(&route_id) {
-            Some((link, _)) => Arc::clone(link),
-            None => {
-                let outlet = Arc::new(Outlet {
-                    mesh: Arc::clone(&self.mesh),
-                    worker: self.worker,
-                    stats: Arc::default(),
-                    max_message: route.limits.max_message_size,
-                    high: route.limits.backpressure_high.max(1),
-                });
-                let (jobs, rx) = channel();
-                let link = Arc::new(Link { jobs, outlet: Arc::clone(&outlet) });
-                let loaded = Arc::clone(loaded);
-                let name = format!("wsgate-p{}-{route_id}", self.worker);
-                loaded.threads.fetch_add(1, Ordering::AcqRel);
-                let thread = std::thread::Builder::new().name(name).spawn({
-                    let loaded = Arc::clone(&loaded);
-                    move || {
-                        run(&loaded, &rx, &outlet);
-                        loaded.threads.fetch_sub(1, Ordering::AcqRel);
-                    }
-                });
-                let thread = thread.inspect_err(|_| {
-                    loaded.threads.fetch_sub(1, Ordering::AcqRel);
-                })?;
-                log::debug!("worker {}: plugin thread for route {:?} started", self.worker, route.path);
-                self.by_route.insert(route_id, (Arc::clone(&link), thread));
-                link
+    /// Gives connection `id` to route `route_id`'s plugin: `on_connect` runs on one of the
+    /// plugin's threads, whose answer comes back as a [`Note::PluginOpened`]. Fails only when
+    /// the threads cannot be started.
+    pub fn connect(
+        &mut self,
+        route_id: RouteId,
+        route: &Route,
+        id: u64,
+        request: Connecting,
+    ) -> io::Result<Attachment> {
+        let Some(spec) = &route.plugin else { return Err(io::Error::other("not a plugin route")) };
+        let pool = match self.by_route.entry(route_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let pool = Pool::start(&self.mesh, self.worker, route_id, route, &spec.loaded, spec.threads)?;
+                log::debug!("worker {}: {} plugin thread(s) for route {:?}", self.worker, spec.threads, route.path);
+                e.insert(pool)
             }
         };
+        // Slab keys and generations both spread, so the low bits of the mix spread too.
+        let link = Arc::clone(&pool.links[((id ^ (id >> 32)) % pool.links.len() as u64) as usize]);
         let handle = Handle::new(id, Arc::clone(&link.outlet), request);
         link.post(Job::Connect(Arc::clone(&handle)));
         Ok(Attachment { link, handle })
@@ -216,7 +211,50 @@ impl Hosts {
 
     /// Each route's figures on this worker.
     pub fn stats(&self) -> impl Iterator<Item = (RouteId, &Stats)> {
-        self.by_route.iter().map(|(id, (link, _))| (*id, &*link.outlet.stats))
+        self.by_route.iter().map(|(id, pool)| (*id, &*pool.stats))
+    }
+}
+
+impl Pool {
+    fn start(
+        mesh: &Arc<Mesh>,
+        worker: usize,
+        route_id: RouteId,
+        route: &Route,
+        loaded: &Arc<Loaded>,
+        n: usize,
+    ) -> io::Result<Pool> {
+        let outlet = Arc::new(Outlet {
+            mesh: Arc::clone(mesh),
+            worker,
+            stats: Arc::default(),
+            max_message: route.limits.max_message_size,
+            high: route.limits.backpressure_high.max(1),
+        });
+        let mut pool =
+            Pool { links: Vec::with_capacity(n), threads: Vec::with_capacity(n), stats: Arc::clone(&outlet.stats) };
+        for i in 0..n {
+            let (jobs, rx) = channel();
+            let loaded = Arc::clone(loaded);
+            let thread_outlet = Arc::clone(&outlet);
+            loaded.threads.fetch_add(1, Ordering::AcqRel);
+            let spawned = std::thread::Builder::new().name(format!("wsgate-p{worker}.{route_id}.{i}")).spawn({
+                let loaded = Arc::clone(&loaded);
+                move || {
+                    run(&loaded, &rx, &thread_outlet);
+                    loaded.threads.fetch_sub(1, Ordering::AcqRel);
+                }
+            });
+            match spawned {
+                Ok(thread) => pool.threads.push(thread),
+                Err(e) => {
+                    loaded.threads.fetch_sub(1, Ordering::AcqRel);
+                    return Err(e); // the threads started end with their links, dropped here
+                }
+            }
+            pool.links.push(Arc::new(Link { jobs, outlet: Arc::clone(&outlet) }));
+        }
+        Ok(pool)
     }
 }
 
@@ -225,7 +263,7 @@ impl Drop for Hosts {
     /// disconnects; each thread runs them and ends. One stuck in a callback is left behind
     /// after [`STOP_WAIT`] (the process is exiting).
     fn drop(&mut self) {
-        let threads: Vec<JoinHandle<()>> = self.by_route.drain().map(|(_, (_, thread))| thread).collect();
+        let threads: Vec<JoinHandle<()>> = self.by_route.drain().flat_map(|(_, pool)| pool.threads).collect();
         let give_up = Instant::now() + STOP_WAIT;
         for thread in threads {
             while !thread.is_finished() && Instant::now() < give_up {
@@ -248,9 +286,7 @@ fn run(loaded: &Loaded, jobs: &Receiver<Job>, outlet: &Outlet) {
     let mut quarantine: VecDeque<(Instant, Arc<Handle>)> = VecDeque::new();
     loop {
         let job = match quarantine.front() {
-            Some((since, _)) => {
-                jobs.recv_timeout((*since + QUARANTINE).saturating_duration_since(Instant::now()))
-            }
+            Some((since, _)) => jobs.recv_timeout((*since + QUARANTINE).saturating_duration_since(Instant::now())),
             None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         let job = match job {

@@ -152,6 +152,18 @@ impl Worker {
 
     /// Queues `frame` for connection `key`; whether it was queued.
     pub(super) fn deliver(&mut self, key: usize, frame: &SharedFrame, now: Instant) -> bool {
+        self.deliver_with_slack(key, frame, now, 0)
+    }
+
+    /// A plugin's message to connection `id` (this worker's).
+    pub(super) fn plugin_send(&mut self, id: u64, frame: &SharedFrame, now: Instant) {
+        let key = key_of(id);
+        let Some(entry) = self.conns.get(key).filter(|e| e.conn.id() == id) else { return };
+        let slack = self.routes.get(entry.conn.route().unwrap_or(0)).limits.backpressure_high;
+        self.deliver_with_slack(key, frame, now, slack);
+    }
+
+    fn deliver_with_slack(&mut self, key: usize, frame: &SharedFrame, now: Instant, slack: usize) -> bool {
         let Some(entry) = self.conns.get_mut(key) else { return false };
         let mut forms = Forms::new(frame);
         let form = match entry.conn.frame_form(forms.payload_len) {
@@ -164,7 +176,7 @@ impl Worker {
             self.metrics.legacy_dropped += 1;
             return false;
         };
-        let delivered = entry.conn.deliver(now, &mut self.pools, frame);
+        let delivered = entry.conn.deliver_with_slack(now, &mut self.pools, frame, slack);
         match delivered {
             Delivered::Queued | Delivered::Closing => self.mark_dirty(key),
             Delivered::Dropped => self.metrics.dropped += 1,

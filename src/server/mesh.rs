@@ -57,6 +57,11 @@ pub enum Note {
         id: u64,
         answer: crate::plugin::host::Answer,
     },
+    /// A plugin's message to connection `id` (this worker's), framed.
+    PluginSend {
+        id: u64,
+        frame: SharedFrame,
+    },
     /// A plugin asked for connection `id` to close.
     PluginClose {
         id: u64,
@@ -101,7 +106,9 @@ impl Note {
     /// note, which is never dropped.
     fn data_bytes(&self) -> Option<usize> {
         match self {
-            Note::Publish { frame, .. } | Note::SendTo { frame, .. } => Some(frame.len()),
+            Note::Publish { frame, .. } | Note::SendTo { frame, .. } | Note::PluginSend { frame, .. } => {
+                Some(frame.len())
+            }
             Note::Route { frame, receivers } => Some(frame.len() + receivers.len()),
             _ => None,
         }

@@ -497,6 +497,7 @@ impl Worker {
                 self.scratch_keys = keys;
             }
             Note::SendTo { id, frame } => self.send_to(id, frame, now),
+            Note::PluginSend { id, frame } => self.plugin_send(id, &frame, now),
             Note::PluginOpened { id, answer } => {
                 self.run_by_id(id, now, |conn, ctx| conn.plugin_answered(ctx, answer));
             }
