@@ -3,10 +3,12 @@
 # are permessage-deflate) against wsgate's /echo with compression = "shared", over ws://, over
 # wss:// (a self-signed certificate made by examples/gen-cert.rs), and over ws:// through a
 # framed UNIX backend (examples/backend-echo.rs: every frame crosses the backend link and comes
-# back; the gateway inflates what the client compressed and compresses the backend's answers). The
-# three agents run side by side (wstest is one Python process each). Fails unless every case
-# is OK, but for what conformance/autobahn-check.py lists as expected (and says why).
-# usage: conformance/autobahn.sh [ws|wss|backend|all]      (default all)
+# back; the gateway inflates what the client compressed and compresses the backend's answers), and
+# over ws:// through the C echo plugin (examples/plugins/echo.c, built here with the system's C
+# compiler: every message crosses to a plugin thread and back). The four agents run side by side
+# (wstest is one Python process each). Fails unless every case is OK, but for what
+# conformance/autobahn-check.py lists as expected (and says why).
+# usage: conformance/autobahn.sh [ws|wss|backend|plugin|all]      (default all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 which=${1:-all}
@@ -71,6 +73,13 @@ if [ "$which" = backend ] || [ "$which" = all ]; then
   run backend ws "${AUTOBAHN_BACKEND_PORT:-9003}" "backend = \"unix:$sockets/echo\"
 framing = \"framed\"" "${user[@]}" &
   pids+=($!) names+=(backend)
+fi
+if [ "$which" = plugin ] || [ "$which" = all ]; then
+  cc -O2 -shared -fPIC -I include -o target/autobahn/echo.so examples/plugins/echo.c
+  run plugin ws "${AUTOBAHN_PLUGIN_PORT:-9004}" "app = \"plugin\"
+plugin = \"$PWD/target/autobahn/echo.so\"
+init = \"echo_init\"" &
+  pids+=($!) names+=(plugin)
 fi
 status=0
 for i in "${!pids[@]}"; do

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
+use crate::plugin::host::PluginFigures;
+
 /// Counters the access line reports.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Traffic {
@@ -181,6 +183,8 @@ pub struct Figures {
     /// Notes from other workers taken from this worker's inbox, and dropped at it (full).
     pub inbox_received: u64,
     pub inbox_dropped: u64,
+    /// Per plugin route index, its plugin's figures (routes whose threads have started).
+    pub plugins: Vec<(usize, PluginFigures)>,
 }
 
 impl Figures {
@@ -213,7 +217,14 @@ impl Figures {
             total.pool_bytes += f.pool_bytes;
             total.inbox_received += f.inbox_received;
             total.inbox_dropped += f.inbox_dropped;
+            for (route, p) in &f.plugins {
+                match total.plugins.iter_mut().find(|(r, _)| r == route) {
+                    Some((_, into)) => into.absorb(p),
+                    None => total.plugins.push((*route, *p)),
+                }
+            }
         }
+        total.plugins.sort_by_key(|(r, _)| *r);
         let mut top: Vec<(String, usize, u64)> = top.into_iter().map(|(n, (s, d))| (n.to_string(), s, d)).collect();
         top.sort_by_key(|t| std::cmp::Reverse(t.1));
         top.truncate(10);
@@ -241,10 +252,59 @@ pub struct Snapshot<'a> {
     pub subscriptions: usize,
     pub broker_tokens_held: usize,
     pub broker_tokens_registered: usize,
+    /// Per plugin route (path): its plugin's figures.
+    pub plugins: Vec<(&'a str, PluginFigures)>,
     pub rss_bytes: Option<u64>,
     pub open_fds: Option<u64>,
     pub max_fds: Option<u64>,
     pub pool_bytes: usize,
+}
+
+/// The plugin routes' figures (see `wsgate.toml(5)`, "Plugins").
+fn render_plugins(o: &mut String, m: &Metrics, plugins: &[(&str, PluginFigures)]) {
+    family(o, "wsgate_plugin_connects_total", "counter", "Connections given to a plugin's on_connect, by result.");
+    for (route, p) in plugins {
+        sample(o, "wsgate_plugin_connects_total", &[("route", route), ("result", "accepted")], p.connects - p.declined);
+        sample(o, "wsgate_plugin_connects_total", &[("route", route), ("result", "declined")], p.declined);
+    }
+    family(o, "wsgate_plugin_timeouts_total", "counter", "Upgrades answered 503: on_connect did not return in time.");
+    sample(o, "wsgate_plugin_timeouts_total", &[], m.plugin_timeouts);
+    family(
+        o,
+        "wsgate_plugin_messages_total",
+        "counter",
+        "Messages given to on_message (in) and sent by plugins (out).",
+    );
+    for (route, p) in plugins {
+        sample(o, "wsgate_plugin_messages_total", &[("route", route), ("direction", "in")], p.messages_in);
+        sample(o, "wsgate_plugin_messages_total", &[("route", route), ("direction", "out")], p.messages_out);
+    }
+    family(
+        o,
+        "wsgate_plugin_sends_refused_total",
+        "counter",
+        "Plugin sends refused: invalid for their type, the connection closed, or the worker's inbox full.",
+    );
+    for (route, p) in plugins {
+        sample(o, "wsgate_plugin_sends_refused_total", &[("route", route)], p.sends_refused);
+    }
+    family(
+        o,
+        "wsgate_plugin_queue_jobs",
+        "gauge",
+        "Jobs (connects, messages, disconnects) waiting for plugin threads.",
+    );
+    for (route, p) in plugins {
+        sample(o, "wsgate_plugin_queue_jobs", &[("route", route)], p.queued);
+    }
+    family(o, "wsgate_plugin_callbacks_total", "counter", "Plugin callbacks run.");
+    for (route, p) in plugins {
+        sample(o, "wsgate_plugin_callbacks_total", &[("route", route)], p.callbacks);
+    }
+    family(o, "wsgate_plugin_callback_seconds_total", "counter", "Time spent in plugin callbacks.");
+    for (route, p) in plugins {
+        sample_f(o, "wsgate_plugin_callback_seconds_total", &[("route", route)], p.callback_nanos as f64 / 1e9);
+    }
 }
 
 /// Prometheus text format 0.0.4: the process's totals, then per-worker figures (`workers`,
@@ -352,6 +412,8 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>, workers: &[Figures], cluster: bool)
         "Messages not sent to legacy clients: not UTF-8 (these drafts carry text only).",
     );
     sample(o, "wsgate_legacy_dropped_total", &[], m.legacy_dropped);
+
+    render_plugins(o, m, &s.plugins);
 
     family(o, "wsgate_loop_iterations_total", "counter", "Turns of the event loop.");
     sample(o, "wsgate_loop_iterations_total", &[], m.loop_iterations);

@@ -132,7 +132,7 @@ fn the_echo_plugin_echoes_text_binary_and_large_messages() {
         other => panic!("expected binary, got {other:?}"),
     }
     // A ping is the server's to answer, not the plugin's.
-    ws.send(tungstenite::Message::Ping(b"p".to_vec().into())).unwrap();
+    ws.send(tungstenite::Message::Ping(b"p".to_vec())).unwrap();
     ws.send(tungstenite::Message::text("after ping")).unwrap();
     loop {
         match ws.read().unwrap() {
@@ -152,7 +152,9 @@ fn the_echo_plugin_echoes_text_binary_and_large_messages() {
 #[test]
 fn dumb_increment_negotiates_counts_and_resets() {
     let lib = examples().join("dumb_increment.so");
-    let server = Server::with_config(&plugin_config("/di", &lib, "dumb_increment_init", ""), &[]);
+    let config =
+        format!("[admin]\nlisten = \"127.0.0.1:0\"\n{}", plugin_config("/di", &lib, "dumb_increment_init", ""));
+    let server = Server::with_config(&config, &[]);
     // Without its protocol the plugin declines: 403.
     let (_, head) = upgrade(server.addr, "/di", "");
     assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
@@ -180,6 +182,24 @@ fn dumb_increment_negotiates_counts_and_resets() {
     raw.send(0x88, &1000u16.to_be_bytes());
     assert_eq!(raw.expect_close(), Some(1000));
     raw.expect_eof();
+    // Per plugin route: two declined, one accepted, the reset received; on_disconnect ran
+    // (connect, message, disconnect: three callbacks at least for the accepted one).
+    wait_metrics(
+        &server,
+        &[
+            "wsgate_plugin_connects_total{route=\"/di\",result=\"accepted\"} 1",
+            "wsgate_plugin_connects_total{route=\"/di\",result=\"declined\"} 2",
+            "wsgate_plugin_messages_total{route=\"/di\",direction=\"in\"} 1",
+            "wsgate_plugin_queue_jobs{route=\"/di\"} 0",
+            "wsgate_plugin_callbacks_total{route=\"/di\"} 5",
+        ],
+    );
+    let (_, text) = http("GET", &server.admin_url("/metrics"), &[], None);
+    let sent = text
+        .lines()
+        .find_map(|l| l.strip_prefix("wsgate_plugin_messages_total{route=\"/di\",direction=\"out\"} "))
+        .unwrap();
+    assert!(sent.parse::<u64>().unwrap() >= 6, "{text}");
 }
 
 #[test]
@@ -421,4 +441,20 @@ fn every_refused_configuration_names_its_key_and_line() {
     let out = Command::new(env!("CARGO_BIN_EXE_wsgate")).args(["--check-config", "--route", &route]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn replies_to_messages_before_a_protocol_error_come_before_the_close() {
+    let echo = examples().join("echo.so");
+    let server = Server::with_config(&plugin_config("/echo", &echo, "echo_init", ""), &[]);
+    for _ in 0..20 {
+        let mut raw = Raw::connect(server.addr, "/echo");
+        let mut burst = masked_frame(0x81, b"first");
+        burst.extend(masked_frame(0x81, b"second"));
+        burst.extend(masked_frame(0xC1, b"rsv1 without an extension"));
+        raw.send_raw(&burst);
+        assert_eq!(text_of(raw.recv().unwrap()), "first");
+        assert_eq!(text_of(raw.recv().unwrap()), "second");
+        assert_eq!(raw.expect_close(), Some(1002));
+    }
 }

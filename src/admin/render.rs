@@ -213,12 +213,21 @@ impl<'a> Facts<'a> {
                 None => routes.push((&*r.path, r.app.name(), open, traffic)),
             }
         }
+        let mut plugins: Vec<(&str, crate::plugin::host::PluginFigures)> = Vec::new();
+        for (i, p) in &total.plugins {
+            let path = &*self.routes.get(*i).path;
+            match plugins.iter_mut().find(|(r, _)| *r == path) {
+                Some((_, into)) => into.absorb(p),
+                None => plugins.push((path, *p)),
+            }
+        }
         let (open_fds, max_fds) = if fds { self.fds } else { (None, None) };
         Snapshot {
             version: env!("CARGO_PKG_VERSION"),
             uptime: now.saturating_duration_since(self.started),
             by_state: total.by_state.clone(),
             routes,
+            plugins,
             topics: total.topics,
             subscriptions: total.subscriptions,
             broker_tokens_held: total.tokens_held,

@@ -3,7 +3,7 @@
 //! behind on it. What the plugin sends comes back through the worker's inbox, so this app
 //! never queues anything itself.
 
-use super::{App, AppCtx, Payload};
+use super::{App, AppCtx, Hold, Payload};
 use crate::plugin::Attachment;
 use crate::ws::message::MessageKind;
 
@@ -26,6 +26,17 @@ impl App for Plugin {
         if !self.attachment.message(kind, payload) {
             cx.hold_input();
         }
+    }
+
+    /// A client that broke the protocol is owed a close frame, but the plugin's replies to
+    /// its earlier messages go first: the frame waits until the plugin thread has been
+    /// through them (bounded by `close_timeout`). A client's own close is answered at once.
+    fn on_close(&mut self, _cx: &mut AppCtx<'_>, _code: Option<u16>, _reason: &str, protocol_error: bool) -> Hold {
+        if protocol_error {
+            self.attachment.flush();
+            return Hold::UntilAppCloses;
+        }
+        Hold::No
     }
 
     fn accepts_input(&self, _high: usize) -> bool {

@@ -175,6 +175,15 @@ pub enum Delivered {
     NotOpen,
 }
 
+/// Who a frame delivered to a connection comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// A publisher, the broker, the admin API: anyone but the connection's app.
+    Other,
+    /// The connection's own app, sending through the loop (a plugin).
+    OwnApp,
+}
+
 /// The form in which a connection takes a frame published to it ([`Connection::frame_form`]):
 /// the loop frames each message once per form among its receivers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -612,7 +621,14 @@ impl Connection {
     /// The form in which this connection takes a frame published to it, for a payload of
     /// `payload_len` bytes.
     pub fn frame_form(&self, payload_len: usize) -> FrameForm {
-        let Some(ws) = self.phase.ws().filter(|_| self.is_open() && self.failing().is_none()) else {
+        self.form_for(payload_len, Sender::Other)
+    }
+
+    /// The form for a frame from `sender`: the connection's own app may still send while
+    /// the client is being failed (its replies to messages before the error go first).
+    pub fn form_for(&self, payload_len: usize, sender: Sender) -> FrameForm {
+        let accepts = self.is_open() && (self.failing().is_none() || sender != Sender::Other);
+        let Some(ws) = self.phase.ws().filter(|_| accepts) else {
             return FrameForm::Nothing;
         };
         if ws.endpoint.draft().is_some() {
@@ -629,22 +645,20 @@ impl Connection {
     /// Queues a frame published by someone else (already in this client's framing: RFC 6455,
     /// compressed or not, or legacy), under the route's backpressure policy.
     pub fn deliver(&mut self, now: Instant, pools: &mut Pools, frame: &SharedFrame) -> Delivered {
-        self.deliver_with_slack(now, pools, frame, 0)
+        self.deliver_from(now, pools, frame, Sender::Other)
     }
 
-    /// [`Connection::deliver`] with `slack` bytes more than `max_backpressure` allowed: a
-    /// plugin's own messages, which may follow up to `backpressure_high` of client messages
-    /// still in the plugin's queue when the client stopped being read. An empty queue takes
-    /// one message whatever its size (a message larger than the limit would never go
-    /// otherwise).
-    pub fn deliver_with_slack(
-        &mut self,
-        now: Instant,
-        pools: &mut Pools,
-        frame: &SharedFrame,
-        slack: usize,
-    ) -> Delivered {
-        if !self.is_open() || self.failing().is_some() {
+    /// [`Connection::deliver`] for a frame from `sender`. The connection's own app (a plugin,
+    /// whose messages come through the loop) may send while the client is being failed, and
+    /// has `backpressure_high` of slack over `max_backpressure`: client messages still in its
+    /// queue when reading stopped come back too. An empty queue takes one message whatever
+    /// its size (a message larger than the limit would never go otherwise).
+    pub fn deliver_from(&mut self, now: Instant, pools: &mut Pools, frame: &SharedFrame, sender: Sender) -> Delivered {
+        let (accepts, slack) = match sender {
+            Sender::Other => (self.failing().is_none(), 0),
+            Sender::OwnApp => (true, self.limits.backpressure_high),
+        };
+        if !self.is_open() || !accepts {
             return Delivered::NotOpen;
         }
         let queued = self.out.footprint();

@@ -65,7 +65,7 @@ impl Stats {
     }
 
     /// The figures, summed into `into` (one worker's part of the route's).
-    pub fn add_to(&self, into: &mut Figures) {
+    pub fn add_to(&self, into: &mut PluginFigures) {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         into.connects += get(&self.connects);
         into.declined += get(&self.declined);
@@ -80,7 +80,7 @@ impl Stats {
 
 /// A plugin route's figures, summed over the workers.
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Figures {
+pub struct PluginFigures {
     pub connects: u64,
     pub declined: u64,
     pub messages_in: u64,
@@ -89,6 +89,19 @@ pub struct Figures {
     pub queued: u64,
     pub callbacks: u64,
     pub callback_nanos: u64,
+}
+
+impl PluginFigures {
+    pub fn absorb(&mut self, o: &PluginFigures) {
+        self.connects += o.connects;
+        self.declined += o.declined;
+        self.messages_in += o.messages_in;
+        self.messages_out += o.messages_out;
+        self.sends_refused += o.sends_refused;
+        self.queued += o.queued;
+        self.callbacks += o.callbacks;
+        self.callback_nanos += o.callback_nanos;
+    }
 }
 
 /// How a plugin's calls reach the worker serving its connections.
@@ -111,6 +124,8 @@ impl Outlet {
 enum Job {
     Connect(Arc<Handle>),
     Message(Arc<Handle>, c_int, Vec<u8>),
+    /// No callback: say when every earlier job of the connection is done.
+    Flush(Arc<Handle>),
     Disconnect(Arc<Handle>),
 }
 
@@ -149,6 +164,12 @@ impl Attachment {
         let pending = self.handle.pending.fetch_add(cost, Ordering::AcqRel) + cost;
         self.link.post(Job::Message(Arc::clone(&self.handle), kind, payload));
         pending < self.link.outlet.high
+    }
+
+    /// Asks the plugin thread to say ([`Note::PluginFlushed`]) once the messages queued so
+    /// far have been through `on_message` (and what they sent is on its way).
+    pub fn flush(&self) {
+        self.link.post(Job::Flush(Arc::clone(&self.handle)));
     }
 
     /// Whether the client may be read: its messages the plugin has not taken yet are under
@@ -210,8 +231,18 @@ impl Hosts {
     }
 
     /// Each route's figures on this worker.
-    pub fn stats(&self) -> impl Iterator<Item = (RouteId, &Stats)> {
-        self.by_route.iter().map(|(id, pool)| (*id, &*pool.stats))
+    pub fn figures(&self) -> Vec<(RouteId, PluginFigures)> {
+        let mut all: Vec<(RouteId, PluginFigures)> = self
+            .by_route
+            .iter()
+            .map(|(id, pool)| {
+                let mut f = PluginFigures::default();
+                pool.stats.add_to(&mut f);
+                (*id, f)
+            })
+            .collect();
+        all.sort_by_key(|(id, _)| *id);
+        all
     }
 }
 
@@ -262,6 +293,7 @@ impl Drop for Hosts {
     /// The worker stops: its connections (dropped before this) have posted their
     /// disconnects; each thread runs them and ends. One stuck in a callback is left behind
     /// after [`STOP_WAIT`] (the process is exiting).
+    #[allow(clippy::disallowed_methods)] // off the loop: the worker has stopped
     fn drop(&mut self) {
         let threads: Vec<JoinHandle<()>> = self.by_route.drain().flat_map(|(_, pool)| pool.threads).collect();
         let give_up = Instant::now() + STOP_WAIT;
@@ -299,7 +331,7 @@ fn run(loaded: &Loaded, jobs: &Receiver<Job>, outlet: &Outlet) {
         };
         stats.queued.fetch_sub(1, Ordering::Relaxed);
         let started = Instant::now();
-        match job {
+        let called = match job {
             Job::Connect(handle) => {
                 let private = match plugin.on_connect {
                     // SAFETY: the plugin's callback, called as the header specifies, with a
@@ -316,16 +348,16 @@ fn run(loaded: &Loaded, jobs: &Receiver<Job>, outlet: &Outlet) {
                 if accepted {
                     handle.open();
                 }
+                plugin.on_connect.is_some()
             }
             Job::Message(handle, kind, mut payload) => {
-                if handle.accepted() {
-                    if let Some(on_message) = plugin.on_message {
-                        let private = handle.private.load(Ordering::Acquire);
-                        // SAFETY: as for on_connect; the buffer is ours and writable for the
-                        // call (the header lets the plugin change it).
-                        unsafe { on_message(private, handle.server(), kind, payload.as_mut_ptr(), payload.len()) };
-                        stats.messages_in.fetch_add(1, Ordering::Relaxed);
-                    }
+                let on_message = plugin.on_message.filter(|_| handle.accepted());
+                if let Some(on_message) = on_message {
+                    let private = handle.private.load(Ordering::Acquire);
+                    // SAFETY: as for on_connect; the buffer is ours and writable for the call
+                    // (the header lets the plugin change it).
+                    unsafe { on_message(private, handle.server(), kind, payload.as_mut_ptr(), payload.len()) };
+                    stats.messages_in.fetch_add(1, Ordering::Relaxed);
                 }
                 let cost = payload.len() + MESSAGE_OVERHEAD;
                 let before = handle.pending.fetch_sub(cost, Ordering::AcqRel);
@@ -334,27 +366,35 @@ fn run(loaded: &Loaded, jobs: &Receiver<Job>, outlet: &Outlet) {
                 if before >= outlet.high && before - cost < outlet.high {
                     outlet.post(Note::PluginResume { id: handle.id });
                 }
+                on_message.is_some()
+            }
+            Job::Flush(handle) => {
+                outlet.post(Note::PluginFlushed { id: handle.id });
+                false
             }
             Job::Disconnect(handle) => {
-                if handle.accepted() {
-                    if let Some(on_disconnect) = plugin.on_disconnect {
-                        let private = handle.private.load(Ordering::Acquire);
-                        // SAFETY: as for on_connect.
-                        unsafe { on_disconnect(private, handle.server()) };
-                    }
+                let on_disconnect = plugin.on_disconnect.filter(|_| handle.accepted());
+                if let Some(on_disconnect) = on_disconnect {
+                    let private = handle.private.load(Ordering::Acquire);
+                    // SAFETY: as for on_connect.
+                    unsafe { on_disconnect(private, handle.server()) };
                 }
                 handle.gone();
                 quarantine.push_back((Instant::now(), handle));
+                on_disconnect.is_some()
             }
-        }
+        };
         let now = Instant::now();
-        stats.callbacks.fetch_add(1, Ordering::Relaxed);
-        stats.callback_nanos.fetch_add(now.duration_since(started).as_nanos() as u64, Ordering::Relaxed);
+        if called {
+            stats.callbacks.fetch_add(1, Ordering::Relaxed);
+            stats.callback_nanos.fetch_add(now.duration_since(started).as_nanos() as u64, Ordering::Relaxed);
+        }
         expire(&mut quarantine, now);
     }
     // The worker is gone (the process is exiting): a plugin thread of the plugin's own may
-    // still hold a server pointer, so the handles in quarantine are left to the exit.
-    quarantine.into_iter().for_each(|(_, handle)| std::mem::forget(handle));
+    // still hold a server pointer, so the handles in quarantine are kept to the exit.
+    static KEPT: std::sync::Mutex<Vec<Arc<Handle>>> = std::sync::Mutex::new(Vec::new());
+    KEPT.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(quarantine.into_iter().map(|(_, h)| h));
 }
 
 /// Frees the handles whose quarantine is over.

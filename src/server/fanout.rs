@@ -12,7 +12,7 @@ use super::mesh::Note;
 use super::Worker;
 use crate::cluster::{PUB_TOKEN, SUB_TOKEN};
 use crate::conn_id::{key_of, worker_of};
-use crate::connection::{Delivered, FrameForm, Ready};
+use crate::connection::{Delivered, FrameForm, Ready, Sender};
 use crate::encode::{shared_frame, SharedFrame};
 use crate::ws::deflate::SharedCodecs;
 
@@ -152,21 +152,21 @@ impl Worker {
 
     /// Queues `frame` for connection `key`; whether it was queued.
     pub(super) fn deliver(&mut self, key: usize, frame: &SharedFrame, now: Instant) -> bool {
-        self.deliver_with_slack(key, frame, now, 0)
+        self.deliver_from(key, frame, now, Sender::Other)
     }
 
     /// A plugin's message to connection `id` (this worker's).
     pub(super) fn plugin_send(&mut self, id: u64, frame: &SharedFrame, now: Instant) {
         let key = key_of(id);
-        let Some(entry) = self.conns.get(key).filter(|e| e.conn.id() == id) else { return };
-        let slack = self.routes.get(entry.conn.route().unwrap_or(0)).limits.backpressure_high;
-        self.deliver_with_slack(key, frame, now, slack);
+        if self.conns.get(key).is_some_and(|e| e.conn.id() == id) {
+            self.deliver_from(key, frame, now, Sender::OwnApp);
+        }
     }
 
-    fn deliver_with_slack(&mut self, key: usize, frame: &SharedFrame, now: Instant, slack: usize) -> bool {
+    fn deliver_from(&mut self, key: usize, frame: &SharedFrame, now: Instant, sender: Sender) -> bool {
         let Some(entry) = self.conns.get_mut(key) else { return false };
         let mut forms = Forms::new(frame);
-        let form = match entry.conn.frame_form(forms.payload_len) {
+        let form = match entry.conn.form_for(forms.payload_len, sender) {
             // A control frame (a plugin's ping or pong) is never compressed.
             FrameForm::Compressed { .. } if frame.first().is_some_and(|b| b & 0x08 != 0) => FrameForm::Plain,
             FrameForm::Nothing => return false,
@@ -176,7 +176,7 @@ impl Worker {
             self.metrics.legacy_dropped += 1;
             return false;
         };
-        let delivered = entry.conn.deliver_with_slack(now, &mut self.pools, frame, slack);
+        let delivered = entry.conn.deliver_from(now, &mut self.pools, frame, sender);
         match delivered {
             Delivered::Queued | Delivered::Closing => self.mark_dirty(key),
             Delivered::Dropped => self.metrics.dropped += 1,

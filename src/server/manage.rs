@@ -353,6 +353,7 @@ impl Worker {
             pool_bytes: self.pools.spare_bytes(),
             inbox_received: self.mailbox.received,
             inbox_dropped: self.mesh.dropped(self.mailbox.index),
+            plugins: self.plugins.figures(),
         }
     }
 

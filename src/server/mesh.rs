@@ -68,6 +68,11 @@ pub enum Note {
         code: u16,
         reason: String,
     },
+    /// A plugin has been through every message connection `id` sent before it broke the
+    /// protocol: its close frame may go now.
+    PluginFlushed {
+        id: u64,
+    },
     /// A plugin has caught up with connection `id`'s messages: read from it again.
     PluginResume {
         id: u64,

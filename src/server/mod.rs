@@ -504,6 +504,10 @@ impl Worker {
             Note::PluginClose { id, code, reason } => {
                 self.run_by_id(id, now, |conn, ctx| conn.disconnect(ctx, code, reason));
             }
+            Note::PluginFlushed { id } => {
+                // The close frame the client is owed (held while the plugin caught up).
+                self.run_by_id(id, now, |conn, ctx| conn.disconnect(ctx, 1000, String::new()));
+            }
             Note::PluginResume { id } => {
                 self.run_by_id(id, now, |conn, ctx| conn.drive(ctx, Ready { corked: true, ..Ready::default() }));
             }
