@@ -458,3 +458,37 @@ fn replies_to_messages_before_a_protocol_error_come_before_the_close() {
         assert_eq!(raw.expect_close(), Some(1002));
     }
 }
+
+/// `examples/plugins/rust`, built with cargo into a directory of its own (the outer build's
+/// target directory may be locked).
+fn rust_plugin() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = root.join("target/plugin-example");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "--manifest-path"])
+        .arg(root.join("examples/plugins/rust/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    target.join("release/libwsgate_plugin_rust.so")
+}
+
+#[test]
+fn a_plugin_in_rust_on_the_same_abi() {
+    let lib = rust_plugin();
+    let server = Server::with_config(&plugin_config("/numbered", &lib, "numbered_init", ""), &[]);
+    let (mut raw, head) = upgrade(server.addr, "/numbered", "Sec-WebSocket-Protocol: other, numbered\r\n");
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(head.contains("Sec-WebSocket-Protocol: numbered\r\n"), "{head}");
+    raw.send(0x81, b"hello");
+    assert_eq!(text_of(raw.recv().unwrap()), "1: hello");
+    raw.send(0x82, &[0, 1, 2, 255]);
+    let binary = raw.recv().unwrap();
+    assert_eq!((binary.opcode, &binary.payload[..]), (2, &[0u8, 1, 2, 255][..]));
+    raw.send(0x81, "héllo".as_bytes());
+    assert_eq!(text_of(raw.recv().unwrap()), "3: héllo");
+    raw.send(0x88, &1000u16.to_be_bytes());
+    assert_eq!(raw.expect_close(), Some(1000));
+}
