@@ -15,16 +15,22 @@
  *   plugin = "/usr/lib/wsgate/echo.so"
  *   init = "echo_init"
  *
- * What wsgate guarantees (see wsgate.toml(5), "Plugins"):
+ * What wsgate guarantees (see wsgate.toml(5), PLUGINS):
  *
- * - Callbacks run on a plugin thread of their own, never on the thread that serves connections,
- *   so a callback may block (it only delays the connections of its own route and worker).
+ * - Callbacks run on plugin threads (`plugin_threads` per route and worker, 4 by default),
+ *   never on the threads that serve connections, so a callback may block: it delays only the
+ *   connections of its own plugin thread.
  * - The callbacks of one connection are never concurrent and come in order: on_connect, then
- *   on_message for each message, then on_disconnect exactly once if on_connect accepted.
+ *   on_message for each text or binary message, then on_disconnect exactly once if
+ *   on_connect accepted. Callbacks of different connections may run at the same time (as in
+ *   Apache): state shared between connections needs a lock.
  * - `send` and `close` may be called from any thread between on_connect returning and
- *   on_disconnect returning. Afterwards they do nothing (and return 0). The server structure
- *   stays valid until on_disconnect returns.
- * - A plugin is unloaded only when the process exits. A crash inside a plugin is a crash of
+ *   on_disconnect returning. Afterwards they do nothing (and return 0); the server structure
+ *   stays readable for 60 seconds after on_disconnect returned, so a plugin thread that
+ *   sends once too many does no harm. A plugin must stop its own threads by then.
+ * - The library is loaded and its init function called once per process, when the
+ *   configuration is read. It is unloaded only when the process exits (`destroy`, if set,
+ *   is called then, after every callback returned). A crash inside a plugin is a crash of
  *   the whole server: for isolation, run the code as a backend (`backend = "unix:..."`).
  */
 
@@ -70,8 +76,10 @@ typedef size_t(CALLBACK *WS_Protocol_Count)(const struct _WebSocketServer *serve
 typedef const char *(CALLBACK *WS_Protocol_Index)(const struct _WebSocketServer *server, const size_t index);
 /* Chooses the subprotocol answered (in on_connect only; one the client offered). */
 typedef void(CALLBACK *WS_Protocol_Set)(const struct _WebSocketServer *server, const char *protocol);
-/* Queues a message (MESSAGE_TYPE_TEXT: valid UTF-8, or it is refused; BINARY; PING; PONG).
-   Returns `buffer_size` when queued, 0 when not (closed, refused). */
+/* Queues a message: MESSAGE_TYPE_TEXT (valid UTF-8, or it is refused), BINARY, PING or PONG
+   (at most 125 bytes), or CLOSE (a 2-byte code and a UTF-8 reason, or nothing for 1000: the
+   close handshake begins). Returns `buffer_size` when queued, 0 when not (before on_connect
+   returned, after close or on_disconnect, refused, or the server's queue full). */
 typedef size_t(CALLBACK *WS_Send)(const struct _WebSocketServer *server, const int type,
                                   const unsigned char *buffer, const size_t buffer_size);
 /* Begins the close handshake (code 1000). */
