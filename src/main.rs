@@ -130,10 +130,7 @@ fn main() -> ExitCode {
     }
     log::info!("wsgate {} listening on {}", env!("CARGO_PKG_VERSION"), addrs.join(", "));
     log::info!("{}; open-file limit {}", summary(&config), fd_limit.map_or("unknown".into(), |n| n.to_string()));
-    let result = server.run();
-    // Every worker has stopped: the plugins' destroy functions, once each.
-    wsgate::plugin::load::destroy_all();
-    match result {
+    match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("event loop failed: {e}");

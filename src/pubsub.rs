@@ -87,6 +87,17 @@ pub enum SubscribeError {
     Reserved,
 }
 
+impl std::fmt::Display for SubscribeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SubscribeError::TooMany => "too many subscriptions for this connection",
+            SubscribeError::Reserved => "a topic reserved for the server's own feeds",
+        })
+    }
+}
+
+impl std::error::Error for SubscribeError {}
+
 impl Topics {
     pub fn new() -> Topics {
         Topics { free_sub: None, ..Default::default() }

@@ -28,6 +28,9 @@ pub enum AppKind {
     Logview,
     /// WebSocket: a C plugin's callbacks (see `Route::plugin`).
     Plugin,
+    /// WebSocket: an app of the embedding program's (see `Route::custom`; not configurable
+    /// from a file).
+    Custom,
     /// WebSocket: the admin listener's dashboard feed (not configurable).
     Dashboard,
     /// Plain HTTP: the files under a directory (see `Route::files`).
@@ -45,6 +48,7 @@ impl AppKind {
             AppKind::Broker => "broker",
             AppKind::Logview => "logview",
             AppKind::Plugin => "plugin",
+            AppKind::Custom => "custom",
             AppKind::Dashboard => "dashboard",
             AppKind::Static => "static",
         }
@@ -97,6 +101,19 @@ pub struct Route {
     pub files: Option<Arc<crate::http::static_files::StaticDir>>,
     /// Set when `app` is [`AppKind::Plugin`]: the plugin, loaded, and its threads.
     pub plugin: Option<PluginSpec>,
+    /// Set when `app` is [`AppKind::Custom`]: what makes each connection's app.
+    pub custom: Option<CustomApp>,
+}
+
+/// An embedding program's app for a route ([`crate::Builder::route`]): called on the
+/// worker serving each new connection.
+#[derive(Clone)]
+pub struct CustomApp(pub Arc<dyn Fn() -> Box<dyn crate::apps::App> + Send + Sync>);
+
+impl std::fmt::Debug for CustomApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CustomApp")
+    }
 }
 
 /// A plugin route's plugin and how many threads run its callbacks on each worker.
@@ -174,6 +191,7 @@ impl Route {
             legacy: crate::ws::hixie::Drafts::default(),
             files: None,
             plugin: None,
+            custom: None,
         }
     }
 

@@ -162,3 +162,57 @@ fn jsonrpc_over_lines() {
     ws.send_text(r#"{"jsonrpc":"2.0","method":"add","params":[40,2],"id":1}"#).unwrap();
     assert_eq!(ws_text(&mut ws), r#"{"jsonrpc":"2.0","result":42,"id":1}"#);
 }
+
+/// `examples/embed.rs`: wsgate as a library, with an app of the program's own (a counter room
+/// with a topic and a timer per client).
+#[test]
+fn the_embedded_counter_room_counts_publishes_and_ticks() {
+    use std::io::BufRead;
+    let mut child = Command::new(example("embed"))
+        .args(["127.0.0.1:0", "300"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_string();
+    let _running = Running(child, scratch_dir("embed"));
+    let url = format!("ws://{addr}/counter");
+    let mut a = ws_open(&url);
+    let mut b = ws_open(&url);
+    assert_eq!(ws_text(&mut a), "count 0");
+    assert_eq!(ws_text(&mut b), "count 0");
+    a.send_text("+1").unwrap();
+    a.send_text("+1").unwrap();
+    // Both hear every change (published to the room's topic); ticks may come in between.
+    for ws in [&mut a, &mut b] {
+        let mut counts = Vec::new();
+        while counts.len() < 2 {
+            let text = ws_text(ws);
+            if let Some(n) = text.strip_prefix("count ") {
+                counts.push(n.to_string());
+            } else {
+                assert!(text.starts_with("tick "), "{text}");
+            }
+        }
+        assert_eq!(counts, ["1", "2"]);
+    }
+    b.send_text("nonsense").unwrap();
+    loop {
+        let text = ws_text(&mut b);
+        if !text.starts_with("tick ") {
+            assert_eq!(text, "error: send +1 or get");
+            break;
+        }
+    }
+    // Each client's own timer: a tick with the current value.
+    loop {
+        let text = ws_text(&mut a);
+        if text == "tick 2" {
+            break;
+        }
+        assert!(text.starts_with("tick "), "{text}");
+    }
+    a.close(1000, "").unwrap();
+}

@@ -96,18 +96,20 @@ pub enum AppIo {
 pub use crate::metrics::Traffic;
 pub use crate::pubsub::FEED_PREFIX;
 
-/// What an app may use during one call.
+/// What an app may use during one call: its client (send, close, hold input), topics
+/// (subscribe, publish), other connections (send by id), and the loop (watch a socket of its
+/// own).
 pub struct AppCtx<'a> {
-    pub now: Instant,
+    pub(crate) now: Instant,
     /// This connection's id and slab key.
-    pub id: u64,
-    pub key: usize,
-    pub peer: SocketAddr,
-    pub out: &'a mut OutQueue,
-    pub pools: &'a mut Pools,
-    pub traffic: &'a mut Traffic,
+    pub(crate) id: u64,
+    pub(crate) key: usize,
+    pub(crate) peer: SocketAddr,
+    pub(crate) out: &'a mut OutQueue,
+    pub(crate) pools: &'a mut Pools,
+    pub(crate) traffic: &'a mut Traffic,
     /// The client is not read while this many bytes wait for it.
-    pub backpressure_high: usize,
+    pub(crate) backpressure_high: usize,
     pub(crate) topics: &'a mut Topics,
     pub(crate) broker: &'a mut Broker,
     pub(crate) actions: &'a mut Vec<Action>,
@@ -122,6 +124,32 @@ pub struct AppCtx<'a> {
 }
 
 impl AppCtx<'_> {
+    /// The time of this call (read once per loop turn: use it, not the clock).
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// This connection's id: unique in the process, what [`AppCtx::send_to`] and the admin
+    /// API name it by.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Bytes queued for this client and not yet written.
+    pub fn queued(&self) -> usize {
+        self.out.len()
+    }
+
+    /// The route's `backpressure_high`: past it, the client is not read.
+    pub fn backpressure_high(&self) -> usize {
+        self.backpressure_high
+    }
+
     /// Sends one message to this client.
     // Inlined into the app: the echo of a small message is this and a copy.
     #[inline(always)]
@@ -179,6 +207,19 @@ impl AppCtx<'_> {
 
     pub fn unsubscribe(&mut self, topic: &str) -> bool {
         self.topics.unsubscribe(self.key, topic)
+    }
+
+    /// Publishes one message to `topic`'s subscribers, on every worker and (with
+    /// `[cluster]`) every node: framed once here, shared by all of them.
+    pub fn publish_message(&mut self, topic: &str, kind: MessageKind, payload: &[u8], exclude_self: bool) {
+        let frame = crate::encode::shared_frame(kind.opcode(), payload);
+        self.publish(topic.into(), frame, exclude_self);
+    }
+
+    /// Sends one message to the connection with id `id`, wherever it is served (nothing if it
+    /// is gone).
+    pub fn send_message_to(&mut self, id: u64, kind: MessageKind, payload: &[u8]) {
+        self.send_to(id, crate::encode::shared_frame(kind.opcode(), payload));
     }
 
     /// Publishes `frame` to `topic`'s subscribers (this client too unless `exclude_self`).
@@ -244,6 +285,15 @@ pub trait App {
         Hold::No
     }
 
+    /// When the app wants [`App::on_timer`] next (`None`: not at all). Asked after every
+    /// call into the app, so a deadline set in any callback is armed.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// [`App::deadline`] has passed.
+    fn on_timer(&mut self, _cx: &mut AppCtx<'_>) {}
+
     /// Readiness the poller reported for the app's own socket.
     fn on_ready(&mut self, _readable: bool, _writable: bool) {}
 
@@ -263,20 +313,24 @@ pub trait App {
     }
 
     /// The pipe holding spliced payload the client's queue refers to.
+    #[doc(hidden)]
     fn pipe(&mut self) -> Option<&mut Pipe> {
         None
     }
 
     /// Gives back pooled buffers: the connection is going away.
+    #[doc(hidden)]
     fn release(&mut self, _pools: &mut Pools) {}
 
     /// The broker token this client holds.
+    #[doc(hidden)]
     fn token(&self) -> Option<&str> {
         None
     }
 
     /// The app queues whole frames itself (a backend's codec), not through [`AppCtx::send`]:
     /// with permessage-deflate, the connection compresses them after the call.
+    #[doc(hidden)]
     fn queues_frames(&self) -> bool {
         false
     }

@@ -34,7 +34,9 @@ pub struct Offer<'a> {
 pub enum HandshakeError {
     /// Not 101: the status and reason, and the start of the body if it came with the head.
     Status {
+        /// The HTTP status.
         code: u16,
+        /// The reason phrase, and the body's start when it came with the head.
         reason: String,
     },
     /// The head is not HTTP/1.1 (the parser's complaint).
@@ -43,8 +45,11 @@ pub enum HandshakeError {
     TooLarge,
     /// The connection ended before the head did.
     Eof,
+    /// A 101 without `Upgrade: websocket`.
     MissingUpgrade,
+    /// A 101 without `Connection: Upgrade`.
     MissingConnection,
+    /// A 101 without `Sec-WebSocket-Accept`.
     MissingAccept,
     /// `Sec-WebSocket-Accept` is not the hash of our key: not a WebSocket server, or a proxy
     /// that answered for one.
@@ -121,6 +126,7 @@ pub fn request(target: &Target, key: &str, offer: &Offer<'_>) -> Vec<u8> {
 /// What a valid 101 agreed to.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Agreed {
+    /// The subprotocol the server chose (one the client offered).
     pub protocol: Option<String>,
     /// permessage-deflate as the server accepted it (its own view of the sides).
     pub deflate: Option<extensions::Agreed>,

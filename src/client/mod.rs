@@ -26,9 +26,13 @@
 //! the host as SNI; `ws+unix:/path.sock:/resource` talks to a UNIX-domain socket (see
 //! [`url`]).
 
+/// `wsgate bench` (the command line's implementation).
+#[doc(hidden)]
 pub mod bench;
 pub mod handshake;
 mod stream;
+/// `wsgate client` (the command line's implementation).
+#[doc(hidden)]
 pub mod terminal;
 pub mod url;
 
@@ -56,6 +60,7 @@ use crate::ws::session::{Due, Timing};
 pub struct Options {
     /// Subprotocols to offer, in order of preference.
     pub protocols: Vec<String>,
+    /// The `Origin` header to send (browsers send one; servers may check it).
     pub origin: Option<String>,
     /// Extra request headers (`Authorization`, cookies...).
     pub headers: Vec<(String, String)>,
@@ -106,7 +111,9 @@ impl Default for Options {
 /// A received message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
+    /// A text message (valid UTF-8, checked).
     Text(String),
+    /// A binary message.
     Binary(Vec<u8>),
 }
 
@@ -127,10 +134,20 @@ pub enum ClientError {
     /// The connection broke (reset, or ended without a close frame: 1006).
     Io(io::Error),
     /// The server broke the protocol; we sent this close code and dropped the connection.
-    Protocol { code: u16, reason: &'static str },
+    Protocol {
+        /// The close code we sent (1002, 1007, 1009...).
+        code: u16,
+        /// The rule the server broke.
+        reason: &'static str,
+    },
     /// The connection is closed: the code and reason of the server's close frame (`None`:
     /// it had none), after the close handshake.
-    Closed { code: Option<u16>, reason: String },
+    Closed {
+        /// The server's close code (`None`: its close frame had none).
+        code: Option<u16>,
+        /// The server's reason.
+        reason: String,
+    },
 }
 
 impl fmt::Display for ClientError {
@@ -301,10 +318,12 @@ impl Client {
         self.agreed.deflate.as_ref()
     }
 
+    /// Sends one text message.
     pub fn send_text(&mut self, text: &str) -> Result<(), ClientError> {
         self.send_frame(Opcode::Text, text.as_bytes())
     }
 
+    /// Sends one binary message.
     pub fn send_binary(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.send_frame(Opcode::Binary, bytes)
     }

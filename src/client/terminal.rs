@@ -12,6 +12,9 @@
 //! upgrade, [`EXIT_CLOSED`] when the server closed with a code other than 1000/1001 or broke
 //! the protocol, [`EXIT_LOST`] when the connection broke without a close.
 
+// Argument docs are clap's help text (`ws://HOST[:PORT]/PATH`), not intra-doc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -14,15 +14,19 @@ use std::path::PathBuf;
 pub enum Address {
     /// A host name or IP literal (without brackets) and port.
     Tcp {
+        /// The host name or IP literal.
         host: String,
+        /// The port (the scheme's default when the URL has none).
         port: u16,
     },
+    /// `ws+unix:`: a UNIX-domain socket's path.
     Unix(PathBuf),
 }
 
 /// A parsed WebSocket URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// Where to connect.
     pub address: Address,
     /// `wss://`: TLS, with `host` as the server name.
     pub tls: bool,
@@ -41,6 +45,7 @@ impl fmt::Display for UrlError {
 }
 
 impl Target {
+    /// Parses `ws://HOST[:PORT]/PATH`, `wss://...` or `ws+unix:SOCKET[:/PATH]`.
     pub fn parse(url: &str) -> Result<Target, UrlError> {
         let bad = |why: &str| Err(UrlError(format!("{url:?}: {why}")));
         if url.bytes().any(|b| b.is_ascii_control() || b == b' ') {

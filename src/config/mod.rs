@@ -28,7 +28,9 @@ use sections::*;
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where clients connect (`listen`, `[[listener]]`).
     pub listen: Vec<Listener>,
+    /// Open connections the process serves at most (`max_connections`).
     pub max_connections: usize,
     /// Drop root privileges to this user once the listeners are bound.
     pub user: Option<String>,
@@ -38,7 +40,9 @@ pub struct Config {
     pub trim_memory: bool,
     /// Append access lines to this file instead of the log (`access_log`).
     pub access_log: Option<PathBuf>,
+    /// Server-wide limits, and every route's defaults (`[limits]`).
     pub limits: Limits,
+    /// The routes, in the file's order (`[[route]]`).
     pub routes: Vec<Route>,
     /// The management listener (`[admin]`), off unless configured.
     pub admin: Option<AdminConfig>,
@@ -93,15 +97,19 @@ pub enum Balance {
 /// One listening address, plain or TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
+    /// The address (port 0: any free port).
     pub addr: SocketAddr,
+    /// Certificates, for `wss://`.
     pub tls: Option<TlsSettings>,
 }
 
 impl Listener {
+    /// A plain (`ws://`) listener.
     pub fn plain(addr: SocketAddr) -> Listener {
         Listener { addr, tls: None }
     }
 
+    /// `"http/ws"` or `"https/wss"`, for the log.
     pub fn scheme(&self) -> &'static str {
         if self.tls.is_some() {
             "https/wss"
@@ -115,19 +123,41 @@ impl Listener {
 #[derive(Debug)]
 pub enum ConfigError {
     /// The file could not be read.
-    Read { path: PathBuf, error: std::io::Error },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be read.
+        error: std::io::Error,
+    },
     /// TOML syntax, an unknown key or a bad value (the message names the key and line).
     Syntax(String),
     /// A route's keys break a rule (the route starts at `line`).
-    Route { line: usize, message: String },
+    Route {
+        /// The line of the route's `[[route]]`.
+        line: usize,
+        /// What is wrong, naming the key.
+        message: String,
+    },
     /// A section other than a route (`[admin]`, `[cluster]`) breaks a rule (it starts at
     /// `line`; the message names the key, as `admin.listen`).
     /// `line`).
-    Section { section: &'static str, line: usize, message: String },
+    Section {
+        /// The section's name.
+        section: &'static str,
+        /// The line it starts at.
+        line: usize,
+        /// What is wrong, naming the key.
+        message: String,
+    },
     /// A rule across keys or sections (checked after parsing and command-line overrides).
     Invalid(String),
     /// Any of the above, in the file `path`.
-    InFile { path: PathBuf, error: Box<ConfigError> },
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// The error in it.
+        error: Box<ConfigError>,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -170,6 +200,8 @@ impl Config {
         }
     }
 
+    /// Reads and validates the file at `path` (relative paths in it are relative to its
+    /// directory).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_path_buf(), error })?;
@@ -280,6 +312,7 @@ impl Config {
                 legacy,
                 files,
                 plugin,
+                custom: None,
             };
             config.add_route(route).map_err(|message| ConfigError::Route { line, message })?;
         }

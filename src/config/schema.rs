@@ -326,10 +326,12 @@ impl<'de> Deserialize<'de> for Addr {
     }
 }
 
+/// An address as `listen` takes it: `"127.0.0.1:8080"`, `"[::1]:8080"`.
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| format!("invalid listen address {s:?} (expected e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")"))
 }
 
+/// A size as the configuration takes it: bytes, or with a unit (`"64KiB"`, `"32MiB"`).
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -346,6 +348,7 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     n.checked_mul(mult).and_then(|v| usize::try_from(v).ok()).ok_or_else(|| format!("size {s:?} is too large"))
 }
 
+/// A duration as the configuration takes it: seconds, or with a unit (`"500ms"`, `"2m"`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());

@@ -234,6 +234,10 @@ impl Connection {
                 let log_files = cx.admin.map(|a| Arc::clone(&a.log_files)).unwrap_or_else(|| Arc::from([]));
                 Box::new(Dashboard { log_files })
             }
+            AppKind::Custom => match &route.custom {
+                Some(make) => (make.0)(),
+                None => return self.respond(cx, req, 500, "no app for this route", false),
+            },
             AppKind::Plugin => {
                 return match &opening {
                     Opening::Rfc6455(accepted) => self.consult_plugin(cx, req, route_id, route, accepted),

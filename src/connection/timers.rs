@@ -28,7 +28,13 @@ impl Connection {
             | Phase::Lingering { deadline, .. } => Some(*deadline),
             Phase::Connected(ws) => match self.failing() {
                 Some(&(_, _, since)) => Some(Stamp::at(since + self.limits.close_timeout)),
-                None => ws.endpoint.session().due(&self.timing()),
+                None => {
+                    let session = ws.endpoint.session().due(&self.timing());
+                    match ws.app.deadline().map(Stamp::at) {
+                        Some(app) => Some(session.map_or(app, |s| s.earlier(app))),
+                        None => session,
+                    }
+                }
             },
             Phase::Sending(_) | Phase::Closed(_) => None,
         };
@@ -71,7 +77,18 @@ impl Connection {
             }
             Phase::HandingOff { .. } if passed => Some(End::Abort("101 not accepted in time for the hand-off".into())),
             Phase::HandedOff { .. } if passed => Some(End::Abort("backend did not take the hand-off in time".into())),
-            Phase::Connected(_) => self.ws_timer(now),
+            Phase::Connected(ws) => {
+                // The app's timer first: what it sends goes before a close the session's
+                // timers may begin.
+                if ws.app.deadline().is_some_and(|t| now >= t) && self.is_open() {
+                    self.with_app(cx, |app, acx| app.on_timer(acx));
+                }
+                if matches!(self.phase, Phase::Connected(_)) {
+                    self.ws_timer(now)
+                } else {
+                    None
+                }
+            }
             _ => None,
         };
         if matches!(&end, Some(End::Close { reason, .. }) if reason == crate::ws::session::PING_TIMEOUT) {

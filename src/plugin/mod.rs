@@ -2,7 +2,7 @@
 //! exports an init function returning a structure of callbacks, and a route maps a path to
 //! it.
 //!
-//! - [`load`]: opening the library and checking what its init function returns, once per
+//! - [`mod@load`]: opening the library and checking what its init function returns, once per
 //!   process;
 //! - [`host`]: the threads the callbacks run on (never the reactor's), and the queues to them;
 //! - [`handle`]: one connection as the plugin sees it, and the functions it may call.

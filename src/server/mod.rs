@@ -27,6 +27,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 mod accept;
+mod builder;
 pub(crate) mod fanout;
 mod lifecycle;
 mod manage;
@@ -54,6 +55,7 @@ use crate::route::Routes;
 use crate::route::{AppKind, Route};
 use crate::ws::frame::Opcode;
 use accept::{Accepted, ListenSocket, Listener};
+pub use builder::{Builder, Stopper};
 use mesh::{Mailbox, Mesh, Note};
 use seed::{Binding, Seed};
 
@@ -183,6 +185,8 @@ impl Server {
                 Err(_) => result = result.and(Err(io::Error::other("a worker thread panicked"))),
             }
         }
+        // Every worker has stopped: the plugins' destroy functions, once each.
+        crate::plugin::load::destroy_all();
         result
     }
 }

@@ -79,7 +79,7 @@ enum FrameState {
 ///
 /// Between messages a decoder is its limits and an empty box pointer: whatever a frame or
 /// message that spans reads needs (where the frame is, the message so far, the UTF-8 state)
-/// lives in [`Partial`], allocated when such a frame starts and dropped when the stream is
+/// lives in `Partial`, allocated when such a frame starts and dropped when the stream is
 /// between messages again, so an idle connection holds none of it.
 #[derive(Debug)]
 pub struct Decoder {

@@ -25,6 +25,9 @@
 //! or one JSON object with `--json`), with the client's CPU per message and, with
 //! `--server-pid`, the server's.
 
+// Argument docs are clap's help text (`ws://HOST[:PORT]/PATH`), not intra-doc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 mod io;
 mod payload;
 mod reactor;
