@@ -3,7 +3,8 @@
 //! Every client of `/counter` sees one counter, shared by the whole process: `+1` increments
 //! it and every client hears the new value (`count N`, published to a topic, so it reaches
 //! the clients of every worker); `get` answers the sender alone; and each client gets a
-//! `tick N` every few seconds from its own timer.
+//! `tick N` every few seconds from its own timer. `/echo` is the smallest app there is (every
+//! message back): what `docs/plugins.md` measures against the built-in echo and a C plugin.
 //!
 //! ```sh
 //! cargo run --release --example embed -- 127.0.0.1:8080 5000
@@ -63,6 +64,15 @@ impl App for Counter {
     }
 }
 
+/// Every message back to its sender.
+struct Echo;
+
+impl App for Echo {
+    fn on_message(&mut self, cx: &mut AppCtx<'_>, kind: MessageKind, payload: Payload<'_>) {
+        cx.send(kind, payload.as_slice());
+    }
+}
+
 fn main() -> std::io::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let mut args = std::env::args().skip(1);
@@ -72,6 +82,7 @@ fn main() -> std::io::Result<()> {
     let server = wsgate::Server::builder()
         .listen(addr)
         .route("/counter", move || Counter { count: Arc::clone(&count), tick_every, next_tick: None })
+        .route("/echo", || Echo)
         .bind()?;
     // The port actually bound (0 in the tests), for whoever started us.
     println!("listening on {}", server.local_addrs()[0].0);

@@ -316,21 +316,29 @@ fn run(loaded: &Loaded, jobs: &Receiver<Job>, outlet: &Outlet) {
     let plugin = loaded.plugin();
     let stats = &*outlet.stats;
     let mut quarantine: VecDeque<(Instant, Arc<Handle>)> = VecDeque::new();
+    // When the last job ended: a job taken without waiting starts then, so a busy thread
+    // reads the clock once per job, not twice.
+    let mut last_end = Instant::now();
     loop {
-        let job = match quarantine.front() {
-            Some((since, _)) => jobs.recv_timeout((*since + QUARANTINE).saturating_duration_since(Instant::now())),
-            None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        let job = match job {
-            Ok(job) => job,
-            Err(RecvTimeoutError::Timeout) => {
-                expire(&mut quarantine, Instant::now());
-                continue;
+        let (job, started) = match jobs.try_recv() {
+            Ok(job) => (job, last_end),
+            Err(_) => {
+                let job = match quarantine.front() {
+                    Some((since, _)) => jobs.recv_timeout((*since + QUARANTINE).saturating_duration_since(last_end)),
+                    None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                match job {
+                    Ok(job) => (job, Instant::now()),
+                    Err(RecvTimeoutError::Timeout) => {
+                        last_end = Instant::now();
+                        expire(&mut quarantine, last_end);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
             }
-            Err(RecvTimeoutError::Disconnected) => break,
         };
         stats.queued.fetch_sub(1, Ordering::Relaxed);
-        let started = Instant::now();
         let called = match job {
             Job::Connect(handle) => {
                 let private = match plugin.on_connect {
@@ -380,16 +388,18 @@ fn run(loaded: &Loaded, jobs: &Receiver<Job>, outlet: &Outlet) {
                     unsafe { on_disconnect(private, handle.server()) };
                 }
                 handle.gone();
+                // The quarantine starts when on_disconnect has returned (now: `last_end` is
+                // set right after this job).
                 quarantine.push_back((Instant::now(), handle));
                 on_disconnect.is_some()
             }
         };
-        let now = Instant::now();
+        last_end = Instant::now();
         if called {
             stats.callbacks.fetch_add(1, Ordering::Relaxed);
-            stats.callback_nanos.fetch_add(now.duration_since(started).as_nanos() as u64, Ordering::Relaxed);
+            stats.callback_nanos.fetch_add(last_end.duration_since(started).as_nanos() as u64, Ordering::Relaxed);
         }
-        expire(&mut quarantine, now);
+        expire(&mut quarantine, last_end);
     }
     // The worker is gone (the process is exiting): a plugin thread of the plugin's own may
     // still hold a server pointer, so the handles in quarantine are kept to the exit.

@@ -251,6 +251,8 @@ pub struct Worker {
     fd_exhausted: bool,
     /// This worker's inbox, and every worker's.
     mailbox: Mailbox,
+    /// Notes taken from the inbox, being handled (kept for its capacity).
+    notes: Vec<Note>,
     mesh: Arc<Mesh>,
     /// Worker 0 with `balance = "handoff"`: accepted sockets go to the least loaded worker.
     hands_off: bool,
@@ -483,11 +485,12 @@ impl Worker {
     /// Takes what other workers sent (a batch per turn), and writes what it queued.
     pub(super) fn take_notes(&mut self, now: Instant) {
         let mesh = Arc::clone(&self.mesh);
-        let mut notes = Vec::new();
+        let mut notes = std::mem::take(&mut self.notes);
         mesh.take(&mut self.mailbox, |note| notes.push(note));
-        for note in notes {
+        for note in notes.drain(..) {
             self.on_note(note, now);
         }
+        self.notes = notes;
         self.flush_dirty(now);
     }
 

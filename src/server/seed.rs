@@ -229,6 +229,7 @@ impl Seed {
             fd_figures_cache: std::cell::Cell::new(None),
             fd_exhausted: false,
             mailbox,
+            notes: Vec::new(),
             mesh,
             hands_off,
             gathers: Default::default(),
