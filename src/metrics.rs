@@ -279,27 +279,27 @@ fn render_plugins(o: &mut String, m: &Metrics, plugins: &[(&str, PluginFigures)]
         sample(o, "wsgate_plugin_messages_total", &[("route", route), ("direction", "in")], p.messages_in);
         sample(o, "wsgate_plugin_messages_total", &[("route", route), ("direction", "out")], p.messages_out);
     }
-    family(
-        o,
-        "wsgate_plugin_sends_refused_total",
-        "counter",
-        "Plugin sends refused: invalid for their type, the connection closed, or the worker's inbox full.",
-    );
-    for (route, p) in plugins {
-        sample(o, "wsgate_plugin_sends_refused_total", &[("route", route)], p.sends_refused);
-    }
-    family(
-        o,
-        "wsgate_plugin_queue_jobs",
-        "gauge",
-        "Jobs (connects, messages, disconnects) waiting for plugin threads.",
-    );
-    for (route, p) in plugins {
-        sample(o, "wsgate_plugin_queue_jobs", &[("route", route)], p.queued);
-    }
-    family(o, "wsgate_plugin_callbacks_total", "counter", "Plugin callbacks run.");
-    for (route, p) in plugins {
-        sample(o, "wsgate_plugin_callbacks_total", &[("route", route)], p.callbacks);
+    type Pick = fn(&PluginFigures) -> u64;
+    let per_route: [(&str, &str, &str, Pick); 3] = [
+        (
+            "wsgate_plugin_sends_refused_total",
+            "counter",
+            "Plugin sends refused: invalid for their type, the connection closed, or the worker's inbox full.",
+            |p| p.sends_refused,
+        ),
+        (
+            "wsgate_plugin_queue_jobs",
+            "gauge",
+            "Jobs (connects, messages, disconnects) waiting for plugin threads.",
+            |p| p.queued,
+        ),
+        ("wsgate_plugin_callbacks_total", "counter", "Plugin callbacks run.", |p| p.callbacks),
+    ];
+    for (name, kind, help, pick) in per_route {
+        family(o, name, kind, help);
+        for (route, p) in plugins {
+            sample(o, name, &[("route", route)], pick(p));
+        }
     }
     family(o, "wsgate_plugin_callback_seconds_total", "counter", "Time spent in plugin callbacks.");
     for (route, p) in plugins {

@@ -317,7 +317,7 @@ fn on_connect_reads_request_headers_and_sets_response_headers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A plugin that blocks in its callbacks: `on_message` sleeps `SLEEP_MS` before answering.
+/// A plugin that blocks in its callbacks: `on_message` sleeps 3 s before answering.
 const SLOW_PLUGIN: &str = r#"
 #include <time.h>
 #include "wsgate_plugin.h"
