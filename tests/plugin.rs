@@ -492,3 +492,47 @@ fn a_plugin_in_rust_on_the_same_abi() {
     raw.send(0x88, &1000u16.to_be_bytes());
     assert_eq!(raw.expect_close(), Some(1000));
 }
+
+/// A plugin that takes a second per message.
+const SLUGGISH_PLUGIN: &str = r#"
+#include <time.h>
+#include "wsgate_plugin.h"
+static size_t CALLBACK on_message(void *p, const WebSocketServer *s, const int t, unsigned char *b, const size_t n) {
+  (void)p; (void)s; (void)t; (void)b; (void)n;
+  struct timespec pause = { 1, 0 };
+  nanosleep(&pause, NULL);
+  return 0;
+}
+static WebSocketPlugin plugin = { sizeof(WebSocketPlugin), WEBSOCKET_PLUGIN_VERSION_0, NULL, NULL, on_message, NULL };
+extern EXPORT WebSocketPlugin *CALLBACK sluggish_init(void) { return &plugin; }
+"#;
+
+#[test]
+fn a_client_flooding_a_slow_plugin_stops_being_read() {
+    let dir = scratch("sluggish");
+    let lib = build(&dir, "sluggish", SLUGGISH_PLUGIN);
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        plugin_config("/slow", &lib, "sluggish_init", "backpressure_high = \"256KiB\"")
+    );
+    let server = Server::with_config(&config, &[]);
+    let mut raw = Raw::connect(server.addr, "/slow");
+    let frame = masked_frame(0x82, &[7u8; 64 << 10]);
+    // The plugin takes a message a second: the server stops reading once 256 KiB wait for
+    // it, and the client's writes block after that plus what the sockets' buffers hold.
+    let sent = write_until_blocked(&mut raw.stream, &frame, 256 << 20);
+    assert!(sent < 32 << 20, "{sent} bytes taken from a client the plugin cannot keep up with");
+    let (_, text) = http("GET", &server.admin_url("/metrics"), &[], None);
+    let queued: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("wsgate_plugin_queue_jobs{route=\"/slow\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(queued <= 8, "{queued} jobs queued: more than backpressure_high's worth of 64 KiB messages");
+    // Another client of the same route is still served.
+    let mut other = Raw::connect(server.addr, "/slow");
+    other.send(0x88, &1000u16.to_be_bytes());
+    assert_eq!(other.expect_close(), Some(1000));
+    let _ = std::fs::remove_dir_all(&dir);
+}
