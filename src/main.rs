@@ -25,8 +25,8 @@ struct Cli {
     /// Listen address (repeatable), e.g. 127.0.0.1:8080 or [::1]:8080; replaces the file's.
     #[arg(short = 'l', long = "listen", value_name = "ADDR", value_parser = parse_listen)]
     listen: Vec<std::net::SocketAddr>,
-    /// Route (repeatable) PATH=TARGET, e.g. /echo=echo, /=demo, /site=static:DIR or
-    /// /app=unix:/run/app.sock; adds to or replaces the file's.
+    /// Route (repeatable) PATH=TARGET, e.g. /echo=echo, /=demo, /site=static:DIR,
+    /// /app=unix:/run/app.sock or /p=plugin:LIB.so#INIT; adds to or replaces the file's.
     #[arg(long = "route", value_name = "PATH=TARGET")]
     routes: Vec<String>,
     /// Serve the files under DIR at / (GET and HEAD; index.html for a directory), next to
