@@ -536,3 +536,22 @@ fn a_client_flooding_a_slow_plugin_stops_being_read() {
     assert_eq!(other.expect_close(), Some(1000));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_reload_keeps_the_plugin_threads_and_its_clients() {
+    let echo = examples().join("echo.so");
+    let server = Server::with_config(&plugin_config("/echo", &echo, "echo_init", ""), &[]);
+    let mut before = Raw::connect(server.addr, "/echo");
+    before.send(0x81, b"one");
+    assert_eq!(text_of(before.recv().unwrap()), "one");
+    let threads = thread_count(server.child.id());
+    server.signal(libc::SIGHUP);
+    server.wait_log("SIGHUP: configuration reloaded: 2 route(s)");
+    // The reloaded route (a new route id, the same plugin) uses the same threads.
+    let mut after = Raw::connect(server.addr, "/echo");
+    after.send(0x81, b"two");
+    assert_eq!(text_of(after.recv().unwrap()), "two");
+    before.send(0x81, b"three");
+    assert_eq!(text_of(before.recv().unwrap()), "three");
+    assert_eq!(thread_count(server.child.id()), threads, "a reload started plugin threads");
+}

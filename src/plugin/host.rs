@@ -14,7 +14,7 @@
 //! reading that client, and the thread says when to resume), and connects and disconnects
 //! are one per connection.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::c_int;
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -185,15 +185,30 @@ impl Drop for Attachment {
     }
 }
 
-/// One worker's plugin threads, by route (started when the route's first client comes).
+/// One worker's plugin threads (started when a route's first client comes). A route that a
+/// reload re-creates with the same plugin, threads and limits gets the same pool: reloading
+/// starts no threads.
 pub struct Hosts {
     mesh: Arc<Mesh>,
     worker: usize,
-    by_route: HashMap<RouteId, Pool>,
+    pools: Vec<Pool>,
+}
+
+/// What makes two routes' pools the same: the plugin, the threads, and the limits the
+/// outlet applies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct PoolKey {
+    plugin: *const Loaded,
+    threads: usize,
+    high: usize,
+    max_message: usize,
 }
 
 /// A route's threads on one worker: a connection's jobs all go to one of them.
 struct Pool {
+    key: PoolKey,
+    /// The latest route served by it (its figures go under that route's path).
+    route: RouteId,
     links: Vec<Arc<Link>>,
     threads: Vec<JoinHandle<()>>,
     stats: Arc<Stats>,
@@ -201,7 +216,7 @@ struct Pool {
 
 impl Hosts {
     pub fn new(mesh: Arc<Mesh>, worker: usize) -> Hosts {
-        Hosts { mesh, worker, by_route: HashMap::new() }
+        Hosts { mesh, worker, pools: Vec::new() }
     }
 
     /// Gives connection `id` to route `route_id`'s plugin: `on_connect` runs on one of the
@@ -215,14 +230,22 @@ impl Hosts {
         request: Connecting,
     ) -> io::Result<Attachment> {
         let Some(spec) = &route.plugin else { return Err(io::Error::other("not a plugin route")) };
-        let pool = match self.by_route.entry(route_id) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let pool = Pool::start(&self.mesh, self.worker, route_id, route, &spec.loaded, spec.threads)?;
+        let key = PoolKey {
+            plugin: Arc::as_ptr(&spec.loaded),
+            threads: spec.threads,
+            high: route.limits.backpressure_high.max(1),
+            max_message: route.limits.max_message_size,
+        };
+        let pool = match self.pools.iter().position(|p| p.key == key) {
+            Some(i) => &mut self.pools[i],
+            None => {
+                let pool = Pool::start(&self.mesh, self.worker, route_id, key, &spec.loaded)?;
                 log::debug!("worker {}: {} plugin thread(s) for route {:?}", self.worker, spec.threads, route.path);
-                e.insert(pool)
+                self.pools.push(pool);
+                self.pools.last_mut().expect("just pushed")
             }
         };
+        pool.route = pool.route.max(route_id);
         // Slab keys and generations both spread, so the low bits of the mix spread too.
         let link = Arc::clone(&pool.links[((id ^ (id >> 32)) % pool.links.len() as u64) as usize]);
         let handle = Handle::new(id, Arc::clone(&link.outlet), request);
@@ -230,15 +253,15 @@ impl Hosts {
         Ok(Attachment { link, handle })
     }
 
-    /// Each route's figures on this worker.
+    /// Each plugin route's figures on this worker (by the latest route each pool served).
     pub fn figures(&self) -> Vec<(RouteId, PluginFigures)> {
         let mut all: Vec<(RouteId, PluginFigures)> = self
-            .by_route
+            .pools
             .iter()
-            .map(|(id, pool)| {
+            .map(|pool| {
                 let mut f = PluginFigures::default();
                 pool.stats.add_to(&mut f);
-                (*id, f)
+                (pool.route, f)
             })
             .collect();
         all.sort_by_key(|(id, _)| *id);
@@ -251,19 +274,24 @@ impl Pool {
         mesh: &Arc<Mesh>,
         worker: usize,
         route_id: RouteId,
-        route: &Route,
+        key: PoolKey,
         loaded: &Arc<Loaded>,
-        n: usize,
     ) -> io::Result<Pool> {
         let outlet = Arc::new(Outlet {
             mesh: Arc::clone(mesh),
             worker,
             stats: Arc::default(),
-            max_message: route.limits.max_message_size,
-            high: route.limits.backpressure_high.max(1),
+            max_message: key.max_message,
+            high: key.high,
         });
-        let mut pool =
-            Pool { links: Vec::with_capacity(n), threads: Vec::with_capacity(n), stats: Arc::clone(&outlet.stats) };
+        let n = key.threads;
+        let mut pool = Pool {
+            key,
+            route: route_id,
+            links: Vec::with_capacity(n),
+            threads: Vec::with_capacity(n),
+            stats: Arc::clone(&outlet.stats),
+        };
         for i in 0..n {
             let (jobs, rx) = channel();
             let loaded = Arc::clone(loaded);
@@ -295,7 +323,7 @@ impl Drop for Hosts {
     /// after [`STOP_WAIT`] (the process is exiting).
     #[allow(clippy::disallowed_methods)] // off the loop: the worker has stopped
     fn drop(&mut self) {
-        let threads: Vec<JoinHandle<()>> = self.by_route.drain().flat_map(|(_, pool)| pool.threads).collect();
+        let threads: Vec<JoinHandle<()>> = self.pools.drain(..).flat_map(|pool| pool.threads).collect();
         let give_up = Instant::now() + STOP_WAIT;
         for thread in threads {
             while !thread.is_finished() && Instant::now() < give_up {
