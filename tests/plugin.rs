@@ -555,3 +555,44 @@ fn a_reload_keeps_the_plugin_threads_and_its_clients() {
     assert_eq!(text_of(before.recv().unwrap()), "three");
     assert_eq!(thread_count(server.child.id()), threads, "a reload started plugin threads");
 }
+
+/// A plugin whose `on_connect` takes two seconds.
+const HESITANT_PLUGIN: &str = r#"
+#include <time.h>
+#include "wsgate_plugin.h"
+static void *CALLBACK on_connect(const WebSocketServer *s) {
+  (void)s;
+  struct timespec pause = { 2, 0 };
+  nanosleep(&pause, NULL);
+  return (void *)1;
+}
+static size_t CALLBACK on_message(void *p, const WebSocketServer *s, const int t, unsigned char *b, const size_t n) {
+  (void)p; (void)s; (void)t; (void)b; (void)n;
+  return 0;
+}
+static WebSocketPlugin plugin = { sizeof(WebSocketPlugin), WEBSOCKET_PLUGIN_VERSION_0, NULL, on_connect, on_message, NULL };
+extern EXPORT WebSocketPlugin *CALLBACK hesitant_init(void) { return &plugin; }
+"#;
+
+#[test]
+fn upgrades_waiting_for_on_connect_get_a_503_at_the_deadline_or_the_drain() {
+    let dir = scratch("hesitant");
+    let lib = build(&dir, "hesitant", HESITANT_PLUGIN);
+    let config = format!("[limits]\nhandshake_timeout = \"500ms\"\n{}", plugin_config("/h", &lib, "hesitant_init", ""));
+    let server = Server::with_config(&config, &[]);
+    let (_, head) = upgrade(server.addr, "/h", "");
+    assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+    let config = format!("[admin]\nlisten = \"127.0.0.1:0\"\n{}", plugin_config("/h", &lib, "hesitant_init", ""));
+    let mut server = Server::with_config(&config, &[]);
+    let waiting = std::thread::spawn({
+        let addr = server.addr;
+        move || upgrade(addr, "/h", "").1
+    });
+    // The route's threads exist and have taken the job: on_connect is running.
+    wait_metrics(&server, &["wsgate_plugin_queue_jobs{route=\"/h\"} 0"]);
+    server.signal(libc::SIGTERM);
+    let head = waiting.join().unwrap();
+    assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+    assert_eq!(server.wait_exit(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -173,6 +173,8 @@ impl Connection {
                 Some(End::Abort("server shutting down".into()))
             }
             Phase::Connected(_) => Some(End::Close { code: close::GOING_AWAY, reason: "server shutting down".into() }),
+            // A plugin's on_connect is deciding: the client is told now, not at the deadline.
+            Phase::Consulting { .. } => Some(End::Refuse { status: 503, reason: "server shutting down".into() }),
             _ => None,
         };
         if let Some(end) = end {
