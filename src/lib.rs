@@ -105,6 +105,8 @@ pub mod connection;
 #[doc(hidden)]
 pub mod encode;
 #[doc(hidden)]
+pub mod history;
+#[doc(hidden)]
 pub mod http;
 #[doc(hidden)]
 pub mod io_step;

@@ -48,6 +48,14 @@ pub struct Metrics {
     /// Broker messages routed, and the deliveries they made.
     pub broker_routed: u64,
     pub broker_deliveries: u64,
+    /// Publications numbered and kept by topics with history (on their owners).
+    pub history_appends: u64,
+    /// History reads answered (positions, recovery pages, `history` requests).
+    pub history_reads: u64,
+    /// Publications delivered by recoveries.
+    pub history_recovered: u64,
+    /// Recoveries refused (`recovered:false`).
+    pub history_unrecovered: u64,
     pub admin_requests: BTreeMap<u16, u64>,
     /// WebSockets opened with permessage-deflate negotiated.
     pub compressed_opens: u64,
@@ -114,6 +122,10 @@ impl Metrics {
         self.slow_consumer_closes += o.slow_consumer_closes;
         self.broker_routed += o.broker_routed;
         self.broker_deliveries += o.broker_deliveries;
+        self.history_appends += o.history_appends;
+        self.history_reads += o.history_reads;
+        self.history_recovered += o.history_recovered;
+        self.history_unrecovered += o.history_unrecovered;
         self.compressed_opens += o.compressed_opens;
         self.legacy_opens[0] += o.legacy_opens[0];
         self.legacy_opens[1] += o.legacy_opens[1];
@@ -391,6 +403,19 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>, workers: &[Figures], cluster: bool)
     sample(o, "wsgate_broker_routed_total", &[], m.broker_routed);
     family(o, "wsgate_broker_deliveries_total", "counter", "Deliveries made by routed broker messages.");
     sample(o, "wsgate_broker_deliveries_total", &[], m.broker_deliveries);
+    family(o, "wsgate_history_appends_total", "counter", "Publications numbered and kept by topics with history.");
+    sample(o, "wsgate_history_appends_total", &[], m.history_appends);
+    family(
+        o,
+        "wsgate_history_reads_total",
+        "counter",
+        "History reads answered (positions, recovery pages, history requests).",
+    );
+    sample(o, "wsgate_history_reads_total", &[], m.history_reads);
+    family(o, "wsgate_history_recovered_total", "counter", "Publications delivered by recoveries.");
+    sample(o, "wsgate_history_recovered_total", &[], m.history_recovered);
+    family(o, "wsgate_history_unrecovered_total", "counter", "Recoveries refused (recovered:false).");
+    sample(o, "wsgate_history_unrecovered_total", &[], m.history_unrecovered);
     family(o, "wsgate_broker_tokens", "gauge", "Broker tokens, held by clients or registered.");
     sample(o, "wsgate_broker_tokens", &[("kind", "held")], s.broker_tokens_held as u64);
     sample(o, "wsgate_broker_tokens", &[("kind", "registered")], s.broker_tokens_registered as u64);

@@ -10,6 +10,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::history::{Position, Rules};
 
 const NONE: u32 = u32::MAX;
 
@@ -44,6 +47,8 @@ pub struct Policy {
     /// Topics a client may subscribe to (and publish to).
     pub topics: Vec<glob::Pattern>,
     pub client_publish: bool,
+    /// Clients may read topics' history (`{"op":"history"}`).
+    pub client_history: bool,
     pub max_subscriptions: usize,
     pub max_topic_length: usize,
     pub exclude_sender: bool,
@@ -54,6 +59,7 @@ impl Default for Policy {
         Policy {
             topics: vec![glob::Pattern::new("*").expect("a valid glob")],
             client_publish: true,
+            client_history: false,
             max_subscriptions: 64,
             max_topic_length: 128,
             exclude_sender: false,
@@ -76,6 +82,24 @@ pub struct Topics {
     /// Topics created (`true`) and emptied (`false`) since the last [`Topics::take_changes`];
     /// `None` unless [`Topics::track_changes`] (a cluster subscribes to exactly these).
     changes: Option<Vec<(Rc<str>, bool)>>,
+    /// The topics that keep history (their subscriptions wait for the topic's position).
+    history: Arc<Rules>,
+    /// Subscriptions to topics with history, by connection key and topic, until the topic's
+    /// owner has answered with its position (and the publications the client missed).
+    pending: HashMap<(usize, Arc<str>), Pending>,
+}
+
+/// A subscription waiting for its topic's history: the connection is not a member yet, so
+/// nothing published meanwhile reaches it twice; the owner's answer includes it.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// Read after this position next (`None`: only the position is wanted).
+    pub since: Option<Position>,
+    /// The client asked to recover (it gets `recovered` in its answer).
+    pub recover: bool,
+    pub max: usize,
+    /// Waiting for its client's queue to drain before asking for the next page.
+    pub waiting_for_room: bool,
 }
 
 /// Why a subscription was refused.
@@ -106,6 +130,56 @@ impl Topics {
     /// Topics that also answer prefix queries ([`Topics::with_prefix`]).
     pub fn ordered() -> Topics {
         Topics { sorted: Some(BTreeMap::new()), ..Topics::new() }
+    }
+
+    /// The topics that keep history from now on.
+    pub fn set_history(&mut self, rules: Arc<Rules>) {
+        self.history = rules;
+    }
+
+    /// Whether `topic` keeps history (the server's own feeds never do).
+    pub fn has_history(&self, topic: &str) -> bool {
+        !self.history.is_empty() && !topic.starts_with(FEED_PREFIX) && self.history.find(topic).is_some()
+    }
+
+    /// Whether `conn` is subscribed to `name`.
+    pub fn is_subscribed(&self, conn: usize, name: &str) -> bool {
+        let Some(&topic) = self.by_name.get(name) else { return false };
+        let mut s = self.heads.get(conn).copied().unwrap_or(NONE);
+        while s != NONE {
+            if self.subs[s as usize].topic == topic {
+                return true;
+            }
+            s = self.subs[s as usize].next;
+        }
+        false
+    }
+
+    /// Records a subscription waiting for `topic`'s history; false if one already waits.
+    pub fn begin_pending(&mut self, conn: usize, topic: Arc<str>, pending: Pending) -> bool {
+        match self.pending.entry((conn, topic)) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(pending);
+                true
+            }
+        }
+    }
+
+    pub fn pending_mut(&mut self, conn: usize, topic: &Arc<str>) -> Option<&mut Pending> {
+        self.pending.get_mut(&(conn, Arc::clone(topic)))
+    }
+
+    pub fn end_pending(&mut self, conn: usize, topic: &Arc<str>) -> Option<Pending> {
+        self.pending.remove(&(conn, Arc::clone(topic)))
+    }
+
+    /// The pending subscriptions waiting for room in their client's queue.
+    pub fn waiting_for_room(&self) -> Vec<(usize, Arc<str>)> {
+        if self.pending.is_empty() {
+            return Vec::new();
+        }
+        self.pending.iter().filter(|(_, p)| p.waiting_for_room).map(|((k, t), _)| (*k, Arc::clone(t))).collect()
     }
 
     /// From now on, record which topics come and go (see [`Topics::take_changes`]).
@@ -193,8 +267,12 @@ impl Topics {
         Ok(true)
     }
 
-    /// Unsubscribes `conn` from `name`. Returns whether it was subscribed.
+    /// Unsubscribes `conn` from `name` (or forgets its subscription waiting for history).
+    /// Returns whether it was subscribed.
     pub fn unsubscribe(&mut self, conn: usize, name: &str) -> bool {
+        if !self.pending.is_empty() && self.pending.remove(&(conn, Arc::from(name))).is_some() {
+            return true;
+        }
         let Some(&topic) = self.by_name.get(name) else { return false };
         let Some(&head) = self.heads.get(conn) else { return false };
         let (mut prev, mut s) = (NONE, head);
@@ -217,6 +295,9 @@ impl Topics {
 
     /// Removes every subscription of `conn` (it is going away).
     pub fn remove_connection(&mut self, conn: usize) {
+        if !self.pending.is_empty() {
+            self.pending.retain(|(k, _), _| *k != conn);
+        }
         let Some(head) = self.heads.get_mut(conn) else { return };
         let mut s = std::mem::replace(head, NONE);
         while s != NONE {

@@ -61,6 +61,21 @@ pub enum Action {
     Backlog(Arc<LogviewSpec>),
     /// An admin-listener request, answered by the loop (it needs every connection's state).
     Admin(Box<crate::admin::Request>),
+    /// Ask `topic`'s history owner for the position (and what this connection missed) of the
+    /// subscription waiting in [`Topics`]; the loop subscribes and answers the client.
+    Recover { topic: Arc<str> },
+    /// A client's `history` request: the loop answers it.
+    History { topic: Arc<str>, read: crate::history::Read },
+}
+
+/// What [`AppCtx::subscribe_at`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscribing {
+    /// Subscribed (`true`) or already was (`false`), at once: the topic keeps no history.
+    Done(bool),
+    /// The topic keeps history: the loop answers the client once the topic's owner has given
+    /// its position (and the publications the client missed).
+    Pending,
 }
 
 /// A received message's payload (the endpoint's): borrowed, or owned when large.
@@ -183,6 +198,42 @@ impl AppCtx<'_> {
             return Err(SubscribeError::Reserved);
         }
         self.topics.subscribe(self.key, topic, max)
+    }
+
+    /// Subscribes this client to `topic`, recovering what it missed after `recover` when the
+    /// topic keeps history (see [`Subscribing`]).
+    pub fn subscribe_at(
+        &mut self,
+        topic: &str,
+        recover: Option<crate::history::Position>,
+        max: usize,
+    ) -> Result<Subscribing, SubscribeError> {
+        if topic.starts_with(FEED_PREFIX) {
+            return Err(SubscribeError::Reserved);
+        }
+        if !self.topics.has_history(topic) || self.topics.is_subscribed(self.key, topic) {
+            return self.topics.subscribe(self.key, topic, max).map(Subscribing::Done);
+        }
+        if self.topics.count(self.key) >= max {
+            return Err(SubscribeError::TooMany);
+        }
+        let topic: Arc<str> = topic.into();
+        let pending =
+            crate::pubsub::Pending { recover: recover.is_some(), since: recover, max, waiting_for_room: false };
+        if self.topics.begin_pending(self.key, Arc::clone(&topic), pending) {
+            self.actions.push(Action::Recover { topic });
+        }
+        Ok(Subscribing::Pending)
+    }
+
+    /// Whether `topic` keeps history.
+    pub fn has_history(&self, topic: &str) -> bool {
+        self.topics.has_history(topic)
+    }
+
+    /// Asks for `topic`'s history; the loop sends the answer.
+    pub(crate) fn read_history(&mut self, topic: &str, read: crate::history::Read) {
+        self.actions.push(Action::History { topic: topic.into(), read });
     }
 
     /// Subscribes this client to one of the server's own feeds.

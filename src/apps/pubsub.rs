@@ -6,22 +6,32 @@
 //! {"op":"subscribe","topic":"news"}
 //! {"op":"unsubscribe","topic":"news"}
 //! {"op":"publish","topic":"news","data":<any JSON value>}
+//! {"op":"subscribe","topic":"news","recover":{"offset":41,"epoch":"e1"}}
+//! {"op":"history","topic":"news","since":{"offset":41,"epoch":"e1"},"limit":100,"reverse":false}
 //! ```
 //!
 //! Server → client: `{"op":"subscribed","topic":"news"}` and `{"op":"unsubscribed",...}` as
 //! acknowledgements, `{"topic":"news","data":<the value as published>}` for each delivery,
 //! and `{"op":"error","code":N,"message":"..."}` for a request refused: 400 malformed,
-//! 403 topic not allowed by the route's `topics` globs, 405 publishing not allowed,
-//! 413 topic longer than `max_topic_length`, 429 over `max_subscriptions`. A client whose
-//! requests fail `MAX_ERRORS_IN_A_ROW` times in a row is closed with 1008.
+//! 403 topic not allowed by the route's `topics` globs (or history not allowed on the route),
+//! 404 no history for the topic, 405 publishing not allowed, 413 topic longer than
+//! `max_topic_length`, 429 over `max_subscriptions`. A client whose requests fail
+//! `MAX_ERRORS_IN_A_ROW` times in a row is closed with 1008.
+//!
+//! Topics with history (`[[history]]`): deliveries carry `"offset":N` after the topic, and
+//! `subscribed` carries the topic's position (`"epoch"`, `"offset"`). With `recover`, the
+//! publications after that position come first, then `subscribed` with `"recovered":true`,
+//! then live ones: none missing, none twice. When they cannot be had, `subscribed` says
+//! `"recovered":false` with a `"reason"` and the current position. See docs/history.md.
 
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{App, AppClose, AppCtx, Payload};
+use super::{App, AppClose, AppCtx, Payload, Subscribing};
 use crate::encode::shared_frame;
+use crate::history::{Page, Position, Read, Unrecoverable, MAX_LIMIT};
 use crate::pubsub::SubscribeError;
 use crate::ws::close;
 use crate::ws::frame::Opcode;
@@ -45,6 +55,24 @@ struct Request<'a> {
     topic: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
+    recover: Option<At>,
+    since: Option<At>,
+    limit: Option<usize>,
+    reverse: Option<bool>,
+}
+
+/// A position as a client gives it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct At {
+    offset: u64,
+    epoch: String,
+}
+
+impl At {
+    fn position(self) -> Position {
+        Position { offset: self.offset, epoch: self.epoch.into() }
+    }
 }
 
 /// A refused request: a code (HTTP-like) and a message for the client.
@@ -72,11 +100,33 @@ impl PubSub {
             return Err(Refusal(403, "topic not allowed"));
         }
         match req.op {
-            "subscribe" => match cx.subscribe(topic, self.policy.max_subscriptions) {
-                Ok(_) => reply(cx, "subscribed", topic),
+            "subscribe" => match cx.subscribe_at(topic, req.recover.map(At::position), self.policy.max_subscriptions) {
+                Ok(Subscribing::Done(_)) => reply(cx, "subscribed", topic),
+                // The loop answers once the topic's owner has.
+                Ok(Subscribing::Pending) => {}
                 Err(SubscribeError::TooMany) => return Err(Refusal(429, "too many subscriptions")),
                 Err(SubscribeError::Reserved) => return Err(Refusal(403, "topic not allowed")),
             },
+            "history" => {
+                if !self.policy.client_history {
+                    return Err(Refusal(403, "reading history is not allowed on this route"));
+                }
+                if !cx.has_history(topic) {
+                    return Err(Refusal(404, "the topic keeps no history"));
+                }
+                let limit = req.limit.unwrap_or(100);
+                if limit == 0 || limit > MAX_LIMIT {
+                    return Err(Refusal(400, "\"limit\": 1 to 1000"));
+                }
+                let max_bytes = cx.backpressure_high().clamp(4 << 10, HISTORY_REPLY_BYTES);
+                let read = Read {
+                    since: req.since.map(At::position),
+                    limit,
+                    max_bytes,
+                    reverse: req.reverse.unwrap_or(false),
+                };
+                cx.read_history(topic, read);
+            }
             "unsubscribe" => {
                 cx.unsubscribe(topic);
                 reply(cx, "unsubscribed", topic)
@@ -94,10 +144,82 @@ impl PubSub {
                 body.push(b'}');
                 cx.publish(Arc::from(topic), shared_frame(Opcode::Text, &body), self.policy.exclude_sender);
             }
-            _ => return Err(Refusal(400, "unknown op (expected subscribe, unsubscribe or publish)")),
+            _ => return Err(Refusal(400, "unknown op (expected subscribe, unsubscribe, publish or history)")),
         }
         Ok(())
     }
+}
+
+/// The most bytes of publications one `history` answer holds (it says `"more":true` past it).
+pub const HISTORY_REPLY_BYTES: usize = 256 << 10;
+
+/// `subscribed` for a topic with history: its position, and whether what the client missed
+/// was recovered (`Some(Err(reason))`: it was not).
+pub(crate) fn subscribed_at(topic: &str, position: Option<&Position>, recovered: Option<Result<(), &str>>) -> Vec<u8> {
+    let mut body = Vec::with_capacity(96 + topic.len());
+    body.extend_from_slice(b"{\"op\":\"subscribed\",\"topic\":");
+    write_json_string(&mut body, topic);
+    if let Some(position) = position {
+        write_position(&mut body, position);
+    }
+    match recovered {
+        None => {}
+        Some(Ok(())) => body.extend_from_slice(b",\"recovered\":true"),
+        Some(Err(reason)) => {
+            body.extend_from_slice(b",\"recovered\":false,\"reason\":");
+            write_json_string(&mut body, reason);
+        }
+    }
+    body.push(b'}');
+    body
+}
+
+fn write_position(body: &mut Vec<u8>, position: &Position) {
+    body.extend_from_slice(b",\"epoch\":");
+    write_json_string(body, &position.epoch);
+    body.extend_from_slice(b",\"offset\":");
+    body.extend_from_slice(position.offset.to_string().as_bytes());
+}
+
+/// The answer to a `history` request (also `/api/history`'s body).
+pub(crate) fn history_answer(topic: &str, page: &Page) -> Vec<u8> {
+    let mut body = Vec::with_capacity(128 + page.entries.iter().map(|e| e.frame.len() + 24).sum::<usize>());
+    body.extend_from_slice(b"{\"op\":\"history\",\"topic\":");
+    write_json_string(&mut body, topic);
+    write_position(&mut body, &page.position);
+    body.extend_from_slice(b",\"publications\":[");
+    for (i, e) in page.entries.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        e.write_json(&mut body);
+    }
+    body.extend_from_slice(b"],\"more\":");
+    body.extend_from_slice(if page.more { b"true" } else { b"false" });
+    body.push(b'}');
+    body
+}
+
+/// A refused `history` request: why, and the position when the topic has one.
+pub(crate) fn history_refused(topic: &str, why: Unrecoverable, position: Option<&Position>) -> Vec<u8> {
+    let code = if why == Unrecoverable::NoHistory { 404 } else { 410 };
+    let mut body = format!("{{\"op\":\"error\",\"code\":{code},\"topic\":").into_bytes();
+    write_json_string(&mut body, topic);
+    if let Some(p) = position {
+        write_position(&mut body, p);
+    }
+    body.extend_from_slice(b",\"message\":");
+    write_json_string(&mut body, why.reason());
+    body.push(b'}');
+    body
+}
+
+/// `{"op":"error",...}` for a refusal the loop makes (a subscription it could not finish).
+pub(crate) fn error_message(code: u16, message: &str) -> Vec<u8> {
+    let mut body = format!("{{\"op\":\"error\",\"code\":{code},\"message\":").into_bytes();
+    write_json_string(&mut body, message);
+    body.push(b'}');
+    body
 }
 
 fn reply(cx: &mut AppCtx<'_>, op: &str, topic: &str) {
@@ -129,10 +251,7 @@ impl App for PubSub {
                     cx.close(AppClose::Close(close::POLICY_VIOLATION, "too many bad requests".into()));
                     return;
                 }
-                let mut body = format!("{{\"op\":\"error\",\"code\":{code},\"message\":").into_bytes();
-                write_json_string(&mut body, message);
-                body.push(b'}');
-                cx.send(MessageKind::Text, &body);
+                cx.send(MessageKind::Text, &error_message(code, message));
             }
         }
     }

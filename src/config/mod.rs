@@ -54,6 +54,8 @@ pub struct Config {
     pub balance: Balance,
     /// Pub/sub across wsgate nodes through Redis (`[cluster]`), off unless configured.
     pub cluster: Option<ClusterConfig>,
+    /// The topics that keep history (`[[history]]`) and its memory bound (`history_memory`).
+    pub history: Arc<crate::history::Rules>,
 }
 
 /// Most workers: a worker's index lives in 8 bits of every connection id.
@@ -190,6 +192,7 @@ impl Config {
             workers: 1,
             balance: Balance::ReusePort,
             cluster: None,
+            history: Arc::default(),
             limits,
             routes: vec![
                 Route::new("/", AppKind::Demo, limits),
@@ -279,6 +282,7 @@ impl Config {
                 }
                 None => None,
             },
+            history: Arc::new(history_rules(&file.histories, file.server.history_memory.map(|b| b.0), text)?),
         };
         if file.routes.is_empty() {
             config.routes = defaults.routes.iter().map(|r| Route { limits: Arc::new(limits), ..r.clone() }).collect();
@@ -348,6 +352,11 @@ impl Config {
     /// Checks cross-field rules after parsing and after CLI overrides.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError::Invalid(m));
+        if self.cluster.is_some() && !self.history.is_empty() {
+            return err("[[history]] with [cluster]: history across nodes needs Redis Streams, which this \
+version does not use yet; keep history on one node (no [cluster]) for now"
+                .into());
+        }
         for r in &self.routes {
             let Some(spec) = &r.backend else { continue };
             if spec.framing == Framing::Direct {

@@ -28,6 +28,17 @@ pub(super) struct File {
     #[serde(default)]
     pub(super) broker: BrokerSection,
     pub(super) cluster: Option<toml::Spanned<ClusterSection>>,
+    #[serde(default, rename = "history")]
+    pub(super) histories: Vec<toml::Spanned<HistorySection>>,
+}
+
+/// `[[history]]`: the topics that keep their last publications.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HistorySection {
+    pub(super) topics: Vec<String>,
+    pub(super) size: usize,
+    pub(super) ttl: Secs,
 }
 
 #[derive(Deserialize)]
@@ -107,6 +118,7 @@ pub(super) struct ServerSection {
     pub(super) access_log: Option<PathBuf>,
     pub(super) workers: Option<Workers>,
     pub(super) balance: Option<String>,
+    pub(super) history_memory: Option<ByteSize>,
 }
 
 /// `workers`: a number, or "auto".
@@ -213,6 +225,7 @@ pub(super) struct RouteSection {
     pub(super) exclude_sender: Option<bool>,
     pub(super) topics: Option<Vec<String>>,
     pub(super) client_publish: Option<bool>,
+    pub(super) client_history: Option<bool>,
     pub(super) max_subscriptions: Option<usize>,
     pub(super) max_topic_length: Option<usize>,
     pub(super) allow_unregistered: Option<bool>,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::schema::*;
+use super::ConfigError;
 use crate::admin::config::{AdminConfig, AdminListen, ApiKey, Scope};
 use crate::apps::pubsub::Policy as PubSubPolicy;
 use crate::backend::{BackendSpec, Framing, SocketSource};
@@ -85,6 +86,10 @@ pub(super) fn pubsub_policy(r: &RouteSection, app: AppKind) -> Result<PubSubPoli
     }
     policy.exclude_sender = r.exclude_sender.unwrap_or(policy.exclude_sender);
     policy.client_publish = r.client_publish.unwrap_or(policy.client_publish);
+    if r.client_history.is_some() && app != AppKind::PubSub {
+        return Err(format!("route {:?}: client_history belongs to pubsub routes", r.path));
+    }
+    policy.client_history = r.client_history.unwrap_or(policy.client_history);
     policy.max_subscriptions = r.max_subscriptions.unwrap_or(policy.max_subscriptions);
     policy.max_topic_length = r.max_topic_length.unwrap_or(policy.max_topic_length);
     if policy.max_topic_length == 0 || policy.max_topic_length > 1024 {
@@ -347,4 +352,40 @@ pub(super) fn logview_spec(r: &RouteSection, app: AppKind, base: &Path) -> Resul
 
 pub(super) fn is_token_byte(b: u8) -> bool {
     crate::http::is_tchar(b)
+}
+
+/// The `[[history]]` sections, in order, and `history_memory`.
+pub(super) fn history_rules(
+    sections: &[toml::Spanned<HistorySection>],
+    max_bytes: Option<usize>,
+    text: &str,
+) -> Result<crate::history::Rules, ConfigError> {
+    let mut rules = crate::history::Rules::default();
+    if let Some(max) = max_bytes {
+        if max < 64 << 10 {
+            return Err(ConfigError::Invalid("server.history_memory: at least 64KiB".into()));
+        }
+        rules.max_bytes = max;
+    }
+    for spanned in sections {
+        let line = line_of(text, spanned.span().start);
+        let at = |message: String| ConfigError::Section { section: "history", line, message };
+        let h = spanned.get_ref();
+        if h.topics.is_empty() {
+            return Err(at("history.topics: name at least one topic glob".into()));
+        }
+        let topics = h
+            .topics
+            .iter()
+            .map(|g| glob::Pattern::new(g).map_err(|e| at(format!("history.topics: {g:?}: {e}"))))
+            .collect::<Result<_, _>>()?;
+        if h.size == 0 || h.size > 1_000_000 {
+            return Err(at(format!("history.size: {} (must be 1..=1000000)", h.size)));
+        }
+        if h.ttl.0.is_zero() || h.ttl.0 > super::MAX_TIMEOUT {
+            return Err(at("history.ttl: must be more than 0 and at most 20 days".into()));
+        }
+        rules.rules.push(crate::history::Rule { topics, size: h.size, ttl: h.ttl.0 });
+    }
+    Ok(rules)
 }

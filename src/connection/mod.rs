@@ -526,6 +526,18 @@ impl Connection {
         self.transport.memory_mut()
     }
 
+    /// Whether a delivery of `len` bytes would be queued now, within `max_backpressure` (an
+    /// empty queue takes anything).
+    pub fn has_room_for(&self, len: usize) -> bool {
+        let queued = self.out.footprint();
+        queued == 0 || queued + len <= self.limits.max_backpressure
+    }
+
+    /// The route's `max_backpressure`.
+    pub fn max_backpressure(&self) -> usize {
+        self.limits.max_backpressure
+    }
+
     /// What it holds in its buffers: queued output bytes and unconsumed input bytes.
     pub fn buffered(&self) -> (usize, usize) {
         (self.out.len(), self.input.pending().len())

@@ -163,7 +163,7 @@ impl Worker {
         }
     }
 
-    fn deliver_from(&mut self, key: usize, frame: &SharedFrame, now: Instant, sender: Sender) -> bool {
+    pub(super) fn deliver_from(&mut self, key: usize, frame: &SharedFrame, now: Instant, sender: Sender) -> bool {
         let Some(entry) = self.conns.get_mut(key) else { return false };
         let mut forms = Forms::new(frame);
         let form = match entry.conn.form_for(forms.payload_len, sender) {

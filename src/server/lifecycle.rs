@@ -184,6 +184,8 @@ impl Worker {
     /// value (see `restart_only`).
     pub(super) fn apply_config(&mut self, config: Arc<Config>, now: Instant) {
         self.routes.replace(config.routes.clone());
+        self.topics.set_history(Arc::clone(&config.history));
+        self.histories.set_rules(Arc::clone(&config.history));
         self.limits = Arc::new(config.limits);
         self.max_connections = config.max_connections;
         self.pools.set_max(config.buffer_pool);

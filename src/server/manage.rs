@@ -219,7 +219,12 @@ impl Worker {
                 let mut subscribers = 0;
                 for (topic, frame) in frames.iter() {
                     subscribers += self.topics.find(topic).map_or(0, |t| self.topics.members(t).len());
-                    self.publish(topic, frame, None, &[], now);
+                    if !self.topics.has_history(topic) {
+                        self.publish(topic, frame, None, &[], now);
+                    } else if self.mailbox.index == 0 {
+                        // Numbered by the topic's owner, which delivers it on every worker.
+                        self.publish_numbered(Arc::clone(topic), frame.clone(), Arc::clone(&self.no_ids), now);
+                    }
                 }
                 return Part::Count(subscribers);
             }

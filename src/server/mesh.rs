@@ -42,6 +42,34 @@ pub enum Note {
         frame: SharedFrame,
         exclude_ids: Arc<[u64]>,
     },
+    /// A publication to a topic with history, for its owner to number (never dropped).
+    Number {
+        topic: Arc<str>,
+        frame: SharedFrame,
+        exclude_ids: Arc<[u64]>,
+    },
+    /// A publication its owner numbered: deliver it as [`Note::Publish`] does (never dropped,
+    /// so a topic's subscribers on every worker get every offset).
+    Numbered {
+        topic: Arc<str>,
+        frame: SharedFrame,
+        exclude_ids: Arc<[u64]>,
+    },
+    /// Read `topic`'s history (this worker owns it) for connection `id` of worker `from`.
+    HistoryAsk {
+        from: usize,
+        id: u64,
+        topic: Arc<str>,
+        asked: super::recovery::Asked,
+        read: crate::history::Read,
+    },
+    /// The owner's answer to [`Note::HistoryAsk`].
+    HistoryAnswer {
+        id: u64,
+        topic: Arc<str>,
+        asked: super::recovery::Asked,
+        answer: super::recovery::Answer,
+    },
     /// A broker message: deliver to this worker's holders of the tokens `receivers` names.
     Route {
         receivers: Arc<[u8]>,

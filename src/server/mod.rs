@@ -32,6 +32,7 @@ pub(crate) mod fanout;
 mod lifecycle;
 mod manage;
 pub mod mesh;
+mod recovery;
 mod seed;
 mod timers;
 
@@ -211,6 +212,8 @@ pub struct Worker {
     /// What the connection being driven asked for (kept for its capacity).
     actions: Vec<Action>,
     topics: Topics,
+    /// The histories of the topics this worker owns.
+    histories: crate::history::Histories,
     routes: Routes,
     limits: Arc<Limits>,
     max_connections: usize,
@@ -341,6 +344,7 @@ impl Worker {
             }
             self.periodic(now);
             self.cluster_turn(now);
+            self.recovery_turn(now);
         }
     }
 
@@ -453,6 +457,15 @@ impl Worker {
                     log::warn!("cannot watch a backend socket: {e}");
                 }
             }
+            Action::Publish { topic, frame, exclude, exclude_ids } if self.topics.has_history(&topic) => {
+                let mut ids = exclude_ids.into_vec();
+                if exclude.is_some() {
+                    ids.push(id);
+                }
+                self.publish_numbered(topic, frame, ids.into(), now);
+            }
+            Action::Recover { topic } => self.start_recovery(key, topic, now),
+            Action::History { topic, read } => self.ask_history(key, topic, recovery::Asked::Read, read, now),
             Action::Publish { topic, frame, exclude, exclude_ids } => {
                 self.publish(&topic, &frame, exclude, &exclude_ids, now);
                 self.spread_publish(&topic, &frame, exclude_ids);
@@ -496,7 +509,18 @@ impl Worker {
 
     pub(super) fn on_note(&mut self, note: Note, now: Instant) {
         match note {
-            Note::Publish { topic, frame, exclude_ids } => self.publish(&topic, &frame, None, &exclude_ids, now),
+            Note::Publish { topic, frame, exclude_ids } | Note::Numbered { topic, frame, exclude_ids } => {
+                self.publish(&topic, &frame, None, &exclude_ids, now)
+            }
+            Note::Number { topic, frame, exclude_ids } => self.publish_numbered(topic, frame, exclude_ids, now),
+            Note::HistoryAsk { from, id, topic, asked, read } => {
+                let answer = self.answer_history(&topic, asked, &read, now);
+                self.mesh.post(from, Note::HistoryAnswer { id, topic, asked, answer });
+            }
+            Note::HistoryAnswer { id, topic, asked, answer } => {
+                self.history_answered(id, topic, asked, answer, now);
+                self.flush_dirty(now);
+            }
             Note::Route { receivers, frame } => {
                 let mut keys = std::mem::take(&mut self.scratch_keys);
                 self.broker.receivers(&receivers, &mut keys);

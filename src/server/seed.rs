@@ -174,6 +174,7 @@ impl Seed {
     pub(super) fn start(self, tokens: Option<crate::broker::tokens::TokenSet>) -> Worker {
         let Seed { config, poll, waker, mailbox, mesh, listeners, admin, signals, access_file, cluster, reload } = self;
         let mut topics = Topics::new();
+        topics.set_history(Arc::clone(&config.history));
         if cluster.is_some() {
             topics.track_changes();
         }
@@ -202,6 +203,7 @@ impl Seed {
             closed: Vec::new(),
             actions: Vec::new(),
             topics,
+            histories: crate::history::Histories::new(Arc::clone(&config.history)),
             routes: Routes::new(config.routes.clone()),
             limits: Arc::new(config.limits),
             max_connections: config.max_connections,

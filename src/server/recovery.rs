@@ -1,0 +1,217 @@
+//! Topics with history, on the loop: numbering publications on the topic's owner, and
+//! answering subscriptions that want their position or what they missed, and `history` reads.
+//!
+//! Why nothing is lost or sent twice: a topic's owner (one worker, [`history::owner`]) numbers
+//! every publication to it, keeps it, and only then delivers it, on its own worker and (as a
+//! note that is never dropped) to the others. A subscription waits in [`Topics`] without being
+//! a member until the owner has answered: its answer holds every publication up to the
+//! position it gives, and everything the owner numbers after it reaches the subscriber's worker
+//! after the answer (each inbox is first in, first out), when the connection is a member. A
+//! recovery longer than a page is read page by page, each asked for when the client's queue
+//! has room for it; it joins the topic's members with the last page.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::mesh::Note;
+use super::Worker;
+use crate::apps::pubsub::{error_message, history_answer, history_refused, subscribed_at};
+use crate::conn_id::key_of;
+use crate::connection::Sender;
+use crate::encode::{shared_frame, SharedFrame};
+use crate::history::{self, Page, Position, Read, Unrecoverable};
+use crate::pubsub::SubscribeError;
+use crate::ws::frame::Opcode;
+
+/// A recovery's page: at most this many bytes of publications (and half the client's
+/// `max_backpressure`), and this many publications.
+const PAGE_BYTES: usize = 64 << 10;
+const PAGE_LIMIT: usize = 512;
+
+/// What a history read is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// A subscription waiting in [`crate::pubsub::Topics`].
+    Subscribe,
+    /// A client's `history` request.
+    Read,
+}
+
+/// The owner's answer: a page, or why there is none (and the position, if the topic has one).
+pub type Answer = Result<Page, (Unrecoverable, Option<Position>)>;
+
+impl Worker {
+    fn owner_of(&self, topic: &str) -> usize {
+        history::owner(topic, self.mesh.workers())
+    }
+
+    /// A publication to a topic with history: numbered by its owner (this worker or another),
+    /// which then delivers it everywhere. `exclude_ids`: connections not to deliver to.
+    pub(super) fn publish_numbered(
+        &mut self,
+        topic: Arc<str>,
+        frame: SharedFrame,
+        exclude_ids: Arc<[u64]>,
+        now: Instant,
+    ) {
+        let owner = self.owner_of(&topic);
+        if owner != self.mailbox.index {
+            self.mesh.post(owner, Note::Number { topic, frame, exclude_ids });
+            return;
+        }
+        let Some((_, frame)) = self.histories.append(&topic, &frame, now) else {
+            // No longer a topic with history (a reload): delivered as it is.
+            self.publish(&topic, &frame, None, &exclude_ids, now);
+            return;
+        };
+        self.metrics.history_appends += 1;
+        self.publish(&topic, &frame, None, &exclude_ids, now);
+        if self.mesh.workers() > 1 {
+            self.mesh.post_others(self.mailbox.index, || Note::Numbered {
+                topic: Arc::clone(&topic),
+                frame: frame.clone(),
+                exclude_ids: Arc::clone(&exclude_ids),
+            });
+        }
+    }
+
+    /// Asks `topic`'s owner (maybe this worker) for a read, for connection `key`.
+    pub(super) fn ask_history(&mut self, key: usize, topic: Arc<str>, asked: Asked, read: Read, now: Instant) {
+        let Some(id) = self.conns.get(key).map(|e| e.conn.id()) else { return };
+        let owner = self.owner_of(&topic);
+        if owner == self.mailbox.index {
+            let answer = self.answer_history(&topic, asked, &read, now);
+            self.history_answered(id, topic, asked, answer, now);
+        } else {
+            self.mesh.post(owner, Note::HistoryAsk { from: self.mailbox.index, id, topic, asked, read });
+        }
+    }
+
+    /// The owner's side of a read.
+    pub(super) fn answer_history(&mut self, topic: &str, asked: Asked, read: &Read, now: Instant) -> Answer {
+        self.metrics.history_reads += 1;
+        if asked == Asked::Subscribe && read.since.is_none() {
+            return match self.histories.position(topic, now) {
+                Some(position) => Ok(Page { position, entries: Vec::new(), more: false }),
+                None => Err((Unrecoverable::NoHistory, None)),
+            };
+        }
+        self.histories.read(topic, read, now)
+    }
+
+    /// A read's answer, for connection `id` (this worker's).
+    pub(super) fn history_answered(&mut self, id: u64, topic: Arc<str>, asked: Asked, answer: Answer, now: Instant) {
+        let key = key_of(id);
+        if self.conns.get(key).is_none_or(|e| e.conn.id() != id) {
+            return;
+        }
+        match asked {
+            Asked::Read => {
+                let body = match &answer {
+                    Ok(page) => history_answer(&topic, page),
+                    Err((why, position)) => history_refused(&topic, *why, position.as_ref()),
+                };
+                self.reply(key, &body, now);
+            }
+            Asked::Subscribe => self.recovered(key, topic, answer, now),
+        }
+    }
+
+    /// A page for a waiting subscription: its publications, then the next page or the
+    /// subscription itself.
+    fn recovered(&mut self, key: usize, topic: Arc<str>, answer: Answer, now: Instant) {
+        let Some(pending) = self.topics.pending_mut(key, &topic).cloned() else {
+            return; // unsubscribed meanwhile
+        };
+        let page = match answer {
+            Ok(page) => page,
+            Err((Unrecoverable::NoHistory, _)) => {
+                // The topic lost its history (a reload): an ordinary subscription.
+                return self.finish_subscription(key, &topic, pending.max, None, None, now);
+            }
+            Err((why, position)) => {
+                self.metrics.history_unrecovered += u64::from(pending.recover);
+                let recovered = pending.recover.then_some(Err(why.reason()));
+                return self.finish_subscription(key, &topic, pending.max, position, recovered, now);
+            }
+        };
+        let mut last = pending.since.as_ref().map_or(page.position.offset, |s| s.offset);
+        let mut stopped = false;
+        for entry in &page.entries {
+            let room = self.conns.get(key).is_some_and(|e| e.conn.has_room_for(entry.frame.len()));
+            if !room {
+                stopped = true;
+                break;
+            }
+            if !self.deliver(key, &entry.frame, now) {
+                // Not open any more, or failing: nothing more to do for it.
+                self.topics.end_pending(key, &topic);
+                return;
+            }
+            self.metrics.history_recovered += 1;
+            last = entry.offset;
+        }
+        if stopped || page.more {
+            if let Some(p) = self.topics.pending_mut(key, &topic) {
+                p.since = Some(Position { offset: last, epoch: Arc::clone(&page.position.epoch) });
+                p.waiting_for_room = true;
+            }
+            return;
+        }
+        let recovered = pending.recover.then_some(Ok(()));
+        let position = Position { offset: last.max(page.position.offset), epoch: page.position.epoch };
+        self.finish_subscription(key, &topic, pending.max, Some(position), recovered, now);
+    }
+
+    fn finish_subscription(
+        &mut self,
+        key: usize,
+        topic: &Arc<str>,
+        max: usize,
+        position: Option<Position>,
+        recovered: Option<Result<(), &str>>,
+        now: Instant,
+    ) {
+        self.topics.end_pending(key, topic);
+        let body = match self.topics.subscribe(key, topic, max) {
+            Ok(_) => subscribed_at(topic, position.as_ref(), recovered),
+            Err(SubscribeError::TooMany) => error_message(429, "too many subscriptions"),
+            Err(SubscribeError::Reserved) => error_message(403, "topic not allowed"),
+        };
+        self.reply(key, &body, now);
+    }
+
+    /// The loop's answer to a client's request (never dropped: it counts as its own app's).
+    fn reply(&mut self, key: usize, body: &[u8], now: Instant) {
+        let frame = shared_frame(Opcode::Text, body);
+        self.deliver_from(key, &frame, now, Sender::OwnApp);
+    }
+
+    /// The end of a turn: recoveries whose clients have room for their next page ask for it.
+    pub(super) fn recovery_turn(&mut self, now: Instant) {
+        for (key, topic) in self.topics.waiting_for_room() {
+            let Some(entry) = self.conns.get(key) else {
+                self.topics.end_pending(key, &topic);
+                continue;
+            };
+            let page_bytes = PAGE_BYTES.min(entry.conn.max_backpressure() / 2).max(1);
+            if !entry.conn.has_room_for(2 * page_bytes) && entry.conn.buffered().0 > 0 {
+                continue;
+            }
+            let Some(p) = self.topics.pending_mut(key, &topic) else { continue };
+            p.waiting_for_room = false;
+            let read = Read { since: p.since.clone(), limit: PAGE_LIMIT, max_bytes: page_bytes, reverse: false };
+            self.ask_history(key, topic, Asked::Subscribe, read, now);
+        }
+    }
+
+    /// The first read for a subscription that now waits in [`crate::pubsub::Topics`].
+    pub(super) fn start_recovery(&mut self, key: usize, topic: Arc<str>, now: Instant) {
+        let Some(p) = self.topics.pending_mut(key, &topic) else { return };
+        let since = p.since.clone();
+        let max_backpressure = self.conns.get(key).map_or(PAGE_BYTES, |e| e.conn.max_backpressure());
+        let page_bytes = PAGE_BYTES.min(max_backpressure / 2).max(1);
+        let read = Read { since, limit: PAGE_LIMIT, max_bytes: page_bytes, reverse: false };
+        self.ask_history(key, topic, Asked::Subscribe, read, now);
+    }
+}
