@@ -214,6 +214,8 @@ pub struct Worker {
     topics: Topics,
     /// The histories of the topics this worker owns.
     histories: crate::history::Histories,
+    /// A recovery's client has room for its next page: the next poll does not wait.
+    recovery_ready: bool,
     routes: Routes,
     limits: Arc<Limits>,
     max_connections: usize,
@@ -349,7 +351,11 @@ impl Worker {
     }
 
     pub(super) fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.busy.is_empty() || self.mailbox.more || self.cluster.as_ref().is_some_and(Cluster::busy) {
+        if !self.busy.is_empty()
+            || self.mailbox.more
+            || self.recovery_ready
+            || self.cluster.as_ref().is_some_and(Cluster::busy)
+        {
             return Some(Duration::ZERO);
         }
         let mut next = self.timers.next(now);

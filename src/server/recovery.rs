@@ -188,21 +188,40 @@ impl Worker {
     }
 
     /// The end of a turn: recoveries whose clients have room for their next page ask for it.
+    /// Pages read on this worker are written at once; if their clients took them all, the
+    /// loop comes back without waiting for an event (`recovery_ready`), since none may come.
     pub(super) fn recovery_turn(&mut self, now: Instant) {
-        for (key, topic) in self.topics.waiting_for_room() {
-            let Some(entry) = self.conns.get(key) else {
-                self.topics.end_pending(key, &topic);
-                continue;
-            };
-            let page_bytes = PAGE_BYTES.min(entry.conn.max_backpressure() / 2).max(1);
-            if !entry.conn.has_room_for(2 * page_bytes) && entry.conn.buffered().0 > 0 {
-                continue;
-            }
-            let Some(p) = self.topics.pending_mut(key, &topic) else { continue };
+        self.recovery_ready = false;
+        let waiting = self.topics.waiting_for_room();
+        if waiting.is_empty() {
+            return;
+        }
+        let mut asked = false;
+        for (key, topic) in &waiting {
+            let Some(page_bytes) = self.room_for_page(*key) else { continue };
+            let Some(p) = self.topics.pending_mut(*key, topic) else { continue };
             p.waiting_for_room = false;
             let read = Read { since: p.since.clone(), limit: PAGE_LIMIT, max_bytes: page_bytes, reverse: false };
-            self.ask_history(key, topic, Asked::Subscribe, read, now);
+            self.ask_history(*key, Arc::clone(topic), Asked::Subscribe, read, now);
+            asked = true;
         }
+        if asked {
+            self.flush_dirty(now);
+        }
+        for (key, topic) in waiting {
+            if !self.conns.contains(key) {
+                self.topics.end_pending(key, &topic);
+            } else if self.topics.pending_mut(key, &topic).is_some_and(|p| p.waiting_for_room) {
+                self.recovery_ready |= self.room_for_page(key).is_some();
+            }
+        }
+    }
+
+    /// The page size for connection `key`'s recovery, if its queue has room for a page now.
+    fn room_for_page(&self, key: usize) -> Option<usize> {
+        let conn = &self.conns.get(key)?.conn;
+        let page_bytes = PAGE_BYTES.min(conn.max_backpressure() / 2).max(1);
+        (conn.has_room_for(2 * page_bytes) || conn.buffered().0 == 0).then_some(page_bytes)
     }
 
     /// The first read for a subscription that now waits in [`crate::pubsub::Topics`].

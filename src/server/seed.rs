@@ -204,6 +204,7 @@ impl Seed {
             actions: Vec::new(),
             topics,
             histories: crate::history::Histories::new(Arc::clone(&config.history)),
+            recovery_ready: false,
             routes: Routes::new(config.routes.clone()),
             limits: Arc::new(config.limits),
             max_connections: config.max_connections,
