@@ -297,3 +297,37 @@ fn topics_without_history_are_as_before() {
     c.send_text(r#"{"op":"publish","topic":"plain","data":3}"#).unwrap();
     assert_eq!(ws_json(&mut c), json!({"topic":"plain","data":3}), "nothing from news");
 }
+
+#[test]
+fn the_admin_api_reads_and_removes_history() {
+    let server = Server::with_config(&config(2, 100), &[]);
+    let mut c = ws_open(&server.url("/ps"));
+    let (epoch, _) = subscribe(&mut c, "news");
+    for n in 1..=3u64 {
+        c.send_text(&json!({"op":"publish","topic":"news","data":{"n":n}}).to_string()).unwrap();
+        assert_eq!(delivery(&ws_json(&mut c)).1, n);
+    }
+    let post = |path: &str, body: Value| {
+        let (status, text) =
+            http("POST", &server.admin_url(path), &[], Some(("application/json", body.to_string().as_bytes())));
+        (status, serde_json::from_str::<Value>(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+    };
+    let (status, v) = post("/api/history", json!({"topic":"news","since":{"offset":1,"epoch":epoch}}));
+    assert_eq!(status, 200, "{v}");
+    let r = &v["result"];
+    assert_eq!((r["epoch"].as_str(), r["offset"].as_u64()), (Some(epoch.as_str()), Some(3)));
+    assert_eq!(r["publications"], json!([{"offset":2,"data":{"n":2}},{"offset":3,"data":{"n":3}}]));
+    assert_eq!(post("/api/history", json!({"topic":"plain"})).0, 404);
+    assert_eq!(post("/api/history", json!({"topic":"news","since":{"offset":1,"epoch":"x"}})).0, 410);
+    assert_eq!(post("/api/history", json!({"topic":"news","limit":5000})).0, 400);
+    let (status, v) = post("/api/history_remove", json!({"topic":"news"}));
+    assert_eq!((status, &v["result"]["removed"]), (200, &json!(true)));
+    // The subscriber is still subscribed; the next publication starts a new epoch.
+    c.send_text(r#"{"op":"publish","topic":"news","data":{"n":4}}"#).unwrap();
+    assert_eq!(delivery(&ws_json(&mut c)), (1, 4));
+    let mut again = ws_open(&server.url("/ps"));
+    recover(&mut again, "news", &epoch, 3);
+    let v = ws_json(&mut again);
+    assert_eq!(v["recovered"], false, "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("epoch changed"));
+}

@@ -179,6 +179,20 @@ pub enum Command {
         client: u64,
         topic: String,
     },
+    /// A topic's history (`/api/history`), read by its owner.
+    History {
+        topic: String,
+        /// After this position (offset, epoch); `None`: from the oldest kept (or the newest,
+        /// `reverse`).
+        since: Option<(u64, String)>,
+        limit: usize,
+        reverse: bool,
+    },
+    /// Forgets a topic's history (`/api/history_remove`): its next publication starts a new
+    /// epoch, and clients recovering from the old one are told so.
+    HistoryRemove {
+        topic: String,
+    },
     /// The form API: a broker message `receivers|payload` as if a client sent it.
     FormBroadcast {
         message: String,
@@ -205,11 +219,13 @@ impl Command {
             | Command::Info
             | Command::FormClients
             | Command::FormTokenList
+            | Command::History { .. }
             | Command::Preflight => Scope::Read,
             Command::Publish { .. } | Command::Send { .. } | Command::FormBroadcast { .. } => Scope::Publish,
             Command::Disconnect { .. }
             | Command::Subscribe { .. }
             | Command::Unsubscribe { .. }
+            | Command::HistoryRemove { .. }
             | Command::FormRegister { .. }
             | Command::FormUnregister { .. } => Scope::Admin,
         }
@@ -228,6 +244,17 @@ struct Body<'a> {
     token: Option<String>,
     code: Option<u16>,
     reason: Option<String>,
+    since: Option<Since>,
+    limit: Option<usize>,
+    reverse: Option<bool>,
+}
+
+/// `/api/history`'s `since`: a position as clients give it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Since {
+    offset: u64,
+    epoch: String,
 }
 
 /// A connection id, as a JSON number or a string of digits.
@@ -275,7 +302,10 @@ pub fn parse(req: &Request) -> Result<Command, Reply> {
             _ => Err(Reply::error(405, "use GET")),
         };
     }
-    if !matches!(api, "publish" | "broadcast" | "send" | "disconnect" | "subscribe" | "unsubscribe") {
+    if !matches!(
+        api,
+        "publish" | "broadcast" | "send" | "disconnect" | "subscribe" | "unsubscribe" | "history" | "history_remove"
+    ) {
         return Err(Reply::error(404, &format!("no such method: {api}")));
     }
     if method != "POST" {
@@ -302,6 +332,19 @@ pub fn parse(req: &Request) -> Result<Command, Reply> {
         "send" => Ok(Command::Send { client: need_client()?, data: data(&body)? }),
         "subscribe" => Ok(Command::Subscribe { client: need_client()?, topic: need_topic()? }),
         "unsubscribe" => Ok(Command::Unsubscribe { client: need_client()?, topic: need_topic()? }),
+        "history" => {
+            let limit = body.limit.unwrap_or(100);
+            if limit == 0 || limit > crate::history::MAX_LIMIT {
+                return Err(Reply::error(400, "\"limit\": 1 to 1000"));
+            }
+            Ok(Command::History {
+                topic: need_topic()?,
+                since: body.since.as_ref().map(|s| (s.offset, s.epoch.clone())),
+                limit,
+                reverse: body.reverse.unwrap_or(false),
+            })
+        }
+        "history_remove" => Ok(Command::HistoryRemove { topic: need_topic()? }),
         _ => {
             let targets = [body.client.is_some(), body.topic.is_some(), body.token.is_some()];
             if targets.iter().filter(|t| **t).count() != 1 {

@@ -172,6 +172,18 @@ impl<'a> Facts<'a> {
                 Some(added) => Reply::json(serde_json::json!({ "result": { "subscribed": added } }).to_string()),
                 None => Reply::error(404, "no open WebSocket with this id"),
             },
+            Command::History { .. } | Command::HistoryRemove { .. } => {
+                match parts.find_map(|p| if let Part::History(h) = p { Some(h) } else { None }) {
+                    Some(Ok(json)) => {
+                        let mut body = b"{\"result\":".to_vec();
+                        body.extend_from_slice(&json);
+                        body.push(b'}');
+                        Reply::json(body)
+                    }
+                    Some(Err((status, message))) => Reply::error(status, &message),
+                    None => Reply::error(503, "the topic's owner did not answer"),
+                }
+            }
             Command::Unsubscribe { .. } => match flag(&mut parts) {
                 Some(removed) => Reply::json(serde_json::json!({ "result": { "unsubscribed": removed } }).to_string()),
                 None => Reply::error(404, "no open WebSocket with this id"),
@@ -338,5 +350,7 @@ pub enum Part {
     Flag(Option<bool>),
     /// websockets_pro's get_clients: (peer address, token).
     Peers(Vec<(String, String)>),
+    /// The history owner's answer: a JSON object, or an error's status and message.
+    History(Result<Vec<u8>, (u16, String)>),
     Nothing,
 }

@@ -79,6 +79,10 @@ impl Worker {
             | Command::Disconnect { target: Target::Client(client), .. } => {
                 vec![worker_of(*client).min(workers - 1)]
             }
+            // A topic's history is on one worker.
+            Command::History { topic, .. } | Command::HistoryRemove { topic } => {
+                vec![crate::history::owner(topic, workers)]
+            }
             _ => (0..workers).collect(),
         };
         let command = Arc::new(command);
@@ -273,6 +277,15 @@ impl Worker {
             Command::Unsubscribe { client, topic } => {
                 Part::Flag(self.open_key(*client).map(|key| self.topics.unsubscribe(key, topic)))
             }
+            Command::History { topic, since, limit, reverse } => {
+                Part::History(self.history_part(topic, since, *limit, *reverse, now))
+            }
+            Command::HistoryRemove { topic } => Part::History(if self.topics.has_history(topic) {
+                let removed = self.histories.remove(topic);
+                Ok(format!("{{\"removed\":{removed}}}").into_bytes())
+            } else {
+                Err((404, "the topic keeps no history".into()))
+            }),
             Command::FormBroadcast { message } => {
                 if let Some((receivers, payload)) = split_routed(message.as_bytes()) {
                     let frame = if self.broker.quirks {

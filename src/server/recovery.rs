@@ -27,6 +27,8 @@ use crate::ws::frame::Opcode;
 /// `max_backpressure`), and this many publications.
 const PAGE_BYTES: usize = 64 << 10;
 const PAGE_LIMIT: usize = 512;
+/// The most bytes of publications one `/api/history` answer holds (`"more":true` past it).
+const ADMIN_REPLY_BYTES: usize = 4 << 20;
 
 /// What a history read is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +224,24 @@ impl Worker {
         let conn = &self.conns.get(key)?.conn;
         let page_bytes = PAGE_BYTES.min(conn.max_backpressure() / 2).max(1);
         (conn.has_room_for(2 * page_bytes) || conn.buffered().0 == 0).then_some(page_bytes)
+    }
+
+    /// `/api/history` on the topic's owner: the answer's JSON, or an error.
+    pub(super) fn history_part(
+        &mut self,
+        topic: &str,
+        since: &Option<(u64, String)>,
+        limit: usize,
+        reverse: bool,
+        now: Instant,
+    ) -> Result<Vec<u8>, (u16, String)> {
+        let since = since.as_ref().map(|(offset, epoch)| Position { offset: *offset, epoch: epoch.as_str().into() });
+        let read = Read { since, limit, max_bytes: ADMIN_REPLY_BYTES, reverse };
+        match self.answer_history(topic, Asked::Read, &read, now) {
+            Ok(page) => Ok(history_answer(topic, &page)),
+            Err((Unrecoverable::NoHistory, _)) => Err((404, Unrecoverable::NoHistory.reason().into())),
+            Err((why, _)) => Err((410, why.reason().into())),
+        }
     }
 
     /// The first read for a subscription that now waits in [`crate::pubsub::Topics`].
