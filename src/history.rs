@@ -240,6 +240,11 @@ impl Histories {
         (self.streams.len(), self.kept, self.bytes)
     }
 
+    /// The most topics one worker keeps positions for: a kilobyte of `max_bytes` each.
+    fn max_topics(&self) -> usize {
+        (self.rules.max_bytes / 1024).max(64)
+    }
+
     fn new_epoch(&mut self) -> Arc<str> {
         self.epochs += 1;
         format!("{:08x}{:x}", self.seed as u32, self.epochs).into()
@@ -248,6 +253,15 @@ impl Histories {
     fn stream(&mut self, topic: &str, now: Instant) -> Option<&mut Stream> {
         if !self.streams.contains_key(topic) {
             let rule = self.rules.find(topic)?;
+            if self.streams.len() >= self.max_topics() {
+                // Many topics with nothing kept (subscribed to, never published to, or all
+                // trimmed): they are forgotten first, so names cannot pin memory.
+                self.streams.retain(|_, s| !s.entries.is_empty());
+                if self.streams.len() >= self.max_topics() {
+                    log::warn!("history: {} topics on this worker, the most history_memory allows", self.streams.len());
+                    return None;
+                }
+            }
             let (size, ttl) = (rule.size, rule.ttl);
             let epoch = self.new_epoch();
             let stream = Stream { epoch, last: 0, entries: VecDeque::new(), size, ttl, touched: now };
@@ -575,6 +589,19 @@ mod tests {
         assert_eq!(page.entries.last().unwrap().offset, 50);
         assert!(page.entries.len() >= 4);
         assert!(h.order.len() <= 2 * h.kept + 64);
+    }
+
+    #[test]
+    fn topics_with_nothing_kept_are_forgotten_past_the_topic_bound() {
+        let mut h = Histories::new(rules(10, 600, 64 << 10));
+        let now = Instant::now();
+        h.append("h.kept", &pubsub("h.kept", "1"), now).unwrap();
+        let kept = h.position("h.kept", now).unwrap();
+        for i in 0..1000 {
+            assert!(h.position(&format!("h.{i}"), now).is_some(), "room made by forgetting empty topics");
+        }
+        assert!(h.stats().0 <= 64);
+        assert_eq!(h.position("h.kept", now).unwrap(), kept, "a topic with publications kept stays");
     }
 
     #[test]

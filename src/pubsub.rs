@@ -330,9 +330,9 @@ impl Topics {
         self.find(name).and_then(|t| self.topics[t as usize].as_ref()).map_or(0, |t| t.dropped)
     }
 
-    /// How many topics `conn` is subscribed to.
+    /// How many topics `conn` is subscribed to, or waits for (their history).
     pub fn count(&self, conn: usize) -> usize {
-        let mut n = 0;
+        let mut n = if self.pending.is_empty() { 0 } else { self.pending.keys().filter(|(k, _)| *k == conn).count() };
         let mut s = self.heads.get(conn).copied().unwrap_or(NONE);
         while s != NONE {
             n += 1;
