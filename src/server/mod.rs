@@ -464,11 +464,12 @@ impl Worker {
                 }
             }
             Action::Publish { topic, frame, exclude, exclude_ids } if self.topics.has_history(&topic) => {
-                let mut ids = exclude_ids.into_vec();
-                if exclude.is_some() {
-                    ids.push(id);
-                }
-                self.publish_numbered(topic, frame, ids.into(), now);
+                let ids = match (exclude, exclude_ids.is_empty()) {
+                    (None, true) => Arc::clone(&self.no_ids),
+                    (None, false) => exclude_ids.into(),
+                    (Some(_), _) => exclude_ids.iter().copied().chain([id]).collect(),
+                };
+                self.publish_numbered(topic, frame, ids, now);
             }
             Action::Recover { topic } => self.start_recovery(key, topic, now),
             Action::History { topic, read } => self.ask_history(key, topic, recovery::Asked::Read, read, now),
