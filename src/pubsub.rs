@@ -87,6 +87,7 @@ pub struct Topics {
     /// Subscriptions to topics with history, by connection key and topic, until the topic's
     /// owner has answered with its position (and the publications the client missed).
     pending: HashMap<(usize, Arc<str>), Pending>,
+    pending_serial: u64,
 }
 
 /// A subscription waiting for its topic's history: the connection is not a member yet, so
@@ -100,6 +101,9 @@ pub struct Pending {
     pub max: usize,
     /// Waiting for its client's queue to drain before asking for the next page.
     pub waiting_for_room: bool,
+    /// Set by [`Topics::begin_pending`]: an answer meant for an earlier subscription to the
+    /// same topic (unsubscribed meanwhile) names another serial and is ignored.
+    pub serial: u64,
 }
 
 /// Why a subscription was refused.
@@ -155,13 +159,15 @@ impl Topics {
         false
     }
 
-    /// Records a subscription waiting for `topic`'s history; false if one already waits.
-    pub fn begin_pending(&mut self, conn: usize, topic: Arc<str>, pending: Pending) -> bool {
+    /// Records a subscription waiting for `topic`'s history: its serial, or `None` if one
+    /// already waits.
+    pub fn begin_pending(&mut self, conn: usize, topic: Arc<str>, pending: Pending) -> Option<u64> {
         match self.pending.entry((conn, topic)) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Occupied(_) => None,
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(pending);
-                true
+                self.pending_serial += 1;
+                v.insert(Pending { serial: self.pending_serial, ..pending });
+                Some(self.pending_serial)
             }
         }
     }

@@ -331,3 +331,40 @@ fn the_admin_api_reads_and_removes_history() {
     assert_eq!(v["recovered"], false, "{v}");
     assert!(v["reason"].as_str().unwrap().contains("epoch changed"));
 }
+
+#[test]
+fn subscribe_unsubscribe_subscribe_in_one_write_recovers_once() {
+    for workers in [1, 2, 3] {
+        let server = Server::with_config(&config(workers, 1000), &[]);
+        let mut c = ws_open(&server.url("/ps"));
+        let (epoch, start) = subscribe(&mut c, "news");
+        for n in 1..=600u64 {
+            c.send_text(&json!({"op":"publish","topic":"news","data":{"n":n}}).to_string()).unwrap();
+        }
+        for n in 1..=600u64 {
+            assert_eq!(delivery(&ws_json(&mut c)).1, n);
+        }
+        let mut again = ws_open(&server.url("/ps"));
+        // Three requests in one batch: the first subscription's answer must not be taken for
+        // the second's, nor the second's asked twice.
+        let recover = json!({"op":"subscribe","topic":"news","recover":{"offset":start,"epoch":epoch}});
+        again.send_text(r#"{"op":"subscribe","topic":"news"}"#).unwrap();
+        again.send_text(r#"{"op":"unsubscribe","topic":"news"}"#).unwrap();
+        again.send_text(&recover.to_string()).unwrap();
+        // The first subscription may be answered before the unsubscribe is read.
+        let mut v = ws_json(&mut again);
+        if v["op"] == "subscribed" {
+            assert!(v.get("recovered").is_none(), "{v}");
+            v = ws_json(&mut again);
+        }
+        assert_eq!(v["op"], "unsubscribed", "{v}");
+        for n in 1..=600u64 {
+            let v = ws_json(&mut again);
+            assert_eq!(delivery(&v), (start + n, n), "workers = {workers}: {v}");
+        }
+        let v = ws_json(&mut again);
+        assert_eq!((v["op"].as_str(), v["recovered"].as_bool()), (Some("subscribed"), Some(true)), "{v}");
+        c.send_text(r#"{"op":"publish","topic":"news","data":{"n":0}}"#).unwrap();
+        assert_eq!(delivery(&ws_json(&mut again)), (start + 601, 0), "then live, once");
+    }
+}

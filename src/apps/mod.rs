@@ -63,7 +63,7 @@ pub enum Action {
     Admin(Box<crate::admin::Request>),
     /// Ask `topic`'s history owner for the position (and what this connection missed) of the
     /// subscription waiting in [`Topics`]; the loop subscribes and answers the client.
-    Recover { topic: Arc<str> },
+    Recover { topic: Arc<str>, serial: u64 },
     /// A client's `history` request: the loop answers it.
     History { topic: Arc<str>, read: crate::history::Read },
 }
@@ -218,10 +218,15 @@ impl AppCtx<'_> {
             return Err(SubscribeError::TooMany);
         }
         let topic: Arc<str> = topic.into();
-        let pending =
-            crate::pubsub::Pending { recover: recover.is_some(), since: recover, max, waiting_for_room: false };
-        if self.topics.begin_pending(self.key, Arc::clone(&topic), pending) {
-            self.actions.push(Action::Recover { topic });
+        let pending = crate::pubsub::Pending {
+            recover: recover.is_some(),
+            since: recover,
+            max,
+            waiting_for_room: false,
+            serial: 0,
+        };
+        if let Some(serial) = self.topics.begin_pending(self.key, Arc::clone(&topic), pending) {
+            self.actions.push(Action::Recover { topic, serial });
         }
         Ok(Subscribing::Pending)
     }

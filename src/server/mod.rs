@@ -471,7 +471,7 @@ impl Worker {
                 };
                 self.publish_numbered(topic, frame, ids, now);
             }
-            Action::Recover { topic } => self.start_recovery(key, topic, now),
+            Action::Recover { topic, serial } => self.start_recovery(key, topic, serial, now),
             Action::History { topic, read } => self.ask_history(key, topic, recovery::Asked::Read, read, now),
             Action::Publish { topic, frame, exclude, exclude_ids } => {
                 self.publish(&topic, &frame, exclude, &exclude_ids, now);

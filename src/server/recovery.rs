@@ -33,8 +33,8 @@ const ADMIN_REPLY_BYTES: usize = 4 << 20;
 /// What a history read is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Asked {
-    /// A subscription waiting in [`crate::pubsub::Topics`].
-    Subscribe,
+    /// A subscription waiting in [`crate::pubsub::Topics`], by its serial.
+    Subscribe(u64),
     /// A client's `history` request.
     Read,
 }
@@ -92,7 +92,7 @@ impl Worker {
     /// The owner's side of a read.
     pub(super) fn answer_history(&mut self, topic: &str, asked: Asked, read: &Read, now: Instant) -> Answer {
         self.metrics.history_reads += 1;
-        if asked == Asked::Subscribe && read.since.is_none() {
+        if matches!(asked, Asked::Subscribe(_)) && read.since.is_none() {
             return match self.histories.position(topic, now) {
                 Some(position) => Ok(Page { position, entries: Vec::new(), more: false }),
                 None => Err((Unrecoverable::NoHistory, None)),
@@ -115,15 +115,15 @@ impl Worker {
                 };
                 self.reply(key, &body, now);
             }
-            Asked::Subscribe => self.recovered(key, topic, answer, now),
+            Asked::Subscribe(serial) => self.recovered(key, topic, serial, answer, now),
         }
     }
 
     /// A page for a waiting subscription: its publications, then the next page or the
     /// subscription itself.
-    fn recovered(&mut self, key: usize, topic: Arc<str>, answer: Answer, now: Instant) {
-        let Some(pending) = self.topics.pending_mut(key, &topic).cloned() else {
-            return; // unsubscribed meanwhile
+    fn recovered(&mut self, key: usize, topic: Arc<str>, serial: u64, answer: Answer, now: Instant) {
+        let Some(pending) = self.topics.pending_mut(key, &topic).filter(|p| p.serial == serial).cloned() else {
+            return; // unsubscribed meanwhile (and maybe subscribed again: another serial)
         };
         let page = match answer {
             Ok(page) => page,
@@ -204,7 +204,8 @@ impl Worker {
             let Some(p) = self.topics.pending_mut(*key, topic) else { continue };
             p.waiting_for_room = false;
             let read = Read { since: p.since.clone(), limit: PAGE_LIMIT, max_bytes: page_bytes, reverse: false };
-            self.ask_history(*key, Arc::clone(topic), Asked::Subscribe, read, now);
+            let serial = p.serial;
+            self.ask_history(*key, Arc::clone(topic), Asked::Subscribe(serial), read, now);
             asked = true;
         }
         if asked {
@@ -245,12 +246,14 @@ impl Worker {
     }
 
     /// The first read for a subscription that now waits in [`crate::pubsub::Topics`].
-    pub(super) fn start_recovery(&mut self, key: usize, topic: Arc<str>, now: Instant) {
-        let Some(p) = self.topics.pending_mut(key, &topic) else { return };
+    /// (`serial`: the subscription's; one unsubscribed and made again since has another, and
+    /// its own first read.)
+    pub(super) fn start_recovery(&mut self, key: usize, topic: Arc<str>, serial: u64, now: Instant) {
+        let Some(p) = self.topics.pending_mut(key, &topic).filter(|p| p.serial == serial) else { return };
         let since = p.since.clone();
         let max_backpressure = self.conns.get(key).map_or(PAGE_BYTES, |e| e.conn.max_backpressure());
         let page_bytes = PAGE_BYTES.min(max_backpressure / 2).max(1);
         let read = Read { since, limit: PAGE_LIMIT, max_bytes: page_bytes, reverse: false };
-        self.ask_history(key, topic, Asked::Subscribe, read, now);
+        self.ask_history(key, topic, Asked::Subscribe(serial), read, now);
     }
 }
