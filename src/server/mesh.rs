@@ -30,6 +30,11 @@ use crate::encode::SharedFrame;
 /// answers, handed-off sockets) are never dropped.
 pub const INBOX_LIMIT: usize = 1 << 16;
 pub const INBOX_BYTES: usize = 64 << 20;
+/// Publications to topics with history (to be numbered, and numbered) wait in an inbox up to
+/// this many times the limits above before they are dropped: their subscribers' exactness
+/// depends on them, so they get far more room, but a worker that falls that far behind must
+/// still not make memory grow without bound. Such a drop is logged as an error and counted.
+pub const EXACT_SCALE: usize = 4;
 /// Notes a worker takes from its inbox per loop turn; more wait for the next turn, so a flood
 /// from other workers cannot starve its own sockets.
 pub const INBOX_BATCH: usize = 4096;
@@ -42,14 +47,16 @@ pub enum Note {
         frame: SharedFrame,
         exclude_ids: Arc<[u64]>,
     },
-    /// A publication to a topic with history, for its owner to number (never dropped).
+    /// A publication to a topic with history, for its owner to number (dropped only past
+    /// [`EXACT_SCALE`] times the inbox limits).
     Number {
         topic: Arc<str>,
         frame: SharedFrame,
         exclude_ids: Arc<[u64]>,
     },
-    /// A publication its owner numbered: deliver it as [`Note::Publish`] does (never dropped,
-    /// so a topic's subscribers on every worker get every offset).
+    /// A publication its owner numbered: deliver it as [`Note::Publish`] does (dropped only
+    /// past [`EXACT_SCALE`] times the inbox limits, so a topic's subscribers on every worker
+    /// get every offset).
     Numbered {
         topic: Arc<str>,
         frame: SharedFrame,
@@ -139,9 +146,11 @@ impl Note {
     /// note, which is never dropped.
     fn data_bytes(&self) -> Option<usize> {
         match self {
-            Note::Publish { frame, .. } | Note::SendTo { frame, .. } | Note::PluginSend { frame, .. } => {
-                Some(frame.len())
-            }
+            Note::Publish { frame, .. }
+            | Note::SendTo { frame, .. }
+            | Note::PluginSend { frame, .. }
+            | Note::Number { frame, .. }
+            | Note::Numbered { frame, .. } => Some(frame.len()),
             Note::Route { frame, receivers } => Some(frame.len() + receivers.len()),
             _ => None,
         }
@@ -222,10 +231,18 @@ impl Mesh {
         let Some(inbox) = self.inboxes.get(to) else { return false };
         let bytes = note.data_bytes();
         if let Some(bytes) = bytes {
-            if inbox.queued.load(Ordering::Relaxed) >= INBOX_LIMIT
-                || inbox.queued_bytes.load(Ordering::Relaxed).saturating_add(bytes) > INBOX_BYTES
+            let scale = if matches!(note, Note::Number { .. } | Note::Numbered { .. }) { EXACT_SCALE } else { 1 };
+            if inbox.queued.load(Ordering::Relaxed) >= INBOX_LIMIT * scale
+                || inbox.queued_bytes.load(Ordering::Relaxed).saturating_add(bytes) > INBOX_BYTES * scale
             {
-                inbox.dropped.fetch_add(1, Ordering::Relaxed);
+                let dropped = inbox.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if scale > 1 && dropped.is_power_of_two() {
+                    log::error!(
+                        "worker {to} is {} notes behind: publications to topics with history dropped on their way \
+to it ({dropped} notes dropped in all): its subscribers miss them",
+                        inbox.queued.load(Ordering::Relaxed)
+                    );
+                }
                 return false;
             }
             inbox.queued_bytes.fetch_add(bytes, Ordering::Relaxed);

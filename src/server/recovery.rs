@@ -3,7 +3,7 @@
 //!
 //! Why nothing is lost or sent twice: a topic's owner (one worker, [`history::owner`]) numbers
 //! every publication to it, keeps it, and only then delivers it, on its own worker and (as a
-//! note that is never dropped) to the others. A subscription waits in [`Topics`] without being
+//! note that the inboxes keep far longer than others: `EXACT_SCALE`) to the others. A subscription waits in [`Topics`] without being
 //! a member until the owner has answered: its answer holds every publication up to the
 //! position it gives, and everything the owner numbers after it reaches the subscriber's worker
 //! after the answer (each inbox is first in, first out), when the connection is a member. A
