@@ -403,19 +403,19 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>, workers: &[Figures], cluster: bool)
     sample(o, "wsgate_broker_routed_total", &[], m.broker_routed);
     family(o, "wsgate_broker_deliveries_total", "counter", "Deliveries made by routed broker messages.");
     sample(o, "wsgate_broker_deliveries_total", &[], m.broker_deliveries);
-    family(o, "wsgate_history_appends_total", "counter", "Publications numbered and kept by topics with history.");
-    sample(o, "wsgate_history_appends_total", &[], m.history_appends);
-    family(
-        o,
-        "wsgate_history_reads_total",
-        "counter",
-        "History reads answered (positions, recovery pages, history requests).",
-    );
-    sample(o, "wsgate_history_reads_total", &[], m.history_reads);
-    family(o, "wsgate_history_recovered_total", "counter", "Publications delivered by recoveries.");
-    sample(o, "wsgate_history_recovered_total", &[], m.history_recovered);
-    family(o, "wsgate_history_unrecovered_total", "counter", "Recoveries refused (recovered:false).");
-    sample(o, "wsgate_history_unrecovered_total", &[], m.history_unrecovered);
+    for (name, help, v) in [
+        ("wsgate_history_appends_total", "Publications numbered and kept by topics with history.", m.history_appends),
+        (
+            "wsgate_history_reads_total",
+            "History reads answered (positions, recovery pages, history requests).",
+            m.history_reads,
+        ),
+        ("wsgate_history_recovered_total", "Publications delivered by recoveries.", m.history_recovered),
+        ("wsgate_history_unrecovered_total", "Recoveries refused (recovered:false).", m.history_unrecovered),
+    ] {
+        family(o, name, "counter", help);
+        sample(o, name, &[], v);
+    }
     family(o, "wsgate_broker_tokens", "gauge", "Broker tokens, held by clients or registered.");
     sample(o, "wsgate_broker_tokens", &[("kind", "held")], s.broker_tokens_held as u64);
     sample(o, "wsgate_broker_tokens", &[("kind", "registered")], s.broker_tokens_registered as u64);
