@@ -111,6 +111,8 @@ pub enum Unrecoverable {
     Ahead,
     /// The topic has no history.
     NoHistory,
+    /// Across nodes: Redis could not be asked (its link is down, or failed while asked).
+    Unavailable,
 }
 
 impl Unrecoverable {
@@ -120,6 +122,7 @@ impl Unrecoverable {
             Unrecoverable::Trimmed => "offset no longer in history",
             Unrecoverable::Ahead => "offset ahead of the topic",
             Unrecoverable::NoHistory => "the topic keeps no history",
+            Unrecoverable::Unavailable => "history unavailable: Redis is unreachable",
         }
     }
 }
@@ -137,6 +140,11 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A publication kept elsewhere (a Redis stream), as a delivery frame with its offset.
+    pub fn numbered(topic: &str, opcode: Opcode, payload: &[u8], offset: u64, now: Instant) -> Entry {
+        let (frame, data_at) = with_offset(topic, &shared_frame(opcode, payload), offset);
+        Entry { offset, at: now, frame, data_at }
+    }
     /// Appends `{"offset":N,"data":…}` (or `"b64data"` for binary) to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         let (opcode, payload) = frame_parts(&self.frame).unwrap_or((Opcode::Binary, &[]));
@@ -478,6 +486,58 @@ impl Histories {
         self.kept -= gone;
         Ok(Page { position, entries, more })
     }
+}
+
+/// A read answered by a Redis stream ([`crate::cluster::streams`]) as a page, with the same
+/// checks and bounds as [`Histories::read`]: `ttl` against Redis's clock (`now_ms`, the
+/// reply's entries carry when Redis appended them; nodes' clocks are assumed close).
+pub fn page_of_stream(
+    topic: &str,
+    reply: &crate::cluster::streams::ReadReply<'_>,
+    read: &Read,
+    ttl: Duration,
+    now_ms: u64,
+    now: Instant,
+) -> Result<Page, (Unrecoverable, Option<Position>)> {
+    let position = Position { offset: reply.last, epoch: reply.epoch.into() };
+    let fresh = |at_ms: u64| at_ms.saturating_add(ttl.as_millis() as u64) >= now_ms;
+    if let Some(since) = &read.since {
+        if *since.epoch != *reply.epoch {
+            return Err((Unrecoverable::EpochChanged, Some(position)));
+        }
+        if since.offset > reply.last {
+            return Err((Unrecoverable::Ahead, Some(position)));
+        }
+        let oldest = reply.oldest.unwrap_or(reply.last + 1);
+        let next_kept = reply.entries.first().filter(|e| fresh(e.at_ms)).map_or(reply.last + 1, |e| e.offset);
+        if since.offset + 1 < oldest || (since.offset < reply.last && next_kept != since.offset + 1) {
+            return Err((Unrecoverable::Trimmed, Some(position)));
+        }
+    }
+    let limit = read.limit.max(1);
+    let mut entries = Vec::new();
+    let mut bytes = 0;
+    let mut more = false;
+    for e in reply.entries.iter().filter(|e| fresh(e.at_ms)) {
+        if entries.len() >= limit || (!entries.is_empty() && bytes + e.payload.len() > read.max_bytes) {
+            more = true;
+            break;
+        }
+        bytes += e.payload.len();
+        let opcode = if e.binary { Opcode::Binary } else { Opcode::Text };
+        entries.push(Entry::numbered(topic, opcode, e.payload, e.offset, now));
+    }
+    match (&read.since, read.reverse) {
+        (Some(_), reverse) => {
+            more |= entries.last().is_some_and(|e| e.offset < reply.last);
+            if reverse {
+                entries.reverse();
+            }
+        }
+        (None, false) => more |= entries.last().is_some_and(|e| e.offset < reply.last),
+        (None, true) => more |= entries.last().is_some_and(|e| reply.oldest.is_some_and(|o| e.offset > o)),
+    }
+    Ok(Page { position, entries, more })
 }
 
 /// `frame` numbered `offset`: pubsub's `{"topic":T,"data":D}` becomes

@@ -104,6 +104,9 @@ pub struct Pending {
     /// Set by [`Topics::begin_pending`]: an answer meant for an earlier subscription to the
     /// same topic (unsubscribed meanwhile) names another serial and is ignored.
     pub serial: u64,
+    /// Across nodes: read to the end, waiting for the channel to catch up with the read;
+    /// meanwhile it takes the channel's publications after `since` itself.
+    pub joining: bool,
 }
 
 /// Why a subscription was refused.
@@ -178,6 +181,29 @@ impl Topics {
 
     pub fn end_pending(&mut self, conn: usize, topic: &Arc<str>) -> Option<Pending> {
         self.pending.remove(&(conn, Arc::clone(topic)))
+    }
+
+    /// Whether a subscription to `topic` waits.
+    pub fn has_pending(&self, topic: &str) -> bool {
+        !self.pending.is_empty() && self.pending.keys().any(|(_, t)| &**t == topic)
+    }
+
+    /// The connections whose subscription to `topic` is joining (see [`Pending::joining`])
+    /// and has not had publication `offset` yet; their `since` moves to it.
+    pub fn joining_before(&mut self, topic: &str, offset: u64) -> Vec<usize> {
+        if self.pending.is_empty() {
+            return Vec::new();
+        }
+        let mut keys = Vec::new();
+        for ((key, t), p) in &mut self.pending {
+            if p.joining && &**t == topic {
+                if let Some(since) = p.since.as_mut().filter(|s| s.offset < offset) {
+                    since.offset = offset;
+                    keys.push(*key);
+                }
+            }
+        }
+        keys
     }
 
     /// The pending subscriptions waiting for room in their client's queue.

@@ -443,3 +443,205 @@ reconnect_max = \"100ms\"\n[[route]]\npath = \"/echo\"\napp = \"echo\"\n"
     }
     assert_eq!(metric(&server, LINKS_UP), 0.0);
 }
+
+// ---- Topics with history across nodes: Redis streams ----
+
+const HISTORY: &str = "[[history]]\ntopics = [\"news*\"]\nsize = 10000\nttl = 600\n\
+[[history]]\ntopics = [\"short\"]\nsize = 10\nttl = 600\n\
+[[route]]\npath = \"/psh\"\napp = \"pubsub\"\nclient_history = true\n";
+
+/// Subscribes (with `recover` if given) and returns the answer.
+fn subscribe_at(ws: &mut Ws, topic: &str, recover: Option<(&str, u64)>) -> serde_json::Value {
+    recovering(ws, topic, recover).0
+}
+
+/// Subscribes; the answer, and the offsets of what was recovered before it.
+fn recovering(ws: &mut Ws, topic: &str, recover: Option<(&str, u64)>) -> (serde_json::Value, Vec<u64>) {
+    let mut req = serde_json::json!({"op":"subscribe","topic":topic});
+    if let Some((epoch, offset)) = recover {
+        req["recover"] = serde_json::json!({"epoch":epoch,"offset":offset});
+    }
+    ws.send_text(&req.to_string()).unwrap();
+    let mut recovered = Vec::new();
+    loop {
+        let v = ws_json(ws);
+        if v["op"] == "subscribed" {
+            return (v, recovered);
+        }
+        recovered.push(v["offset"].as_u64().unwrap_or_else(|| panic!("{v}")));
+    }
+}
+
+/// Publishes `{"n":1}`..`{"n":count}` from a thread, one every `pause`.
+fn publisher(url: String, topic: &'static str, count: u64, pause: Duration) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut ws = ws_open(&url);
+        for n in 1..=count {
+            ws.send_text(&serde_json::json!({"op":"publish","topic":topic,"data":{"n":n}}).to_string()).unwrap();
+            std::thread::sleep(pause);
+        }
+        // Answered after every publish before it was taken.
+        ws.send_text(r#"{"op":"subscribe","topic":"sync"}"#).unwrap();
+        assert!(ws_text(&mut ws).contains("subscribed"));
+    })
+}
+
+fn delivery(v: &serde_json::Value) -> (u64, u64) {
+    (v["offset"].as_u64().unwrap_or_else(|| panic!("no offset: {v}")), v["data"]["n"].as_u64().unwrap())
+}
+
+#[test]
+fn history_across_nodes_a_client_that_reconnects_elsewhere_gets_exactly_what_it_missed() {
+    const N: u64 = 1000;
+    let redis = Redis::start();
+    let (a, b) = (node(&redis.url(), HISTORY), node(&redis.url(), HISTORY));
+    for n in [&a, &b] {
+        wait_metric(n, LINKS_UP, |v| v == 4.0);
+    }
+    let mut sub = ws_open(&b.url("/ps"));
+    let answer = subscribe_at(&mut sub, "news", None);
+    let (epoch, start) = (answer["epoch"].as_str().unwrap().to_string(), answer["offset"].as_u64().unwrap());
+    let done = publisher(a.url("/ps"), "news", N, Duration::from_micros(1500));
+    let mut seen = Vec::new();
+    while seen.len() < 300 {
+        seen.push(delivery(&ws_json(&mut sub)));
+    }
+    drop(sub);
+    std::thread::sleep(Duration::from_millis(300));
+    // Back on the publisher's node this time.
+    let mut sub = ws_open(&a.url("/ps"));
+    let last = seen.last().unwrap().0;
+    sub.send_text(
+        &serde_json::json!({"op":"subscribe","topic":"news","recover":{"offset":last,"epoch":epoch}}).to_string(),
+    )
+    .unwrap();
+    let mut answered = false;
+    while seen.last().map(|d| d.1) != Some(N) {
+        let v = ws_json(&mut sub);
+        if v["op"] == "subscribed" {
+            assert_eq!(v["recovered"], true, "{v}");
+            assert_eq!(v["epoch"], epoch.as_str());
+            answered = true;
+            continue;
+        }
+        seen.push(delivery(&v));
+    }
+    assert!(answered);
+    let want: Vec<(u64, u64)> = (1..=N).map(|n| (start + n, n)).collect();
+    assert_eq!(seen, want, "every publication once, in order, numbered one after the other");
+    done.join().unwrap();
+    // Both nodes number from one sequence: a publication on B follows A's.
+    let mut on_b = ws_open(&b.url("/psh"));
+    subscribe_at(&mut on_b, "news", None);
+    publish(&mut ws_open(&b.url("/ps")), "news", "from b");
+    let v = ws_json(&mut sub);
+    assert_eq!((v["offset"].as_u64(), v["data"].as_str()), (Some(start + N + 1), Some("from b")), "{v}");
+    assert_eq!(ws_json(&mut on_b)["offset"].as_u64(), Some(start + N + 1));
+    // The history op reads the stream, on either node.
+    on_b.send_text(r#"{"op":"history","topic":"news","limit":2,"reverse":true}"#).unwrap();
+    let h = ws_json(&mut on_b);
+    assert_eq!(h["op"], "history", "{h}");
+    let offsets: Vec<u64> =
+        h["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, [start + N + 1, start + N], "{h}");
+}
+
+#[test]
+fn history_across_nodes_refusals_say_why() {
+    let mut redis = Redis::start();
+    let (a, b) = (node(&redis.url(), HISTORY), node(&redis.url(), HISTORY));
+    for n in [&a, &b] {
+        wait_metric(n, LINKS_UP, |v| v == 4.0);
+    }
+    let mut sub = ws_open(&b.url("/ps"));
+    let answer = subscribe_at(&mut sub, "short", None);
+    let epoch = answer["epoch"].as_str().unwrap().to_string();
+    let mut p = ws_open(&a.url("/ps"));
+    for k in 0..30 {
+        publish(&mut p, "short", &format!("m{k}"));
+    }
+    for _ in 0..30 {
+        ws_json(&mut sub);
+    }
+    // Kept: 10. From 25 it recovers; from 5 it cannot.
+    let mut late = ws_open(&a.url("/ps"));
+    let (v, got) = recovering(&mut late, "short", Some((&epoch, 25)));
+    assert_eq!((v["recovered"].as_bool(), v["offset"].as_u64()), (Some(true), Some(30)), "{v}");
+    assert_eq!(got, [26, 27, 28, 29, 30]);
+    let mut too_late = ws_open(&a.url("/ps"));
+    let v = subscribe_at(&mut too_late, "short", Some((&epoch, 5)));
+    assert_eq!(v["recovered"], false, "{v}");
+    assert_eq!(v["reason"], "offset no longer in history", "{v}");
+    assert_eq!(v["offset"], 30);
+    let v = subscribe_at(&mut ws_open(&a.url("/ps")), "short", Some((&epoch, 31)));
+    assert_eq!(v["reason"], "offset ahead of the topic", "{v}");
+
+    // Redis restarts without persistence: the history is gone, a new epoch.
+    redis.kill();
+    redis.spawn();
+    for n in [&a, &b] {
+        wait_metric(n, LINKS_UP, |v| v == 4.0);
+    }
+    let v = subscribe_at(&mut ws_open(&b.url("/ps")), "short", Some((&epoch, 30)));
+    assert_eq!(v["recovered"], false, "{v}");
+    assert_eq!(v["reason"], "epoch changed: the topic's history was lost", "{v}");
+    assert_ne!(v["epoch"], epoch.as_str());
+    assert_eq!(v["offset"], 0);
+}
+
+#[test]
+fn history_across_nodes_survives_a_redis_restart_mid_stream() {
+    // Redis with its append-only file: what it acknowledged survives its restart.
+    let dir = std::env::temp_dir().join(format!("wsgate-redis-aof-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let mut redis = Redis::with_args(
+        port,
+        ["--port", &port.to_string(), "--appendonly", "yes", "--appendfsync", "always", "--dir", dir.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        Some(port),
+    );
+    let (a, b) = (node(&redis.url(), HISTORY), node(&redis.url(), HISTORY));
+    for n in [&a, &b] {
+        wait_metric(n, LINKS_UP, |v| v == 4.0);
+    }
+    let mut sub = ws_open(&b.url("/ps"));
+    let start = subscribe_at(&mut sub, "news.r", None)["offset"].as_u64().unwrap();
+    wait_subscribed(&redis, &[&b], "wsgate:t:news.r");
+    const N: u64 = 600;
+    let done = publisher(a.url("/ps"), "news.r", N, Duration::from_millis(2));
+    let mut offsets = Vec::new();
+    let mut ns = Vec::new();
+    while offsets.len() < 100 {
+        let (o, n) = delivery(&ws_json(&mut sub));
+        offsets.push(o);
+        ns.push(n);
+    }
+    redis.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    redis.spawn();
+    done.join().unwrap();
+    // Everything Redis numbered reaches the subscriber on the other node: each offset once,
+    // in order. (A publication in flight when Redis died may be lost: never half-delivered.)
+    let last_numbered = || -> u64 {
+        let reply = redis_command(port, &["HGET", "wsgate:m:news.r", "offset"]).unwrap_or_default();
+        reply.lines().nth(1).and_then(|l| l.parse().ok()).unwrap_or(0)
+    };
+    let deadline = Instant::now() + WAIT;
+    while offsets.last().copied() != Some(last_numbered()) || last_numbered() < start + N - 5 {
+        assert!(Instant::now() < deadline, "got to {:?}, Redis numbered {}", offsets.last(), last_numbered());
+        let (o, n) = delivery(&ws_json(&mut sub));
+        offsets.push(o);
+        ns.push(n);
+    }
+    let want: Vec<u64> = (start + 1..=offsets.last().copied().unwrap()).collect();
+    assert_eq!(offsets, want, "no gap, no duplicate");
+    let mut unique = ns.clone();
+    unique.dedup();
+    assert_eq!(unique, ns, "no publication twice");
+    assert!(metric(&b, "wsgate_cluster_reconnects_total") >= 2.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -224,6 +224,7 @@ impl AppCtx<'_> {
             max,
             waiting_for_room: false,
             serial: 0,
+            joining: false,
         };
         if let Some(serial) = self.topics.begin_pending(self.key, Arc::clone(&topic), pending) {
             self.actions.push(Action::Recover { topic, serial });

@@ -8,6 +8,7 @@
 //! `ping_timeout` is dead (it is closed and made again): that is how a connection that
 //! silently stopped delivering — a NAT that forgot it, a Redis that hangs — is found.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -52,8 +53,9 @@ pub enum Phase {
 pub enum Reply<'a> {
     /// A pub/sub message: channel and payload.
     Message(&'a [u8], &'a [u8]),
-    /// An answer to a command (an error's text in `Err`).
-    Answer(Result<(), String>),
+    /// An answer to a command: the tag it was sent with ([`Link::send_tagged`]; 0 for the
+    /// link's own) and the whole reply's RESP bytes, or an error's text.
+    Answer(u64, Result<&'a [u8], String>),
 }
 
 pub struct Link {
@@ -70,6 +72,10 @@ pub struct Link {
     wbuf: Vec<u8>,
     /// Replies awaited, and since when the link has been waiting without progress.
     outstanding: u64,
+    /// The tags of the replies awaited, in order (a tag and how many replies carry it).
+    tags: VecDeque<(u64, u64)>,
+    /// Tags of commands that were never answered: the link failed with them outstanding.
+    pub lost_tags: Vec<u64>,
     progress_at: Instant,
     ping_at: Instant,
     pub retry_at: Option<Instant>,
@@ -129,6 +135,8 @@ impl Link {
             rbuf: Vec::new(),
             wbuf: Vec::new(),
             outstanding: 0,
+            tags: VecDeque::new(),
+            lost_tags: Vec::new(),
             progress_at: now,
             ping_at: now,
             retry_at: Some(now),
@@ -146,6 +154,13 @@ impl Link {
         self.phase == Phase::Ready
     }
 
+    /// A command the link sends first on every connection (after AUTH and its name): the
+    /// scripts it will call, say, which a restarted Redis no longer has.
+    pub fn add_to_hello(&mut self, args: &[&[u8]]) {
+        wire::command(&mut self.hello, args);
+        self.hello_replies += 1;
+    }
+
     /// Bytes of commands waiting to be written.
     pub fn pending(&self) -> usize {
         self.wbuf.len()
@@ -154,15 +169,30 @@ impl Link {
     /// Queues a command; `replies`: how many replies it brings (one per channel for
     /// SUBSCRIBE and UNSUBSCRIBE).
     pub fn send(&mut self, args: &[&[u8]], replies: u64, now: Instant) {
-        wire::command(&mut self.wbuf, args);
-        self.expect(replies, now);
+        self.send_tagged(args, replies, 0, now);
     }
 
-    fn expect(&mut self, replies: u64, now: Instant) {
+    /// Queues commands already in RESP, each with one untagged reply.
+    pub fn send_encoded(&mut self, commands: &[u8], count: u64, now: Instant) {
+        self.wbuf.extend_from_slice(commands);
+        self.expect(count, 0, now);
+    }
+
+    /// Queues a command whose replies are handed on with `tag`.
+    pub fn send_tagged(&mut self, args: &[&[u8]], replies: u64, tag: u64, now: Instant) {
+        wire::command(&mut self.wbuf, args);
+        self.expect(replies, tag, now);
+    }
+
+    fn expect(&mut self, replies: u64, tag: u64, now: Instant) {
         if self.outstanding == 0 {
             self.progress_at = now;
         }
         self.outstanding += replies;
+        match self.tags.back_mut() {
+            Some((t, n)) if *t == tag => *n += replies,
+            _ => self.tags.push_back((tag, replies)),
+        }
     }
 
     /// Starts connecting (a due retry).
@@ -176,7 +206,9 @@ impl Link {
                 self.rbuf.clear();
                 self.wbuf.clear();
                 self.wbuf.extend_from_slice(&self.hello);
-                self.outstanding = self.hello_replies as u64;
+                self.outstanding = 0;
+                self.tags.clear();
+                self.expect(self.hello_replies as u64, 0, now);
                 log::debug!("cluster: {} link connecting to {}", self.name, settings.addr);
             }
             Err(e) => self.fail(settings, registry, &format!("connect: {e}"), now),
@@ -212,6 +244,7 @@ impl Link {
         self.phase = Phase::Down;
         self.busy = false;
         self.outstanding = 0;
+        self.lost_tags.extend(self.tags.drain(..).map(|(tag, _)| tag).filter(|&tag| tag != 0));
         self.rbuf = Vec::new();
         self.wbuf = Vec::new();
         self.backoff = if self.backoff.is_zero() {
@@ -363,7 +396,11 @@ impl Link {
         let mut became_ready = false;
         while let Some((reply, used)) = next_reply(&self.rbuf[pos..])? {
             pos += used;
-            if let Reply::Answer(result) = &reply {
+            let reply = match reply {
+                Reply::Answer(_, result) => Reply::Answer(next_tag(&mut self.tags), result),
+                message => message,
+            };
+            if let Reply::Answer(_, result) = &reply {
                 self.outstanding = self.outstanding.saturating_sub(1);
                 self.progress_at = now;
                 if self.phase == Phase::Opening {
@@ -404,13 +441,24 @@ pub fn next_reply(buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, String> {
             {
                 Reply::Message(slice(buf, *channel), slice(buf, *payload))
             }
-            // subscribe / unsubscribe confirmations and the subscribed-mode pong.
-            _ => Reply::Answer(Ok(())),
+            // subscribe / unsubscribe confirmations, the subscribed-mode pong, arrays.
+            _ => Reply::Answer(0, Ok(buf)),
         },
-        RangeFrame::Error(e) => Reply::Answer(Err(String::from_utf8_lossy(slice(buf, *e)).into_owned())),
-        _ => Reply::Answer(Ok(())),
+        RangeFrame::Error(e) => Reply::Answer(0, Err(String::from_utf8_lossy(slice(buf, *e)).into_owned())),
+        _ => Reply::Answer(0, Ok(buf)),
     };
     Ok(Some((reply, used)))
+}
+
+/// The tag of the next reply (consumed).
+fn next_tag(tags: &mut VecDeque<(u64, u64)>) -> u64 {
+    let Some((tag, n)) = tags.front_mut() else { return 0 };
+    let tag = *tag;
+    *n -= 1;
+    if *n == 0 {
+        tags.pop_front();
+    }
+    tag
 }
 
 fn slice(buf: &[u8], (start, end): (usize, usize)) -> &[u8] {

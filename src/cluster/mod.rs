@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod link;
+pub mod streams;
 pub mod wire;
 
 use std::collections::HashSet;
@@ -42,8 +43,33 @@ pub struct Incoming<'a> {
     /// The topic (a publish).
     pub topic: &'a str,
     pub opcode: Opcode,
+    /// A broker message's receivers; a numbered publication's excluded ids if it was
+    /// published on this node (8 bytes each), else empty.
     pub receivers: &'a [u8],
+    /// A numbered publication's offset and epoch.
+    pub offset: u64,
+    pub epoch: &'a [u8],
     pub payload: &'a [u8],
+}
+
+/// What the links bring to the worker.
+pub enum Event<'a> {
+    Message(Incoming<'a>),
+    /// The answer to a history read sent with this tag ([`Cluster::read_history`]).
+    Answer(u64, Result<&'a [u8], String>),
+    /// The subscription link passed the barrier sent with this tag ([`Cluster::barrier`]):
+    /// every message published before it was sent has been handed on.
+    Barrier(u64),
+    /// The subscription link is (again) subscribed to every channel: what was published
+    /// while it was down was not received.
+    Resubscribed,
+}
+
+/// How a topic with history keeps it in Redis.
+#[derive(Debug, Clone, Copy)]
+pub struct Kept {
+    pub size: usize,
+    pub ttl: std::time::Duration,
 }
 
 pub struct Cluster {
@@ -64,6 +90,14 @@ pub struct Cluster {
     counters: ClusterCounters,
     /// Since when the subscription link has not been subscribed (from the start, too).
     down_since: Option<Instant>,
+    publish_sha: String,
+    read_sha: String,
+    /// New epochs: the node's id, then a count.
+    epochs: u64,
+    /// Numbered publications waiting for the publish link (RESP commands), bounded by
+    /// `max_pending`: a Redis that restarts loses none of a short outage's.
+    held: Vec<u8>,
+    held_count: u64,
 }
 
 impl Cluster {
@@ -89,10 +123,14 @@ impl Cluster {
         };
         let max_reply = max_message.saturating_add(config.prefix.len() + (64 << 10));
         let name = |role: &str| format!("wsgate-{node:016x}-w{worker}-{role}");
+        let mut publ = Link::new("publish", PUB_TOKEN, &name("pub"), &config.redis, max_reply, now);
+        for script in [streams::PUBLISH_SCRIPT, streams::READ_SCRIPT] {
+            publ.add_to_hello(&[b"SCRIPT", b"LOAD", script.as_bytes()]);
+        }
         Ok(Cluster {
             registry,
             sub: Link::new("subscription", SUB_TOKEN, &name("sub"), &config.redis, max_reply, now),
-            publ: Link::new("publish", PUB_TOKEN, &name("pub"), &config.redis, 64 << 10, now),
+            publ,
             settings,
             prefix: config.prefix.clone(),
             node,
@@ -103,7 +141,126 @@ impl Cluster {
             to_unsubscribe: Vec::new(),
             counters: ClusterCounters::default(),
             down_since: Some(now),
+            publish_sha: streams::sha(streams::PUBLISH_SCRIPT),
+            read_sha: streams::sha(streams::READ_SCRIPT),
+            epochs: 0,
+            held: Vec::new(),
+            held_count: 0,
         })
+    }
+
+    fn new_epoch(&mut self) -> String {
+        self.epochs += 1;
+        #[allow(clippy::disallowed_methods, reason = "an epoch differs from every earlier one")]
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        format!("{:x}{ms:x}{:x}", self.node as u32, self.epochs)
+    }
+
+    /// Publishes to a topic with history: Redis numbers, keeps and publishes it (see
+    /// [`streams`]); this node's subscribers get it from the channel like everyone's. While
+    /// the link is down it waits (up to `max_pending` bytes, then it is dropped and counted).
+    pub fn publish_numbered(
+        &mut self,
+        topic: &str,
+        frame: &SharedFrame,
+        exclude_ids: &[u64],
+        kept: Kept,
+        now: Instant,
+    ) {
+        let Some((opcode, payload)) = crate::encode::frame_parts(frame) else { return };
+        let head = wire::numbered_head(self.node, opcode, exclude_ids);
+        let channel = wire::topic_channel(&self.prefix, topic);
+        let (size, ttl) = (kept.size.to_string(), kept.ttl.as_millis().max(1).to_string());
+        let epoch = self.new_epoch();
+        let (stream, meta) = (streams::stream_key(&self.prefix, topic), streams::meta_key(&self.prefix, topic));
+        let opcode: &[u8] = if opcode == Opcode::Binary { b"b" } else { b"t" };
+        let args: [&[u8]; 12] = [
+            b"EVALSHA",
+            self.publish_sha.as_bytes(),
+            b"2",
+            &stream,
+            &meta,
+            &channel,
+            &head,
+            payload,
+            size.as_bytes(),
+            ttl.as_bytes(),
+            epoch.as_bytes(),
+            opcode,
+        ];
+        if self.publ.is_ready() && self.held.is_empty() && self.publ.pending() <= self.max_pending {
+            self.publ.send(&args, 1, now);
+            self.counters.published += 1;
+        } else if self.held.len() + payload.len() <= self.max_pending {
+            wire::command(&mut self.held, &args);
+            self.held_count += 1;
+        } else {
+            self.counters.publish_dropped += 1;
+            log::error!(
+                "cluster: a publication to {topic:?} (with history) dropped: Redis has been unreachable too long"
+            );
+        }
+    }
+
+    /// Reads a topic's history (the read script); the answer comes as [`Event::Answer`] with
+    /// `tag`, or the tag is in [`Cluster::take_lost`] if the link fails first. `false`: the
+    /// link is down, nothing was sent.
+    #[allow(clippy::too_many_arguments)]
+    pub fn read_history(
+        &mut self,
+        topic: &str,
+        after: Option<u64>,
+        count: usize,
+        reverse: bool,
+        ttl: std::time::Duration,
+        tag: u64,
+        now: Instant,
+    ) -> bool {
+        if !self.publ.is_ready() {
+            return false;
+        }
+        let after = after.map(|o| o.to_string()).unwrap_or_default();
+        let (count, ttl) = (count.to_string(), ttl.as_millis().max(1).to_string());
+        let epoch = self.new_epoch();
+        let (stream, meta) = (streams::stream_key(&self.prefix, topic), streams::meta_key(&self.prefix, topic));
+        let reverse: &[u8] = if reverse { b"1" } else { b"0" };
+        let args: [&[u8]; 10] = [
+            b"EVALSHA",
+            self.read_sha.as_bytes(),
+            b"2",
+            &stream,
+            &meta,
+            after.as_bytes(),
+            count.as_bytes(),
+            reverse,
+            epoch.as_bytes(),
+            ttl.as_bytes(),
+        ];
+        self.publ.send_tagged(&args, 1, tag, now);
+        true
+    }
+
+    /// Sends a barrier down the subscription link (a PING, answered in order with the
+    /// messages): [`Event::Barrier`] with `tag` when it comes back. `false`: the link is not
+    /// subscribed, nothing was sent.
+    pub fn barrier(&mut self, tag: u64, now: Instant) -> bool {
+        if !self.sub.is_ready() {
+            return false;
+        }
+        self.sub.send_tagged(&[b"PING"], 1, tag, now);
+        true
+    }
+
+    /// Whether a history read can be sent now.
+    pub fn can_read(&self) -> bool {
+        self.publ.is_ready()
+    }
+
+    /// Tags of reads and barriers that will never be answered (their link failed).
+    pub fn take_lost(&mut self) -> Vec<u64> {
+        let mut lost = std::mem::take(&mut self.sub.lost_tags);
+        lost.append(&mut self.publ.lost_tags);
+        lost
     }
 
     /// A topic got its first subscriber on this worker (`true`) or lost its last.
@@ -149,15 +306,29 @@ impl Cluster {
         self.counters.published += 1;
     }
 
-    /// Readiness on one of the links; every message from another node goes to `each`.
-    pub fn on_ready(&mut self, token: Token, now: Instant, mut each: impl FnMut(Incoming<'_>)) {
+    /// Readiness on one of the links; every message from another node (and every numbered
+    /// one), answer and barrier goes to `each`.
+    pub fn on_ready(&mut self, token: Token, now: Instant, mut each: impl FnMut(Event<'_>)) {
         if token == PUB_TOKEN {
-            self.publ.on_ready(&self.settings, &self.registry, now, |_| {});
+            let ready = self.publ.on_ready(&self.settings, &self.registry, now, |reply| {
+                if let Reply::Answer(tag, result) = reply {
+                    if tag != 0 {
+                        each(Event::Answer(tag, result));
+                    }
+                }
+            });
+            if ready {
+                self.release_held(now);
+            }
             return;
         }
         let (prefix, node, counters) = (&self.prefix, self.node, &mut self.counters);
         let became_ready = self.sub.on_ready(&self.settings, &self.registry, now, |reply| {
-            let Reply::Message(channel, payload) = reply else { return };
+            let (channel, payload) = match reply {
+                Reply::Message(channel, payload) => (channel, payload),
+                Reply::Answer(0, _) => return,
+                Reply::Answer(tag, _) => return each(Event::Barrier(tag)),
+            };
             let message = match wire::decode(payload) {
                 Ok(m) => m,
                 Err(_) => {
@@ -165,11 +336,11 @@ impl Cluster {
                     return;
                 }
             };
-            if message.node == node {
+            if message.node == node && message.kind != wire::Kind::Numbered {
                 return; // ours: its subscribers were served before it left
             }
             let topic = match message.kind {
-                wire::Kind::Publish => match wire::channel_topic(prefix, channel) {
+                wire::Kind::Publish | wire::Kind::Numbered => match wire::channel_topic(prefix, channel) {
                     Some(t) => t,
                     None => {
                         counters.malformed += 1;
@@ -179,18 +350,35 @@ impl Cluster {
                 wire::Kind::Route => "",
             };
             counters.received += 1;
-            each(Incoming {
+            let receivers = match message.kind {
+                wire::Kind::Numbered if message.node != node => &[][..],
+                _ => message.receivers,
+            };
+            each(Event::Message(Incoming {
                 kind: message.kind,
                 topic,
                 opcode: message.opcode,
-                receivers: message.receivers,
+                receivers,
+                offset: message.offset,
+                epoch: message.epoch,
                 payload: message.payload,
-            });
+            }));
         });
         if became_ready {
             self.resubscribe(now);
+            each(Event::Resubscribed);
         }
         self.note_down(now);
+    }
+
+    /// The publish link is (again) up: what waited for it goes first.
+    fn release_held(&mut self, now: Instant) {
+        if self.held_count > 0 {
+            log::info!("cluster: {} publication(s) with history sent after the link came back", self.held_count);
+            self.publ.send_encoded(&std::mem::take(&mut self.held), self.held_count, now);
+            self.counters.published += self.held_count;
+            self.held_count = 0;
+        }
     }
 
     /// The subscription link is (again) up: subscribe to every channel this worker needs.
@@ -239,6 +427,9 @@ impl Cluster {
             // Everything is subscribed again when the link comes back.
             self.to_subscribe.clear();
             self.to_unsubscribe.clear();
+        }
+        if self.publ.is_ready() {
+            self.release_held(now);
         }
         self.sub.flush(&self.settings, &self.registry, now);
         self.publ.flush(&self.settings, &self.registry, now);

@@ -352,11 +352,6 @@ impl Config {
     /// Checks cross-field rules after parsing and after CLI overrides.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError::Invalid(m));
-        if self.cluster.is_some() && !self.history.is_empty() {
-            return err("[[history]] with [cluster]: history across nodes needs Redis Streams, which this \
-version does not use yet; keep history on one node (no [cluster]) for now"
-                .into());
-        }
         for r in &self.routes {
             let Some(spec) = &r.backend else { continue };
             if spec.framing == Framing::Direct {

@@ -13,7 +13,7 @@ use super::Worker;
 use crate::cluster::{PUB_TOKEN, SUB_TOKEN};
 use crate::conn_id::{key_of, worker_of};
 use crate::connection::{Delivered, FrameForm, Ready, Sender};
-use crate::encode::{shared_frame, SharedFrame};
+use crate::encode::SharedFrame;
 use crate::ws::deflate::SharedCodecs;
 
 impl Worker {
@@ -21,31 +21,33 @@ impl Worker {
     /// subscribers and token holders.
     pub(super) fn on_cluster(&mut self, token: Token, now: Instant) {
         let Some(mut cluster) = self.cluster.take() else { return };
-        cluster.on_ready(token, now, |m| {
-            let frame = shared_frame(m.opcode, m.payload);
-            match m.kind {
-                crate::cluster::wire::Kind::Publish => self.publish(m.topic, &frame, None, &[], now),
-                crate::cluster::wire::Kind::Route => {
-                    let mut keys = std::mem::take(&mut self.scratch_keys);
-                    self.broker.receivers(m.receivers, &mut keys);
-                    self.route_message(&keys, &frame, now);
-                    self.scratch_keys = keys;
-                }
-            }
-        });
+        let mut deferred = Vec::new();
+        cluster.on_ready(token, now, |event| self.on_cluster_event(event, &mut deferred, now));
         self.cluster = Some(cluster);
+        self.on_deferred(deferred, now);
         self.flush_dirty(now);
     }
 
     /// The end of a turn for the Redis links: topics that came or went, timers, writes.
     pub(super) fn cluster_turn(&mut self, now: Instant) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let changes = self.topics.take_changes();
         let Some(cluster) = &mut self.cluster else { return };
-        for (topic, subscribed) in self.topics.take_changes() {
-            if !topic.starts_with(crate::apps::FEED_PREFIX) {
-                cluster.topic_changed(&topic, subscribed);
+        for (topic, subscribed) in &changes {
+            // A subscription still reading its history keeps the channel.
+            if !topic.starts_with(crate::apps::FEED_PREFIX) && (*subscribed || !self.topics.has_pending(topic)) {
+                cluster.topic_changed(topic, *subscribed);
             }
         }
-        if cluster.busy() {
+        let busy = cluster.busy();
+        for (topic, subscribed) in changes {
+            if !subscribed {
+                self.forget_live(&topic);
+            }
+        }
+        if busy {
             for token in [SUB_TOKEN, PUB_TOKEN] {
                 self.on_cluster(token, now);
             }
@@ -53,6 +55,8 @@ impl Worker {
         if let Some(cluster) = &mut self.cluster {
             cluster.turn(now);
         }
+        self.on_deferred(Vec::new(), now);
+        self.streams_turn(now);
     }
 
     /// Delivers `frame` to the connection with id `id`, on whichever worker serves it.

@@ -34,6 +34,7 @@ mod manage;
 pub mod mesh;
 mod recovery;
 mod seed;
+mod streams;
 mod timers;
 
 use crate::access_log::AccessLogFile;
@@ -216,6 +217,8 @@ pub struct Worker {
     histories: crate::history::Histories,
     /// A recovery's client has room for its next page: the next poll does not wait.
     recovery_ready: bool,
+    /// Across nodes: reads and barriers in flight, topics served from their channels.
+    streams: streams::Streams,
     routes: Routes,
     limits: Arc<Limits>,
     max_connections: usize,

@@ -56,6 +56,9 @@ impl Worker {
         exclude_ids: Arc<[u64]>,
         now: Instant,
     ) {
+        if self.cluster.is_some() {
+            return self.publish_across(&topic, &frame, &exclude_ids, now);
+        }
         let owner = self.owner_of(&topic);
         if owner != self.mailbox.index {
             self.mesh.post(owner, Note::Number { topic, frame, exclude_ids });
@@ -79,6 +82,9 @@ impl Worker {
 
     /// Asks `topic`'s owner (maybe this worker) for a read, for connection `key`.
     pub(super) fn ask_history(&mut self, key: usize, topic: Arc<str>, asked: Asked, read: Read, now: Instant) {
+        if self.across_nodes(&topic) {
+            return self.read_across(key, topic, asked, read, now);
+        }
         let Some(id) = self.conns.get(key).map(|e| e.conn.id()) else { return };
         let owner = self.owner_of(&topic);
         if owner == self.mailbox.index {
@@ -134,7 +140,12 @@ impl Worker {
             Err((why, position)) => {
                 self.metrics.history_unrecovered += u64::from(pending.recover);
                 let recovered = pending.recover.then_some(Err(why.reason()));
-                return self.finish_subscription(key, &topic, pending.max, position, recovered, now);
+                return match position {
+                    Some(position) if self.across_nodes(&topic) => {
+                        self.join_across(key, &topic, position, recovered, now)
+                    }
+                    position => self.finish_subscription(key, &topic, pending.max, position, recovered, now),
+                };
             }
         };
         let mut last = pending.since.as_ref().map_or(page.position.offset, |s| s.offset);
@@ -162,10 +173,13 @@ impl Worker {
         }
         let recovered = pending.recover.then_some(Ok(()));
         let position = Position { offset: last.max(page.position.offset), epoch: page.position.epoch };
+        if self.across_nodes(&topic) {
+            return self.join_across(key, &topic, position, recovered, now);
+        }
         self.finish_subscription(key, &topic, pending.max, Some(position), recovered, now);
     }
 
-    fn finish_subscription(
+    pub(super) fn finish_subscription(
         &mut self,
         key: usize,
         topic: &Arc<str>,
@@ -236,6 +250,12 @@ impl Worker {
         reverse: bool,
         now: Instant,
     ) -> Result<Vec<u8>, (u16, String)> {
+        if self.cluster.is_some() {
+            return Err((
+                501,
+                "across nodes a topic's history is a Redis stream: read it with a client's history op".into(),
+            ));
+        }
         let since = since.as_ref().map(|(offset, epoch)| Position { offset: *offset, epoch: epoch.as_str().into() });
         let read = Read { since, limit, max_bytes: ADMIN_REPLY_BYTES, reverse };
         match self.answer_history(topic, Asked::Read, &read, now) {
@@ -249,6 +269,14 @@ impl Worker {
     /// (`serial`: the subscription's; one unsubscribed and made again since has another, and
     /// its own first read.)
     pub(super) fn start_recovery(&mut self, key: usize, topic: Arc<str>, serial: u64, now: Instant) {
+        if self.across_nodes(&topic) {
+            return self.recover_across(key, topic, serial, now);
+        }
+        self.start_recovery_read(key, topic, serial, now);
+    }
+
+    /// A waiting subscription's first page.
+    pub(super) fn start_recovery_read(&mut self, key: usize, topic: Arc<str>, serial: u64, now: Instant) {
         let Some(p) = self.topics.pending_mut(key, &topic).filter(|p| p.serial == serial) else { return };
         let since = p.since.clone();
         let max_backpressure = self.conns.get(key).map_or(PAGE_BYTES, |e| e.conn.max_backpressure());

@@ -205,6 +205,7 @@ impl Seed {
             topics,
             histories: crate::history::Histories::new(Arc::clone(&config.history)),
             recovery_ready: false,
+            streams: Default::default(),
             routes: Routes::new(config.routes.clone()),
             limits: Arc::new(config.limits),
             max_connections: config.max_connections,
