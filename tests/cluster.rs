@@ -645,3 +645,32 @@ fn history_across_nodes_survives_a_redis_restart_mid_stream() {
     assert!(metric(&b, "wsgate_cluster_reconnects_total") >= 2.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn history_across_nodes_large_publications_are_read_a_few_at_a_time() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis.url(), HISTORY), node(&redis.url(), HISTORY));
+    for n in [&a, &b] {
+        wait_metric(n, LINKS_UP, |v| v == 4.0);
+    }
+    let mut first = ws_open(&b.url("/ps"));
+    let epoch = subscribe_at(&mut first, "news.big", None)["epoch"].as_str().unwrap().to_string();
+    // 5 × 300 KB: more than a page (64 KiB) each, 1.5 MB in all.
+    let big = "x".repeat(300_000);
+    let mut p = ws_open(&a.url("/ps"));
+    for _ in 0..5 {
+        publish(&mut p, "news.big", &big);
+    }
+    for k in 1..=5 {
+        assert_eq!(ws_json(&mut first)["offset"].as_u64(), Some(k));
+    }
+    let mut late = ws_open(&a.url("/ps"));
+    let (v, got) = recovering(&mut late, "news.big", Some((&epoch, 0)));
+    assert_eq!(v["recovered"], true, "{v}");
+    assert_eq!(got, [1, 2, 3, 4, 5]);
+    let mut reader = ws_open(&b.url("/psh"));
+    reader.send_text(r#"{"op":"history","topic":"news.big","limit":5}"#).unwrap();
+    let h = ws_json(&mut reader);
+    let n = h["publications"].as_array().map_or(0, Vec::len);
+    assert!((1..5).contains(&n) && h["more"] == true, "a read stops at its bytes: {n} {}", h["more"]);
+}

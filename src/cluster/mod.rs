@@ -98,6 +98,8 @@ pub struct Cluster {
     /// `max_pending`: a Redis that restarts loses none of a short outage's.
     held: Vec<u8>,
     held_count: u64,
+    /// The most a reply from Redis may be.
+    max_reply: usize,
 }
 
 impl Cluster {
@@ -146,6 +148,7 @@ impl Cluster {
             epochs: 0,
             held: Vec::new(),
             held_count: 0,
+            max_reply,
         })
     }
 
@@ -213,6 +216,7 @@ impl Cluster {
         count: usize,
         reverse: bool,
         ttl: std::time::Duration,
+        max_bytes: usize,
         tag: u64,
         now: Instant,
     ) -> bool {
@@ -224,7 +228,9 @@ impl Cluster {
         let epoch = self.new_epoch();
         let (stream, meta) = (streams::stream_key(&self.prefix, topic), streams::meta_key(&self.prefix, topic));
         let reverse: &[u8] = if reverse { b"1" } else { b"0" };
-        let args: [&[u8]; 10] = [
+        // Half of what a reply may be: the rest is the framing and one entry past the bound.
+        let budget = max_bytes.min(self.max_reply / 2).to_string();
+        let args: [&[u8]; 11] = [
             b"EVALSHA",
             self.read_sha.as_bytes(),
             b"2",
@@ -235,6 +241,7 @@ impl Cluster {
             reverse,
             epoch.as_bytes(),
             ttl.as_bytes(),
+            budget.as_bytes(),
         ];
         self.publ.send_tagged(&args, 1, tag, now);
         true

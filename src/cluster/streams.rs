@@ -35,7 +35,8 @@ return offset
 ";
 
 /// KEYS: stream, meta. ARGV: after this offset (empty: from the oldest, or the newest when
-/// reversed), count, reverse (`1`), new epoch, ttl (ms).
+/// reversed), count, reverse (`1`), new epoch, ttl (ms), bytes (the entries after the first
+/// stop where their fields would pass it: a reply stays within what the link takes).
 pub const READ_SCRIPT: &str = "\
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
@@ -54,7 +55,15 @@ elseif ARGV[3] == '1' then
 else
   entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[2])
 end
-return {epoch, last, oldest, entries}
+local budget, used, kept = tonumber(ARGV[6]), 0, {}
+for i, e in ipairs(entries) do
+  local size = 0
+  for j = 2, #e[2], 2 do size = size + #e[2][j] end
+  if i > 1 and used + size > budget then break end
+  used = used + size
+  kept[i] = e
+end
+return {epoch, last, oldest, kept}
 ";
 
 /// A script's SHA-1, as `EVALSHA` names it.

@@ -32,8 +32,9 @@ use crate::ws::frame::Opcode;
 
 /// Publications held while a repair reads; past this the repair reads them too.
 const HELD_MAX: usize = 4096;
-/// Publications per repair read.
+/// Publications, and bytes of them, per repair read.
 const REPAIR_LIMIT: usize = 512;
+const REPAIR_BYTES: usize = 4 << 20;
 
 /// What a tagged read or barrier is for.
 pub(super) enum Awaited {
@@ -159,8 +160,12 @@ impl Worker {
             None => (None, read.limit.max(1)),
         };
         let reverse = read.reverse && read.since.is_none();
+        let max_bytes = read.max_bytes;
         let tag = self.streams.tag(Awaited::Read { id, topic: Arc::clone(&topic), asked, read });
-        let sent = self.cluster.as_mut().is_some_and(|c| c.read_history(&topic, after, count, reverse, ttl, tag, now));
+        let sent = self
+            .cluster
+            .as_mut()
+            .is_some_and(|c| c.read_history(&topic, after, count, reverse, ttl, max_bytes, tag, now));
         if !sent {
             self.streams.awaited.remove(&tag);
             self.history_answered(id, topic, asked, Err((Unrecoverable::Unavailable, None)), now);
@@ -414,7 +419,7 @@ impl Worker {
         if !self
             .cluster
             .as_mut()
-            .is_some_and(|c| c.read_history(&topic, Some(after), REPAIR_LIMIT, false, ttl, tag, now))
+            .is_some_and(|c| c.read_history(&topic, Some(after), REPAIR_LIMIT, false, ttl, REPAIR_BYTES, tag, now))
         {
             // The publish link is down: the repair reads when it is back (holding meanwhile).
             self.streams.awaited.remove(&tag);
@@ -462,7 +467,7 @@ impl Worker {
                         reply.oldest.unwrap_or_default() - 1
                     );
                 }
-                again |= reply.entries.len() >= REPAIR_LIMIT;
+                again |= reply.entries.last().is_some_and(|e| e.offset < reply.last);
             }
             Ok(reply) => {
                 log::warn!(
