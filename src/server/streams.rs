@@ -14,7 +14,7 @@
 //!
 //! When the subscription link comes back after a failure, or a publication skips offsets,
 //! the worker repairs: it reads what its members missed from the stream and delivers it in
-//! order, holding (up to `HELD_MAX`) what arrives meanwhile. So delivery to a member is
+//! order, holding (up to `HELD_MAX` publications and `HELD_BYTES`) what arrives meanwhile. So delivery to a member is
 //! exactly once and in order across Redis reconnects, as far as the stream still holds what
 //! it missed.
 
@@ -30,8 +30,10 @@ use crate::encode::SharedFrame;
 use crate::history::{self, Entry, Position, Read, Unrecoverable};
 use crate::ws::frame::Opcode;
 
-/// Publications held while a repair reads; past this the repair reads them too.
+/// Publications held while a repair reads or subscriptions wait (and bytes of them, the
+/// frames' own: they are shared with the members' queues); past these, they are read instead.
 const HELD_MAX: usize = 4096;
+const HELD_BYTES: usize = 8 << 20;
 /// Publications, and bytes of them, per repair read.
 const REPAIR_LIMIT: usize = 512;
 const REPAIR_BYTES: usize = 4 << 20;
@@ -57,7 +59,7 @@ struct Live {
     last: u64,
     /// A repair is reading: what the channel brings meanwhile (in order), and whether some
     /// of it was not held.
-    repair: Option<(Vec<Held>, bool)>,
+    repair: Option<(Vec<Held>, usize, bool)>,
 }
 
 struct Held {
@@ -73,8 +75,16 @@ struct Held {
 struct Recent {
     epoch: Box<str>,
     held: VecDeque<Held>,
-    /// The last offset let go to stay within `HELD_MAX` (a read goes on from before it).
+    bytes: usize,
+    /// The last offset let go to stay within `HELD_MAX` and `HELD_BYTES` (a read goes on
+    /// from before it).
     dropped_through: u64,
+}
+
+/// Held publications and their bytes.
+fn holding(held: Vec<Held>) -> (Vec<Held>, usize, bool) {
+    let bytes = held.iter().map(|h| h.frame.len()).sum();
+    (held, bytes, false)
 }
 
 /// A worker's reads and barriers in flight, and its live topics with history.
@@ -364,8 +374,11 @@ impl Worker {
                 *r = Recent { epoch: epoch.into(), ..Recent::default() };
             }
             r.held.push_back(Held { offset: m.offset, frame: entry.frame.clone(), excluded: excluded.clone() });
-            if r.held.len() > HELD_MAX {
-                r.dropped_through = r.held.pop_front().map_or(0, |h| h.offset);
+            r.bytes += entry.frame.len();
+            while r.held.len() > HELD_MAX || (r.bytes > HELD_BYTES && r.held.len() > 1) {
+                let Some(h) = r.held.pop_front() else { break };
+                r.bytes -= h.frame.len();
+                r.dropped_through = h.offset;
             }
         }
         let mut to_members = true;
@@ -377,8 +390,9 @@ impl Worker {
                 live.last = 0;
                 live.repair = None;
             }
-            if let Some((held, overflow)) = &mut live.repair {
-                if held.len() < HELD_MAX {
+            if let Some((held, bytes, overflow)) = &mut live.repair {
+                if held.len() < HELD_MAX && *bytes < HELD_BYTES {
+                    *bytes += entry.frame.len();
                     held.push(Held { offset: m.offset, frame: entry.frame.clone(), excluded: excluded.clone() });
                 } else {
                     *overflow = true;
@@ -388,7 +402,7 @@ impl Worker {
                 return None; // delivered already (by a repair)
             } else if live.last != 0 && m.offset > live.last + 1 {
                 let held = Held { offset: m.offset, frame: entry.frame.clone(), excluded: excluded.clone() };
-                live.repair = Some((vec![held], false));
+                live.repair = Some(holding(vec![held]));
                 gap = Some(Arc::from(m.topic));
                 to_members = false;
             } else {
@@ -413,7 +427,7 @@ impl Worker {
     fn repair(&mut self, topic: Arc<str>, now: Instant) {
         let ttl = self.kept(&topic).ttl;
         let Some(live) = self.streams.live.get_mut(&topic) else { return };
-        live.repair.get_or_insert_with(|| (Vec::new(), false));
+        live.repair.get_or_insert_with(|| holding(Vec::new()));
         let after = live.last;
         let tag = self.streams.tag(Awaited::Repair { topic: Arc::clone(&topic) });
         if !self
@@ -446,7 +460,7 @@ impl Worker {
     /// A repair's page: delivered to the members, then the next page or what was held.
     fn repaired(&mut self, topic: Arc<str>, result: Result<Vec<u8>, String>, now: Instant) {
         let Some(live) = self.streams.live.get_mut(&topic) else { return };
-        let Some((held, overflow)) = live.repair.take() else { return };
+        let Some((held, _, overflow)) = live.repair.take() else { return };
         let page: Vec<(u64, SharedFrame)>;
         let mut again = overflow;
         match result.as_deref().map_err(String::clone).and_then(streams::parse_read) {
@@ -501,7 +515,7 @@ impl Worker {
         self.metrics.history_recovered += delivered;
         let Some(live) = self.streams.live.get_mut(&topic) else { return };
         if again {
-            live.repair = Some((held.into_iter().filter(|h| h.offset > live.last).collect(), false));
+            live.repair = Some(holding(held.into_iter().filter(|h| h.offset > live.last).collect()));
             self.repair(topic, now);
             return;
         }
@@ -516,7 +530,7 @@ impl Worker {
         let rest: Vec<Held> = rest.collect();
         let gap = !rest.is_empty();
         if gap {
-            live.repair = Some((rest, false));
+            live.repair = Some(holding(rest));
         }
         for h in deliver {
             self.publish(&topic, &h.frame, None, &h.excluded, now);
