@@ -119,6 +119,8 @@ pub mod metrics;
 #[doc(hidden)]
 pub mod plugin;
 #[doc(hidden)]
+pub mod presence;
+#[doc(hidden)]
 pub mod pubsub;
 #[doc(hidden)]
 pub mod route;

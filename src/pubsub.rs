@@ -49,6 +49,9 @@ pub struct Policy {
     pub client_publish: bool,
     /// Clients may read topics' history (`{"op":"history"}`).
     pub client_history: bool,
+    /// Subscriptions are listed in the topic's presence, and clients may read it and ask
+    /// for its joins and leaves.
+    pub presence: bool,
     pub max_subscriptions: usize,
     pub max_topic_length: usize,
     pub exclude_sender: bool,
@@ -60,6 +63,7 @@ impl Default for Policy {
             topics: vec![glob::Pattern::new("*").expect("a valid glob")],
             client_publish: true,
             client_history: false,
+            presence: false,
             max_subscriptions: 64,
             max_topic_length: 128,
             exclude_sender: false,

@@ -193,6 +193,17 @@ pub enum Command {
     HistoryRemove {
         topic: String,
     },
+    /// A page of a topic's presence (`/api/presence`), from its owner: the members after the
+    /// cursor `after`.
+    Presence {
+        topic: String,
+        after: Option<String>,
+        limit: usize,
+    },
+    /// A topic's presence counted (`/api/presence_stats`).
+    PresenceStats {
+        topic: String,
+    },
     /// The form API: a broker message `receivers|payload` as if a client sent it.
     FormBroadcast {
         message: String,
@@ -220,6 +231,8 @@ impl Command {
             | Command::FormClients
             | Command::FormTokenList
             | Command::History { .. }
+            | Command::Presence { .. }
+            | Command::PresenceStats { .. }
             | Command::Preflight => Scope::Read,
             Command::Publish { .. } | Command::Send { .. } | Command::FormBroadcast { .. } => Scope::Publish,
             Command::Disconnect { .. }
@@ -247,6 +260,7 @@ struct Body<'a> {
     since: Option<Since>,
     limit: Option<usize>,
     reverse: Option<bool>,
+    after: Option<String>,
 }
 
 /// `/api/history`'s `since`: a position as clients give it.
@@ -304,7 +318,16 @@ pub fn parse(req: &Request) -> Result<Command, Reply> {
     }
     if !matches!(
         api,
-        "publish" | "broadcast" | "send" | "disconnect" | "subscribe" | "unsubscribe" | "history" | "history_remove"
+        "publish"
+            | "broadcast"
+            | "send"
+            | "disconnect"
+            | "subscribe"
+            | "unsubscribe"
+            | "history"
+            | "history_remove"
+            | "presence"
+            | "presence_stats"
     ) {
         return Err(Reply::error(404, &format!("no such method: {api}")));
     }
@@ -345,6 +368,14 @@ pub fn parse(req: &Request) -> Result<Command, Reply> {
             })
         }
         "history_remove" => Ok(Command::HistoryRemove { topic: need_topic()? }),
+        "presence" => {
+            let limit = body.limit.unwrap_or(crate::presence::DEFAULT_LIMIT);
+            if limit == 0 || limit > crate::presence::MAX_LIMIT {
+                return Err(Reply::error(400, "\"limit\": 1 to 1000"));
+            }
+            Ok(Command::Presence { topic: need_topic()?, after: body.after.clone(), limit })
+        }
+        "presence_stats" => Ok(Command::PresenceStats { topic: need_topic()? }),
         _ => {
             let targets = [body.client.is_some(), body.topic.is_some(), body.token.is_some()];
             if targets.iter().filter(|t| **t).count() != 1 {

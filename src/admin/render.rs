@@ -172,8 +172,11 @@ impl<'a> Facts<'a> {
                 Some(added) => Reply::json(serde_json::json!({ "result": { "subscribed": added } }).to_string()),
                 None => Reply::error(404, "no open WebSocket with this id"),
             },
-            Command::History { .. } | Command::HistoryRemove { .. } => {
-                match parts.find_map(|p| if let Part::History(h) = p { Some(h) } else { None }) {
+            Command::History { .. }
+            | Command::HistoryRemove { .. }
+            | Command::Presence { .. }
+            | Command::PresenceStats { .. } => {
+                match parts.find_map(|p| if let Part::Owned(h) = p { Some(h) } else { None }) {
                     Some(Ok(json)) => {
                         let mut body = b"{\"result\":".to_vec();
                         body.extend_from_slice(&json);
@@ -350,7 +353,8 @@ pub enum Part {
     Flag(Option<bool>),
     /// websockets_pro's get_clients: (peer address, token).
     Peers(Vec<(String, String)>),
-    /// The history owner's answer: a JSON object, or an error's status and message.
-    History(Result<Vec<u8>, (u16, String)>),
+    /// The answer of the topic's owner (its history, its presence): a JSON object, or an
+    /// error's status and message.
+    Owned(Result<Vec<u8>, (u16, String)>),
     Nothing,
 }

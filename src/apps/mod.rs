@@ -66,6 +66,12 @@ pub enum Action {
     Recover { topic: Arc<str>, serial: u64 },
     /// A client's `history` request: the loop answers it.
     History { topic: Arc<str>, read: crate::history::Read },
+    /// List this connection in `topic`'s presence, with the client's `info`.
+    Join { topic: Arc<str>, info: Option<Arc<str>> },
+    /// Take this connection out of `topic`'s presence.
+    Leave { topic: Arc<str> },
+    /// A client's `presence` or `presence_stats` request: the loop answers it.
+    Presence { topic: Arc<str>, ask: crate::presence::Ask },
 }
 
 /// What [`AppCtx::subscribe_at`] did.
@@ -240,6 +246,21 @@ impl AppCtx<'_> {
     /// Asks for `topic`'s history; the loop sends the answer.
     pub(crate) fn read_history(&mut self, topic: &str, read: crate::history::Read) {
         self.actions.push(Action::History { topic: topic.into(), read });
+    }
+
+    /// Lists this client in `topic`'s presence (once: joining again changes nothing).
+    pub(crate) fn join_presence(&mut self, topic: &str, info: Option<Arc<str>>) {
+        self.actions.push(Action::Join { topic: topic.into(), info });
+    }
+
+    /// Takes this client out of `topic`'s presence (if it was in it).
+    pub(crate) fn leave_presence(&mut self, topic: &str) {
+        self.actions.push(Action::Leave { topic: topic.into() });
+    }
+
+    /// Asks for `topic`'s presence; the loop sends the answer.
+    pub(crate) fn ask_presence(&mut self, topic: &str, ask: crate::presence::Ask) {
+        self.actions.push(Action::Presence { topic: topic.into(), ask });
     }
 
     /// Subscribes this client to one of the server's own feeds.

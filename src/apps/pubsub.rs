@@ -32,6 +32,7 @@ use serde_json::value::RawValue;
 use super::{App, AppClose, AppCtx, Payload, Subscribing};
 use crate::encode::shared_frame;
 use crate::history::{Page, Position, Read, Unrecoverable, MAX_LIMIT};
+use crate::presence;
 use crate::pubsub::SubscribeError;
 use crate::ws::close;
 use crate::ws::frame::Opcode;
@@ -59,6 +60,10 @@ struct Request<'a> {
     since: Option<At>,
     limit: Option<usize>,
     reverse: Option<bool>,
+    #[serde(borrow)]
+    info: Option<&'a RawValue>,
+    join_leave: Option<bool>,
+    after: Option<String>,
 }
 
 /// A position as a client gives it.
@@ -99,14 +104,44 @@ impl PubSub {
         if !self.policy.topics.iter().any(|p| p.matches(topic)) {
             return Err(Refusal(403, "topic not allowed"));
         }
+        let presence_asked = req.info.is_some() || req.join_leave.is_some() || req.op.starts_with("presence");
+        if presence_asked && !self.policy.presence {
+            return Err(Refusal(403, "presence is not enabled on this route"));
+        }
         match req.op {
-            "subscribe" => match cx.subscribe_at(topic, req.recover.map(At::position), self.policy.max_subscriptions) {
-                Ok(Subscribing::Done(_)) => reply(cx, "subscribed", topic),
-                // The loop answers once the topic's owner has.
-                Ok(Subscribing::Pending) => {}
-                Err(SubscribeError::TooMany) => return Err(Refusal(429, "too many subscriptions")),
-                Err(SubscribeError::Reserved) => return Err(Refusal(403, "topic not allowed")),
-            },
+            "subscribe" => {
+                let info = match req.info {
+                    Some(info) if !info.get().starts_with('{') => {
+                        return Err(Refusal(400, "\"info\": expected an object"))
+                    }
+                    Some(info) if info.get().len() > presence::MAX_INFO => {
+                        return Err(Refusal(413, "\"info\" too large"))
+                    }
+                    info => info.map(|i| Arc::from(i.get())),
+                };
+                match cx.subscribe_at(topic, req.recover.map(At::position), self.policy.max_subscriptions) {
+                    Ok(Subscribing::Done(_)) => reply(cx, "subscribed", topic),
+                    // The loop answers once the topic's owner has.
+                    Ok(Subscribing::Pending) => {}
+                    Err(SubscribeError::TooMany) => return Err(Refusal(429, "too many subscriptions")),
+                    Err(SubscribeError::Reserved) => return Err(Refusal(403, "topic not allowed")),
+                }
+                if self.policy.presence {
+                    cx.join_presence(topic, info);
+                    if req.join_leave == Some(true) {
+                        cx.subscribe_feed(&presence::events_topic(topic));
+                    }
+                }
+            }
+            "presence" => {
+                let limit = req.limit.unwrap_or(presence::DEFAULT_LIMIT);
+                if limit == 0 || limit > presence::MAX_LIMIT {
+                    return Err(Refusal(400, "\"limit\": 1 to 1000"));
+                }
+                let max_bytes = cx.backpressure_high().clamp(4 << 10, presence::PAGE_BYTES);
+                cx.ask_presence(topic, presence::Ask::List { after: req.after, limit, max_bytes });
+            }
+            "presence_stats" => cx.ask_presence(topic, presence::Ask::Stats),
             "history" => {
                 if !self.policy.client_history {
                     return Err(Refusal(403, "reading history is not allowed on this route"));
@@ -129,6 +164,10 @@ impl PubSub {
             }
             "unsubscribe" => {
                 cx.unsubscribe(topic);
+                if self.policy.presence {
+                    cx.leave_presence(topic);
+                    cx.unsubscribe(&presence::events_topic(topic));
+                }
                 reply(cx, "unsubscribed", topic)
             }
             "publish" => {
@@ -144,7 +183,12 @@ impl PubSub {
                 body.push(b'}');
                 cx.publish(Arc::from(topic), shared_frame(Opcode::Text, &body), self.policy.exclude_sender);
             }
-            _ => return Err(Refusal(400, "unknown op (expected subscribe, unsubscribe, publish or history)")),
+            _ => {
+                return Err(Refusal(
+                    400,
+                    "unknown op (expected subscribe, unsubscribe, publish, history, presence or presence_stats)",
+                ))
+            }
         }
         Ok(())
     }
@@ -211,6 +255,16 @@ pub(crate) fn history_refused(topic: &str, why: Unrecoverable, position: Option<
     body.extend_from_slice(b",\"message\":");
     write_json_string(&mut body, why.reason());
     body.push(b'}');
+    body
+}
+
+/// The answer to a `presence` or `presence_stats` request.
+pub(crate) fn presence_answer(topic: &str, answer: &Result<presence::Page, presence::Stats>) -> Vec<u8> {
+    let op: &[u8] = if answer.is_ok() { b"{\"op\":\"presence\"," } else { b"{\"op\":\"presence_stats\"," };
+    let json = presence::answer_json(topic, answer);
+    let mut body = Vec::with_capacity(op.len() + json.len());
+    body.extend_from_slice(op);
+    body.extend_from_slice(&json[1..]);
     body
 }
 

@@ -20,6 +20,9 @@ pub struct ClusterConfig {
     pub reconnect_max: Duration,
     /// Most bytes of publishes waiting for Redis (past it, publishes are dropped and counted).
     pub max_pending: usize,
+    /// A node's presence members expire this long after it last renewed them (it renews
+    /// every third of it): the most a dead node's members stay listed.
+    pub presence_ttl: Duration,
 }
 
 /// Where Redis is: `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.

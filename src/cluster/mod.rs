@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod link;
+pub mod presence;
 pub mod streams;
 pub mod wire;
 
@@ -100,6 +101,14 @@ pub struct Cluster {
     held_count: u64,
     /// The most a reply from Redis may be.
     max_reply: usize,
+    presence_write_sha: String,
+    presence_read_sha: String,
+    presence_ttl: std::time::Duration,
+    /// Topics this worker has members of (it owns them): renewed every third of the ttl.
+    presence_topics: HashSet<Arc<str>>,
+    presence_renew_at: Instant,
+    /// The publish link came (back) up: every member must be written again.
+    presence_lost: bool,
 }
 
 impl Cluster {
@@ -126,7 +135,7 @@ impl Cluster {
         let max_reply = max_message.saturating_add(config.prefix.len() + (64 << 10));
         let name = |role: &str| format!("wsgate-{node:016x}-w{worker}-{role}");
         let mut publ = Link::new("publish", PUB_TOKEN, &name("pub"), &config.redis, max_reply, now);
-        for script in [streams::PUBLISH_SCRIPT, streams::READ_SCRIPT] {
+        for script in [streams::PUBLISH_SCRIPT, streams::READ_SCRIPT, presence::WRITE_SCRIPT, presence::READ_SCRIPT] {
             publ.add_to_hello(&[b"SCRIPT", b"LOAD", script.as_bytes()]);
         }
         Ok(Cluster {
@@ -149,6 +158,12 @@ impl Cluster {
             held: Vec::new(),
             held_count: 0,
             max_reply,
+            presence_write_sha: streams::sha(presence::WRITE_SCRIPT),
+            presence_read_sha: streams::sha(presence::READ_SCRIPT),
+            presence_ttl: config.presence_ttl,
+            presence_topics: HashSet::new(),
+            presence_renew_at: now,
+            presence_lost: false,
         })
     }
 
@@ -247,6 +262,109 @@ impl Cluster {
         true
     }
 
+    /// This node's members of `topic` (this worker owns it), as (connection id, member JSON):
+    /// added to what Redis has, or, `full`, replacing it.
+    pub fn presence_write(&mut self, topic: &Arc<str>, members: &[(u64, Vec<u8>)], full: bool, now: Instant) {
+        self.presence_topics.insert(Arc::clone(topic));
+        if !self.publ.is_ready() {
+            return; // written again, all of it, when the link is back
+        }
+        let key = presence::members_key(&self.prefix, topic, self.node);
+        let nodes = presence::nodes_key(&self.prefix, topic);
+        let (ttl, node) = (self.presence_ttl.as_millis().to_string(), format!("{:016x}", self.node));
+        let fields: Vec<String> = members.iter().map(|(client, _)| presence::field(*client)).collect();
+        // A topic with very many members here is written in parts (the first clears).
+        let mut first = full;
+        let chunks: Vec<usize> = if members.is_empty() { vec![0] } else { (0..members.len()).step_by(512).collect() };
+        for start in chunks {
+            let end = (start + 512).min(members.len());
+            let clear: &[u8] = if first { b"1" } else { b"0" };
+            first = false;
+            let mut args: Vec<&[u8]> = vec![
+                b"EVALSHA",
+                self.presence_write_sha.as_bytes(),
+                b"2",
+                &key,
+                &nodes,
+                ttl.as_bytes(),
+                node.as_bytes(),
+                clear,
+            ];
+            for i in start..end {
+                args.push(fields[i].as_bytes());
+                args.push(&members[i].1);
+            }
+            self.publ.send(&args, 1, now);
+        }
+    }
+
+    /// A member of `topic` on this node left; `last`: it was the topic's last here.
+    pub fn presence_leave(&mut self, topic: &str, client: u64, last: bool, now: Instant) {
+        if last {
+            self.presence_topics.remove(topic);
+        }
+        if self.publ.is_ready() {
+            let key = presence::members_key(&self.prefix, topic, self.node);
+            self.publ.send(&[b"HDEL", &key, presence::field(client).as_bytes()], 1, now);
+        }
+    }
+
+    /// The publish link came (back) up since the last call: every member must be written
+    /// again ([`Cluster::presence_write`] with `full`).
+    pub fn take_presence_lost(&mut self) -> bool {
+        std::mem::take(&mut self.presence_lost) && !self.presence_topics.is_empty()
+    }
+
+    fn renew_presence(&mut self, now: Instant) {
+        self.presence_renew_at = now + self.presence_ttl / 3;
+        let ttl = self.presence_ttl.as_millis().to_string();
+        for topic in &self.presence_topics {
+            let key = presence::members_key(&self.prefix, topic, self.node);
+            let nodes = presence::nodes_key(&self.prefix, topic);
+            self.publ.send(&[b"PEXPIRE", &key, ttl.as_bytes()], 1, now);
+            self.publ.send(&[b"PEXPIRE", &nodes, ttl.as_bytes()], 1, now);
+        }
+    }
+
+    /// Reads `topic`'s presence on every node (the read script); the answer comes as
+    /// [`Event::Answer`] with `tag` (parse it with [`presence::parse_read`]). `false`: the
+    /// link is down, nothing was sent.
+    pub fn presence_read(&mut self, topic: &str, ask: &crate::presence::Ask, tag: u64, now: Instant) -> bool {
+        if !self.publ.is_ready() {
+            return false;
+        }
+        let nodes = presence::nodes_key(&self.prefix, topic);
+        let base = presence::members_base(&self.prefix, topic);
+        let (mode, after, limit, budget) = match ask {
+            crate::presence::Ask::Stats => ("stats", String::new(), String::new(), String::new()),
+            crate::presence::Ask::List { after, limit, max_bytes } => (
+                "list",
+                after.clone().unwrap_or_default(),
+                limit.to_string(),
+                // Half of what a reply may be: the rest is the framing and one member past it.
+                (*max_bytes).min(self.max_reply / 2).to_string(),
+            ),
+        };
+        let args: [&[u8]; 9] = [
+            b"EVALSHA",
+            self.presence_read_sha.as_bytes(),
+            b"1",
+            &nodes,
+            &base,
+            mode.as_bytes(),
+            after.as_bytes(),
+            limit.as_bytes(),
+            budget.as_bytes(),
+        ];
+        self.publ.send_tagged(&args, 1, tag, now);
+        true
+    }
+
+    /// This node's id (members across nodes are named by it and their connection id).
+    pub fn node(&self) -> u64 {
+        self.node
+    }
+
     /// Sends a barrier down the subscription link (a PING, answered in order with the
     /// messages): [`Event::Barrier`] with `tag` when it comes back. `false`: the link is not
     /// subscribed, nothing was sent.
@@ -326,6 +444,7 @@ impl Cluster {
             });
             if ready {
                 self.release_held(now);
+                self.presence_lost = true;
             }
             return;
         }
@@ -437,6 +556,9 @@ impl Cluster {
         }
         if self.publ.is_ready() {
             self.release_held(now);
+            if now >= self.presence_renew_at {
+                self.renew_presence(now);
+            }
         }
         self.sub.flush(&self.settings, &self.registry, now);
         self.publ.flush(&self.settings, &self.registry, now);

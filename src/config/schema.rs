@@ -54,6 +54,7 @@ pub(super) struct ClusterSection {
     pub(super) reconnect_min: Option<Secs>,
     pub(super) reconnect_max: Option<Secs>,
     pub(super) max_pending: Option<ByteSize>,
+    pub(super) presence_ttl: Option<Secs>,
 }
 
 #[derive(Deserialize)]
@@ -226,6 +227,7 @@ pub(super) struct RouteSection {
     pub(super) topics: Option<Vec<String>>,
     pub(super) client_publish: Option<bool>,
     pub(super) client_history: Option<bool>,
+    pub(super) presence: Option<bool>,
     pub(super) max_subscriptions: Option<usize>,
     pub(super) max_topic_length: Option<usize>,
     pub(super) allow_unregistered: Option<bool>,

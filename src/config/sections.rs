@@ -90,6 +90,10 @@ pub(super) fn pubsub_policy(r: &RouteSection, app: AppKind) -> Result<PubSubPoli
         return Err(format!("route {:?}: client_history belongs to pubsub routes", r.path));
     }
     policy.client_history = r.client_history.unwrap_or(policy.client_history);
+    if r.presence.is_some() && app != AppKind::PubSub {
+        return Err(format!("route {:?}: presence belongs to pubsub routes", r.path));
+    }
+    policy.presence = r.presence.unwrap_or(policy.presence);
     policy.max_subscriptions = r.max_subscriptions.unwrap_or(policy.max_subscriptions);
     policy.max_topic_length = r.max_topic_length.unwrap_or(policy.max_topic_length);
     if policy.max_topic_length == 0 || policy.max_topic_length > 1024 {
@@ -231,6 +235,7 @@ pub(super) fn cluster_config(c: ClusterSection, base: &Path) -> Result<ClusterCo
         reconnect_min: c.reconnect_min.map_or(Duration::from_millis(100), |s| s.0),
         reconnect_max: c.reconnect_max.map_or(Duration::from_secs(10), |s| s.0),
         max_pending: c.max_pending.map_or(8 << 20, |b| b.0),
+        presence_ttl: c.presence_ttl.map_or(Duration::from_secs(30), |s| s.0),
     };
     if config.prefix.len() > 256 || config.prefix.bytes().any(|b| b.is_ascii_control()) {
         return Err("cluster.channel_prefix: at most 256 bytes, no control characters".into());
@@ -243,6 +248,9 @@ pub(super) fn cluster_config(c: ClusterSection, base: &Path) -> Result<ClusterCo
     }
     if config.max_pending < 64 << 10 {
         return Err("cluster.max_pending: must be at least 64 KiB".into());
+    }
+    if config.presence_ttl < Duration::from_secs(1) || config.presence_ttl > Duration::from_secs(3600) {
+        return Err("cluster.presence_ttl: 1 second to 1 hour".into());
     }
     Ok(config)
 }

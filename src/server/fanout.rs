@@ -37,7 +37,9 @@ impl Worker {
         let Some(cluster) = &mut self.cluster else { return };
         for (topic, subscribed) in &changes {
             // A subscription still reading its history keeps the channel.
-            if !topic.starts_with(crate::apps::FEED_PREFIX) && (*subscribed || !self.topics.has_pending(topic)) {
+            // The server's own feeds stay on the node, but for presence events.
+            let crosses = !topic.starts_with(crate::apps::FEED_PREFIX) || crate::presence::is_events_topic(topic);
+            if crosses && (*subscribed || !self.topics.has_pending(topic)) {
                 cluster.topic_changed(topic, *subscribed);
             }
         }
@@ -52,6 +54,7 @@ impl Worker {
                 self.on_cluster(token, now);
             }
         }
+        self.rewrite_presence(now);
         if let Some(cluster) = &mut self.cluster {
             cluster.turn(now);
         }

@@ -22,6 +22,10 @@ use crate::broker::{check_token, quirks_payload, split_routed};
 use crate::conn_id::worker_of;
 use crate::encode::shared_frame;
 use crate::metrics::{self, Figures};
+use crate::presence::Ask;
+
+/// The most bytes of members one `/api/presence` answer holds (it gives `next` past it).
+const ADMIN_PRESENCE_BYTES: usize = 4 << 20;
 use crate::ws::frame::Opcode;
 
 /// A command waiting for the other workers' parts.
@@ -80,7 +84,10 @@ impl Worker {
                 vec![worker_of(*client).min(workers - 1)]
             }
             // A topic's history is on one worker.
-            Command::History { topic, .. } | Command::HistoryRemove { topic } => {
+            Command::History { topic, .. }
+            | Command::HistoryRemove { topic }
+            | Command::Presence { topic, .. }
+            | Command::PresenceStats { topic } => {
                 vec![crate::history::owner(topic, workers)]
             }
             _ => (0..workers).collect(),
@@ -274,13 +281,20 @@ impl Worker {
             Command::Subscribe { client, topic } => Part::Flag(
                 self.open_key(*client).map(|key| self.topics.subscribe(key, topic, usize::MAX).unwrap_or(false)),
             ),
-            Command::Unsubscribe { client, topic } => {
-                Part::Flag(self.open_key(*client).map(|key| self.topics.unsubscribe(key, topic)))
+            Command::Unsubscribe { client, topic } => Part::Flag(self.open_key(*client).map(|key| {
+                // Out of the topic's presence too, with its leave event.
+                self.leave_presence(key, topic, now);
+                self.topics.unsubscribe(key, topic)
+            })),
+            Command::Presence { topic, after, limit } => {
+                let ask = Ask::List { after: after.clone(), limit: *limit, max_bytes: ADMIN_PRESENCE_BYTES };
+                Part::Owned(self.presence_part(topic, &ask))
             }
+            Command::PresenceStats { topic } => Part::Owned(self.presence_part(topic, &Ask::Stats)),
             Command::History { topic, since, limit, reverse } => {
-                Part::History(self.history_part(topic, since, *limit, *reverse, now))
+                Part::Owned(self.history_part(topic, since, *limit, *reverse, now))
             }
-            Command::HistoryRemove { topic } => Part::History(if self.topics.has_history(topic) {
+            Command::HistoryRemove { topic } => Part::Owned(if self.topics.has_history(topic) {
                 let removed = self.histories.remove(topic);
                 Ok(format!("{{\"removed\":{removed}}}").into_bytes())
             } else {

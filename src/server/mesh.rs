@@ -77,6 +77,22 @@ pub enum Note {
         asked: super::recovery::Asked,
         answer: super::recovery::Answer,
     },
+    /// A join or leave of `topic`'s presence, for its owner (a control note: never dropped).
+    Presence {
+        topic: Arc<str>,
+        change: super::presence::Change,
+    },
+    /// Answer connection `id`'s presence request about `topic` (this worker owns it).
+    PresenceAsk {
+        id: u64,
+        topic: Arc<str>,
+        ask: crate::presence::Ask,
+    },
+    /// The owner's answer to [`Note::PresenceAsk`] (a control note: an answer is not dropped).
+    PresenceAnswer {
+        id: u64,
+        body: Box<[u8]>,
+    },
     /// A broker message: deliver to this worker's holders of the tokens `receivers` names.
     Route {
         receivers: Arc<[u8]>,

@@ -32,6 +32,7 @@ pub(crate) mod fanout;
 mod lifecycle;
 mod manage;
 pub mod mesh;
+mod presence;
 mod recovery;
 mod seed;
 mod streams;
@@ -215,6 +216,10 @@ pub struct Worker {
     topics: Topics,
     /// The histories of the topics this worker owns.
     histories: crate::history::Histories,
+    /// The presence of the topics this worker owns.
+    presence: crate::presence::Table,
+    /// The topics each of this worker's connections is in the presence of, by slab key.
+    presence_of: std::collections::HashMap<usize, Vec<Arc<str>>>,
     /// A recovery's client has room for its next page: the next poll does not wait.
     recovery_ready: bool,
     /// Across nodes: reads and barriers in flight, topics served from their channels.
@@ -476,6 +481,9 @@ impl Worker {
             }
             Action::Recover { topic, serial } => self.start_recovery(key, topic, serial, now),
             Action::History { topic, read } => self.ask_history(key, topic, recovery::Asked::Read, read, now),
+            Action::Join { topic, info } => self.join_presence(key, topic, info, now),
+            Action::Leave { topic } => self.leave_presence(key, &topic, now),
+            Action::Presence { topic, ask } => self.ask_presence(key, topic, ask, now),
             Action::Publish { topic, frame, exclude, exclude_ids } => {
                 self.publish(&topic, &frame, exclude, &exclude_ids, now);
                 self.spread_publish(&topic, &frame, exclude_ids);
@@ -531,6 +539,9 @@ impl Worker {
                 self.history_answered(id, topic, asked, answer, now);
                 self.flush_dirty(now);
             }
+            Note::Presence { topic, change } => self.presence_changed(topic, change, now),
+            Note::PresenceAsk { id, topic, ask } => self.answer_presence(id, &topic, &ask, now),
+            Note::PresenceAnswer { id, body } => self.presence_answered(id, &body, now),
             Note::Route { receivers, frame } => {
                 let mut keys = std::mem::take(&mut self.scratch_keys);
                 self.broker.receivers(&receivers, &mut keys);
@@ -629,6 +640,7 @@ impl Worker {
             if let Some(source) = entry.conn.source_mut() {
                 let _ = self.poll.registry().deregister(source);
             }
+            self.leave_all_presence(key, entry.conn.id(), now);
             self.topics.remove_connection(key);
             self.broker.release(key);
             self.mesh.release_one();

@@ -198,7 +198,7 @@ impl Worker {
     }
 
     /// The loop's answer to a client's request (never dropped: it counts as its own app's).
-    fn reply(&mut self, key: usize, body: &[u8], now: Instant) {
+    pub(super) fn reply(&mut self, key: usize, body: &[u8], now: Instant) {
         let frame = shared_frame(Opcode::Text, body);
         self.deliver_from(key, &frame, now, Sender::OwnApp);
     }

@@ -204,6 +204,8 @@ impl Seed {
             actions: Vec::new(),
             topics,
             histories: crate::history::Histories::new(Arc::clone(&config.history)),
+            presence: crate::presence::Table::default(),
+            presence_of: std::collections::HashMap::new(),
             recovery_ready: false,
             streams: Default::default(),
             routes: Routes::new(config.routes.clone()),

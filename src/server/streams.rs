@@ -50,6 +50,8 @@ pub(super) enum Awaited {
     Resubscribed,
     /// A repair's read for `topic`'s members.
     Repair { topic: Arc<str> },
+    /// A client's `presence` (or, `stats`, `presence_stats`) request.
+    Presence { id: u64, topic: Arc<str>, stats: bool },
 }
 
 /// A topic with history whose members this worker serves from the channel.
@@ -99,10 +101,15 @@ pub(super) struct Streams {
 }
 
 impl Streams {
-    fn tag(&mut self, awaited: Awaited) -> u64 {
+    pub(super) fn tag(&mut self, awaited: Awaited) -> u64 {
         self.next_tag += 1;
         self.awaited.insert(self.next_tag, awaited);
         self.next_tag
+    }
+
+    /// A tag whose request was never sent.
+    pub(super) fn forget(&mut self, tag: u64) {
+        self.awaited.remove(&tag);
     }
 }
 
@@ -338,6 +345,7 @@ impl Worker {
                 self.history_answered(id, topic, asked, answer, now);
             }
             Some(Awaited::Repair { topic }) => self.repaired(topic, result, now),
+            Some(Awaited::Presence { id, topic, stats }) => self.presence_read(id, &topic, stats, result, now),
             _ => {}
         }
     }
@@ -358,6 +366,9 @@ impl Worker {
                 self.history_answered(id, topic, asked, Err((Unrecoverable::Unavailable, None)), now);
             }
             Some(Awaited::Repair { topic }) => self.repaired(topic, Err("the link failed".into()), now),
+            Some(Awaited::Presence { id, topic, stats }) => {
+                self.presence_read(id, &topic, stats, Err("the link failed".into()), now)
+            }
             Some(Awaited::Resubscribed) | None => {}
         }
     }
