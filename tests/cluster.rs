@@ -674,3 +674,123 @@ fn history_across_nodes_large_publications_are_read_a_few_at_a_time() {
     let n = h["publications"].as_array().map_or(0, Vec::len);
     assert!((1..5).contains(&n) && h["more"] == true, "a read stops at its bytes: {n} {}", h["more"]);
 }
+
+fn presence_node(redis: &Redis) -> Server {
+    Server::with_config(
+        &format!(
+            "[server]\nworkers = 2\nbalance = \"handoff\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+[cluster]\nredis = \"{}\"\nping_interval = \"200ms\"\nping_timeout = \"1s\"\n\
+reconnect_min = \"50ms\"\nreconnect_max = \"500ms\"\npresence_ttl = \"2s\"\n\
+[[route]]\npath = \"/ps\"\napp = \"pubsub\"\npresence = true\n",
+            redis.url()
+        ),
+        &[],
+    )
+}
+
+fn ask(ws: &mut Ws, req: serde_json::Value) -> serde_json::Value {
+    ws.send_text(&req.to_string()).unwrap();
+    ws_json(ws)
+}
+
+/// Every member of `topic` on every node (paged, `limit` a page), as (node, client, n).
+fn members_across(ws: &mut Ws, topic: &str, limit: usize) -> Result<Vec<(String, String, u64)>, serde_json::Value> {
+    let mut all = Vec::new();
+    let mut after = serde_json::Value::Null;
+    loop {
+        let v = ask(ws, serde_json::json!({"op":"presence","topic":topic,"limit":limit,"after":after}));
+        let Some(page) = v["members"].as_array() else { return Err(v) };
+        assert!(page.len() <= limit);
+        all.extend(page.iter().map(|m| {
+            let node = m["node"].as_str().unwrap().to_string();
+            (node, m["client"].as_str().unwrap().to_string(), m["info"]["n"].as_u64().unwrap_or(0))
+        }));
+        after = v["next"].clone();
+        if after.is_null() {
+            return Ok(all);
+        }
+    }
+}
+
+fn wait_members(server: &Server, ws: &mut Ws, topic: &str, want: usize) -> Vec<(String, String, u64)> {
+    let start = Instant::now();
+    loop {
+        // A refusal (503 while Redis is away) is retried like a wrong count.
+        let members = members_across(ws, topic, 4);
+        if let Ok(members) = &members {
+            if members.len() == want {
+                return members.clone();
+            }
+        }
+        assert!(start.elapsed() < WAIT, "{topic}: want {want} members: {members:?}\n{:?}", server.log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn presence_across_nodes_joins_leaves_and_a_dead_nodes_members_expire() {
+    let mut redis = Redis::start();
+    let (a, mut b) = (presence_node(&redis), presence_node(&redis));
+    for n in [&a, &b] {
+        wait_metric(n, LINKS_UP, |v| v == 4.0);
+    }
+    let mut watcher = ws_open(&a.url("/ps"));
+    let v = ask(&mut watcher, serde_json::json!({"op":"subscribe","topic":"room","info":{"n":0},"join_leave":true}));
+    assert_eq!(v["op"], "subscribed");
+    assert_eq!(ws_json(&mut watcher)["op"], "join");
+    let start = Instant::now();
+    while numsub(&redis, "wsgate:t:\u{0}presence:room") == 0 {
+        assert!(start.elapsed() < WAIT, "the presence feed's channel was never subscribed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Members on both nodes and both workers of each.
+    let mut on_b = Vec::new();
+    for n in 1..=6u64 {
+        let mut ws = ws_open(&b.url("/ps"));
+        assert_eq!(
+            ask(&mut ws, serde_json::json!({"op":"subscribe","topic":"room","info":{"n":n}}))["op"],
+            "subscribed"
+        );
+        let join = ws_json(&mut watcher);
+        assert_eq!((join["op"].as_str(), join["member"]["info"]["n"].as_u64()), (Some("join"), Some(n)), "{join}");
+        on_b.push(ws);
+    }
+    let mut on_a = Vec::new();
+    for n in 7..=9u64 {
+        let mut ws = ws_open(&a.url("/ps"));
+        ask(&mut ws, serde_json::json!({"op":"subscribe","topic":"room","info":{"n":n}}));
+        assert_eq!(ws_json(&mut watcher)["member"]["info"]["n"], n);
+        on_a.push(ws);
+    }
+    let members = wait_members(&a, &mut watcher, "room", 10);
+    let mut ns: Vec<u64> = members.iter().map(|m| m.2).collect();
+    ns.sort_unstable();
+    assert_eq!(ns, (0..=9).collect::<Vec<_>>(), "every member once, paged 4 at a time: {members:?}");
+    let nodes: std::collections::BTreeSet<&str> = members.iter().map(|m| m.0.as_str()).collect();
+    assert_eq!(nodes.len(), 2, "members are named with their node");
+    let v = ask(&mut watcher, serde_json::json!({"op":"presence_stats","topic":"room"}));
+    assert_eq!((v["clients"].as_u64(), v["users"].as_u64()), (Some(10), Some(0)), "{v}");
+
+    // A leave on the other node is an event here.
+    let mut leaving = on_b.pop().unwrap();
+    ask(&mut leaving, serde_json::json!({"op":"unsubscribe","topic":"room"}));
+    let leave = ws_json(&mut watcher);
+    assert_eq!((leave["op"].as_str(), leave["member"]["info"]["n"].as_u64()), (Some("leave"), Some(6)), "{leave}");
+    // Members outlive several ttls while their node renews them.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(wait_members(&a, &mut watcher, "room", 9).len(), 9);
+
+    // Redis restarted without persistence: every node writes its members again.
+    redis.kill();
+    redis.spawn();
+    wait_members(&a, &mut watcher, "room", 9);
+
+    // A node killed outright leaves no leave event, but its members expire with its ttl.
+    b.signal(libc::SIGKILL);
+    b.wait_exit();
+    let killed = Instant::now();
+    wait_members(&a, &mut watcher, "room", 4);
+    let gone_in = killed.elapsed();
+    eprintln!("a killed node's members were gone in {gone_in:?}");
+    assert!(gone_in < Duration::from_secs(2 + 3), "a dead node's members stayed {gone_in:?} (presence_ttl 2s)");
+}
