@@ -576,6 +576,29 @@ fn history_across_nodes_refusals_say_why() {
     let v = subscribe_at(&mut ws_open(&a.url("/ps")), "short", Some((&epoch, 31)));
     assert_eq!(v["reason"], "offset ahead of the topic", "{v}");
 
+    // The admin API reads the stream on either node, and removes it.
+    let admin = |node: &Server, method: &str, body: serde_json::Value| {
+        let body = body.to_string();
+        let (status, text) =
+            http("POST", &node.admin_url(&format!("/api/{method}")), &[], Some(("application/json", body.as_bytes())));
+        (status, serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default())
+    };
+    let (status, v) = admin(&b, "history", serde_json::json!({"topic":"short","limit":3,"reverse":true}));
+    assert_eq!(status, 200, "{v}");
+    let offsets: Vec<u64> =
+        v["result"]["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+    assert_eq!((offsets, &v["result"]["epoch"]), (vec![30, 29, 28], &serde_json::json!(epoch)), "{v}");
+    let since = serde_json::json!({"offset":5,"epoch":epoch});
+    assert_eq!(admin(&a, "history", serde_json::json!({"topic":"short","since":since})).0, 410);
+    assert_eq!(admin(&a, "history", serde_json::json!({"topic":"plain"})).0, 404);
+    let (status, v) = admin(&a, "history_remove", serde_json::json!({"topic":"short"}));
+    assert_eq!((status, &v["result"]["removed"]), (200, &serde_json::json!(true)), "{v}");
+    let (_, v) = admin(&b, "history", serde_json::json!({"topic":"short"}));
+    assert_ne!(v["result"]["epoch"], epoch.as_str(), "removed: a new epoch {v}");
+    assert_eq!(v["result"]["publications"], serde_json::json!([]));
+    let (_, v) = admin(&b, "history_remove", serde_json::json!({"topic":"short"}));
+    assert_eq!(v["result"]["removed"], true, "the read made a new epoch, now removed: {v}");
+
     // Redis restarts without persistence: the history is gone, a new epoch.
     redis.kill();
     redis.spawn();
@@ -770,6 +793,18 @@ fn presence_across_nodes_joins_leaves_and_a_dead_nodes_members_expire() {
     assert_eq!(nodes.len(), 2, "members are named with their node");
     let v = ask(&mut watcher, serde_json::json!({"op":"presence_stats","topic":"room"}));
     assert_eq!((v["clients"].as_u64(), v["users"].as_u64()), (Some(10), Some(0)), "{v}");
+    // The admin API on either node reads every node's members.
+    let (status, text) =
+        http("POST", &b.admin_url("/api/presence_stats"), &[], Some(("application/json", br#"{"topic":"room"}"#)));
+    assert_eq!(
+        (status, serde_json::from_str::<serde_json::Value>(&text).unwrap()["result"]["clients"].as_u64()),
+        (200, Some(10))
+    );
+    let (status, text) =
+        http("POST", &a.admin_url("/api/presence"), &[], Some(("application/json", br#"{"topic":"room","limit":7}"#)));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!((status, v["result"]["members"].as_array().map(|m| m.len())), (200, Some(7)), "{v}");
+    assert!(v["result"]["next"].is_string(), "{v}");
 
     // A leave on the other node is an event here.
     let mut leaving = on_b.pop().unwrap();

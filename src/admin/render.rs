@@ -177,12 +177,7 @@ impl<'a> Facts<'a> {
             | Command::Presence { .. }
             | Command::PresenceStats { .. } => {
                 match parts.find_map(|p| if let Part::Owned(h) = p { Some(h) } else { None }) {
-                    Some(Ok(json)) => {
-                        let mut body = b"{\"result\":".to_vec();
-                        body.extend_from_slice(&json);
-                        body.push(b'}');
-                        Reply::json(body)
-                    }
+                    Some(Ok(json)) => result_reply(&json),
                     Some(Err((status, message))) => Reply::error(status, &message),
                     None => Reply::error(503, "the topic's owner did not answer"),
                 }
@@ -357,4 +352,13 @@ pub enum Part {
     /// error's status and message.
     Owned(Result<Vec<u8>, (u16, String)>),
     Nothing,
+}
+
+/// `{"result":JSON}`, 200.
+pub fn result_reply(json: &[u8]) -> Reply {
+    let mut body = Vec::with_capacity(json.len() + 11);
+    body.extend_from_slice(b"{\"result\":");
+    body.extend_from_slice(json);
+    body.push(b'}');
+    Reply::json(body)
 }

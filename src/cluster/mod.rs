@@ -360,6 +360,18 @@ impl Cluster {
         true
     }
 
+    /// Deletes `topic`'s history (its stream and its epoch: the next publication starts a
+    /// new epoch); the count of keys deleted comes as [`Event::Answer`] with `tag`. `false`:
+    /// the link is down, nothing was sent.
+    pub fn remove_history(&mut self, topic: &str, tag: u64, now: Instant) -> bool {
+        if !self.publ.is_ready() {
+            return false;
+        }
+        let (stream, meta) = (streams::stream_key(&self.prefix, topic), streams::meta_key(&self.prefix, topic));
+        self.publ.send_tagged(&[b"DEL", &stream, &meta], 1, tag, now);
+        true
+    }
+
     /// This node's id (members across nodes are named by it and their connection id).
     pub fn node(&self) -> u64 {
         self.node

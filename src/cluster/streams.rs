@@ -122,6 +122,15 @@ pub fn parse_read(reply: &[u8]) -> Result<ReadReply<'_>, String> {
     Ok(ReadReply { epoch, last, oldest, entries })
 }
 
+/// An integer reply (`DEL`'s count).
+pub fn parse_count(reply: &[u8]) -> Result<i64, String> {
+    match decode_range(reply).map_err(|e| format!("not RESP2: {}", e.details()))? {
+        Some((RangeFrame::Integer(n), _)) => Ok(n),
+        Some(_) => Err("not an integer".into()),
+        None => Err("a truncated reply".into()),
+    }
+}
+
 fn bulk<'a>(buf: &'a [u8], frame: &RangeFrame) -> Result<&'a [u8], String> {
     match frame {
         RangeFrame::BulkString((start, end)) | RangeFrame::SimpleString((start, end)) => {

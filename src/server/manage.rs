@@ -74,6 +74,9 @@ impl Worker {
         if let Some(reply) = self.answer_here(&command) {
             return self.answer(key, &reply, req.keep_alive, head_only, now);
         }
+        if self.cluster.is_some() && self.read_across_nodes(key, &command, req.keep_alive, head_only, now) {
+            return;
+        }
         let Some(id) = self.conns.get(key).map(|e| e.conn.id()) else { return };
         let workers = self.mesh.workers();
         let targets: Vec<usize> = match &command {
@@ -118,7 +121,48 @@ impl Worker {
         self.gather(pending, query, targets, now);
     }
 
-    fn answer(&mut self, key: usize, reply: &Reply, keep_alive: bool, head_only: bool, now: Instant) {
+    /// Across nodes, a topic's presence and its history are in Redis: the request is
+    /// answered when Redis replies. `false`: the command is not one of those.
+    fn read_across_nodes(
+        &mut self,
+        key: usize,
+        command: &Command,
+        keep_alive: bool,
+        head_only: bool,
+        now: Instant,
+    ) -> bool {
+        match command {
+            Command::Presence { topic, after, limit } => {
+                let ask = Ask::List { after: after.clone(), limit: *limit, max_bytes: ADMIN_PRESENCE_BYTES };
+                self.admin_presence(key, topic, ask, (keep_alive, head_only), now);
+            }
+            Command::PresenceStats { topic } => {
+                self.admin_presence(key, topic, Ask::Stats, (keep_alive, head_only), now)
+            }
+            Command::History { topic, .. } | Command::HistoryRemove { topic } if !self.topics.has_history(topic) => {
+                let reply = Reply::error(404, crate::history::Unrecoverable::NoHistory.reason());
+                self.answer(key, &reply, keep_alive, head_only, now);
+            }
+            Command::History { topic, since, limit, reverse } => {
+                let since = since
+                    .as_ref()
+                    .map(|(offset, epoch)| crate::history::Position { offset: *offset, epoch: epoch.as_str().into() });
+                let read = crate::history::Read {
+                    since,
+                    limit: *limit,
+                    max_bytes: super::recovery::ADMIN_REPLY_BYTES,
+                    reverse: *reverse,
+                };
+                let asked = super::recovery::Asked::Admin { keep_alive, head_only };
+                self.read_across(key, topic.as_str().into(), asked, read, now);
+            }
+            Command::HistoryRemove { topic } => self.remove_across(key, topic, keep_alive, head_only, now),
+            _ => return false,
+        }
+        true
+    }
+
+    pub(super) fn answer(&mut self, key: usize, reply: &Reply, keep_alive: bool, head_only: bool, now: Instant) {
         self.run_conn(key, now, |conn, ctx| conn.answer(ctx, reply, keep_alive, head_only));
     }
 

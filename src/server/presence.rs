@@ -12,12 +12,15 @@ use std::time::Instant;
 use super::mesh::Note;
 use super::streams::Awaited;
 use super::Worker;
+use crate::admin::{render, Reply};
 use crate::apps::pubsub::{error_message, presence_answer};
 use crate::conn_id::{key_of, worker_of};
 use crate::encode::shared_frame;
 use crate::history;
 use crate::presence::{self, Ask, Member};
 use crate::ws::frame::Opcode;
+
+const UNAVAILABLE: &str = "presence unavailable: Redis is unreachable";
 
 /// A join or a leave, on its way to the topic's owner.
 #[derive(Debug)]
@@ -129,11 +132,11 @@ impl Worker {
         let Some(id) = self.conns.get(key).map(|e| e.conn.id()) else { return };
         if self.cluster.is_some() {
             let stats = ask == Ask::Stats;
-            let tag = self.streams.tag(Awaited::Presence { id, topic: Arc::clone(&topic), stats });
+            let tag = self.streams.tag(Awaited::Presence { id, topic: Arc::clone(&topic), stats, admin: None });
             let sent = self.cluster.as_mut().is_some_and(|c| c.presence_read(&topic, &ask, tag, now));
             if !sent {
                 self.streams.forget(tag);
-                self.reply(key, &error_message(503, "presence unavailable: Redis is unreachable"), now);
+                self.reply(key, &error_message(503, UNAVAILABLE), now);
             }
             return;
         }
@@ -163,12 +166,14 @@ impl Worker {
         }
     }
 
-    /// Redis's answer to a client's request across nodes.
+    /// Redis's answer to a request across nodes: a client's, or the admin API's (`admin`:
+    /// keep-alive, HEAD).
     pub(super) fn presence_read(
         &mut self,
         id: u64,
         topic: &str,
         stats: bool,
+        admin: Option<(bool, bool)>,
         result: Result<Vec<u8>, String>,
         now: Instant,
     ) {
@@ -176,21 +181,37 @@ impl Worker {
         if self.conns.get(key).is_none_or(|e| e.conn.id() != id) {
             return;
         }
-        let body = match result.and_then(|raw| crate::cluster::presence::parse_read(&raw, stats)) {
-            Ok(answer) => presence_answer(topic, &answer),
-            Err(e) => {
-                log::warn!("cluster: reading {topic:?}'s presence: {e}");
-                error_message(503, "presence unavailable: Redis is unreachable")
+        let answer = result.and_then(|raw| crate::cluster::presence::parse_read(&raw, stats));
+        if let Err(e) = &answer {
+            log::warn!("cluster: reading {topic:?}'s presence: {e}");
+        }
+        match (admin, answer) {
+            (None, Ok(answer)) => self.reply(key, &presence_answer(topic, &answer), now),
+            (None, Err(_)) => self.reply(key, &error_message(503, UNAVAILABLE), now),
+            (Some((keep_alive, head_only)), answer) => {
+                let reply = match answer {
+                    Ok(answer) => render::result_reply(&presence::answer_json(topic, &answer)),
+                    Err(_) => Reply::error(503, UNAVAILABLE),
+                };
+                self.answer(key, &reply, keep_alive, head_only, now);
             }
-        };
-        self.reply(key, &body, now);
+        }
+    }
+
+    /// `/api/presence` and `/api/presence_stats` across nodes: read from Redis, answered
+    /// when it replies.
+    pub(super) fn admin_presence(&mut self, key: usize, topic: &str, ask: Ask, http: (bool, bool), now: Instant) {
+        let Some(id) = self.conns.get(key).map(|e| e.conn.id()) else { return };
+        let stats = ask == Ask::Stats;
+        let tag = self.streams.tag(Awaited::Presence { id, topic: topic.into(), stats, admin: Some(http) });
+        if !self.cluster.as_mut().is_some_and(|c| c.presence_read(topic, &ask, tag, now)) {
+            self.streams.forget(tag);
+            self.answer(key, &Reply::error(503, UNAVAILABLE), http.0, http.1, now);
+        }
     }
 
     /// `/api/presence` and `/api/presence_stats`: the owner's part (on one node).
     pub(super) fn presence_part(&self, topic: &str, ask: &Ask) -> Result<Vec<u8>, (u16, String)> {
-        if self.cluster.is_some() {
-            return Err((501, "across nodes presence is in Redis: read it with a client's presence op".into()));
-        }
         Ok(presence::answer_json(topic, &self.presence.answer(topic, ask)))
     }
 }

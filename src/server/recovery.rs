@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use super::mesh::Note;
 use super::Worker;
+use crate::admin::{render, Reply};
 use crate::apps::pubsub::{error_message, history_answer, history_refused, subscribed_at};
 use crate::conn_id::key_of;
 use crate::connection::Sender;
@@ -28,7 +29,7 @@ use crate::ws::frame::Opcode;
 const PAGE_BYTES: usize = 64 << 10;
 const PAGE_LIMIT: usize = 512;
 /// The most bytes of publications one `/api/history` answer holds (`"more":true` past it).
-const ADMIN_REPLY_BYTES: usize = 4 << 20;
+pub(super) const ADMIN_REPLY_BYTES: usize = 4 << 20;
 
 /// What a history read is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,8 @@ pub enum Asked {
     Subscribe(u64),
     /// A client's `history` request.
     Read,
+    /// `/api/history` across nodes, on the admin connection (answered as HTTP).
+    Admin { keep_alive: bool, head_only: bool },
 }
 
 /// The owner's answer: a page, or why there is none (and the position, if the topic has one).
@@ -122,6 +125,16 @@ impl Worker {
                 self.reply(key, &body, now);
             }
             Asked::Subscribe(serial) => self.recovered(key, topic, serial, answer, now),
+            Asked::Admin { keep_alive, head_only } => {
+                let reply = match &answer {
+                    Ok(page) => render::result_reply(&history_answer(&topic, page)),
+                    Err((Unrecoverable::Unavailable, _)) => Reply::error(503, Unrecoverable::Unavailable.reason()),
+                    Err((why, _)) => {
+                        Reply::error(if *why == Unrecoverable::NoHistory { 404 } else { 410 }, why.reason())
+                    }
+                };
+                self.answer(key, &reply, keep_alive, head_only, now);
+            }
         }
     }
 
@@ -250,12 +263,6 @@ impl Worker {
         reverse: bool,
         now: Instant,
     ) -> Result<Vec<u8>, (u16, String)> {
-        if self.cluster.is_some() {
-            return Err((
-                501,
-                "across nodes a topic's history is a Redis stream: read it with a client's history op".into(),
-            ));
-        }
         let since = since.as_ref().map(|(offset, epoch)| Position { offset: *offset, epoch: epoch.as_str().into() });
         let read = Read { since, limit, max_bytes: ADMIN_REPLY_BYTES, reverse };
         match self.answer_history(topic, Asked::Read, &read, now) {

@@ -50,8 +50,11 @@ pub(super) enum Awaited {
     Resubscribed,
     /// A repair's read for `topic`'s members.
     Repair { topic: Arc<str> },
-    /// A client's `presence` (or, `stats`, `presence_stats`) request.
-    Presence { id: u64, topic: Arc<str>, stats: bool },
+    /// A client's `presence` (or, `stats`, `presence_stats`) request; `admin`: the admin
+    /// API's, answered as HTTP (keep-alive, HEAD).
+    Presence { id: u64, topic: Arc<str>, stats: bool, admin: Option<(bool, bool)> },
+    /// `/api/history_remove` across nodes (keep-alive, HEAD).
+    Removed { id: u64, keep_alive: bool, head_only: bool },
 }
 
 /// A topic with history whose members this worker serves from the channel.
@@ -173,7 +176,7 @@ impl Worker {
         let ttl = self.kept(&topic).ttl;
         let (after, count) = match &read.since {
             Some(since) => (Some(since.offset), read.limit.max(1)),
-            None if asked != Asked::Read => (None, 1), // only the position
+            None if matches!(asked, Asked::Subscribe(_)) => (None, 1), // only the position
             None => (None, read.limit.max(1)),
         };
         let reverse = read.reverse && read.since.is_none();
@@ -187,6 +190,38 @@ impl Worker {
             self.streams.awaited.remove(&tag);
             self.history_answered(id, topic, asked, Err((Unrecoverable::Unavailable, None)), now);
         }
+    }
+
+    /// `/api/history_remove` across nodes: the topic's keys deleted in Redis.
+    pub(super) fn remove_across(&mut self, key: usize, topic: &str, keep_alive: bool, head_only: bool, now: Instant) {
+        let Some(id) = self.conns.get(key).map(|e| e.conn.id()) else { return };
+        let tag = self.streams.tag(Awaited::Removed { id, keep_alive, head_only });
+        if !self.cluster.as_mut().is_some_and(|c| c.remove_history(topic, tag, now)) {
+            self.streams.forget(tag);
+            self.history_removed(id, keep_alive, head_only, Err("the link is down".into()), now);
+        }
+    }
+
+    fn history_removed(
+        &mut self,
+        id: u64,
+        keep_alive: bool,
+        head_only: bool,
+        result: Result<Vec<u8>, String>,
+        now: Instant,
+    ) {
+        let key = key_of(id);
+        if self.conns.get(key).is_none_or(|e| e.conn.id() != id) {
+            return;
+        }
+        let reply = match result.and_then(|raw| streams::parse_count(&raw)) {
+            Ok(deleted) => crate::admin::render::result_reply(format!("{{\"removed\":{}}}", deleted > 0).as_bytes()),
+            Err(e) => {
+                log::warn!("cluster: removing a history: {e}");
+                crate::admin::Reply::error(503, Unrecoverable::Unavailable.reason())
+            }
+        };
+        self.answer(key, &reply, keep_alive, head_only, now);
     }
 
     /// A waiting subscription read to its end (`position`): what the channel brought after
@@ -345,7 +380,12 @@ impl Worker {
                 self.history_answered(id, topic, asked, answer, now);
             }
             Some(Awaited::Repair { topic }) => self.repaired(topic, result, now),
-            Some(Awaited::Presence { id, topic, stats }) => self.presence_read(id, &topic, stats, result, now),
+            Some(Awaited::Presence { id, topic, stats, admin }) => {
+                self.presence_read(id, &topic, stats, admin, result, now)
+            }
+            Some(Awaited::Removed { id, keep_alive, head_only }) => {
+                self.history_removed(id, keep_alive, head_only, result, now)
+            }
             _ => {}
         }
     }
@@ -366,8 +406,11 @@ impl Worker {
                 self.history_answered(id, topic, asked, Err((Unrecoverable::Unavailable, None)), now);
             }
             Some(Awaited::Repair { topic }) => self.repaired(topic, Err("the link failed".into()), now),
-            Some(Awaited::Presence { id, topic, stats }) => {
-                self.presence_read(id, &topic, stats, Err("the link failed".into()), now)
+            Some(Awaited::Presence { id, topic, stats, admin }) => {
+                self.presence_read(id, &topic, stats, admin, Err("the link failed".into()), now)
+            }
+            Some(Awaited::Removed { id, keep_alive, head_only }) => {
+                self.history_removed(id, keep_alive, head_only, Err("the link failed".into()), now)
             }
             Some(Awaited::Resubscribed) | None => {}
         }
