@@ -86,6 +86,7 @@ exclude_sender = false
 [[route]]
 path = "/pubsub"
 app = "pubsub"
+presence = true
 
 [[route]]
 path = "/broker"

@@ -440,6 +440,18 @@ pub fn cluster_message(data: &[u8]) {
     }
     // A history read's answer: parsed or refused, never a panic.
     let _ = crate::cluster::streams::parse_read(data);
+    let _ = crate::cluster::streams::parse_count(data);
+    // A presence read's: what goes to clients is a JSON array of objects.
+    for stats in [false, true] {
+        if let Ok(Ok(page)) = crate::cluster::presence::parse_read(data, stats) {
+            let mut list = b"[".to_vec();
+            list.extend_from_slice(&page.members);
+            list.push(b']');
+            let members: Vec<serde_json::Map<String, serde_json::Value>> =
+                serde_json::from_slice(&list).expect("members pass on as JSON objects");
+            assert_eq!(members.len(), page.count);
+        }
+    }
 }
 
 /// A `Sec-WebSocket-Extensions` value: parsing never panics; an accepted offer's response
