@@ -119,7 +119,7 @@ fn framed_hello_carries_the_request() {
     let mut ws = ws_open_with(&format!("{}?room=7", server.url("/app")), &options);
     ws.send_text("hello?").unwrap();
     let hello = ws_text(&mut ws);
-    assert!(hello.starts_with("wsgate-hello 2\nid: "), "{hello}");
+    assert!(hello.starts_with("wsgate-hello 3\nid: "), "{hello}");
     assert!(hello.contains("\npeer: 127.0.0.1:"), "{hello}");
     assert!(hello.contains("\npath: /app\n") && hello.contains("\nquery: room=7\n"), "{hello}");
     // Header names as the client sent them.
@@ -404,7 +404,7 @@ fn direct_mode_hands_the_socket_to_the_backend() {
     let server = gateway(&[route("/app", &backend.socket, "direct")]);
     let mut ws = ws_open(&server.url("/app"));
     assert_eq!(ws_text(&mut ws), "from the backend, directly");
-    let line = wait_for_file_line(&backend.log, "DIRECT 1 wsgate-hello 2");
+    let line = wait_for_file_line(&backend.log, "DIRECT 1 wsgate-hello 3");
     assert!(line.contains("|path: /app|"), "{line}");
     server.wait_log("handed off to the backend");
 }
@@ -540,6 +540,76 @@ fn framed_backend_subscribes_publishes_and_sends_by_id() {
     assert_eq!(ws_next(&mut a), WsMessage::Text(a_id.clone()));
     a.close(1000, "").unwrap();
     server.wait_log(&format!("id={} /app status=101", a_id));
+}
+
+/// A framed backend asks about topics with history (REQUEST, answered with ANSWER records):
+/// its client subscribes from a position and gets what it missed, then live; history reads;
+/// refusals name their topic. The backend here passes each answer on to its client.
+#[test]
+fn framed_backend_recovers_and_reads_history_with_requests() {
+    let dir = SockDir::new("history");
+    let backend = dir.backend("app", "framed");
+    let server = gateway_with_config(&format!(
+        "[server]\nworkers = 2\nbalance = \"handoff\"\n\
+[[history]]\ntopics = [\"news*\"]\nsize = 100\nttl = 600\n\
+[[route]]\npath = \"/app\"\nbackend = \"unix:{}\"\nframing = \"framed\"\n",
+        backend.socket.display()
+    ));
+    let answer = |ws: &mut Ws| -> serde_json::Value {
+        let text = ws_text(ws);
+        let json = text.strip_prefix("answer:").unwrap_or_else(|| panic!("not an answer: {text}"));
+        serde_json::from_str(json).unwrap()
+    };
+    let mut a = ws_open(&server.url("/app"));
+    a.send_text(r#"req:{"op":"subscribe","topic":"news"}"#).unwrap();
+    let v = answer(&mut a);
+    assert_eq!(
+        (v["op"].as_str(), v["topic"].as_str(), v["offset"].as_u64()),
+        (Some("subscribed"), Some("news"), Some(0)),
+        "{v}"
+    );
+    let epoch = v["epoch"].as_str().unwrap().to_string();
+    for n in 1..=5 {
+        a.send_text(&format!("pub:news:m{n}")).unwrap();
+        assert_eq!(ws_next(&mut a), WsMessage::Text(format!("m{n}")));
+    }
+    // Another client, on the other worker, recovers from offset 2: m3..m5, then the answer.
+    let mut b = ws_open(&server.url("/app"));
+    b.send_text(&format!(r#"req:{{"op":"subscribe","topic":"news","recover":{{"offset":2,"epoch":"{epoch}"}}}}"#))
+        .unwrap();
+    for n in 3..=5 {
+        assert_eq!(ws_next(&mut b), WsMessage::Text(format!("m{n}")));
+    }
+    let v = answer(&mut b);
+    assert_eq!((v["recovered"].as_bool(), v["offset"].as_u64()), (Some(true), Some(5)), "{v}");
+    a.send_text("pub:news:live").unwrap();
+    assert_eq!(ws_next(&mut b), WsMessage::Text("live".into()));
+    b.send_text(r#"req:{"op":"history","topic":"news","limit":2,"reverse":true}"#).unwrap();
+    let v = answer(&mut b);
+    let data: Vec<&str> = v["publications"].as_array().unwrap().iter().map(|p| p["data"].as_str().unwrap()).collect();
+    assert_eq!(data, ["live", "m5"], "{v}");
+    // Refusals name their topic; a malformed request is refused, not fatal.
+    for (req, code) in [
+        (r#"{"op":"history","topic":"plain"}"#, 404),
+        // (b is subscribed to news already: another topic with history.)
+        (r#"{"op":"subscribe","topic":"news.b","recover":{"offset":9,"epoch":"old"}}"#, 0),
+        (r#"{"op":"publish","topic":"news"}"#, 400),
+        (r#"not json"#, 400),
+    ] {
+        b.send_text(&format!("req:{req}")).unwrap();
+        let v = answer(&mut b);
+        if code == 0 {
+            assert_eq!(v["reason"], "epoch changed: the topic's history was lost", "{v}");
+        } else {
+            assert_eq!(v["code"], code, "{req}: {v}");
+        }
+        if req.contains("topic") {
+            assert!(v["topic"].is_string(), "{v}");
+        }
+    }
+    // A client without history topics gets nothing of this.
+    b.send_text("id?").unwrap();
+    assert!(!ws_text(&mut b).starts_with("answer:"));
 }
 
 /// The backend families of `/metrics`: connects that worked and failed, and a backend that

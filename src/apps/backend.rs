@@ -149,6 +149,11 @@ impl Backend {
                     cx.publish_excluding(Arc::from(topic), frame, exclude_client, exclude_ids);
                 }
                 Command::Send { id, frame } => cx.send_to(id, frame),
+                Command::Request(json) => {
+                    if let Some(answer) = super::pubsub::backend_request(cx, &json, self.max_subscriptions) {
+                        self.link.send_answer(cx.pools, &answer);
+                    }
+                }
             }
         }
     }
@@ -231,6 +236,14 @@ impl App for Backend {
                 AppIo::Idle
             }
         }
+    }
+
+    fn on_answer(&mut self, cx: &mut AppCtx<'_>, body: &[u8]) -> bool {
+        // Only a framed backend makes requests; a gone one's answers go nowhere.
+        if self.link.is_framed() && !self.done {
+            self.link.send_answer(cx.pools, body);
+        }
+        self.link.is_framed()
     }
 
     fn accepts_input(&self, high: usize) -> bool {

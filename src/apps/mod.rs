@@ -400,6 +400,12 @@ pub trait App {
     #[doc(hidden)]
     fn release(&mut self, _pools: &mut Pools) {}
 
+    /// The loop's answer to a request the app made for a party of its own (a framed
+    /// backend's REQUEST): `true` if the app took it, else it goes to the client.
+    fn on_answer(&mut self, _cx: &mut AppCtx<'_>, _body: &[u8]) -> bool {
+        false
+    }
+
     /// The broker token this client holds.
     #[doc(hidden)]
     fn token(&self) -> Option<&str> {

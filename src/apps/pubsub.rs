@@ -194,6 +194,52 @@ impl PubSub {
     }
 }
 
+/// A framed backend's REQUEST (docs/backend-protocol.md): pubsub's `subscribe` (with
+/// `recover`) and `history` ops, made for the backend's client. The answer, when it is known
+/// now (else the loop sends it when the topic's owner or Redis has answered); every answer
+/// names its topic, so a backend can match answers that come out of order.
+pub(crate) fn backend_request(cx: &mut AppCtx<'_>, text: &[u8], max_subscriptions: usize) -> Option<Vec<u8>> {
+    let Ok(req) = serde_json::from_slice::<Request<'_>>(text) else {
+        return Some(error_message(400, "expected a JSON object with \"op\" and \"topic\""));
+    };
+    let topic = match req.topic.as_deref() {
+        Some(t) if !t.is_empty() && t.len() <= 1024 && !t.chars().any(char::is_control) => t,
+        _ => return Some(error_message(400, "\"topic\": 1 to 1024 bytes, no control characters")),
+    };
+    let refused = |code: u16, message: &str| {
+        let mut body = format!("{{\"op\":\"error\",\"code\":{code},\"topic\":").into_bytes();
+        write_json_string(&mut body, topic);
+        body.extend_from_slice(b",\"message\":");
+        write_json_string(&mut body, message);
+        body.push(b'}');
+        Some(body)
+    };
+    match req.op {
+        "subscribe" => match cx.subscribe_at(topic, req.recover.map(At::position), max_subscriptions) {
+            Ok(Subscribing::Done(_)) => Some(subscribed_at(topic, None, None)),
+            Ok(Subscribing::Pending) => None,
+            Err(SubscribeError::TooMany) => refused(429, "too many subscriptions"),
+            Err(SubscribeError::Reserved) => refused(403, "topic not allowed"),
+        },
+        "history" => {
+            if !cx.has_history(topic) {
+                return refused(404, "the topic keeps no history");
+            }
+            let limit = req.limit.unwrap_or(100);
+            if limit == 0 || limit > MAX_LIMIT {
+                return refused(400, "\"limit\": 1 to 1000");
+            }
+            let reverse = req.reverse.unwrap_or(false);
+            cx.read_history(
+                topic,
+                Read { since: req.since.map(At::position), limit, max_bytes: HISTORY_REPLY_BYTES, reverse },
+            );
+            None
+        }
+        _ => refused(400, "unknown op (a REQUEST is subscribe or history)"),
+    }
+}
+
 /// The most bytes of publications one `history` answer holds (it says `"more":true` past it).
 pub const HISTORY_REPLY_BYTES: usize = 256 << 10;
 

@@ -73,6 +73,8 @@ pub enum Command {
         id: u64,
         frame: SharedFrame,
     },
+    /// A REQUEST record's JSON text (UTF-8 checked).
+    Request(Box<[u8]>),
 }
 
 /// What a feed ended with, if the stream ended.
@@ -301,6 +303,11 @@ impl Reassembler {
                 commands.push(Command::Publish { topic, frame, exclude_client, exclude_ids });
                 return Ok(None);
             }
+            RecordType::Request => {
+                utf8::validate(payload).map_err(|_| CodecError::BadCommand("REQUEST is not UTF-8"))?;
+                commands.push(Command::Request(payload.as_slice().into()));
+                return Ok(None);
+            }
             RecordType::Send => {
                 let (id, rest) = payload.split_at_checked(8).ok_or(CodecError::BadCommand("SEND without an id"))?;
                 let id = u64::from_be_bytes(id.try_into().map_err(|_| CodecError::BadCommand("SEND id"))?);
@@ -312,6 +319,8 @@ impl Reassembler {
             RecordType::Text => MessageKind::Text,
             RecordType::Binary => MessageKind::Binary,
             RecordType::Hello => return Err(CodecError::Record(RecordError::UnexpectedHello)),
+            // Never parsed from a backend (parse_header refuses type 10).
+            RecordType::Answer => return Err(CodecError::Record(RecordError::UnknownType(10))),
         };
         let opcode = match self.message {
             None => kind.opcode(),

@@ -11,7 +11,8 @@
 //!
 //! Types: 1 HELLO (gateway → backend, first record only), 2 TEXT, 3 BINARY, 4 CLOSE, and
 //! from the backend only, pub/sub on behalf of its client: 5 SUBSCRIBE, 6 UNSUBSCRIBE,
-//! 7 PUBLISH, 8 SEND. Flags: bit 0 FIN (the last record of a message; always set on every
+//! 7 PUBLISH, 8 SEND, 9 REQUEST (about topics with history, answered by 10 ANSWER from the
+//! gateway). Flags: bit 0 FIN (the last record of a message; always set on every
 //! record but TEXT and BINARY). Other bits are reserved and must be 0.
 
 use std::fmt;
@@ -32,6 +33,11 @@ pub enum RecordType {
     Publish = 7,
     /// Send to one connection: its id (u64, big-endian), flags (u8), message.
     Send = 8,
+    /// A request about topics with history, as JSON text in pubsub's form (`subscribe` with
+    /// `recover`, `history`): answered with an ANSWER record.
+    Request = 9,
+    /// Gateway → backend: the answer to a REQUEST, as JSON text.
+    Answer = 10,
 }
 
 /// PUBLISH / SEND flags: the message is binary (else text, UTF-8 checked).
@@ -43,6 +49,9 @@ pub const PUBLISH_EXCLUDE: u8 = 0x02;
 pub const PUBLISH_EXCLUDE_LIST: u8 = 0x04;
 
 pub const FLAG_FIN: u8 = 0x01;
+
+/// The most bytes of a REQUEST record's JSON.
+pub const MAX_REQUEST: usize = 64 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordHeader {
@@ -92,13 +101,18 @@ pub fn parse_header(buf: &[u8], max_len: usize) -> Result<Option<RecordHeader>, 
         6 => RecordType::Unsubscribe,
         7 => RecordType::Publish,
         8 => RecordType::Send,
+        9 => RecordType::Request,
         other => return Err(RecordError::UnknownType(other)),
     };
     if flags & !FLAG_FIN != 0 {
         return Err(RecordError::ReservedFlags(flags));
     }
     let len = u32::from_be_bytes([a, b, c, d]);
-    let limit = if kind == RecordType::Close { 125 } else { max_len };
+    let limit = match kind {
+        RecordType::Close => 125,
+        RecordType::Request => MAX_REQUEST.min(max_len),
+        _ => max_len,
+    };
     let len = usize::try_from(len).ok().filter(|&n| n <= limit).ok_or(RecordError::TooLong(u64::from(len)))?;
     let fin = flags & FLAG_FIN != 0;
     match kind {
@@ -141,14 +155,14 @@ pub struct Hello<'a> {
     pub headers: &'a [httparse::Header<'a>],
 }
 
-/// The HELLO payload: `name: value` lines, LF-terminated, starting with `wsgate-hello 2`
+/// The HELLO payload: `name: value` lines, LF-terminated, starting with `wsgate-hello 3`
 /// (version 2 added the `id` line and the pub/sub records).
 /// Header values are passed as received (httparse refused CR and LF), except that bytes that
 /// are not UTF-8 (HTTP allows opaque obs-text) become U+FFFD: the payload is promised to be
 /// UTF-8, and a client must not be able to break a backend that decodes it.
 pub fn hello_payload(hello: &Hello<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"wsgate-hello 2\n");
+    out.extend_from_slice(b"wsgate-hello 3\n");
     push_line(&mut out, "id", hello.id.to_string().as_bytes());
     push_line(&mut out, "peer", hello.peer.to_string().as_bytes());
     push_line(&mut out, "path", hello.path.as_bytes());
@@ -201,7 +215,14 @@ mod tests {
         assert_eq!(parse_header(&[3, 0, 0, 0, 0, 101], 100), Err(RecordError::TooLong(101)));
         assert_eq!(parse_header(&[3, 0, 0xFF, 0xFF, 0xFF, 0xFF], 100), Err(RecordError::TooLong(u32::MAX as u64)));
         assert_eq!(parse_header(&[1, 1, 0, 0, 0, 0], 100), Err(RecordError::UnexpectedHello));
-        assert_eq!(parse_header(&[9, 1, 0, 0, 0, 0], 100), Err(RecordError::UnknownType(9)));
+        assert_eq!(parse_header(&[10, 1, 0, 0, 0, 0], 100), Err(RecordError::UnknownType(10)), "ANSWER is ours");
+        assert_eq!(parse_header(&[11, 1, 0, 0, 0, 0], 100), Err(RecordError::UnknownType(11)));
+        assert_eq!(
+            parse_header(&[9, 1, 0, 1, 0, 0], 1 << 20),
+            Ok(Some(RecordHeader { kind: RecordType::Request, fin: true, len: 65536 }))
+        );
+        assert_eq!(parse_header(&[9, 1, 0, 1, 0, 1], 1 << 20), Err(RecordError::TooLong(65537)), "REQUEST: 64 KiB");
+        assert_eq!(parse_header(&[9, 0, 0, 0, 0, 2], 100), Err(RecordError::NotFin));
         assert_eq!(parse_header(&[7, 0, 0, 0, 0, 0], 100), Err(RecordError::NotFin));
         assert_eq!(parse_header(&[2, 3, 0, 0, 0, 0], 100), Err(RecordError::ReservedFlags(3)));
         assert_eq!(parse_header(&[4, 0, 0, 0, 0, 0], 100), Err(RecordError::BadClose));
@@ -233,7 +254,7 @@ mod tests {
         let text = std::str::from_utf8(&record[6..]).unwrap();
         assert_eq!(
             text,
-            "wsgate-hello 2\nid: 42\npeer: 127.0.0.1:4000\npath: /app\nquery: a=1\nsubprotocol: chat\nheader: Host: example.com\n"
+            "wsgate-hello 3\nid: 42\npeer: 127.0.0.1:4000\npath: /app\nquery: a=1\nsubprotocol: chat\nheader: Host: example.com\n"
         );
         assert_eq!(u32::from_be_bytes(record[2..6].try_into().unwrap()) as usize, text.len());
     }

@@ -110,6 +110,12 @@ impl BackendLink {
         }
     }
 
+    /// An ANSWER record to a framed backend's REQUEST.
+    pub fn send_answer(&mut self, pools: &mut Pools, json: &[u8]) {
+        debug_assert_eq!(self.framing, Framing::Framed);
+        self.out.push_parts(pools, &[&framed::encode_header(RecordType::Answer, true, json.len()), json]);
+    }
+
     /// Tells a framed backend the client closed (code and reason); nothing for other framings,
     /// whose backends see EOF when the link is dropped.
     pub fn send_close(&mut self, pools: &mut Pools, code: Option<u16>, reason: &str) {

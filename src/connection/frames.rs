@@ -33,6 +33,13 @@ impl Connection {
         Some(r)
     }
 
+    /// The loop's answer to a request (a subscription with a position, a history read):
+    /// `true` if the app took it for its backend; the client gets it otherwise.
+    pub fn offer_answer(&mut self, cx: &mut Ctx<'_>, body: &[u8]) -> (bool, super::Turn) {
+        let taken = self.with_app(cx, |app, acx| app.on_answer(acx, body)).unwrap_or(false);
+        (taken, self.drive(cx, super::Ready { corked: true, ..super::Ready::default() }))
+    }
+
     /// The app's own I/O (its backend socket). `Some(bytes read)` when it read and may
     /// read again.
     pub(super) fn app_io(&mut self, cx: &mut Ctx<'_>) -> Option<usize> {

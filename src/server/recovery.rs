@@ -212,6 +212,19 @@ impl Worker {
 
     /// The loop's answer to a client's request (never dropped: it counts as its own app's).
     pub(super) fn reply(&mut self, key: usize, body: &[u8], now: Instant) {
+        // A framed backend's requests are answered to the backend.
+        let mut taken = false;
+        let route = self.conns.get(key).and_then(|e| e.conn.route());
+        if route.is_some_and(|r| self.routes.get(r).app == crate::route::AppKind::Backend) {
+            self.run_conn(key, now, |conn, ctx| {
+                let (took, turn) = conn.offer_answer(ctx, body);
+                taken = took;
+                turn
+            });
+        }
+        if taken {
+            return;
+        }
         let frame = shared_frame(Opcode::Text, body);
         self.deliver_from(key, &frame, now, Sender::OwnApp);
     }

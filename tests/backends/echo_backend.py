@@ -15,6 +15,8 @@ and drives pub/sub for its client (protocol version 2 records):
   "pub:T:MSG"    -> PUBLISH MSG to T       "pubx:T:MSG" -> the same, not to its own client
   "send:ID:MSG"  -> SEND MSG to connection ID
   "publ:T:ID,ID:MSG" -> PUBLISH MSG to T, not to the connections with those ids
+and (protocol version 3) asks about topics with history:
+  "req:JSON"     -> REQUEST JSON; every ANSWER record goes to the client as "answer:JSON"
 In direct mode it receives the client's socket and writes one WebSocket text frame to it.
 In stall mode it accepts and never reads; in flood mode it writes without end; in noaccept
 mode it listens with the smallest backlog and never accepts.
@@ -66,6 +68,9 @@ def serve_framed(conn, logfile):
             log(logfile, "EOF")
             return
         kind, fin, payload = rec
+        if kind == 10:
+            conn.sendall(record(2, b"answer:" + payload))
+            continue
         if kind == 4:
             code = struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else None
             log(logfile, "CLOSE %s %s" % (code, payload[2:].decode()))
@@ -94,6 +99,8 @@ def serve_framed(conn, logfile):
             ids = [int(i) for i in ids.split(b",") if i]
             listed = bytes([len(ids)]) + b"".join(struct.pack(">Q", i) for i in ids)
             conn.sendall(record(7, bytes([4, len(topic)]) + topic + listed + msg))
+        elif kind == 2 and payload.startswith(b"req:"):
+            conn.sendall(record(9, payload[4:]))
         elif kind == 2 and payload.startswith(b"send:"):
             _, ident, msg = payload.split(b":", 2)
             conn.sendall(record(8, struct.pack(">Q", int(ident)) + bytes([0]) + msg))
