@@ -15,6 +15,7 @@
 use redis_protocol::resp2::decode::decode_range;
 use redis_protocol::resp2::types::RangeFrame;
 
+use super::streams::bulk;
 use crate::presence::{Page, Stats};
 
 /// KEYS: the node's hash, the topic's node set. ARGV: ttl (ms), node, `1` to clear the hash
@@ -135,15 +136,6 @@ pub fn parse_read(reply: &[u8], stats: bool) -> Result<Result<Page, Stats>, Stri
         page.members.extend_from_slice(member);
     }
     Ok(Ok(page))
-}
-
-fn bulk<'a>(buf: &'a [u8], frame: &RangeFrame) -> Result<&'a [u8], String> {
-    match frame {
-        RangeFrame::BulkString((start, end)) | RangeFrame::SimpleString((start, end)) => {
-            buf.get(*start..*end).ok_or_else(|| "a range outside the reply".into())
-        }
-        _ => Err("not a string".into()),
-    }
 }
 
 #[cfg(test)]

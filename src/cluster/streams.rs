@@ -131,7 +131,8 @@ pub fn parse_count(reply: &[u8]) -> Result<i64, String> {
     }
 }
 
-fn bulk<'a>(buf: &'a [u8], frame: &RangeFrame) -> Result<&'a [u8], String> {
+/// A string reply's bytes (a range of `buf`).
+pub(super) fn bulk<'a>(buf: &'a [u8], frame: &RangeFrame) -> Result<&'a [u8], String> {
     match frame {
         RangeFrame::BulkString((start, end)) | RangeFrame::SimpleString((start, end)) => {
             buf.get(*start..*end).ok_or_else(|| "a range outside the reply".into())

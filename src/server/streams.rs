@@ -138,16 +138,22 @@ impl Worker {
         self.cluster.is_some() && self.topics.has_history(topic)
     }
 
-    fn kept(&self, topic: &str) -> Kept {
-        match self.histories.rules().find(topic) {
-            Some(rule) => Kept { size: rule.size, ttl: rule.ttl },
-            None => Kept { size: 1, ttl: std::time::Duration::from_secs(1) },
-        }
+    /// How `topic` keeps its history; `None` once a reload took its rule away.
+    fn kept(&self, topic: &str) -> Option<Kept> {
+        self.histories.rules().find(topic).map(|rule| Kept { size: rule.size, ttl: rule.ttl })
     }
 
     /// A publication to a topic with history, across nodes: to Redis, which numbers it.
     pub(super) fn publish_across(&mut self, topic: &str, frame: &SharedFrame, exclude_ids: &[u64], now: Instant) {
-        let kept = self.kept(topic);
+        let Some(kept) = self.kept(topic) else {
+            // No longer a topic with history (a reload): published as topics without it are.
+            self.publish(topic, frame, None, exclude_ids, now);
+            self.spread_publish(&Arc::from(topic), frame, exclude_ids.into());
+            if let Some(cluster) = &mut self.cluster {
+                cluster.publish(topic, frame, now);
+            }
+            return;
+        };
         if let Some(cluster) = &mut self.cluster {
             cluster.publish_numbered(topic, frame, exclude_ids, kept, now);
             self.metrics.history_appends += 1;
@@ -173,7 +179,9 @@ impl Worker {
     pub(super) fn read_across(&mut self, key: usize, topic: Arc<str>, asked: Asked, read: Read, now: Instant) {
         let Some(id) = self.conns.get(key).map(|e| e.conn.id()) else { return };
         self.metrics.history_reads += 1;
-        let ttl = self.kept(&topic).ttl;
+        let Some(Kept { ttl, .. }) = self.kept(&topic) else {
+            return self.history_answered(id, topic, asked, Err((Unrecoverable::NoHistory, None)), now);
+        };
         let (after, count) = match &read.since {
             Some(since) => (Some(since.offset), read.limit.max(1)),
             None if matches!(asked, Asked::Subscribe(_)) => (None, 1), // only the position
@@ -354,7 +362,7 @@ impl Worker {
     fn on_answer(&mut self, tag: u64, result: Result<Vec<u8>, String>, now: Instant) {
         match self.streams.awaited.remove(&tag) {
             Some(Awaited::Read { id, topic, asked, read }) => {
-                let ttl = self.kept(&topic).ttl;
+                let ttl = self.kept(&topic).map_or(std::time::Duration::ZERO, |k| k.ttl);
                 let answer = match &result {
                     Err(e) => {
                         log::warn!("cluster: reading {topic:?}'s history: Redis answered {e}");
@@ -479,7 +487,8 @@ impl Worker {
 
     /// Reads what `topic`'s members missed after the last offset they got.
     fn repair(&mut self, topic: Arc<str>, now: Instant) {
-        let ttl = self.kept(&topic).ttl;
+        // A topic whose rule a reload took away has nothing to repair from.
+        let Some(Kept { ttl, .. }) = self.kept(&topic) else { return };
         let Some(live) = self.streams.live.get_mut(&topic) else { return };
         live.repair.get_or_insert_with(|| holding(Vec::new()));
         let after = live.last;
