@@ -206,3 +206,34 @@ fn presence_is_refused_where_the_route_forbids_and_bad_info_is_refused() {
     let v = ask(&mut ps, json!({"op":"subscribe","topic":"\u{0}presence:room"}));
     assert_eq!(v["op"], "error", "{v}");
 }
+
+#[test]
+fn a_subscribe_unsubscribe_flood_with_a_watcher_that_never_reads_stays_bounded() {
+    let server = Server::with_config(CONFIG, &[]);
+    let (_watcher, _) = member(&server, "room", 1); // never read again
+    let rss_before = server.rss_kib();
+    let mut flooder = ws_open(&server.url("/ps"));
+    let info = format!("{{\"pad\":\"{}\"}}", "x".repeat(900));
+    for _ in 0..20_000 {
+        flooder.send_text(&format!(r#"{{"op":"subscribe","topic":"room","info":{info}}}"#)).unwrap();
+        flooder.send_text(r#"{"op":"unsubscribe","topic":"room"}"#).unwrap();
+    }
+    // Every request was answered, in order, and the flooder is a member no longer.
+    let start = Instant::now();
+    let mut answers = 0;
+    while answers < 40_000 {
+        let v = ws_json(&mut flooder);
+        assert!(v["op"] == "subscribed" || v["op"] == "unsubscribed", "{v}");
+        answers += 1;
+        assert!(start.elapsed() < WAIT * 3);
+    }
+    let mut reader = ws_open(&server.url("/ps"));
+    let start = Instant::now();
+    while stats(&mut reader, "room").0 != 1 {
+        assert!(start.elapsed() < WAIT, "the flooder's memberships stayed");
+    }
+    // 40,000 events of about 1 KiB went to a watcher that reads nothing: its queue is
+    // bounded by the route's slow-consumer policy, not by the events.
+    let grown = server.rss_kib().saturating_sub(rss_before);
+    assert!(grown < 64 * 1024, "RSS grew {grown} KiB");
+}

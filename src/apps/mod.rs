@@ -250,12 +250,22 @@ impl AppCtx<'_> {
 
     /// Lists this client in `topic`'s presence (once: joining again changes nothing).
     pub(crate) fn join_presence(&mut self, topic: &str, info: Option<Arc<str>>) {
+        self.count_presence_event(topic);
         self.actions.push(Action::Join { topic: topic.into(), info });
     }
 
     /// Takes this client out of `topic`'s presence (if it was in it).
     pub(crate) fn leave_presence(&mut self, topic: &str) {
+        self.count_presence_event(topic);
         self.actions.push(Action::Leave { topic: topic.into() });
+    }
+
+    /// A join or leave is delivered to the topic's watchers: it counts against this
+    /// connection's fan-out budget as a publication would, so a client that subscribes and
+    /// unsubscribes in a loop cannot make the worker deliver without bound in one turn.
+    fn count_presence_event(&mut self, topic: &str) {
+        let events = crate::presence::events_topic(topic);
+        *self.fanout += 1 + self.topics.find(&events).map_or(0, |t| self.topics.members(t).len());
     }
 
     /// Asks for `topic`'s presence; the loop sends the answer.

@@ -109,6 +109,9 @@ pub struct Cluster {
     presence_renew_at: Instant,
     /// The publish link came (back) up: every member must be written again.
     presence_lost: bool,
+    /// Joins or leaves were not sent because the publish link's queue was past
+    /// `max_pending`: everything is written again once it has drained.
+    presence_skipped: bool,
 }
 
 impl Cluster {
@@ -164,6 +167,7 @@ impl Cluster {
             presence_topics: HashSet::new(),
             presence_renew_at: now,
             presence_lost: false,
+            presence_skipped: false,
         })
     }
 
@@ -266,8 +270,8 @@ impl Cluster {
     /// added to what Redis has, or, `full`, replacing it.
     pub fn presence_write(&mut self, topic: &Arc<str>, members: &[(u64, Vec<u8>)], full: bool, now: Instant) {
         self.presence_topics.insert(Arc::clone(topic));
-        if !self.publ.is_ready() {
-            return; // written again, all of it, when the link is back
+        if !self.presence_can_send() {
+            return; // written again, all of it, when the link is back or has drained
         }
         let key = presence::members_key(&self.prefix, topic, self.node);
         let nodes = presence::nodes_key(&self.prefix, topic);
@@ -303,15 +307,29 @@ impl Cluster {
         if last {
             self.presence_topics.remove(topic);
         }
-        if self.publ.is_ready() {
+        if self.presence_can_send() {
             let key = presence::members_key(&self.prefix, topic, self.node);
             self.publ.send(&[b"HDEL", &key, presence::field(client).as_bytes()], 1, now);
         }
     }
 
+    /// Whether a join or leave can go now. A publish link whose queue is past `max_pending`
+    /// (a slow Redis, a flood of subscribes) takes none, so memory stays bounded; the members
+    /// are all written again once it has drained.
+    fn presence_can_send(&mut self) -> bool {
+        if self.publ.pending() > self.max_pending {
+            self.presence_skipped = true;
+        }
+        self.publ.is_ready() && !self.presence_skipped
+    }
+
     /// The publish link came (back) up since the last call: every member must be written
     /// again ([`Cluster::presence_write`] with `full`).
     pub fn take_presence_lost(&mut self) -> bool {
+        if self.presence_skipped && self.publ.is_ready() && self.publ.pending() <= self.max_pending / 2 {
+            self.presence_skipped = false;
+            self.presence_lost = true;
+        }
         std::mem::take(&mut self.presence_lost) && !self.presence_topics.is_empty()
     }
 
@@ -457,6 +475,7 @@ impl Cluster {
             if ready {
                 self.release_held(now);
                 self.presence_lost = true;
+                self.presence_skipped = false;
             }
             return;
         }
