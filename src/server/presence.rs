@@ -33,7 +33,8 @@ impl Worker {
     /// Connection `key` joins `topic`'s presence (nothing if it is a member already).
     pub(super) fn join_presence(&mut self, key: usize, topic: Arc<str>, info: Option<Arc<str>>, now: Instant) {
         let Some(id) = self.conns.get(key).map(|e| e.conn.id()) else { return };
-        let joined = self.presence_of.entry(key).or_default();
+        // Most connections are members of one topic: no room for four.
+        let joined = self.presence_of.entry(key).or_insert_with(|| Vec::with_capacity(1));
         if joined.contains(&topic) {
             return;
         }
