@@ -93,7 +93,10 @@ pub struct Cluster {
     down_since: Option<Instant>,
     publish_sha: String,
     read_sha: String,
-    /// New epochs: the node's id, then a count.
+    /// New epochs: this prefix (the node's id and when the links were made), then a count.
+    /// Every publication and read proposes one, used only if the topic has none, so it must
+    /// differ from every earlier proposal, but costs only the count's formatting.
+    epoch_prefix: String,
     epochs: u64,
     /// Numbered publications waiting for the publish link (RESP commands), bounded by
     /// `max_pending`: a Redis that restarts loses none of a short outage's.
@@ -157,6 +160,12 @@ impl Cluster {
             down_since: Some(now),
             publish_sha: streams::sha(streams::PUBLISH_SCRIPT),
             read_sha: streams::sha(streams::READ_SCRIPT),
+            epoch_prefix: {
+                #[allow(clippy::disallowed_methods, reason = "epochs differ from those of earlier runs")]
+                let ms =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+                format!("{:x}.{ms:x}.", node as u32)
+            },
             epochs: 0,
             held: Vec::new(),
             held_count: 0,
@@ -172,10 +181,12 @@ impl Cluster {
     }
 
     fn new_epoch(&mut self) -> String {
+        use std::fmt::Write;
         self.epochs += 1;
-        #[allow(clippy::disallowed_methods, reason = "an epoch differs from every earlier one")]
-        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        format!("{:x}{ms:x}{:x}", self.node as u32, self.epochs)
+        let mut epoch = String::with_capacity(self.epoch_prefix.len() + 8);
+        epoch.push_str(&self.epoch_prefix);
+        let _ = write!(epoch, "{:x}", self.epochs);
+        epoch
     }
 
     /// Publishes to a topic with history: Redis numbers, keeps and publishes it (see
