@@ -89,6 +89,8 @@ pub mod admin;
 #[doc(hidden)]
 pub mod apps;
 #[doc(hidden)]
+pub mod auth;
+#[doc(hidden)]
 pub mod backend;
 #[doc(hidden)]
 pub mod broker;

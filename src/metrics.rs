@@ -61,6 +61,8 @@ pub struct Metrics {
     pub compressed_opens: u64,
     /// WebSockets opened with a legacy draft: hixie-76, hixie-75.
     pub legacy_opens: [u64; 2],
+    /// Upgrades refused for their token (`auth = "jwt"`: missing, bad, expired, ...).
+    pub auth_refusals: u64,
     /// Messages a legacy client could not be sent (not UTF-8: these drafts carry text only).
     pub legacy_dropped: u64,
     /// Plugin routes' upgrades whose `on_connect` did not return within the handshake
@@ -129,6 +131,7 @@ impl Metrics {
         self.compressed_opens += o.compressed_opens;
         self.legacy_opens[0] += o.legacy_opens[0];
         self.legacy_opens[1] += o.legacy_opens[1];
+        self.auth_refusals += o.auth_refusals;
         self.legacy_dropped += o.legacy_dropped;
         self.loop_iterations += o.loop_iterations;
         self.busy += o.busy;
@@ -430,6 +433,13 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>, workers: &[Figures], cluster: bool)
     family(o, "wsgate_legacy_opens_total", "counter", "WebSockets opened with a legacy draft (route key legacy).");
     sample(o, "wsgate_legacy_opens_total", &[("draft", "hixie-76")], m.legacy_opens[0]);
     sample(o, "wsgate_legacy_opens_total", &[("draft", "hixie-75")], m.legacy_opens[1]);
+    family(
+        o,
+        "wsgate_auth_refusals_total",
+        "counter",
+        "Upgrades refused for their token (missing, malformed, expired, bad signature).",
+    );
+    sample(o, "wsgate_auth_refusals_total", &[], m.auth_refusals);
     family(
         o,
         "wsgate_legacy_dropped_total",

@@ -103,6 +103,8 @@ pub struct Route {
     pub plugin: Option<PluginSpec>,
     /// Set when `app` is [`AppKind::Custom`]: what makes each connection's app.
     pub custom: Option<CustomApp>,
+    /// `auth` and `private`: who may connect, and the topics that need channel tokens.
+    pub auth: Arc<crate::auth::RouteAuth>,
 }
 
 /// An embedding program's app for a route ([`crate::Builder::route`]): called on the
@@ -192,6 +194,7 @@ impl Route {
             files: None,
             plugin: None,
             custom: None,
+            auth: Arc::default(),
         }
     }
 

@@ -16,6 +16,7 @@
 //! - [`dashboard`]: the admin listener's live feed of the server's figures;
 //! - [`demo`]: the plain-HTTP demo page (no WebSocket).
 
+pub mod authenticated;
 pub mod backend;
 pub mod broker;
 pub mod chat;
@@ -67,7 +68,7 @@ pub enum Action {
     /// A client's `history` request: the loop answers it.
     History { topic: Arc<str>, read: crate::history::Read },
     /// List this connection in `topic`'s presence, with the client's `info`.
-    Join { topic: Arc<str>, info: Option<Arc<str>> },
+    Join { topic: Arc<str>, user: Option<Arc<str>>, info: Option<Arc<str>> },
     /// Take this connection out of `topic`'s presence.
     Leave { topic: Arc<str> },
     /// A client's `presence` or `presence_stats` request: the loop answers it.
@@ -249,9 +250,9 @@ impl AppCtx<'_> {
     }
 
     /// Lists this client in `topic`'s presence (once: joining again changes nothing).
-    pub(crate) fn join_presence(&mut self, topic: &str, info: Option<Arc<str>>) {
+    pub(crate) fn join_presence(&mut self, topic: &str, user: Option<Arc<str>>, info: Option<Arc<str>>) {
         self.count_presence_event(topic);
-        self.actions.push(Action::Join { topic: topic.into(), info });
+        self.actions.push(Action::Join { topic: topic.into(), user, info });
     }
 
     /// Takes this client out of `topic`'s presence (if it was in it).
@@ -419,6 +420,11 @@ pub trait App {
     /// The broker token this client holds.
     #[doc(hidden)]
     fn token(&self) -> Option<&str> {
+        None
+    }
+
+    /// The user a verified token named (`sub`), for the access log and `/api/clients`.
+    fn user(&self) -> Option<&str> {
         None
     }
 

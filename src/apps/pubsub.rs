@@ -24,12 +24,16 @@
 //! then live ones: none missing, none twice. When they cannot be had, `subscribed` says
 //! `"recovered":false` with a `"reason"` and the current position. See docs/history.md.
 
+use std::borrow::Cow;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{App, AppClose, AppCtx, Payload, Subscribing};
+use crate::auth::jwt::Verifier;
+use crate::auth::{unix_now, Identity, RouteAuth, TOKEN_EXPIRED};
 use crate::encode::shared_frame;
 use crate::history::{Page, Position, Read, Unrecoverable, MAX_LIMIT};
 use crate::presence;
@@ -46,6 +50,52 @@ pub use crate::pubsub::Policy;
 pub struct PubSub {
     policy: Arc<Policy>,
     errors_in_a_row: u32,
+    /// On `auth = "jwt"` routes: who the client is, once it has shown a token.
+    auth: Option<Box<Auth>>,
+}
+
+/// A pubsub connection's side of `auth = "jwt"`.
+struct Auth {
+    route: Arc<RouteAuth>,
+    identity: Option<Arc<Identity>>,
+    /// The token's `exp` (with leeway) on the reactor's clock.
+    expires_at: Option<Instant>,
+    /// A client that came without a token must `connect` before this.
+    connect_by: Instant,
+}
+
+impl Auth {
+    fn verifier(&self) -> &Verifier {
+        self.route.verifier.as_deref().expect("auth = \"jwt\" routes have a verifier")
+    }
+
+    /// Verifies a connection token (`connect`, `refresh`) and takes what it says.
+    fn take_token(&mut self, cx: &AppCtx<'_>, token: &str) -> Result<(), Refusal> {
+        let now = unix_now();
+        let claims = self.verifier().verify(token, now).map_err(|r| Refusal(r.status, r.reason.into()))?;
+        if claims.channel.is_some() {
+            return Err(Refusal(401, Cow::Borrowed("a channel token cannot identify a connection")));
+        }
+        if let Some(old) = &self.identity {
+            if old.user != claims.identity.user {
+                return Err(Refusal(403, Cow::Borrowed("refresh: the token is for another user (sub)")));
+            }
+        }
+        self.expires_at = claims.identity.expires.map(|e| cx.now() + Duration::from_secs(e.saturating_sub(now)));
+        self.identity = Some(Arc::new(claims.identity));
+        Ok(())
+    }
+
+    fn answer(&self, op: &str) -> Vec<u8> {
+        let identity = self.identity.as_deref().expect("a token was taken");
+        let mut body = format!("{{\"op\":\"{op}\",\"user\":").into_bytes();
+        write_json_string(&mut body, &identity.user);
+        if let Some(exp) = identity.expires {
+            body.extend_from_slice(format!(",\"expires\":{exp}").as_bytes());
+        }
+        body.push(b'}');
+        body
+    }
 }
 
 #[derive(Deserialize)]
@@ -64,6 +114,8 @@ struct Request<'a> {
     info: Option<&'a RawValue>,
     join_leave: Option<bool>,
     after: Option<String>,
+    #[serde(borrow)]
+    token: Option<Cow<'a, str>>,
 }
 
 /// A position as a client gives it.
@@ -81,53 +133,117 @@ impl At {
 }
 
 /// A refused request: a code (HTTP-like) and a message for the client.
-struct Refusal(u16, &'static str);
+struct Refusal(u16, Cow<'static, str>);
 
 impl PubSub {
     pub fn new(policy: Arc<Policy>) -> PubSub {
-        PubSub { policy, errors_in_a_row: 0 }
+        PubSub { policy, errors_in_a_row: 0, auth: None }
+    }
+
+    /// A pubsub client of an `auth = "jwt"` route: `identity` from the request's token, or
+    /// `None` until it sends `connect` (by `connect_by`).
+    pub fn authenticated(
+        policy: Arc<Policy>,
+        route: Arc<RouteAuth>,
+        identity: Option<Identity>,
+        expires_at: Option<Instant>,
+        connect_by: Instant,
+    ) -> PubSub {
+        let auth = Auth { route, identity: identity.map(Arc::new), expires_at, connect_by };
+        PubSub { policy, errors_in_a_row: 0, auth: Some(Box::new(auth)) }
+    }
+
+    /// `connect` and `refresh`, and the gate every other op passes on an `auth` route.
+    /// `Ok(true)`: the op was one of those and is answered.
+    fn authenticate(&mut self, cx: &mut AppCtx<'_>, req: &Request<'_>) -> Result<bool, Refusal> {
+        let Some(auth) = self.auth.as_deref_mut() else {
+            return match req.op {
+                "connect" | "refresh" => Err(Refusal(400, Cow::Borrowed("this route takes no tokens"))),
+                _ => Ok(false),
+            };
+        };
+        match (req.op, &auth.identity) {
+            ("connect", None) | ("refresh", Some(_)) => {
+                let token = req.token.as_deref().ok_or(Refusal(400, Cow::Borrowed("missing \"token\"")))?;
+                let first = auth.identity.is_none();
+                if let Err(refusal) = auth.take_token(cx, token) {
+                    if first {
+                        // A client that cannot identify itself has nothing more to do here.
+                        cx.send(MessageKind::Text, &error_message(refusal.0, &refusal.1));
+                        cx.close(AppClose::Close(TOKEN_EXPIRED, "unauthorized".into()));
+                        return Ok(true);
+                    }
+                    return Err(refusal);
+                }
+                cx.send(MessageKind::Text, &auth.answer(if first { "connected" } else { "refreshed" }));
+                Ok(true)
+            }
+            ("connect", Some(_)) => Err(Refusal(400, Cow::Borrowed("already connected"))),
+            (_, None) => {
+                cx.send(MessageKind::Text, &error_message(401, "send {\"op\":\"connect\",\"token\":...} first"));
+                cx.close(AppClose::Close(TOKEN_EXPIRED, "unauthorized".into()));
+                Ok(true)
+            }
+            (_, Some(_)) => Ok(false),
+        }
     }
 
     fn handle(&mut self, cx: &mut AppCtx<'_>, text: &[u8]) -> Result<(), Refusal> {
-        let req: Request<'_> =
-            serde_json::from_slice(text).map_err(|_| Refusal(400, "expected a JSON object with \"op\""))?;
-        let topic = req.topic.as_deref().ok_or(Refusal(400, "missing \"topic\""))?;
+        let req: Request<'_> = serde_json::from_slice(text)
+            .map_err(|_| Refusal(400, Cow::Borrowed("expected a JSON object with \"op\"")))?;
+        if self.authenticate(cx, &req)? {
+            return Ok(());
+        }
+        let identity = self.auth.as_deref().and_then(|a| a.identity.clone());
+        let topic = req.topic.as_deref().ok_or(Refusal(400, Cow::Borrowed("missing \"topic\"")))?;
         if topic.is_empty() {
-            return Err(Refusal(400, "empty topic"));
+            return Err(Refusal(400, Cow::Borrowed("empty topic")));
         }
         if topic.len() > self.policy.max_topic_length {
-            return Err(Refusal(413, "topic too long"));
+            return Err(Refusal(413, Cow::Borrowed("topic too long")));
         }
         if topic.chars().any(char::is_control) {
-            return Err(Refusal(400, "control characters in topic"));
+            return Err(Refusal(400, Cow::Borrowed("control characters in topic")));
         }
         if !self.policy.topics.iter().any(|p| p.matches(topic)) {
-            return Err(Refusal(403, "topic not allowed"));
+            return Err(Refusal(403, Cow::Borrowed("topic not allowed")));
+        }
+        if identity.as_deref().is_some_and(|i| !i.allows_topic(topic)) {
+            return Err(Refusal(403, Cow::Borrowed("topic not allowed by the token")));
         }
         let presence_asked = req.info.is_some() || req.join_leave.is_some() || req.op.starts_with("presence");
         if presence_asked && !self.policy.presence {
-            return Err(Refusal(403, "presence is not enabled on this route"));
+            return Err(Refusal(403, Cow::Borrowed("presence is not enabled on this route")));
         }
         match req.op {
             "subscribe" => {
                 let info = match req.info {
                     Some(info) if !info.get().starts_with('{') => {
-                        return Err(Refusal(400, "\"info\": expected an object"))
+                        return Err(Refusal(400, Cow::Borrowed("\"info\": expected an object")))
                     }
                     Some(info) if info.get().len() > presence::MAX_INFO => {
-                        return Err(Refusal(413, "\"info\" too large"))
+                        return Err(Refusal(413, Cow::Borrowed("\"info\" too large")))
                     }
                     info => info.map(|i| Arc::from(i.get())),
                 };
+                if let Some(auth) = self.auth.as_deref().filter(|a| a.route.is_private(topic)) {
+                    let token = req.token.as_deref().ok_or(Refusal(403, Cow::Borrowed("a private topic: \"token\" (a channel token) is required")))?;
+                    let user = identity.as_deref().map_or("", |i| &i.user);
+                    auth.verifier().verify_channel(token, user, topic, unix_now()).map_err(|r| Refusal(r.status, r.reason.into()))?;
+                }
+                // The token's info is the application's word; the client's own only when the
+                // token gives none.
+                let info = identity.as_deref().and_then(|i| i.info.clone()).or(info);
+                let user = identity.as_deref().map(|i| Arc::clone(&i.user)).filter(|u| !u.is_empty());
                 match cx.subscribe_at(topic, req.recover.map(At::position), self.policy.max_subscriptions) {
                     Ok(Subscribing::Done(_)) => reply(cx, "subscribed", topic),
                     // The loop answers once the topic's owner has.
                     Ok(Subscribing::Pending) => {}
-                    Err(SubscribeError::TooMany) => return Err(Refusal(429, "too many subscriptions")),
-                    Err(SubscribeError::Reserved) => return Err(Refusal(403, "topic not allowed")),
+                    Err(SubscribeError::TooMany) => return Err(Refusal(429, Cow::Borrowed("too many subscriptions"))),
+                    Err(SubscribeError::Reserved) => return Err(Refusal(403, Cow::Borrowed("topic not allowed"))),
                 }
                 if self.policy.presence {
-                    cx.join_presence(topic, info);
+                    cx.join_presence(topic, user, info);
                     if req.join_leave == Some(true) {
                         cx.subscribe_feed(&presence::events_topic(topic));
                     }
@@ -136,7 +252,7 @@ impl PubSub {
             "presence" => {
                 let limit = req.limit.unwrap_or(presence::DEFAULT_LIMIT);
                 if limit == 0 || limit > presence::MAX_LIMIT {
-                    return Err(Refusal(400, "\"limit\": 1 to 1000"));
+                    return Err(Refusal(400, Cow::Borrowed("\"limit\": 1 to 1000")));
                 }
                 let max_bytes = cx.backpressure_high().clamp(4 << 10, presence::PAGE_BYTES);
                 cx.ask_presence(topic, presence::Ask::List { after: req.after, limit, max_bytes });
@@ -144,14 +260,14 @@ impl PubSub {
             "presence_stats" => cx.ask_presence(topic, presence::Ask::Stats),
             "history" => {
                 if !self.policy.client_history {
-                    return Err(Refusal(403, "reading history is not allowed on this route"));
+                    return Err(Refusal(403, Cow::Borrowed("reading history is not allowed on this route")));
                 }
                 if !cx.has_history(topic) {
-                    return Err(Refusal(404, "the topic keeps no history"));
+                    return Err(Refusal(404, Cow::Borrowed("the topic keeps no history")));
                 }
                 let limit = req.limit.unwrap_or(100);
                 if limit == 0 || limit > MAX_LIMIT {
-                    return Err(Refusal(400, "\"limit\": 1 to 1000"));
+                    return Err(Refusal(400, Cow::Borrowed("\"limit\": 1 to 1000")));
                 }
                 let max_bytes = cx.backpressure_high().clamp(4 << 10, HISTORY_REPLY_BYTES);
                 let read = Read {
@@ -172,9 +288,9 @@ impl PubSub {
             }
             "publish" => {
                 if !self.policy.client_publish {
-                    return Err(Refusal(405, "publishing is not allowed on this route"));
+                    return Err(Refusal(405, Cow::Borrowed("publishing is not allowed on this route")));
                 }
-                let data = req.data.ok_or(Refusal(400, "missing \"data\""))?;
+                let data = req.data.ok_or(Refusal(400, Cow::Borrowed("missing \"data\"")))?;
                 let mut body = Vec::with_capacity(32 + topic.len() + data.get().len());
                 body.extend_from_slice(b"{\"topic\":");
                 write_json_string(&mut body, topic);
@@ -186,7 +302,7 @@ impl PubSub {
             _ => {
                 return Err(Refusal(
                     400,
-                    "unknown op (expected subscribe, unsubscribe, publish, history, presence or presence_stats)",
+                    Cow::Borrowed("unknown op (expected subscribe, unsubscribe, publish, history, presence, presence_stats, connect or refresh)"),
                 ))
             }
         }
@@ -338,14 +454,38 @@ fn write_json_string(out: &mut Vec<u8>, s: &str) {
 }
 
 impl App for PubSub {
+    fn deadline(&self) -> Option<Instant> {
+        let auth = self.auth.as_deref()?;
+        match &auth.identity {
+            None => Some(auth.connect_by),
+            Some(_) => auth.expires_at,
+        }
+    }
+
+    fn on_timer(&mut self, cx: &mut AppCtx<'_>) {
+        let Some(auth) = self.auth.as_deref() else { return };
+        match (&auth.identity, auth.expires_at) {
+            (None, _) if cx.now() >= auth.connect_by => {
+                cx.close(AppClose::Close(TOKEN_EXPIRED, "no token in time".into()));
+            }
+            (Some(_), Some(at)) if cx.now() >= at => cx.close(AppClose::Close(TOKEN_EXPIRED, "token expired".into())),
+            _ => {}
+        }
+    }
+
+    fn user(&self) -> Option<&str> {
+        self.auth.as_deref()?.identity.as_deref().map(|i| &*i.user)
+    }
+
     fn on_message(&mut self, cx: &mut AppCtx<'_>, kind: MessageKind, payload: Payload<'_>) {
         let result = match kind {
             MessageKind::Text => self.handle(cx, payload.as_slice()),
-            MessageKind::Binary => Err(Refusal(400, "binary messages are not part of this protocol")),
+            MessageKind::Binary => Err(Refusal(400, Cow::Borrowed("binary messages are not part of this protocol"))),
         };
         match result {
             Ok(()) => self.errors_in_a_row = 0,
             Err(Refusal(code, message)) => {
+                let message = &*message;
                 self.errors_in_a_row += 1;
                 if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW {
                     cx.close(AppClose::Close(close::POLICY_VIOLATION, "too many bad requests".into()));

@@ -153,6 +153,8 @@ pub struct Hello<'a> {
     pub query: Option<&'a str>,
     pub subprotocol: Option<&'a str>,
     pub headers: &'a [httparse::Header<'a>],
+    /// What a verified connection token said (`auth = "jwt"` routes).
+    pub identity: Option<&'a crate::auth::Identity>,
 }
 
 /// The HELLO payload: `name: value` lines, LF-terminated, starting with `wsgate-hello 3`
@@ -171,6 +173,17 @@ pub fn hello_payload(hello: &Hello<'_>) -> Vec<u8> {
     }
     if let Some(p) = hello.subprotocol {
         push_line(&mut out, "subprotocol", p.as_bytes());
+    }
+    if let Some(identity) = hello.identity {
+        // The verifier refused control characters in `sub`.
+        push_line(&mut out, "user", identity.user.as_bytes());
+        if let Some(exp) = identity.expires {
+            push_line(&mut out, "expires", exp.to_string().as_bytes());
+        }
+        if let Some(info) = &identity.info {
+            // Raw line breaks in JSON can only be whitespace between its tokens.
+            push_line(&mut out, "info", info.replace(['\n', '\r'], " ").as_bytes());
+        }
     }
     for h in hello.headers {
         out.extend_from_slice(b"header: ");
@@ -248,6 +261,7 @@ mod tests {
             query: Some("a=1"),
             subprotocol: Some("chat"),
             headers: &headers,
+            identity: None,
         };
         let record = hello_record(&hello);
         assert_eq!(&record[..2], &[1, 1]);

@@ -32,10 +32,16 @@ pub fn parse(bytes: &[u8]) -> Result<TokenSet, String> {
 
 /// Reads and parses the list (blocking: the helper thread, or before the loop starts).
 pub fn load(source: &TokenSource, timeout: Duration, max_size: usize) -> Result<TokenSet, String> {
-    let bytes = match source {
+    parse(&fetch(source, timeout, max_size, "tokens_max_size")?)
+}
+
+/// Reads a file or GETs a URL, at most `max_size` bytes (blocking: helper threads only, or
+/// before the loop starts). Also the JWKS fetcher's. `limit`: the key that sets `max_size`.
+pub fn fetch(source: &TokenSource, timeout: Duration, max_size: usize, limit: &str) -> Result<Vec<u8>, String> {
+    Ok(match source {
         TokenSource::File(path) => {
             let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            read_bounded(file, max_size)?
+            read_bounded(file, max_size, limit)?
         }
         TokenSource::Url(url) => {
             let agent = ureq::AgentBuilder::new().timeout(timeout).redirects(3).build();
@@ -43,17 +49,16 @@ pub fn load(source: &TokenSource, timeout: Duration, max_size: usize) -> Result<
                 ureq::Error::Status(code, _) => format!("HTTP status {code}"),
                 other => other.to_string(),
             })?;
-            read_bounded(response.into_reader(), max_size)?
+            read_bounded(response.into_reader(), max_size, limit)?
         }
-    };
-    parse(&bytes)
+    })
 }
 
-fn read_bounded(reader: impl Read, max_size: usize) -> Result<Vec<u8>, String> {
+fn read_bounded(reader: impl Read, max_size: usize, limit: &str) -> Result<Vec<u8>, String> {
     let mut bytes = Vec::new();
     reader.take(max_size as u64 + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
     if bytes.len() > max_size {
-        return Err(format!("larger than tokens_max_size ({max_size} bytes)"));
+        return Err(format!("larger than {limit} ({max_size} bytes)"));
     }
     Ok(bytes)
 }

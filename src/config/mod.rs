@@ -56,6 +56,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// The topics that keep history (`[[history]]`) and its memory bound (`history_memory`).
     pub history: Arc<crate::history::Rules>,
+    /// `[jwt]`: how connection and channel tokens are verified (shared by the routes).
+    pub jwt: Option<Arc<crate::auth::jwt::Verifier>>,
 }
 
 /// Most workers: a worker's index lives in 8 bits of every connection id.
@@ -193,6 +195,7 @@ impl Config {
             balance: Balance::ReusePort,
             cluster: None,
             history: Arc::default(),
+            jwt: None,
             limits,
             routes: vec![
                 Route::new("/", AppKind::Demo, limits),
@@ -283,6 +286,17 @@ impl Config {
                 None => None,
             },
             history: Arc::new(history_rules(&file.histories, file.server.history_memory.map(|b| b.0), text)?),
+            jwt: match file.jwt {
+                Some(spanned) => {
+                    let line = line_of(text, spanned.span().start);
+                    Some(Arc::new(jwt_config(spanned.into_inner(), base).map_err(|message| ConfigError::Section {
+                        section: "jwt",
+                        line,
+                        message,
+                    })?))
+                }
+                None => None,
+            },
         };
         if file.routes.is_empty() {
             config.routes = defaults.routes.iter().map(|r| Route { limits: Arc::new(limits), ..r.clone() }).collect();
@@ -297,6 +311,7 @@ impl Config {
             let logview = logview_spec(&r, app, base).map_err(at)?;
             let plugin = plugin_spec(&r, app, base).map_err(at)?;
             let compression = compression_spec(&r).map_err(at)?;
+            let auth = route_auth(&r, app, config.jwt.as_ref()).map_err(at)?;
             let legacy = legacy_drafts(&r, backend.as_ref()).map_err(at)?;
             let files = match &r.static_dir {
                 Some(dir) => Route::static_files(&r.path, &base.join(dir), limits).map_err(at)?.files,
@@ -317,6 +332,7 @@ impl Config {
                 files,
                 plugin,
                 custom: None,
+                auth: Arc::new(auth),
             };
             config.add_route(route).map_err(|message| ConfigError::Route { line, message })?;
         }

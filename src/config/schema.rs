@@ -30,6 +30,39 @@ pub(super) struct File {
     pub(super) cluster: Option<toml::Spanned<ClusterSection>>,
     #[serde(default, rename = "history")]
     pub(super) histories: Vec<toml::Spanned<HistorySection>>,
+    pub(super) jwt: Option<toml::Spanned<JwtSection>>,
+}
+
+/// `[jwt]`: the keys that sign connection and channel tokens, and the rules they must pass.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct JwtSection {
+    /// An HMAC secret (HS256/384/512), or `file:PATH` (the file's bytes, a final newline
+    /// dropped).
+    pub(super) secret: Option<String>,
+    /// A PEM public key (RSA, EC, Ed25519), inline or `file:PATH`.
+    pub(super) public_key: Option<String>,
+    /// `https://...` or `file:PATH`: a JWKS.
+    pub(super) jwks: Option<String>,
+    pub(super) jwks_refresh: Option<Secs>,
+    pub(super) jwks_timeout: Option<Secs>,
+    pub(super) jwks_max_size: Option<ByteSize>,
+    pub(super) algorithms: Option<Vec<String>>,
+    pub(super) leeway: Option<Secs>,
+    pub(super) audience: Option<String>,
+    pub(super) issuer: Option<String>,
+    pub(super) max_token_size: Option<ByteSize>,
+    /// More keys, each with a `kid`.
+    #[serde(default, rename = "key")]
+    pub(super) keys: Vec<JwtKeySection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct JwtKeySection {
+    pub(super) kid: String,
+    pub(super) secret: Option<String>,
+    pub(super) public_key: Option<String>,
 }
 
 /// `[[history]]`: the topics that keep their last publications.
@@ -231,6 +264,8 @@ pub(super) struct RouteSection {
     pub(super) max_subscriptions: Option<usize>,
     pub(super) max_topic_length: Option<usize>,
     pub(super) allow_unregistered: Option<bool>,
+    pub(super) auth: Option<String>,
+    pub(super) private: Option<Vec<String>>,
     pub(super) files: Option<Vec<PathBuf>>,
     pub(super) backlog: Option<usize>,
     pub(super) require_key: Option<bool>,

@@ -397,3 +397,153 @@ pub(super) fn history_rules(
     }
     Ok(rules)
 }
+
+/// A secret or key given inline or as `file:PATH` (the file's bytes, one final newline
+/// dropped, so `echo secret > file` works).
+fn inline_or_file(value: &str, key: &str, base: &Path) -> Result<Vec<u8>, String> {
+    match value.strip_prefix("file:") {
+        Some(path) => {
+            let path = base.join(path);
+            let mut bytes = std::fs::read(&path).map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))?;
+            if bytes.last() == Some(&b'\n') {
+                bytes.pop();
+                if bytes.last() == Some(&b'\r') {
+                    bytes.pop();
+                }
+            }
+            Ok(bytes)
+        }
+        None => Ok(value.as_bytes().to_vec()),
+    }
+}
+
+/// `[jwt]`: the verifier every `auth = "jwt"` route shares.
+pub(super) fn jwt_config(j: JwtSection, base: &Path) -> Result<crate::auth::jwt::Verifier, String> {
+    use crate::auth::jwt::{hmac_key, parse_algorithm, pem_key, Verifier, ALGORITHMS};
+    let mut fixed = Vec::new();
+    let mut add =
+        |kid: Option<String>, secret: Option<&str>, public_key: Option<&str>, at: &str| -> Result<(), String> {
+            match (secret, public_key) {
+                (Some(s), None) => fixed.push(
+                    hmac_key(kid, &inline_or_file(s, &format!("{at}.secret"), base)?)
+                        .map_err(|e| format!("{at}.secret: {e}"))?,
+                ),
+                (None, Some(p)) => fixed.push(
+                    pem_key(kid, &inline_or_file(p, &format!("{at}.public_key"), base)?)
+                        .map_err(|e| format!("{at}.public_key: {e}"))?,
+                ),
+                (Some(_), Some(_)) => return Err(format!("{at}: a key is a secret or a public_key, not both")),
+                (None, None) if at == "jwt" => {}
+                (None, None) => return Err(format!("{at}: needs a secret or a public_key")),
+            }
+            Ok(())
+        };
+    add(None, j.secret.as_deref(), j.public_key.as_deref(), "jwt")?;
+    for k in &j.keys {
+        if k.kid.is_empty() {
+            return Err("jwt.key.kid: must not be empty".into());
+        }
+        add(Some(k.kid.clone()), k.secret.as_deref(), k.public_key.as_deref(), "jwt.key")?;
+    }
+    let mut kids: Vec<&str> = fixed.iter().filter_map(|k| k.kid.as_deref()).collect();
+    kids.sort_unstable();
+    if let Some(w) = kids.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!("jwt.key.kid: {:?} is listed twice", w[0]));
+    }
+    let jwks = match j.jwks {
+        None => None,
+        Some(s) => {
+            let source = if s.starts_with("https://") || s.starts_with("http://") {
+                TokenSource::Url(s)
+            } else {
+                match s.strip_prefix("file:") {
+                    Some(path) if !path.is_empty() => TokenSource::File(base.join(path)),
+                    _ => return Err(format!("jwt.jwks: {s:?} (expected an https:// URL or \"file:/path/jwks.json\")")),
+                }
+            };
+            let refresh = j.jwks_refresh.map_or(Duration::from_secs(300), |s| s.0);
+            if refresh < Duration::from_secs(1) {
+                return Err("jwt.jwks_refresh: must be at least 1s".into());
+            }
+            let timeout = j.jwks_timeout.map_or(Duration::from_secs(5), |s| s.0);
+            if timeout.is_zero() {
+                return Err("jwt.jwks_timeout: must be more than zero".into());
+            }
+            let max_size = j.jwks_max_size.map_or(1 << 20, |b| b.0);
+            Some(crate::auth::jwks::Source { source, refresh, timeout, max_size })
+        }
+    };
+    if fixed.is_empty() && jwks.is_none() {
+        return Err("jwt: no keys (set secret, public_key, jwks or [[jwt.key]])".into());
+    }
+    if j.jwks_refresh.is_some() && jwks.is_none() {
+        return Err("jwt.jwks_refresh: set jwt.jwks too".into());
+    }
+    let algorithms = match j.algorithms {
+        Some(names) if names.is_empty() => return Err("jwt.algorithms: must not be empty".into()),
+        Some(names) => names
+            .iter()
+            .map(|n| parse_algorithm(n))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("jwt.algorithms: {e}"))?,
+        None => ALGORITHMS.to_vec(),
+    };
+    let leeway = j.leeway.map_or(5, |s| s.0.as_secs());
+    if leeway > 3600 {
+        return Err("jwt.leeway: at most 1 hour".into());
+    }
+    let max_token_size = j.max_token_size.map_or(8 << 10, |b| b.0);
+    if !(256..=64 << 10).contains(&max_token_size) {
+        return Err("jwt.max_token_size: 256 bytes to 64 KiB".into());
+    }
+    Ok(Verifier {
+        fixed,
+        fetched: Default::default(),
+        algorithms,
+        leeway,
+        audience: j.audience,
+        issuer: j.issuer,
+        max_token_size,
+        jwks,
+        nudge: Default::default(),
+    })
+}
+
+/// A route's `auth` and `private`.
+pub(super) fn route_auth(
+    r: &RouteSection,
+    app: AppKind,
+    verifier: Option<&Arc<crate::auth::jwt::Verifier>>,
+) -> Result<crate::auth::RouteAuth, String> {
+    use crate::auth::{Mode, RouteAuth};
+    let mode = match r.auth.as_deref() {
+        None | Some("none") => Mode::None,
+        Some("jwt") => Mode::Jwt,
+        Some(other) => return Err(format!("route.auth: {other:?} (expected \"none\" or \"jwt\")")),
+    };
+    if mode == Mode::Jwt && verifier.is_none() {
+        return Err("route.auth = \"jwt\" needs a [jwt] section (its keys)".into());
+    }
+    if mode == Mode::Jwt && app == AppKind::Plugin {
+        return Err("route.auth: not on plugin routes (the plugin's on_connect decides who connects)".into());
+    }
+    if mode == Mode::Jwt && !app.is_websocket() {
+        return Err(format!("route.auth: {} routes serve plain HTTP", app.name()));
+    }
+    let private = match &r.private {
+        None => Vec::new(),
+        Some(globs) => {
+            if app != AppKind::PubSub {
+                return Err("route.private: only pubsub routes have topics to keep private".into());
+            }
+            if mode != Mode::Jwt {
+                return Err("route.private: channel tokens need auth = \"jwt\"".into());
+            }
+            globs
+                .iter()
+                .map(|g| glob::Pattern::new(g).map_err(|e| format!("route.private: {g:?}: {e}")))
+                .collect::<Result<_, _>>()?
+        }
+    };
+    Ok(RouteAuth { mode, verifier: if mode == Mode::Jwt { verifier.cloned() } else { None }, private })
+}

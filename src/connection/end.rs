@@ -196,7 +196,15 @@ impl AccessLog {
 
     /// One line: peer, id, path, status, duration, messages and bytes each way, close.
     /// `route_path`: the path of the route that served it, if any.
-    pub fn line(&self, peer: SocketAddr, id: u64, accepted: Instant, now: Instant, route_path: Option<&str>) -> String {
+    pub fn line(
+        &self,
+        peer: SocketAddr,
+        id: u64,
+        accepted: Instant,
+        now: Instant,
+        route_path: Option<&str>,
+        user: Option<&str>,
+    ) -> String {
         let path = match (self.flags & PATH_IS_ROUTE != 0, self.rare.as_deref()) {
             (true, _) => route_path,
             (false, Some(rare)) => rare.path.as_deref(),
@@ -216,8 +224,10 @@ impl AccessLog {
             Some(r) if r.dropped > 0 => format!(" dropped={}", r.dropped),
             _ => String::new(),
         };
+        // Quoted as a JSON string: a user may have spaces (never control characters).
+        let user = user.map_or(String::new(), |u| format!(" user={}", serde_json::Value::from(u)));
         format!(
-            "{peer} id={id} {} status={} {:.3}s in={}msg/{}B out={}msg/{}B{dropped} {close}",
+            "{peer} id={id}{user} {} status={} {:.3}s in={}msg/{}B out={}msg/{}B{dropped} {close}",
             path.unwrap_or("-"),
             if self.status == 0 { "-".to_string() } else { self.status.to_string() },
             now.saturating_duration_since(accepted).as_secs_f64(),

@@ -3,10 +3,12 @@
 //! backend is a 503 rather than a WebSocket that dies at once).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::{Connection, Ctx, End, HandOffState, Phase, SendingFile, Ws};
 use crate::admin::config::Scope;
 use crate::admin::{self, Reply};
+use crate::apps::authenticated::Authenticated;
 use crate::apps::backend::Backend;
 use crate::apps::broker::{self, BrokerClient};
 use crate::apps::chat::Chat;
@@ -16,6 +18,7 @@ use crate::apps::logview::Logview;
 use crate::apps::pubsub::PubSub;
 use crate::apps::Action;
 use crate::apps::{demo, App};
+use crate::auth::{self, Identity};
 use crate::backend::link::BackendLink;
 use crate::backend::{self, framed, Framing};
 use crate::http::request::{parse_request, HeadLimits, Request, MAX_HEADERS};
@@ -30,6 +33,12 @@ use crate::ws::frame::Role;
 use crate::ws::handshake;
 use crate::ws::hixie::{self, Draft};
 use crate::ws::message::MessageKind;
+
+/// A verified connection token: what it says, and its `exp` on the reactor's clock.
+struct Verified {
+    identity: Identity,
+    expires_at: Option<Instant>,
+}
 
 impl Connection {
     /// Handles one request head if a whole one is buffered. Returns `true` when the phase
@@ -200,9 +209,28 @@ impl Connection {
                 }
             },
         };
+        let verified = match self.verify_token(cx, req, route, path) {
+            Ok(verified) => verified,
+            Err(go_on) => return go_on,
+        };
+        let (identity, expires_at) = match verified {
+            Some(v) => (Some(v.identity), v.expires_at),
+            None => (None, None),
+        };
         let app: Box<dyn App> = match route.app {
             AppKind::Echo => Box::new(Echo),
             AppKind::Chat => Box::new(Chat::new(path, route.pubsub.exclude_sender)),
+            AppKind::PubSub if route.auth.mode == auth::Mode::Jwt => {
+                let connect_by = cx.now + route.limits.handshake_timeout;
+                let auth = Arc::clone(&route.auth);
+                return self.open_app(
+                    cx,
+                    req,
+                    route,
+                    &opening,
+                    Box::new(PubSub::authenticated(Arc::clone(&route.pubsub), auth, identity, expires_at, connect_by)),
+                );
+            }
             AppKind::PubSub => Box::new(PubSub::new(Arc::clone(&route.pubsub))),
             AppKind::Broker => {
                 let asked = req.query().and_then(|q| {
@@ -245,10 +273,27 @@ impl Connection {
                 };
             }
             AppKind::Backend | AppKind::Demo | AppKind::Static => {
-                let Some((backend, named)) = self.connect_backend(cx, req, route) else { return false };
-                return self.upgrade_to_backend(cx, req, route, &opening, named.as_deref(), backend);
+                let Some(backend) = self.connect_backend(cx, req, route) else { return false };
+                let identity = identity.map(|identity| Verified { identity, expires_at });
+                return self.upgrade_to_backend(cx, req, route, &opening, backend, identity);
             }
         };
+        let app = match identity {
+            Some(identity) => Box::new(Authenticated::new(app, identity, expires_at)),
+            None => app,
+        };
+        self.open_app(cx, req, route, &opening, app)
+    }
+
+    /// The 101 for an app made by [`Connection::handle_request`].
+    fn open_app(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        req: &Request<'_, '_>,
+        route: &Route,
+        opening: &Opening<'_, '_>,
+        app: Box<dyn App>,
+    ) -> bool {
         let deflate = match opening {
             Opening::Rfc6455(_) => negotiate_deflate(req, route, cx.codecs.dedicated),
             Opening::Legacy(..) => None,
@@ -258,6 +303,54 @@ impl Connection {
         self.out.push_bytes(cx.pools, &head);
         self.open(cx, route, app, deflate, opening.draft());
         true
+    }
+
+    /// `auth = "jwt"`: the request's token, verified (`Ok(None)`: the route has no auth, or a
+    /// pubsub client will send its token as its first message). A refusal is answered here
+    /// (`Err` holds whether the connection goes on).
+    fn verify_token(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        req: &Request<'_, '_>,
+        route: &Route,
+        path: &str,
+    ) -> Result<Option<Verified>, bool> {
+        let Some(verifier) = route.auth.verifier.as_deref().filter(|_| route.auth.mode == auth::Mode::Jwt) else {
+            return Ok(None);
+        };
+        let token = match auth::presented_token(req) {
+            Ok(Some(token)) => token,
+            Ok(None) if route.app == AppKind::PubSub => return Ok(None),
+            Ok(None) => {
+                return Err(self.refuse_token(cx, req, 401, "a token is required (Authorization: Bearer or ?token=)"))
+            }
+            Err(refusal) => return Err(self.refuse_token(cx, req, refusal.status, &refusal.reason)),
+        };
+        let now = auth::unix_now();
+        let claims = match verifier.verify(&token, now) {
+            Ok(claims) => claims,
+            Err(refusal) => return Err(self.refuse_token(cx, req, refusal.status, &refusal.reason)),
+        };
+        if claims.channel.is_some() {
+            return Err(self.refuse_token(cx, req, 401, "a channel token cannot open a connection"));
+        }
+        if route.app == AppKind::Chat && !claims.identity.allows_topic(path) {
+            return Err(self.refuse_token(cx, req, 403, "the token does not allow this room"));
+        }
+        let expires_at = claims.identity.expires.map(|e| cx.now + Duration::from_secs(e.saturating_sub(now)));
+        Ok(Some(Verified { identity: claims.identity, expires_at }))
+    }
+
+    /// A refused token: 401 (with `WWW-Authenticate`, RFC 6750 §3) or 403, and the
+    /// connection closes.
+    fn refuse_token(&mut self, cx: &mut Ctx<'_>, req: &Request<'_, '_>, status: u16, reason: &str) -> bool {
+        cx.metrics.auth_refusals += 1;
+        self.log.set_end(format!("token refused: {reason}"));
+        let headers: &[(&str, &str)] =
+            if status == 401 { &[("WWW-Authenticate", "Bearer error=\"invalid_token\"")] } else { &[] };
+        let response = Response { headers, keep_alive: false, ..Response::error(status, reason) };
+        let _ = req;
+        self.send_response(cx, &response)
     }
 
     /// A GET or HEAD on a `static` route: the head now, the body (if any) from the open file
@@ -420,8 +513,8 @@ impl Connection {
         req: &Request<'_, '_>,
         route: &Route,
         opening: &Opening<'_, '_>,
-        named: Option<&str>,
-        link: BackendLink,
+        (link, named): (BackendLink, Option<String>),
+        identity: Option<Verified>,
     ) -> bool {
         let Some(spec) = route.backend.as_ref() else { return false };
         // Direct mode hands the socket over: the backend would have to speak the extension.
@@ -431,7 +524,7 @@ impl Connection {
             }
             _ => None,
         };
-        let subprotocol = opening.subprotocol(req, route, named);
+        let subprotocol = opening.subprotocol(req, route, named.as_deref());
         let head = opening.head(subprotocol, deflate.as_ref(), self.transport.is_tls());
         let hello = framed::Hello {
             id: self.id,
@@ -440,6 +533,7 @@ impl Connection {
             query: req.query(),
             subprotocol,
             headers: req.headers,
+            identity: identity.as_ref().map(|v| &v.identity),
         };
         // Spliced bytes would pass the legacy translation and the compression of what the
         // backend sends.
@@ -459,13 +553,15 @@ impl Connection {
                 self.set_phase(Phase::HandingOff { deadline: Stamp::at(cx.now + route.limits.write_timeout), handoff });
                 false
             }
-            Framing::Framed => {
-                backend.queue_bytes(cx.pools, &framed::hello_record(&hello));
-                self.open(cx, route, Box::new(backend), deflate, opening.draft());
-                true
-            }
-            Framing::Raw | Framing::Lines => {
-                self.open(cx, route, Box::new(backend), deflate, opening.draft());
+            Framing::Framed | Framing::Raw | Framing::Lines => {
+                if spec.framing == Framing::Framed {
+                    backend.queue_bytes(cx.pools, &framed::hello_record(&hello));
+                }
+                let app: Box<dyn App> = match identity {
+                    Some(v) => Box::new(Authenticated::new(Box::new(backend), v.identity, v.expires_at)),
+                    None => Box::new(backend),
+                };
+                self.open(cx, route, app, deflate, opening.draft());
                 true
             }
         }

@@ -480,6 +480,11 @@ impl Connection {
         self.phase.ws().and_then(|ws| ws.app.token())
     }
 
+    /// The user a verified token named (`auth = "jwt"` routes).
+    pub fn user(&self) -> Option<&str> {
+        self.phase.ws().and_then(|ws| ws.app.user())
+    }
+
     /// Closes an open WebSocket with `code` (the admin API's disconnect).
     pub fn disconnect(&mut self, cx: &mut Ctx<'_>, code: u16, reason: String) -> Turn {
         self.close(cx.now, cx.pools, End::Close { code, reason: reason.into() });
@@ -716,6 +721,7 @@ impl Connection {
                 self.accepted(now),
                 now,
                 self.route().map(|id| &*routes.get(id).path),
+                self.user(),
             ),
             close_sent,
             close_received,

@@ -160,6 +160,11 @@ impl Worker {
                     log::warn!("SIGHUP: {key} changed; that takes a restart (the running value stays)");
                 }
                 log::info!("SIGHUP: configuration reloaded: {} route(s)", fresh.routes.len());
+                if let Some(jwt) = &fresh.jwt {
+                    // The new [jwt]'s keys, fetched off the loop (the old ones serve the
+                    // connections admitted with them).
+                    jwt.start_fetcher(false);
+                }
                 Some(Arc::new(fresh))
             }
             Err(e) => {

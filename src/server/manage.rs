@@ -476,6 +476,8 @@ impl Worker {
             route: Option<&'a str>,
             state: &'static str,
             token: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            user: Option<&'a str>,
             topics: Vec<&'a str>,
             connected_seconds: f64,
             messages_in: u64,
@@ -498,6 +500,7 @@ impl Worker {
                 route: c.route().map(|r| &*self.routes.get(r).path),
                 state: c.state(),
                 token: c.token(),
+                user: c.user(),
                 topics: self.topics.of(key).filter(|t| !t.starts_with(FEED_PREFIX)).collect(),
                 connected_seconds: now.saturating_duration_since(c.accepted(now)).as_secs_f64(),
                 messages_in: t.msgs_in,

@@ -146,6 +146,9 @@ impl Server {
                 }
             }
         });
+        if let Some(jwt) = &config.jwt {
+            jwt.start_fetcher(true);
+        }
         Ok(Server { seeds, tokens })
     }
 
@@ -481,7 +484,7 @@ impl Worker {
             }
             Action::Recover { topic, serial } => self.start_recovery(key, topic, serial, now),
             Action::History { topic, read } => self.ask_history(key, topic, recovery::Asked::Read, read, now),
-            Action::Join { topic, info } => self.join_presence(key, topic, info, now),
+            Action::Join { topic, user, info } => self.join_presence(key, topic, user, info, now),
             Action::Leave { topic } => self.leave_presence(key, &topic, now),
             Action::Presence { topic, ask } => self.ask_presence(key, topic, ask, now),
             Action::Publish { topic, frame, exclude, exclude_ids } => {

@@ -31,7 +31,14 @@ pub enum Change {
 
 impl Worker {
     /// Connection `key` joins `topic`'s presence (nothing if it is a member already).
-    pub(super) fn join_presence(&mut self, key: usize, topic: Arc<str>, info: Option<Arc<str>>, now: Instant) {
+    pub(super) fn join_presence(
+        &mut self,
+        key: usize,
+        topic: Arc<str>,
+        user: Option<Arc<str>>,
+        info: Option<Arc<str>>,
+        now: Instant,
+    ) {
         let Some(id) = self.conns.get(key).map(|e| e.conn.id()) else { return };
         // Most connections are members of one topic: no room for four.
         let joined = self.presence_of.entry(key).or_insert_with(|| Vec::with_capacity(1));
@@ -39,7 +46,7 @@ impl Worker {
             return;
         }
         joined.push(Arc::clone(&topic));
-        let member = Member { client: id, since_ms: presence::unix_ms(), user: None, info };
+        let member = Member { client: id, since_ms: presence::unix_ms(), user, info };
         self.change_presence(topic, Change::Join(member), now);
     }
 
