@@ -62,6 +62,8 @@ struct Auth {
     expires_at: Option<Instant>,
     /// A client that came without a token must `connect` before this.
     connect_by: Instant,
+    /// Closed for its token: no more deadlines.
+    closing: bool,
 }
 
 impl Auth {
@@ -149,7 +151,7 @@ impl PubSub {
         expires_at: Option<Instant>,
         connect_by: Instant,
     ) -> PubSub {
-        let auth = Auth { route, identity: identity.map(Arc::new), expires_at, connect_by };
+        let auth = Auth { route, identity: identity.map(Arc::new), expires_at, connect_by, closing: false };
         PubSub { policy, errors_in_a_row: 0, auth: Some(Box::new(auth)) }
     }
 
@@ -455,7 +457,7 @@ fn write_json_string(out: &mut Vec<u8>, s: &str) {
 
 impl App for PubSub {
     fn deadline(&self) -> Option<Instant> {
-        let auth = self.auth.as_deref()?;
+        let auth = self.auth.as_deref().filter(|a| !a.closing)?;
         match &auth.identity {
             None => Some(auth.connect_by),
             Some(_) => auth.expires_at,
@@ -463,14 +465,15 @@ impl App for PubSub {
     }
 
     fn on_timer(&mut self, cx: &mut AppCtx<'_>) {
-        let Some(auth) = self.auth.as_deref() else { return };
-        match (&auth.identity, auth.expires_at) {
-            (None, _) if cx.now() >= auth.connect_by => {
-                cx.close(AppClose::Close(TOKEN_EXPIRED, "no token in time".into()));
-            }
-            (Some(_), Some(at)) if cx.now() >= at => cx.close(AppClose::Close(TOKEN_EXPIRED, "token expired".into())),
-            _ => {}
-        }
+        let Some(auth) = self.auth.as_deref_mut() else { return };
+        let why = match (&auth.identity, auth.expires_at) {
+            (None, _) if cx.now() >= auth.connect_by => "no token in time",
+            (Some(_), Some(at)) if cx.now() >= at => "token expired",
+            _ => return,
+        };
+        // Acted on: no deadline any more (the close handshake has its own).
+        auth.closing = true;
+        cx.close(AppClose::Close(TOKEN_EXPIRED, why.into()));
     }
 
     fn user(&self) -> Option<&str> {

@@ -75,7 +75,8 @@ fn run(weak: &Weak<Verifier>, source: &Source, nudges: &Receiver<()>, mut skip: 
         // the provider).
         match nudges.recv_timeout(wait) {
             Ok(()) => {
-                let floor = at + MIN_NUDGED_FETCH;
+                // Never later than the fetch that was due anyway.
+                let floor = at + MIN_NUDGED_FETCH.min(wait);
                 let now = Instant::now();
                 if now < floor {
                     std::thread::sleep(floor - now);

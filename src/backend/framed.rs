@@ -272,4 +272,28 @@ mod tests {
         );
         assert_eq!(u32::from_be_bytes(record[2..6].try_into().unwrap()) as usize, text.len());
     }
+
+    #[test]
+    fn hello_names_the_tokens_user_and_keeps_info_on_one_line() {
+        let identity = crate::auth::Identity {
+            user: "alice smith".into(),
+            expires: Some(1_900_000_000),
+            topics: None,
+            info: Some("{\n  \"name\": \"A\"\r\n}".into()),
+        };
+        let hello = Hello {
+            id: 7,
+            peer: "127.0.0.1:4000".parse().unwrap(),
+            path: "/app",
+            query: None,
+            subprotocol: None,
+            headers: &[],
+            identity: Some(&identity),
+        };
+        let text = String::from_utf8(hello_payload(&hello)).unwrap();
+        assert_eq!(
+            text,
+            "wsgate-hello 3\nid: 7\npeer: 127.0.0.1:4000\npath: /app\nuser: alice smith\nexpires: 1900000000\ninfo: {   \"name\": \"A\"  }\n"
+        );
+    }
 }

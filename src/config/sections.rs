@@ -438,7 +438,9 @@ pub(super) fn jwt_config(j: JwtSection, base: &Path) -> Result<crate::auth::jwt:
             }
             Ok(())
         };
-    add(None, j.secret.as_deref(), j.public_key.as_deref(), "jwt")?;
+    // At the top, a secret and a public key are two keys (HS* and the other type).
+    add(None, j.secret.as_deref(), None, "jwt")?;
+    add(None, None, j.public_key.as_deref(), "jwt")?;
     for k in &j.keys {
         if k.kid.is_empty() {
             return Err("jwt.key.kid: must not be empty".into());

@@ -30,7 +30,10 @@ impl Connection {
                 Some(&(_, _, since)) => Some(Stamp::at(since + self.limits.close_timeout)),
                 None => {
                     let session = ws.endpoint.session().due(&self.timing());
-                    match ws.app.deadline().map(Stamp::at) {
+                    // A closing connection does not call its app's timer (see on_timer): a
+                    // passed app deadline would be armed again and again.
+                    let app = if ws.endpoint.session().is_closing() { None } else { ws.app.deadline() };
+                    match app.map(Stamp::at) {
                         Some(app) => Some(session.map_or(app, |s| s.earlier(app))),
                         None => session,
                     }

@@ -33,6 +33,10 @@ pub const PYTHON3_WEBSOCKETS: Package =
     Package { name: "python3-websockets", present: Presence::PythonModule("websockets") };
 pub const PYTHON3_PROMETHEUS_CLIENT: Package =
     Package { name: "python3-prometheus-client", present: Presence::PythonModule("prometheus_client") };
+/// PyJWT: tokens made by an independent implementation (with `cryptography` for RS/PS/ES/EdDSA).
+pub const PYTHON3_JWT: Package = Package { name: "python3-jwt", present: Presence::PythonModule("jwt") };
+pub const PYTHON3_CRYPTOGRAPHY: Package =
+    Package { name: "python3-cryptography", present: Presence::PythonModule("cryptography") };
 pub const REDIS_SERVER: Package =
     Package { name: "redis-server", present: Presence::Executable(&["/usr/bin/redis-server"]) };
 pub const CHROMIUM: Package = Package { name: "chromium", present: Presence::Executable(&["/usr/bin/chromium"]) };
@@ -41,8 +45,16 @@ pub const CHROMIUM: Package = Package { name: "chromium", present: Presence::Exe
 pub const GCC: Package = Package { name: "gcc", present: Presence::Executable(&["/usr/bin/gcc"]) };
 
 /// Every package any test uses.
-pub const PACKAGES: &[&Package] =
-    &[&PYTHON3, &PYTHON3_WEBSOCKETS, &PYTHON3_PROMETHEUS_CLIENT, &REDIS_SERVER, &CHROMIUM, &GCC];
+pub const PACKAGES: &[&Package] = &[
+    &PYTHON3,
+    &PYTHON3_WEBSOCKETS,
+    &PYTHON3_PROMETHEUS_CLIENT,
+    &PYTHON3_JWT,
+    &PYTHON3_CRYPTOGRAPHY,
+    &REDIS_SERVER,
+    &CHROMIUM,
+    &GCC,
+];
 
 /// How long an install waits for another `apt-get`/`dpkg` holding the dpkg lock (seconds).
 const DPKG_LOCK_TIMEOUT: u32 = 600;
