@@ -158,5 +158,38 @@ fn hixie(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, frame_header, unmask_sizes, utf8, decode, handshake, hixie);
+/// What a JWT adds to a handshake: verifying a connection token (signature and claims) with
+/// each kind of key.
+fn jwt(c: &mut Criterion) {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use wsgate::auth::jwt::{hmac_key, pem_key, Verifier};
+    let secret = b"a benchmark secret of 32 bytes or more";
+    let ec = rcgen::KeyPair::generate().unwrap();
+    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let mut verifier = Verifier::with_keys(vec![
+        hmac_key(Some("hs".into()), secret).unwrap(),
+        pem_key(Some("ec".into()), ec.public_key_pem().as_bytes()).unwrap(),
+        pem_key(Some("ed".into()), ed.public_key_pem().as_bytes()).unwrap(),
+    ]);
+    verifier.audience = Some("bench".into());
+    let claims = serde_json::json!({"sub":"user-1234","exp": 4_000_000_000u64,"aud":"bench","topics":["news.*"],"info":{"name":"A"}});
+    let token = |alg: Algorithm, kid: &str, key: &EncodingKey| {
+        encode(&Header { kid: Some(kid.into()), ..Header::new(alg) }, &claims, key).unwrap()
+    };
+    let tokens = [
+        ("HS256", token(Algorithm::HS256, "hs", &EncodingKey::from_secret(secret))),
+        ("ES256", token(Algorithm::ES256, "ec", &EncodingKey::from_ec_der(&ec.serialize_der()))),
+        ("EdDSA", token(Algorithm::EdDSA, "ed", &EncodingKey::from_ed_der(&ed.serialize_der()))),
+    ];
+    let mut g = c.benchmark_group("jwt");
+    for (name, token) in &tokens {
+        assert!(verifier.verify(token, 1_800_000_000).is_ok());
+        g.bench_function(BenchmarkId::new("verify", name), |b| {
+            b.iter(|| verifier.verify(black_box(token), 1_800_000_000))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, frame_header, unmask_sizes, utf8, decode, handshake, hixie, jwt);
 criterion_main!(benches);

@@ -198,7 +198,7 @@ pub struct Verifier {
     /// `jwks`: where more keys come from, if anywhere.
     pub jwks: Option<super::jwks::Source>,
     /// Asks the JWKS fetcher to look again (an unknown `kid`); set when it starts.
-    pub(crate) nudge: std::sync::OnceLock<std::sync::mpsc::SyncSender<()>>,
+    nudge: std::sync::OnceLock<std::sync::mpsc::SyncSender<()>>,
 }
 
 /// What a verified connection token says.
@@ -229,6 +229,22 @@ fn refused(reason: impl Into<String>) -> Refusal {
 }
 
 impl Verifier {
+    /// A verifier of these keys with the defaults: every algorithm, a 5 s leeway, no audience
+    /// or issuer, tokens up to 8 KiB, no JWKS.
+    pub fn with_keys(fixed: Vec<Key>) -> Verifier {
+        Verifier {
+            fixed,
+            fetched: Default::default(),
+            algorithms: ALGORITHMS.to_vec(),
+            leeway: 5,
+            audience: None,
+            issuer: None,
+            max_token_size: 8 << 10,
+            jwks: None,
+            nudge: Default::default(),
+        }
+    }
+
     /// Verifies `token` at `now` (seconds since the Unix epoch).
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, Refusal> {
         if token.len() > self.max_token_size {
@@ -452,17 +468,7 @@ mod tests {
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
     fn verifier(fixed: Vec<Key>) -> Verifier {
-        Verifier {
-            fixed,
-            fetched: Default::default(),
-            algorithms: ALGORITHMS.to_vec(),
-            leeway: 5,
-            audience: None,
-            issuer: None,
-            max_token_size: 8192,
-            jwks: None,
-            nudge: Default::default(),
-        }
+        Verifier::with_keys(fixed)
     }
 
     fn jwk(json: &str) -> Key {

@@ -498,17 +498,14 @@ pub(super) fn jwt_config(j: JwtSection, base: &Path) -> Result<crate::auth::jwt:
     if !(256..=64 << 10).contains(&max_token_size) {
         return Err("jwt.max_token_size: 256 bytes to 64 KiB".into());
     }
-    Ok(Verifier {
-        fixed,
-        fetched: Default::default(),
-        algorithms,
-        leeway,
-        audience: j.audience,
-        issuer: j.issuer,
-        max_token_size,
-        jwks,
-        nudge: Default::default(),
-    })
+    let mut verifier = Verifier::with_keys(fixed);
+    verifier.algorithms = algorithms;
+    verifier.leeway = leeway;
+    verifier.audience = j.audience;
+    verifier.issuer = j.issuer;
+    verifier.max_token_size = max_token_size;
+    verifier.jwks = jwks;
+    Ok(verifier)
 }
 
 /// A route's `auth` and `private`.

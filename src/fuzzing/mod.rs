@@ -735,24 +735,16 @@ pub fn static_path(data: &[u8]) {
 /// 2: a JWKS document. Whatever a verified token gives must be what the rest of the server
 /// relies on: a user without control characters, an `info` object within its bound, globs.
 pub fn jwt(data: &[u8]) {
-    use crate::auth::jwt::{hmac_key, jwk_key, parse_jwks, Verifier, ALGORITHMS, MAX_INFO, MAX_SUB};
+    use crate::auth::jwt::{hmac_key, jwk_key, parse_jwks, Verifier, MAX_INFO, MAX_SUB};
     use std::sync::OnceLock;
     const SECRET: &[u8] = b"fuzzing secret, 32 bytes or more";
     static VERIFIER: OnceLock<Verifier> = OnceLock::new();
     let verifier = VERIFIER.get_or_init(|| {
         let ec = r#"{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","kid":"ec"}"#;
         let ec = jwk_key(&serde_json::from_str(ec).expect("a JWK")).expect("a key").expect("a signing key");
-        Verifier {
-            fixed: vec![hmac_key(None, SECRET).expect("a long secret"), ec],
-            fetched: Default::default(),
-            algorithms: ALGORITHMS.to_vec(),
-            leeway: 5,
-            audience: Some("fuzz".into()),
-            issuer: None,
-            max_token_size: 8192,
-            jwks: None,
-            nudge: Default::default(),
-        }
+        let mut verifier = Verifier::with_keys(vec![hmac_key(None, SECRET).expect("a long secret"), ec]);
+        verifier.audience = Some("fuzz".into());
+        verifier
     });
     let check = |claims: &crate::auth::jwt::Claims| {
         let identity = &claims.identity;
@@ -781,7 +773,8 @@ pub fn jwt(data: &[u8]) {
             let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
             let signing = format!("{}.{}", b64.encode(br#"{"alg":"HS256"}"#), b64.encode(json));
             let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
-            let Ok(signature) = jsonwebtoken::crypto::sign(signing.as_bytes(), &key, jsonwebtoken::Algorithm::HS256) else {
+            let Ok(signature) = jsonwebtoken::crypto::sign(signing.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
+            else {
                 return;
             };
             let token = format!("{signing}.{signature}");
