@@ -125,6 +125,8 @@ pub mod presence;
 #[doc(hidden)]
 pub mod pubsub;
 #[doc(hidden)]
+pub mod rate_limit;
+#[doc(hidden)]
 pub mod route;
 #[doc(hidden)]
 pub mod server;

@@ -442,6 +442,15 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>, workers: &[Figures], cluster: bool)
     sample(o, "wsgate_auth_refusals_total", &[], m.auth_refusals);
     family(
         o,
+        "wsgate_rate_limited_total",
+        "counter",
+        "Times a rate limit was passed, by limit and what was done (drop, close, or dry_run: only counted).",
+    );
+    for (limit, action, n) in crate::rate_limit::passed() {
+        sample(o, "wsgate_rate_limited_total", &[("limit", limit), ("action", action)], n);
+    }
+    family(
+        o,
         "wsgate_legacy_dropped_total",
         "counter",
         "Messages not sent to legacy clients: not UTF-8 (these drafts carry text only).",

@@ -105,6 +105,8 @@ pub struct Route {
     pub custom: Option<CustomApp>,
     /// `auth` and `private`: who may connect, and the topics that need channel tokens.
     pub auth: Arc<crate::auth::RouteAuth>,
+    /// `rate_*` and `max_connections_per_ip`.
+    pub rates: Arc<crate::rate_limit::RouteRates>,
 }
 
 /// An embedding program's app for a route ([`crate::Builder::route`]): called on the
@@ -195,6 +197,7 @@ impl Route {
             plugin: None,
             custom: None,
             auth: Arc::default(),
+            rates: Arc::default(),
         }
     }
 

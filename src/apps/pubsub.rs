@@ -38,6 +38,7 @@ use crate::encode::shared_frame;
 use crate::history::{Page, Position, Read, Unrecoverable, MAX_LIMIT};
 use crate::presence;
 use crate::pubsub::SubscribeError;
+use crate::rate_limit::{self, Bucket, Rule};
 use crate::ws::close;
 use crate::ws::frame::Opcode;
 use crate::ws::message::MessageKind;
@@ -52,6 +53,8 @@ pub struct PubSub {
     errors_in_a_row: u32,
     /// On `auth = "jwt"` routes: who the client is, once it has shown a token.
     auth: Option<Box<Auth>>,
+    /// `rate_operations`: every request counts.
+    operations: Option<Box<(Rule, Bucket)>>,
 }
 
 /// A pubsub connection's side of `auth = "jwt"`.
@@ -139,7 +142,13 @@ struct Refusal(u16, Cow<'static, str>);
 
 impl PubSub {
     pub fn new(policy: Arc<Policy>) -> PubSub {
-        PubSub { policy, errors_in_a_row: 0, auth: None }
+        PubSub { policy, errors_in_a_row: 0, auth: None, operations: None }
+    }
+
+    /// Limits the client's requests (`rate_operations`).
+    pub fn limit_operations(mut self, rule: Option<Rule>, now: Instant) -> PubSub {
+        self.operations = rule.map(|rule| Box::new((rule, Bucket::full(&rule, crate::stamp::millis(now)))));
+        self
     }
 
     /// A pubsub client of an `auth = "jwt"` route: `identity` from the request's token, or
@@ -152,7 +161,7 @@ impl PubSub {
         connect_by: Instant,
     ) -> PubSub {
         let auth = Auth { route, identity: identity.map(Arc::new), expires_at, connect_by, closing: false };
-        PubSub { policy, errors_in_a_row: 0, auth: Some(Box::new(auth)) }
+        PubSub { policy, errors_in_a_row: 0, auth: Some(Box::new(auth)), operations: None }
     }
 
     /// `connect` and `refresh`, and the gate every other op passes on an `auth` route.
@@ -481,6 +490,12 @@ impl App for PubSub {
     }
 
     fn on_message(&mut self, cx: &mut AppCtx<'_>, kind: MessageKind, payload: Payload<'_>) {
+        if let Some(limit) = self.operations.as_deref_mut() {
+            let (rule, bucket) = limit;
+            if !rate_limit::check(cx, bucket, rule, rate_limit::Kind::Operations, 1) {
+                return;
+            }
+        }
         let result = match kind {
             MessageKind::Text => self.handle(cx, payload.as_slice()),
             MessageKind::Binary => Err(Refusal(400, Cow::Borrowed("binary messages are not part of this protocol"))),

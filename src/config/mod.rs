@@ -312,6 +312,7 @@ impl Config {
             let plugin = plugin_spec(&r, app, base).map_err(at)?;
             let compression = compression_spec(&r).map_err(at)?;
             let auth = route_auth(&r, app, config.jwt.as_ref()).map_err(at)?;
+            let rates = route_rates(&r, app).map_err(at)?;
             let legacy = legacy_drafts(&r, backend.as_ref()).map_err(at)?;
             let files = match &r.static_dir {
                 Some(dir) => Route::static_files(&r.path, &base.join(dir), limits).map_err(at)?.files,
@@ -333,6 +334,7 @@ impl Config {
                 plugin,
                 custom: None,
                 auth: Arc::new(auth),
+                rates: Arc::new(rates),
             };
             config.add_route(route).map_err(|message| ConfigError::Route { line, message })?;
         }

@@ -57,6 +57,25 @@ pub(super) struct JwtSection {
     pub(super) keys: Vec<JwtKeySection>,
 }
 
+/// A rate limit: `{ rate = 100, burst = 200, action = "drop", dry_run = false }` (sizes for
+/// `rate_bytes`: "1MiB").
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RateSection {
+    pub(super) rate: ByteSize,
+    pub(super) burst: Option<ByteSize>,
+    pub(super) action: Option<String>,
+    pub(super) dry_run: Option<bool>,
+}
+
+/// `max_connections_per_ip = { max = 100, dry_run = false }`.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CapSection {
+    pub(super) max: u32,
+    pub(super) dry_run: Option<bool>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct JwtKeySection {
@@ -266,6 +285,11 @@ pub(super) struct RouteSection {
     pub(super) allow_unregistered: Option<bool>,
     pub(super) auth: Option<String>,
     pub(super) private: Option<Vec<String>>,
+    pub(super) rate_messages: Option<RateSection>,
+    pub(super) rate_bytes: Option<RateSection>,
+    pub(super) rate_operations: Option<RateSection>,
+    pub(super) rate_handshakes_per_ip: Option<RateSection>,
+    pub(super) max_connections_per_ip: Option<CapSection>,
     pub(super) files: Option<Vec<PathBuf>>,
     pub(super) backlog: Option<usize>,
     pub(super) require_key: Option<bool>,

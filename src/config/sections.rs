@@ -546,3 +546,58 @@ pub(super) fn route_auth(
     };
     Ok(RouteAuth { mode, verifier: if mode == Mode::Jwt { verifier.cloned() } else { None }, private })
 }
+
+/// A route's `rate_*` and `max_connections_per_ip`.
+pub(super) fn route_rates(r: &RouteSection, app: AppKind) -> Result<crate::rate_limit::RouteRates, String> {
+    use crate::rate_limit::{Action, IpTable, RouteRates, Rule};
+    let rule = |s: &Option<RateSection>, key: &str, actions: bool| -> Result<Option<Rule>, String> {
+        let Some(s) = s else { return Ok(None) };
+        let rate = s.rate.0 as u64;
+        let burst = s.burst.map_or(rate, |b| b.0 as u64);
+        if rate == 0 || burst == 0 {
+            return Err(format!("route.{key}: rate and burst must be more than zero"));
+        }
+        if rate > 1 << 40 || burst > 1 << 40 {
+            return Err(format!("route.{key}: rate and burst at most 2^40"));
+        }
+        let action = match s.action.as_deref() {
+            None | Some("drop") => Action::Drop,
+            Some("close") if actions => Action::Close,
+            Some("close") => {
+                return Err(format!("route.{key}: an upgrade past it is answered 429; no action to choose"))
+            }
+            Some(other) => return Err(format!("route.{key}.action: {other:?} (expected \"drop\" or \"close\")")),
+        };
+        Ok(Some(Rule { rate, burst, action, dry_run: s.dry_run.unwrap_or(false) }))
+    };
+    if !app.is_websocket()
+        && (r.rate_messages.is_some() || r.rate_bytes.is_some() || r.max_connections_per_ip.is_some())
+    {
+        return Err(format!("route: rate limits are for WebSocket routes, not {} ones", app.name()));
+    }
+    if r.rate_operations.is_some() && app != AppKind::PubSub {
+        return Err("route.rate_operations: only pubsub routes have operations".into());
+    }
+    let per_connection = r.rate_messages.is_some() || r.rate_bytes.is_some() || r.max_connections_per_ip.is_some();
+    if app == AppKind::Plugin && per_connection {
+        return Err("route.rate_messages / rate_bytes / max_connections_per_ip: not on plugin routes (the plugin's threads own its connections)".into());
+    }
+    if r.framing.as_deref() == Some("direct") && per_connection {
+        return Err("route.rate_messages / rate_bytes / max_connections_per_ip: not with framing = \"direct\" (the backend owns the socket after the hand-off)".into());
+    }
+    let mut rates = RouteRates {
+        messages: rule(&r.rate_messages, "rate_messages", true)?,
+        bytes: rule(&r.rate_bytes, "rate_bytes", true)?,
+        operations: rule(&r.rate_operations, "rate_operations", true)?,
+        handshakes_per_ip: rule(&r.rate_handshakes_per_ip, "rate_handshakes_per_ip", false)?,
+        connections_per_ip: r.max_connections_per_ip.as_ref().map(|c| (c.max, c.dry_run.unwrap_or(false))),
+        per_ip: None,
+    };
+    if rates.connections_per_ip.is_some_and(|(max, dry)| max == 0 && !dry) {
+        return Err("route.max_connections_per_ip.max: must be more than zero".into());
+    }
+    if rates.handshakes_per_ip.is_some() || rates.connections_per_ip.is_some() {
+        rates.per_ip = Some(Arc::new(IpTable::default()));
+    }
+    Ok(rates)
+}

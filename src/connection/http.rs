@@ -24,6 +24,7 @@ use crate::backend::{self, framed, Framing};
 use crate::http::request::{parse_request, HeadLimits, Request, MAX_HEADERS};
 use crate::http::response::Response;
 use crate::http::static_files::{self, Answer, StaticDir};
+use crate::rate_limit::{self, IpSlot, Limited};
 use crate::route::{AppKind, Route};
 use crate::stamp::Stamp;
 use crate::ws::deflate::PerMessage;
@@ -38,6 +39,33 @@ use crate::ws::message::MessageKind;
 struct Verified {
     identity: Identity,
     expires_at: Option<Instant>,
+}
+
+/// What an upgrade was admitted with: a verified token, a slot in its address's count.
+struct Admitted {
+    verified: Option<Verified>,
+    slot: Option<IpSlot>,
+}
+
+/// The app as the route's guards wrap it: ended at the token's `exp` and named by its user
+/// (`auth = "jwt"`), limited per connection (`rate_messages`, `rate_bytes`) and holding its
+/// address's slot (`max_connections_per_ip`). Routes without them get the app itself.
+fn guard(
+    app: Box<dyn App>,
+    verified: Option<Verified>,
+    slot: Option<IpSlot>,
+    route: &Route,
+    now: Instant,
+) -> Box<dyn App> {
+    let app = match verified {
+        Some(v) => Box::new(Authenticated::new(app, v.identity, v.expires_at)),
+        None => app,
+    };
+    if route.rates.wraps() {
+        Box::new(Limited::new(app, Arc::clone(&route.rates), slot, now))
+    } else {
+        app
+    }
 }
 
 impl Connection {
@@ -209,6 +237,11 @@ impl Connection {
                 }
             },
         };
+        // Before the token: a client over its address's limits costs no signature check.
+        let slot = match self.admit_address(cx, req, route) {
+            Ok(slot) => slot,
+            Err(go_on) => return go_on,
+        };
         let verified = match self.verify_token(cx, req, route, path) {
             Ok(verified) => verified,
             Err(go_on) => return go_on,
@@ -223,15 +256,14 @@ impl Connection {
             AppKind::PubSub if route.auth.mode == auth::Mode::Jwt => {
                 let connect_by = cx.now + route.limits.handshake_timeout;
                 let auth = Arc::clone(&route.auth);
-                return self.open_app(
-                    cx,
-                    req,
-                    route,
-                    &opening,
-                    Box::new(PubSub::authenticated(Arc::clone(&route.pubsub), auth, identity, expires_at, connect_by)),
-                );
+                let app = PubSub::authenticated(Arc::clone(&route.pubsub), auth, identity, expires_at, connect_by)
+                    .limit_operations(route.rates.operations, cx.now);
+                let app = guard(Box::new(app), None, slot, route, cx.now);
+                return self.open_app(cx, req, route, &opening, app);
             }
-            AppKind::PubSub => Box::new(PubSub::new(Arc::clone(&route.pubsub))),
+            AppKind::PubSub => {
+                Box::new(PubSub::new(Arc::clone(&route.pubsub)).limit_operations(route.rates.operations, cx.now))
+            }
             AppKind::Broker => {
                 let asked = req.query().and_then(|q| {
                     form_urlencoded::parse(q.as_bytes())
@@ -274,14 +306,12 @@ impl Connection {
             }
             AppKind::Backend | AppKind::Demo | AppKind::Static => {
                 let Some(backend) = self.connect_backend(cx, req, route) else { return false };
-                let identity = identity.map(|identity| Verified { identity, expires_at });
-                return self.upgrade_to_backend(cx, req, route, &opening, backend, identity);
+                let verified = identity.map(|identity| Verified { identity, expires_at });
+                return self.upgrade_to_backend(cx, req, route, &opening, backend, Admitted { verified, slot });
             }
         };
-        let app = match identity {
-            Some(identity) => Box::new(Authenticated::new(app, identity, expires_at)),
-            None => app,
-        };
+        let verified = identity.map(|identity| Verified { identity, expires_at });
+        let app = guard(app, verified, slot, route, cx.now);
         self.open_app(cx, req, route, &opening, app)
     }
 
@@ -339,6 +369,29 @@ impl Connection {
         }
         let expires_at = claims.identity.expires.map(|e| cx.now + Duration::from_secs(e.saturating_sub(now)));
         Ok(Some(Verified { identity: claims.identity, expires_at }))
+    }
+
+    /// The route's per-address limits (`rate_handshakes_per_ip`, `max_connections_per_ip`):
+    /// the connection's slot in its address's count, or a 429 (`Err` holds whether the
+    /// connection goes on).
+    fn admit_address(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        req: &Request<'_, '_>,
+        route: &Route,
+    ) -> Result<Option<IpSlot>, bool> {
+        let Some(table) = &route.rates.per_ip else { return Ok(None) };
+        match table.admit(&route.rates, self.peer().ip(), cx.now) {
+            Ok(slot) => Ok(slot),
+            Err(rate_limit::Refused(kind)) => {
+                self.log.set_end(format!("rate limit: {}", kind.name()));
+                let reason = format!("rate limit: {}", kind.name());
+                let response =
+                    Response { headers: &[("Retry-After", "1")], keep_alive: false, ..Response::error(429, &reason) };
+                let _ = req;
+                Err(self.send_response(cx, &response))
+            }
+        }
     }
 
     /// A refused token: 401 (with `WWW-Authenticate`, RFC 6750 §3) or 403, and the
@@ -514,7 +567,7 @@ impl Connection {
         route: &Route,
         opening: &Opening<'_, '_>,
         (link, named): (BackendLink, Option<String>),
-        identity: Option<Verified>,
+        admitted: Admitted,
     ) -> bool {
         let Some(spec) = route.backend.as_ref() else { return false };
         // Direct mode hands the socket over: the backend would have to speak the extension.
@@ -533,7 +586,7 @@ impl Connection {
             query: req.query(),
             subprotocol,
             headers: req.headers,
-            identity: identity.as_ref().map(|v| &v.identity),
+            identity: admitted.verified.as_ref().map(|v| &v.identity),
         };
         // Spliced bytes would pass the legacy translation and the compression of what the
         // backend sends.
@@ -557,10 +610,7 @@ impl Connection {
                 if spec.framing == Framing::Framed {
                     backend.queue_bytes(cx.pools, &framed::hello_record(&hello));
                 }
-                let app: Box<dyn App> = match identity {
-                    Some(v) => Box::new(Authenticated::new(Box::new(backend), v.identity, v.expires_at)),
-                    None => Box::new(backend),
-                };
+                let app = guard(Box::new(backend), admitted.verified, admitted.slot, route, cx.now);
                 self.open(cx, route, app, deflate, opening.draft());
                 true
             }
