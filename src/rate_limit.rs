@@ -6,7 +6,8 @@
 //! `/metrics` (`wsgate_rate_limited_total`).
 //!
 //! A route without limits has none of this on its path: no wrapper, no bucket, no lock.
-//! Per-connection buckets live in the connection's app wrapper ([`Limited`]); the per-address
+//! Per-connection buckets live in the connection's app wrapper
+//! ([`Guarded`](crate::apps::guarded::Guarded)); the per-address
 //! ones in one table for the process (a mutex taken once per upgrade, never per message), so a
 //! client cannot spread its upgrades over the workers.
 
@@ -16,10 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::apps::{App, AppClose, AppCtx, AppIo, Hold, Payload};
-use crate::buffer::Pools;
+use crate::apps::{AppClose, AppCtx};
 use crate::stamp;
-use crate::sys::splice::Pipe;
 use crate::ws::close;
 use crate::ws::message::MessageKind;
 
@@ -283,99 +282,6 @@ pub fn check(cx: &mut AppCtx<'_>, bucket: &mut Bucket, rule: &Rule, kind: Kind, 
         }
     }
     false
-}
-
-/// An app behind per-connection limits: messages and bytes the client sends, and its place in
-/// its address's count of open connections.
-pub struct Limited {
-    inner: Box<dyn App>,
-    rates: Arc<RouteRates>,
-    messages: Option<Bucket>,
-    bytes: Option<Bucket>,
-    _slot: Option<IpSlot>,
-}
-
-impl Limited {
-    pub fn new(inner: Box<dyn App>, rates: Arc<RouteRates>, slot: Option<IpSlot>, now: Instant) -> Limited {
-        let now_ms = stamp::millis(now);
-        let messages = rates.messages.as_ref().map(|r| Bucket::full(r, now_ms));
-        let bytes = rates.bytes.as_ref().map(|r| Bucket::full(r, now_ms));
-        Limited { inner, rates, messages, bytes, _slot: slot }
-    }
-}
-
-impl App for Limited {
-    fn on_open(&mut self, cx: &mut AppCtx<'_>) {
-        self.inner.on_open(cx);
-    }
-
-    fn on_message(&mut self, cx: &mut AppCtx<'_>, kind: MessageKind, payload: Payload<'_>) {
-        let rates = &*self.rates;
-        if let (Some(bucket), Some(rule)) = (&mut self.messages, &rates.messages) {
-            if !check(cx, bucket, rule, Kind::Messages, 1) {
-                return;
-            }
-        }
-        if let (Some(bucket), Some(rule)) = (&mut self.bytes, &rates.bytes) {
-            let n = payload.as_slice().len() as u64;
-            if !check(cx, bucket, rule, Kind::Bytes, n) {
-                return;
-            }
-        }
-        self.inner.on_message(cx, kind, payload);
-    }
-
-    fn on_close(&mut self, cx: &mut AppCtx<'_>, code: Option<u16>, reason: &str, protocol_error: bool) -> Hold {
-        self.inner.on_close(cx, code, reason, protocol_error)
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        self.inner.deadline()
-    }
-
-    fn on_timer(&mut self, cx: &mut AppCtx<'_>) {
-        self.inner.on_timer(cx);
-    }
-
-    fn on_ready(&mut self, readable: bool, writable: bool) {
-        self.inner.on_ready(readable, writable);
-    }
-
-    fn on_io(&mut self, cx: &mut AppCtx<'_>, may_read: bool) -> AppIo {
-        self.inner.on_io(cx, may_read)
-    }
-
-    fn accepts_input(&self, high: usize) -> bool {
-        self.inner.accepts_input(high)
-    }
-
-    fn has_pending_output(&self) -> bool {
-        self.inner.has_pending_output()
-    }
-
-    fn pipe(&mut self) -> Option<&mut Pipe> {
-        self.inner.pipe()
-    }
-
-    fn release(&mut self, pools: &mut Pools) {
-        self.inner.release(pools);
-    }
-
-    fn on_answer(&mut self, cx: &mut AppCtx<'_>, body: &[u8]) -> bool {
-        self.inner.on_answer(cx, body)
-    }
-
-    fn token(&self) -> Option<&str> {
-        self.inner.token()
-    }
-
-    fn user(&self) -> Option<&str> {
-        self.inner.user()
-    }
-
-    fn queues_frames(&self) -> bool {
-        self.inner.queues_frames()
-    }
 }
 
 #[cfg(test)]

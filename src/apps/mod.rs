@@ -16,13 +16,13 @@
 //! - [`dashboard`]: the admin listener's live feed of the server's figures;
 //! - [`demo`]: the plain-HTTP demo page (no WebSocket).
 
-pub mod authenticated;
 pub mod backend;
 pub mod broker;
 pub mod chat;
 pub mod dashboard;
 pub mod demo;
 pub mod echo;
+pub mod guarded;
 pub mod logview;
 pub mod plugin;
 pub mod pubsub;

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use super::{Connection, Ctx, End, HandOffState, Phase, SendingFile, Ws};
 use crate::admin::config::Scope;
 use crate::admin::{self, Reply};
-use crate::apps::authenticated::Authenticated;
 use crate::apps::backend::Backend;
 use crate::apps::broker::{self, BrokerClient};
 use crate::apps::chat::Chat;
 use crate::apps::dashboard::Dashboard;
 use crate::apps::echo::Echo;
+use crate::apps::guarded::Guarded;
 use crate::apps::logview::Logview;
 use crate::apps::pubsub::PubSub;
 use crate::apps::Action;
@@ -24,7 +24,7 @@ use crate::backend::{self, framed, Framing};
 use crate::http::request::{parse_request, HeadLimits, Request, MAX_HEADERS};
 use crate::http::response::Response;
 use crate::http::static_files::{self, Answer, StaticDir};
-use crate::rate_limit::{self, IpSlot, Limited};
+use crate::rate_limit::{self, IpSlot};
 use crate::route::{AppKind, Route};
 use crate::stamp::Stamp;
 use crate::ws::deflate::PerMessage;
@@ -47,9 +47,7 @@ struct Admitted {
     slot: Option<IpSlot>,
 }
 
-/// The app as the route's guards wrap it: ended at the token's `exp` and named by its user
-/// (`auth = "jwt"`), limited per connection (`rate_messages`, `rate_bytes`) and holding its
-/// address's slot (`max_connections_per_ip`). Routes without them get the app itself.
+/// The app behind the route's guards ([`Guarded`]).
 fn guard(
     app: Box<dyn App>,
     verified: Option<Verified>,
@@ -57,15 +55,7 @@ fn guard(
     route: &Route,
     now: Instant,
 ) -> Box<dyn App> {
-    let app = match verified {
-        Some(v) => Box::new(Authenticated::new(app, v.identity, v.expires_at)),
-        None => app,
-    };
-    if route.rates.wraps() {
-        Box::new(Limited::new(app, Arc::clone(&route.rates), slot, now))
-    } else {
-        app
-    }
+    Guarded::wrap(app, verified.map(|v| (v.identity, v.expires_at)), &route.rates, slot, now)
 }
 
 impl Connection {

@@ -91,7 +91,31 @@ presence = true
 [[route]]
 path = "/broker"
 app = "broker"
+
+[jwt]
+secret = "fuzzing secret, 32 bytes or more"
+leeway = "0s"
+
+[[route]]
+path = "/authed"
+app = "pubsub"
+auth = "jwt"
+presence = true
+private = ["p*"]
+rate_operations = { rate = 5, burst = 10 }
+rate_bytes = { rate = "4KiB", burst = "16KiB", action = "close" }
+max_connections_per_ip = { max = 100000 }
+rate_handshakes_per_ip = { rate = 1000000, burst = 1000000 }
+
+[[route]]
+path = "/limited"
+app = "echo"
+rate_messages = { rate = 5, burst = 20 }
 "#;
+
+/// HS256 with the configuration's secret: `{"sub":"fuzz","exp":4000000000,"topics":["a*","p*"],
+/// "info":{"n":1}}`. (The seeds also hold a channel token for "p1".)
+const TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJmdXp6IiwiZXhwIjo0MDAwMDAwMDAwLCJ0b3BpY3MiOlsiYSoiLCJwKiJdLCJpbmZvIjp7Im4iOjF9fQ.r7UL6qPyf_uS5B8-piPOJjqlgZhfqEaDlxPXXzJlijA";
 
 /// Requests `pick` puts before the client's bytes.
 const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
@@ -99,6 +123,16 @@ const DEFLATE: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_
 
 fn prelude(pick: u8) -> String {
     let upgrade = |path: &str, extra: &str| format!("GET {path} HTTP/1.1\r\nHost: fuzz\r\n{UPGRADE}{extra}\r\n");
+    // The high bit: the routes behind tokens and rate limits (the low bits as the committed
+    // corpus was written).
+    if pick & 0x80 != 0 {
+        return match pick % 4 {
+            0 => upgrade(&format!("/authed?token={TOKEN}"), ""),
+            1 => upgrade("/authed", ""),
+            2 => upgrade("/authed", &format!("Authorization: Bearer {TOKEN}\r\n")),
+            _ => upgrade("/limited", ""),
+        };
+    }
     match pick % 8 {
         0 => String::new(),
         1 => upgrade("/echo", ""),
