@@ -30,11 +30,18 @@ pub enum Kind {
     Operations,
     HandshakesPerIp,
     ConnectionsPerIp,
+    MessagesPerUser,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] =
-        [Kind::Messages, Kind::Bytes, Kind::Operations, Kind::HandshakesPerIp, Kind::ConnectionsPerIp];
+    pub const ALL: [Kind; 6] = [
+        Kind::Messages,
+        Kind::Bytes,
+        Kind::Operations,
+        Kind::HandshakesPerIp,
+        Kind::ConnectionsPerIp,
+        Kind::MessagesPerUser,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -43,6 +50,7 @@ impl Kind {
             Kind::Operations => "operations",
             Kind::HandshakesPerIp => "handshakes_per_ip",
             Kind::ConnectionsPerIp => "connections_per_ip",
+            Kind::MessagesPerUser => "messages_per_user",
         }
     }
 }
@@ -83,7 +91,7 @@ pub struct Rule {
 
 /// Times the limits were passed, by kind and by what was done ([`Action::label`]): process-wide,
 /// touched only when a limit is passed.
-static PASSED: [[AtomicU64; 3]; 5] = [const { [const { AtomicU64::new(0) }; 3] }; 5];
+static PASSED: [[AtomicU64; 3]; 6] = [const { [const { AtomicU64::new(0) }; 3] }; 6];
 
 /// The counts for `/metrics`: (limit, action label, count).
 pub fn passed() -> impl Iterator<Item = (&'static str, &'static str, u64)> {
@@ -147,12 +155,52 @@ pub struct RouteRates {
     pub connections_per_ip: Option<(u32, bool)>,
     /// The per-address table, when either per-address limit is set.
     pub per_ip: Option<Arc<IpTable>>,
+    /// Messages all of a user's connections send together (the token's `sub`).
+    pub messages_per_user: Option<Rule>,
+    pub per_user: Option<UserTable>,
 }
 
 impl RouteRates {
     /// Any limit that needs the connection's app wrapped.
     pub fn wraps(&self) -> bool {
-        self.messages.is_some() || self.bytes.is_some() || self.connections_per_ip.is_some()
+        self.messages.is_some()
+            || self.bytes.is_some()
+            || self.connections_per_ip.is_some()
+            || self.messages_per_user.is_some()
+    }
+}
+
+/// One bucket per user for the route, shared by the user's connections on every worker. A
+/// connection holds its user's bucket; the table forgets a bucket that no connection holds
+/// once it has refilled (so reconnecting does not refill it sooner).
+#[derive(Debug, Default)]
+pub struct UserTable {
+    map: Mutex<HashMap<Arc<str>, Arc<Mutex<Bucket>>>>,
+}
+
+impl UserTable {
+    /// `user`'s bucket (made full if the user has none).
+    pub fn bucket(&self, user: &str, rule: &Rule, now: Instant) -> Arc<Mutex<Bucket>> {
+        let now_ms = stamp::millis(now);
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = map.get(user) {
+            return Arc::clone(b);
+        }
+        if map.len() >= PRUNE_AT && map.len().is_power_of_two() {
+            map.retain(|_, b| Arc::strong_count(b) > 1 || b.lock().is_ok_and(|b| !b.is_full(rule, now_ms)));
+        }
+        let b = Arc::new(Mutex::new(Bucket::full(rule, now_ms)));
+        map.insert(Arc::from(user), Arc::clone(&b));
+        b
+    }
+
+    /// Users tracked.
+    pub fn len(&self) -> usize {
+        self.map.lock().map_or(0, |m| m.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

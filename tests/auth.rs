@@ -361,3 +361,31 @@ fn configuration_mistakes_name_the_key() {
         check(&format!("{secret}[[route]]\npath = \"/e\"\napp = \"echo\"\nauth = \"magic\"\n")).contains("route.auth")
     );
 }
+
+#[test]
+fn a_users_connections_share_its_message_bucket_across_workers() {
+    let keys = Keys::new("per-user");
+    let extra = "\n[[route]]\npath = \"/user-limited\"\napp = \"echo\"\nauth = \"jwt\"\nrate_messages_per_user = { rate = 1, burst = 10 }\n\n[server]\nworkers = 2\nbalance = \"handoff\"\n";
+    let server = Server::with_config(&keys.config(extra), &[]);
+    let token = |sub: &str| keys.one("HS256", "hs.raw", json!({"sub": sub}));
+    let (alice, bob) = (token("alice"), token("bob"));
+    let open = |token: &str| {
+        let request = upgrade_request("/user-limited", &format!("Authorization: Bearer {token}\r\n"));
+        Raw::connect_with(server.addr, request.as_bytes())
+    };
+    // Consecutive connections land on both workers (handoff balance).
+    let mut conns = [open(&alice), open(&alice), open(&bob)];
+    let mut sent = |ws: &mut Raw, tag: &str| -> usize {
+        let mut wire = Vec::new();
+        for i in 0..8 {
+            wire.extend_from_slice(&masked_frame(0x81, format!("{tag}{i}").as_bytes()));
+        }
+        ws.send_raw(&wire);
+        (0..8).filter(|_| ws.recv().unwrap().payload.starts_with(tag.as_bytes())).count()
+    };
+    let a1 = sent(&mut conns[0], "a");
+    let a2 = sent(&mut conns[1], "b");
+    let b = sent(&mut conns[2], "c");
+    assert_eq!((a1 + a2, b), (10, 8), "alice's two connections share one burst of 10; bob has his own");
+    wait_metrics(&server, &["wsgate_rate_limited_total{limit=\"messages_per_user\",action=\"drop\"} 6"]);
+}

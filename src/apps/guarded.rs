@@ -33,6 +33,9 @@ struct Limits {
     rates: Arc<RouteRates>,
     messages: Option<Bucket>,
     bytes: Option<Bucket>,
+    /// The user's shared bucket (`rate_messages_per_user`), for the user it was taken for (a
+    /// pubsub client names its user with its first message).
+    user: Option<(Arc<str>, Arc<std::sync::Mutex<Bucket>>)>,
     _slot: Option<IpSlot>,
 }
 
@@ -54,6 +57,7 @@ impl Guarded {
                 rates: Arc::clone(rates),
                 messages: rates.messages.as_ref().map(|r| Bucket::full(r, now_ms)),
                 bytes: rates.bytes.as_ref().map(|r| Bucket::full(r, now_ms)),
+                user: None,
                 _slot: slot,
             })
         });
@@ -81,6 +85,20 @@ impl App for Guarded {
             if let (Some(bucket), Some(rule)) = (&mut limits.bytes, &rates.bytes) {
                 if !rate_limit::check(cx, bucket, rule, Kind::Bytes, payload.as_slice().len() as u64) {
                     return;
+                }
+            }
+            if let (Some(rule), Some(table)) = (&rates.messages_per_user, &rates.per_user) {
+                // Anonymous clients (no token yet, or an empty `sub`) have no user to share.
+                let user = self.identity.as_ref().map(|i| &*i.user).or_else(|| self.inner.user()).unwrap_or("");
+                if !user.is_empty() {
+                    if limits.user.as_ref().is_none_or(|(u, _)| **u != *user) {
+                        limits.user = Some((Arc::from(user), table.bucket(user, rule, cx.now())));
+                    }
+                    let Some((_, shared)) = &limits.user else { return };
+                    let mut bucket = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    if !rate_limit::check(cx, &mut bucket, rule, Kind::MessagesPerUser, 1) {
+                        return;
+                    }
                 }
             }
         }

@@ -289,6 +289,7 @@ pub(super) struct RouteSection {
     pub(super) rate_bytes: Option<RateSection>,
     pub(super) rate_operations: Option<RateSection>,
     pub(super) rate_handshakes_per_ip: Option<RateSection>,
+    pub(super) rate_messages_per_user: Option<RateSection>,
     pub(super) max_connections_per_ip: Option<CapSection>,
     pub(super) files: Option<Vec<PathBuf>>,
     pub(super) backlog: Option<usize>,

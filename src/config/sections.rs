@@ -578,7 +578,10 @@ pub(super) fn route_rates(r: &RouteSection, app: AppKind) -> Result<crate::rate_
     if r.rate_operations.is_some() && app != AppKind::PubSub {
         return Err("route.rate_operations: only pubsub routes have operations".into());
     }
-    let per_connection = r.rate_messages.is_some() || r.rate_bytes.is_some() || r.max_connections_per_ip.is_some();
+    let per_connection = r.rate_messages.is_some()
+        || r.rate_bytes.is_some()
+        || r.max_connections_per_ip.is_some()
+        || r.rate_messages_per_user.is_some();
     if app == AppKind::Plugin && per_connection {
         return Err("route.rate_messages / rate_bytes / max_connections_per_ip: not on plugin routes (the plugin's threads own its connections)".into());
     }
@@ -592,7 +595,15 @@ pub(super) fn route_rates(r: &RouteSection, app: AppKind) -> Result<crate::rate_
         handshakes_per_ip: rule(&r.rate_handshakes_per_ip, "rate_handshakes_per_ip", false)?,
         connections_per_ip: r.max_connections_per_ip.as_ref().map(|c| (c.max, c.dry_run.unwrap_or(false))),
         per_ip: None,
+        messages_per_user: rule(&r.rate_messages_per_user, "rate_messages_per_user", true)?,
+        per_user: None,
     };
+    if rates.messages_per_user.is_some() {
+        if r.auth.as_deref() != Some("jwt") {
+            return Err("route.rate_messages_per_user: users come from tokens; set auth = \"jwt\"".into());
+        }
+        rates.per_user = Some(crate::rate_limit::UserTable::default());
+    }
     if rates.connections_per_ip.is_some_and(|(max, dry)| max == 0 && !dry) {
         return Err("route.max_connections_per_ip.max: must be more than zero".into());
     }
