@@ -106,6 +106,7 @@ rate_operations = { rate = 5, burst = 10 }
 rate_bytes = { rate = "4KiB", burst = "16KiB", action = "close" }
 max_connections_per_ip = { max = 100000 }
 rate_handshakes_per_ip = { rate = 1000000, burst = 1000000 }
+rate_messages_per_user = { rate = 20, burst = 40 }
 
 [[route]]
 path = "/limited"
