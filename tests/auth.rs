@@ -375,7 +375,7 @@ fn a_users_connections_share_its_message_bucket_across_workers() {
     };
     // Consecutive connections land on both workers (handoff balance).
     let mut conns = [open(&alice), open(&alice), open(&bob)];
-    let mut sent = |ws: &mut Raw, tag: &str| -> usize {
+    let sent = |ws: &mut Raw, tag: &str| -> usize {
         let mut wire = Vec::new();
         for i in 0..8 {
             wire.extend_from_slice(&masked_frame(0x81, format!("{tag}{i}").as_bytes()));

@@ -3,8 +3,8 @@
 //! backend is a 503 rather than a WebSocket that dies at once).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use super::admission::{guard, Admitted, Verified};
 use super::{Connection, Ctx, End, HandOffState, Phase, SendingFile, Ws};
 use crate::admin::config::Scope;
 use crate::admin::{self, Reply};
@@ -13,18 +13,16 @@ use crate::apps::broker::{self, BrokerClient};
 use crate::apps::chat::Chat;
 use crate::apps::dashboard::Dashboard;
 use crate::apps::echo::Echo;
-use crate::apps::guarded::Guarded;
 use crate::apps::logview::Logview;
 use crate::apps::pubsub::PubSub;
 use crate::apps::Action;
 use crate::apps::{demo, App};
-use crate::auth::{self, Identity};
+use crate::auth;
 use crate::backend::link::BackendLink;
 use crate::backend::{self, framed, Framing};
 use crate::http::request::{parse_request, HeadLimits, Request, MAX_HEADERS};
 use crate::http::response::Response;
 use crate::http::static_files::{self, Answer, StaticDir};
-use crate::rate_limit::{self, IpSlot};
 use crate::route::{AppKind, Route};
 use crate::stamp::Stamp;
 use crate::ws::deflate::PerMessage;
@@ -34,29 +32,6 @@ use crate::ws::frame::Role;
 use crate::ws::handshake;
 use crate::ws::hixie::{self, Draft};
 use crate::ws::message::MessageKind;
-
-/// A verified connection token: what it says, and its `exp` on the reactor's clock.
-struct Verified {
-    identity: Identity,
-    expires_at: Option<Instant>,
-}
-
-/// What an upgrade was admitted with: a verified token, a slot in its address's count.
-struct Admitted {
-    verified: Option<Verified>,
-    slot: Option<IpSlot>,
-}
-
-/// The app behind the route's guards ([`Guarded`]).
-fn guard(
-    app: Box<dyn App>,
-    verified: Option<Verified>,
-    slot: Option<IpSlot>,
-    route: &Route,
-    now: Instant,
-) -> Box<dyn App> {
-    Guarded::wrap(app, verified.map(|v| (v.identity, v.expires_at)), &route.rates, slot, now)
-}
 
 impl Connection {
     /// Handles one request head if a whole one is buffered. Returns `true` when the phase
@@ -323,77 +298,6 @@ impl Connection {
         self.out.push_bytes(cx.pools, &head);
         self.open(cx, route, app, deflate, opening.draft());
         true
-    }
-
-    /// `auth = "jwt"`: the request's token, verified (`Ok(None)`: the route has no auth, or a
-    /// pubsub client will send its token as its first message). A refusal is answered here
-    /// (`Err` holds whether the connection goes on).
-    fn verify_token(
-        &mut self,
-        cx: &mut Ctx<'_>,
-        req: &Request<'_, '_>,
-        route: &Route,
-        path: &str,
-    ) -> Result<Option<Verified>, bool> {
-        let Some(verifier) = route.auth.verifier.as_deref().filter(|_| route.auth.mode == auth::Mode::Jwt) else {
-            return Ok(None);
-        };
-        let token = match auth::presented_token(req) {
-            Ok(Some(token)) => token,
-            Ok(None) if route.app == AppKind::PubSub => return Ok(None),
-            Ok(None) => {
-                return Err(self.refuse_token(cx, req, 401, "a token is required (Authorization: Bearer or ?token=)"))
-            }
-            Err(refusal) => return Err(self.refuse_token(cx, req, refusal.status, &refusal.reason)),
-        };
-        let now = auth::unix_now();
-        let claims = match verifier.verify(&token, now) {
-            Ok(claims) => claims,
-            Err(refusal) => return Err(self.refuse_token(cx, req, refusal.status, &refusal.reason)),
-        };
-        if claims.channel.is_some() {
-            return Err(self.refuse_token(cx, req, 401, "a channel token cannot open a connection"));
-        }
-        if route.app == AppKind::Chat && !claims.identity.allows_topic(path) {
-            return Err(self.refuse_token(cx, req, 403, "the token does not allow this room"));
-        }
-        let expires_at = claims.identity.expires.map(|e| cx.now + Duration::from_secs(e.saturating_sub(now)));
-        Ok(Some(Verified { identity: claims.identity, expires_at }))
-    }
-
-    /// The route's per-address limits (`rate_handshakes_per_ip`, `max_connections_per_ip`):
-    /// the connection's slot in its address's count, or a 429 (`Err` holds whether the
-    /// connection goes on).
-    fn admit_address(
-        &mut self,
-        cx: &mut Ctx<'_>,
-        req: &Request<'_, '_>,
-        route: &Route,
-    ) -> Result<Option<IpSlot>, bool> {
-        let Some(table) = &route.rates.per_ip else { return Ok(None) };
-        match table.admit(&route.rates, self.peer().ip(), cx.now) {
-            Ok(slot) => Ok(slot),
-            Err(rate_limit::Refused(kind)) => {
-                self.log.set_end(format!("rate limit: {}", kind.name()));
-                let reason = format!("rate limit: {}", kind.name());
-                let response =
-                    Response { headers: &[("Retry-After", "1")], keep_alive: false, ..Response::error(429, &reason) };
-                let _ = req;
-                Err(self.send_response(cx, &response))
-            }
-        }
-    }
-
-    /// A refused token: 401 (with `WWW-Authenticate`, RFC 6750 §3) or 403, and the
-    /// connection closes.
-    fn refuse_token(&mut self, cx: &mut Ctx<'_>, req: &Request<'_, '_>, status: u16, reason: &str) -> bool {
-        cx.metrics.auth_refusals += 1;
-        self.log.set_end(format!("token refused: {reason}"));
-        let headers: &[(&str, &str)] =
-            if status == 401 { &[("WWW-Authenticate", "Bearer error=\"invalid_token\"")] } else { &[] };
-        let response = Response { headers, keep_alive: false, ..Response::error(status, reason) };
-        let _ = req;
-        self.send_response(cx, &response)
     }
 
     /// A GET or HEAD on a `static` route: the head now, the body (if any) from the open file

@@ -24,6 +24,7 @@
 //! else wrote to writes its own output as its drive ends ([`Ready::write_after`]): an echo
 //! is one drive per event, not two.
 
+mod admission;
 mod closing;
 mod end;
 mod frames;
