@@ -360,6 +360,8 @@ fn configuration_mistakes_name_the_key() {
     assert!(
         check(&format!("{secret}[[route]]\npath = \"/e\"\napp = \"echo\"\nauth = \"magic\"\n")).contains("route.auth")
     );
+    let logview = "[[route]]\npath = \"/l\"\napp = \"logview\"\nfiles = [\"/dev/null\"]\nauth = \"jwt\"\n";
+    assert!(check(&format!("{secret}{logview}")).contains("not on log viewers"));
 }
 
 #[test]

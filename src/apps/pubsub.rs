@@ -51,10 +51,15 @@ pub use crate::pubsub::Policy;
 pub struct PubSub {
     policy: Arc<Policy>,
     errors_in_a_row: u32,
+    /// What routes with `auth` or `rate_operations` add (one box, and none elsewhere).
+    guards: Option<Box<Guards>>,
+}
+
+struct Guards {
     /// On `auth = "jwt"` routes: who the client is, once it has shown a token.
-    auth: Option<Box<Auth>>,
+    auth: Option<Auth>,
     /// `rate_operations`: every request counts.
-    operations: Option<Box<(Rule, Bucket)>>,
+    operations: Option<(Rule, Bucket)>,
 }
 
 /// A pubsub connection's side of `auth = "jwt"`.
@@ -142,12 +147,23 @@ struct Refusal(u16, Cow<'static, str>);
 
 impl PubSub {
     pub fn new(policy: Arc<Policy>) -> PubSub {
-        PubSub { policy, errors_in_a_row: 0, auth: None, operations: None }
+        PubSub { policy, errors_in_a_row: 0, guards: None }
+    }
+
+    fn auth(&self) -> Option<&Auth> {
+        self.guards.as_deref()?.auth.as_ref()
+    }
+
+    fn auth_mut(&mut self) -> Option<&mut Auth> {
+        self.guards.as_deref_mut()?.auth.as_mut()
     }
 
     /// Limits the client's requests (`rate_operations`).
     pub fn limit_operations(mut self, rule: Option<Rule>, now: Instant) -> PubSub {
-        self.operations = rule.map(|rule| Box::new((rule, Bucket::full(&rule, crate::stamp::millis(now)))));
+        if let Some(rule) = rule {
+            let guards = self.guards.get_or_insert_with(|| Box::new(Guards { auth: None, operations: None }));
+            guards.operations = Some((rule, Bucket::full(&rule, crate::stamp::millis(now))));
+        }
         self
     }
 
@@ -161,13 +177,13 @@ impl PubSub {
         connect_by: Instant,
     ) -> PubSub {
         let auth = Auth { route, identity: identity.map(Arc::new), expires_at, connect_by, closing: false };
-        PubSub { policy, errors_in_a_row: 0, auth: Some(Box::new(auth)), operations: None }
+        PubSub { policy, errors_in_a_row: 0, guards: Some(Box::new(Guards { auth: Some(auth), operations: None })) }
     }
 
     /// `connect` and `refresh`, and the gate every other op passes on an `auth` route.
     /// `Ok(true)`: the op was one of those and is answered.
     fn authenticate(&mut self, cx: &mut AppCtx<'_>, req: &Request<'_>) -> Result<bool, Refusal> {
-        let Some(auth) = self.auth.as_deref_mut() else {
+        let Some(auth) = self.auth_mut() else {
             return match req.op {
                 "connect" | "refresh" => Err(Refusal(400, Cow::Borrowed("this route takes no tokens"))),
                 _ => Ok(false),
@@ -205,7 +221,7 @@ impl PubSub {
         if self.authenticate(cx, &req)? {
             return Ok(());
         }
-        let identity = self.auth.as_deref().and_then(|a| a.identity.clone());
+        let identity = self.auth().and_then(|a| a.identity.clone());
         let topic = req.topic.as_deref().ok_or(Refusal(400, Cow::Borrowed("missing \"topic\"")))?;
         if topic.is_empty() {
             return Err(Refusal(400, Cow::Borrowed("empty topic")));
@@ -237,7 +253,7 @@ impl PubSub {
                     }
                     info => info.map(|i| Arc::from(i.get())),
                 };
-                if let Some(auth) = self.auth.as_deref().filter(|a| a.route.is_private(topic)) {
+                if let Some(auth) = self.auth().filter(|a| a.route.is_private(topic)) {
                     let token = req.token.as_deref().ok_or(Refusal(403, Cow::Borrowed("a private topic: \"token\" (a channel token) is required")))?;
                     let user = identity.as_deref().map_or("", |i| &i.user);
                     auth.verifier().verify_channel(token, user, topic, unix_now()).map_err(|r| Refusal(r.status, r.reason.into()))?;
@@ -466,7 +482,7 @@ fn write_json_string(out: &mut Vec<u8>, s: &str) {
 
 impl App for PubSub {
     fn deadline(&self) -> Option<Instant> {
-        let auth = self.auth.as_deref().filter(|a| !a.closing)?;
+        let auth = self.auth().filter(|a| !a.closing)?;
         match &auth.identity {
             None => Some(auth.connect_by),
             Some(_) => auth.expires_at,
@@ -474,7 +490,7 @@ impl App for PubSub {
     }
 
     fn on_timer(&mut self, cx: &mut AppCtx<'_>) {
-        let Some(auth) = self.auth.as_deref_mut() else { return };
+        let Some(auth) = self.auth_mut() else { return };
         let why = match (&auth.identity, auth.expires_at) {
             (None, _) if cx.now() >= auth.connect_by => "no token in time",
             (Some(_), Some(at)) if cx.now() >= at => "token expired",
@@ -486,12 +502,11 @@ impl App for PubSub {
     }
 
     fn user(&self) -> Option<&str> {
-        self.auth.as_deref()?.identity.as_deref().map(|i| &*i.user)
+        self.auth()?.identity.as_deref().map(|i| &*i.user)
     }
 
     fn on_message(&mut self, cx: &mut AppCtx<'_>, kind: MessageKind, payload: Payload<'_>) {
-        if let Some(limit) = self.operations.as_deref_mut() {
-            let (rule, bucket) = limit;
+        if let Some((rule, bucket)) = self.guards.as_deref_mut().and_then(|g| g.operations.as_mut()) {
             if !rate_limit::check(cx, bucket, rule, rate_limit::Kind::Operations, 1) {
                 return;
             }

@@ -526,6 +526,10 @@ pub(super) fn route_auth(
     if mode == Mode::Jwt && app == AppKind::Plugin {
         return Err("route.auth: not on plugin routes (the plugin's on_connect decides who connects)".into());
     }
+    if mode == Mode::Jwt && app == AppKind::Logview {
+        // Its require_key takes the admin key from the same Authorization header.
+        return Err("route.auth: not on log viewers (require_key guards them, with an [admin] key)".into());
+    }
     if mode == Mode::Jwt && !app.is_websocket() {
         return Err(format!("route.auth: {} routes serve plain HTTP", app.name()));
     }
