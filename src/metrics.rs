@@ -68,6 +68,10 @@ pub struct Metrics {
     /// Plugin routes' upgrades whose `on_connect` did not return within the handshake
     /// timeout (answered 503).
     pub plugin_timeouts: u64,
+    /// The application's answers (`[proxy]`), by question (connect, subscribe) and result
+    /// ([`PROXY_RESULTS`]), and the time they took from submission.
+    pub proxy: [[u64; 5]; 2],
+    pub proxy_time: [Duration; 2],
     pub loop_iterations: u64,
     /// Time from the end of one poll to the start of the next.
     pub busy: Duration,
@@ -94,6 +98,20 @@ impl Metrics {
             self.closed_traffic.resize(route + 1, Traffic::default());
         }
         add_traffic(&mut self.closed_traffic[route], t);
+    }
+}
+
+/// The results counted in `wsgate_proxy_requests_total`, in [`Metrics::proxy`]'s order.
+pub const PROXY_RESULTS: [&str; 5] = ["allow", "deny", "busy", "timeout", "error"];
+
+impl Metrics {
+    /// Counts one of the application's answers.
+    pub fn proxy_answered(&mut self, answer: &crate::auth::proxy::Answer) {
+        let kind = usize::from(answer.kind == crate::auth::proxy::Kind::Subscribe);
+        let result = answer.outcome.result();
+        let at = PROXY_RESULTS.iter().position(|r| *r == result).unwrap_or(4);
+        self.proxy[kind][at] += 1;
+        self.proxy_time[kind] += answer.took;
     }
 }
 
@@ -132,6 +150,12 @@ impl Metrics {
         self.legacy_opens[0] += o.legacy_opens[0];
         self.legacy_opens[1] += o.legacy_opens[1];
         self.auth_refusals += o.auth_refusals;
+        for kind in 0..2 {
+            for (into, from) in self.proxy[kind].iter_mut().zip(o.proxy[kind]) {
+                *into += from;
+            }
+            self.proxy_time[kind] += o.proxy_time[kind];
+        }
         self.legacy_dropped += o.legacy_dropped;
         self.loop_iterations += o.loop_iterations;
         self.busy += o.busy;
@@ -437,9 +461,24 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>, workers: &[Figures], cluster: bool)
         o,
         "wsgate_auth_refusals_total",
         "counter",
-        "Upgrades refused for their token (missing, malformed, expired, bad signature).",
+        "Upgrades refused for their token (missing, malformed, expired, bad signature) or by the application (auth = proxy).",
     );
     sample(o, "wsgate_auth_refusals_total", &[], m.auth_refusals);
+    family(
+        o,
+        "wsgate_proxy_requests_total",
+        "counter",
+        "Requests to the application ([proxy]), by question and result (busy: the queue was full; timeout and error: no decision).",
+    );
+    family(o, "wsgate_proxy_seconds_total", "counter", "Time the application's answers took, queueing included.");
+    for (k, kind) in ["connect", "subscribe"].into_iter().enumerate() {
+        for (n, result) in m.proxy[k].iter().zip(PROXY_RESULTS) {
+            sample(o, "wsgate_proxy_requests_total", &[("kind", kind), ("result", result)], *n);
+        }
+    }
+    for (k, kind) in ["connect", "subscribe"].into_iter().enumerate() {
+        sample_f(o, "wsgate_proxy_seconds_total", &[("kind", kind)], m.proxy_time[k].as_secs_f64());
+    }
     family(
         o,
         "wsgate_rate_limited_total",

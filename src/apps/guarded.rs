@@ -163,6 +163,10 @@ impl App for Guarded {
         self.identity.as_ref().map(|i| &*i.user).or_else(|| self.inner.user())
     }
 
+    fn on_proxy_answer(&mut self, cx: &mut AppCtx<'_>, seq: u32, outcome: crate::auth::proxy::Outcome) {
+        self.inner.on_proxy_answer(cx, seq, outcome);
+    }
+
     fn queues_frames(&self) -> bool {
         self.inner.queues_frames()
     }

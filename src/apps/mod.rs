@@ -73,6 +73,10 @@ pub enum Action {
     Leave { topic: Arc<str> },
     /// A client's `presence` or `presence_stats` request: the loop answers it.
     Presence { topic: Arc<str>, ask: crate::presence::Ask },
+    /// Ask the application (`[proxy]`); its answer comes back to this connection: to the
+    /// connection itself for a connect (`seq` 0), else to its app
+    /// ([`App::on_proxy_answer`]) with `seq`.
+    AskProxy { proxy: Arc<crate::auth::proxy::Proxy>, kind: crate::auth::proxy::Kind, seq: u32, body: Vec<u8> },
 }
 
 /// What [`AppCtx::subscribe_at`] did.
@@ -427,6 +431,10 @@ pub trait App {
     fn user(&self) -> Option<&str> {
         None
     }
+
+    /// The application's answer to a question this app asked ([`Action::AskProxy`], with
+    /// this `seq`).
+    fn on_proxy_answer(&mut self, _cx: &mut AppCtx<'_>, _seq: u32, _outcome: crate::auth::proxy::Outcome) {}
 
     /// The app queues whole frames itself (a backend's codec), not through [`AppCtx::send`]:
     /// with permessage-deflate, the connection compresses them after the call.

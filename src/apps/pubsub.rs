@@ -33,6 +33,7 @@ use serde_json::value::RawValue;
 
 use super::{App, AppClose, AppCtx, Payload, Subscribing};
 use crate::auth::jwt::Verifier;
+use crate::auth::proxy::{Failure, Outcome};
 use crate::auth::{unix_now, Identity, RouteAuth, TOKEN_EXPIRED};
 use crate::encode::shared_frame;
 use crate::history::{Page, Position, Read, Unrecoverable, MAX_LIMIT};
@@ -55,14 +56,30 @@ pub struct PubSub {
     guards: Option<Box<Guards>>,
 }
 
+#[derive(Default)]
 struct Guards {
-    /// On `auth = "jwt"` routes: who the client is, once it has shown a token.
+    /// On `auth = "jwt"` and `"proxy"` routes: who the client is, once it is known.
     auth: Option<Auth>,
     /// `rate_operations`: every request counts.
     operations: Option<(Rule, Bucket)>,
+    /// `subscribe_proxy`: subscribes waiting for the application.
+    asking: Option<Asking>,
 }
 
-/// A pubsub connection's side of `auth = "jwt"`.
+/// The most subscribes one client may have waiting for the application.
+pub const MAX_ASKING: usize = 16;
+
+/// A client's subscribes that wait for the application (`subscribe_proxy`): each request,
+/// as the client sent it, handled again once allowed.
+struct Asking {
+    route: Arc<RouteAuth>,
+    path: Arc<str>,
+    waiting: Vec<(u32, Box<[u8]>, Box<str>)>,
+    next: u32,
+}
+
+/// A pubsub connection's side of `auth = "jwt"` (or `"proxy"`, which names the user before
+/// the 101 and takes no tokens).
 struct Auth {
     route: Arc<RouteAuth>,
     identity: Option<Arc<Identity>>,
@@ -161,7 +178,7 @@ impl PubSub {
     /// Limits the client's requests (`rate_operations`).
     pub fn limit_operations(mut self, rule: Option<Rule>, now: Instant) -> PubSub {
         if let Some(rule) = rule {
-            let guards = self.guards.get_or_insert_with(|| Box::new(Guards { auth: None, operations: None }));
+            let guards = self.guards.get_or_insert_with(Box::default);
             guards.operations = Some((rule, Bucket::full(&rule, crate::stamp::millis(now))));
         }
         self
@@ -177,7 +194,16 @@ impl PubSub {
         connect_by: Instant,
     ) -> PubSub {
         let auth = Auth { route, identity: identity.map(Arc::new), expires_at, connect_by, closing: false };
-        PubSub { policy, errors_in_a_row: 0, guards: Some(Box::new(Guards { auth: Some(auth), operations: None })) }
+        PubSub { policy, errors_in_a_row: 0, guards: Some(Box::new(Guards { auth: Some(auth), ..Guards::default() })) }
+    }
+
+    /// Asks the application before subscribing to the route's `subscribe_proxy` topics.
+    pub fn ask_before_subscribing(mut self, route: &Arc<RouteAuth>, path: &Arc<str>) -> PubSub {
+        if !route.subscribe_proxy.is_empty() && route.proxy.is_some() {
+            let asking = Asking { route: Arc::clone(route), path: Arc::clone(path), waiting: Vec::new(), next: 1 };
+            self.guards.get_or_insert_with(Box::default).asking = Some(asking);
+        }
+        self
     }
 
     /// `connect` and `refresh`, and the gate every other op passes on an `auth` route.
@@ -190,6 +216,9 @@ impl PubSub {
             };
         };
         match (req.op, &auth.identity) {
+            ("connect" | "refresh", _) if auth.route.mode != crate::auth::Mode::Jwt => {
+                Err(Refusal(400, Cow::Borrowed("this route takes no tokens (the application names the user)")))
+            }
             ("connect", None) | ("refresh", Some(_)) => {
                 let token = req.token.as_deref().ok_or(Refusal(400, Cow::Borrowed("missing \"token\"")))?;
                 let first = auth.identity.is_none();
@@ -215,7 +244,8 @@ impl PubSub {
         }
     }
 
-    fn handle(&mut self, cx: &mut AppCtx<'_>, text: &[u8]) -> Result<(), Refusal> {
+    /// One request. `allowed`: the application has allowed this subscribe (`subscribe_proxy`).
+    fn handle(&mut self, cx: &mut AppCtx<'_>, text: &[u8], allowed: bool) -> Result<(), Refusal> {
         let req: Request<'_> = serde_json::from_slice(text)
             .map_err(|_| Refusal(400, Cow::Borrowed("expected a JSON object with \"op\"")))?;
         if self.authenticate(cx, &req)? {
@@ -257,6 +287,25 @@ impl PubSub {
                     let token = req.token.as_deref().ok_or(Refusal(403, Cow::Borrowed("a private topic: \"token\" (a channel token) is required")))?;
                     let user = identity.as_deref().map_or("", |i| &i.user);
                     auth.verifier().verify_channel(token, user, topic, unix_now()).map_err(|r| Refusal(r.status, r.reason.into()))?;
+                }
+                let asking = self.guards.as_deref_mut().and_then(|g| g.asking.as_mut());
+                if let Some(asking) = asking.filter(|a| !allowed && a.route.asks_to_subscribe(topic)) {
+                    if asking.waiting.len() >= MAX_ASKING {
+                        return Err(Refusal(429, Cow::Borrowed("too many subscribes wait for the application")));
+                    }
+                    let Some(proxy) = asking.route.proxy.clone() else { return Ok(()) };
+                    let user = identity.as_deref().map_or("", |i| &*i.user);
+                    let body = crate::auth::proxy::subscribe_request(cx.id, user, &asking.path, topic, req.data);
+                    let seq = asking.next;
+                    asking.next = asking.next.checked_add(1).unwrap_or(1);
+                    asking.waiting.push((seq, text.into(), topic.into()));
+                    cx.actions.push(super::Action::AskProxy {
+                        proxy,
+                        kind: crate::auth::proxy::Kind::Subscribe,
+                        seq,
+                        body,
+                    });
+                    return Ok(());
                 }
                 // The token's info is the application's word; the client's own only when the
                 // token gives none.
@@ -306,6 +355,10 @@ impl PubSub {
                 cx.read_history(topic, read);
             }
             "unsubscribe" => {
+                // A subscribe still waiting for the application is forgotten with it.
+                if let Some(asking) = self.guards.as_deref_mut().and_then(|g| g.asking.as_mut()) {
+                    asking.waiting.retain(|(_, _, t)| **t != *topic);
+                }
                 cx.unsubscribe(topic);
                 if self.policy.presence {
                     cx.leave_presence(topic);
@@ -480,6 +533,31 @@ fn write_json_string(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+impl PubSub {
+    /// A request's result for the client: nothing more when it went through, else an error
+    /// (naming the topic of a subscribe the application decided on); too many refusals in a
+    /// row close the client.
+    fn answer_client(&mut self, cx: &mut AppCtx<'_>, result: Result<(), Refusal>, topic: Option<&str>) {
+        let Err(Refusal(code, message)) = result else {
+            self.errors_in_a_row = 0;
+            return;
+        };
+        self.errors_in_a_row += 1;
+        if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW {
+            cx.close(AppClose::Close(close::POLICY_VIOLATION, "too many bad requests".into()));
+            return;
+        }
+        let mut body = error_message(code, &message);
+        if let Some(topic) = topic {
+            body.pop();
+            body.extend_from_slice(b",\"topic\":");
+            write_json_string(&mut body, topic);
+            body.push(b'}');
+        }
+        cx.send(MessageKind::Text, &body);
+    }
+}
+
 impl App for PubSub {
     fn deadline(&self) -> Option<Instant> {
         let auth = self.auth().filter(|a| !a.closing)?;
@@ -512,20 +590,25 @@ impl App for PubSub {
             }
         }
         let result = match kind {
-            MessageKind::Text => self.handle(cx, payload.as_slice()),
+            MessageKind::Text => self.handle(cx, payload.as_slice(), false),
             MessageKind::Binary => Err(Refusal(400, Cow::Borrowed("binary messages are not part of this protocol"))),
         };
-        match result {
-            Ok(()) => self.errors_in_a_row = 0,
-            Err(Refusal(code, message)) => {
-                let message = &*message;
-                self.errors_in_a_row += 1;
-                if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW {
-                    cx.close(AppClose::Close(close::POLICY_VIOLATION, "too many bad requests".into()));
-                    return;
-                }
-                cx.send(MessageKind::Text, &error_message(code, message));
+        self.answer_client(cx, result, None);
+    }
+
+    fn on_proxy_answer(&mut self, cx: &mut AppCtx<'_>, seq: u32, outcome: Outcome) {
+        let Some(asking) = self.guards.as_deref_mut().and_then(|g| g.asking.as_mut()) else { return };
+        // Gone: the client unsubscribed meanwhile.
+        let Some(at) = asking.waiting.iter().position(|(s, _, _)| *s == seq) else { return };
+        let (_, text, topic) = asking.waiting.remove(at);
+        let result = match outcome {
+            Outcome::Allow(_) => self.handle(cx, &text, true),
+            Outcome::Deny { status, reason } => Err(Refusal(status, Cow::Owned(reason))),
+            Outcome::Failed(Failure::Timeout, _) => {
+                Err(Refusal(503, Cow::Borrowed("the application did not answer in time")))
             }
-        }
+            Outcome::Failed(..) => Err(Refusal(503, Cow::Borrowed("the application cannot decide now"))),
+        };
+        self.answer_client(cx, result, Some(&topic));
     }
 }

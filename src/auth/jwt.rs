@@ -342,39 +342,9 @@ impl Verifier {
                 None => return Err(refused("no issuer (iss)")),
             }
         }
-        let user = match raw.sub {
-            None => Arc::from(""),
-            Some(serde_json::Value::String(s)) if s.len() > MAX_SUB => {
-                return Err(refused(format!("sub: longer than {MAX_SUB} bytes")))
-            }
-            // It goes on lines of the access log and a backend's HELLO.
-            Some(serde_json::Value::String(s)) if s.chars().any(char::is_control) => {
-                return Err(refused("sub: control characters"))
-            }
-            Some(serde_json::Value::String(s)) => Arc::from(s),
-            Some(_) => return Err(refused("sub: not a string")),
-        };
-        let topics = match raw.topics {
-            None => None,
-            Some(serde_json::Value::Array(a)) if a.len() <= MAX_TOPIC_GLOBS => Some(
-                a.iter()
-                    .map(|v| {
-                        let s = v.as_str().ok_or_else(|| refused("topics: not a string"))?;
-                        glob::Pattern::new(s).map_err(|e| refused(format!("topics: {s:?}: {e}")))
-                    })
-                    .collect::<Result<Box<[_]>, _>>()?,
-            ),
-            Some(serde_json::Value::Array(_)) => {
-                return Err(refused(format!("topics: more than {MAX_TOPIC_GLOBS} globs")));
-            }
-            Some(_) => return Err(refused("topics: not an array of globs")),
-        };
-        let info = match raw.info {
-            None => None,
-            Some(v) if v.get().len() > MAX_INFO => return Err(refused(format!("info: larger than {MAX_INFO} bytes"))),
-            Some(v) if v.get().starts_with('{') => Some(Arc::from(v.get())),
-            Some(_) => return Err(refused("info: not a JSON object")),
-        };
+        let user = user_claim(raw.sub, "sub")?;
+        let topics = topics_claim(raw.topics)?;
+        let info = info_claim(raw.info)?;
         let channel = match raw.channel {
             None => None,
             Some(serde_json::Value::String(s)) => Some(s),
@@ -422,6 +392,49 @@ impl Verifier {
             }
         }
         super::jwks::start(self, source.clone(), nudges, fetched_first);
+    }
+}
+
+/// A user name (`sub`, or a proxy's `user`): at most [`MAX_SUB`] bytes, no control
+/// characters (it goes on lines of the access log and a backend's HELLO). `name`: the field.
+pub(crate) fn user_claim(value: Option<serde_json::Value>, name: &str) -> Result<Arc<str>, Refusal> {
+    match value {
+        None => Ok(Arc::from("")),
+        Some(serde_json::Value::String(s)) if s.len() > MAX_SUB => {
+            Err(refused(format!("{name}: longer than {MAX_SUB} bytes")))
+        }
+        Some(serde_json::Value::String(s)) if s.chars().any(char::is_control) => {
+            Err(refused(format!("{name}: control characters")))
+        }
+        Some(serde_json::Value::String(s)) => Ok(Arc::from(s)),
+        Some(_) => Err(refused(format!("{name}: not a string"))),
+    }
+}
+
+/// `topics`: at most [`MAX_TOPIC_GLOBS`] globs.
+pub(crate) fn topics_claim(value: Option<serde_json::Value>) -> Result<Option<Box<[glob::Pattern]>>, Refusal> {
+    match value {
+        None => Ok(None),
+        Some(serde_json::Value::Array(a)) if a.len() <= MAX_TOPIC_GLOBS => a
+            .iter()
+            .map(|v| {
+                let s = v.as_str().ok_or_else(|| refused("topics: not a string"))?;
+                glob::Pattern::new(s).map_err(|e| refused(format!("topics: {s:?}: {e}")))
+            })
+            .collect::<Result<Box<[_]>, _>>()
+            .map(Some),
+        Some(serde_json::Value::Array(_)) => Err(refused(format!("topics: more than {MAX_TOPIC_GLOBS} globs"))),
+        Some(_) => Err(refused("topics: not an array of globs")),
+    }
+}
+
+/// `info`: a JSON object of at most [`MAX_INFO`] bytes.
+pub(crate) fn info_claim(value: Option<&serde_json::value::RawValue>) -> Result<Option<Arc<str>>, Refusal> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.get().len() > MAX_INFO => Err(refused(format!("info: larger than {MAX_INFO} bytes"))),
+        Some(v) if v.get().starts_with('{') => Ok(Some(Arc::from(v.get()))),
+        Some(_) => Err(refused("info: not a JSON object")),
     }
 }
 

@@ -4,10 +4,12 @@
 //! which topics it may use, and an `info` object for presence and backends).
 //!
 //! - [`jwt`]: the keys and the rules a token must pass;
-//! - [`jwks`]: keys fetched from a JWKS URL off the reactor.
+//! - [`jwks`]: keys fetched from a JWKS URL off the reactor;
+//! - [`proxy`]: `auth = "proxy"` and `subscribe_proxy`, where the application decides.
 
 pub mod jwks;
 pub mod jwt;
+pub mod proxy;
 
 use std::sync::Arc;
 
@@ -60,6 +62,8 @@ pub enum Mode {
     None,
     /// A JWT connection token is required.
     Jwt,
+    /// The application decides, asked before the 101 ([`proxy`]).
+    Proxy,
 }
 
 /// A route's authentication: the mode, the verifier, and the topics that need channel tokens.
@@ -70,11 +74,20 @@ pub struct RouteAuth {
     pub verifier: Option<Arc<jwt::Verifier>>,
     /// `private = [...]`: topics a subscriber needs a channel token for.
     pub private: Vec<glob::Pattern>,
+    /// `[proxy]`, on routes with `auth = "proxy"` or `subscribe_proxy`.
+    pub proxy: Option<Arc<proxy::Proxy>>,
+    /// `subscribe_proxy = [...]`: topics the application is asked about before a subscribe.
+    pub subscribe_proxy: Vec<glob::Pattern>,
 }
 
 impl RouteAuth {
     pub fn is_private(&self, topic: &str) -> bool {
         self.private.iter().any(|g| g.matches(topic))
+    }
+
+    /// Is the application asked before a subscribe to `topic`?
+    pub fn asks_to_subscribe(&self, topic: &str) -> bool {
+        self.subscribe_proxy.iter().any(|g| g.matches(topic))
     }
 }
 

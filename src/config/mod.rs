@@ -58,6 +58,8 @@ pub struct Config {
     pub history: Arc<crate::history::Rules>,
     /// `[jwt]`: how connection and channel tokens are verified (shared by the routes).
     pub jwt: Option<Arc<crate::auth::jwt::Verifier>>,
+    /// `[proxy]`: the application asked by `auth = "proxy"` and `subscribe_proxy` routes.
+    pub proxy: Option<Arc<crate::auth::proxy::Proxy>>,
 }
 
 /// Most workers: a worker's index lives in 8 bits of every connection id.
@@ -196,6 +198,7 @@ impl Config {
             cluster: None,
             history: Arc::default(),
             jwt: None,
+            proxy: None,
             limits,
             routes: vec![
                 Route::new("/", AppKind::Demo, limits),
@@ -297,6 +300,17 @@ impl Config {
                 }
                 None => None,
             },
+            proxy: match file.proxy {
+                Some(spanned) => {
+                    let line = line_of(text, spanned.span().start);
+                    Some(Arc::new(proxy_config(spanned.into_inner()).map_err(|message| ConfigError::Section {
+                        section: "proxy",
+                        line,
+                        message,
+                    })?))
+                }
+                None => None,
+            },
         };
         if file.routes.is_empty() {
             config.routes = defaults.routes.iter().map(|r| Route { limits: Arc::new(limits), ..r.clone() }).collect();
@@ -311,7 +325,7 @@ impl Config {
             let logview = logview_spec(&r, app, base).map_err(at)?;
             let plugin = plugin_spec(&r, app, base).map_err(at)?;
             let compression = compression_spec(&r).map_err(at)?;
-            let auth = route_auth(&r, app, config.jwt.as_ref()).map_err(at)?;
+            let auth = route_auth(&r, app, config.jwt.as_ref(), config.proxy.as_ref()).map_err(at)?;
             let rates = route_rates(&r, app).map_err(at)?;
             let legacy = legacy_drafts(&r, backend.as_ref()).map_err(at)?;
             let files = match &r.static_dir {

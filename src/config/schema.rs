@@ -31,6 +31,21 @@ pub(super) struct File {
     #[serde(default, rename = "history")]
     pub(super) histories: Vec<toml::Spanned<HistorySection>>,
     pub(super) jwt: Option<toml::Spanned<JwtSection>>,
+    pub(super) proxy: Option<toml::Spanned<ProxySection>>,
+}
+
+/// `[proxy]`: the application that decides for `auth = "proxy"` and `subscribe_proxy`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ProxySection {
+    pub(super) connect_url: Option<String>,
+    pub(super) subscribe_url: Option<String>,
+    pub(super) timeout: Option<Secs>,
+    pub(super) max_connections: Option<usize>,
+    pub(super) max_pending: Option<usize>,
+    pub(super) headers: Option<Vec<String>>,
+    pub(super) cookies: Option<Vec<String>>,
+    pub(super) max_answer_size: Option<ByteSize>,
 }
 
 /// `[jwt]`: the keys that sign connection and channel tokens, and the rules they must pass.
@@ -285,6 +300,7 @@ pub(super) struct RouteSection {
     pub(super) allow_unregistered: Option<bool>,
     pub(super) auth: Option<String>,
     pub(super) private: Option<Vec<String>>,
+    pub(super) subscribe_proxy: Option<Vec<String>>,
     pub(super) rate_messages: Option<RateSection>,
     pub(super) rate_bytes: Option<RateSection>,
     pub(super) rate_operations: Option<RateSection>,

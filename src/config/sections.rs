@@ -508,47 +508,111 @@ pub(super) fn jwt_config(j: JwtSection, base: &Path) -> Result<crate::auth::jwt:
     Ok(verifier)
 }
 
-/// A route's `auth` and `private`.
+/// `[proxy]`: the application's URLs and how much may wait for it.
+pub(super) fn proxy_config(p: ProxySection) -> Result<crate::auth::proxy::Proxy, String> {
+    use crate::auth::proxy::{Proxy, Settings};
+    let url = |u: Option<String>, key: &str| -> Result<Option<String>, String> {
+        match u {
+            None => Ok(None),
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                url::Url::parse(&u).map_err(|e| format!("proxy.{key}: {u:?}: {e}"))?;
+                Ok(Some(u))
+            }
+            Some(u) => Err(format!("proxy.{key}: {u:?} (expected an http:// or https:// URL)")),
+        }
+    };
+    let defaults = Settings::default();
+    let names = |list: Option<Vec<String>>, key: &str, lower: bool| -> Result<Box<[String]>, String> {
+        let list = list.unwrap_or_default();
+        for name in &list {
+            let token = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                return Err(format!("proxy.{key}: {name:?} is not a valid name"));
+            }
+        }
+        Ok(list.into_iter().map(|n| if lower { n.to_ascii_lowercase() } else { n }).collect())
+    };
+    let settings = Settings {
+        connect_url: url(p.connect_url, "connect_url")?,
+        subscribe_url: url(p.subscribe_url, "subscribe_url")?,
+        timeout: p.timeout.map_or(defaults.timeout, |t| t.0),
+        max_connections: p.max_connections.unwrap_or(defaults.max_connections),
+        max_pending: p.max_pending.unwrap_or(defaults.max_pending),
+        headers: names(p.headers, "headers", true)?,
+        cookies: names(p.cookies, "cookies", false)?,
+        max_answer_size: p.max_answer_size.map_or(defaults.max_answer_size, |b| b.0),
+    };
+    if settings.connect_url.is_none() && settings.subscribe_url.is_none() {
+        return Err("proxy: set connect_url, subscribe_url, or both".into());
+    }
+    if settings.timeout.is_zero() || settings.timeout > Duration::from_secs(60) {
+        return Err("proxy.timeout: more than zero, at most 60s".into());
+    }
+    if !(1..=1024).contains(&settings.max_connections) {
+        return Err("proxy.max_connections: 1 to 1024".into());
+    }
+    if !(1..=1_000_000).contains(&settings.max_pending) {
+        return Err("proxy.max_pending: 1 to 1000000".into());
+    }
+    if !(256..=(1 << 20)).contains(&settings.max_answer_size) {
+        return Err("proxy.max_answer_size: 256 bytes to 1 MiB".into());
+    }
+    Ok(Proxy::new(settings))
+}
+
+/// A route's `auth`, `private` and `subscribe_proxy`.
 pub(super) fn route_auth(
     r: &RouteSection,
     app: AppKind,
     verifier: Option<&Arc<crate::auth::jwt::Verifier>>,
+    proxy: Option<&Arc<crate::auth::proxy::Proxy>>,
 ) -> Result<crate::auth::RouteAuth, String> {
     use crate::auth::{Mode, RouteAuth};
     let mode = match r.auth.as_deref() {
         None | Some("none") => Mode::None,
         Some("jwt") => Mode::Jwt,
-        Some(other) => return Err(format!("route.auth: {other:?} (expected \"none\" or \"jwt\")")),
+        Some("proxy") => Mode::Proxy,
+        Some(other) => return Err(format!("route.auth: {other:?} (expected \"none\", \"jwt\" or \"proxy\")")),
     };
     if mode == Mode::Jwt && verifier.is_none() {
         return Err("route.auth = \"jwt\" needs a [jwt] section (its keys)".into());
     }
-    if mode == Mode::Jwt && app == AppKind::Plugin {
+    if mode == Mode::Proxy && proxy.is_none_or(|p| p.settings.connect_url.is_none()) {
+        return Err("route.auth = \"proxy\" needs [proxy] connect_url".into());
+    }
+    if mode != Mode::None && app == AppKind::Plugin {
         return Err("route.auth: not on plugin routes (the plugin's on_connect decides who connects)".into());
     }
-    if mode == Mode::Jwt && app == AppKind::Logview {
+    if mode != Mode::None && app == AppKind::Logview {
         // Its require_key takes the admin key from the same Authorization header.
         return Err("route.auth: not on log viewers (require_key guards them, with an [admin] key)".into());
     }
-    if mode == Mode::Jwt && !app.is_websocket() {
+    if mode != Mode::None && !app.is_websocket() {
         return Err(format!("route.auth: {} routes serve plain HTTP", app.name()));
     }
-    let private = match &r.private {
-        None => Vec::new(),
-        Some(globs) => {
-            if app != AppKind::PubSub {
-                return Err("route.private: only pubsub routes have topics to keep private".into());
-            }
-            if mode != Mode::Jwt {
-                return Err("route.private: channel tokens need auth = \"jwt\"".into());
-            }
-            globs
-                .iter()
-                .map(|g| glob::Pattern::new(g).map_err(|e| format!("route.private: {g:?}: {e}")))
-                .collect::<Result<_, _>>()?
+    let globs = |list: &Option<Vec<String>>, key: &str| -> Result<Vec<glob::Pattern>, String> {
+        let Some(list) = list else { return Ok(Vec::new()) };
+        if app != AppKind::PubSub {
+            return Err(format!("route.{key}: only pubsub routes have topics"));
         }
+        list.iter().map(|g| glob::Pattern::new(g).map_err(|e| format!("route.{key}: {g:?}: {e}"))).collect()
     };
-    Ok(RouteAuth { mode, verifier: if mode == Mode::Jwt { verifier.cloned() } else { None }, private })
+    let private = globs(&r.private, "private")?;
+    if !private.is_empty() && mode != Mode::Jwt {
+        return Err("route.private: channel tokens need auth = \"jwt\"".into());
+    }
+    let subscribe_proxy = globs(&r.subscribe_proxy, "subscribe_proxy")?;
+    if !subscribe_proxy.is_empty() && proxy.is_none_or(|p| p.settings.subscribe_url.is_none()) {
+        return Err("route.subscribe_proxy needs [proxy] subscribe_url".into());
+    }
+    let asks = mode == Mode::Proxy || !subscribe_proxy.is_empty();
+    Ok(RouteAuth {
+        mode,
+        verifier: if mode == Mode::Jwt { verifier.cloned() } else { None },
+        private,
+        proxy: if asks { proxy.cloned() } else { None },
+        subscribe_proxy,
+    })
 }
 
 /// A route's `rate_*` and `max_connections_per_ip`.
@@ -603,8 +667,8 @@ pub(super) fn route_rates(r: &RouteSection, app: AppKind) -> Result<crate::rate_
         per_user: None,
     };
     if rates.messages_per_user.is_some() {
-        if r.auth.as_deref() != Some("jwt") {
-            return Err("route.rate_messages_per_user: users come from tokens; set auth = \"jwt\"".into());
+        if !matches!(r.auth.as_deref(), Some("jwt" | "proxy")) {
+            return Err("route.rate_messages_per_user: users come from tokens or the application; set auth = \"jwt\" or \"proxy\"".into());
         }
         rates.per_user = Some(crate::rate_limit::UserTable::default());
     }

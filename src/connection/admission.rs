@@ -20,6 +20,15 @@ pub(super) struct Verified {
     pub(super) expires_at: Option<Instant>,
 }
 
+impl Verified {
+    /// What the token (or the application) said, its `exp` put on the reactor's clock.
+    pub(super) fn new(identity: Identity, now: Instant) -> Verified {
+        let unix = auth::unix_now();
+        let expires_at = identity.expires.map(|e| now + Duration::from_secs(e.saturating_sub(unix)));
+        Verified { identity, expires_at }
+    }
+}
+
 /// What an upgrade was admitted with: a verified token, a slot in its address's count.
 pub(super) struct Admitted {
     pub(super) verified: Option<Verified>,
@@ -55,23 +64,21 @@ impl Connection {
             Ok(Some(token)) => token,
             Ok(None) if route.app == AppKind::PubSub => return Ok(None),
             Ok(None) => {
-                return Err(self.refuse_token(cx, req, 401, "a token is required (Authorization: Bearer or ?token=)"))
+                return Err(self.refuse_token(cx, 401, "a token is required (Authorization: Bearer or ?token=)"))
             }
-            Err(refusal) => return Err(self.refuse_token(cx, req, refusal.status, &refusal.reason)),
+            Err(refusal) => return Err(self.refuse_token(cx, refusal.status, &refusal.reason)),
         };
-        let now = auth::unix_now();
-        let claims = match verifier.verify(&token, now) {
+        let claims = match verifier.verify(&token, auth::unix_now()) {
             Ok(claims) => claims,
-            Err(refusal) => return Err(self.refuse_token(cx, req, refusal.status, &refusal.reason)),
+            Err(refusal) => return Err(self.refuse_token(cx, refusal.status, &refusal.reason)),
         };
         if claims.channel.is_some() {
-            return Err(self.refuse_token(cx, req, 401, "a channel token cannot open a connection"));
+            return Err(self.refuse_token(cx, 401, "a channel token cannot open a connection"));
         }
         if route.app == AppKind::Chat && !claims.identity.allows_topic(path) {
-            return Err(self.refuse_token(cx, req, 403, "the token does not allow this room"));
+            return Err(self.refuse_token(cx, 403, "the token does not allow this room"));
         }
-        let expires_at = claims.identity.expires.map(|e| cx.now + Duration::from_secs(e.saturating_sub(now)));
-        Ok(Some(Verified { identity: claims.identity, expires_at }))
+        Ok(Some(Verified::new(claims.identity, cx.now)))
     }
 
     /// The route's per-address limits (`rate_handshakes_per_ip`, `max_connections_per_ip`):
@@ -99,13 +106,12 @@ impl Connection {
 
     /// A refused token: 401 (with `WWW-Authenticate`, RFC 6750 §3) or 403, and the
     /// connection closes.
-    fn refuse_token(&mut self, cx: &mut Ctx<'_>, req: &Request<'_, '_>, status: u16, reason: &str) -> bool {
+    pub(super) fn refuse_token(&mut self, cx: &mut Ctx<'_>, status: u16, reason: &str) -> bool {
         cx.metrics.auth_refusals += 1;
         self.log.set_end(format!("token refused: {reason}"));
         let headers: &[(&str, &str)] =
             if status == 401 { &[("WWW-Authenticate", "Bearer error=\"invalid_token\"")] } else { &[] };
         let response = Response { headers, keep_alive: false, ..Response::error(status, reason) };
-        let _ = req;
         self.send_response(cx, &response)
     }
 }

@@ -174,7 +174,9 @@ impl Connection {
             }
             Phase::Connected(_) => Some(End::Close { code: close::GOING_AWAY, reason: "server shutting down".into() }),
             // A plugin's on_connect is deciding: the client is told now, not at the deadline.
-            Phase::Consulting { .. } => Some(End::Refuse { status: 503, reason: "server shutting down".into() }),
+            Phase::Consulting { .. } | Phase::Asking { .. } => {
+                Some(End::Refuse { status: 503, reason: "server shutting down".into() })
+            }
             _ => None,
         };
         if let Some(end) = end {

@@ -202,14 +202,31 @@ impl Connection {
                 }
             },
         };
-        // Before the token: a client over its address's limits costs no signature check.
-        let slot = match self.admit_address(cx, req, route) {
-            Ok(slot) => slot,
-            Err(go_on) => return go_on,
-        };
-        let verified = match self.verify_token(cx, req, route, path) {
-            Ok(verified) => verified,
-            Err(go_on) => return go_on,
+        let (slot, verified) = match self.take_granted() {
+            // The application allowed this upgrade (`auth = "proxy"`): it comes back here with
+            // the decision, and the slot taken when it was asked.
+            Some((identity, slot)) => {
+                if route.app == AppKind::Chat && !identity.allows_topic(path) {
+                    return self.refuse_token(cx, 403, "the application does not allow this room");
+                }
+                (slot, Some(Verified::new(identity, cx.now)))
+            }
+            None => {
+                // Before the token: a client over its address's limits costs no signature
+                // check, and no question to the application.
+                let slot = match self.admit_address(cx, req, route) {
+                    Ok(slot) => slot,
+                    Err(go_on) => return go_on,
+                };
+                if route.auth.mode == auth::Mode::Proxy {
+                    let key3 = if opening.draft() == Some(Draft::Hixie76) { 8 } else { 0 };
+                    return self.ask_proxy(cx, req, route, slot, head_len + key3);
+                }
+                match self.verify_token(cx, req, route, path) {
+                    Ok(verified) => (slot, verified),
+                    Err(go_on) => return go_on,
+                }
+            }
         };
         let (identity, expires_at) = match verified {
             Some(v) => (Some(v.identity), v.expires_at),
@@ -218,17 +235,20 @@ impl Connection {
         let app: Box<dyn App> = match route.app {
             AppKind::Echo => Box::new(Echo),
             AppKind::Chat => Box::new(Chat::new(path, route.pubsub.exclude_sender)),
-            AppKind::PubSub if route.auth.mode == auth::Mode::Jwt => {
+            AppKind::PubSub if route.auth.mode != auth::Mode::None => {
                 let connect_by = cx.now + route.limits.handshake_timeout;
                 let auth = Arc::clone(&route.auth);
                 let app = PubSub::authenticated(Arc::clone(&route.pubsub), auth, identity, expires_at, connect_by)
-                    .limit_operations(route.rates.operations, cx.now);
+                    .limit_operations(route.rates.operations, cx.now)
+                    .ask_before_subscribing(&route.auth, &route.path);
                 let app = guard(Box::new(app), None, slot, route, cx.now);
                 return self.open_app(cx, req, route, &opening, app);
             }
-            AppKind::PubSub => {
-                Box::new(PubSub::new(Arc::clone(&route.pubsub)).limit_operations(route.rates.operations, cx.now))
-            }
+            AppKind::PubSub => Box::new(
+                PubSub::new(Arc::clone(&route.pubsub))
+                    .limit_operations(route.rates.operations, cx.now)
+                    .ask_before_subscribing(&route.auth, &route.path),
+            ),
             AppKind::Broker => {
                 let asked = req.query().and_then(|q| {
                     form_urlencoded::parse(q.as_bytes())

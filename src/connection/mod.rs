@@ -30,6 +30,7 @@ mod end;
 mod frames;
 mod http;
 mod plugin;
+mod proxy;
 mod read_buf;
 mod socket;
 mod timers;
@@ -246,6 +247,8 @@ struct Rare {
     /// What the app queues during one call when it must be re-encoded after it
     /// ([`Ws::recodes`]).
     scratch: OutQueue,
+    /// `auth = "proxy"`: the upgrade the application is deciding on.
+    asking: Option<Box<proxy::Asking>>,
 }
 
 enum Phase {
@@ -271,6 +274,12 @@ enum Phase {
     Consulting {
         deadline: Stamp,
         opening: Box<PluginOpening>,
+    },
+    /// `auth = "proxy"`: the application is deciding on the upgrade, whose request waits
+    /// in the input; its answer comes through the loop ([`Connection::proxy_answered`]).
+    /// Nothing more is read until then. Past the deadline the client gets a 503.
+    Asking {
+        deadline: Stamp,
     },
     /// A static file's body is being sent (after its head); then the next request, or the
     /// end. No deadline of its own: `write_timeout` ends a client that stops reading.
@@ -356,7 +365,7 @@ impl Phase {
             Phase::Unknown => "unknown",
             Phase::Opening { .. } => "opening",
             Phase::Http { .. } => "handshaking",
-            Phase::Answering { .. } | Phase::Consulting { .. } => "handshaking",
+            Phase::Answering { .. } | Phase::Consulting { .. } | Phase::Asking { .. } => "handshaking",
             Phase::Sending(_) => "sending",
             Phase::Connected(_) => "connected",
             Phase::HandingOff { .. } => "handing-off",

@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use super::{Connection, Ctx, End, Phase};
+use crate::auth::proxy::{Failure, Outcome};
 use crate::stamp::Stamp;
 use crate::ws::frame::Opcode;
 use crate::ws::session::{Due, Timing};
@@ -22,6 +23,7 @@ impl Connection {
             | Phase::Http { deadline }
             | Phase::Answering { deadline }
             | Phase::Consulting { deadline, .. }
+            | Phase::Asking { deadline }
             | Phase::HandingOff { deadline, .. }
             | Phase::HandedOff { deadline, .. }
             | Phase::Flushing { deadline, .. }
@@ -69,6 +71,12 @@ impl Connection {
                 self.set_phase(Phase::Http { deadline: Stamp::at(now + cx.limits.handshake_timeout) });
                 let reply = crate::admin::Reply::error(503, "the workers did not all answer in time");
                 self.send_reply(cx, &reply, false, false);
+                None
+            }
+            Phase::Asking { .. } if passed => {
+                // Counted in /metrics when the helper thread's own answer comes.
+                let outcome = Outcome::Failed(Failure::Timeout, "the auth proxy did not answer in time".into());
+                self.proxy_decided(cx, outcome);
                 None
             }
             Phase::Consulting { .. } if passed => {

@@ -108,6 +108,12 @@ pub enum Note {
         id: u64,
         answer: crate::plugin::host::Answer,
     },
+    /// The application answered connection `id`'s question (`[proxy]`; `seq` as asked).
+    Proxied {
+        id: u64,
+        seq: u32,
+        answer: crate::auth::proxy::Answer,
+    },
     /// A plugin's message to connection `id` (this worker's), framed.
     PluginSend {
         id: u64,

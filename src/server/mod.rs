@@ -513,6 +513,12 @@ impl Worker {
                 }
             }
             Action::Admin(request) => self.manage(key, *request, now),
+            Action::AskProxy { proxy, kind, seq, body } => {
+                let (mesh, worker) = (Arc::clone(&self.mesh), self.mailbox.index);
+                proxy.submit(kind, body, now, Box::new(move |answer| {
+                    mesh.post(worker, Note::Proxied { id, seq, answer });
+                }));
+            }
         }
     }
 
@@ -555,6 +561,13 @@ impl Worker {
             Note::PluginSend { id, frame } => self.plugin_send(id, &frame, now),
             Note::PluginOpened { id, answer } => {
                 self.run_by_id(id, now, |conn, ctx| conn.plugin_answered(ctx, answer));
+            }
+            Note::Proxied { id, seq, answer } => {
+                self.metrics.proxy_answered(&answer);
+                self.run_by_id(id, now, |conn, ctx| match seq {
+                    0 => conn.proxy_answered(ctx, answer.outcome),
+                    seq => conn.app_proxy_answered(ctx, seq, answer.outcome),
+                });
             }
             Note::PluginClose { id, code, reason } => {
                 self.run_by_id(id, now, |conn, ctx| conn.disconnect(ctx, code, reason));
