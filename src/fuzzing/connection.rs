@@ -112,6 +112,23 @@ rate_messages_per_user = { rate = 20, burst = 40 }
 path = "/limited"
 app = "echo"
 rate_messages = { rate = 5, burst = 20 }
+
+[proxy]
+connect_url = "http://127.0.0.1:1/connect"
+subscribe_url = "http://127.0.0.1:1/subscribe"
+
+[[route]]
+path = "/proxied"
+app = "echo"
+auth = "proxy"
+origins = ["http://example.com"]
+legacy = ["hixie-76"]
+
+[[route]]
+path = "/asked"
+app = "pubsub"
+auth = "proxy"
+subscribe_proxy = ["p*"]
 "#;
 
 /// HS256 with the configuration's secret: `{"sub":"fuzz","exp":4000000000,"topics":["a*","p*"],
@@ -127,11 +144,17 @@ fn prelude(pick: u8) -> String {
     // The high bit: the routes behind tokens and rate limits (the low bits as the committed
     // corpus was written).
     if pick & 0x80 != 0 {
-        return match pick % 4 {
+        return match pick % 8 {
             0 => upgrade(&format!("/authed?token={TOKEN}"), ""),
             1 => upgrade("/authed", ""),
             2 => upgrade("/authed", &format!("Authorization: Bearer {TOKEN}\r\n")),
-            _ => upgrade("/limited", ""),
+            3 => upgrade("/limited", ""),
+            4 => upgrade("/proxied?q=1", "Cookie: a=1\r\n"),
+            5 => upgrade("/asked", ""),
+            6 => "GET /proxied HTTP/1.1\r\nHost: fuzz\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\
+                  Origin: http://example.com\r\nSec-WebSocket-Key1: 4 @1  46546xW%0l 1 5\r\nSec-WebSocket-Key2: 12998 5 Y3 1  .P00\r\n\r\n"
+                .to_string(),
+            _ => upgrade("/proxied", DEFLATE),
         };
     }
     match pick % 8 {
@@ -199,6 +222,10 @@ struct Run<'s> {
     codecs: SharedCodecs,
     failures: FailureLog,
     actions: Vec<Action>,
+    /// What the connection asked the application, to be answered after its drive.
+    asked: Vec<(crate::auth::proxy::Kind, u32)>,
+    /// Picks the next answer.
+    answers: u8,
     deadline: Option<Instant>,
     /// Drive again without new readiness (the connection said Busy or Again).
     again: bool,
@@ -210,6 +237,7 @@ impl<'s> Run<'s> {
     #[allow(clippy::disallowed_methods)] // the fuzzer is the loop's edge; after this, time is synthetic
     fn new(server: &'s Server, window: u8, tick: u8) -> Run<'s> {
         let now = Instant::now();
+        let answers = window;
         let window = match window {
             0 => None,
             255 => Some(0),
@@ -232,6 +260,8 @@ impl<'s> Run<'s> {
             codecs: SharedCodecs::default(),
             failures: FailureLog::default(),
             actions: Vec::new(),
+            asked: Vec::new(),
+            answers,
             deadline: None,
             again: false,
             closed: false,
@@ -302,10 +332,14 @@ impl<'s> Run<'s> {
         if self.deadline.is_some_and(|at| at <= self.now) {
             ready.timer = true;
         }
-        let turn = self.drive(ready);
+        let mut turn = self.drive(ready);
+        self.deliver();
+        if !self.asked.is_empty() && turn.progress != Progress::Closed {
+            turn = self.answer_proxy();
+            self.deliver();
+        }
         let mut progress = turn.progress;
         let mut deadline = turn.deadline;
-        self.deliver();
         if progress != Progress::Closed {
             let end = self.drive(Ready::default());
             progress = end.progress;
@@ -323,6 +357,51 @@ impl<'s> Run<'s> {
             unread <= limits.max_frame_size + crate::ws::frame::MAX_HEADER_LEN + 512 * 1024,
             "{unread} bytes unread"
         );
+    }
+
+    /// The application's answers to what the connection asked (`[proxy]`), in turn: allowed
+    /// (with a user and topics), denied, timed out, or never (the connection's deadline).
+    fn answer_proxy(&mut self) -> crate::connection::Turn {
+        use crate::auth::proxy::{Failure, Kind, Outcome};
+        let mut turn = crate::connection::Turn { progress: Progress::Idle, deadline: None };
+        for (kind, seq) in std::mem::take(&mut self.asked) {
+            self.answers = self.answers.wrapping_add(1);
+            let outcome = match self.answers % 4 {
+                0 => Outcome::Allow(Some(crate::auth::Identity {
+                    user: "fuzz".into(),
+                    expires: None,
+                    topics: Some(Box::new([glob::Pattern::new("p*").expect("a glob")])),
+                    info: Some(r#"{"n":1}"#.into()),
+                })),
+                1 => Outcome::Deny { status: 401, reason: "no".into() },
+                2 => Outcome::Failed(Failure::Timeout, "slow".into()),
+                _ => continue,
+            };
+            let outcome = match (kind, outcome) {
+                (Kind::Subscribe, Outcome::Allow(_)) => Outcome::Allow(None),
+                (_, outcome) => outcome,
+            };
+            let mut cx = Ctx {
+                now: self.now,
+                routes: &self.server.routes,
+                limits: &self.server.limits,
+                pools: &mut self.pools,
+                backend_failures: &mut self.failures,
+                topics: &mut self.topics,
+                broker: &mut self.broker,
+                metrics: &mut self.metrics,
+                admin: None,
+                plugins: None,
+                actions: &mut self.actions,
+                codecs: &mut self.codecs,
+                fanout: 0,
+            };
+            turn = match kind {
+                Kind::Connect => self.conn.proxy_answered(&mut cx, outcome),
+                Kind::Subscribe => self.conn.app_proxy_answered(&mut cx, seq, outcome),
+            };
+        }
+        turn
     }
 
     fn drive(&mut self, ready: Ready) -> crate::connection::Turn {
@@ -350,6 +429,10 @@ impl<'s> Run<'s> {
         let key = key_of(self.conn.id());
         for action in std::mem::take(&mut self.actions) {
             let frame = match action {
+                Action::AskProxy { kind, seq, .. } => {
+                    self.asked.push((kind, seq));
+                    continue;
+                }
                 Action::Publish { topic, frame, exclude, .. } => {
                     let member = self.topics.find(&topic).is_some_and(|t| self.topics.members(t).any(|k| k == key));
                     if !member || exclude == Some(key) {

@@ -1,9 +1,11 @@
-//! The `jwt` fuzz target: connection and channel tokens, their claims, JWKS documents.
+//! The `jwt` fuzz target: connection and channel tokens, their claims, JWKS documents, and
+//! the answers of the application that `auth = "proxy"` asks.
 
 /// A token or its parts from a client or an identity provider: the first byte picks what the
 /// rest is. 0: a token, verified against HMAC and EC keys; 1: a token's claims JSON, checked
 /// directly and, signed with the HMAC key, through the whole verification, which must agree;
-/// 2: a JWKS document. Whatever a verified token gives must be what the rest of the server
+/// 2: a JWKS document; 3: an application's answer to a connect or subscribe request. Whatever
+/// a verified token (or the application) gives must be what the rest of the server
 /// relies on: a user without control characters, an `info` object within its bound, globs.
 pub fn jwt(data: &[u8]) {
     use crate::auth::jwt::{hmac_key, jwk_key, parse_jwks, Verifier, MAX_INFO, MAX_SUB};
@@ -27,7 +29,7 @@ pub fn jwt(data: &[u8]) {
     };
     let Some((&mode, rest)) = data.split_first() else { return };
     let now = 1_800_000_000;
-    match mode % 3 {
+    match mode % 4 {
         0 => {
             let Ok(token) = std::str::from_utf8(rest) else { return };
             if let Ok(claims) = verifier.verify(token, now) {
@@ -61,9 +63,27 @@ pub fn jwt(data: &[u8]) {
                 (Ok(a), Err(e)) => panic!("{json:?}: verified {a:?}, but the claims alone fail: {e:?}"),
             }
         }
-        _ => {
+        2 => {
             if let Ok(keys) = parse_jwks(rest) {
                 assert!(keys.len() <= rest.len());
+            }
+        }
+        _ => {
+            // The application's answer to a connect or subscribe request (`auth = "proxy"`):
+            // what it allows is bounded as a token's claims are, what it denies with is a 4xx
+            // and a short line.
+            use crate::auth::proxy::{connect_answer, subscribe_answer, Outcome, MAX_REASON};
+            for outcome in [connect_answer(rest, now), subscribe_answer(rest)] {
+                match outcome {
+                    Outcome::Allow(Some(identity)) => {
+                        check(&crate::auth::jwt::Claims { identity, channel: None });
+                    }
+                    Outcome::Allow(None) | Outcome::Failed(..) => {}
+                    Outcome::Deny { status, reason } => {
+                        assert!((400..500).contains(&status));
+                        assert!(reason.len() <= MAX_REASON && !reason.chars().any(char::is_control));
+                    }
+                }
             }
         }
     }
