@@ -216,3 +216,27 @@ fn the_embedded_counter_room_counts_publishes_and_ticks() {
     }
     a.close(1000, "").unwrap();
 }
+
+#[test]
+fn the_auth_proxy_app_lets_in_by_session_cookie_and_guards_private_topics() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let _app = spawn_example("auth-proxy-app", &[&addr.to_string()], scratch_dir("auth-proxy-app"), || {
+        std::net::TcpStream::connect(addr).is_ok()
+    });
+    let config = format!(
+        "[proxy]\nconnect_url = \"http://{addr}/connect\"\nsubscribe_url = \"http://{addr}/subscribe\"\ncookies = [\"session\"]\n\n[[route]]\npath = \"/live\"\napp = \"pubsub\"\nauth = \"proxy\"\nsubscribe_proxy = [\"private.*\"]\n"
+    );
+    let server = Server::with_config(&config, &[]);
+    let options = wsgate::client::Options {
+        headers: vec![("Cookie".into(), "theme=dark; session=s-alice".into())],
+        ..Default::default()
+    };
+    let mut alice = ws_open_with(&server.url("/live"), &options);
+    alice.send_text(r#"{"op":"subscribe","topic":"private.alice.inbox"}"#).unwrap();
+    assert_eq!(ws_json(&mut alice), serde_json::json!({"op":"subscribed","topic":"private.alice.inbox"}));
+    alice.send_text(r#"{"op":"subscribe","topic":"private.bob.inbox"}"#).unwrap();
+    let refused = ws_json(&mut alice);
+    assert_eq!((refused["code"].as_u64(), refused["message"].as_str()), (Some(403), Some("not your topic")));
+    let response = http_exchange(server.addr, upgrade_request("/live", "Cookie: session=stolen\r\n").as_bytes());
+    assert!(response.starts_with("HTTP/1.1 401 ") && response.ends_with("log in first"), "{response}");
+}

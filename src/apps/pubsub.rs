@@ -266,7 +266,9 @@ impl PubSub {
             return Err(Refusal(403, Cow::Borrowed("topic not allowed")));
         }
         if identity.as_deref().is_some_and(|i| !i.allows_topic(topic)) {
-            return Err(Refusal(403, Cow::Borrowed("topic not allowed by the token")));
+            let by_token = self.auth().is_some_and(|a| a.route.mode == crate::auth::Mode::Jwt);
+            let why = if by_token { "topic not allowed by the token" } else { "topic not allowed by the application" };
+            return Err(Refusal(403, Cow::Borrowed(why)));
         }
         let presence_asked = req.info.is_some() || req.join_leave.is_some() || req.op.starts_with("presence");
         if presence_asked && !self.policy.presence {

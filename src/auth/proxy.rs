@@ -108,7 +108,10 @@ pub enum Outcome {
     /// Allowed; a connect answer names the user (with what else it chose).
     Allow(Option<Identity>),
     /// Denied: the HTTP status (connect) or error code (subscribe), and why.
-    Deny { status: u16, reason: String },
+    Deny {
+        status: u16,
+        reason: String,
+    },
     Failed(Failure, String),
 }
 
@@ -287,11 +290,8 @@ fn ask(settings: &Settings, agent: &ureq::Agent, job: &Job, now: Instant) -> Out
     let Some(url) = url else {
         return Outcome::Failed(Failure::Error, format!("no {}_url in [proxy]", job.kind.name()));
     };
-    let result = agent
-        .post(url)
-        .timeout(job.deadline - now)
-        .set("Content-Type", "application/json")
-        .send_bytes(&job.body);
+    let result =
+        agent.post(url).timeout(job.deadline - now).set("Content-Type", "application/json").send_bytes(&job.body);
     #[allow(clippy::disallowed_methods)]
     let timed_out = || Instant::now() >= job.deadline;
     let response = match result {
@@ -299,7 +299,9 @@ fn ask(settings: &Settings, agent: &ureq::Agent, job: &Job, now: Instant) -> Out
         Err(ureq::Error::Status(code, _)) => {
             return Outcome::Failed(Failure::Error, format!("the auth proxy answered HTTP {code}"))
         }
-        Err(_) if timed_out() => return Outcome::Failed(Failure::Timeout, "the auth proxy did not answer in time".into()),
+        Err(_) if timed_out() => {
+            return Outcome::Failed(Failure::Timeout, "the auth proxy did not answer in time".into())
+        }
         Err(e) => return Outcome::Failed(Failure::Error, format!("the auth proxy: {e}")),
     };
     let mut body = Vec::new();
@@ -309,7 +311,10 @@ fn ask(settings: &Settings, agent: &ureq::Agent, job: &Job, now: Instant) -> Out
         return Outcome::Failed(failure, format!("the auth proxy's answer: {e}"));
     }
     if body.len() > limit {
-        return Outcome::Failed(Failure::Error, format!("the auth proxy's answer is over max_answer_size ({limit} bytes)"));
+        return Outcome::Failed(
+            Failure::Error,
+            format!("the auth proxy's answer is over max_answer_size ({limit} bytes)"),
+        );
     }
     match job.kind {
         Kind::Connect => connect_answer(&body, super::unix_now()),

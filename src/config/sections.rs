@@ -525,7 +525,8 @@ pub(super) fn proxy_config(p: ProxySection) -> Result<crate::auth::proxy::Proxy,
     let names = |list: Option<Vec<String>>, key: &str, lower: bool| -> Result<Box<[String]>, String> {
         let list = list.unwrap_or_default();
         for name in &list {
-            let token = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            let token =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
             if !token {
                 return Err(format!("proxy.{key}: {name:?} is not a valid name"));
             }

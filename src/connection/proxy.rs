@@ -102,8 +102,11 @@ impl Connection {
     }
 
     /// The application answered a question the connection's app asked.
+    /// Nothing once the WebSocket is closing: after a close frame, nothing may follow.
     pub fn app_proxy_answered(&mut self, cx: &mut Ctx<'_>, seq: u32, outcome: Outcome) -> Turn {
-        self.with_app(cx, |app, acx| app.on_proxy_answer(acx, seq, outcome));
+        if self.is_open() {
+            self.with_app(cx, |app, acx| app.on_proxy_answer(acx, seq, outcome));
+        }
         self.drive(cx, Ready { corked: true, ..Ready::default() })
     }
 

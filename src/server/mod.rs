@@ -515,9 +515,14 @@ impl Worker {
             Action::Admin(request) => self.manage(key, *request, now),
             Action::AskProxy { proxy, kind, seq, body } => {
                 let (mesh, worker) = (Arc::clone(&self.mesh), self.mailbox.index);
-                proxy.submit(kind, body, now, Box::new(move |answer| {
-                    mesh.post(worker, Note::Proxied { id, seq, answer });
-                }));
+                proxy.submit(
+                    kind,
+                    body,
+                    now,
+                    Box::new(move |answer| {
+                        mesh.post(worker, Note::Proxied { id, seq, answer });
+                    }),
+                );
             }
         }
     }
