@@ -77,8 +77,10 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
         }
         .to_string();
         // One write: a response in pieces meets Nagle's algorithm and a delayed ACK (40 ms).
-        let response =
-            format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}", answer.len());
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+            answer.len()
+        );
         out.write_all(response.as_bytes())?;
     }
 }

@@ -10,7 +10,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -43,10 +43,29 @@ impl App {
                 let Ok(stream) = stream else { return };
                 c.fetch_add(1, Ordering::SeqCst);
                 let r = Arc::clone(&r);
-                std::thread::spawn(move || serve(stream, &r));
+                std::thread::spawn(move || serve(stream.try_clone().unwrap(), stream, &r, usize::MAX));
             }
         });
         App { addr, requests, connections }
+    }
+
+    /// The same application on a UNIX socket; it closes each connection after two answers
+    /// (as an application with a short keep-alive would), without saying so.
+    fn start_unix(path: &std::path::Path) -> App {
+        let _ = std::fs::remove_file(path);
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (r, c) = (Arc::clone(&requests), Arc::clone(&connections));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = Arc::clone(&r);
+                std::thread::spawn(move || serve(stream.try_clone().unwrap(), stream, &r, 2));
+            }
+        });
+        App { addr: "127.0.0.1:9".parse().unwrap(), requests, connections }
     }
 
     fn config(&self, extra: &str) -> String {
@@ -61,11 +80,10 @@ impl App {
     }
 }
 
-/// One keep-alive connection from wsgate: requests until it closes.
-fn serve(stream: TcpStream, requests: &Mutex<Vec<(String, Value)>>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut out = stream;
-    loop {
+/// One keep-alive connection from wsgate: requests until it closes, or `answers` are given.
+fn serve(input: impl Read, mut out: impl Write, requests: &Mutex<Vec<(String, Value)>>, answers: usize) {
+    let mut reader = BufReader::new(input);
+    for _ in 0..answers {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
             return;
@@ -348,4 +366,30 @@ fn configuration_mistakes_name_the_key() {
         .contains("subscribe_proxy needs [proxy] subscribe_url"));
     assert!(check(&format!("{p}[[route]]\npath = \"/e\"\napp = \"echo\"\nsubscribe_proxy = [\"x\"]\n"))
         .contains("route.subscribe_proxy: only pubsub routes"));
+}
+
+#[test]
+fn the_application_on_a_unix_socket_with_connections_it_lets_go() {
+    let dir = std::env::temp_dir().join(format!("wsgate-proxy-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("app.sock");
+    let app = App::start_unix(&socket);
+    let config = app.config("").replace("[proxy]\n", &format!("[proxy]\nunix_socket = \"{}\"\n", socket.display()));
+    let server = Server::with_config(&config, &[]);
+    // Sequential upgrades over kept connections that the application closes after two
+    // answers: a request on a connection it let go is sent again on a new one.
+    for i in 0..9 {
+        let mut ws = ws_open(&server.url(&format!("/echo?user=u{i}")));
+        ws.send_text("x").unwrap();
+        assert_eq!(ws_text(&mut ws), "x");
+    }
+    assert_eq!(upgrade(&server, "/echo?deny", ""), (401, "log in first".into()));
+    assert_eq!(upgrade(&server, "/echo?bad", "").0, 503);
+    let sent = app.requests("/connect");
+    assert_eq!(sent.len(), 11, "each asked once");
+    assert_eq!(sent[0]["query"], "user=u0");
+    assert!(app.connections.load(Ordering::SeqCst) >= 5, "the application let connections go");
+    let mut a = ws_open(&server.url("/ps?user=alice"));
+    assert_eq!(ask(&mut a, json!({"op":"subscribe","topic":"private.ok"}))["op"], "subscribed");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -18,6 +18,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
 use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,6 +50,9 @@ pub struct Settings {
     /// Cookies forwarded, by name.
     pub cookies: Box<[String]>,
     pub max_answer_size: usize,
+    /// The application's UNIX socket: the URLs' requests go there (their host is the
+    /// `Host`), not over TCP.
+    pub unix_socket: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -61,6 +66,7 @@ impl Default for Settings {
             headers: Box::new([]),
             cookies: Box::new([]),
             max_answer_size: 16 << 10,
+            unix_socket: None,
         }
     }
 }
@@ -210,9 +216,8 @@ impl Proxy {
         queue.jobs.push_back(job);
         if queue.jobs.len() > queue.idle && queue.threads < self.settings.max_connections {
             let (settings, shared) = (Arc::clone(&self.settings), Arc::clone(&self.shared));
-            let started = std::thread::Builder::new()
-                .name("wsgate-proxy".into())
-                .spawn(move || serve(&settings, &shared, http_agent(&settings)));
+            let started =
+                std::thread::Builder::new().name("wsgate-proxy".into()).spawn(move || serve(&settings, &shared));
             match started {
                 Ok(_) => queue.threads += 1,
                 Err(e) => log::error!("auth proxy: cannot start a helper thread: {e}"),
@@ -241,17 +246,26 @@ impl Drop for Proxy {
     }
 }
 
-fn http_agent(settings: &Settings) -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .max_idle_connections(1)
-        .max_idle_connections_per_host(1)
-        .redirects(0)
-        .timeout(settings.timeout)
-        .build()
+/// How a helper thread reaches the application: HTTP(S) over TCP by ureq, or HTTP/1.1 on
+/// the application's UNIX socket; either way one keep-alive connection.
+enum Link {
+    Tcp(ureq::Agent),
+    Unix(Option<UnixStream>),
 }
 
 /// A helper thread: takes requests until the proxy is dropped.
-fn serve(settings: &Settings, shared: &Shared, agent: ureq::Agent) {
+fn serve(settings: &Settings, shared: &Shared) {
+    let mut link = match settings.unix_socket {
+        Some(_) => Link::Unix(None),
+        None => Link::Tcp(
+            ureq::AgentBuilder::new()
+                .max_idle_connections(1)
+                .max_idle_connections_per_host(1)
+                .redirects(0)
+                .timeout(settings.timeout)
+                .build(),
+        ),
+    };
     loop {
         let mut job = {
             let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -273,7 +287,7 @@ fn serve(settings: &Settings, shared: &Shared, agent: ureq::Agent) {
         let outcome = if now >= job.deadline {
             Outcome::Failed(Failure::Timeout, "the auth proxy did not answer in time (queued)".into())
         } else {
-            ask(settings, &agent, &job, now)
+            ask(settings, &mut link, &job, now)
         };
         #[allow(clippy::disallowed_methods)]
         let done = Instant::now();
@@ -282,7 +296,7 @@ fn serve(settings: &Settings, shared: &Shared, agent: ureq::Agent) {
 }
 
 /// POSTs one request and reads its answer (blocking, bounded by the job's deadline).
-fn ask(settings: &Settings, agent: &ureq::Agent, job: &Job, now: Instant) -> Outcome {
+fn ask(settings: &Settings, link: &mut Link, job: &Job, now: Instant) -> Outcome {
     let url = match job.kind {
         Kind::Connect => settings.connect_url.as_deref(),
         Kind::Subscribe => settings.subscribe_url.as_deref(),
@@ -290,36 +304,198 @@ fn ask(settings: &Settings, agent: &ureq::Agent, job: &Job, now: Instant) -> Out
     let Some(url) = url else {
         return Outcome::Failed(Failure::Error, format!("no {}_url in [proxy]", job.kind.name()));
     };
-    let result =
-        agent.post(url).timeout(job.deadline - now).set("Content-Type", "application/json").send_bytes(&job.body);
-    #[allow(clippy::disallowed_methods)]
-    let timed_out = || Instant::now() >= job.deadline;
-    let response = match result {
-        Ok(response) => response,
-        Err(ureq::Error::Status(code, _)) => {
-            return Outcome::Failed(Failure::Error, format!("the auth proxy answered HTTP {code}"))
-        }
-        Err(_) if timed_out() => {
-            return Outcome::Failed(Failure::Timeout, "the auth proxy did not answer in time".into())
-        }
-        Err(e) => return Outcome::Failed(Failure::Error, format!("the auth proxy: {e}")),
-    };
-    let mut body = Vec::new();
     let limit = settings.max_answer_size;
-    if let Err(e) = response.into_reader().take(limit as u64 + 1).read_to_end(&mut body) {
-        let failure = if timed_out() { Failure::Timeout } else { Failure::Error };
-        return Outcome::Failed(failure, format!("the auth proxy's answer: {e}"));
+    let body = match (link, &settings.unix_socket) {
+        (Link::Unix(conn), Some(path)) => post_unix(path, conn, url, &job.body, job.deadline, limit),
+        (Link::Tcp(agent), _) => post_tcp(agent, url, &job.body, job.deadline - now, limit),
+        (Link::Unix(_), None) => Err(Answerless::Failed("no unix_socket".into())),
+    };
+    #[allow(clippy::disallowed_methods)]
+    let timed_out = Instant::now() >= job.deadline;
+    match body {
+        Ok(body) => match job.kind {
+            Kind::Connect => connect_answer(&body, super::unix_now()),
+            Kind::Subscribe => subscribe_answer(&body),
+        },
+        Err(Answerless::Status(code)) => {
+            Outcome::Failed(Failure::Error, format!("the auth proxy answered HTTP {code}"))
+        }
+        Err(_) if timed_out => Outcome::Failed(Failure::Timeout, "the auth proxy did not answer in time".into()),
+        Err(Answerless::TooLarge) => {
+            Outcome::Failed(Failure::Error, format!("the auth proxy's answer is over max_answer_size ({limit} bytes)"))
+        }
+        Err(Answerless::Failed(why)) => Outcome::Failed(Failure::Error, format!("the auth proxy: {why}")),
     }
-    if body.len() > limit {
-        return Outcome::Failed(
-            Failure::Error,
-            format!("the auth proxy's answer is over max_answer_size ({limit} bytes)"),
-        );
+}
+
+/// Why a request got no answer to parse.
+pub enum Answerless {
+    /// An HTTP status other than 2xx.
+    Status(u16),
+    TooLarge,
+    Failed(String),
+}
+
+fn post_tcp(
+    agent: &ureq::Agent,
+    url: &str,
+    body: &[u8],
+    timeout: Duration,
+    limit: usize,
+) -> Result<Vec<u8>, Answerless> {
+    let response = agent.post(url).timeout(timeout).set("Content-Type", "application/json").send_bytes(body).map_err(
+        |e| match e {
+            ureq::Error::Status(code, _) => Answerless::Status(code),
+            other => Answerless::Failed(other.to_string()),
+        },
+    )?;
+    let mut answer = Vec::new();
+    response
+        .into_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut answer)
+        .map_err(|e| Answerless::Failed(e.to_string()))?;
+    if answer.len() > limit {
+        return Err(Answerless::TooLarge);
     }
-    match job.kind {
-        Kind::Connect => connect_answer(&body, super::unix_now()),
-        Kind::Subscribe => subscribe_answer(&body),
+    Ok(answer)
+}
+
+/// HTTP/1.1 on the application's UNIX socket, kept open between requests. A kept connection
+/// the application closed meanwhile is found when nothing comes back: then once more on a
+/// new one.
+fn post_unix(
+    path: &Path,
+    conn: &mut Option<UnixStream>,
+    url: &str,
+    body: &[u8],
+    deadline: Instant,
+    limit: usize,
+) -> Result<Vec<u8>, Answerless> {
+    let parsed = url::Url::parse(url).map_err(|e| Answerless::Failed(format!("{url}: {e}")))?;
+    let target = &parsed[url::Position::BeforePath..url::Position::AfterQuery];
+    let host = parsed.host_str().unwrap_or("localhost");
+    let mut request = format!(
+        "POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    for _ in 0..2 {
+        let reused = conn.is_some();
+        let stream = match conn {
+            Some(stream) => stream,
+            None => conn
+                .insert(UnixStream::connect(path).map_err(|e| Answerless::Failed(format!("{}: {e}", path.display())))?),
+        };
+        #[allow(clippy::disallowed_methods)]
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let _ = stream.set_read_timeout(Some(left));
+        let _ = stream.set_write_timeout(Some(left));
+        match exchange(stream, &request, limit) {
+            Ok((answer, keep)) => {
+                if !keep {
+                    *conn = None;
+                }
+                return Ok(answer);
+            }
+            Err(Exchange::Stale) if reused => *conn = None,
+            Err(Exchange::Stale) => {
+                *conn = None;
+                return Err(Answerless::Failed("the connection closed without an answer".into()));
+            }
+            Err(Exchange::Failed(why)) => {
+                *conn = None;
+                return Err(why);
+            }
+        }
     }
+    Err(Answerless::Failed("the connection closed without an answer".into()))
+}
+
+/// Why [`exchange`] has no answer.
+pub enum Exchange {
+    /// Closed before a byte of the answer (a kept connection the application let go).
+    Stale,
+    Failed(Answerless),
+}
+
+/// One request and its answer on `stream` (the application's UNIX socket; public for the
+/// fuzz target): the body, at most `limit` bytes, and whether the connection may be kept.
+pub fn exchange<S: Read + std::io::Write>(
+    stream: &mut S,
+    request: &[u8],
+    limit: usize,
+) -> Result<(Vec<u8>, bool), Exchange> {
+    let failed = |e: std::io::Error| Exchange::Failed(Answerless::Failed(e.to_string()));
+    match stream.write_all(request) {
+        Ok(()) => {}
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) => {
+            return Err(Exchange::Stale)
+        }
+        Err(e) => return Err(failed(e)),
+    }
+    let head_limit = 8 << 10;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    let (status, head_len, length, keep) = loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) if buf.is_empty() => return Err(Exchange::Stale),
+            Ok(0) => return Err(Exchange::Failed(Answerless::Failed("the answer was cut short".into()))),
+            Ok(n) => n,
+            Err(e) if buf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => return Err(Exchange::Stale),
+            Err(e) => return Err(failed(e)),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(&buf) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let header =
+                    |name: &str| response.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+                if header("transfer-encoding").is_some() {
+                    let why = "a chunked answer: send Content-Length".to_string();
+                    return Err(Exchange::Failed(Answerless::Failed(why)));
+                }
+                let length = header("content-length")
+                    .map(|v| std::str::from_utf8(v).ok().and_then(|v| v.trim().parse::<usize>().ok()))
+                    .map(|l| l.ok_or_else(|| Exchange::Failed(Answerless::Failed("a bad Content-Length".into()))))
+                    .transpose()?;
+                let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case(b"close"))
+                    || response.version == Some(0);
+                break (response.code.unwrap_or(0), head_len, length, !close && length.is_some());
+            }
+            Ok(httparse::Status::Partial) if buf.len() < head_limit => {}
+            Ok(httparse::Status::Partial) => {
+                return Err(Exchange::Failed(Answerless::Failed("an answer head over 8 KiB".into())))
+            }
+            Err(e) => return Err(Exchange::Failed(Answerless::Failed(format!("not an HTTP answer ({e})")))),
+        }
+    };
+    if !(200..300).contains(&status) {
+        return Err(Exchange::Failed(Answerless::Status(status)));
+    }
+    let mut answer = buf.split_off(head_len);
+    match length {
+        Some(length) if length > limit => return Err(Exchange::Failed(Answerless::TooLarge)),
+        Some(length) => {
+            if answer.len() > length {
+                return Err(Exchange::Failed(Answerless::Failed("more bytes than its Content-Length".into())));
+            }
+            let have = answer.len();
+            answer.resize(length, 0);
+            stream.read_exact(&mut answer[have..]).map_err(failed)?;
+        }
+        None => {
+            // Delimited by the end of the connection.
+            let room = (limit + 1).saturating_sub(answer.len()) as u64;
+            stream.take(room).read_to_end(&mut answer).map_err(failed)?;
+            if answer.len() > limit {
+                return Err(Exchange::Failed(Answerless::TooLarge));
+            }
+        }
+    }
+    Ok((answer, keep))
 }
 
 #[derive(Deserialize)]

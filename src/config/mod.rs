@@ -303,11 +303,13 @@ impl Config {
             proxy: match file.proxy {
                 Some(spanned) => {
                     let line = line_of(text, spanned.span().start);
-                    Some(Arc::new(proxy_config(spanned.into_inner()).map_err(|message| ConfigError::Section {
-                        section: "proxy",
-                        line,
-                        message,
-                    })?))
+                    Some(Arc::new(
+                        proxy_config(spanned.into_inner(), base).map_err(|message| ConfigError::Section {
+                            section: "proxy",
+                            line,
+                            message,
+                        })?,
+                    ))
                 }
                 None => None,
             },

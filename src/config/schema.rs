@@ -46,6 +46,7 @@ pub(super) struct ProxySection {
     pub(super) headers: Option<Vec<String>>,
     pub(super) cookies: Option<Vec<String>>,
     pub(super) max_answer_size: Option<ByteSize>,
+    pub(super) unix_socket: Option<PathBuf>,
 }
 
 /// `[jwt]`: the keys that sign connection and channel tokens, and the rules they must pass.

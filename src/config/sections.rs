@@ -509,7 +509,7 @@ pub(super) fn jwt_config(j: JwtSection, base: &Path) -> Result<crate::auth::jwt:
 }
 
 /// `[proxy]`: the application's URLs and how much may wait for it.
-pub(super) fn proxy_config(p: ProxySection) -> Result<crate::auth::proxy::Proxy, String> {
+pub(super) fn proxy_config(p: ProxySection, base: &Path) -> Result<crate::auth::proxy::Proxy, String> {
     use crate::auth::proxy::{Proxy, Settings};
     let url = |u: Option<String>, key: &str| -> Result<Option<String>, String> {
         match u {
@@ -542,7 +542,14 @@ pub(super) fn proxy_config(p: ProxySection) -> Result<crate::auth::proxy::Proxy,
         headers: names(p.headers, "headers", true)?,
         cookies: names(p.cookies, "cookies", false)?,
         max_answer_size: p.max_answer_size.map_or(defaults.max_answer_size, |b| b.0),
+        unix_socket: p.unix_socket.map(|path| base.join(path)),
     };
+    let over_unix = settings.unix_socket.is_some();
+    for (u, key) in [(&settings.connect_url, "connect_url"), (&settings.subscribe_url, "subscribe_url")] {
+        if over_unix && u.as_deref().is_some_and(|u| u.starts_with("https://")) {
+            return Err(format!("proxy.{key}: https:// with unix_socket (the socket is plain HTTP)"));
+        }
+    }
     if settings.connect_url.is_none() && settings.subscribe_url.is_none() {
         return Err("proxy: set connect_url, subscribe_url, or both".into());
     }

@@ -4,9 +4,10 @@
 /// A token or its parts from a client or an identity provider: the first byte picks what the
 /// rest is. 0: a token, verified against HMAC and EC keys; 1: a token's claims JSON, checked
 /// directly and, signed with the HMAC key, through the whole verification, which must agree;
-/// 2: a JWKS document; 3: an application's answer to a connect or subscribe request. Whatever
-/// a verified token (or the application) gives must be what the rest of the server
-/// relies on: a user without control characters, an `info` object within its bound, globs.
+/// 2: a JWKS document; 3: an application's answer to a connect or subscribe request; 4: its
+/// HTTP answer on a UNIX socket. Whatever a verified token (or the application) gives must be
+/// what the rest of the server relies on: a user without control characters, an `info`
+/// object within its bound, globs.
 pub fn jwt(data: &[u8]) {
     use crate::auth::jwt::{hmac_key, jwk_key, parse_jwks, Verifier, MAX_INFO, MAX_SUB};
     use std::sync::OnceLock;
@@ -29,7 +30,7 @@ pub fn jwt(data: &[u8]) {
     };
     let Some((&mode, rest)) = data.split_first() else { return };
     let now = 1_800_000_000;
-    match mode % 4 {
+    match mode % 5 {
         0 => {
             let Ok(token) = std::str::from_utf8(rest) else { return };
             if let Ok(claims) = verifier.verify(token, now) {
@@ -66,6 +67,34 @@ pub fn jwt(data: &[u8]) {
         2 => {
             if let Ok(keys) = parse_jwks(rest) {
                 assert!(keys.len() <= rest.len());
+            }
+        }
+        4 => {
+            // The application's HTTP answer on its UNIX socket, as it comes: whatever is taken
+            // is within the bound, and a connection is kept only after a delimited answer.
+            struct Peer<'a>(&'a [u8]);
+            impl std::io::Read for Peer<'_> {
+                fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                    // A byte at a time, then the rest: the answer's pieces as they may come.
+                    let n = buf.len().min(self.0.len()).min(if self.0.len() % 3 == 0 { 1 } else { 4096 });
+                    buf[..n].copy_from_slice(&self.0[..n]);
+                    self.0 = &self.0[n..];
+                    Ok(n)
+                }
+            }
+            impl std::io::Write for Peer<'_> {
+                fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                    Ok(buf.len())
+                }
+                fn flush(&mut self) -> std::io::Result<()> {
+                    Ok(())
+                }
+            }
+            let limit = 1024;
+            if let Ok((answer, _keep)) =
+                crate::auth::proxy::exchange(&mut Peer(rest), b"POST / HTTP/1.1\r\n\r\n", limit)
+            {
+                assert!(answer.len() <= limit);
             }
         }
         _ => {
