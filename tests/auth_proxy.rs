@@ -35,18 +35,9 @@ impl App {
     fn start() -> App {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let connections = Arc::new(AtomicUsize::new(0));
-        let (r, c) = (Arc::clone(&requests), Arc::clone(&connections));
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { return };
-                c.fetch_add(1, Ordering::SeqCst);
-                let r = Arc::clone(&r);
-                std::thread::spawn(move || serve(stream.try_clone().unwrap(), stream, &r, usize::MAX));
-            }
-        });
-        App { addr, requests, connections }
+        let split = |s: std::net::TcpStream| (s.try_clone().unwrap(), s);
+        let incoming = std::iter::from_fn(move || Some(listener.accept().map(|(s, _)| s)));
+        App { addr, ..App::listen(incoming, split, usize::MAX) }
     }
 
     /// The same application on a UNIX socket; it closes each connection after two answers
@@ -54,15 +45,27 @@ impl App {
     fn start_unix(path: &std::path::Path) -> App {
         let _ = std::fs::remove_file(path);
         let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        let split = |s: std::os::unix::net::UnixStream| (s.try_clone().unwrap(), s);
+        let incoming = std::iter::from_fn(move || Some(listener.accept().map(|(s, _)| s)));
+        App::listen(incoming, split, 2)
+    }
+
+    /// Serves every connection of `incoming` on its own thread, `answers` requests each.
+    fn listen<S: Read + Write + Send + 'static>(
+        incoming: impl Iterator<Item = std::io::Result<S>> + Send + 'static,
+        split: fn(S) -> (S, S),
+        answers: usize,
+    ) -> App {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
         let (r, c) = (Arc::clone(&requests), Arc::clone(&connections));
         std::thread::spawn(move || {
-            for stream in listener.incoming() {
+            for stream in incoming {
                 let Ok(stream) = stream else { return };
                 c.fetch_add(1, Ordering::SeqCst);
                 let r = Arc::clone(&r);
-                std::thread::spawn(move || serve(stream.try_clone().unwrap(), stream, &r, 2));
+                let (input, output) = split(stream);
+                std::thread::spawn(move || serve(input, output, &r, answers));
             }
         });
         App { addr: "127.0.0.1:9".parse().unwrap(), requests, connections }

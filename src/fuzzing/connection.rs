@@ -381,30 +381,20 @@ impl<'s> Run<'s> {
                 (Kind::Subscribe, Outcome::Allow(_)) => Outcome::Allow(None),
                 (_, outcome) => outcome,
             };
-            let mut cx = Ctx {
-                now: self.now,
-                routes: &self.server.routes,
-                limits: &self.server.limits,
-                pools: &mut self.pools,
-                backend_failures: &mut self.failures,
-                topics: &mut self.topics,
-                broker: &mut self.broker,
-                metrics: &mut self.metrics,
-                admin: None,
-                plugins: None,
-                actions: &mut self.actions,
-                codecs: &mut self.codecs,
-                fanout: 0,
-            };
-            turn = match kind {
-                Kind::Connect => self.conn.proxy_answered(&mut cx, outcome),
-                Kind::Subscribe => self.conn.app_proxy_answered(&mut cx, seq, outcome),
-            };
+            turn = self.with_cx(|conn, cx| match kind {
+                Kind::Connect => conn.proxy_answered(cx, outcome),
+                Kind::Subscribe => conn.app_proxy_answered(cx, seq, outcome),
+            });
         }
         turn
     }
 
     fn drive(&mut self, ready: Ready) -> crate::connection::Turn {
+        self.with_cx(|conn, cx| conn.drive(cx, ready))
+    }
+
+    /// Calls into the connection with the loop's context around it.
+    fn with_cx<R>(&mut self, f: impl FnOnce(&mut Connection, &mut Ctx<'_>) -> R) -> R {
         let mut cx = Ctx {
             now: self.now,
             routes: &self.server.routes,
@@ -420,7 +410,7 @@ impl<'s> Run<'s> {
             codecs: &mut self.codecs,
             fanout: 0,
         };
-        self.conn.drive(&mut cx, ready)
+        f(&mut self.conn, &mut cx)
     }
 
     /// What the connection's app asked the loop to deliver, delivered to it when it is a
