@@ -396,3 +396,22 @@ fn the_application_on_a_unix_socket_with_connections_it_lets_go() {
     assert_eq!(ask(&mut a, json!({"op":"subscribe","topic":"private.ok"}))["op"], "subscribed");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_dead_application_is_a_503_at_once_and_counted() {
+    // A port nothing listens on.
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let app = App { addr: dead, requests: Arc::default(), connections: Arc::default() };
+    let server = Server::with_config(&app.config("").replace("timeout = \"500ms\"", "timeout = \"10s\""), &[]);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (status, body) = upgrade(&server, "/echo?user=alice", "");
+        assert_eq!((status, body.as_str()), (503, "the application cannot decide now, try again later"));
+        assert!(started.elapsed() < Duration::from_secs(5), "refused at once, not at the 10 s timeout");
+    }
+    server.wait_log("the auth proxy: ");
+    let mut plain = ws_open(&server.url("/plain"));
+    plain.send_text("still here").unwrap();
+    assert_eq!(ws_text(&mut plain), "still here");
+    assert_eq!(proxy_count(&server, "connect", "error"), 3);
+}
