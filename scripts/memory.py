@@ -3,7 +3,7 @@
 usage: python3 scripts/memory.py [--bin PATH] [--unix-echo PATH] [--n N] [--warm W] [--trim true|false|none]
                                 [--workers N] [STAGE...]
 
-Stages (default: all): head, head-trickle, idle, tls, tls-handshake, tls-partial-header,
+Stages (default: all): head, head-trickle, asking, idle, tls, tls-handshake, tls-partial-header,
 tls-partial-hello, backend, subscription, broker, admin-body,
 deflate-shared, deflate-dedicated, legacy, legacy-key3, leave.
 Each stage starts a fresh server (release build, pinned to core 0 when taskset exists), opens W
@@ -47,6 +47,12 @@ def free_port():
 class Server:
     def __init__(self, binary, tmp, backend_sock=None, trim="true", workers=1):
         self.port, self.tls_port, self.admin_port = free_port(), free_port(), free_port()
+        # An application for auth = "proxy" that takes the requests and never answers (the
+        # kernel's backlog accepts them): upgrades to /asked wait for it.
+        self.stuck_app = socket.socket()
+        self.stuck_app.bind(("127.0.0.1", 0))
+        self.stuck_app.listen(1024)
+        stuck = self.stuck_app.getsockname()[1]
         cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
         if not os.path.exists(cert):
             subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
@@ -104,6 +110,16 @@ app = "echo"
 legacy = ["hixie-76"]
 origins = ["http://example.com"]
 
+[proxy]
+connect_url = "http://127.0.0.1:{stuck}/connect"
+timeout = "60s"
+max_pending = 100000
+
+[[route]]
+path = "/asked"
+app = "echo"
+auth = "proxy"
+
 [admin]
 listen = "127.0.0.1:{self.admin_port}"
 {backend}""")
@@ -157,6 +173,12 @@ def upgraded(server, path="/echo", tls=False):
         s = client_tls().wrap_socket(s, server_hostname="localhost")
     s.sendall(REQ.replace(b"%s", path.encode()))
     read_head(s)
+    return s
+
+
+def asking(server):
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.sendall(REQ.replace(b"%s", b"/asked?user=u"))
     return s
 
 
@@ -381,6 +403,7 @@ def stage(name, binary, unix_echo, tmp, n, warm, trim, workers=1):
         else:
             open_one, what = {
                 "head": (slow_head, "clients holding 30 bytes of a request head"),
+                "asking": (asking, "upgrades waiting for an application that never answers (auth = proxy)"),
                 "idle": (upgraded, "idle upgraded plain connections"),
                 "tls": (lambda srv: upgraded(srv, tls=True), "idle TLS connections after the handshake"),
                 "tls-handshake": (tls_half_open, "TLS connections mid-handshake (ClientHello sent)"),
@@ -422,7 +445,7 @@ def main():
             opts[a] = args.pop(0)
         else:
             stages.append(a)
-    stages = stages or ["head", "head-trickle", "idle", "tls", "tls-handshake", "tls-partial-header",
+    stages = stages or ["head", "head-trickle", "asking", "idle", "tls", "tls-handshake", "tls-partial-header",
                         "tls-partial-hello", "backend", "subscription", "broker", "admin-body",
                         "deflate-shared", "deflate-dedicated", "legacy", "legacy-key3", "leave"]
     with tempfile.TemporaryDirectory() as tmp:
