@@ -74,7 +74,7 @@ impl App {
     fn config(&self, extra: &str) -> String {
         let a = self.addr;
         format!(
-            "[limits]\nhandshake_timeout = \"3s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[proxy]\nconnect_url = \"http://{a}/connect\"\nsubscribe_url = \"http://{a}/subscribe\"\ntimeout = \"500ms\"\nmax_connections = 4\nmax_pending = 8\nheaders = [\"x-trace\", \"origin\"]\ncookies = [\"session\"]\n\n[[route]]\npath = \"/echo\"\napp = \"echo\"\nauth = \"proxy\"\n\n[[route]]\npath = \"/ps\"\napp = \"pubsub\"\nauth = \"proxy\"\npresence = true\nsubscribe_proxy = [\"private.*\"]\n\n[[route]]\npath = \"/open\"\napp = \"pubsub\"\nsubscribe_proxy = [\"private.*\"]\n\n[[route]]\npath = \"/plain\"\napp = \"echo\"\n{extra}"
+            "[limits]\nhandshake_timeout = \"3s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[proxy]\nconnect_url = \"http://{a}/connect\"\nsubscribe_url = \"http://{a}/subscribe\"\ntimeout = \"500ms\"\nmax_connections = 4\nmax_pending = 8\nheaders = [\"x-trace\", \"origin\"]\ncookies = [\"session\"]\nrequest_headers = {{ X-Wsgate-Key = \"k-1\" }}\n\n[[route]]\npath = \"/echo\"\napp = \"echo\"\nauth = \"proxy\"\n\n[[route]]\npath = \"/ps\"\napp = \"pubsub\"\nauth = \"proxy\"\npresence = true\nsubscribe_proxy = [\"private.*\"]\n\n[[route]]\npath = \"/open\"\napp = \"pubsub\"\nsubscribe_proxy = [\"private.*\"]\n\n[[route]]\npath = \"/plain\"\napp = \"echo\"\n{extra}"
         )
     }
 
@@ -93,6 +93,7 @@ fn serve(input: impl Read, mut out: impl Write, requests: &Mutex<Vec<(String, Va
         }
         let path = line.split(' ').nth(1).unwrap_or("").to_string();
         let mut length = 0;
+        let mut key = None;
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h).unwrap_or(0) == 0 {
@@ -105,12 +106,18 @@ fn serve(input: impl Read, mut out: impl Write, requests: &Mutex<Vec<(String, Va
                 if k.eq_ignore_ascii_case("content-length") {
                     length = v.trim().parse().unwrap();
                 }
+                if k.eq_ignore_ascii_case("x-wsgate-key") {
+                    key = Some(v.trim().to_string());
+                }
             }
         }
         let mut body = vec![0; length];
         reader.read_exact(&mut body).unwrap();
         let request: Value = serde_json::from_slice(&body).unwrap();
-        requests.lock().unwrap().push((path.clone(), request.clone()));
+        // Kept as it came, with the header the test looks for.
+        let mut kept = request.clone();
+        kept["_key"] = key.into();
+        requests.lock().unwrap().push((path.clone(), kept));
         let (status, answer) = decide(&path, &request);
         let response = format!(
             "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
@@ -205,6 +212,7 @@ fn the_application_allows_with_a_user_denies_with_its_status_and_is_sent_only_wh
     assert_eq!(sent["headers"], json!({"x-trace": "t-1", "origin": "http://example.test"}));
     assert_eq!(sent["cookies"], json!({"session": "s-1"}));
     assert!(sent["client"].as_str().is_some_and(|c| c.parse::<u64>().is_ok()), "{sent}");
+    assert_eq!(sent["_key"], "k-1", "request_headers reach the application");
 
     // Denied: the application's status and reason.
     assert_eq!(upgrade(&server, "/echo?deny", ""), (401, "log in first".into()));
@@ -365,6 +373,8 @@ fn configuration_mistakes_name_the_key() {
     let p = "[proxy]\nconnect_url = \"http://127.0.0.1:1/c\"\n";
     assert!(check(&format!("{p}max_connections = 0\n")).contains("proxy.max_connections"));
     assert!(check(&format!("{p}headers = [\"bad name\"]\n")).contains("proxy.headers"));
+    assert!(check(&format!("{p}request_headers = {{ Host = \"x\" }}\n")).contains("sets this header itself"));
+    assert!(check(&format!("{p}request_headers = {{ K = \"a\\r\\nb\" }}\n")).contains("proxy.request_headers.K"));
     assert!(check(&format!("{p}[[route]]\npath = \"/p\"\napp = \"pubsub\"\nsubscribe_proxy = [\"x\"]\n"))
         .contains("subscribe_proxy needs [proxy] subscribe_url"));
     assert!(check(&format!("{p}[[route]]\npath = \"/e\"\napp = \"echo\"\nsubscribe_proxy = [\"x\"]\n"))
@@ -391,6 +401,7 @@ fn the_application_on_a_unix_socket_with_connections_it_lets_go() {
     let sent = app.requests("/connect");
     assert_eq!(sent.len(), 11, "each asked once");
     assert_eq!(sent[0]["query"], "user=u0");
+    assert!(sent.iter().all(|r| r["_key"] == "k-1"), "request_headers on the socket too");
     assert!(app.connections.load(Ordering::SeqCst) >= 5, "the application let connections go");
     let mut a = ws_open(&server.url("/ps?user=alice"));
     assert_eq!(ask(&mut a, json!({"op":"subscribe","topic":"private.ok"}))["op"], "subscribed");

@@ -53,6 +53,8 @@ pub struct Settings {
     /// The application's UNIX socket: the URLs' requests go there (their host is the
     /// `Host`), not over TCP.
     pub unix_socket: Option<PathBuf>,
+    /// Headers added to every request (say, a key by which the application knows the caller).
+    pub request_headers: Box<[(String, String)]>,
 }
 
 impl Default for Settings {
@@ -67,6 +69,7 @@ impl Default for Settings {
             cookies: Box::new([]),
             max_answer_size: 16 << 10,
             unix_socket: None,
+            request_headers: Box::new([]),
         }
     }
 }
@@ -306,8 +309,8 @@ fn ask(settings: &Settings, link: &mut Link, job: &Job, now: Instant) -> Outcome
     };
     let limit = settings.max_answer_size;
     let body = match (link, &settings.unix_socket) {
-        (Link::Unix(conn), Some(path)) => post_unix(path, conn, url, &job.body, job.deadline, limit),
-        (Link::Tcp(agent), _) => post_tcp(agent, url, &job.body, job.deadline - now, limit),
+        (Link::Unix(conn), Some(path)) => post_unix(settings, path, conn, url, &job.body, job.deadline),
+        (Link::Tcp(agent), _) => post_tcp(settings, agent, url, &job.body, job.deadline - now),
         (Link::Unix(_), None) => Err(Answerless::Failed("no unix_socket".into())),
     };
     #[allow(clippy::disallowed_methods)]
@@ -337,18 +340,21 @@ pub enum Answerless {
 }
 
 fn post_tcp(
+    settings: &Settings,
     agent: &ureq::Agent,
     url: &str,
     body: &[u8],
     timeout: Duration,
-    limit: usize,
 ) -> Result<Vec<u8>, Answerless> {
-    let response = agent.post(url).timeout(timeout).set("Content-Type", "application/json").send_bytes(body).map_err(
-        |e| match e {
-            ureq::Error::Status(code, _) => Answerless::Status(code),
-            other => Answerless::Failed(other.to_string()),
-        },
-    )?;
+    let limit = settings.max_answer_size;
+    let mut request = agent.post(url).timeout(timeout).set("Content-Type", "application/json");
+    for (name, value) in settings.request_headers.iter() {
+        request = request.set(name, value);
+    }
+    let response = request.send_bytes(body).map_err(|e| match e {
+        ureq::Error::Status(code, _) => Answerless::Status(code),
+        other => Answerless::Failed(other.to_string()),
+    })?;
     let mut answer = Vec::new();
     response
         .into_reader()
@@ -365,21 +371,23 @@ fn post_tcp(
 /// the application closed meanwhile is found when nothing comes back: then once more on a
 /// new one.
 fn post_unix(
+    settings: &Settings,
     path: &Path,
     conn: &mut Option<UnixStream>,
     url: &str,
     body: &[u8],
     deadline: Instant,
-    limit: usize,
 ) -> Result<Vec<u8>, Answerless> {
+    let limit = settings.max_answer_size;
     let parsed = url::Url::parse(url).map_err(|e| Answerless::Failed(format!("{url}: {e}")))?;
     let target = &parsed[url::Position::BeforePath..url::Position::AfterQuery];
     let host = parsed.host_str().unwrap_or("localhost");
-    let mut request = format!(
-        "POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
+    let mut request =
+        format!("POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n").into_bytes();
+    for (name, value) in settings.request_headers.iter() {
+        request.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    request.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
     request.extend_from_slice(body);
     for _ in 0..2 {
         let reused = conn.is_some();

@@ -47,6 +47,8 @@ pub(super) struct ProxySection {
     pub(super) cookies: Option<Vec<String>>,
     pub(super) max_answer_size: Option<ByteSize>,
     pub(super) unix_socket: Option<PathBuf>,
+    /// Headers wsgate adds to every request (a key the application checks), `file:` values read.
+    pub(super) request_headers: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `[jwt]`: the keys that sign connection and channel tokens, and the rules they must pass.

@@ -543,7 +543,27 @@ pub(super) fn proxy_config(p: ProxySection, base: &Path) -> Result<crate::auth::
         cookies: names(p.cookies, "cookies", false)?,
         max_answer_size: p.max_answer_size.map_or(defaults.max_answer_size, |b| b.0),
         unix_socket: p.unix_socket.map(|path| base.join(path)),
+        request_headers: Box::new([]),
     };
+    let mut request_headers = Vec::new();
+    for (name, value) in p.request_headers.unwrap_or_default() {
+        let key = format!("proxy.request_headers.{name}");
+        let token =
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(format!("{key}: not a valid header name"));
+        }
+        let reserved = ["host", "content-type", "content-length", "connection", "transfer-encoding"];
+        if reserved.iter().any(|r| name.eq_ignore_ascii_case(r)) {
+            return Err(format!("{key}: wsgate sets this header itself"));
+        }
+        let value = String::from_utf8(inline_or_file(&value, &key, base)?).map_err(|_| format!("{key}: not UTF-8"))?;
+        if value.chars().any(char::is_control) {
+            return Err(format!("{key}: control characters (a header value is one line)"));
+        }
+        request_headers.push((name, value));
+    }
+    let settings = Settings { request_headers: request_headers.into(), ..settings };
     let over_unix = settings.unix_socket.is_some();
     for (u, key) in [(&settings.connect_url, "connect_url"), (&settings.subscribe_url, "subscribe_url")] {
         if over_unix && u.as_deref().is_some_and(|u| u.starts_with("https://")) {
