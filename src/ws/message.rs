@@ -475,7 +475,11 @@ mod tests {
     /// Feeds `bytes` in chunks of `chunk` bytes the way a connection would: appending to a
     /// read buffer and decoding until no progress.
     fn run(bytes: &[u8], chunk: usize, limits: MessageLimits) -> (Vec<Owned>, Option<ProtocolError>) {
-        let mut dec = Decoder::server(limits);
+        decode_in_chunks(Decoder::server(limits), bytes, chunk)
+    }
+
+    /// What `dec` makes of `bytes` fed `chunk` bytes at a time: its events, and its error.
+    fn decode_in_chunks(mut dec: Decoder, bytes: &[u8], chunk: usize) -> (Vec<Owned>, Option<ProtocolError>) {
         let mut events = Vec::new();
         let mut rbuf: Vec<u8> = Vec::new();
         for piece in bytes.chunks(chunk.max(1)) {
@@ -668,29 +672,7 @@ mod tests {
     fn run_compressed(bytes: &[u8], chunk: usize) -> (Vec<Owned>, Option<ProtocolError>) {
         let mut dec = Decoder::server(MessageLimits::default());
         dec.allow_compression();
-        let mut events = Vec::new();
-        let mut rbuf: Vec<u8> = Vec::new();
-        for piece in bytes.chunks(chunk.max(1)) {
-            rbuf.extend_from_slice(piece);
-            let mut pos = 0;
-            loop {
-                match dec.decode(&mut rbuf[pos..]) {
-                    Ok((ev, n)) => {
-                        pos += n;
-                        let progressed = ev.is_some() || n > 0;
-                        if let Some(e) = ev {
-                            events.push(own(e));
-                        }
-                        if !progressed {
-                            break;
-                        }
-                    }
-                    Err(e) => return (events, Some(e)),
-                }
-            }
-            rbuf.drain(..pos);
-        }
-        (events, None)
+        decode_in_chunks(dec, bytes, chunk)
     }
 
     #[test]
