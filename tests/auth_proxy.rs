@@ -143,6 +143,10 @@ fn decide(path: &str, request: &Value) -> (u16, String) {
             _ => (200, json!({"allow": false, "status": 403, "reason": "not yours"}).to_string()),
         };
     }
+    // A browser's session cookie (what a login page set): the user is the session's.
+    if let Some(user) = request["cookies"]["session"].as_str().and_then(|s| s.strip_prefix("s-")) {
+        return (200, allow(user));
+    }
     let query = request["query"].as_str().unwrap_or("");
     match query.split_once('=') {
         Some(("user", user)) => (200, allow(user)),
@@ -425,4 +429,38 @@ fn a_dead_application_is_a_503_at_once_and_counted() {
     plain.send_text("still here").unwrap();
     assert_eq!(ws_text(&mut plain), "still here");
     assert_eq!(proxy_count(&server, "connect", "error"), 3);
+}
+
+/// The page Chromium opens: it sets a session cookie as a login page would, then opens the
+/// pubsub route, which sends the cookie with the upgrade; once in, it subscribes to a topic
+/// the application must allow, and publishes to `news` to say so.
+const PAGE: &str = r#"<!doctype html><script>
+document.cookie = "session=s-alice; path=/";
+const ws = new WebSocket(`ws://${location.host}/ps`);
+ws.onopen = () => ws.send(JSON.stringify({op: "subscribe", topic: "private.ok"}));
+ws.onmessage = (e) => {
+  const m = JSON.parse(e.data);
+  if (m.op === "subscribed") ws.send(JSON.stringify({op: "publish", topic: "news", data: "chromium is in"}));
+};
+</script>"#;
+
+#[test]
+fn a_browser_session_cookie_reaches_the_application_with_the_browser_set_origin() {
+    let app = App::start();
+    let dir = std::env::temp_dir().join(format!("wsgate-proxy-page-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.html"), PAGE).unwrap();
+    let extra = format!("\n[[route]]\npath = \"/page\"\nstatic = \"{}\"\n", dir.display());
+    let server = Server::with_config(&app.config(&extra), &[]);
+    let mut listener = ws_open(&server.url("/ps?user=listener"));
+    assert_eq!(ask(&mut listener, json!({"op":"subscribe","topic":"news"}))["op"], "subscribed");
+    let _browser = Browser::launch("proxy", &format!("http://{}/page/", server.addr), &[], false);
+    assert_eq!(ws_json(&mut listener), json!({"topic":"news","data":"chromium is in"}));
+    let sent = app.requests("/connect");
+    let from_browser = sent.iter().find(|r| r["cookies"]["session"] == "s-alice").expect("the browser's upgrade");
+    assert_eq!(from_browser["headers"]["origin"], format!("http://{}", server.addr));
+    assert!(from_browser.get("query").is_none(), "{from_browser}");
+    let asked = app.requests("/subscribe");
+    assert!(asked.iter().any(|r| r["user"] == "alice" && r["topic"] == "private.ok"), "{asked:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
