@@ -144,7 +144,7 @@ fn decide(path: &str, request: &Value) -> (u16, String) {
         };
     }
     // A browser's session cookie (what a login page set): the user is the session's.
-    if let Some(user) = request["cookies"]["session"].as_str().and_then(|s| s.strip_prefix("s-")) {
+    if let Some(user) = request["cookies"]["session"].as_str().and_then(|s| s.strip_prefix("browser-")) {
         return (200, allow(user));
     }
     let query = request["query"].as_str().unwrap_or("");
@@ -435,7 +435,7 @@ fn a_dead_application_is_a_503_at_once_and_counted() {
 /// pubsub route, which sends the cookie with the upgrade; once in, it subscribes to a topic
 /// the application must allow, and publishes to `news` to say so.
 const PAGE: &str = r#"<!doctype html><script>
-document.cookie = "session=s-alice; path=/";
+document.cookie = "session=browser-alice; path=/";
 const ws = new WebSocket(`ws://${location.host}/ps`);
 ws.onopen = () => ws.send(JSON.stringify({op: "subscribe", topic: "private.ok"}));
 ws.onmessage = (e) => {
@@ -457,7 +457,7 @@ fn a_browser_session_cookie_reaches_the_application_with_the_browser_set_origin(
     let _browser = Browser::launch("proxy", &format!("http://{}/page/", server.addr), &[], false);
     assert_eq!(ws_json(&mut listener), json!({"topic":"news","data":"chromium is in"}));
     let sent = app.requests("/connect");
-    let from_browser = sent.iter().find(|r| r["cookies"]["session"] == "s-alice").expect("the browser's upgrade");
+    let from_browser = sent.iter().find(|r| r["cookies"]["session"] == "browser-alice").expect("the browser's upgrade");
     assert_eq!(from_browser["headers"]["origin"], format!("http://{}", server.addr));
     assert!(from_browser.get("query").is_none(), "{from_browser}");
     let asked = app.requests("/subscribe");
