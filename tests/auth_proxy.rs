@@ -464,3 +464,31 @@ fn a_browser_session_cookie_reaches_the_application_with_the_browser_set_origin(
     assert!(asked.iter().any(|r| r["user"] == "alice" && r["topic"] == "private.ok"), "{asked:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_address_over_its_limits_is_refused_before_the_application_is_asked() {
+    let app = App::start();
+    let extra =
+        "\n[[route]]\npath = \"/capped\"\napp = \"echo\"\nauth = \"proxy\"\nmax_connections_per_ip = { max = 2 }\n";
+    let config = app.config(extra).replace("timeout = \"500ms\"", "timeout = \"5s\"");
+    let server = Server::with_config(&config, &[]);
+    // Two upgrades wait for the slow application (2 s), each holding its address's place.
+    let waiting: Vec<_> = (0..2)
+        .map(|i| {
+            let addr = server.addr;
+            std::thread::spawn(move || http_exchange_head(addr, &upgrade_request(&format!("/capped?slow=c{i}"), "")))
+        })
+        .collect();
+    let started = Instant::now();
+    while app.requests("/connect").len() < 2 {
+        assert!(started.elapsed() < WAIT, "the two were not asked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A third from the same address: 429 at once, and the application is not asked.
+    let (status, _) = upgrade(&server, "/capped?user=third", "");
+    assert_eq!(status, 429);
+    assert_eq!(app.requests("/connect").len(), 2);
+    for w in waiting {
+        assert!(w.join().unwrap().starts_with("HTTP/1.1 101 "), "allowed once the application answered");
+    }
+}
