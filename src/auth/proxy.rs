@@ -785,6 +785,67 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), "error");
     }
 
+    /// An application's side of a connection: what it answers, and what it was sent.
+    struct Scripted<'a> {
+        answer: &'a [u8],
+        sent: Vec<u8>,
+    }
+
+    impl Read for Scripted<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            // A few bytes at a time, as a socket may give them.
+            let n = buf.len().min(self.answer.len()).min(7);
+            buf[..n].copy_from_slice(&self.answer[..n]);
+            self.answer = &self.answer[n..];
+            Ok(n)
+        }
+    }
+
+    impl std::io::Write for Scripted<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.sent.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn over_unix(answer: &[u8]) -> Result<(Vec<u8>, bool), String> {
+        let mut app = Scripted { answer, sent: Vec::new() };
+        let result = exchange(&mut app, b"POST /c HTTP/1.1\r\n\r\n", 64);
+        assert_eq!(app.sent, b"POST /c HTTP/1.1\r\n\r\n");
+        result.map_err(|e| match e {
+            Exchange::Stale => "stale".to_string(),
+            Exchange::Failed(Answerless::Status(code)) => format!("status {code}"),
+            Exchange::Failed(Answerless::TooLarge) => "too large".to_string(),
+            Exchange::Failed(Answerless::Failed(why)) => why,
+        })
+    }
+
+    #[test]
+    fn answers_on_a_unix_socket() {
+        let ok = over_unix(b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n{\"allow\":true}").unwrap();
+        assert_eq!(ok, (br#"{"allow":true}"#.to_vec(), true));
+        let closing = over_unix(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}").unwrap();
+        assert_eq!(closing, (b"{}".to_vec(), false), "not kept");
+        let to_the_end = over_unix(b"HTTP/1.0 200 OK\r\n\r\n{}").unwrap();
+        assert_eq!(to_the_end, (b"{}".to_vec(), false));
+        assert_eq!(over_unix(b""), Err("stale".into()), "a kept connection let go");
+        assert_eq!(over_unix(b"HTTP/1.1 503 No\r\nContent-Length: 0\r\n\r\n"), Err("status 503".into()));
+        assert_eq!(over_unix(b"HTTP/1.1 200 OK\r\nContent-Length: 65\r\n\r\n"), Err("too large".into()));
+        let endless = [b"HTTP/1.1 200 OK\r\n\r\n".as_slice(), &[b'x'; 100]].concat();
+        assert_eq!(over_unix(&endless), Err("too large".into()), "bounded without a length too");
+        assert!(over_unix(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+            .unwrap_err()
+            .contains("Content-Length"));
+        assert!(over_unix(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").unwrap_err().contains("Content-Length"));
+        assert!(over_unix(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}").is_err(), "cut short");
+        assert!(over_unix(b"SSH-2.0-OpenSSH\r\n").unwrap_err().contains("not an HTTP answer"));
+        let huge_head = [b"HTTP/1.1 200 OK\r\nX: ".as_slice(), &[b'a'; 9000]].concat();
+        assert!(over_unix(&huge_head).unwrap_err().contains("8 KiB"));
+    }
+
     #[test]
     fn no_thread_no_wait() {
         let proxy = Proxy::new(Settings { max_connections: 0, ..Settings::default() });
