@@ -7,6 +7,7 @@
 #   PEERS=dir with uws_echo and uws_room (default /tmp/peers/bin: ../shared/tools/build-peers.sh
 #         builds them; without them only wsgate runs)
 #   BASE_WSGATE=path/to/another/wsgate: the same runs against that build too (before/after)
+#   ONLY=regex: only the runs whose label matches (e.g. ONLY='closed|chat')
 #
 # Prints one line per run: messages (or deliveries) per second, the server's user and system
 # microseconds per message (from /proc, over the measured window), and messages per server
@@ -74,6 +75,7 @@ sleep 0.5
 # run NAME LABEL PATH bench-args... : one measured window of `wsgate bench` against server NAME.
 run() {
   local name=$1 label=$2 path=$3; shift 3
+  [[ "$label" =~ ${ONLY:-.} ]] || return 0
   local pid port
   pid=$(eval echo "\$pid_$name"); port=$(eval echo "\$port_$name")
   if [ "$name" = uws ] && [ "$path" = /chat ]; then
@@ -96,6 +98,7 @@ run() {
 
 tcpkali_run() { # name: flood 100 x 20 B text with tcpkali --ws (to "/"), messages per second
   local name=$1 port bytes
+  [[ "tcpkali flood 100x20B" =~ ${ONLY:-.} ]] || return 0
   port=$(eval echo "\$port_$name")
   bytes=$(taskset -c 1 "$peers/tcpkali" --ws -c100 -m aaaaaaaaaaaaaaaaaaaa -T"${secs}s" "127.0.0.1:$port" 2>&1 |
     grep -o 'Total data received: .*(\([0-9]*\) bytes)' | grep -o '([0-9]*' | tr -d '(' || true)

@@ -73,7 +73,7 @@ impl Default for Policy {
 
 #[derive(Debug, Default)]
 pub struct Topics {
-    by_name: HashMap<Rc<str>, TopicId>,
+    by_name: HashMap<Rc<str>, TopicId, foldhash::quality::RandomState>,
     topics: Vec<Option<Topic>>,
     free_topics: Vec<TopicId>,
     subs: Vec<Sub>,

@@ -196,6 +196,10 @@ impl App for Backend {
         self.link.writable |= writable;
     }
 
+    fn has_own_io(&self) -> bool {
+        true
+    }
+
     fn on_io(&mut self, cx: &mut AppCtx<'_>, may_read: bool) -> AppIo {
         if self.done {
             return AppIo::Idle;

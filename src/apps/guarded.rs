@@ -131,6 +131,10 @@ impl App for Guarded {
         self.inner.on_ready(readable, writable);
     }
 
+    fn has_own_io(&self) -> bool {
+        self.inner.has_own_io()
+    }
+
     fn on_io(&mut self, cx: &mut AppCtx<'_>, may_read: bool) -> AppIo {
         self.inner.on_io(cx, may_read)
     }

@@ -390,6 +390,12 @@ pub trait App {
     /// Readiness the poller reported for the app's own socket.
     fn on_ready(&mut self, _readable: bool, _writable: bool) {}
 
+    /// Whether the app has a socket of its own: [`App::on_io`] is only called if so (asked
+    /// on every drive, so an echo or chat connection builds no context for it).
+    fn has_own_io(&self) -> bool {
+        false
+    }
+
     /// I/O on the app's own socket: write what waits, and read once if `may_read`.
     fn on_io(&mut self, _cx: &mut AppCtx<'_>, _may_read: bool) -> AppIo {
         AppIo::Idle

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use super::{Connection, Ctx, End, Phase, Rare, Ws, FANOUT_BUDGET, INFLATE_BUDGET, INFLATE_UNIT};
 use crate::apps::{App, AppClose, AppCtx, AppIo, Traffic};
 use crate::buffer::OutQueue;
-use crate::stamp::Stamp;
 use crate::ws::deflate::{PerMessage, CHUNK};
 use crate::ws::endpoint::{Endpoint, Event, Payload, WsError};
 use crate::ws::frame::Opcode;
@@ -54,6 +53,9 @@ impl Connection {
             } else if !h.backend.has_pending_output() {
                 self.close(cx.now, cx.pools, End::HandedOff);
             }
+            return None;
+        }
+        if !self.phase.ws().is_some_and(|ws| ws.app.has_own_io()) {
             return None;
         }
         let may_read = self.is_open() && self.out.len() < self.limits.backpressure_high;
@@ -122,11 +124,12 @@ impl Connection {
         }
         let mut app_close = None;
         let mut dropped = 0;
+        let cx_stamp = cx.stamp;
         let stop = {
             let parts = AppParts::of(ws, rare, out);
             let AppParts { queue, mut wire_out, pmd } = parts;
             let mut acx = app_ctx(cx, who, queue, &mut log.traffic, high, &mut app_close, pmd);
-            let now = Stamp::at(acx.now);
+            let now = cx_stamp;
             loop {
                 let queued = wire_out.as_deref().map_or(acx.out.len(), OutQueue::len);
                 if queued >= high || *acx.fanout >= FANOUT_BUDGET {
@@ -143,6 +146,9 @@ impl Connection {
                         }
                         Err(e) => break Stop::Failed(e),
                     }
+                } else if pending.is_empty() && !endpoint.is_inflating() {
+                    // Every whole frame of the read is handled: nothing can come of no bytes.
+                    break Stop::NeedMore;
                 } else {
                     // Inflating shares the drive's work budget with fan-out.
                     let budget = INFLATE_BUDGET.saturating_sub(acx.fanout.saturating_mul(INFLATE_UNIT)).max(CHUNK);

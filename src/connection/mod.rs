@@ -89,6 +89,8 @@ pub(crate) const NO_ROUTE: u16 = u16::MAX;
 /// What the loop shares with a connection for one call.
 pub struct Ctx<'a> {
     pub now: Instant,
+    /// `now` as a [`Stamp`], converted once for the call (every message and write stamps it).
+    pub stamp: Stamp,
     pub routes: &'a Routes,
     /// Server-wide limits (those that apply before a route is known).
     pub limits: &'a Limits,
@@ -586,12 +588,18 @@ impl Connection {
             }
             budget = budget.saturating_sub(self.read_once(cx));
         }
-        self.after_io(cx, READ_BUDGET - budget);
-        if ready.write_after && cx.fanout == 0 && self.writable && self.has_output() && !self.is_closed() {
-            return self.write_turn(cx);
+        // Nobody else queued for it and it published to nobody: its output goes now, and one
+        // round of bookkeeping covers the read and the write.
+        let write_now = ready.write_after && cx.fanout == 0 && self.writable && self.has_output() && !self.is_closed();
+        let was_full = self.out.len() >= self.limits.backpressure_high;
+        if write_now {
+            self.flush(cx);
         }
+        self.after_io(cx, READ_BUDGET - budget);
         if self.is_closed() {
             Progress::Closed
+        } else if write_now {
+            self.after_write(was_full)
         } else if self.writable && self.has_output() {
             Progress::Write
         } else {

@@ -113,8 +113,7 @@ impl Connection {
     /// The end-of-turn write: everything queued this turn goes in one write (or writev).
     /// Reports `Again` when the write made room for input that backpressure held back.
     pub(super) fn write_turn(&mut self, cx: &mut Ctx<'_>) -> Progress {
-        let high = self.limits.backpressure_high;
-        let was_full = self.out.len() >= high;
+        let was_full = self.out.len() >= self.limits.backpressure_high;
         if self.writable && self.has_output() {
             self.flush(cx);
         }
@@ -122,8 +121,15 @@ impl Connection {
         if self.is_closed() {
             return Progress::Closed;
         }
+        self.after_write(was_full)
+    }
+
+    /// What a connection still open wants after a write: `Again` when input waits (or the
+    /// write made room for input that backpressure held back, `was_full`), or a file body
+    /// has budget left.
+    pub(super) fn after_write(&self, was_full: bool) -> Progress {
         let input_waits = (self.readable || self.has_unprocessed_input()) && self.wants_input();
-        let room_made = was_full && self.out.len() < high;
+        let room_made = was_full && self.out.len() < self.limits.backpressure_high;
         // A file body that spent this turn's budget with the socket still writable.
         let body_left = self.writable && matches!(self.phase, Phase::Sending(_));
         if input_waits || room_made || body_left {
@@ -148,7 +154,7 @@ impl Connection {
                     }
                     IoStep::Done(n) => {
                         self.out.consume_piped(n);
-                        self.stalled_since = Some(Stamp::at(cx.now));
+                        self.stalled_since = Some(cx.stamp);
                     }
                     IoStep::WouldBlock => {
                         self.writable = false;
@@ -173,7 +179,7 @@ impl Connection {
             };
             match IoStep::of(result) {
                 IoStep::End => return self.close(cx.now, cx.pools, End::Abort("peer stopped accepting data".into())),
-                IoStep::Done(_) => self.stalled_since = Some(Stamp::at(cx.now)),
+                IoStep::Done(_) => self.stalled_since = Some(cx.stamp),
                 IoStep::WouldBlock => {
                     self.writable = false;
                     return;
@@ -249,7 +255,7 @@ impl Connection {
         if !self.has_output() {
             self.stalled_since = None;
         } else if self.stalled_since.is_none() {
-            self.stalled_since = Some(Stamp::at(cx.now));
+            self.stalled_since = Some(cx.stamp);
         }
         if matches!(self.phase, Phase::Connected(_)) && self.out.len() > self.limits.max_queued {
             self.log.set_end("output queue over max_queued");

@@ -397,6 +397,7 @@ impl<'s> Run<'s> {
     fn with_cx<R>(&mut self, f: impl FnOnce(&mut Connection, &mut Ctx<'_>) -> R) -> R {
         let mut cx = Ctx {
             now: self.now,
+            stamp: crate::stamp::Stamp::at(self.now),
             routes: &self.server.routes,
             limits: &self.server.limits,
             pools: &mut self.pools,

@@ -408,6 +408,7 @@ impl Worker {
         }
         let mut ctx = Ctx {
             now,
+            stamp: crate::stamp::Stamp::at(now),
             routes: &self.routes,
             limits: &self.limits,
             pools: &mut self.pools,
