@@ -552,15 +552,18 @@ impl OutQueue {
     /// Returns every chunk and the list to the pool (the queue drained, or the connection is
     /// going away).
     pub fn release(&mut self, pools: &mut Pools) {
-        if let Some(list) = self.list.as_deref_mut() {
-            for c in list.chunks.drain(..) {
-                recycle(c, pools);
+        if let Some(mut list) = self.list.take() {
+            // Most queues drain with only the open chunk: no deque to walk.
+            if !list.chunks.is_empty() {
+                for c in list.chunks.drain(..) {
+                    recycle(c, pools);
+                }
             }
             list.recycle_open(pools);
             list.front_written = 0;
+            pools.put_list(list);
         }
         self.queued = 0;
-        self.drop_list(pools);
     }
 }
 

@@ -197,11 +197,13 @@ impl Worker {
     /// what others published to it) writes once. Writing reads nothing, so this ends.
     pub(super) fn flush_dirty(&mut self, now: Instant) {
         while !self.dirty.is_empty() {
-            for key in std::mem::take(&mut self.dirty) {
+            let dirty = Worker::walk(&mut self.dirty, &mut self.spare_keys);
+            for &key in &dirty {
                 let Some(entry) = self.conns.get_mut(key) else { continue };
                 entry.dirty = false;
                 self.run_conn(key, now, |conn, ctx| conn.drive(ctx, Ready::default()));
             }
+            self.walked(dirty);
         }
     }
 

@@ -261,6 +261,8 @@ pub struct Worker {
     started: Instant,
     /// Scratch for a delivery's receivers (kept for its capacity).
     scratch_keys: Vec<usize>,
+    /// The capacity `busy`, `dirty` and `closed` swap with when walked (see [`Worker::walk`]).
+    spare_keys: Vec<usize>,
     /// The last count of open descriptors and the limit, and when it was taken.
     fd_figures_cache: std::cell::Cell<Option<(Instant, crate::metrics::FdFigures)>>,
     /// Set while accept() fails for lack of descriptors; logged once per episode.
@@ -428,8 +430,10 @@ impl Worker {
             Some(Answered::Admin(status)) => Metrics::count(&mut self.metrics.admin_requests, status),
             None => {}
         }
-        for action in actions.drain(..) {
-            self.apply(key, action, now);
+        if !actions.is_empty() {
+            for action in actions.drain(..) {
+                self.apply(key, action, now);
+            }
         }
         self.actions = actions;
         self.after_drive(key, turn, now);
@@ -630,9 +634,23 @@ impl Worker {
     }
 
     pub(super) fn serve_busy(&mut self, now: Instant) {
-        for key in std::mem::take(&mut self.busy) {
+        let busy = Worker::walk(&mut self.busy, &mut self.spare_keys);
+        for &key in &busy {
             self.run_conn(key, now, |conn, ctx| conn.drive(ctx, Ready { corked: true, ..Ready::default() }));
         }
+        self.walked(busy);
+    }
+
+    /// A per-turn list of keys to walk, the spare capacity left in its place: what is
+    /// pushed meanwhile goes there, and no turn allocates for its lists.
+    pub(super) fn walk(list: &mut Vec<usize>, spare: &mut Vec<usize>) -> Vec<usize> {
+        std::mem::replace(list, std::mem::take(spare))
+    }
+
+    /// A walked list's capacity becomes the spare.
+    pub(super) fn walked(&mut self, mut keys: Vec<usize>) {
+        keys.clear();
+        self.spare_keys = keys;
     }
 
     pub(super) fn fire_timers(&mut self, now: Instant) {
@@ -651,7 +669,8 @@ impl Worker {
     }
 
     pub(super) fn remove_closed(&mut self, now: Instant) {
-        for key in std::mem::take(&mut self.closed) {
+        let closed = Worker::walk(&mut self.closed, &mut self.spare_keys);
+        for &key in &closed {
             if !self.conns.get(key).is_some_and(|e| e.closed) {
                 continue;
             }
@@ -689,6 +708,7 @@ impl Worker {
                 None => log::info!(target: "wsgate::access", "{line}"),
             }
         }
+        self.walked(closed);
         if !self.dirty.is_empty() {
             self.flush_dirty(now);
         }

@@ -232,6 +232,7 @@ impl Seed {
             stats_at: now,
             started: now,
             scratch_keys: Vec::new(),
+            spare_keys: Vec::new(),
             fd_figures_cache: std::cell::Cell::new(None),
             fd_exhausted: false,
             mailbox,
