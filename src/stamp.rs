@@ -42,9 +42,7 @@ fn offset(t: Instant) -> (i64, u32) {
 fn compute_offset(t: Instant) -> (i64, u32) {
     // Whole milliseconds as seconds * 1000 + nanoseconds / 10^6: `as_millis` divides a u128,
     // and a loop turn converts a new instant every time.
-    let split = |d: Duration| {
-        (d.as_secs() as i64 * 1000 + i64::from(d.subsec_nanos() / 1_000_000), d.subsec_nanos() % 1_000_000)
-    };
+    let split = |d: Duration| (d.as_secs() as i64 * 1000 + i64::from(d.subsec_millis()), d.subsec_nanos() % 1_000_000);
     let epoch = *EPOCH.get_or_init(|| t.checked_sub(Duration::from_secs(1)).unwrap_or(t));
     match t.checked_duration_since(epoch) {
         Some(d) => split(d),
