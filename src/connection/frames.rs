@@ -42,8 +42,9 @@ impl Connection {
     /// The app's own I/O (its backend socket). `Some(bytes read)` when it read and may
     /// read again.
     pub(super) fn app_io(&mut self, cx: &mut Ctx<'_>) -> Option<usize> {
-        let who = self.who();
-        if let Phase::HandedOff { handoff: h, .. } = &mut self.phase {
+        // Who the app serves, only where it is asked (building the address costs every drive).
+        let who = matches!(self.phase, Phase::HandedOff { .. }).then(|| self.who());
+        if let (Phase::HandedOff { handoff: h, .. }, Some(who)) = (&mut self.phase, who) {
             let mut close = None;
             let mut traffic = Traffic::default();
             let mut acx = app_ctx(cx, who, &mut self.out, &mut traffic, 0, &mut close, None);
