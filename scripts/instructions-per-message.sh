@@ -6,7 +6,8 @@
 #
 # usage: scripts/instructions-per-message.sh [SECONDS] [BENCH ARGS...]
 #   default load: a closed loop of 100 connections x 20 B (`wsgate bench -c 100 -s 20`)
-#   PATH_=/chat to measure a chat route (uWebSockets: its room peer), PEERS=dir of uws_echo,
+#   PATH_=/chat to measure a chat route (uWebSockets: its room peer), PATH_=/deflate an echo
+#   with permessage-deflate (shared; with --compress --payload json), PEERS=dir of uws_echo,
 #   BASE_WSGATE=another build to count too, TOP=N functions to list (default 15), KEEP=dir to
 #   keep the callgrind files (NAME.callgrind, NAME.msgs) for callgrind_annotate.
 # Needs valgrind (apt-get install valgrind). Loopback only; the servers stop when it ends.
@@ -54,6 +55,10 @@ app = "echo"
 path = "/chat"
 app = "chat"
 exclude_sender = false
+[[route]]
+path = "/deflate"
+app = "echo"
+compression = "shared"
 EOT
   echo "$tmp/$1.toml"
 }
@@ -62,7 +67,9 @@ count wsgate 18500 ./target/release/wsgate -c "$(wsgate_config 18500)" -q
 if [ -n "${BASE_WSGATE:-}" ]; then
   count base 18501 "$BASE_WSGATE" -c "$(wsgate_config 18501)" -q
 fi
-if [ "$path" = /chat ] && [ -x "$peers/uws_room" ]; then
+if [ "$path" = /deflate ]; then
+  : # uws_echo does not compress: no peer to count
+elif [ "$path" = /chat ] && [ -x "$peers/uws_room" ]; then
   count uws 18502 "$peers/uws_room" 18502
 elif [ -x "$peers/uws_echo" ]; then
   count uws 18502 "$peers/uws_echo" 18502

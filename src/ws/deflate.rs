@@ -221,9 +221,11 @@ pub struct SharedCodecs {
     pub dedicated: usize,
 }
 
-/// The shared compressors' memory level: their hash table is cleared after every message,
-/// and at level 8 that is 128 KiB of memset per message; at 4 it is 4 KiB, and messages that
-/// start from an empty window find their matches as well.
+/// The shared compressors' memory level. In zlib it sized the hash table cleared after every
+/// message (128 KiB at 8, 4 KiB at 4); zlib-rs 0.6 keeps a fixed 64 Ki-entry table whatever
+/// the level, so every message's reset clears 128 KiB (9 % of the server's core on a 1 KiB
+/// JSON echo, `perf record`: docs/performance.md). Here the level only sizes the symbol
+/// buffer (1,024 symbols a block at 4), which small messages never fill.
 const SHARED_MEM_LEVEL: u8 = 4;
 
 impl SharedCodecs {
