@@ -81,6 +81,9 @@ pub struct Topics {
     /// Per connection key: its first subscription.
     heads: Vec<u32>,
     live_subs: usize,
+    /// Live topics that are the server's own feeds (named from [`FEED_PREFIX`]): the loop
+    /// asks about them every turn, and a hash lookup is not free.
+    live_feeds: usize,
     /// Names in order, for prefix queries (the broker's groups); `None` unless [`Topics::ordered`].
     sorted: Option<BTreeMap<Rc<str>, TopicId>>,
     /// Topics created (`true`) and emptied (`false`) since the last [`Topics::take_changes`];
@@ -348,6 +351,12 @@ impl Topics {
         self.by_name.get(name).copied()
     }
 
+    /// Whether topic `id` is live and named `name` (an id found earlier may since have been
+    /// freed and given to another topic).
+    pub fn is_named(&self, id: TopicId, name: &str) -> bool {
+        self.topics.get(id as usize).and_then(Option::as_ref).is_some_and(|t| &*t.name == name)
+    }
+
     /// The connection keys subscribed to `topic`.
     pub fn members(&self, topic: TopicId) -> impl ExactSizeIterator<Item = usize> + '_ {
         let members = self.topics.get(topic as usize).and_then(Option::as_ref).map_or(&[][..], |t| &t.members[..]);
@@ -386,6 +395,13 @@ impl Topics {
         self.live_subs == 0
     }
 
+    /// Whether the server's own feed `name` (from [`FEED_PREFIX`]) has subscribers: no
+    /// lookup while no feed has any, as on a server nobody watches.
+    pub fn has_feed(&self, name: &str) -> bool {
+        debug_assert!(name.starts_with(FEED_PREFIX));
+        self.live_feeds > 0 && self.by_name.contains_key(name)
+    }
+
     fn create_topic(&mut self, name: &str) -> TopicId {
         let name: Rc<str> = name.into();
         let topic = Topic { name: name.clone(), members: Vec::new(), dropped: 0 };
@@ -405,6 +421,7 @@ impl Topics {
         if let Some(changes) = &mut self.changes {
             changes.push((name.clone(), true));
         }
+        self.live_feeds += usize::from(name.starts_with(FEED_PREFIX));
         self.by_name.insert(name, id);
         id
     }
@@ -423,6 +440,7 @@ impl Topics {
             }
             let name = t.name.clone();
             self.by_name.remove(&name);
+            self.live_feeds -= usize::from(name.starts_with(FEED_PREFIX));
             if let Some(changes) = &mut self.changes {
                 changes.push((name.clone(), false));
             }
@@ -474,6 +492,39 @@ mod tests {
         t.remove_connection(3);
         assert!(t.is_empty());
         assert_eq!(t.len(), (0, 0));
+    }
+
+    #[test]
+    fn an_id_found_earlier_is_checked_against_its_name() {
+        let mut t = Topics::new();
+        assert_eq!(t.subscribe(1, "a", 10), Ok(true));
+        let a = t.find("a").unwrap();
+        assert!(t.is_named(a, "a") && !t.is_named(a, "b") && !t.is_named(a + 1, "a"));
+        t.remove_connection(1);
+        assert!(!t.is_named(a, "a"), "freed");
+        assert_eq!(t.subscribe(2, "b", 10), Ok(true));
+        assert_eq!(t.find("b"), Some(a), "the slot is reused");
+        assert!(!t.is_named(a, "a") && t.is_named(a, "b"));
+    }
+
+    #[test]
+    fn the_servers_feeds_are_counted_as_they_come_and_go() {
+        let mut t = Topics::new();
+        assert_eq!(t.subscribe(1, "stats", 10), Ok(true));
+        assert!(!t.has_feed("\0stats"), "a client's topic of the same name is not the feed");
+        assert_eq!(t.subscribe(1, "\0stats", 10), Ok(true));
+        assert_eq!(t.subscribe(2, "\0stats", 10), Ok(true));
+        assert_eq!(t.subscribe(2, "\0access", 10), Ok(true));
+        assert!(t.has_feed("\0stats") && t.has_feed("\0access"));
+        t.remove_connection(1);
+        assert!(t.has_feed("\0stats"), "one watcher left");
+        assert!(t.unsubscribe(2, "\0stats"));
+        assert!(!t.has_feed("\0stats") && t.has_feed("\0access"));
+        t.remove_connection(2);
+        assert!(!t.has_feed("\0access"));
+        assert_eq!(t.live_feeds, 0);
+        assert_eq!(t.subscribe(3, "\0stats", 10), Ok(true), "a feed's slot is reused");
+        assert!(t.has_feed("\0stats"));
     }
 
     /// Against a naive model, in a pseudo-random order of operations.

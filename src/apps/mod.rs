@@ -51,7 +51,15 @@ pub enum Action {
     Reregister { fd: RawFd, interest: mio::Interest },
     /// Deliver `frame` to every subscriber of `topic`, except connection key `exclude` and
     /// the connections whose ids are in `exclude_ids` (NaviServer's `ws::multicast -exclude`).
-    Publish { topic: Arc<str>, frame: SharedFrame, exclude: Option<usize>, exclude_ids: Box<[u64]> },
+    /// `found`: the topic's id when the app published (its subscribers were counted then),
+    /// checked against the name before use, as the drive may have emptied and reused it.
+    Publish {
+        topic: Arc<str>,
+        frame: SharedFrame,
+        exclude: Option<usize>,
+        exclude_ids: Box<[u64]>,
+        found: Option<crate::pubsub::TopicId>,
+    },
     /// Deliver `frame` to the connection with this id, if it is open.
     SendTo { id: u64, frame: SharedFrame },
     /// Deliver `frame` to these connections (a broker message's receivers, resolved when it
@@ -334,8 +342,9 @@ impl AppCtx<'_> {
             return;
         }
         let exclude = exclude_self.then_some(self.key);
-        *self.fanout += self.topics.find(&topic).map_or(0, |t| self.topics.members(t).len());
-        self.actions.push(Action::Publish { topic, frame, exclude, exclude_ids });
+        let found = self.topics.find(&topic);
+        *self.fanout += found.map_or(0, |t| self.topics.members(t).len());
+        self.actions.push(Action::Publish { topic, frame, exclude, exclude_ids, found });
     }
 
     /// Sends `frame` to the connection with id `id`.

@@ -116,7 +116,20 @@ impl Worker {
         exclude_ids: &[u64],
         now: Instant,
     ) {
-        let Some(id) = self.topics.find(topic) else { return };
+        if let Some(id) = self.topics.find(topic) {
+            self.publish_to(id, frame, exclude, exclude_ids, now);
+        }
+    }
+
+    /// [`Worker::publish`] to the topic with id `id`.
+    pub(super) fn publish_to(
+        &mut self,
+        id: crate::pubsub::TopicId,
+        frame: &SharedFrame,
+        exclude: Option<usize>,
+        exclude_ids: &[u64],
+        now: Instant,
+    ) {
         // Ids to slab keys (an id names its key; a stale one names nobody), sorted. Empty,
         // as it nearly always is, it allocates nothing.
         let mut excluded: Vec<usize> = exclude_ids

@@ -63,9 +63,9 @@ impl Worker {
         if now >= self.stats_at {
             self.stats_at = now + Duration::from_secs(1);
             if self.mailbox.index == 0 {
-                self.mesh.set_access_watched(self.topics.find(ACCESS_FEED).is_some());
+                self.mesh.set_access_watched(self.topics.has_feed(ACCESS_FEED));
             }
-            if self.topics.find(STATS_FEED).is_some() && !self.gathers.values().any(manage::Gather::is_stats) {
+            if self.topics.has_feed(STATS_FEED) && !self.gathers.values().any(manage::Gather::is_stats) {
                 // The figures of every worker: published when the last one has answered (one
                 // update at a time, however slow a worker is to answer).
                 self.gather(manage::Pending::Stats, mesh::Query::Figures, (0..self.mesh.workers()).collect(), now);

@@ -381,7 +381,7 @@ impl Worker {
         if !self.tails.is_empty() {
             next = Some(next.map_or(self.tails_at, |n| n.min(self.tails_at)));
         }
-        if self.topics.find(STATS_FEED).is_some() {
+        if self.topics.has_feed(STATS_FEED) {
             next = Some(next.map_or(self.stats_at, |n| n.min(self.stats_at)));
         }
         if let Some(t) = self.tokens_refresh_at {
@@ -479,7 +479,7 @@ impl Worker {
                     log::warn!("cannot watch a backend socket: {e}");
                 }
             }
-            Action::Publish { topic, frame, exclude, exclude_ids } if self.topics.has_history(&topic) => {
+            Action::Publish { topic, frame, exclude, exclude_ids, .. } if self.topics.has_history(&topic) => {
                 let ids = match (exclude, exclude_ids.is_empty()) {
                     (None, true) => Arc::clone(&self.no_ids),
                     (None, false) => exclude_ids.into(),
@@ -492,8 +492,12 @@ impl Worker {
             Action::Join { topic, user, info } => self.join_presence(key, topic, user, info, now),
             Action::Leave { topic } => self.leave_presence(key, &topic, now),
             Action::Presence { topic, ask } => self.ask_presence(key, topic, ask, now),
-            Action::Publish { topic, frame, exclude, exclude_ids } => {
-                self.publish(&topic, &frame, exclude, &exclude_ids, now);
+            Action::Publish { topic, frame, exclude, exclude_ids, found } => {
+                // The id found when the app published spares a second lookup, if still its.
+                match found.filter(|&id| self.topics.is_named(id, &topic)) {
+                    Some(id) => self.publish_to(id, &frame, exclude, &exclude_ids, now),
+                    None => self.publish(&topic, &frame, exclude, &exclude_ids, now),
+                }
                 self.spread_publish(&topic, &frame, exclude_ids);
                 if let Some(cluster) = &mut self.cluster {
                     cluster.publish(&topic, &frame, now);
@@ -634,6 +638,9 @@ impl Worker {
     }
 
     pub(super) fn serve_busy(&mut self, now: Instant) {
+        if self.busy.is_empty() {
+            return;
+        }
         let busy = Worker::walk(&mut self.busy, &mut self.spare_keys);
         for &key in &busy {
             self.run_conn(key, now, |conn, ctx| conn.drive(ctx, Ready { corked: true, ..Ready::default() }));
@@ -669,7 +676,8 @@ impl Worker {
     }
 
     pub(super) fn remove_closed(&mut self, now: Instant) {
-        let closed = Worker::walk(&mut self.closed, &mut self.spare_keys);
+        let closed =
+            if self.closed.is_empty() { Vec::new() } else { Worker::walk(&mut self.closed, &mut self.spare_keys) };
         for &key in &closed {
             if !self.conns.get(key).is_some_and(|e| e.closed) {
                 continue;
@@ -689,7 +697,7 @@ impl Worker {
             self.count_closed(&departure);
             let line = departure.access_line;
             // The dashboard (on worker 0) shows every worker's access lines.
-            let watched_here = self.topics.find(ACCESS_FEED).is_some();
+            let watched_here = self.topics.has_feed(ACCESS_FEED);
             if watched_here || (self.mailbox.index != 0 && self.mesh.access_watched()) {
                 let mut body = b"{\"type\":\"access\",\"line\":".to_vec();
                 let _ = serde_json::to_writer(&mut body, &line);
@@ -708,7 +716,9 @@ impl Worker {
                 None => log::info!(target: "wsgate::access", "{line}"),
             }
         }
-        self.walked(closed);
+        if closed.capacity() > 0 {
+            self.walked(closed);
+        }
         if !self.dirty.is_empty() {
             self.flush_dirty(now);
         }
