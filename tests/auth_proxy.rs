@@ -74,7 +74,7 @@ impl App {
     fn config(&self, extra: &str) -> String {
         let a = self.addr;
         format!(
-            "[limits]\nhandshake_timeout = \"3s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[proxy]\nconnect_url = \"http://{a}/connect\"\nsubscribe_url = \"http://{a}/subscribe\"\ntimeout = \"500ms\"\nmax_connections = 4\nmax_pending = 8\nheaders = [\"x-trace\", \"origin\"]\ncookies = [\"session\"]\nrequest_headers = {{ X-Wsgate-Key = \"k-1\" }}\n\n[[route]]\npath = \"/echo\"\napp = \"echo\"\nauth = \"proxy\"\n\n[[route]]\npath = \"/ps\"\napp = \"pubsub\"\nauth = \"proxy\"\npresence = true\nsubscribe_proxy = [\"private.*\"]\n\n[[route]]\npath = \"/open\"\napp = \"pubsub\"\nsubscribe_proxy = [\"private.*\"]\n\n[[route]]\npath = \"/plain\"\napp = \"echo\"\n{extra}"
+            "[limits]\nhandshake_timeout = \"3s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[proxy]\nconnect_url = \"http://{a}/connect\"\nsubscribe_url = \"http://{a}/subscribe\"\ntimeout = \"5s\"\nmax_connections = 4\nmax_pending = 8\nheaders = [\"x-trace\", \"origin\"]\ncookies = [\"session\"]\nrequest_headers = {{ X-Wsgate-Key = \"k-1\" }}\n\n[[route]]\npath = \"/echo\"\napp = \"echo\"\nauth = \"proxy\"\n\n[[route]]\npath = \"/ps\"\napp = \"pubsub\"\nauth = \"proxy\"\npresence = true\nsubscribe_proxy = [\"private.*\"]\n\n[[route]]\npath = \"/open\"\napp = \"pubsub\"\nsubscribe_proxy = [\"private.*\"]\n\n[[route]]\npath = \"/plain\"\napp = \"echo\"\n{extra}"
         )
     }
 
@@ -249,7 +249,8 @@ fn the_application_allows_with_a_user_denies_with_its_status_and_is_sent_only_wh
 #[test]
 fn pubsub_takes_the_user_topics_info_and_expiry_and_asks_before_subscribing() {
     let app = App::start();
-    let server = Server::with_config(&app.config(""), &[]);
+    // Under the slow answer's 2 s, so that one times out.
+    let server = Server::with_config(&app.config("").replace("timeout = \"5s\"", "timeout = \"1s\""), &[]);
     let mut a = ws_open(&server.url("/ps?user=alice"));
     assert_eq!(ask(&mut a, json!({"op":"subscribe","topic":"news"})), json!({"op":"subscribed","topic":"news"}));
     let v = ask(&mut a, json!({"op":"subscribe","topic":"sports"}));
@@ -303,7 +304,7 @@ fn pubsub_takes_the_user_topics_info_and_expiry_and_asks_before_subscribing() {
 #[test]
 fn a_slow_application_times_out_with_503_and_a_connect_flood_is_bounded_while_others_are_served() {
     let app = App::start();
-    let server = Server::with_config(&app.config(""), &[]);
+    let server = Server::with_config(&app.config("").replace("timeout = \"5s\"", "timeout = \"500ms\""), &[]);
     let started = Instant::now();
     let (status, body) = upgrade(&server, "/echo?slow=x", "");
     assert_eq!((status, body.as_str()), (503, "the application did not answer in time"));
@@ -417,7 +418,7 @@ fn a_dead_application_is_a_503_at_once_and_counted() {
     // A port nothing listens on.
     let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let app = App { addr: dead, requests: Arc::default(), connections: Arc::default() };
-    let server = Server::with_config(&app.config("").replace("timeout = \"500ms\"", "timeout = \"10s\""), &[]);
+    let server = Server::with_config(&app.config("").replace("timeout = \"5s\"", "timeout = \"10s\""), &[]);
     for _ in 0..3 {
         let started = Instant::now();
         let (status, body) = upgrade(&server, "/echo?user=alice", "");
@@ -470,7 +471,7 @@ fn an_address_over_its_limits_is_refused_before_the_application_is_asked() {
     let app = App::start();
     let extra =
         "\n[[route]]\npath = \"/capped\"\napp = \"echo\"\nauth = \"proxy\"\nmax_connections_per_ip = { max = 2 }\n";
-    let config = app.config(extra).replace("timeout = \"500ms\"", "timeout = \"5s\"");
+    let config = app.config(extra);
     let server = Server::with_config(&config, &[]);
     // Two upgrades wait for the slow application (2 s), each holding its address's place.
     let waiting: Vec<_> = (0..2)
