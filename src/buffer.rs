@@ -40,6 +40,14 @@ pub struct Pools {
     /// by box, so a pooled box is an allocation saved.
     #[allow(clippy::vec_box)]
     lists: Vec<Box<ChunkList>>,
+    /// The last drained list with its open chunk left in it, emptied: the next queue that
+    /// takes a list (the next reply, most often) gets both in one move, and gives them back
+    /// as one when it drains. Like uWebSockets' per-loop cork buffer, one buffer serves
+    /// every small reply of a loop that keeps up; unlike it, a reply the socket does not
+    /// take stays where it is (the queue owns the list), so nothing is copied again.
+    hot: Option<Box<ChunkList>>,
+    /// The hot list was taken since the last [`Pools::shrink`].
+    hot_used: bool,
     /// Most bytes of free buffers kept.
     max_bytes: usize,
     /// Fewest free buffers of each kind since the last tick: that many were never needed.
@@ -55,6 +63,8 @@ impl Pools {
             reads: Vec::new(),
             chunks: Vec::new(),
             lists: Vec::new(),
+            hot: None,
+            hot_used: false,
             max_bytes,
             reads_low: 0,
             chunks_low: 0,
@@ -74,7 +84,7 @@ impl Pools {
     }
 
     fn pooled_bytes(&self) -> usize {
-        self.reads.len() * READ_BUF_SIZE + self.chunks.len() * CHUNK_SIZE
+        (self.reads.len() * READ_BUF_SIZE) + (self.chunks.len() + usize::from(self.hot.is_some())) * CHUNK_SIZE
     }
 
     pub fn take_read(&mut self) -> Box<[u8]> {
@@ -93,8 +103,34 @@ impl Pools {
         }
     }
 
+    /// A chunk list for a queue that had none: the hot one (its open chunk in it) if kept.
+    #[inline]
     fn take_list(&mut self) -> Box<ChunkList> {
+        if let Some(list) = self.hot.take() {
+            self.hot_used = true;
+            return list;
+        }
         self.lists.pop().unwrap_or_default()
+    }
+
+    /// Takes back a drained queue's list, its deque's chunks already recycled: kept hot
+    /// with its open chunk when the hot slot is free (see [`Pools::hot`]), else the chunk
+    /// and the list go back to their pools.
+    #[inline]
+    fn put_drained(&mut self, mut list: Box<ChunkList>) {
+        debug_assert!(list.chunks.is_empty());
+        list.front_written = 0;
+        if self.hot.is_none()
+            && list.open.capacity() == CHUNK_SIZE
+            && list.chunks.capacity() <= MAX_POOLED_LIST_CAPACITY
+            && self.pooled_bytes() + CHUNK_SIZE <= self.max_bytes
+        {
+            list.open.clear();
+            self.hot = Some(list);
+            return;
+        }
+        list.recycle_open(self);
+        self.put_list(list);
     }
 
     /// Takes back an emptied chunk list (its chunks already recycled).
@@ -122,12 +158,12 @@ impl Pools {
 
     /// Free buffers currently pooled (reads, chunks).
     pub fn free_counts(&self) -> (usize, usize) {
-        (self.reads.len(), self.chunks.len())
+        (self.reads.len(), self.chunks.len() + usize::from(self.hot.is_some()))
     }
 
     /// Whether a housekeeping tick has anything to do.
     pub fn has_spare(&self) -> bool {
-        !self.reads.is_empty() || !self.chunks.is_empty()
+        !self.reads.is_empty() || !self.chunks.is_empty() || self.hot.is_some()
     }
 
     /// Frees the buffers no one took since the last call. Returns true when enough was freed
@@ -139,9 +175,11 @@ impl Pools {
         self.chunks.truncate(self.chunks.len() - chunks);
         self.reads.shrink_to_fit();
         self.chunks.shrink_to_fit();
+        // The hot list goes too if no queue took it since the last tick.
+        let hot_freed = if std::mem::take(&mut self.hot_used) { 0 } else { self.hot.take().map_or(0, |_| CHUNK_SIZE) };
         // Chunk lists are small (at most 256 of a few hundred bytes): rebuilt from the next turn's.
         self.lists = Vec::new();
-        self.freed += reads * READ_BUF_SIZE + chunks * CHUNK_SIZE;
+        self.freed += reads * READ_BUF_SIZE + chunks * CHUNK_SIZE + hot_freed;
         (self.reads_low, self.chunks_low) = (self.reads.len(), self.chunks.len());
         self.freed >= TRIM_AFTER || (self.freed > 0 && !self.has_spare())
     }
@@ -252,9 +290,8 @@ impl OutQueue {
 
     /// The queue drained: its list goes back to the pool (and its open chunk).
     fn drop_list(&mut self, pools: &mut Pools) {
-        if let Some(mut list) = self.list.take() {
-            list.recycle_open(pools);
-            pools.put_list(list);
+        if let Some(list) = self.list.take() {
+            pools.put_drained(list);
         }
     }
 
@@ -559,9 +596,7 @@ impl OutQueue {
                     recycle(c, pools);
                 }
             }
-            list.recycle_open(pools);
-            list.front_written = 0;
-            pools.put_list(list);
+            pools.put_drained(list);
         }
         self.queued = 0;
     }
@@ -689,6 +724,36 @@ mod tests {
         assert_eq!(pools.free_counts(), (1, 0));
         pools.shrink();
         assert_eq!(pools.free_counts(), (0, 0), "unused: everything goes");
+    }
+
+    #[test]
+    fn a_drained_queue_leaves_its_chunk_hot_for_the_next_one_and_idle_pools_let_it_go() {
+        let mut pools = Pools::new(DEFAULT_POOL_BYTES);
+        let mut w = Trickle { got: Vec::new(), limit: usize::MAX };
+        let (mut a, mut b) = (OutQueue::default(), OutQueue::default());
+        a.push_small_frame(&mut pools, b"\x81\x02", b"hi");
+        a.write_to(&mut w, &mut pools).unwrap();
+        assert!(a.is_empty());
+        assert_eq!(pools.free_counts(), (0, 1), "the drained list kept its chunk, hot");
+        // The next queue gets the list and its chunk in one; the chunk pool is not touched.
+        b.push_small_frame(&mut pools, b"\x81\x02", b"yo");
+        assert_eq!(pools.free_counts(), (0, 0));
+        // A queue drained while another holds the hot list gives its chunk to the pool.
+        a.push_small_frame(&mut pools, b"\x81\x01", b"!");
+        a.write_to(&mut w, &mut pools).unwrap();
+        b.write_to(&mut w, &mut pools).unwrap();
+        assert_eq!(pools.free_counts(), (0, 2));
+        assert_eq!(w.got, b"\x81\x02hi\x81\x01!\x81\x02yo");
+        // Both were taken during the interval: they stay one tick, then go.
+        pools.shrink();
+        assert_eq!(pools.free_counts(), (0, 2));
+        pools.shrink();
+        assert_eq!(pools.free_counts(), (0, 0));
+        // No pool bytes allowed: nothing is kept hot either.
+        let mut none = Pools::new(0);
+        a.push_small_frame(&mut none, b"\x81\x00", b"");
+        a.write_to(&mut w, &mut none).unwrap();
+        assert_eq!(none.free_counts(), (0, 0));
     }
 
     #[test]

@@ -27,10 +27,7 @@ pub fn compressed_shared_frame(opcode: Opcode, compressed: &[u8]) -> SharedFrame
     let mut head = [0u8; MAX_HEADER_LEN];
     let n = encode_header(&mut head, true, opcode, compressed.len(), None);
     head[0] |= RSV1;
-    let mut bytes = Vec::with_capacity(n + compressed.len());
-    bytes.extend_from_slice(&head[..n]);
-    bytes.extend_from_slice(compressed);
-    bytes.into()
+    shared_bytes(&head[..n], compressed)
 }
 
 /// A server frame's opcode and payload (server frames are never masked).
@@ -72,8 +69,24 @@ pub fn legacy_twin(frame: &[u8]) -> Option<SharedFrame> {
 pub fn shared_frame(opcode: Opcode, payload: &[u8]) -> SharedFrame {
     let mut head = [0u8; MAX_HEADER_LEN];
     let n = encode_header(&mut head, true, opcode, payload.len(), None);
-    let mut bytes = Vec::with_capacity(n + payload.len());
-    bytes.extend_from_slice(&head[..n]);
+    shared_bytes(&head[..n], payload)
+}
+
+/// `head` then `payload` as shared bytes. Frames up to 256 bytes are assembled on the stack
+/// first: an `Arc<[u8]>` made from a slice is one allocation, from a `Vec` two and a free
+/// (the `Vec`'s bytes are copied into the `Arc`'s), and a chat route publishes a frame for
+/// every message it receives.
+fn shared_bytes(head: &[u8], payload: &[u8]) -> SharedFrame {
+    const ON_STACK: usize = 256;
+    let (n, total) = (head.len(), head.len() + payload.len());
+    if total <= ON_STACK {
+        let mut frame = [0u8; ON_STACK];
+        frame[..n].copy_from_slice(head);
+        frame[n..total].copy_from_slice(payload);
+        return Arc::from(&frame[..total]);
+    }
+    let mut bytes = Vec::with_capacity(total);
+    bytes.extend_from_slice(head);
     bytes.extend_from_slice(payload);
     bytes.into()
 }
@@ -273,6 +286,21 @@ mod tests {
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
+        }
+    }
+
+    #[test]
+    fn shared_frames_either_side_of_the_stack_assembly_bound_are_the_same_encoding() {
+        for len in [0, 125, 126, 250, 251, 252, 253, 300, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut want = Vec::new();
+            let mut head = [0u8; MAX_HEADER_LEN];
+            let n = encode_header(&mut head, true, Opcode::Binary, len, None);
+            want.extend_from_slice(&head[..n]);
+            want.extend_from_slice(&payload);
+            assert_eq!(&*shared_frame(Opcode::Binary, &payload), &want[..], "{len}");
+            want[0] |= RSV1;
+            assert_eq!(&*compressed_shared_frame(Opcode::Binary, &payload), &want[..], "{len}");
         }
     }
 

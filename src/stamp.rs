@@ -127,17 +127,6 @@ pub fn millis(t: Instant) -> i64 {
     offset(t).0
 }
 
-/// The instant `ms` milliseconds from the epoch (the inverse of [`millis`] at whole ms).
-pub fn instant_of(ms: i64, now: Instant) -> Instant {
-    let (now_ms, sub) = offset(now);
-    let whole = now.checked_sub(Duration::from_nanos(u64::from(sub))).unwrap_or(now);
-    if ms >= now_ms {
-        whole + Duration::from_millis((ms - now_ms) as u64)
-    } else {
-        whole.checked_sub(Duration::from_millis((now_ms - ms) as u64)).unwrap_or(whole)
-    }
-}
-
 /// A stamp for what may be held for months (when a connection was accepted): the same
 /// millisecond count in 64 bits, exact at any distance from now, in 8 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +218,6 @@ mod tests {
         let now_ms = millis(t);
         assert_eq!(d.unwrap(now_ms), now_ms + 1 + 30_001);
         assert!(d.unwrap(now_ms) > millis(exact));
-        assert_eq!(instant_of(d.unwrap(now_ms), t), back);
         assert_eq!(LongStamp::at(t).short(), s);
         // Across the 32-bit wrap, against a now on either side of it.
         let late = Stamp(NonZeroU32::new(u32::MAX - 5).unwrap()).after(Duration::from_millis(10));

@@ -371,32 +371,36 @@ impl Worker {
         {
             return Some(Duration::ZERO);
         }
-        let mut next = self.timers.next(now);
+        let mut wait = self.timers.wait(now);
+        let mut until = |t: Instant| {
+            let d = t.saturating_duration_since(now);
+            wait = Some(wait.map_or(d, |w| w.min(d)));
+        };
         if let Some(t) = self.accept_paused_until {
-            next = Some(next.map_or(t, |n| n.min(t)));
+            until(t);
         }
         if let Some(t) = self.drain_deadline {
-            next = Some(next.map_or(t, |n| n.min(t)));
+            until(t);
         }
         if !self.tails.is_empty() {
-            next = Some(next.map_or(self.tails_at, |n| n.min(self.tails_at)));
+            until(self.tails_at);
         }
         if self.topics.has_feed(STATS_FEED) {
-            next = Some(next.map_or(self.stats_at, |n| n.min(self.stats_at)));
+            until(self.stats_at);
         }
         if let Some(t) = self.tokens_refresh_at {
-            next = Some(next.map_or(t, |n| n.min(t)));
+            until(t);
         }
         if let Some(t) = self.cluster.as_ref().and_then(Cluster::deadline) {
-            next = Some(next.map_or(t, |n| n.min(t)));
+            until(t);
         }
         if self.pools.has_spare() {
             // Housekeeping has something to give back; an idle server with nothing spare
             // does not wake for it.
-            next = Some(next.map_or(self.housekeeping_at, |n| n.min(self.housekeeping_at)));
+            until(self.housekeeping_at);
         }
         // Round up so a timer is never polled for a hair early and then spun on.
-        next.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1))
+        wait.map(|d| d + Duration::from_millis(1))
     }
 
     /// Runs connection `key` with a context (`f` gets the connection and the context), then

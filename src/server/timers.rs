@@ -11,7 +11,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::stamp::{self, Stamp};
 
@@ -48,9 +48,12 @@ impl Timers {
         short
     }
 
-    /// The earliest deadline armed.
-    pub fn next(&self, now: Instant) -> Option<Instant> {
-        self.heap.peek().map(|Reverse(e)| stamp::instant_of(self.millis(*e), now))
+    /// How long from `now` until the earliest deadline armed (zero if it has passed): whole
+    /// milliseconds from `now`'s, so never short and at most a millisecond long. The loop
+    /// asks every turn, so this is stamp arithmetic, not instants (no clock conversions).
+    pub fn wait(&self, now: Instant) -> Option<Duration> {
+        let &Reverse(e) = self.heap.peek()?;
+        Some(Duration::from_millis((self.millis(e) - stamp::millis(now)).max(0) as u64))
     }
 
     fn millis(&self, entry: u64) -> i64 {
@@ -75,7 +78,6 @@ impl Timers {
 #[allow(clippy::disallowed_methods)] // a synthetic clock starting from any instant
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn fires_in_order_never_early_and_keeps_the_earliest() {
@@ -89,14 +91,14 @@ mod tests {
         assert_eq!(t.arm(7, at(ms(50)), a, t0), a);
         let a2 = t.arm(7, at(ms(20)), a, t0);
         assert_ne!(a2, a);
-        assert_eq!(t.next(t0), Some(t0 + ms(10)));
+        assert_eq!(t.wait(t0), Some(ms(10)));
         assert_eq!(t.pop_due(t0 + ms(9)), None);
         assert_eq!(t.pop_due(t0 + ms(10)), Some((MAX_KEYS - 1, b)));
         assert_eq!(t.pop_due(t0 + ms(25)), Some((7, a2)));
         // Rounded up: 30 ms and 1 µs fires at 31 ms.
         assert_eq!(t.pop_due(t0 + ms(30) + Duration::from_micros(1)), None);
         assert_eq!(t.pop_due(t0 + ms(31)), Some((7, a)));
-        assert_eq!(t.next(t0), None);
+        assert_eq!(t.wait(t0), None);
     }
 
     #[test]
@@ -107,7 +109,9 @@ mod tests {
         let now = t0 + Duration::from_secs(20 * 86_400);
         let due = now + Duration::from_secs(30);
         let armed = t.arm(3, Stamp::at(due), 0, now);
-        assert_eq!(t.next(now), Some(due));
+        assert_eq!(t.wait(now), Some(Duration::from_secs(30)));
+        assert_eq!(t.wait(now + Duration::from_micros(1500)), Some(Duration::from_millis(29_999)), "never short");
+        assert_eq!(t.wait(due + Duration::from_secs(1)), Some(Duration::ZERO));
         assert_eq!(t.pop_due(due - Duration::from_millis(1)), None);
         assert_eq!(t.pop_due(due), Some((3, armed)));
     }
