@@ -14,6 +14,7 @@
 # CPU-second. Loopback only; every server stops when the script ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-config.sh
 secs=${1:-5}
 rounds=${2:-3}
 peers=${PEERS:-/tmp/peers/bin}
@@ -24,22 +25,7 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 
 start_wsgate() { # name binary port
-  cat >"$tmp/$1.toml" <<EOF
-[server]
-listen = ["127.0.0.1:$3"]
-max_connections = 20000
-[[route]]
-path = "/echo"
-app = "echo"
-# tcpkali asks for "/".
-[[route]]
-path = "/"
-app = "echo"
-[[route]]
-path = "/chat"
-app = "chat"
-exclude_sender = false
-EOF
+  bench_config "$tmp/$1.toml" "$3"
   taskset -c 0 "$2" -c "$tmp/$1.toml" -q &
   pids+=($!)
   eval "pid_$1=$!; port_$1=$3"

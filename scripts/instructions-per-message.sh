@@ -13,6 +13,7 @@
 # Needs valgrind (apt-get install valgrind). Loopback only; the servers stop when it ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-config.sh
 secs=${1:-5}; shift || true
 args=("$@"); [ ${#args[@]} -gt 0 ] || args=(-c 100 -s 20)
 path=${PATH_:-/echo}
@@ -44,22 +45,7 @@ count() { # name port command...
 }
 
 wsgate_config() { # port
-  cat >"$tmp/$1.toml" <<EOT
-[server]
-listen = ["127.0.0.1:$1"]
-max_connections = 20000
-[[route]]
-path = "/echo"
-app = "echo"
-[[route]]
-path = "/chat"
-app = "chat"
-exclude_sender = false
-[[route]]
-path = "/deflate"
-app = "echo"
-compression = "shared"
-EOT
+  bench_config "$tmp/$1.toml" "$1"
   echo "$tmp/$1.toml"
 }
 

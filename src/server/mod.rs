@@ -680,47 +680,13 @@ impl Worker {
     }
 
     pub(super) fn remove_closed(&mut self, now: Instant) {
-        let closed =
-            if self.closed.is_empty() { Vec::new() } else { Worker::walk(&mut self.closed, &mut self.spare_keys) };
-        for &key in &closed {
-            if !self.conns.get(key).is_some_and(|e| e.closed) {
-                continue;
-            }
-            let mut entry = self.conns.remove(key);
-            // The client socket may now be shared with a backend (direct hand-off): epoll
-            // keys on the open file, so it must be deregistered, not just closed. The app's
-            // own socket is closed when the app is dropped, which removes it.
-            if let Some(source) = entry.conn.source_mut() {
-                let _ = self.poll.registry().deregister(source);
-            }
-            self.leave_all_presence(key, entry.conn.id(), now);
-            self.topics.remove_connection(key);
-            self.broker.release(key);
-            self.mesh.release_one();
-            let departure = entry.conn.depart(now, &mut self.pools, &mut self.codecs, &self.routes);
-            self.count_closed(&departure);
-            let line = departure.access_line;
-            // The dashboard (on worker 0) shows every worker's access lines.
-            let watched_here = self.topics.has_feed(ACCESS_FEED);
-            if watched_here || (self.mailbox.index != 0 && self.mesh.access_watched()) {
-                let mut body = b"{\"type\":\"access\",\"line\":".to_vec();
-                let _ = serde_json::to_writer(&mut body, &line);
-                body.push(b'}');
-                let frame = shared_frame(Opcode::Text, &body);
-                if watched_here {
-                    self.publish(ACCESS_FEED, &frame, None, &[], now);
-                } else {
-                    let topic: Arc<str> = ACCESS_FEED.into();
-                    let exclude_ids = Arc::clone(&self.no_ids);
-                    self.mesh.post(0, Note::Publish { topic, frame, exclude_ids });
+        if !self.closed.is_empty() {
+            let closed = Worker::walk(&mut self.closed, &mut self.spare_keys);
+            for &key in &closed {
+                if self.conns.get(key).is_some_and(|e| e.closed) {
+                    self.remove_one(key, now);
                 }
             }
-            match &mut self.access_file {
-                Some(file) => file.line(&line),
-                None => log::info!(target: "wsgate::access", "{line}"),
-            }
-        }
-        if closed.capacity() > 0 {
             self.walked(closed);
         }
         if !self.dirty.is_empty() {
@@ -728,6 +694,44 @@ impl Worker {
         }
         if let Some(file) = &mut self.access_file {
             file.flush();
+        }
+    }
+
+    /// Takes a closed connection out of the slab and of everything that knows it, and
+    /// writes its access line.
+    fn remove_one(&mut self, key: usize, now: Instant) {
+        let mut entry = self.conns.remove(key);
+        // The client socket may now be shared with a backend (direct hand-off): epoll
+        // keys on the open file, so it must be deregistered, not just closed. The app's
+        // own socket is closed when the app is dropped, which removes it.
+        if let Some(source) = entry.conn.source_mut() {
+            let _ = self.poll.registry().deregister(source);
+        }
+        self.leave_all_presence(key, entry.conn.id(), now);
+        self.topics.remove_connection(key);
+        self.broker.release(key);
+        self.mesh.release_one();
+        let departure = entry.conn.depart(now, &mut self.pools, &mut self.codecs, &self.routes);
+        self.count_closed(&departure);
+        let line = departure.access_line;
+        // The dashboard (on worker 0) shows every worker's access lines.
+        let watched_here = self.topics.has_feed(ACCESS_FEED);
+        if watched_here || (self.mailbox.index != 0 && self.mesh.access_watched()) {
+            let mut body = b"{\"type\":\"access\",\"line\":".to_vec();
+            let _ = serde_json::to_writer(&mut body, &line);
+            body.push(b'}');
+            let frame = shared_frame(Opcode::Text, &body);
+            if watched_here {
+                self.publish(ACCESS_FEED, &frame, None, &[], now);
+            } else {
+                let topic: Arc<str> = ACCESS_FEED.into();
+                let exclude_ids = Arc::clone(&self.no_ids);
+                self.mesh.post(0, Note::Publish { topic, frame, exclude_ids });
+            }
+        }
+        match &mut self.access_file {
+            Some(file) => file.line(&line),
+            None => log::info!(target: "wsgate::access", "{line}"),
         }
     }
 
