@@ -505,7 +505,13 @@ impl OutQueue {
             if bytes.is_empty() {
                 return Ok(0);
             }
+            let (len, last) = (bytes.len(), list.chunks.is_empty());
             let written = w.write(bytes)?;
+            if written == len && last {
+                // All of it, from the open chunk (a reply, most often): the queue is empty.
+                self.release(pools);
+                return Ok(written);
+            }
             self.consume(written, pools);
             return Ok(written);
         }
