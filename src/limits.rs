@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::ws::session::Timing;
+
 /// Limits and timeouts; every route starts from these and may override some.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -32,6 +34,17 @@ pub struct Limits {
     /// meet `on_backpressure`.
     pub max_backpressure: usize,
     pub on_backpressure: OnBackpressure,
+    /// The four session timeouts above in milliseconds, as every drive reads them: derived,
+    /// set by [`Limits::settled`] (which whoever builds or changes limits calls last).
+    pub timing: Timing,
+}
+
+impl Limits {
+    /// These limits with [`Limits::timing`] worked out from the timeouts.
+    pub fn settled(mut self) -> Limits {
+        self.timing = Timing::new(self.idle_timeout, self.ping_interval, self.pong_timeout, self.close_timeout);
+        self
+    }
 }
 
 /// What happens to a message published to a client that is too slow to take it.
@@ -72,6 +85,8 @@ impl Default for Limits {
             drain_timeout: Duration::from_secs(10),
             max_backpressure: 1 << 20,
             on_backpressure: OnBackpressure::Close,
+            timing: Timing::default(),
         }
+        .settled()
     }
 }

@@ -94,9 +94,21 @@ impl Stamp {
     /// early, at most 1 ms late). `d` must be under [`Stamp::SPAN`].
     #[inline]
     pub fn after(self, d: Duration) -> Stamp {
-        let ms = d.as_secs() * 1000 + u64::from(d.subsec_nanos().div_ceil(1_000_000));
-        let count = self.0.get().wrapping_add(ms as u32);
+        self.after_ms(Stamp::millis_of(d))
+    }
+
+    /// `ms` milliseconds after this stamp (see [`Stamp::millis_of`]).
+    #[inline]
+    pub fn after_ms(self, ms: u32) -> Stamp {
+        let count = self.0.get().wrapping_add(ms);
         Stamp(NonZeroU32::new(count).unwrap_or(NonZeroU32::MIN))
+    }
+
+    /// `d` in whole milliseconds, rounded up, at most [`Stamp::SPAN`]'s.
+    #[inline]
+    pub fn millis_of(d: Duration) -> u32 {
+        let ms = d.as_secs().saturating_mul(1000).saturating_add(u64::from(d.subsec_nanos().div_ceil(1_000_000)));
+        ms.min(i32::MAX as u64) as u32
     }
 
     /// The earlier of two stamps within [`Stamp::SPAN`] of each other.

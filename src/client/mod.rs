@@ -274,12 +274,7 @@ impl Client {
         stream.set_write_timeout(None).map_err(ClientError::Io)?;
         stream.set_read_timeout(None).map_err(ClientError::Io)?;
         let limits = MessageLimits { max_message: options.max_message, max_frame: options.max_message };
-        let timing = Timing {
-            idle_timeout: Duration::ZERO,
-            ping_interval: options.ping_interval,
-            pong_timeout: options.pong_timeout,
-            close_timeout: options.close_timeout,
-        };
+        let timing = Timing::new(Duration::ZERO, options.ping_interval, options.pong_timeout, options.close_timeout);
         let pmd = agreed.deflate.map(|a| PerMessage::for_client(a, COMPRESSION_THRESHOLD, COMPRESSION_LEVEL, 8));
         Ok(Client {
             stream,
@@ -366,7 +361,7 @@ impl Client {
             ))));
         }
         self.send_close(code, reason)?;
-        let deadline = Some(now() + self.timing.close_timeout);
+        let deadline = Some(now() + self.timing.close_timeout());
         loop {
             match self.decode() {
                 Ok(_) => {}

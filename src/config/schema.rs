@@ -274,7 +274,9 @@ impl LimitsSection {
             drain_timeout: self.drain_timeout.map_or(base.drain_timeout, |s| s.0),
             max_backpressure: self.max_backpressure.map_or(base.max_backpressure, |b| b.0),
             on_backpressure: self.on_backpressure.map_or(base.on_backpressure, |b| b.0),
+            timing: base.timing,
         }
+        .settled()
     }
 }
 

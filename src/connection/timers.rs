@@ -135,13 +135,9 @@ impl Connection {
     /// The WebSocket session's timers, from the route's limits.
     pub(super) fn timing(&self) -> Timing {
         let l = &self.limits;
+        debug_assert_eq!(l.timing, (**l).settled().timing, "limits built without Limits::settled");
         // The legacy drafts have no pings: a legacy client is held by idle_timeout alone.
         let legacy = self.phase.ws().is_some_and(|ws| ws.endpoint.draft().is_some());
-        Timing {
-            idle_timeout: l.idle_timeout,
-            ping_interval: if legacy { std::time::Duration::ZERO } else { l.ping_interval },
-            pong_timeout: l.pong_timeout,
-            close_timeout: l.close_timeout,
-        }
+        Timing { ping_ms: if legacy { 0 } else { l.timing.ping_ms }, ..l.timing }
     }
 }

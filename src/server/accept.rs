@@ -267,7 +267,7 @@ impl Worker {
             },
         };
         let conn = Connection::new(id, transport, peer, now, Arc::clone(&self.limits), admin);
-        entry.insert(Entry { conn, timer_at: 0, dirty: false, closed: false });
+        entry.insert(Entry { conn, timer_at: 0, dirty: false, busy: false, closed: false });
         log::debug!("{peer} accepted as {key}");
         // The first drive starts its handshake clock (and reads nothing yet).
         self.run_conn(key, now, |conn, ctx| conn.drive(ctx, Ready { corked: true, ..Ready::default() }));

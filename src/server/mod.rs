@@ -80,6 +80,9 @@ struct Entry {
     timer_at: timers::Armed,
     /// Others queued output for it this turn; it is flushed once, after the events.
     dirty: bool,
+    /// On the busy list: driven again after the events (a flag, so that a list of thousands
+    /// is not searched on every drive).
+    busy: bool,
     /// Its last drive said it is done: removed after the batch, never driven again.
     closed: bool,
 }
@@ -627,7 +630,8 @@ impl Worker {
             }
             return;
         }
-        if matches!(progress, Progress::Busy | Progress::Again) && !self.busy.contains(&key) {
+        if matches!(progress, Progress::Busy | Progress::Again) && !entry.busy {
+            entry.busy = true;
             self.busy.push(key);
         }
         // Written at the end of this turn (a Busy one too: it read a lot, so queued a lot).
@@ -647,6 +651,8 @@ impl Worker {
         }
         let busy = Worker::walk(&mut self.busy, &mut self.spare_keys);
         for &key in &busy {
+            let Some(entry) = self.conns.get_mut(key) else { continue };
+            entry.busy = false;
             self.run_conn(key, now, |conn, ctx| conn.drive(ctx, Ready { corked: true, ..Ready::default() }));
         }
         self.walked(busy);
@@ -763,7 +769,7 @@ fn node_id() -> u64 {
 fn admin_settings(config: &Config, admin: &crate::admin::config::AdminConfig) -> AdminSettings {
     let mut route = Route::new("/ws", AppKind::Dashboard, config.limits);
     // The dashboard's page connects from the admin listener's own origin.
-    route.limits = Arc::new(Limits { idle_timeout: Duration::ZERO, ..config.limits });
+    route.limits = Arc::new(Limits { idle_timeout: Duration::ZERO, ..config.limits }.settled());
     let mut log_files: Vec<std::path::PathBuf> =
         config.routes.iter().filter_map(|r| r.logview.as_ref()).flat_map(|l| l.files.clone()).collect();
     log_files.sort();

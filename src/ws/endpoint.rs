@@ -631,7 +631,7 @@ mod tests {
     #[test]
     fn our_close_then_only_the_peers_close_matters() {
         let t0 = crate::stamp::round_up(Instant::now());
-        let timing = Timing { idle_timeout: 100 * S, ping_interval: 10 * S, pong_timeout: 5 * S, close_timeout: 3 * S };
+        let timing = Timing::new(100 * S, 10 * S, 5 * S, 3 * S);
         let mut e = Endpoint::new(Role::Server, limits(), t0, false);
         assert_eq!(e.session().deadline(t0, &timing), Some(t0 + 10 * S));
         assert!(e.session_mut().close(t0 + S));

@@ -19,13 +19,42 @@ use super::ProtocolError;
 /// The close reason of a peer that did not answer a ping in time.
 pub const PING_TIMEOUT: &str = "ping timeout";
 
-/// The session's timers; a zero `idle_timeout` or `ping_interval` switches that timer off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The session's timers in whole milliseconds (rounded up, at most [`Stamp::SPAN`]); a zero
+/// `idle_ms` or `ping_ms` switches that timer off. Milliseconds, because the server asks for
+/// the next deadline after every drive: stamps plus milliseconds are additions, where
+/// `Duration`s were a conversion each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Timing {
-    pub idle_timeout: Duration,
-    pub ping_interval: Duration,
-    pub pong_timeout: Duration,
-    pub close_timeout: Duration,
+    pub idle_ms: u32,
+    pub ping_ms: u32,
+    pub pong_ms: u32,
+    pub close_ms: u32,
+}
+
+impl Timing {
+    pub fn new(
+        idle_timeout: Duration,
+        ping_interval: Duration,
+        pong_timeout: Duration,
+        close_timeout: Duration,
+    ) -> Timing {
+        Timing {
+            idle_ms: Stamp::millis_of(idle_timeout),
+            ping_ms: Stamp::millis_of(ping_interval),
+            pong_ms: Stamp::millis_of(pong_timeout),
+            close_ms: Stamp::millis_of(close_timeout),
+        }
+    }
+
+    /// How long our close frame waits for the peer's.
+    pub fn close_timeout(&self) -> Duration {
+        Duration::from_millis(self.close_ms.into())
+    }
+}
+
+/// `ms` milliseconds as a `Duration`.
+fn ms(ms: u32) -> Duration {
+    Duration::from_millis(ms.into())
 }
 
 /// What the peer's bytes produced.
@@ -194,12 +223,12 @@ impl Session {
     /// loop arms, computed without reading the clock.
     pub fn due(&self, t: &Timing) -> Option<Stamp> {
         if let Awaiting::Close(sent) = self.awaiting {
-            return Some(sent.after(t.close_timeout));
+            return Some(sent.after_ms(t.close_ms));
         }
-        let idle = (!t.idle_timeout.is_zero()).then(|| self.last_message.after(t.idle_timeout));
+        let idle = (t.idle_ms != 0).then(|| self.last_message.after_ms(t.idle_ms));
         let ping = match self.awaiting {
-            Awaiting::Pong(pinged) => Some(pinged.after(t.pong_timeout)),
-            _ if !t.ping_interval.is_zero() => Some(self.last_read.after(t.ping_interval)),
+            Awaiting::Pong(pinged) => Some(pinged.after_ms(t.pong_ms)),
+            _ if t.ping_ms != 0 => Some(self.last_read.after_ms(t.ping_ms)),
             _ => None,
         };
         match (idle, ping) {
@@ -212,17 +241,17 @@ impl Session {
     pub fn on_timer(&mut self, now: Instant, t: &Timing) -> Option<Due> {
         let at = |s: Stamp| s.instant(now);
         if let Awaiting::Close(sent) = self.awaiting {
-            return (now >= at(sent) + t.close_timeout).then_some(Due::Abort("close handshake timed out"));
+            return (now >= at(sent) + ms(t.close_ms)).then_some(Due::Abort("close handshake timed out"));
         }
-        if !t.idle_timeout.is_zero() && now >= at(self.last_message) + t.idle_timeout {
+        if t.idle_ms != 0 && now >= at(self.last_message) + ms(t.idle_ms) {
             return Some(Due::Close(close::GOING_AWAY, "idle timeout"));
         }
         match self.awaiting {
-            Awaiting::Pong(pinged) if now >= at(pinged) + t.pong_timeout => {
+            Awaiting::Pong(pinged) if now >= at(pinged) + ms(t.pong_ms) => {
                 Some(Due::Close(close::GOING_AWAY, PING_TIMEOUT))
             }
             Awaiting::Pong(_) => None,
-            _ if !t.ping_interval.is_zero() && now >= at(self.last_read) + t.ping_interval => {
+            _ if t.ping_ms != 0 && now >= at(self.last_read) + ms(t.ping_ms) => {
                 self.awaiting = Awaiting::Pong(Stamp::at(now));
                 Some(Due::Ping)
             }
@@ -262,7 +291,7 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     fn timing() -> Timing {
-        Timing { idle_timeout: 100 * S, ping_interval: 10 * S, pong_timeout: 5 * S, close_timeout: 3 * S }
+        Timing::new(100 * S, 10 * S, 5 * S, 3 * S)
     }
 
     /// A masked client frame.
@@ -307,7 +336,7 @@ mod tests {
     fn idle_timeout_counts_messages_not_pongs() {
         let t0 = crate::stamp::round_up(Instant::now());
         let mut s = Session::new(Role::Server, MessageLimits::default(), t0);
-        let no_pings = Timing { ping_interval: Duration::ZERO, ..timing() };
+        let no_pings = Timing { ping_ms: 0, ..timing() };
         let mut pong = frame(Opcode::Pong, b"");
         s.receive(&mut pong, Stamp::at(t0 + 50 * S)).unwrap();
         assert_eq!(s.deadline(t0, &no_pings), Some(t0 + 100 * S));
