@@ -328,6 +328,30 @@ impl AppCtx<'_> {
         self.publish_excluding(topic, frame, exclude_self, Box::default());
     }
 
+    /// The id of `topic` while it has subscribers, for [`AppCtx::publish_known`].
+    pub fn topic_id(&self, topic: &str) -> Option<crate::pubsub::TopicId> {
+        self.topics.find(topic)
+    }
+
+    /// [`AppCtx::publish`] to a topic whose id the app keeps (see [`AppCtx::topic_id`]): no
+    /// lookup by name per message. An id gone stale (the topic emptied, its id given to
+    /// another) costs nothing but a lookup: the loop checks it against `topic` before use.
+    pub fn publish_known(
+        &mut self,
+        id: crate::pubsub::TopicId,
+        topic: Arc<str>,
+        frame: SharedFrame,
+        exclude_self: bool,
+    ) {
+        if topic.starts_with(FEED_PREFIX) {
+            log::debug!("{}: publish to a reserved topic ignored", self.peer);
+            return;
+        }
+        let exclude = exclude_self.then_some(self.key);
+        *self.fanout += self.topics.members(id).len();
+        self.actions.push(Action::Publish { topic, frame, exclude, exclude_ids: Box::default(), found: Some(id) });
+    }
+
     /// Publishes `frame` to `topic`'s subscribers but the connections with ids `exclude_ids`
     /// (and this client if `exclude_self`).
     pub fn publish_excluding(
