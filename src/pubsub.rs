@@ -158,15 +158,7 @@ impl Topics {
 
     /// Whether `conn` is subscribed to `name`.
     pub fn is_subscribed(&self, conn: usize, name: &str) -> bool {
-        let Some(&topic) = self.by_name.get(name) else { return false };
-        let mut s = self.heads.get(conn).copied().unwrap_or(NONE);
-        while s != NONE {
-            if self.subs[s as usize].topic == topic {
-                return true;
-            }
-            s = self.subs[s as usize].next;
-        }
-        false
+        self.by_name.get(name).is_some_and(|&topic| self.is_member(conn, topic))
     }
 
     /// Records a subscription waiting for `topic`'s history: its serial, or `None` if one
@@ -344,6 +336,20 @@ impl Topics {
             self.drop_sub(s);
             s = next;
         }
+    }
+
+    /// Whether `conn` is a member of topic `id` (a walk of its own subscriptions, as short as
+    /// its route's `max_subscriptions`).
+    pub fn is_member(&self, conn: usize, id: TopicId) -> bool {
+        let mut s = self.heads.get(conn).copied().unwrap_or(NONE);
+        while s != NONE {
+            let sub = self.subs[s as usize];
+            if sub.topic == id {
+                return true;
+            }
+            s = sub.next;
+        }
+        false
     }
 
     /// The topic's id, if anyone is subscribed to it.

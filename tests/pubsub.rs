@@ -264,3 +264,38 @@ fn flooding_a_big_room_delivers_everything_in_order() {
         assert_eq!(f.payload, format!("{i:05}").into_bytes(), "the publisher");
     }
 }
+
+/// A chat member that publishes and never reads has its own copies piling up like any reply:
+/// past `backpressure_high` the server stops reading it (TCP pushes back on the publisher),
+/// so they never pass `max_backpressure` and it is not closed as a slow consumer; once it
+/// reads, every copy is there, in order.
+#[test]
+fn a_publisher_that_does_not_read_is_held_not_dropped() {
+    const MESSAGES: u32 = 16_000;
+    let server = Server::with_config(
+        "[[route]]\npath = \"/chat\"\napp = \"chat\"\nbackpressure_high = \"64KiB\"\n\
+         max_backpressure = \"256KiB\"\non_backpressure = \"close\"\n",
+        &[],
+    );
+    let stream = slow_subscriber(&server, "/chat");
+    let mut writer = stream.try_clone().unwrap();
+    // 16 MiB: more than the kernel buffers between the two hold, so the server must hold.
+    let sending = std::thread::spawn(move || {
+        for i in 0..MESSAGES {
+            let mut payload = format!("{i:08}").into_bytes();
+            payload.resize(1024, b'.');
+            writer.write_all(&masked_frame(0x82, &payload)).unwrap();
+        }
+        writer.write_all(&masked_frame(0x81, b"end")).unwrap();
+    });
+    // Reading starts late: whatever the server queued meanwhile stayed within its bounds.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut reader = Raw::from_stream(stream);
+    for i in 0..MESSAGES {
+        let frame = reader.recv().unwrap_or_else(|| panic!("copy {i}: the connection ended"));
+        assert_eq!(frame.opcode, 2, "copy {i}: {:?}", frame.close_code());
+        assert_eq!(&frame.payload[..8], format!("{i:08}").as_bytes());
+    }
+    assert_eq!(reader.recv().map(|f| f.payload), Some(b"end".to_vec()));
+    sending.join().unwrap();
+}

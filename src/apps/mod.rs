@@ -87,6 +87,19 @@ pub enum Action {
     AskProxy { proxy: Arc<crate::auth::proxy::Proxy>, kind: crate::auth::proxy::Kind, seq: u32, body: Vec<u8> },
 }
 
+impl Action {
+    /// Whether applying this may queue output on connection `key` (the one that asked): a
+    /// publication it is not excluded from, anything answered to it or sent by id (perhaps
+    /// its own). Its own write then waits for the end of the turn, to carry that too.
+    pub fn may_reach(&self, key: usize) -> bool {
+        match self {
+            Action::Register { .. } | Action::Reregister { .. } => false,
+            Action::Publish { exclude, .. } => *exclude != Some(key),
+            _ => true,
+        }
+    }
+}
+
 /// What [`AppCtx::subscribe_at`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Subscribing {
@@ -155,6 +168,12 @@ pub struct AppCtx<'a> {
     /// permessage-deflate, when this client negotiated it.
     pub(crate) pmd: Option<&'a mut PerMessage>,
     pub(crate) codecs: &'a mut SharedCodecs,
+    /// `Some(max_backpressure)` where this client's copy of what it publishes to a topic it
+    /// is in goes straight onto its queue (see [`AppCtx::own_copy`]); `None` where it goes
+    /// through the loop like anyone's.
+    pub(crate) own_copies: Option<usize>,
+    /// Own copies queued by this context (the worker counts them among its deliveries).
+    pub(crate) own_copied: u32,
 }
 
 impl AppCtx<'_> {
@@ -347,8 +366,9 @@ impl AppCtx<'_> {
             log::debug!("{}: publish to a reserved topic ignored", self.peer);
             return;
         }
-        let exclude = exclude_self.then_some(self.key);
-        *self.fanout += self.topics.members(id).len();
+        let own = !exclude_self && self.own_copy(id, &topic, &frame);
+        let exclude = (exclude_self || own).then_some(self.key);
+        *self.fanout += self.topics.members(id).len() - usize::from(own);
         self.actions.push(Action::Publish { topic, frame, exclude, exclude_ids: Box::default(), found: Some(id) });
     }
 
@@ -365,10 +385,35 @@ impl AppCtx<'_> {
             log::debug!("{}: publish to a reserved topic ignored", self.peer);
             return;
         }
-        let exclude = exclude_self.then_some(self.key);
         let found = self.topics.find(&topic);
-        *self.fanout += found.map_or(0, |t| self.topics.members(t).len());
+        let own = !exclude_self
+            && !exclude_ids.contains(&self.id)
+            && found.is_some_and(|id| self.own_copy(id, &topic, &frame));
+        let exclude = (exclude_self || own).then_some(self.key);
+        *self.fanout += found.map_or(0, |t| self.topics.members(t).len()) - usize::from(own);
         self.actions.push(Action::Publish { topic, frame, exclude, exclude_ids, found });
+    }
+
+    /// Queues this client's own copy of `frame`, published to topic `id`, at once, if it is
+    /// a member and takes the frame as it is; whether it did (the loop then skips it). A
+    /// publisher that hears itself needs no second drive this turn to write its copy: one
+    /// write covers its read and its message. Under the same policy as any delivery: where
+    /// the copy would pass `max_backpressure`, or the topic numbers its messages (history),
+    /// the loop delivers it.
+    fn own_copy(&mut self, id: crate::pubsub::TopicId, topic: &str, frame: &SharedFrame) -> bool {
+        let Some(max_backpressure) = self.own_copies else { return false };
+        let queued = self.out.footprint();
+        if (queued > 0 && queued + frame.len() > max_backpressure)
+            || !self.topics.is_member(self.key, id)
+            || self.topics.has_history(topic)
+        {
+            return false;
+        }
+        self.out.push_shared_frame(self.pools, frame);
+        self.traffic.msgs_out += 1;
+        self.traffic.bytes_out += frame.len() as u64;
+        self.own_copied += 1;
+        true
     }
 
     /// Sends `frame` to the connection with id `id`.

@@ -47,7 +47,7 @@ impl Connection {
         if let (Phase::HandedOff { handoff: h, .. }, Some(who)) = (&mut self.phase, who) {
             let mut close = None;
             let mut traffic = Traffic::default();
-            let mut acx = app_ctx(cx, who, &mut self.out, &mut traffic, 0, &mut close, None);
+            let mut acx = app_ctx(cx, who, &mut self.out, &mut traffic, 0, &mut close, None, None);
             h.backend.on_io(&mut acx, false);
             if close.is_some() {
                 self.close(cx.now, cx.pools, End::HandOffFailed(io::ErrorKind::BrokenPipe.into()));
@@ -115,6 +115,7 @@ impl Connection {
             App(AppClose),
         }
         let high = self.limits.backpressure_high;
+        let max_backpressure = self.limits.max_backpressure;
         let who = self.who();
         let failing = self.failing().is_some();
         let Connection { phase, rare, out, log, input, .. } = self;
@@ -125,13 +126,18 @@ impl Connection {
         }
         let mut app_close = None;
         let mut dropped = 0;
+        let own_copied;
         let cx_stamp = cx.stamp;
         let stop = {
             let parts = AppParts::of(ws, rare, out);
             let AppParts { queue, mut wire_out, pmd } = parts;
-            let mut acx = app_ctx(cx, who, queue, &mut log.traffic, high, &mut app_close, pmd);
+            // A client that takes published frames as they are (not compressed, not a legacy
+            // draft's) gets its own publications' copies straight away. (It is open: after
+            // our close, the session gives the app no more messages.)
+            let own_copies = (wire_out.is_none() && pmd.is_none()).then_some(max_backpressure);
+            let mut acx = app_ctx(cx, who, queue, &mut log.traffic, high, &mut app_close, pmd, own_copies);
             let now = cx_stamp;
-            loop {
+            let stop = loop {
                 let queued = wire_out.as_deref().map_or(acx.out.len(), OutQueue::len);
                 if queued >= high || *acx.fanout >= FANOUT_BUDGET {
                     break Stop::Held;
@@ -189,9 +195,12 @@ impl Connection {
                 if acx.close.is_some() || acx.hold {
                     break Stop::Held;
                 }
-            }
+            };
+            own_copied = acx.own_copied;
+            stop
         };
         cx.metrics.legacy_dropped += dropped as u64;
+        cx.metrics.deliveries += u64::from(own_copied);
         let stop = match (stop, app_close) {
             (Stop::Held, Some(why)) => Stop::App(why),
             (stop, _) => stop,
@@ -257,7 +266,7 @@ pub(super) fn call_app<R>(
     let AppParts { queue, wire_out, pmd } = AppParts::of(ws, rare, out);
     let mut dropped = 0;
     let (r, hold) = {
-        let mut acx = app_ctx(cx, who, queue, traffic, high, close, pmd);
+        let mut acx = app_ctx(cx, who, queue, traffic, high, close, pmd, None);
         let r = f(ws.app.as_mut(), &mut acx);
         if let Some(wire_out) = wire_out {
             dropped = reencode(&mut ws.endpoint, &mut acx, wire_out);
@@ -282,6 +291,7 @@ pub(super) fn reencode(endpoint: &mut Endpoint, acx: &mut AppCtx<'_>, wire_out: 
 
 /// The context an app gets for one call: the connection's id, key and peer, its output queue
 /// and counters, and the loop's shares (pools, topics, actions, the fan-out count).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn app_ctx<'b>(
     cx: &'b mut Ctx<'_>,
     (id, key, peer): (u64, usize, SocketAddr),
@@ -290,6 +300,7 @@ pub(super) fn app_ctx<'b>(
     backpressure_high: usize,
     close: &'b mut Option<AppClose>,
     pmd: Option<&'b mut PerMessage>,
+    own_copies: Option<usize>,
 ) -> AppCtx<'b> {
     AppCtx {
         now: cx.now,
@@ -308,5 +319,7 @@ pub(super) fn app_ctx<'b>(
         hold: false,
         pmd,
         codecs: cx.codecs,
+        own_copies,
+        own_copied: 0,
     }
 }

@@ -588,9 +588,14 @@ impl Connection {
             }
             budget = budget.saturating_sub(self.read_once(cx));
         }
-        // Nobody else queued for it and it published to nobody: its output goes now, and one
+        // Nobody else queued for it, and nothing it asked of the loop queues more for it (its
+        // own copy of what it published is queued already): its output goes now, and one
         // round of bookkeeping covers the read and the write.
-        let write_now = ready.write_after && cx.fanout == 0 && self.writable && self.has_output() && !self.is_closed();
+        let write_now = ready.write_after
+            && self.writable
+            && self.has_output()
+            && !self.is_closed()
+            && !cx.actions.iter().any(|action| action.may_reach(key_of(self.id)));
         let was_full = self.out.len() >= self.limits.backpressure_high;
         if write_now {
             self.flush(cx);
