@@ -93,11 +93,11 @@ impl Backend {
         if self.pipe.is_none() {
             match Pipe::new() {
                 Ok(p) => {
-                    log::debug!("{} splicing backend data through a pipe of {} bytes", cx.peer, p.capacity);
+                    log::debug!("{} splicing backend data through a pipe of {} bytes", cx.peer(), p.capacity);
                     self.pipe = Some(p);
                 }
                 Err(e) => {
-                    log::warn!("{}: no pipe for splice ({e}); copying instead", cx.peer);
+                    log::warn!("{}: no pipe for splice ({e}); copying instead", cx.peer());
                     self.splice_allowed = false;
                     return None;
                 }
@@ -139,7 +139,7 @@ impl Backend {
             match command {
                 Command::Subscribe(topic) => {
                     if cx.subscribe(&topic, self.max_subscriptions).is_err() {
-                        log::debug!("{} backend SUBSCRIBE {topic:?}: over max_subscriptions", cx.peer);
+                        log::debug!("{} backend SUBSCRIBE {topic:?}: over max_subscriptions", cx.peer());
                     }
                 }
                 Command::Unsubscribe(topic) => {
@@ -205,7 +205,7 @@ impl App for Backend {
             return AppIo::Idle;
         }
         if let Err(e) = self.link.flush(cx.pools) {
-            log::warn!("{}: {e}", cx.peer);
+            log::warn!("{}: {e}", cx.peer());
             self.ended(cx, BackendEnd::Failed(e));
             return AppIo::Idle;
         }
@@ -234,7 +234,7 @@ impl App for Backend {
             Pumped::Ended(end) => {
                 cx.traffic.bytes_out += queued;
                 if let BackendEnd::Failed(why) = &end {
-                    log::warn!("{}: {why}", cx.peer);
+                    log::warn!("{}: {why}", cx.peer());
                 }
                 self.ended(cx, end);
                 AppIo::Idle

@@ -87,7 +87,7 @@ impl BrokerClient {
                 cx.route(message, shared_frame(MessageKind::Text.opcode(), &quirks_payload(message)));
                 return Ok(());
             }
-            log::debug!("broker: service message from {} ignored", cx.peer);
+            log::debug!("broker: service message from {} ignored", cx.peer());
             return Ok(());
         };
         if !self.policy.client_publish {

@@ -151,7 +151,9 @@ pub struct AppCtx<'a> {
     /// This connection's id and slab key.
     pub(crate) id: u64,
     pub(crate) key: usize,
-    pub(crate) peer: SocketAddr,
+    /// The client's address, as the connection keeps it (made a `SocketAddr` when asked:
+    /// most calls never ask).
+    pub(crate) peer: (std::net::IpAddr, u16),
     pub(crate) out: &'a mut OutQueue,
     pub(crate) pools: &'a mut Pools,
     pub(crate) traffic: &'a mut Traffic,
@@ -190,7 +192,7 @@ impl AppCtx<'_> {
 
     /// The client's address.
     pub fn peer(&self) -> SocketAddr {
-        self.peer
+        SocketAddr::new(self.peer.0, self.peer.1)
     }
 
     /// Bytes queued for this client and not yet written.
@@ -363,7 +365,7 @@ impl AppCtx<'_> {
         exclude_self: bool,
     ) {
         if topic.starts_with(FEED_PREFIX) {
-            log::debug!("{}: publish to a reserved topic ignored", self.peer);
+            log::debug!("{}: publish to a reserved topic ignored", self.peer());
             return;
         }
         let own = !exclude_self && self.own_copy(id, &topic, &frame);
@@ -382,7 +384,7 @@ impl AppCtx<'_> {
         exclude_ids: Box<[u64]>,
     ) {
         if topic.starts_with(FEED_PREFIX) {
-            log::debug!("{}: publish to a reserved topic ignored", self.peer);
+            log::debug!("{}: publish to a reserved topic ignored", self.peer());
             return;
         }
         let found = self.topics.find(&topic);

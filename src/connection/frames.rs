@@ -4,7 +4,7 @@
 //! same way (compressed, or translated for a legacy client).
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use super::{Connection, Ctx, End, Phase, Rare, Ws, FANOUT_BUDGET, INFLATE_BUDGET, INFLATE_UNIT};
 use crate::apps::{App, AppClose, AppCtx, AppIo, Traffic};
@@ -234,6 +234,7 @@ struct AppParts<'q> {
 }
 
 impl<'q> AppParts<'q> {
+    #[inline]
     fn of(ws: &Ws, rare: &'q mut Option<Box<Rare>>, out: &'q mut OutQueue) -> AppParts<'q> {
         let compressing = rare.as_ref().is_some_and(|r| r.pmd.is_some());
         if !ws.recodes(compressing) && !compressing {
@@ -257,7 +258,7 @@ pub(super) fn call_app<R>(
     rare: &mut Option<Box<Rare>>,
     out: &mut OutQueue,
     cx: &mut Ctx<'_>,
-    who: (u64, usize, SocketAddr),
+    who: (u64, usize, (IpAddr, u16)),
     high: usize,
     traffic: &mut Traffic,
     close: &mut Option<AppClose>,
@@ -294,7 +295,7 @@ pub(super) fn reencode(endpoint: &mut Endpoint, acx: &mut AppCtx<'_>, wire_out: 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn app_ctx<'b>(
     cx: &'b mut Ctx<'_>,
-    (id, key, peer): (u64, usize, SocketAddr),
+    (id, key, peer): (u64, usize, (IpAddr, u16)),
     out: &'b mut OutQueue,
     traffic: &'b mut Traffic,
     backpressure_high: usize,

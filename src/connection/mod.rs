@@ -420,8 +420,8 @@ impl Connection {
     }
 
     /// Id, slab key and peer: who the app is serving.
-    fn who(&self) -> (u64, usize, SocketAddr) {
-        (self.id, key_of(self.id), self.peer())
+    fn who(&self) -> (u64, usize, (IpAddr, u16)) {
+        (self.id, key_of(self.id), (self.peer_ip, self.peer_port))
     }
 
     /// The connection's stable id (access line, HELLO, send-by-id).
