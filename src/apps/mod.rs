@@ -404,16 +404,14 @@ impl AppCtx<'_> {
     /// the loop delivers it.
     fn own_copy(&mut self, id: crate::pubsub::TopicId, topic: &str, frame: &SharedFrame) -> bool {
         let Some(max_backpressure) = self.own_copies else { return false };
-        let queued = self.out.footprint();
-        if (queued > 0 && queued + frame.len() > max_backpressure)
+        if !self.out.has_room(frame.len(), max_backpressure)
             || !self.topics.is_member(self.key, id)
             || self.topics.has_history(topic)
         {
             return false;
         }
         self.out.push_shared_frame(self.pools, frame);
-        self.traffic.msgs_out += 1;
-        self.traffic.bytes_out += frame.len() as u64;
+        self.count_out(frame.len());
         self.own_copied += 1;
         true
     }

@@ -48,8 +48,7 @@ impl Connection {
     /// Whether a delivery of `len` bytes would be queued now, within `max_backpressure` (an
     /// empty queue takes anything).
     pub fn has_room_for(&self, len: usize) -> bool {
-        let queued = self.out.footprint();
-        queued == 0 || queued + len <= self.limits.max_backpressure
+        self.out.has_room(len, self.limits.max_backpressure)
     }
 
     /// The route's `max_backpressure`.
@@ -100,8 +99,7 @@ impl Connection {
         if !self.is_open() || !accepts {
             return Delivered::NotOpen;
         }
-        let queued = self.out.footprint();
-        if queued > 0 && queued + frame.len() > self.limits.max_backpressure.saturating_add(slack) {
+        if !self.out.has_room(frame.len(), self.limits.max_backpressure.saturating_add(slack)) {
             return match self.limits.on_backpressure {
                 OnBackpressure::Drop => {
                     self.log.note_dropped();

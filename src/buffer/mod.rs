@@ -1,4 +1,5 @@
-//! Buffers: pools so idle connections hold none, and the output queue written with `writev`.
+//! Buffers: the output queue written with `writev`, and (in `pools.rs`) the pools that let
+//! idle connections hold none.
 //!
 //! A connection takes a read buffer when its socket has data and gives it back once every
 //! byte is consumed; output chunks come from a pool and return to it once written. The pools
@@ -12,6 +13,10 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
 
+mod pools;
+
+pub use pools::{Pools, DEFAULT_POOL_BYTES};
+
 /// Size of a read buffer. A request head must fit in one (config enforces it).
 pub const READ_BUF_SIZE: usize = 64 * 1024;
 /// Capacity of a pooled output chunk; small frames are coalesced into these.
@@ -20,175 +25,6 @@ pub const CHUNK_SIZE: usize = 16 * 1024;
 const MAX_IOVECS: usize = 256;
 /// What one queued chunk costs besides its bytes (the queue entry), for memory accounting.
 pub const CHUNK_OVERHEAD: usize = std::mem::size_of::<Chunk>();
-
-/// The default bound on free buffers kept for reuse, in bytes (`buffer_pool`).
-pub const DEFAULT_POOL_BYTES: usize = 4 * 1024 * 1024;
-/// Bytes freed (by the pool shrinking, or beyond its bound) after which the loop's
-/// housekeeping asks the allocator to give memory back to the system.
-const TRIM_AFTER: usize = 1024 * 1024;
-
-/// Free buffers kept for reuse, up to a byte bound; beyond it they are freed.
-///
-/// The pool also shrinks by itself: [`Pools::shrink`] (each housekeeping tick) frees the
-/// buffers that stayed unused since the previous tick, so after a burst the pool goes back to
-/// what the traffic actually uses, and then to nothing.
-#[derive(Debug)]
-pub struct Pools {
-    reads: Vec<Box<[u8]>>,
-    chunks: Vec<Vec<u8>>,
-    /// Empty chunk lists of drained queues, with their capacity. Boxed: a queue holds its list
-    /// by box, so a pooled box is an allocation saved.
-    #[allow(clippy::vec_box)]
-    lists: Vec<Box<ChunkList>>,
-    /// The last drained list with its open chunk left in it, emptied: the next queue that
-    /// takes a list (the next reply, most often) gets both in one move, and gives them back
-    /// as one when it drains. Like uWebSockets' per-loop cork buffer, one buffer serves
-    /// every small reply of a loop that keeps up; unlike it, a reply the socket does not
-    /// take stays where it is (the queue owns the list), so nothing is copied again.
-    hot: Option<Box<ChunkList>>,
-    /// The hot list was taken since the last [`Pools::shrink`].
-    hot_used: bool,
-    /// Most bytes of free buffers kept.
-    max_bytes: usize,
-    /// Fewest free buffers of each kind since the last tick: that many were never needed.
-    reads_low: usize,
-    chunks_low: usize,
-    /// Bytes freed since the allocator was last asked to trim.
-    freed: usize,
-}
-
-impl Pools {
-    pub fn new(max_bytes: usize) -> Pools {
-        Pools {
-            reads: Vec::new(),
-            chunks: Vec::new(),
-            lists: Vec::new(),
-            hot: None,
-            hot_used: false,
-            max_bytes,
-            reads_low: 0,
-            chunks_low: 0,
-            freed: 0,
-        }
-    }
-
-    /// A new most bytes to keep (a reloaded `buffer_pool`); what is over it goes at the next
-    /// housekeeping.
-    pub fn set_max(&mut self, max_bytes: usize) {
-        self.max_bytes = max_bytes;
-    }
-
-    /// Bytes of free buffers kept for reuse.
-    pub fn spare_bytes(&self) -> usize {
-        self.pooled_bytes()
-    }
-
-    fn pooled_bytes(&self) -> usize {
-        (self.reads.len() * READ_BUF_SIZE) + (self.chunks.len() + usize::from(self.hot.is_some())) * CHUNK_SIZE
-    }
-
-    pub fn take_read(&mut self) -> Box<[u8]> {
-        let buf = self.reads.pop().unwrap_or_else(|| vec![0u8; READ_BUF_SIZE].into_boxed_slice());
-        self.reads_low = self.reads_low.min(self.reads.len());
-        buf
-    }
-
-    /// Takes back a read buffer; anything else (a connection's small buffer of kept bytes)
-    /// is simply freed, so the pool only ever hands out full-size buffers.
-    pub fn put_read(&mut self, buf: Box<[u8]>) {
-        if buf.len() == READ_BUF_SIZE && self.pooled_bytes() + READ_BUF_SIZE <= self.max_bytes {
-            self.reads.push(buf);
-        } else {
-            self.freed += buf.len();
-        }
-    }
-
-    /// A chunk list for a queue that had none: the hot one (its open chunk in it) if kept.
-    #[inline]
-    fn take_list(&mut self) -> Box<ChunkList> {
-        if let Some(list) = self.hot.take() {
-            self.hot_used = true;
-            return list;
-        }
-        self.lists.pop().unwrap_or_default()
-    }
-
-    /// Takes back a drained queue's list, its deque's chunks already recycled: kept hot
-    /// with its open chunk when the hot slot is free (see [`Pools::hot`]), else the chunk
-    /// and the list go back to their pools.
-    #[inline]
-    fn put_drained(&mut self, mut list: Box<ChunkList>) {
-        debug_assert!(list.chunks.is_empty());
-        list.front_written = 0;
-        if self.hot.is_none()
-            && list.open.capacity() == CHUNK_SIZE
-            && list.chunks.capacity() <= MAX_POOLED_LIST_CAPACITY
-            && self.pooled_bytes() + CHUNK_SIZE <= self.max_bytes
-        {
-            list.open.clear();
-            self.hot = Some(list);
-            return;
-        }
-        list.recycle_open(self);
-        self.put_list(list);
-    }
-
-    /// Takes back an emptied chunk list (its chunks already recycled).
-    fn put_list(&mut self, list: Box<ChunkList>) {
-        debug_assert!(list.chunks.is_empty());
-        if self.lists.len() < MAX_POOLED_LISTS && list.chunks.capacity() <= MAX_POOLED_LIST_CAPACITY {
-            self.lists.push(list);
-        }
-    }
-
-    fn take_chunk(&mut self) -> Vec<u8> {
-        let chunk = self.chunks.pop().unwrap_or_else(|| Vec::with_capacity(CHUNK_SIZE));
-        self.chunks_low = self.chunks_low.min(self.chunks.len());
-        chunk
-    }
-
-    fn put_chunk(&mut self, mut chunk: Vec<u8>) {
-        if chunk.capacity() == CHUNK_SIZE && self.pooled_bytes() + CHUNK_SIZE <= self.max_bytes {
-            chunk.clear();
-            self.chunks.push(chunk);
-        } else {
-            self.freed += chunk.capacity();
-        }
-    }
-
-    /// Free buffers currently pooled (reads, chunks).
-    pub fn free_counts(&self) -> (usize, usize) {
-        (self.reads.len(), self.chunks.len() + usize::from(self.hot.is_some()))
-    }
-
-    /// Whether a housekeeping tick has anything to do.
-    pub fn has_spare(&self) -> bool {
-        !self.reads.is_empty() || !self.chunks.is_empty() || self.hot.is_some()
-    }
-
-    /// Frees the buffers no one took since the last call. Returns true when enough was freed
-    /// since the last trim that the allocator should be asked to give memory back, or the
-    /// pool just emptied after freeing some (the caller trims, then calls [`Pools::trimmed`]).
-    pub fn shrink(&mut self) -> bool {
-        let (reads, chunks) = (self.reads_low.min(self.reads.len()), self.chunks_low.min(self.chunks.len()));
-        self.reads.truncate(self.reads.len() - reads);
-        self.chunks.truncate(self.chunks.len() - chunks);
-        self.reads.shrink_to_fit();
-        self.chunks.shrink_to_fit();
-        // The hot list goes too if no queue took it since the last tick.
-        let hot_freed = if std::mem::take(&mut self.hot_used) { 0 } else { self.hot.take().map_or(0, |_| CHUNK_SIZE) };
-        // Chunk lists are small (at most 256 of a few hundred bytes): rebuilt from the next turn's.
-        self.lists = Vec::new();
-        self.freed += reads * READ_BUF_SIZE + chunks * CHUNK_SIZE + hot_freed;
-        (self.reads_low, self.chunks_low) = (self.reads.len(), self.chunks.len());
-        self.freed >= TRIM_AFTER || (self.freed > 0 && !self.has_spare())
-    }
-
-    /// The allocator was asked to give freed memory back.
-    pub fn trimmed(&mut self) {
-        self.freed = 0;
-    }
-}
 
 #[derive(Debug)]
 enum Bytes {
@@ -269,11 +105,6 @@ struct ChunkList {
     front_written: usize,
 }
 
-/// Chunk lists kept by the pools at most (each keeps a list's capacity, a few hundred bytes).
-const MAX_POOLED_LISTS: usize = 256;
-/// A chunk list whose capacity grew past this goes back to the allocator, not the pool.
-const MAX_POOLED_LIST_CAPACITY: usize = 16;
-
 impl OutQueue {
     /// The chunk list where no pool is at hand (rarer pushes).
     fn list_unpooled(&mut self) -> &mut ChunkList {
@@ -309,6 +140,14 @@ impl OutQueue {
     /// tiny shared frames either.
     pub fn footprint(&self) -> usize {
         self.queued + self.list.as_ref().map_or(0, |l| l.count()) * CHUNK_OVERHEAD
+    }
+
+    /// Whether `len` more bytes keep the [`footprint`](OutQueue::footprint) within `limit`
+    /// (a backpressure bound). An empty queue takes anything: a message larger than the
+    /// limit would never go otherwise.
+    pub fn has_room(&self, len: usize, limit: usize) -> bool {
+        let queued = self.footprint();
+        queued == 0 || queued + len <= limit
     }
 
     /// The open chunk if `extra` more bytes fit in it, else a new one (the full one sealed).
@@ -712,27 +551,6 @@ mod tests {
     }
 
     #[test]
-    fn pool_keeps_what_its_bound_allows_and_shrinks_to_what_is_used() {
-        let mut pools = Pools::new(2 * READ_BUF_SIZE + CHUNK_SIZE);
-        let reads: Vec<_> = (0..4).map(|_| pools.take_read()).collect();
-        for r in reads {
-            pools.put_read(r);
-        }
-        assert_eq!(pools.free_counts(), (2, 0), "the byte bound holds");
-        let chunk = pools.take_chunk();
-        pools.put_chunk(chunk);
-        assert_eq!(pools.free_counts(), (2, 1));
-        assert!(!pools.shrink(), "2 of 4 read buffers freed: under the trim threshold");
-        // One read buffer in use during the next interval: one stays, the other goes.
-        let r = pools.take_read();
-        pools.put_read(r);
-        pools.shrink();
-        assert_eq!(pools.free_counts(), (1, 0));
-        pools.shrink();
-        assert_eq!(pools.free_counts(), (0, 0), "unused: everything goes");
-    }
-
-    #[test]
     fn a_drained_queue_leaves_its_chunk_hot_for_the_next_one_and_idle_pools_let_it_go() {
         let mut pools = Pools::new(DEFAULT_POOL_BYTES);
         let mut w = Trickle { got: Vec::new(), limit: usize::MAX };
@@ -779,16 +597,6 @@ mod tests {
         }
         assert_eq!(q.drain_contiguous(&mut pools, |b, _| b.to_vec()), want);
         assert!(q.is_empty());
-    }
-
-    #[test]
-    fn only_full_size_read_buffers_are_pooled() {
-        let mut pools = Pools::new(4 * READ_BUF_SIZE);
-        pools.put_read(vec![0u8; 37].into_boxed_slice());
-        assert_eq!(pools.free_counts().0, 0);
-        assert_eq!(pools.take_read().len(), READ_BUF_SIZE);
-        pools.put_read(vec![0u8; READ_BUF_SIZE].into_boxed_slice());
-        assert_eq!(pools.free_counts().0, 1);
     }
 
     #[test]
