@@ -301,7 +301,8 @@ impl Worker {
         loop {
             let now = Instant::now();
             self.metrics.loop_iterations += 1;
-            self.metrics.busy += now.saturating_duration_since(woke);
+            let spent = now.saturating_duration_since(woke);
+            self.metrics.busy += spent;
             if self.exit_now {
                 log::warn!("second stop signal: exiting now");
                 return Ok(());
@@ -320,10 +321,17 @@ impl Worker {
                     return Ok(());
                 }
             }
-            let timeout = self.poll_timeout(now);
+            // Deadlines are read against the turn's `woke` (converted to a stamp already, for
+            // the connections it drove) rather than `now` (one clock conversion fewer per
+            // turn); what the turn took comes off.
+            let timeout = self.poll_timeout(woke).map(|t| t.saturating_sub(spent));
             match IoStep::of(self.poll.poll(&mut events, timeout)) {
                 IoStep::Done(()) | IoStep::End => {}
-                IoStep::Retry | IoStep::WouldBlock => continue,
+                IoStep::Retry | IoStep::WouldBlock => {
+                    // Interrupted (a signal): the time since `woke` was waiting, not work.
+                    woke = Instant::now();
+                    continue;
+                }
                 IoStep::Failed(e) => return Err(e),
             }
             let now = Instant::now();
