@@ -223,9 +223,26 @@ fn pubsub_and_chat_span_nodes_without_duplicates_or_echo() {
         let want: Vec<String> = (0..6).map(|i| format!("hi from {i}")).collect();
         assert_eq!(got, want);
     }
-    // Counted: A published 31 topic messages and 3 chat lines through Redis.
-    assert!(metric(&a, "wsgate_cluster_messages_total{direction=\"published\"}") >= 34.0);
-    assert!(metric(&b, "wsgate_cluster_messages_total{direction=\"received\"}") >= 34.0);
+    // A room with one member on each node: each is its room's only member where it is, and
+    // still what it says reaches the other node (and comes back to it once).
+    let mut pair = [ws_open(&a.url("/chat/pair")), ws_open(&b.url("/chat/pair"))];
+    // One worker on each node holds the room.
+    let start = Instant::now();
+    while numsub(&redis, "wsgate:t:/chat/pair") != 2 {
+        assert!(start.elapsed() < WAIT, "the pair's room is not subscribed at Redis");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (i, m) in pair.iter_mut().enumerate() {
+        m.send_text(&format!("pair {i}")).unwrap();
+    }
+    for m in &mut pair {
+        let mut got = vec![ws_text(m), ws_text(m)];
+        got.sort();
+        assert_eq!(got, ["pair 0", "pair 1"]);
+    }
+    // Counted: A published 31 topic messages and 4 chat lines through Redis.
+    assert!(metric(&a, "wsgate_cluster_messages_total{direction=\"published\"}") >= 35.0);
+    assert!(metric(&b, "wsgate_cluster_messages_total{direction=\"received\"}") >= 35.0);
     assert_eq!(metric(&a, "wsgate_cluster_publish_dropped_total"), 0.0);
 
     // The last subscriber of a topic gone: the node unsubscribes.

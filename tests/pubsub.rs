@@ -34,6 +34,15 @@ fn chat_with_exclude_sender() {
     // a's first message is b's, not its own.
     assert_eq!(ws_text(&mut a), "from b");
     assert_eq!(ws_text(&mut c), "from b");
+    // Alone in its room, a member's message reaches nobody, itself included; the next one
+    // reaches whoever joined since.
+    let mut lone = ws_open(&server.url("/room/y"));
+    lone.send_text("nobody hears this").unwrap();
+    let mut late = ws_open(&server.url("/room/y"));
+    lone.send_text("from lone").unwrap();
+    assert_eq!(ws_text(&mut late), "from lone");
+    late.send_text("from late").unwrap();
+    assert_eq!(ws_text(&mut lone), "from late");
 }
 
 #[test]

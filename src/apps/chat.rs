@@ -31,10 +31,9 @@ impl App for Chat {
     }
 
     fn on_message(&mut self, cx: &mut AppCtx<'_>, kind: MessageKind, payload: Payload<'_>) {
-        let frame = shared_frame(kind.opcode(), payload.as_slice());
         match self.room_id {
-            Some(id) => cx.publish_known(id, self.room.clone(), frame, self.exclude_sender),
-            None => cx.publish(self.room.clone(), frame, self.exclude_sender),
+            Some(id) => cx.publish_message_known(id, &self.room, kind, payload.as_slice(), self.exclude_sender),
+            None => cx.publish(self.room.clone(), shared_frame(kind.opcode(), payload.as_slice()), self.exclude_sender),
         }
     }
 }

@@ -176,6 +176,8 @@ pub struct AppCtx<'a> {
     pub(crate) own_copies: Option<usize>,
     /// Own copies queued by this context (the worker counts them among its deliveries).
     pub(crate) own_copied: u32,
+    /// See [`crate::connection::Ctx::publish_spreads`].
+    pub(crate) publish_spreads: bool,
 }
 
 impl AppCtx<'_> {
@@ -336,6 +338,50 @@ impl AppCtx<'_> {
     pub fn publish_message(&mut self, topic: &str, kind: MessageKind, payload: &[u8], exclude_self: bool) {
         let frame = crate::encode::shared_frame(kind.opcode(), payload);
         self.publish(topic.into(), frame, exclude_self);
+    }
+
+    /// [`AppCtx::publish_message`] to a topic whose id the app keeps (see
+    /// [`AppCtx::topic_id`]). Where nobody but this client hears it (it is the topic's only
+    /// member, on the only worker of the only node, and the topic keeps no history), its own
+    /// copy is queued as an echo's reply is, and no frame is made for a room (or nothing is
+    /// done, with `exclude_self`); else as [`AppCtx::publish_known`].
+    pub fn publish_message_known(
+        &mut self,
+        id: crate::pubsub::TopicId,
+        topic: &Arc<str>,
+        kind: MessageKind,
+        payload: &[u8],
+        exclude_self: bool,
+    ) {
+        if self.only_listener(id, topic) {
+            if exclude_self {
+                return;
+            }
+            // As `own_copy` would: within `max_backpressure`, else the loop's policy decides.
+            if let Some(limit) = self.own_copies {
+                let len = crate::ws::frame::header_len(payload.len()) + payload.len();
+                if self.out.has_room(len, limit) {
+                    self.out.push_frame(self.pools, kind.opcode(), payload);
+                    self.count_out(len);
+                    self.own_copied += 1;
+                    return;
+                }
+            }
+        }
+        let frame = crate::encode::shared_frame(kind.opcode(), payload);
+        self.publish_known(id, Arc::clone(topic), frame, exclude_self);
+    }
+
+    /// Whether this client alone would hear a publication to topic `id` (see
+    /// [`AppCtx::publish_message_known`]).
+    fn only_listener(&self, id: crate::pubsub::TopicId, topic: &str) -> bool {
+        let mut members = self.topics.members(id);
+        !self.publish_spreads
+            && members.len() == 1
+            && members.next() == Some(self.key)
+            && self.topics.is_named(id, topic)
+            && !topic.starts_with(FEED_PREFIX)
+            && !self.topics.has_history(topic)
     }
 
     /// Sends one message to the connection with id `id`, wherever it is served (nothing if it

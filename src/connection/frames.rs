@@ -322,5 +322,6 @@ pub(super) fn app_ctx<'b>(
         codecs: cx.codecs,
         own_copies,
         own_copied: 0,
+        publish_spreads: cx.publish_spreads,
     }
 }

@@ -111,6 +111,9 @@ pub struct Ctx<'a> {
     /// it stops reading until the next turn, so one publisher flooding a big room cannot
     /// hold the loop.
     pub fanout: usize,
+    /// What this worker publishes is heard beyond it (other workers, other nodes): a
+    /// topic's members here may not be all of them.
+    pub publish_spreads: bool,
 }
 
 /// The admin listener's configuration and the route its dashboard WebSocket uses.

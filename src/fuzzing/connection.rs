@@ -410,6 +410,7 @@ impl<'s> Run<'s> {
             actions: &mut self.actions,
             codecs: &mut self.codecs,
             fanout: 0,
+            publish_spreads: false,
         };
         f(&mut self.conn, &mut cx)
     }

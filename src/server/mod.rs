@@ -438,6 +438,7 @@ impl Worker {
             actions: &mut actions,
             codecs: &mut self.codecs,
             fanout: 0,
+            publish_spreads: self.mesh.workers() > 1 || self.cluster.is_some(),
         };
         let turn = f(&mut entry.conn, &mut ctx);
         match entry.conn.take_response() {
