@@ -64,7 +64,10 @@ impl Stamp {
     /// `t`, rounded up to the millisecond. (Once every 49.7 days the count passes 0, which
     /// is kept as 1, a millisecond later: so `Option<Stamp>` is 4 bytes too.)
     pub fn at(t: Instant) -> Stamp {
-        let (ms, sub) = offset(t);
+        Stamp::of_offset(offset(t))
+    }
+
+    fn of_offset((ms, sub): (i64, u32)) -> Stamp {
         let count = (ms + i64::from(sub > 0)) as u32;
         Stamp(NonZeroU32::new(count).unwrap_or(NonZeroU32::MIN))
     }
@@ -137,6 +140,13 @@ impl Stamp {
 /// when `m <= millis(t)`.
 pub fn millis(t: Instant) -> i64 {
     offset(t).0
+}
+
+/// `t` as a [`Stamp`] and as [`millis`], from one conversion: what the loop keeps of the
+/// instant of its turn.
+pub fn stamp_and_millis(t: Instant) -> (Stamp, i64) {
+    let offset = offset(t);
+    (Stamp::of_offset(offset), offset.0)
 }
 
 /// A stamp for what may be held for months (when a connection was accepted): the same

@@ -211,11 +211,13 @@ fn access_log_line_per_connection() {
 #[test]
 fn access_line_wording_of_the_common_endings() {
     let server = Server::with_config("[limits]\nhandshake_timeout = \"1s\"\n", &[]);
-    let line_for = |port: u16| {
+    // The access line of the connection from `port` opened when the log had `from` lines.
+    let line_for = |from: usize, port: u16| {
         let needle = format!(":{port} id=");
-        server.wait_log(&needle)
+        server.wait_log_since(from, &needle)
     };
     // Served with keep-alive, then closed by the client while idle.
+    let from = server.log_lines();
     let mut s = tcp(server.addr);
     let port = s.local_addr().unwrap().port();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -227,7 +229,7 @@ fn access_line_wording_of_the_common_endings() {
         seen.extend_from_slice(&b[..n]);
     }
     drop(s);
-    let line = line_for(port);
+    let line = line_for(from, port);
     assert!(
         line.contains("status=200") && line.ends_with("end=(2 requests served; client closed while idle)"),
         "{line}"
@@ -235,6 +237,7 @@ fn access_line_wording_of_the_common_endings() {
     // Sends `bytes`, then reads until the server closes (`wait`) or pauses 100 ms, closes, and
     // returns the server's answer and the connection's access line.
     let exchange = |bytes: &[u8], wait: bool| {
+        let from = server.log_lines();
         let mut s = tcp(server.addr);
         let port = s.local_addr().unwrap().port();
         s.write_all(bytes).unwrap();
@@ -245,7 +248,7 @@ fn access_line_wording_of_the_common_endings() {
             std::thread::sleep(Duration::from_millis(100));
         }
         drop(s);
-        (String::from_utf8_lossy(&answer).into_owned(), line_for(port))
+        (String::from_utf8_lossy(&answer).into_owned(), line_for(from, port))
     };
     // Served and closed by the response (HTTP/1.0 without keep-alive).
     let (_, line) = exchange(b"GET / HTTP/1.0\r\n\r\n", true);
@@ -271,6 +274,7 @@ fn access_line_wording_of_the_common_endings() {
         "{line}"
     );
     // A WebSocket closed by the client with a code.
+    let from = server.log_lines();
     let mut ws = client(&server.url("/echo"));
     let port = match ws.get_ref() {
         tungstenite::stream::MaybeTlsStream::Plain(s) => s.local_addr().unwrap().port(),
@@ -278,7 +282,7 @@ fn access_line_wording_of_the_common_endings() {
     };
     ws.close(Some(tungstenite::protocol::CloseFrame { code: 1000.into(), reason: "bye".into() })).unwrap();
     let _ = ws.read();
-    let line = line_for(port);
+    let line = line_for(from, port);
     assert!(line.contains("status=101") && line.ends_with("close=1000 (bye)"), "{line}");
 }
 

@@ -433,6 +433,7 @@ impl OutQueue {
 
     /// Returns every chunk and the list to the pool (the queue drained, or the connection is
     /// going away).
+    #[inline(always)]
     pub fn release(&mut self, pools: &mut Pools) {
         if let Some(mut list) = self.list.take() {
             // Most queues drain with only the open chunk: no deque to walk.

@@ -104,7 +104,7 @@ impl Pools {
     /// Takes back a drained queue's list, its deque's chunks already recycled: kept hot
     /// with its open chunk when the hot slot is free (see [`Pools::hot`]), else the chunk
     /// and the list go back to their pools.
-    #[inline]
+    #[inline(always)]
     pub(super) fn put_drained(&mut self, mut list: Box<ChunkList>) {
         debug_assert!(list.chunks.is_empty());
         list.front_written = 0;

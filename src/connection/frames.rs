@@ -195,6 +195,11 @@ impl Connection {
                 if acx.close.is_some() || acx.hold {
                     break Stop::Held;
                 }
+                // Every byte read is used (a read is one message, most often): the next pass
+                // would only find nothing.
+                if !input.has_pending() && !endpoint.is_inflating() {
+                    break Stop::NeedMore;
+                }
             };
             own_copied = acx.own_copied;
             stop

@@ -127,6 +127,7 @@ impl Connection {
     /// What a connection still open wants after a write: `Again` when input waits (or the
     /// write made room for input that backpressure held back, `was_full`), or a file body
     /// has budget left.
+    #[inline(always)]
     pub(super) fn after_write(&self, was_full: bool) -> Progress {
         let input_waits = (self.readable || self.has_unprocessed_input()) && self.wants_input();
         let room_made = was_full && self.out.len() < self.limits.backpressure_high;
@@ -233,6 +234,7 @@ impl Connection {
     /// Bookkeeping after any activity: buffers back to the pool when idle, the hand-off, the
     /// end of `Flushing`, the stall clock.
     /// `read`: bytes read in this wake-up (a busy reader keeps its read buffer for the next).
+    #[inline(always)]
     pub(super) fn after_io(&mut self, cx: &mut Ctx<'_>, read: usize) {
         if let (Phase::HandingOff { .. }, true) = (&self.phase, self.out.is_empty()) {
             self.hand_off(cx);

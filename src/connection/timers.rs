@@ -16,6 +16,7 @@ impl Connection {
 
     /// [`Connection::deadline`] as a stamp, without reading the clock: what the loop arms
     /// after every drive.
+    #[inline(always)]
     pub(super) fn due(&self) -> Option<Stamp> {
         let phase = match &self.phase {
             Phase::Unknown => Some(self.accepted.short().after(self.limits.handshake_timeout)),

@@ -56,6 +56,7 @@ use crate::metrics::Metrics;
 use crate::pubsub::Topics;
 use crate::route::Routes;
 use crate::route::{AppKind, Route};
+use crate::stamp::Stamp;
 use crate::ws::frame::Opcode;
 use accept::{Accepted, ListenSocket, Listener};
 pub use builder::{Builder, Stopper};
@@ -290,6 +291,24 @@ pub struct Worker {
     reload: Option<Reloader>,
     /// The configuration in force.
     config: Arc<Config>,
+    /// The turn's instant, converted once (see [`Worker::clock`]).
+    stamped: Stamped,
+}
+
+/// An instant the loop works at, as the stamp connections keep and the milliseconds the
+/// timer heap counts in.
+#[derive(Debug, Clone, Copy)]
+struct Stamped {
+    at: Instant,
+    stamp: Stamp,
+    ms: i64,
+}
+
+impl Stamped {
+    fn of(at: Instant) -> Stamped {
+        let (stamp, ms) = crate::stamp::stamp_and_millis(at);
+        Stamped { at, stamp, ms }
+    }
 }
 
 impl Worker {
@@ -324,7 +343,8 @@ impl Worker {
             // Deadlines are read against the turn's `woke` (converted to a stamp already, for
             // the connections it drove) rather than `now` (one clock conversion fewer per
             // turn); what the turn took comes off.
-            let timeout = self.poll_timeout(woke).map(|t| t.saturating_sub(spent));
+            let woke_ms = self.clock(woke).ms;
+            let timeout = self.poll_timeout(woke, woke_ms).map(|t| t.saturating_sub(spent));
             match IoStep::of(self.poll.poll(&mut events, timeout)) {
                 IoStep::Done(()) | IoStep::End => {}
                 IoStep::Retry | IoStep::WouldBlock => {
@@ -374,7 +394,17 @@ impl Worker {
         }
     }
 
-    pub(super) fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+    /// The turn's instant `now` as a stamp and in milliseconds: converted once a turn, every
+    /// drive and timer of it compares.
+    fn clock(&mut self, now: Instant) -> Stamped {
+        if self.stamped.at != now {
+            self.stamped = Stamped::of(now);
+        }
+        self.stamped
+    }
+
+    /// How long the poll may wait from `now` (`now_ms` as [`Worker::clock`] has it).
+    pub(super) fn poll_timeout(&self, now: Instant, now_ms: i64) -> Option<Duration> {
         if !self.busy.is_empty()
             || self.mailbox.more
             || self.recovery_ready
@@ -382,7 +412,7 @@ impl Worker {
         {
             return Some(Duration::ZERO);
         }
-        let mut wait = self.timers.wait(now);
+        let mut wait = self.timers.wait(now_ms);
         let mut until = |t: Instant| {
             let d = t.saturating_duration_since(now);
             wait = Some(wait.map_or(d, |w| w.min(d)));
@@ -417,15 +447,14 @@ impl Worker {
     /// Runs connection `key` with a context (`f` gets the connection and the context), then
     /// does what the run left for the loop: its actions, its timer, closing.
     pub(super) fn run_conn(&mut self, key: usize, now: Instant, f: impl FnOnce(&mut Connection, &mut Ctx<'_>) -> Turn) {
-        let mut actions = std::mem::take(&mut self.actions);
+        let stamp = self.clock(now).stamp;
         let Some(entry) = self.conns.get_mut(key) else { return };
         if entry.closed {
-            self.actions = actions;
             return;
         }
         let mut ctx = Ctx {
             now,
-            stamp: crate::stamp::Stamp::at(now),
+            stamp,
             routes: &self.routes,
             limits: &self.limits,
             pools: &mut self.pools,
@@ -435,7 +464,7 @@ impl Worker {
             metrics: &mut self.metrics,
             admin: self.admin.as_ref(),
             plugins: Some(&mut self.plugins),
-            actions: &mut actions,
+            actions: &mut self.actions,
             codecs: &mut self.codecs,
             fanout: 0,
             publish_spreads: self.mesh.workers() > 1 || self.cluster.is_some(),
@@ -446,12 +475,14 @@ impl Worker {
             Some(Answered::Admin(status)) => Metrics::count(&mut self.metrics.admin_requests, status),
             None => {}
         }
-        if !actions.is_empty() {
+        if !self.actions.is_empty() {
+            // Taken out while applied (applying needs the worker); its capacity comes back.
+            let mut actions = std::mem::take(&mut self.actions);
             for action in actions.drain(..) {
                 self.apply(key, action, now);
             }
+            self.actions = actions;
         }
-        self.actions = actions;
         self.after_drive(key, turn, now);
     }
 
@@ -680,7 +711,8 @@ impl Worker {
     }
 
     pub(super) fn fire_timers(&mut self, now: Instant) {
-        while let Some((key, armed)) = self.timers.pop_due(now) {
+        let now_ms = self.clock(now).ms;
+        while let Some((key, armed)) = self.timers.pop_due(now_ms) {
             let Some(entry) = self.conns.get_mut(key) else { continue };
             if entry.timer_at != armed || entry.closed {
                 continue; // stale entry

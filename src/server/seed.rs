@@ -246,6 +246,7 @@ impl Seed {
             reload,
             config,
             codecs: Default::default(),
+            stamped: super::Stamped::of(now),
         }
     }
 }

@@ -48,24 +48,25 @@ impl Timers {
         short
     }
 
-    /// How long from `now` until the earliest deadline armed (zero if it has passed): whole
-    /// milliseconds from `now`'s, so never short and at most a millisecond long. The loop
-    /// asks every turn, so this is stamp arithmetic, not instants (no clock conversions).
-    pub fn wait(&self, now: Instant) -> Option<Duration> {
+    /// How long from `now_ms` (a [`stamp::millis`]) until the earliest deadline armed (zero
+    /// if it has passed): whole milliseconds from now's, so never short and at most a
+    /// millisecond long. The loop asks every turn, so this is stamp arithmetic on the
+    /// milliseconds it converted once, not instants.
+    pub fn wait(&self, now_ms: i64) -> Option<Duration> {
         let &Reverse(e) = self.heap.peek()?;
-        Some(Duration::from_millis((self.millis(e) - stamp::millis(now)).max(0) as u64))
+        Some(Duration::from_millis((self.millis(e) - now_ms).max(0) as u64))
     }
 
     fn millis(&self, entry: u64) -> i64 {
         (entry >> KEY_BITS) as i64 + self.base
     }
 
-    /// Takes the next entry due by `now`: the slab key and the stamp bits its connection
-    /// would hold if this entry is its current one.
-    pub fn pop_due(&mut self, now: Instant) -> Option<(usize, Armed)> {
+    /// Takes the next entry due by `now_ms` (a [`stamp::millis`]): the slab key and the
+    /// stamp bits its connection would hold if this entry is its current one.
+    pub fn pop_due(&mut self, now_ms: i64) -> Option<(usize, Armed)> {
         let &Reverse(e) = self.heap.peek()?;
         let ms = self.millis(e);
-        if ms > stamp::millis(now) {
+        if ms > now_ms {
             return None;
         }
         self.heap.pop();
@@ -91,14 +92,14 @@ mod tests {
         assert_eq!(t.arm(7, at(ms(50)), a, t0), a);
         let a2 = t.arm(7, at(ms(20)), a, t0);
         assert_ne!(a2, a);
-        assert_eq!(t.wait(t0), Some(ms(10)));
-        assert_eq!(t.pop_due(t0 + ms(9)), None);
-        assert_eq!(t.pop_due(t0 + ms(10)), Some((MAX_KEYS - 1, b)));
-        assert_eq!(t.pop_due(t0 + ms(25)), Some((7, a2)));
+        assert_eq!(t.wait(stamp::millis(t0)), Some(ms(10)));
+        assert_eq!(t.pop_due(stamp::millis(t0 + ms(9))), None);
+        assert_eq!(t.pop_due(stamp::millis(t0 + ms(10))), Some((MAX_KEYS - 1, b)));
+        assert_eq!(t.pop_due(stamp::millis(t0 + ms(25))), Some((7, a2)));
         // Rounded up: 30 ms and 1 µs fires at 31 ms.
-        assert_eq!(t.pop_due(t0 + ms(30) + Duration::from_micros(1)), None);
-        assert_eq!(t.pop_due(t0 + ms(31)), Some((7, a)));
-        assert_eq!(t.wait(t0), None);
+        assert_eq!(t.pop_due(stamp::millis(t0 + ms(30) + Duration::from_micros(1))), None);
+        assert_eq!(t.pop_due(stamp::millis(t0 + ms(31))), Some((7, a)));
+        assert_eq!(t.wait(stamp::millis(t0)), None);
     }
 
     #[test]
@@ -109,10 +110,14 @@ mod tests {
         let now = t0 + Duration::from_secs(20 * 86_400);
         let due = now + Duration::from_secs(30);
         let armed = t.arm(3, Stamp::at(due), 0, now);
-        assert_eq!(t.wait(now), Some(Duration::from_secs(30)));
-        assert_eq!(t.wait(now + Duration::from_micros(1500)), Some(Duration::from_millis(29_999)), "never short");
-        assert_eq!(t.wait(due + Duration::from_secs(1)), Some(Duration::ZERO));
-        assert_eq!(t.pop_due(due - Duration::from_millis(1)), None);
-        assert_eq!(t.pop_due(due), Some((3, armed)));
+        assert_eq!(t.wait(stamp::millis(now)), Some(Duration::from_secs(30)));
+        assert_eq!(
+            t.wait(stamp::millis(now + Duration::from_micros(1500))),
+            Some(Duration::from_millis(29_999)),
+            "never short"
+        );
+        assert_eq!(t.wait(stamp::millis(due + Duration::from_secs(1))), Some(Duration::ZERO));
+        assert_eq!(t.pop_due(stamp::millis(due - Duration::from_millis(1))), None);
+        assert_eq!(t.pop_due(stamp::millis(due)), Some((3, armed)));
     }
 }

@@ -145,9 +145,20 @@ impl Server {
 
     /// Waits until a log line contains `needle`.
     pub fn wait_log(&self, needle: &str) -> String {
+        self.wait_log_since(0, needle)
+    }
+
+    /// Log lines so far: a later [`Server::wait_log_since`] looks only at what comes after.
+    pub fn log_lines(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    /// The first log line with `needle` from line `from` on (a client port in an access line
+    /// may be one an earlier connection had: loopback reuses ports at once).
+    pub fn wait_log_since(&self, from: usize, needle: &str) -> String {
         let start = Instant::now();
         loop {
-            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+            if let Some(line) = self.log.lock().unwrap().iter().skip(from).find(|l| l.contains(needle)) {
                 return line.clone();
             }
             assert!(start.elapsed() < WAIT, "no log line with {needle:?}: {:?}", self.log.lock().unwrap());
