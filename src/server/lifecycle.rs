@@ -111,7 +111,7 @@ impl Worker {
     /// give memory back once enough was freed (after a crowd leaves, RSS goes back down
     /// instead of staying at its peak).
     pub(super) fn housekeeping(&mut self, now: Instant) {
-        self.housekeeping_at = now + HOUSEKEEPING_INTERVAL;
+        self.housekeeping_ms = self.clock(now).ms + HOUSEKEEPING_INTERVAL.as_millis() as i64;
         self.gathers.retain(|_, g| g.is_fresh(now));
         if self.pools.shrink() {
             if self.trim_memory {

@@ -238,8 +238,9 @@ pub struct Worker {
     trim_memory: bool,
     /// Where access lines go when not to the log (`access_log`).
     access_file: Option<AccessLogFile>,
-    /// When the buffer pools next shrink to what was used since (and memory is given back).
-    housekeeping_at: Instant,
+    /// When the buffer pools next shrink to what was used since (and memory is given back),
+    /// as [`crate::stamp::millis`]: the loop compares it every turn.
+    housekeeping_ms: i64,
     backend_failures: crate::backend::FailureLog,
     /// Worker 0's.
     signals: Option<Signals>,
@@ -385,7 +386,7 @@ impl Worker {
             self.remove_closed(now);
             self.accept(now);
             self.mesh.set_load(self.mailbox.index, self.conns.len());
-            if now >= self.housekeeping_at {
+            if self.clock(now).ms >= self.housekeeping_ms {
                 self.housekeeping(now);
             }
             self.periodic(now);
@@ -438,7 +439,8 @@ impl Worker {
         if self.pools.has_spare() {
             // Housekeeping has something to give back; an idle server with nothing spare
             // does not wake for it.
-            until(self.housekeeping_at);
+            let d = Duration::from_millis((self.housekeeping_ms - now_ms).max(0) as u64);
+            wait = Some(wait.map_or(d, |w| w.min(d)));
         }
         // Round up so a timer is never polled for a hair early and then spun on.
         wait.map(|d| d + Duration::from_millis(1))

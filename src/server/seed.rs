@@ -214,7 +214,7 @@ impl Seed {
             pools: Pools::new(config.buffer_pool),
             trim_memory: config.trim_memory,
             access_file,
-            housekeeping_at: Instant::now() + HOUSEKEEPING_INTERVAL,
+            housekeeping_ms: crate::stamp::millis(now) + HOUSEKEEPING_INTERVAL.as_millis() as i64,
             backend_failures: Default::default(),
             signals,
             accept_paused_until: None,
