@@ -159,6 +159,7 @@ impl ReadBuf {
     /// by a busy reader in the middle of a message, `mid_message`), and a slow peer's few
     /// pending bytes move to an allocation of their size, so a connection trickling bytes
     /// costs its bytes, not a read buffer.
+    #[inline(always)]
     pub fn settle(&mut self, pools: &mut Pools, read: usize, mid_message: bool) {
         if self.start == self.end() {
             self.start = 0;
