@@ -358,18 +358,28 @@ impl AppCtx<'_> {
                 return;
             }
             // As `own_copy` would: within `max_backpressure`, else the loop's policy decides.
-            if let Some(limit) = self.own_copies {
-                let len = crate::ws::frame::header_len(payload.len()) + payload.len();
-                if self.out.has_room(len, limit) {
-                    self.out.push_frame(self.pools, kind.opcode(), payload);
-                    self.count_out(len);
-                    self.own_copied += 1;
-                    return;
-                }
+            if self.own_copy_of(kind, payload) {
+                return;
             }
         }
         let frame = crate::encode::shared_frame(kind.opcode(), payload);
         self.publish_known(id, Arc::clone(topic), frame, exclude_self);
+    }
+
+    /// Queues this client's own copy of a message as [`AppCtx::own_copy`] would (the client
+    /// takes frames as published, within `max_backpressure`); whether it did. Out of line: the
+    /// copy into the open chunk is then inlined, as in [`AppCtx::send`].
+    #[inline(never)]
+    fn own_copy_of(&mut self, kind: MessageKind, payload: &[u8]) -> bool {
+        let Some(limit) = self.own_copies else { return false };
+        let len = crate::ws::frame::header_len(payload.len()) + payload.len();
+        if !self.out.has_room(len, limit) {
+            return false;
+        }
+        self.out.push_frame(self.pools, kind.opcode(), payload);
+        self.count_out(len);
+        self.own_copied += 1;
+        true
     }
 
     /// Whether this client alone would hear a publication to topic `id` (see
