@@ -37,9 +37,10 @@ mod recovery;
 mod seed;
 mod streams;
 mod timers;
+mod turn_clock;
 
 use crate::access_log::AccessLogFile;
-use crate::apps::dashboard::{ACCESS_FEED, STATS_FEED};
+use crate::apps::dashboard::ACCESS_FEED;
 use crate::apps::Action;
 use crate::broker::tokens::Fetcher;
 use crate::broker::Broker;
@@ -56,7 +57,6 @@ use crate::metrics::Metrics;
 use crate::pubsub::Topics;
 use crate::route::Routes;
 use crate::route::{AppKind, Route};
-use crate::stamp::Stamp;
 use crate::ws::frame::Opcode;
 use accept::{Accepted, ListenSocket, Listener};
 pub use builder::{Builder, Stopper};
@@ -293,23 +293,7 @@ pub struct Worker {
     /// The configuration in force.
     config: Arc<Config>,
     /// The turn's instant, converted once (see [`Worker::clock`]).
-    stamped: Stamped,
-}
-
-/// An instant the loop works at, as the stamp connections keep and the milliseconds the
-/// timer heap counts in.
-#[derive(Debug, Clone, Copy)]
-struct Stamped {
-    at: Instant,
-    stamp: Stamp,
-    ms: i64,
-}
-
-impl Stamped {
-    fn of(at: Instant) -> Stamped {
-        let (stamp, ms) = crate::stamp::stamp_and_millis(at);
-        Stamped { at, stamp, ms }
-    }
+    stamped: turn_clock::Stamped,
 }
 
 impl Worker {
@@ -393,57 +377,6 @@ impl Worker {
             self.cluster_turn(now);
             self.recovery_turn(now);
         }
-    }
-
-    /// The turn's instant `now` as a stamp and in milliseconds: converted once a turn, every
-    /// drive and timer of it compares.
-    fn clock(&mut self, now: Instant) -> Stamped {
-        if self.stamped.at != now {
-            self.stamped = Stamped::of(now);
-        }
-        self.stamped
-    }
-
-    /// How long the poll may wait from `now` (`now_ms` as [`Worker::clock`] has it).
-    pub(super) fn poll_timeout(&self, now: Instant, now_ms: i64) -> Option<Duration> {
-        if !self.busy.is_empty()
-            || self.mailbox.more
-            || self.recovery_ready
-            || self.cluster.as_ref().is_some_and(Cluster::busy)
-        {
-            return Some(Duration::ZERO);
-        }
-        let mut wait = self.timers.wait(now_ms);
-        let mut until = |t: Instant| {
-            let d = t.saturating_duration_since(now);
-            wait = Some(wait.map_or(d, |w| w.min(d)));
-        };
-        if let Some(t) = self.accept_paused_until {
-            until(t);
-        }
-        if let Some(t) = self.drain_deadline {
-            until(t);
-        }
-        if !self.tails.is_empty() {
-            until(self.tails_at);
-        }
-        if self.topics.has_feed(STATS_FEED) {
-            until(self.stats_at);
-        }
-        if let Some(t) = self.tokens_refresh_at {
-            until(t);
-        }
-        if let Some(t) = self.cluster.as_ref().and_then(Cluster::deadline) {
-            until(t);
-        }
-        if self.pools.has_spare() {
-            // Housekeeping has something to give back; an idle server with nothing spare
-            // does not wake for it.
-            let d = Duration::from_millis((self.housekeeping_ms - now_ms).max(0) as u64);
-            wait = Some(wait.map_or(d, |w| w.min(d)));
-        }
-        // Round up so a timer is never polled for a hair early and then spun on.
-        wait.map(|d| d + Duration::from_millis(1))
     }
 
     /// Runs connection `key` with a context (`f` gets the connection and the context), then
@@ -710,22 +643,6 @@ impl Worker {
     pub(super) fn walked(&mut self, mut keys: Vec<usize>) {
         keys.clear();
         self.spare_keys = keys;
-    }
-
-    pub(super) fn fire_timers(&mut self, now: Instant) {
-        let now_ms = self.clock(now).ms;
-        while let Some((key, armed)) = self.timers.pop_due(now_ms) {
-            let Some(entry) = self.conns.get_mut(key) else { continue };
-            if entry.timer_at != armed || entry.closed {
-                continue; // stale entry
-            }
-            entry.timer_at = 0;
-            // Whatever the timer queued (a ping, a close frame, a 408) goes out at the end of
-            // the turn.
-            self.run_conn(key, now, |conn, ctx| {
-                conn.drive(ctx, Ready { corked: true, timer: true, ..Ready::default() })
-            });
-        }
     }
 
     pub(super) fn remove_closed(&mut self, now: Instant) {

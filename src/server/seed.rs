@@ -246,7 +246,7 @@ impl Seed {
             reload,
             config,
             codecs: Default::default(),
-            stamped: super::Stamped::of(now),
+            stamped: super::turn_clock::Stamped::of(now),
         }
     }
 }

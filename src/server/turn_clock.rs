@@ -1,0 +1,95 @@
+//! The loop's time: the turn's instant converted once ([`Worker::clock`]), how long a poll
+//! may sleep, and the connection timers that come due.
+
+use std::time::{Duration, Instant};
+
+use super::Worker;
+use crate::apps::dashboard::STATS_FEED;
+use crate::cluster::Cluster;
+use crate::connection::Ready;
+use crate::stamp::Stamp;
+
+/// An instant the loop works at, as the stamp connections keep and the milliseconds the
+/// timer heap counts in.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Stamped {
+    pub(super) at: Instant,
+    pub(super) stamp: Stamp,
+    pub(super) ms: i64,
+}
+
+impl Stamped {
+    pub(super) fn of(at: Instant) -> Stamped {
+        let (stamp, ms) = crate::stamp::stamp_and_millis(at);
+        Stamped { at, stamp, ms }
+    }
+}
+
+impl Worker {
+    /// The turn's instant `now` as a stamp and in milliseconds: converted once a turn, every
+    /// drive and timer of it compares.
+    pub(super) fn clock(&mut self, now: Instant) -> Stamped {
+        if self.stamped.at != now {
+            self.stamped = Stamped::of(now);
+        }
+        self.stamped
+    }
+
+    /// How long the poll may wait from `now` (`now_ms` as [`Worker::clock`] has it).
+    pub(super) fn poll_timeout(&self, now: Instant, now_ms: i64) -> Option<Duration> {
+        if !self.busy.is_empty()
+            || self.mailbox.more
+            || self.recovery_ready
+            || self.cluster.as_ref().is_some_and(Cluster::busy)
+        {
+            return Some(Duration::ZERO);
+        }
+        let mut wait = self.timers.wait(now_ms);
+        let mut until = |t: Instant| {
+            let d = t.saturating_duration_since(now);
+            wait = Some(wait.map_or(d, |w| w.min(d)));
+        };
+        if let Some(t) = self.accept_paused_until {
+            until(t);
+        }
+        if let Some(t) = self.drain_deadline {
+            until(t);
+        }
+        if !self.tails.is_empty() {
+            until(self.tails_at);
+        }
+        if self.topics.has_feed(STATS_FEED) {
+            until(self.stats_at);
+        }
+        if let Some(t) = self.tokens_refresh_at {
+            until(t);
+        }
+        if let Some(t) = self.cluster.as_ref().and_then(Cluster::deadline) {
+            until(t);
+        }
+        if self.pools.has_spare() {
+            // Housekeeping has something to give back; an idle server with nothing spare
+            // does not wake for it.
+            let d = Duration::from_millis((self.housekeeping_ms - now_ms).max(0) as u64);
+            wait = Some(wait.map_or(d, |w| w.min(d)));
+        }
+        // Round up so a timer is never polled for a hair early and then spun on.
+        wait.map(|d| d + Duration::from_millis(1))
+    }
+
+    pub(super) fn fire_timers(&mut self, now: Instant) {
+        let now_ms = self.clock(now).ms;
+        while let Some((key, armed)) = self.timers.pop_due(now_ms) {
+            let Some(entry) = self.conns.get_mut(key) else { continue };
+            if entry.timer_at != armed || entry.closed {
+                continue; // stale entry
+            }
+            entry.timer_at = 0;
+            // Whatever the timer queued (a ping, a close frame, a 408) goes out at the end of
+            // the turn.
+            self.run_conn(key, now, |conn, ctx| {
+                conn.drive(ctx, Ready { corked: true, timer: true, ..Ready::default() })
+            });
+        }
+    }
+}
