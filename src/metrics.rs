@@ -73,8 +73,8 @@ pub struct Metrics {
     pub proxy: [[u64; 5]; 2],
     pub proxy_time: [Duration; 2],
     pub loop_iterations: u64,
-    /// Time from the end of one poll to the start of the next.
-    pub busy: Duration,
+    /// Nanoseconds from the end of one poll to the start of the next.
+    pub busy_ns: u64,
     /// Traffic of closed connections, per route id (connections without a route carry no
     /// messages and are not counted here).
     pub closed_traffic: Vec<Traffic>,
@@ -158,7 +158,7 @@ impl Metrics {
         }
         self.legacy_dropped += o.legacy_dropped;
         self.loop_iterations += o.loop_iterations;
-        self.busy += o.busy;
+        self.busy_ns += o.busy_ns;
         if self.closed_traffic.len() < o.closed_traffic.len() {
             self.closed_traffic.resize(o.closed_traffic.len(), Traffic::default());
         }
@@ -501,7 +501,7 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>, workers: &[Figures], cluster: bool)
     family(o, "wsgate_loop_iterations_total", "counter", "Turns of the event loop.");
     sample(o, "wsgate_loop_iterations_total", &[], m.loop_iterations);
     family(o, "wsgate_loop_busy_seconds_total", "counter", "Time the loop spent working (not waiting in poll).");
-    sample_f(o, "wsgate_loop_busy_seconds_total", &[], m.busy.as_secs_f64());
+    sample_f(o, "wsgate_loop_busy_seconds_total", &[], m.busy_ns as f64 / 1e9);
     family(o, "wsgate_buffer_pool_bytes", "gauge", "Bytes of free I/O buffers kept for reuse.");
     sample(o, "wsgate_buffer_pool_bytes", &[], s.pool_bytes as u64);
 
@@ -541,7 +541,7 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>, workers: &[Figures], cluster: bool)
             o,
             "wsgate_worker_loop_busy_seconds_total",
             &[("worker", &f.worker.to_string())],
-            f.metrics.busy.as_secs_f64(),
+            f.metrics.busy_ns as f64 / 1e9,
         );
     }
     family(o, "wsgate_worker_pubsub_topics", "gauge", "Topics with subscribers on each worker.");

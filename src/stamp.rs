@@ -142,6 +142,62 @@ pub fn millis(t: Instant) -> i64 {
     offset(t).0
 }
 
+/// A loop's clock: the monotonic clock as nanoseconds ([`monotonic_ns`]), turned into the
+/// `Instant`, [`Stamp`] and [`millis`] of the same moment by integer arithmetic. Reading
+/// `Instant::now()` and converting it costs a `Timespec` subtraction for each, which a loop
+/// turn of one message pays for as much as for the message.
+///
+/// The instants it gives are `base + (ns - base_ns)`, where `base_ns` was read just after
+/// `base`: at most that gap (well under a microsecond) before `Instant::now()` would have
+/// been, so a deadline is never seen passed early. Their stamps and milliseconds are exactly
+/// what [`Stamp::at`] and [`millis`] give for them.
+///
+/// [`monotonic_ns`]: crate::sys::clock::monotonic_ns
+#[derive(Debug, Clone, Copy)]
+pub struct LoopClock {
+    base: Instant,
+    base_ns: i64,
+    /// The epoch on the nanosecond clock: `ns - epoch_ns` is the offset [`offset`] gives.
+    epoch_ns: i64,
+}
+
+impl LoopClock {
+    #[allow(clippy::disallowed_methods)] // the clock's anchor: read once, when a loop starts
+    pub fn new() -> LoopClock {
+        let base = Instant::now();
+        let base_ns = crate::sys::clock::monotonic_ns();
+        let (ms, sub) = offset(base);
+        LoopClock { base, base_ns, epoch_ns: base_ns - (ms * 1_000_000 + i64::from(sub)) }
+    }
+
+    /// Now, on this clock.
+    #[inline]
+    pub fn read(&self) -> i64 {
+        crate::sys::clock::monotonic_ns()
+    }
+
+    /// The moment `ns` (a [`LoopClock::read`]) as an instant, a stamp and milliseconds.
+    #[inline]
+    pub fn at(&self, ns: i64) -> (Instant, Stamp, i64) {
+        // The clock is monotonic: never before the base. (The epoch may be later than the
+        // base, when something stamped a later instant first: the offset is then negative.)
+        let at = self.base + Duration::from_nanos((ns - self.base_ns).max(0) as u64);
+        let since = ns - self.epoch_ns;
+        let offset = match u64::try_from(since) {
+            // Unsigned division, the common case, is the cheaper.
+            Ok(since) => ((since / 1_000_000) as i64, (since % 1_000_000) as u32),
+            Err(_) => (since.div_euclid(1_000_000), since.rem_euclid(1_000_000) as u32),
+        };
+        (at, Stamp::of_offset(offset), offset.0)
+    }
+}
+
+impl Default for LoopClock {
+    fn default() -> LoopClock {
+        LoopClock::new()
+    }
+}
+
 /// `t` as a [`Stamp`] and as [`millis`], from one conversion: what the loop keeps of the
 /// instant of its turn.
 pub fn stamp_and_millis(t: Instant) -> (Stamp, i64) {
@@ -238,7 +294,10 @@ mod tests {
         assert_eq!(s.earlier(d), s);
         assert_eq!(d.earlier(s), s);
         let now_ms = millis(t);
-        assert_eq!(d.unwrap(now_ms), now_ms + 1 + 30_001);
+        // The stamp rounds `t` up unless it is a whole millisecond from the epoch (as when
+        // this test is the first to stamp: the epoch is then `t` less a second).
+        let rounded_up = i64::from(offset(t).1 > 0);
+        assert_eq!(d.unwrap(now_ms), now_ms + rounded_up + 30_001);
         assert!(d.unwrap(now_ms) > millis(exact));
         assert_eq!(LongStamp::at(t).short(), s);
         // Across the 32-bit wrap, against a now on either side of it.
@@ -257,5 +316,30 @@ mod tests {
         let now = t + Duration::from_secs(3600);
         let back = s.instant(now);
         assert!(back >= t && back - t < Duration::from_millis(1));
+    }
+
+    #[test]
+    fn the_loop_clock_agrees_with_stamping_its_instants_and_is_never_ahead() {
+        let clock = LoopClock::new();
+        let mut last = None;
+        for _ in 0..1000 {
+            let ns = clock.read();
+            let (at, stamp, ms) = clock.at(ns);
+            assert!(at <= Instant::now(), "never ahead of the clock Instant reads");
+            assert_eq!((stamp, ms), stamp_and_millis(at), "the same conversion as the instant's");
+            assert!(last.is_none_or(|l| l <= at), "monotonic");
+            last = Some(at);
+        }
+        // Far from its base (a month of uptime), the same; and with the epoch after it (a
+        // synthetic clock stamped a later instant first), the same.
+        for ahead in [0, 1, 999_999, 30 * 86_400 * 1_000_000_000 + 123_456_789] {
+            let (at, stamp, ms) = clock.at(clock.read() + ahead);
+            assert_eq!((stamp, ms), stamp_and_millis(at), "{ahead}");
+        }
+        let late = LoopClock { epoch_ns: clock.read() + 5_000_000_001, ..clock };
+        let ns = clock.read();
+        let (_, _, ms) = late.at(ns);
+        let since = ns - late.epoch_ns;
+        assert!(ms < 0 && ms * 1_000_000 <= since && since < (ms + 1) * 1_000_000, "floored: {ms} for {since}");
     }
 }

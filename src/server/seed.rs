@@ -247,6 +247,7 @@ impl Seed {
             config,
             codecs: Default::default(),
             stamped: super::turn_clock::Stamped::of(now),
+            loop_clock: crate::stamp::LoopClock::new(),
         }
     }
 }

@@ -11,7 +11,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::stamp::{self, Stamp};
 
@@ -48,13 +48,13 @@ impl Timers {
         short
     }
 
-    /// How long from `now_ms` (a [`stamp::millis`]) until the earliest deadline armed (zero
-    /// if it has passed): whole milliseconds from now's, so never short and at most a
+    /// How many milliseconds from `now_ms` (a [`stamp::millis`]) until the earliest deadline
+    /// armed (zero if it has passed): whole milliseconds from now's, so never short and at most a
     /// millisecond long. The loop asks every turn, so this is stamp arithmetic on the
     /// milliseconds it converted once, not instants.
-    pub fn wait(&self, now_ms: i64) -> Option<Duration> {
+    pub fn wait_ms(&self, now_ms: i64) -> Option<i64> {
         let &Reverse(e) = self.heap.peek()?;
-        Some(Duration::from_millis((self.millis(e) - now_ms).max(0) as u64))
+        Some((self.millis(e) - now_ms).max(0))
     }
 
     fn millis(&self, entry: u64) -> i64 {
@@ -79,6 +79,7 @@ impl Timers {
 #[allow(clippy::disallowed_methods)] // a synthetic clock starting from any instant
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn fires_in_order_never_early_and_keeps_the_earliest() {
@@ -92,14 +93,14 @@ mod tests {
         assert_eq!(t.arm(7, at(ms(50)), a, t0), a);
         let a2 = t.arm(7, at(ms(20)), a, t0);
         assert_ne!(a2, a);
-        assert_eq!(t.wait(stamp::millis(t0)), Some(ms(10)));
+        assert_eq!(t.wait_ms(stamp::millis(t0)), Some(10));
         assert_eq!(t.pop_due(stamp::millis(t0 + ms(9))), None);
         assert_eq!(t.pop_due(stamp::millis(t0 + ms(10))), Some((MAX_KEYS - 1, b)));
         assert_eq!(t.pop_due(stamp::millis(t0 + ms(25))), Some((7, a2)));
         // Rounded up: 30 ms and 1 µs fires at 31 ms.
         assert_eq!(t.pop_due(stamp::millis(t0 + ms(30) + Duration::from_micros(1))), None);
         assert_eq!(t.pop_due(stamp::millis(t0 + ms(31))), Some((7, a)));
-        assert_eq!(t.wait(stamp::millis(t0)), None);
+        assert_eq!(t.wait_ms(stamp::millis(t0)), None);
     }
 
     #[test]
@@ -110,13 +111,9 @@ mod tests {
         let now = t0 + Duration::from_secs(20 * 86_400);
         let due = now + Duration::from_secs(30);
         let armed = t.arm(3, Stamp::at(due), 0, now);
-        assert_eq!(t.wait(stamp::millis(now)), Some(Duration::from_secs(30)));
-        assert_eq!(
-            t.wait(stamp::millis(now + Duration::from_micros(1500))),
-            Some(Duration::from_millis(29_999)),
-            "never short"
-        );
-        assert_eq!(t.wait(stamp::millis(due + Duration::from_secs(1))), Some(Duration::ZERO));
+        assert_eq!(t.wait_ms(stamp::millis(now)), Some(30_000));
+        assert_eq!(t.wait_ms(stamp::millis(now + Duration::from_micros(1500))), Some(29_999), "never short");
+        assert_eq!(t.wait_ms(stamp::millis(due + Duration::from_secs(1))), Some(0));
         assert_eq!(t.pop_due(stamp::millis(due - Duration::from_millis(1))), None);
         assert_eq!(t.pop_due(stamp::millis(due)), Some((3, armed)));
     }

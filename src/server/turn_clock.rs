@@ -35,8 +35,16 @@ impl Worker {
         self.stamped
     }
 
-    /// How long the poll may wait from `now` (`now_ms` as [`Worker::clock`] has it).
-    pub(super) fn poll_timeout(&self, now: Instant, now_ms: i64) -> Option<Duration> {
+    /// The loop's clock reading `ns` becomes the turn's instant, converted once.
+    pub(super) fn clock_at(&mut self, ns: i64) -> Instant {
+        let (at, stamp, ms) = self.loop_clock.at(ns);
+        self.stamped = Stamped { at, stamp, ms };
+        at
+    }
+
+    /// How long the poll may wait from `now` (`now_ms` as [`Worker::clock`] has it), less
+    /// the `spent_ns` the turn took since. Worked out in milliseconds, converted once.
+    pub(super) fn poll_timeout(&self, now: Instant, now_ms: i64, spent_ns: u64) -> Option<Duration> {
         if !self.busy.is_empty()
             || self.mailbox.more
             || self.recovery_ready
@@ -44,11 +52,9 @@ impl Worker {
         {
             return Some(Duration::ZERO);
         }
-        let mut wait = self.timers.wait(now_ms);
-        let mut until = |t: Instant| {
-            let d = t.saturating_duration_since(now);
-            wait = Some(wait.map_or(d, |w| w.min(d)));
-        };
+        let mut wait_ms = self.timers.wait_ms(now_ms);
+        let mut within = |ms: i64| wait_ms = Some(wait_ms.map_or(ms, |w| w.min(ms)));
+        let mut until = |t: Instant| within(i64::from(Stamp::millis_of(t.saturating_duration_since(now))));
         if let Some(t) = self.accept_paused_until {
             until(t);
         }
@@ -70,11 +76,11 @@ impl Worker {
         if self.pools.has_spare() {
             // Housekeeping has something to give back; an idle server with nothing spare
             // does not wake for it.
-            let d = Duration::from_millis((self.housekeeping_ms - now_ms).max(0) as u64);
-            wait = Some(wait.map_or(d, |w| w.min(d)));
+            within((self.housekeeping_ms - now_ms).max(0));
         }
-        // Round up so a timer is never polled for a hair early and then spun on.
-        wait.map(|d| d + Duration::from_millis(1))
+        // Rounded up a millisecond, so a timer is never polled for a hair early and then
+        // spun on.
+        wait_ms.map(|ms| Duration::from_nanos(((ms + 1) * 1_000_000).saturating_sub(spent_ns as i64).max(0) as u64))
     }
 
     pub(super) fn fire_timers(&mut self, now: Instant) {

@@ -8,8 +8,10 @@
 //! - [`memory`]: giving freed heap memory back to the system;
 //! - [`files`]: opening files strictly beneath a directory, and `sendfile(2)` (static routes);
 //! - [`poll`]: `poll(2)` on a socket and standard input (the terminal client);
-//! - [`cpu`]: a process's CPU time (the load generator's figures).
+//! - [`cpu`]: a process's CPU time (the load generator's figures);
+//! - [`clock`]: the monotonic clock as nanoseconds (the loop's turns).
 
+pub mod clock;
 pub mod cpu;
 pub mod fdpass;
 pub mod files;
