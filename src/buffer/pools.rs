@@ -22,6 +22,11 @@ const TRIM_AFTER: usize = 1024 * 1024;
 /// what the traffic actually uses, and then to nothing.
 #[derive(Debug)]
 pub struct Pools {
+    /// The read buffer given back last, when the slot was free: the next wake-up's read
+    /// takes it (one buffer serves a loop of small messages without touching `reads`).
+    hot_read: Option<Box<[u8]>>,
+    /// A read buffer was taken since the last [`Pools::shrink`].
+    hot_read_used: bool,
     reads: Vec<Box<[u8]>>,
     chunks: Vec<Vec<u8>>,
     /// Empty chunk lists of drained queues, with their capacity. Boxed: a queue holds its list
@@ -48,6 +53,8 @@ pub struct Pools {
 impl Pools {
     pub fn new(max_bytes: usize) -> Pools {
         Pools {
+            hot_read: None,
+            hot_read_used: false,
             reads: Vec::new(),
             chunks: Vec::new(),
             lists: Vec::new(),
@@ -72,10 +79,16 @@ impl Pools {
     }
 
     fn pooled_bytes(&self) -> usize {
-        (self.reads.len() * READ_BUF_SIZE) + (self.chunks.len() + usize::from(self.hot.is_some())) * CHUNK_SIZE
+        (self.free_reads() * READ_BUF_SIZE) + (self.chunks.len() + usize::from(self.hot.is_some())) * CHUNK_SIZE
     }
 
+    #[inline]
     pub fn take_read(&mut self) -> Box<[u8]> {
+        // Any buffer taken means one was needed: the hot one is kept at the next shrink.
+        self.hot_read_used = true;
+        if let Some(buf) = self.hot_read.take() {
+            return buf;
+        }
         let buf = self.reads.pop().unwrap_or_else(|| vec![0u8; READ_BUF_SIZE].into_boxed_slice());
         self.reads_low = self.reads_low.min(self.reads.len());
         buf
@@ -83,9 +96,14 @@ impl Pools {
 
     /// Takes back a read buffer; anything else (a connection's small buffer of kept bytes)
     /// is simply freed, so the pool only ever hands out full-size buffers.
+    #[inline]
     pub fn put_read(&mut self, buf: Box<[u8]>) {
         if buf.len() == READ_BUF_SIZE && self.pooled_bytes() + READ_BUF_SIZE <= self.max_bytes {
-            self.reads.push(buf);
+            if self.hot_read.is_none() {
+                self.hot_read = Some(buf);
+            } else {
+                self.reads.push(buf);
+            }
         } else {
             self.freed += buf.len();
         }
@@ -144,14 +162,18 @@ impl Pools {
         }
     }
 
+    fn free_reads(&self) -> usize {
+        self.reads.len() + usize::from(self.hot_read.is_some())
+    }
+
     /// Free buffers currently pooled (reads, chunks).
     pub fn free_counts(&self) -> (usize, usize) {
-        (self.reads.len(), self.chunks.len() + usize::from(self.hot.is_some()))
+        (self.free_reads(), self.chunks.len() + usize::from(self.hot.is_some()))
     }
 
     /// Whether a housekeeping tick has anything to do.
     pub fn has_spare(&self) -> bool {
-        !self.reads.is_empty() || !self.chunks.is_empty() || self.hot.is_some()
+        self.hot_read.is_some() || !self.reads.is_empty() || !self.chunks.is_empty() || self.hot.is_some()
     }
 
     /// Frees the buffers no one took since the last call. Returns true when enough was freed
@@ -163,11 +185,13 @@ impl Pools {
         self.chunks.truncate(self.chunks.len() - chunks);
         self.reads.shrink_to_fit();
         self.chunks.shrink_to_fit();
-        // The hot list goes too if no queue took it since the last tick.
+        // The hot list and read buffer go too if no one took them since the last tick.
         let hot_freed = if std::mem::take(&mut self.hot_used) { 0 } else { self.hot.take().map_or(0, |_| CHUNK_SIZE) };
+        let hot_read_freed =
+            if std::mem::take(&mut self.hot_read_used) { 0 } else { self.hot_read.take().map_or(0, |_| READ_BUF_SIZE) };
         // Chunk lists are small (at most 256 of a few hundred bytes): rebuilt from the next turn's.
         self.lists = Vec::new();
-        self.freed += reads * READ_BUF_SIZE + chunks * CHUNK_SIZE + hot_freed;
+        self.freed += reads * READ_BUF_SIZE + chunks * CHUNK_SIZE + hot_freed + hot_read_freed;
         (self.reads_low, self.chunks_low) = (self.reads.len(), self.chunks.len());
         self.freed >= TRIM_AFTER || (self.freed > 0 && !self.has_spare())
     }
@@ -201,6 +225,28 @@ mod tests {
         assert_eq!(pools.free_counts(), (1, 0));
         pools.shrink();
         assert_eq!(pools.free_counts(), (0, 0), "unused: everything goes");
+    }
+
+    #[test]
+    fn the_hot_read_buffer_is_bounded_kept_while_used_and_freed_when_not() {
+        let mut pools = Pools::new(0);
+        let r = pools.take_read();
+        pools.put_read(r);
+        assert_eq!(pools.free_counts().0, 0, "a bound of 0 keeps no buffer, hot or not");
+        let mut pools = Pools::new(READ_BUF_SIZE);
+        let (a, b) = (pools.take_read(), pools.take_read());
+        pools.put_read(a);
+        pools.put_read(b);
+        assert_eq!(pools.free_counts().0, 1, "the hot one counts against the bound");
+        for _ in 0..3 {
+            let r = pools.take_read();
+            pools.put_read(r);
+            pools.shrink();
+            assert_eq!(pools.free_counts().0, 1, "taken every interval: kept");
+        }
+        pools.shrink();
+        assert_eq!(pools.free_counts().0, 0, "an interval untaken: freed");
+        assert!(!pools.has_spare());
     }
 
     #[test]

@@ -56,7 +56,7 @@ impl Connection {
             }
             return None;
         }
-        if !self.phase.ws().is_some_and(|ws| ws.app.has_own_io()) {
+        if !self.has_own_io() {
             return None;
         }
         let may_read = self.is_open() && self.out.len() < self.limits.backpressure_high;
@@ -64,6 +64,11 @@ impl Connection {
             AppIo::Read(n) if !self.is_closed() => Some(n),
             _ => None,
         }
+    }
+
+    /// The app has a socket of its own (a backend's), driven alongside the client's.
+    pub(super) fn has_own_io(&self) -> bool {
+        self.phase.ws().is_some_and(|ws| ws.app.has_own_io())
     }
 
     pub(super) fn process_input(&mut self, cx: &mut Ctx<'_>) {

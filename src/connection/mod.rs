@@ -590,6 +590,14 @@ impl Connection {
                 return Progress::Busy;
             }
             budget = budget.saturating_sub(self.read_once(cx));
+            // A read that drained the socket, with nothing held back and no socket of the
+            // app's own, leaves another round nothing to do (the common wake-up: one read).
+            if !self.readable && !self.has_unprocessed_input() && !self.has_own_io() {
+                break;
+            }
+        }
+        if self.is_closed() {
+            return Progress::Closed;
         }
         // Nobody else queued for it, and nothing it asked of the loop queues more for it (its
         // own copy of what it published is queued already): its output goes now, and one
@@ -597,7 +605,6 @@ impl Connection {
         let write_now = ready.write_after
             && self.writable
             && self.has_output()
-            && !self.is_closed()
             && !cx.actions.iter().any(|action| action.may_reach(key_of(self.id)));
         let was_full = self.out.len() >= self.limits.backpressure_high;
         if write_now {

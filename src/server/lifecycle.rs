@@ -48,7 +48,15 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
 impl Worker {
     /// What runs on its own clock: the log viewers' files, the dashboard's figures, the
     /// broker's token refresh.
+    #[inline]
     pub(super) fn periodic(&mut self, now: Instant) {
+        let tails_due = !self.tails.is_empty() && now >= self.tails_at;
+        if tails_due || now >= self.stats_at || self.tokens_refresh_at.is_some_and(|at| now >= at) {
+            self.periodic_due(now);
+        }
+    }
+
+    fn periodic_due(&mut self, now: Instant) {
         if !self.tails.is_empty() && now >= self.tails_at {
             let mut lines = Vec::new();
             let more = self.tails.poll(|feed, frame| {
