@@ -24,9 +24,7 @@ const TRIM_AFTER: usize = 1024 * 1024;
 pub struct Pools {
     /// The read buffer given back last, when the slot was free: the next wake-up's read
     /// takes it (one buffer serves a loop of small messages without touching `reads`).
-    hot_read: Option<Box<[u8]>>,
-    /// A read buffer was taken since the last [`Pools::shrink`].
-    hot_read_used: bool,
+    hot_read: HotSlot<Box<[u8]>>,
     reads: Vec<Box<[u8]>>,
     chunks: Vec<Vec<u8>>,
     /// Empty chunk lists of drained queues, with their capacity. Boxed: a queue holds its list
@@ -38,9 +36,7 @@ pub struct Pools {
     /// as one when it drains. Like uWebSockets' per-loop cork buffer, one buffer serves
     /// every small reply of a loop that keeps up; unlike it, a reply the socket does not
     /// take stays where it is (the queue owns the list), so nothing is copied again.
-    hot: Option<Box<ChunkList>>,
-    /// The hot list was taken since the last [`Pools::shrink`].
-    hot_used: bool,
+    hot: HotSlot<Box<ChunkList>>,
     /// Most bytes of free buffers kept.
     max_bytes: usize,
     /// Fewest free buffers of each kind since the last tick: that many were never needed.
@@ -53,13 +49,11 @@ pub struct Pools {
 impl Pools {
     pub fn new(max_bytes: usize) -> Pools {
         Pools {
-            hot_read: None,
-            hot_read_used: false,
+            hot_read: HotSlot::EMPTY,
             reads: Vec::new(),
             chunks: Vec::new(),
             lists: Vec::new(),
-            hot: None,
-            hot_used: false,
+            hot: HotSlot::EMPTY,
             max_bytes,
             reads_low: 0,
             chunks_low: 0,
@@ -79,13 +73,11 @@ impl Pools {
     }
 
     fn pooled_bytes(&self) -> usize {
-        (self.free_reads() * READ_BUF_SIZE) + (self.chunks.len() + usize::from(self.hot.is_some())) * CHUNK_SIZE
+        (self.free_reads() * READ_BUF_SIZE) + (self.chunks.len() + self.hot.count()) * CHUNK_SIZE
     }
 
     #[inline]
     pub fn take_read(&mut self) -> Box<[u8]> {
-        // Any buffer taken means one was needed: the hot one is kept at the next shrink.
-        self.hot_read_used = true;
         if let Some(buf) = self.hot_read.take() {
             return buf;
         }
@@ -99,9 +91,7 @@ impl Pools {
     #[inline]
     pub fn put_read(&mut self, buf: Box<[u8]>) {
         if buf.len() == READ_BUF_SIZE && self.pooled_bytes() + READ_BUF_SIZE <= self.max_bytes {
-            if self.hot_read.is_none() {
-                self.hot_read = Some(buf);
-            } else {
+            if let Err(buf) = self.hot_read.put(buf) {
                 self.reads.push(buf);
             }
         } else {
@@ -112,11 +102,7 @@ impl Pools {
     /// A chunk list for a queue that had none: the hot one (its open chunk in it) if kept.
     #[inline]
     pub(super) fn take_list(&mut self) -> Box<ChunkList> {
-        if let Some(list) = self.hot.take() {
-            self.hot_used = true;
-            return list;
-        }
-        self.lists.pop().unwrap_or_default()
+        self.hot.take().unwrap_or_else(|| self.lists.pop().unwrap_or_default())
     }
 
     /// Takes back a drained queue's list, its deque's chunks already recycled: kept hot
@@ -126,13 +112,13 @@ impl Pools {
     pub(super) fn put_drained(&mut self, mut list: Box<ChunkList>) {
         debug_assert!(list.chunks.is_empty());
         list.front_written = 0;
-        if self.hot.is_none()
+        if self.hot.is_empty()
             && list.open.capacity() == CHUNK_SIZE
             && list.chunks.capacity() <= MAX_POOLED_LIST_CAPACITY
             && self.pooled_bytes() + CHUNK_SIZE <= self.max_bytes
         {
             list.open.clear();
-            self.hot = Some(list);
+            self.hot.fill(list);
             return;
         }
         list.recycle_open(self);
@@ -163,17 +149,17 @@ impl Pools {
     }
 
     fn free_reads(&self) -> usize {
-        self.reads.len() + usize::from(self.hot_read.is_some())
+        self.reads.len() + self.hot_read.count()
     }
 
     /// Free buffers currently pooled (reads, chunks).
     pub fn free_counts(&self) -> (usize, usize) {
-        (self.free_reads(), self.chunks.len() + usize::from(self.hot.is_some()))
+        (self.free_reads(), self.chunks.len() + self.hot.count())
     }
 
     /// Whether a housekeeping tick has anything to do.
     pub fn has_spare(&self) -> bool {
-        self.hot_read.is_some() || !self.reads.is_empty() || !self.chunks.is_empty() || self.hot.is_some()
+        !(self.hot_read.is_empty() && self.reads.is_empty() && self.chunks.is_empty() && self.hot.is_empty())
     }
 
     /// Frees the buffers no one took since the last call. Returns true when enough was freed
@@ -186,12 +172,10 @@ impl Pools {
         self.reads.shrink_to_fit();
         self.chunks.shrink_to_fit();
         // The hot list and read buffer go too if no one took them since the last tick.
-        let hot_freed = if std::mem::take(&mut self.hot_used) { 0 } else { self.hot.take().map_or(0, |_| CHUNK_SIZE) };
-        let hot_read_freed =
-            if std::mem::take(&mut self.hot_read_used) { 0 } else { self.hot_read.take().map_or(0, |_| READ_BUF_SIZE) };
+        let hot_freed = self.hot.shrink() * CHUNK_SIZE + self.hot_read.shrink() * READ_BUF_SIZE;
         // Chunk lists are small (at most 256 of a few hundred bytes): rebuilt from the next turn's.
         self.lists = Vec::new();
-        self.freed += reads * READ_BUF_SIZE + chunks * CHUNK_SIZE + hot_freed + hot_read_freed;
+        self.freed += reads * READ_BUF_SIZE + chunks * CHUNK_SIZE + hot_freed;
         (self.reads_low, self.chunks_low) = (self.reads.len(), self.chunks.len());
         self.freed >= TRIM_AFTER || (self.freed > 0 && !self.has_spare())
     }
@@ -199,6 +183,65 @@ impl Pools {
     /// The allocator was asked to give freed memory back.
     pub fn trimmed(&mut self) {
         self.freed = 0;
+    }
+}
+
+/// One free buffer kept apart from its pool, for the very next taker: a loop that takes
+/// and gives back one buffer at a time never touches the pool's vector. Kept while used:
+/// [`HotSlot::shrink`] frees it after an interval in which nothing was taken.
+#[derive(Debug)]
+struct HotSlot<T> {
+    kept: Option<T>,
+    /// Something was taken since the last shrink (from the slot or, with the slot empty,
+    /// from the pool behind it): a buffer was needed, so the kept one stays.
+    taken: bool,
+}
+
+impl<T> HotSlot<T> {
+    const EMPTY: HotSlot<T> = HotSlot { kept: None, taken: false };
+
+    /// The kept buffer if any; either way counts as a take.
+    #[inline]
+    fn take(&mut self) -> Option<T> {
+        self.taken = true;
+        self.kept.take()
+    }
+
+    /// Keeps `buf` if the slot is free, else gives it back.
+    #[inline]
+    fn put(&mut self, buf: T) -> Result<(), T> {
+        if self.kept.is_some() {
+            return Err(buf);
+        }
+        self.kept = Some(buf);
+        Ok(())
+    }
+
+    /// Keeps `buf`; the caller checked the slot is free.
+    #[inline]
+    fn fill(&mut self, buf: T) {
+        debug_assert!(self.kept.is_none());
+        self.kept = Some(buf);
+    }
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.kept.is_none()
+    }
+
+    /// Buffers kept: 0 or 1.
+    #[inline]
+    fn count(&self) -> usize {
+        usize::from(self.kept.is_some())
+    }
+
+    /// Ends an interval: frees the kept buffer if nothing was taken in it. Returns how many
+    /// were freed (0 or 1).
+    fn shrink(&mut self) -> usize {
+        if std::mem::take(&mut self.taken) {
+            return 0;
+        }
+        usize::from(self.kept.take().is_some())
     }
 }
 
@@ -247,6 +290,21 @@ mod tests {
         pools.shrink();
         assert_eq!(pools.free_counts().0, 0, "an interval untaken: freed");
         assert!(!pools.has_spare());
+    }
+
+    #[test]
+    fn a_hot_slot_keeps_one_buffer_while_anything_is_taken() {
+        let mut slot = HotSlot::EMPTY;
+        assert_eq!(slot.put(1), Ok(()));
+        assert_eq!(slot.put(2), Err(2), "one kept at most");
+        assert_eq!((slot.count(), slot.shrink()), (1, 1), "nothing taken in the interval: freed");
+        assert!(slot.is_empty());
+        assert_eq!(slot.take(), None);
+        slot.fill(3);
+        assert_eq!(slot.shrink(), 0, "a take from the empty slot still counts: a buffer was needed");
+        assert_eq!(slot.take(), Some(3));
+        slot.fill(4);
+        assert_eq!((slot.shrink(), slot.shrink()), (0, 1));
     }
 
     #[test]
