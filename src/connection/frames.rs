@@ -71,6 +71,8 @@ impl Connection {
         self.phase.ws().is_some_and(|ws| ws.app.has_own_io())
     }
 
+    // Inlined into the drive: per read, it is a buffer lent and a dispatch on the phase.
+    #[inline(always)]
     pub(super) fn process_input(&mut self, cx: &mut Ctx<'_>) {
         let Some(mut bytes) = self.input.detach() else {
             // A large compressed message goes on inflating with no new bytes.

@@ -652,7 +652,7 @@ impl Worker {
 
     /// The end of a turn's batch: closed connections go, what their going queued is written,
     /// and the access lines are flushed. Inlined: most turns close nothing.
-    #[inline]
+    #[inline(always)]
     pub(super) fn remove_closed(&mut self, now: Instant) {
         if !self.closed.is_empty() {
             self.remove_all_closed(now);
