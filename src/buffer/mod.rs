@@ -152,14 +152,13 @@ impl OutQueue {
 
     /// The open chunk if `extra` more bytes fit in it, else a new one (the full one sealed).
     /// `role` is the chunk's if these are its first bytes.
-    #[inline]
+    /// Inlined: the common case (the hot list taken, its chunk with room) is a few tests;
+    /// a new chunk is [`ChunkList::open_fresh`]'s.
+    #[inline(always)]
     fn tail(&mut self, pools: &mut Pools, extra: usize, role: Role) -> &mut Vec<u8> {
         let list = self.list.get_or_insert_with(|| pools.take_list());
         if list.open.capacity() == 0 || list.open.len() + extra > CHUNK_SIZE {
-            list.seal();
-            if list.open.capacity() == 0 {
-                list.open = pools.take_chunk();
-            }
+            list.open_fresh(pools);
         }
         if list.open.is_empty() {
             list.open_role = role;
@@ -461,6 +460,16 @@ impl ChunkList {
 
     /// Moves the open chunk, if it holds bytes, to the end of the deque (it stops being
     /// copied into).
+    /// The full open chunk sealed, and an empty one from the pool in its place.
+    #[cold]
+    #[inline(never)]
+    fn open_fresh(&mut self, pools: &mut Pools) {
+        self.seal();
+        if self.open.capacity() == 0 {
+            self.open = pools.take_chunk();
+        }
+    }
+
     fn seal(&mut self) {
         if !self.open.is_empty() {
             let bytes = Bytes::Owned(std::mem::take(&mut self.open));
