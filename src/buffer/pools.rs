@@ -88,8 +88,21 @@ impl Pools {
 
     /// Takes back a read buffer; anything else (a connection's small buffer of kept bytes)
     /// is simply freed, so the pool only ever hands out full-size buffers.
-    #[inline]
+    #[inline(always)]
     pub fn put_read(&mut self, buf: Box<[u8]>) {
+        // The common case inlined: the hot slot free for the buffer taken from it.
+        if self.hot_read.is_empty()
+            && buf.len() == READ_BUF_SIZE
+            && self.pooled_bytes() + READ_BUF_SIZE <= self.max_bytes
+        {
+            return self.hot_read.fill(buf);
+        }
+        self.put_read_pooled(buf);
+    }
+
+    /// [`Pools::put_read`], the general case: the hot slot taken, or the buffer not kept.
+    #[inline(never)]
+    fn put_read_pooled(&mut self, buf: Box<[u8]>) {
         if buf.len() == READ_BUF_SIZE && self.pooled_bytes() + READ_BUF_SIZE <= self.max_bytes {
             if let Err(buf) = self.hot_read.put(buf) {
                 self.reads.push(buf);
