@@ -601,6 +601,7 @@ impl Worker {
 
     /// What the loop does after a connection ran: queue for closing, for another turn, for
     /// the end-of-turn write, and (re)arm its timer.
+    #[inline(always)]
     pub(super) fn after_drive(&mut self, key: usize, Turn { progress, deadline }: Turn, now: Instant) {
         let Some(entry) = self.conns.get_mut(key) else { return };
         if progress == Progress::Closed {
