@@ -157,10 +157,14 @@ impl AccessLog {
     }
 
     /// A status set since the last call.
+    #[inline]
     pub fn take_fresh_status(&mut self) -> Option<u16> {
-        let fresh = self.flags & FRESH_STATUS != 0;
+        // Asked after every drive: most find nothing, and store nothing.
+        if self.flags & FRESH_STATUS == 0 {
+            return None;
+        }
         self.set_flag(FRESH_STATUS, false);
-        (fresh && self.status != 0).then_some(self.status)
+        (self.status != 0).then_some(self.status)
     }
 
     /// HTTP responses sent so far (a 101 is not one).

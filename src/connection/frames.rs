@@ -111,7 +111,8 @@ impl Connection {
     pub(super) fn process_frames(&mut self, buf: &mut [u8], cx: &mut Ctx<'_>) {
         /// Why the loop over frames stopped.
         enum Stop {
-            /// Backpressure, the app, the fan-out or inflating budget: bytes may wait.
+            /// Backpressure, the app (holding input, or closing: `app_close`), the fan-out or
+            /// inflating budget: bytes may wait.
             Held,
             /// An incomplete frame (or nothing): a read brings the rest.
             NeedMore,
@@ -119,7 +120,6 @@ impl Connection {
             /// The peer began closing: answer, tell the app, end.
             CloseBegun(Option<u16>, String),
             Ended(End),
-            App(AppClose),
         }
         let high = self.limits.backpressure_high;
         let max_backpressure = self.limits.max_backpressure;
@@ -213,14 +213,16 @@ impl Connection {
         };
         cx.metrics.legacy_dropped += dropped as u64;
         cx.metrics.deliveries += u64::from(own_copied);
-        let stop = match (stop, app_close) {
-            (Stop::Held, Some(why)) => Stop::App(why),
-            (stop, _) => stop,
-        };
-        // After the app closes, what follows (the peer's answer, perhaps) is read on.
-        self.input.set_held(matches!(stop, Stop::Held | Stop::App(_)));
+        // Held input goes first next time. (After the app closes, what follows, the peer's
+        // answer perhaps, is read on.)
+        self.input.set_held(matches!(stop, Stop::Held));
         match stop {
-            Stop::Held | Stop::NeedMore => {}
+            Stop::NeedMore => {}
+            Stop::Held => {
+                if let Some(why) = app_close {
+                    self.app_closed(cx, why);
+                }
+            }
             Stop::Failed(e) => self.protocol_error(cx, e.close_code(), e.reason()),
             Stop::CloseBegun(code, reason) => {
                 // §5.5.1: answer, echoing the code (an empty close gets an empty one).
@@ -231,7 +233,6 @@ impl Connection {
                 self.close(cx.now, cx.pools, End::Closed { code, reason });
             }
             Stop::Ended(end) => self.close(cx.now, cx.pools, end),
-            Stop::App(why) => self.app_closed(cx, why),
         }
     }
 }
