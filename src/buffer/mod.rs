@@ -333,6 +333,7 @@ impl OutQueue {
     }
 
     /// One `writev` of as much as is queued (up to 256 chunks). Returns the bytes written.
+    #[inline(always)]
     pub fn write_to<W: Write>(&mut self, w: &mut W, pools: &mut Pools) -> io::Result<usize> {
         let Some(list) = self.list.as_deref() else { return Ok(0) };
         if list.count() == 1 {
