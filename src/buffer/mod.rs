@@ -333,6 +333,7 @@ impl OutQueue {
     }
 
     /// One `writev` of as much as is queued (up to 256 chunks). Returns the bytes written.
+    // Inlined into the connection's flush: an echo's write is then one call, the write(2).
     #[inline(always)]
     pub fn write_to<W: Write>(&mut self, w: &mut W, pools: &mut Pools) -> io::Result<usize> {
         let Some(list) = self.list.as_deref() else { return Ok(0) };

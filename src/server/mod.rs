@@ -601,6 +601,8 @@ impl Worker {
 
     /// What the loop does after a connection ran: queue for closing, for another turn, for
     /// the end-of-turn write, and (re)arm its timer.
+    // Forced inline (plain #[inline] left it out of line): after every drive, a call that
+    // sets a flag or two and compares the armed timer's 32 bits.
     #[inline(always)]
     pub(super) fn after_drive(&mut self, key: usize, Turn { progress, deadline }: Turn, now: Instant) {
         let Some(entry) = self.conns.get_mut(key) else { return };
