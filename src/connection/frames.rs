@@ -67,8 +67,10 @@ impl Connection {
     }
 
     /// The app has a socket of its own (a backend's), driven alongside the client's.
+    #[inline]
     pub(super) fn has_own_io(&self) -> bool {
-        self.phase.ws().is_some_and(|ws| ws.app.has_own_io())
+        debug_assert_eq!(self.app_own_io, self.phase.ws().is_some_and(|ws| ws.app.has_own_io()));
+        self.app_own_io
     }
 
     // Inlined into the drive: per read, it is a buffer lent and a dispatch on the phase.

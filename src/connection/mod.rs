@@ -383,6 +383,9 @@ pub struct Connection {
     out: OutQueue,
     readable: bool,
     writable: bool,
+    /// The open WebSocket's app has a socket of its own ([`App::has_own_io`], fixed for the
+    /// app's life): set with the phase, so the drive reads a field, not the app, each read.
+    app_own_io: bool,
     /// Since when queued output has made no progress.
     stalled_since: Option<Stamp>,
     /// Limits in force: the server's until a route is chosen, then the route's.
@@ -411,6 +414,7 @@ impl Connection {
             out: OutQueue::default(),
             readable: false,
             writable: false,
+            app_own_io: false,
             stalled_since: None,
             limits,
             log: AccessLog::new(admin),
@@ -681,6 +685,7 @@ impl Connection {
             *slot = old.into_ws();
         }
         self.phase = next;
+        self.app_own_io = self.phase.ws().is_some_and(|ws| ws.app.has_own_io());
     }
 }
 
