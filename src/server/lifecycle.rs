@@ -49,15 +49,15 @@ impl Worker {
     /// What runs on its own clock: the log viewers' files, the dashboard's figures, the
     /// broker's token refresh.
     #[inline]
-    pub(super) fn periodic(&mut self, now: Instant) {
-        let tails_due = !self.tails.is_empty() && now >= self.tails_at;
-        if tails_due || now >= self.stats_at || self.tokens_refresh_at.is_some_and(|at| now >= at) {
-            self.periodic_due(now);
+    pub(super) fn periodic(&mut self, now: Instant, now_ms: i64) {
+        let tails_due = !self.tails.is_empty() && now_ms >= self.tails_ms;
+        if tails_due || now_ms >= self.stats_ms || self.tokens_refresh_at.is_some_and(|at| now >= at) {
+            self.periodic_due(now, now_ms);
         }
     }
 
-    fn periodic_due(&mut self, now: Instant) {
-        if !self.tails.is_empty() && now >= self.tails_at {
+    fn periodic_due(&mut self, now: Instant, now_ms: i64) {
+        if !self.tails.is_empty() && now_ms >= self.tails_ms {
             let mut lines = Vec::new();
             let more = self.tails.poll(|feed, frame| {
                 lines.push((feed.to_string(), frame.clone()));
@@ -66,10 +66,10 @@ impl Worker {
                 self.publish(&feed, &frame, None, &[], now);
             }
             self.flush_dirty(now);
-            self.tails_at = now + if more { Duration::ZERO } else { crate::logview::POLL_INTERVAL };
+            self.tails_ms = now_ms + if more { 0 } else { crate::logview::POLL_INTERVAL.as_millis() as i64 };
         }
-        if now >= self.stats_at {
-            self.stats_at = now + Duration::from_secs(1);
+        if now_ms >= self.stats_ms {
+            self.stats_ms = now_ms + 1000;
             if self.mailbox.index == 0 {
                 self.mesh.set_access_watched(self.topics.has_feed(ACCESS_FEED));
             }

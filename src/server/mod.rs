@@ -258,11 +258,12 @@ pub struct Worker {
     _waker: Arc<mio::Waker>,
     metrics: Metrics,
     admin: Option<AdminSettings>,
-    /// The files log viewers follow, and when they are next read.
+    /// The files log viewers follow, and when they are next read (as `housekeeping_ms`).
     tails: Tails,
-    tails_at: Instant,
-    /// When the dashboard's figures are next published (while someone watches).
-    stats_at: Instant,
+    tails_ms: i64,
+    /// When the dashboard's figures are next published (while someone watches), as
+    /// `housekeeping_ms`: the loop compares it every turn.
+    stats_ms: i64,
     started: Instant,
     /// Scratch for a delivery's receivers (kept for its capacity).
     scratch_keys: Vec<usize>,
@@ -331,8 +332,7 @@ impl Worker {
             }
             // Deadlines are read against the turn's `woke` (converted already, for the
             // connections it drove); what the turn took comes off.
-            let woke_ms = self.clock(woke).ms;
-            let timeout = self.poll_timeout(woke, woke_ms, spent_ns);
+            let timeout = self.poll_timeout(woke.at, woke.ms, spent_ns);
             match IoStep::of(self.poll.poll(&mut events, timeout)) {
                 IoStep::Done(()) | IoStep::End => {}
                 IoStep::Retry | IoStep::WouldBlock => {
@@ -344,8 +344,8 @@ impl Worker {
                 IoStep::Failed(e) => return Err(e),
             }
             woke_ns = self.loop_clock.read();
-            let now = self.clock_at(woke_ns);
-            woke = now;
+            woke = self.clock_at(woke_ns);
+            let now = woke.at;
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => self.on_signals(now),
@@ -370,15 +370,15 @@ impl Worker {
                 self.take_notes(now);
             }
             self.serve_busy(now);
-            self.fire_timers(now);
+            self.fire_timers(now, woke.ms);
             self.flush_dirty(now);
             self.remove_closed(now);
             self.accept(now);
             self.mesh.set_load(self.mailbox.index, self.conns.len());
-            if self.clock(now).ms >= self.housekeeping_ms {
+            if woke.ms >= self.housekeeping_ms {
                 self.housekeeping(now);
             }
-            self.periodic(now);
+            self.periodic(now, woke.ms);
             self.cluster_turn(now);
             self.recovery_turn(now);
         }

@@ -35,11 +35,13 @@ impl Worker {
         self.stamped
     }
 
-    /// The loop's clock reading `ns` becomes the turn's instant, converted once.
-    pub(super) fn clock_at(&mut self, ns: i64) -> Instant {
+    /// The loop's clock reading `ns` becomes the turn's instant, converted once: the loop
+    /// keeps what this returns for the turn's own tests (a rare path may convert another
+    /// instant into `stamped` meanwhile).
+    pub(super) fn clock_at(&mut self, ns: i64) -> Stamped {
         let (at, stamp, ms) = self.loop_clock.at(ns);
         self.stamped = Stamped { at, stamp, ms };
-        at
+        self.stamped
     }
 
     /// How long the poll may wait from `now` (`now_ms` as [`Worker::clock`] has it), less
@@ -54,24 +56,24 @@ impl Worker {
         }
         let mut wait_ms = self.timers.wait_ms(now_ms);
         let mut within = |ms: i64| wait_ms = Some(wait_ms.map_or(ms, |w| w.min(ms)));
-        let mut until = |t: Instant| within(i64::from(Stamp::millis_of(t.saturating_duration_since(now))));
+        let until = |t: Instant| i64::from(Stamp::millis_of(t.saturating_duration_since(now)));
         if let Some(t) = self.accept_paused_until {
-            until(t);
+            within(until(t));
         }
         if let Some(t) = self.drain_deadline {
-            until(t);
+            within(until(t));
         }
         if !self.tails.is_empty() {
-            until(self.tails_at);
+            within((self.tails_ms - now_ms).max(0));
         }
         if self.topics.has_feed(STATS_FEED) {
-            until(self.stats_at);
+            within((self.stats_ms - now_ms).max(0));
         }
         if let Some(t) = self.tokens_refresh_at {
-            until(t);
+            within(until(t));
         }
         if let Some(t) = self.cluster.as_ref().and_then(Cluster::deadline) {
-            until(t);
+            within(until(t));
         }
         if self.pools.has_spare() {
             // Housekeeping has something to give back; an idle server with nothing spare
@@ -83,8 +85,9 @@ impl Worker {
         wait_ms.map(|ms| Duration::from_nanos(((ms + 1) * 1_000_000).saturating_sub(spent_ns as i64).max(0) as u64))
     }
 
-    pub(super) fn fire_timers(&mut self, now: Instant) {
-        let now_ms = self.clock(now).ms;
+    /// Drives the connections whose timers are due by `now` (`now_ms` in the timer heap's
+    /// milliseconds, as [`Worker::clock`] converts it).
+    pub(super) fn fire_timers(&mut self, now: Instant, now_ms: i64) {
         while let Some((key, armed)) = self.timers.pop_due(now_ms) {
             let Some(entry) = self.conns.get_mut(key) else { continue };
             if entry.timer_at != armed || entry.closed {
