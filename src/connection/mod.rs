@@ -562,6 +562,13 @@ impl Connection {
             return self.write_turn(cx);
         }
         let mut budget = READ_BUDGET;
+        if ready.readable && self.reads_in_one_pass(cx) {
+            match self.one_pass(cx, ready) {
+                Ok(progress) => return progress,
+                // The read left more than one pass does: the general loop goes on from there.
+                Err(read) => budget -= read,
+            }
+        }
         loop {
             if self.writable && self.out.len() >= CORK_LIMIT {
                 self.flush(cx);
@@ -600,6 +607,12 @@ impl Connection {
                 break;
             }
         }
+        self.end_of_reads(cx, ready, READ_BUDGET - budget)
+    }
+
+    /// The end of a corked drive's reads: its output written if it may go now, and the
+    /// bookkeeping. `read`: the bytes read.
+    fn end_of_reads(&mut self, cx: &mut Ctx<'_>, ready: Ready, read: usize) -> Progress {
         if self.is_closed() {
             return Progress::Closed;
         }
@@ -614,16 +627,8 @@ impl Connection {
         if write_now {
             self.flush(cx);
         }
-        self.after_io(cx, READ_BUDGET - budget);
-        if self.is_closed() {
-            Progress::Closed
-        } else if write_now {
-            self.after_write(was_full)
-        } else if self.writable && self.has_output() {
-            Progress::Write
-        } else {
-            Progress::Idle
-        }
+        self.after_io(cx, read);
+        self.progress_after(write_now, was_full)
     }
 
     /// The connection is being removed: every buffer goes back, and the loop gets what it

@@ -5,9 +5,10 @@
 use std::io;
 
 use super::read_buf::Filled;
-use super::{Connection, Ctx, End, Phase, Progress, BODY_BUDGET};
+use super::{Connection, Ctx, End, Phase, Progress, Ready, BODY_BUDGET, FANOUT_BUDGET};
 use crate::apps::backend::HandOff;
 use crate::apps::Action;
+use crate::conn_id::key_of;
 use crate::http::static_files::TLS_CHUNK;
 use crate::io_step::IoStep;
 use crate::stamp::Stamp;
@@ -40,8 +41,19 @@ impl Connection {
 
     /// One read; processes what arrived. Returns the bytes read.
     pub(super) fn read_once(&mut self, cx: &mut Ctx<'_>) -> usize {
+        let result = self.fill_input(cx);
+        self.after_read(cx, result)
+    }
+
+    /// One read into the input.
+    #[inline(always)]
+    fn fill_input(&mut self, cx: &mut Ctx<'_>) -> io::Result<Filled> {
         let Connection { input, transport, .. } = self;
-        let result = input.fill(cx.pools, |room, pools| transport.read(room, pools));
+        input.fill(cx.pools, |room, pools| transport.read(room, pools))
+    }
+
+    /// What a read brought, processed. Returns the bytes read.
+    fn after_read(&mut self, cx: &mut Ctx<'_>, result: io::Result<Filled>) -> usize {
         match IoStep::of(result) {
             IoStep::End => {
                 self.readable = false;
@@ -254,14 +266,105 @@ impl Connection {
                 }
             }
         }
+        self.stall_clock(cx);
+        if matches!(self.phase, Phase::Connected(_)) {
+            self.bound_queue(cx);
+        }
+    }
+
+    /// Since when output has waited: from the first write that left some, until none is left.
+    #[inline(always)]
+    fn stall_clock(&mut self, cx: &Ctx<'_>) {
         if !self.has_output() {
             self.stalled_since = None;
         } else if self.stalled_since.is_none() {
             self.stalled_since = Some(cx.stamp);
         }
-        if matches!(self.phase, Phase::Connected(_)) && self.out.len() > self.limits.max_queued {
+    }
+
+    /// An open WebSocket whose queue passed `max_queued` is failed.
+    #[inline(always)]
+    fn bound_queue(&mut self, cx: &mut Ctx<'_>) {
+        if self.out.len() > self.limits.max_queued {
             self.log.set_end("output queue over max_queued");
             self.close(cx.now, cx.pools, End::Fail { code: close::POLICY_VIOLATION, reason: "too much queued output" });
+        }
+    }
+
+    /// Whether this readable wake-up is the common one, done in one pass
+    /// ([`Connection::one_pass`]): an open WebSocket on a plain socket with nothing held
+    /// back and nothing queued, whose app takes input and has no socket of its own, and
+    /// nothing rare (compression, a legacy draft's re-encoding, a failing backend).
+    #[inline(always)]
+    pub(super) fn reads_in_one_pass(&self, cx: &Ctx<'_>) -> bool {
+        let Phase::Connected(ws) = &self.phase else { return false };
+        debug_assert!(self.rare.is_some() || !ws.endpoint.is_inflating(), "inflating needs permessage-deflate");
+        !self.app_own_io
+            && self.rare.is_none()
+            && self.out.is_empty()
+            && !self.input.has_held_input()
+            && !self.transport.is_tls()
+            && cx.fanout < FANOUT_BUDGET
+            && ws.app.accepts_input(self.limits.backpressure_high)
+    }
+
+    /// The common wake-up in one pass (see [`Connection::reads_in_one_pass`]): one read, its
+    /// messages to the app, the reply written and the bookkeeping, without the general
+    /// loop's tests for what cannot be so here (another phase, held input, an app's socket,
+    /// a file body, TLS records, a hand-off). `Err(bytes read)` when the read left more than
+    /// one pass does (more to read, input held back, the peer or the app closing, an error):
+    /// the general loop goes on from there.
+    #[inline(always)]
+    pub(super) fn one_pass(&mut self, cx: &mut Ctx<'_>, ready: Ready) -> Result<Progress, usize> {
+        let read = match self.fill_input(cx) {
+            // Bytes, and the plain socket drained (see `after_read`): straight to the frames.
+            Ok(Filled { bytes, short: true }) if bytes > 0 => {
+                self.readable = false;
+                if let Some(mut buf) = self.input.detach() {
+                    self.process_frames(&mut buf, cx);
+                    self.input.attach(buf);
+                }
+                bytes
+            }
+            result => self.after_read(cx, result),
+        };
+        let Phase::Connected(ws) = &self.phase else { return Err(read) };
+        let mid_message = !ws.endpoint.is_between_messages();
+        if self.readable || self.input.has_held_input() || self.rare.is_some() {
+            return Err(read);
+        }
+        let write_now = ready.write_after
+            && self.writable
+            && !self.out.is_empty()
+            && !cx.actions.iter().any(|action| action.may_reach(key_of(self.id)));
+        let was_full = self.out.len() >= self.limits.backpressure_high;
+        if write_now {
+            self.flush(cx);
+            if !matches!(self.phase, Phase::Connected(_)) {
+                // The write failed, and closed it.
+                self.after_io(cx, read);
+                return Ok(self.progress_after(write_now, was_full));
+            }
+        }
+        self.input.settle(cx.pools, read, mid_message);
+        self.stall_clock(cx);
+        self.bound_queue(cx);
+        Ok(self.progress_after(write_now, was_full))
+    }
+
+    /// What a corked drive that read leaves the loop to do, once its bookkeeping is done:
+    /// `write_now`, whether it wrote its output itself; `was_full`, whether backpressure held
+    /// its input before that write.
+    #[inline(always)]
+    pub(super) fn progress_after(&self, write_now: bool, was_full: bool) -> Progress {
+        if self.is_closed() {
+            Progress::Closed
+        } else if write_now {
+            self.after_write(was_full)
+        } else if self.writable && self.has_output() {
+            Progress::Write
+        } else {
+            Progress::Idle
         }
     }
 
