@@ -91,19 +91,23 @@ impl Pools {
     #[inline(always)]
     pub fn put_read(&mut self, buf: Box<[u8]>) {
         // The common case inlined: the hot slot free for the buffer taken from it.
-        if self.hot_read.is_empty()
-            && buf.len() == READ_BUF_SIZE
-            && self.pooled_bytes() + READ_BUF_SIZE <= self.max_bytes
-        {
+        if self.hot_read.is_empty() && self.keeps_read(&buf) {
             return self.hot_read.fill(buf);
         }
         self.put_read_pooled(buf);
     }
 
+    /// Whether a read buffer given back is kept: a full-size one, while the pool is within
+    /// its bound.
+    #[inline(always)]
+    fn keeps_read(&self, buf: &[u8]) -> bool {
+        buf.len() == READ_BUF_SIZE && self.pooled_bytes() + READ_BUF_SIZE <= self.max_bytes
+    }
+
     /// [`Pools::put_read`], the general case: the hot slot taken, or the buffer not kept.
     #[inline(never)]
     fn put_read_pooled(&mut self, buf: Box<[u8]>) {
-        if buf.len() == READ_BUF_SIZE && self.pooled_bytes() + READ_BUF_SIZE <= self.max_bytes {
+        if self.keeps_read(&buf) {
             if let Err(buf) = self.hot_read.put(buf) {
                 self.reads.push(buf);
             }
