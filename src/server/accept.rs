@@ -129,20 +129,20 @@ impl Worker {
     /// find no listener ready.
     #[inline]
     pub(super) fn accept(&mut self, now: Instant) {
-        if self.accept_paused_until.is_some() || self.listeners.iter().any(|l| l.pending) {
+        if self.accept_paused_ms.is_some() || self.listeners.iter().any(|l| l.pending) {
             self.accept_waiting(now);
         }
     }
 
     fn accept_waiting(&mut self, now: Instant) {
-        if self.drain_deadline.is_some() {
+        if self.drain_ms.is_some() {
             return;
         }
-        if let Some(until) = self.accept_paused_until {
-            if now < until {
+        if let Some(until_ms) = self.accept_paused_ms {
+            if self.clock(now).ms < until_ms {
                 return;
             }
-            self.accept_paused_until = None;
+            self.accept_paused_ms = None;
             for l in &mut self.listeners {
                 l.pending = true;
             }
@@ -181,7 +181,7 @@ impl Worker {
                                 self.listeners[i].addr
                             );
                         }
-                        self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+                        self.accept_paused_ms = Some(self.clock(now).ms + ACCEPT_PAUSE.as_millis() as i64);
                         return;
                     }
                     IoStep::Failed(e) => {

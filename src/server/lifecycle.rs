@@ -51,7 +51,7 @@ impl Worker {
     #[inline]
     pub(super) fn periodic(&mut self, now: Instant, now_ms: i64) {
         let tails_due = !self.tails.is_empty() && now_ms >= self.tails_ms;
-        if tails_due || now_ms >= self.stats_ms || self.tokens_refresh_at.is_some_and(|at| now >= at) {
+        if tails_due || now_ms >= self.stats_ms || self.tokens_refresh_ms.is_some_and(|at| now_ms >= at) {
             self.periodic_due(now, now_ms);
         }
     }
@@ -79,9 +79,9 @@ impl Worker {
                 self.gather(manage::Pending::Stats, mesh::Query::Figures, (0..self.mesh.workers()).collect(), now);
             }
         }
-        if let (Some(at), Some(every)) = (self.tokens_refresh_at, self.tokens_refresh) {
-            if now >= at {
-                self.tokens_refresh_at = Some(now + every);
+        if let (Some(at), Some(every)) = (self.tokens_refresh_ms, self.tokens_refresh) {
+            if now_ms >= at {
+                self.tokens_refresh_ms = Some(now_ms + every.as_millis() as i64);
                 if let Some(f) = &mut self.token_fetcher {
                     f.request();
                 }
@@ -146,7 +146,7 @@ impl Worker {
                         f.request();
                     }
                 }
-                _ if self.drain_deadline.is_some() => {
+                _ if self.drain_ms.is_some() => {
                     self.mesh.post_others(me, || Note::Exit);
                     self.exit_now = true;
                 }
@@ -243,7 +243,7 @@ impl Worker {
         }
         if self.mailbox.index == 0 {
             self.tokens_refresh = config.broker.tokens_refresh;
-            self.tokens_refresh_at = config.broker.tokens_refresh.map(|r| now + r);
+            self.tokens_refresh_ms = config.broker.tokens_refresh.map(|r| crate::stamp::millis(now + r));
         }
         self.config = config;
     }
@@ -288,7 +288,7 @@ impl Worker {
             self.mailbox.index,
             self.conns.len()
         );
-        self.drain_deadline = Some(now + drain);
+        self.drain_ms = Some(crate::stamp::millis(now + drain));
         for l in &mut self.listeners {
             let _ = self.poll.registry().deregister(l.socket.source());
         }

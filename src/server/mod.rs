@@ -244,16 +244,19 @@ pub struct Worker {
     backend_failures: crate::backend::FailureLog,
     /// Worker 0's.
     signals: Option<Signals>,
-    accept_paused_until: Option<Instant>,
-    /// Set on SIGTERM / SIGINT: the time by which the server exits regardless.
-    drain_deadline: Option<Instant>,
+    /// Accepting waits until then (descriptors ran out), as `housekeeping_ms`.
+    accept_paused_ms: Option<i64>,
+    /// Set on SIGTERM / SIGINT: the time by which the server exits regardless, as
+    /// `housekeeping_ms`.
+    drain_ms: Option<i64>,
     /// A second stop signal: exit at the end of this turn.
     exit_now: bool,
     broker: Broker,
     /// Loads the broker's registered tokens off the loop (`[broker] tokens`).
     token_fetcher: Option<Fetcher>,
     tokens_refresh: Option<Duration>,
-    tokens_refresh_at: Option<Instant>,
+    /// When the registered tokens are next loaded again, as `housekeeping_ms`.
+    tokens_refresh_ms: Option<i64>,
     /// Wakes the loop from helper threads; kept alive here.
     _waker: Arc<mio::Waker>,
     metrics: Metrics,
@@ -316,12 +319,12 @@ impl Worker {
                 log::warn!("second stop signal: exiting now");
                 return Ok(());
             }
-            if let Some(deadline) = self.drain_deadline {
+            if let Some(deadline_ms) = self.drain_ms {
                 if self.conns.is_empty() {
                     log::info!("worker {} drained: all connections closed", self.mailbox.index);
                     return Ok(());
                 }
-                if self.loop_clock.at(done_ns).0 >= deadline {
+                if self.loop_clock.at(done_ns).2 >= deadline_ms {
                     log::warn!(
                         "drain timeout: worker {} closing {} remaining connection(s)",
                         self.mailbox.index,
@@ -581,7 +584,7 @@ impl Worker {
                 self.run_by_id(id, now, |conn, ctx| conn.drive(ctx, Ready { corked: true, ..Ready::default() }));
             }
             // A socket handed over as this worker began draining: closed, never served.
-            Note::Adopt { .. } if self.drain_deadline.is_some() => self.mesh.release_one(),
+            Note::Adopt { .. } if self.drain_ms.is_some() => self.mesh.release_one(),
             Note::Adopt { stream, peer, tls } => self.admit(Accepted::Tcp(stream), peer, tls, false, true, now),
             Note::Ask { gather, from, query } => {
                 let part = self.part(&query, now);
@@ -591,7 +594,7 @@ impl Worker {
             Note::Tokens(set) => self.broker.replace_registered((*set).clone()),
             Note::Reload(fresh) => self.reload(fresh, now),
             Note::Drain => {
-                if self.drain_deadline.is_none() {
+                if self.drain_ms.is_none() {
                     self.start_drain(now);
                 }
             }

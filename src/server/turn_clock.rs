@@ -57,20 +57,14 @@ impl Worker {
         let mut wait_ms = self.timers.wait_ms(now_ms);
         let mut within = |ms: i64| wait_ms = Some(wait_ms.map_or(ms, |w| w.min(ms)));
         let until = |t: Instant| i64::from(Stamp::millis_of(t.saturating_duration_since(now)));
-        if let Some(t) = self.accept_paused_until {
-            within(until(t));
-        }
-        if let Some(t) = self.drain_deadline {
-            within(until(t));
+        for ms in [self.accept_paused_ms, self.drain_ms, self.tokens_refresh_ms].into_iter().flatten() {
+            within((ms - now_ms).max(0));
         }
         if !self.tails.is_empty() {
             within((self.tails_ms - now_ms).max(0));
         }
         if self.topics.has_feed(STATS_FEED) {
             within((self.stats_ms - now_ms).max(0));
-        }
-        if let Some(t) = self.tokens_refresh_at {
-            within(until(t));
         }
         if let Some(t) = self.cluster.as_ref().and_then(Cluster::deadline) {
             within(until(t));
