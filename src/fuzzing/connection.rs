@@ -10,7 +10,9 @@
 //! - `chunking`: the sizes of the reads (0: everything in one read);
 //! - `window`: how the client reads what the server writes (0: at once; 255: never; else that
 //!   many times 16 bytes per turn);
-//! - `tick`: how far the clock moves per turn, in 10 ms steps.
+//! - `tick`: how far the clock moves per turn, in 10 ms steps (the low 7 bits); the top bit
+//!   set, others are taken to have queued output for it in every turn, so it never writes
+//!   its own as its drive ends (clear: it does, as the loop has a lone connection do it).
 //!
 //! Invariants:
 //! - never a panic;
@@ -213,6 +215,8 @@ struct Run<'s> {
     conn: Connection,
     now: Instant,
     tick: Duration,
+    /// Its readable turns are [`Ready::write_after`] ones (see the module's `tick`).
+    write_after: bool,
     /// Bytes the client reads per turn (`None`: all; `Some(0)`: it never reads).
     window: Option<usize>,
     pools: Pools,
@@ -251,7 +255,8 @@ impl<'s> Run<'s> {
             server,
             conn: Connection::new(id, transport, peer, now, Arc::clone(&server.limits), false),
             now,
-            tick: Duration::from_millis(u64::from(tick) * 10),
+            tick: Duration::from_millis(u64::from(tick & 0x7f) * 10),
+            write_after: tick & 0x80 == 0,
             window,
             pools: Pools::new(1 << 20),
             topics: Topics::new(),
@@ -286,12 +291,12 @@ impl<'s> Run<'s> {
             let (piece, after) = rest.split_at(n.min(rest.len()));
             rest = after;
             self.memory().feed(piece);
-            self.turn(Ready { readable: true, corked: true, ..Ready::default() });
+            self.turn(Ready { readable: true, corked: true, write_after: self.write_after, ..Ready::default() });
             self.now += self.tick;
         }
         // The client is done: its FIN, then turns (readiness, deadlines) until the end.
         self.memory().finish();
-        let mut ready = Ready { readable: true, corked: true, ..Ready::default() };
+        let mut ready = Ready { readable: true, corked: true, write_after: self.write_after, ..Ready::default() };
         for _ in 0..MAX_TURNS_TO_END {
             if self.closed {
                 break;
