@@ -57,7 +57,11 @@ impl Worker {
         let mut wait_ms = self.timers.wait_ms(now_ms);
         let mut within = |ms: i64| wait_ms = Some(wait_ms.map_or(ms, |w| w.min(ms)));
         let until = |t: Instant| i64::from(Stamp::millis_of(t.saturating_duration_since(now)));
-        for ms in [self.accept_paused_ms, self.drain_ms, self.tokens_refresh_ms].into_iter().flatten() {
+        // Three tests, not an iterator over the three: every turn asks.
+        if let Some(ms) = self.accept_paused_ms {
+            within((ms - now_ms).max(0));
+        }
+        if let Some(ms) = self.drain_ms {
             within((ms - now_ms).max(0));
         }
         if !self.tails.is_empty() {
@@ -65,6 +69,9 @@ impl Worker {
         }
         if self.topics.has_feed(STATS_FEED) {
             within((self.stats_ms - now_ms).max(0));
+        }
+        if let Some(ms) = self.tokens_refresh_ms {
+            within((ms - now_ms).max(0));
         }
         if let Some(t) = self.cluster.as_ref().and_then(Cluster::deadline) {
             within(until(t));
