@@ -61,6 +61,7 @@ use crate::ws::frame::Opcode;
 use accept::{Accepted, ListenSocket, Listener};
 pub use builder::{Builder, Stopper};
 use mesh::{Mailbox, Mesh, Note};
+use turn_clock::Stamped;
 use seed::{Binding, Seed};
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
@@ -297,7 +298,7 @@ pub struct Worker {
     /// The configuration in force.
     config: Arc<Config>,
     /// The turn's instant, converted once (see [`Worker::clock`]).
-    stamped: turn_clock::Stamped,
+    stamped: Stamped,
     /// What the loop reads the time with, twice a turn.
     loop_clock: crate::stamp::LoopClock,
 }
@@ -365,7 +366,7 @@ impl Worker {
                     token => {
                         let readable = event.is_readable() || event.is_read_closed() || event.is_error();
                         let writable = event.is_writable() || event.is_write_closed() || event.is_error();
-                        self.on_ready(token, readable, writable, now);
+                        self.on_ready(token, readable, writable, woke);
                     }
                 }
             }
@@ -390,7 +391,14 @@ impl Worker {
     /// Runs connection `key` with a context (`f` gets the connection and the context), then
     /// does what the run left for the loop: its actions, its timer, closing.
     pub(super) fn run_conn(&mut self, key: usize, now: Instant, f: impl FnOnce(&mut Connection, &mut Ctx<'_>) -> Turn) {
-        let stamp = self.clock(now).stamp;
+        let at = self.clock(now);
+        self.run_conn_at(key, at, f);
+    }
+
+    /// [`Worker::run_conn`] at an instant converted already (the turn's, for its events).
+    #[inline(always)]
+    fn run_conn_at(&mut self, key: usize, at: Stamped, f: impl FnOnce(&mut Connection, &mut Ctx<'_>) -> Turn) {
+        let (now, stamp) = (at.at, at.stamp);
         let Some(entry) = self.conns.get_mut(key) else { return };
         if entry.closed {
             return;
@@ -437,7 +445,7 @@ impl Worker {
         }
     }
 
-    pub(super) fn on_ready(&mut self, token: Token, readable: bool, writable: bool, now: Instant) {
+    fn on_ready(&mut self, token: Token, readable: bool, writable: bool, woke: Stamped) {
         let (id, app_socket) = conn_id::from_token(token.0);
         let key = key_of(id);
         let Some(entry) = self.conns.get(key) else { return };
@@ -451,7 +459,7 @@ impl Worker {
         } else {
             Ready { readable, writable, corked: true, write_after, ..Ready::default() }
         };
-        self.run_conn(key, now, |conn, ctx| conn.drive(ctx, ready));
+        self.run_conn_at(key, woke, |conn, ctx| conn.drive(ctx, ready));
     }
 
     /// Does what a connection's app asked for.
