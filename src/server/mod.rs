@@ -61,8 +61,8 @@ use crate::ws::frame::Opcode;
 use accept::{Accepted, ListenSocket, Listener};
 pub use builder::{Builder, Stopper};
 use mesh::{Mailbox, Mesh, Note};
-use turn_clock::Stamped;
 use seed::{Binding, Seed};
+use turn_clock::Stamped;
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
 /// The token loader thread's wake-ups.
